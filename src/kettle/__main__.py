@@ -1,0 +1,3 @@
+from kettle.cli.main import app
+
+app(prog_name="kettle")

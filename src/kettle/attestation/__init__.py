@@ -1,0 +1,1 @@
+"""Attestation: TEE evidence, reports, attested certificates, enclave info and their verification."""

@@ -1,0 +1,1 @@
+"""The reference attestation service: verifies TEE evidence and issues attested certificates."""

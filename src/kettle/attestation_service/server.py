@@ -1,0 +1,228 @@
+"""The attestation service's HTTPS endpoint.
+
+Two calls:
+
+* ``POST /kettle/v1/certificate`` — Kettle's issuance: ``{"service", "csr", "tee_type",
+  "evidence"}`` (CSR in PEM, evidence in base64) → ``{"certificate_chain": PEM,
+  "client_certificate_chain": PEM}`` (the server certificate and its compact
+  client-authentication twin for the same key).
+* ``POST /sgx/dev/attestation/v4/report`` — the Teaclave DCAP reference AS's report
+  call (``spec/attestation.md`` §2.4): ``{"isvEnclaveQuote": base64}`` → the report
+  JSON with ``X-DCAPReport-Signature`` and ``X-DCAPReport-Signing-Certificate``.
+
+Errors are ``400`` with ``{"error": reason}``; nothing a client sends can crash it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import ssl
+import threading
+import urllib.parse
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ..attestation.backends import SIMULATION, load_simulation_platform_key
+from ..attestation.build import BuildConfig
+from ..attestation.enclave_info import EnclaveInfo, load_enclave_info
+from ..config import Config
+from ..errors import AttestationError
+from .authority import authority_dir, load_authority
+from .issuer import IssueRequest, Issuer
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+class EnclaveInfoSource:
+    """Enclave info, re-read and re-verified whenever the file changes (auditors may publish a new one)."""
+
+    def __init__(self, path: Path, build: BuildConfig) -> None:
+        self._path = path
+        self._build = build
+        self._lock = threading.Lock()
+        self._stamp: tuple[float, int] | None = None
+        self._info: EnclaveInfo | None = None
+
+    def __call__(self) -> EnclaveInfo:
+        with self._lock:
+            stat = self._path.stat()
+            stamp = (stat.st_mtime, stat.st_size)
+            if stamp != self._stamp or self._info is None:
+                self._info = load_enclave_info(self._path, self._build.auditors, self._build.threshold)
+                self._stamp = stamp
+            return self._info
+
+
+def build_issuer(config: Config) -> Issuer:
+    build = BuildConfig.load(config.home)
+    enclave_info = EnclaveInfoSource(config.enclave_info_path, build)
+    enclave_info()  # refuse to start on unsigned or malformed enclave info
+    allow = config.attestation.unsafe_allow_simulation
+    if allow:
+        log.warning("UNSAFE: this attestation service accepts SIMULATION evidence (no TEE); development only")
+    return Issuer(
+        load_authority(config.home),
+        enclave_info,
+        simulation_platform_key=load_simulation_platform_key(config.home) if allow else None,
+        unsafe_allow_simulation=allow,
+        domain=config.domain,
+        validity=timedelta(seconds=config.attestation.validity_secs),
+        issued_log=authority_dir(config.home) / "issued.jsonl",
+    )
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: AttestationHTTPServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def _reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+    def _error(self, status: int, reason: str) -> None:
+        self._reply(status, json.dumps({"error": reason}).encode())
+
+    def _json_body(self) -> dict[str, object] | None:
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if length <= 0 or length > MAX_REQUEST_BYTES:
+            self._error(400, f"request body must be between 1 and {MAX_REQUEST_BYTES} bytes")
+            return None
+        try:
+            body = json.loads(self.rfile.read(length))
+        except ValueError:
+            self._error(400, "request body is not valid JSON")
+            return None
+        if not isinstance(body, dict):
+            self._error(400, "request body must be a JSON object")
+            return None
+        return body
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        if self.path == "/kettle/v1/health":
+            self._reply(200, b'{"status":"serving"}')
+        else:
+            self._error(404, "no such endpoint")
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        try:
+            if self.path == "/kettle/v1/certificate":
+                self._certificate()
+            elif self.path == "/sgx/dev/attestation/v4/report":
+                self._teaclave_report()
+            else:
+                self._error(404, "no such endpoint")
+        except AttestationError as exc:
+            log.warning("refused %s: %s", self.path, exc.reason)
+            self._error(400, exc.reason)
+        except Exception:  # a bug must cost one request, never the service
+            log.exception("internal error on %s", self.path)
+            self._error(500, "internal error")
+
+    def _certificate(self) -> None:
+        body = self._json_body()
+        if body is None:
+            return
+        service, csr, tee_type, evidence = (body.get(k) for k in ("service", "csr", "tee_type", "evidence"))
+        if not all(isinstance(v, str) for v in (service, csr, tee_type, evidence)):
+            self._error(400, "service, csr, tee_type and evidence are required strings")
+            return
+        try:
+            raw_evidence = base64.b64decode(str(evidence), validate=True)
+        except binascii.Error:
+            self._error(400, "evidence is not base64")
+            return
+        issued = self.server.issuer.issue(
+            IssueRequest(str(service), str(csr).encode(), str(tee_type), raw_evidence)
+        )
+        self._reply(
+            200,
+            json.dumps(
+                {
+                    "certificate_chain": issued.chain_pem().decode(),
+                    "client_certificate_chain": issued.chain_pem(client=True).decode(),
+                }
+            ).encode(),
+        )
+
+    def _teaclave_report(self) -> None:
+        body = self._json_body()
+        if body is None:
+            return
+        quote = body.get("isvEnclaveQuote")
+        try:
+            raw = base64.b64decode(str(quote), validate=True) if isinstance(quote, str) else None
+        except binascii.Error:
+            raw = None
+        if not raw:
+            self._error(400, "isvEnclaveQuote must be a base64 quote")
+            return
+        issuer = self.server.issuer
+        endorsed = issuer.endorse(issuer.verify_evidence(SIMULATION, raw), SIMULATION, {})
+        signing_pem = b"".join(
+            x509.load_der_x509_certificate(c).public_bytes(serialization.Encoding.PEM) for c in endorsed.certs
+        )
+        self._reply(
+            200,
+            endorsed.report,
+            {
+                "X-DCAPReport-Signature": base64.b64encode(endorsed.signature).decode(),
+                "X-DCAPReport-Signing-Certificate": urllib.parse.quote(signing_pem.decode(), safe=""),
+            },
+        )
+
+
+class AttestationHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], issuer: Issuer, context: ssl.SSLContext) -> None:
+        super().__init__(address, _Handler)
+        self.issuer = issuer
+        self.socket = context.wrap_socket(self.socket, server_side=True)
+
+
+def tls_context(home: Path) -> ssl.SSLContext:
+    directory = authority_dir(home)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    chain = directory / "tls_chain.pem"
+    if not chain.exists():
+        chain.write_bytes((directory / "tls.pem").read_bytes() + (directory / "root.pem").read_bytes())
+    context.load_cert_chain(chain, directory / "tls.key.pem")
+    return context
+
+
+def serve(config: Config, ready: threading.Event | None = None) -> None:
+    """Run the attestation service until interrupted."""
+    issuer = build_issuer(config)
+    host, port = config.attestation.listen_address.rsplit(":", 1)
+    server = AttestationHTTPServer((host, int(port)), issuer, tls_context(config.home))
+    log.info("attestation service listening on %s (pid %d)", config.attestation.listen_address, os.getpid())
+    if ready is not None:
+        ready.set()
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()

@@ -1,0 +1,1 @@
+"""The ``kettle`` command line."""

@@ -1,0 +1,307 @@
+"""``kettle``: run the platform, check attestation, sign enclave info, manage users.
+
+Errors are one line on stderr and exit status 1; ``--json`` prints
+machine-readable output where a command has a result.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..config import Config, load_config
+from ..errors import KettleError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Kettle: attested secure computing on private data.")
+audit_app = typer.Typer(no_args_is_help=True, help="Auditors: sign and verify enclave info.")
+user_app = typer.Typer(no_args_is_help=True, help="Users of the platform (authentication API).")
+app.add_typer(audit_app, name="audit")
+app.add_typer(user_app, name="user")
+
+out = Console()
+err = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KettleError as exc:
+            err.print(f"[red]error:[/red] {exc.message}", highlight=False, markup=True)
+            raise typer.Exit(1) from None
+        except (OSError, ValueError) as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# --- platform ---------------------------------------------------------------
+
+
+@app.command()
+@one_line_errors
+def up() -> None:
+    """Start the platform (simulation TEE, embedded storage) and supervise it until Ctrl-C."""
+    from ..config import kettle_home
+    from ..launcher import PLATFORM_SERVICES, start_platform, supervise
+    from ..provisioning import init_dev_home
+
+    home = kettle_home()
+    out.print(f"Preparing {home} ...")
+    config = init_dev_home(home)
+    out.print("[bold yellow]SIMULATION mode: no TEE protects this platform; for development only.[/bold yellow]")
+    children = start_platform(config)
+    try:
+        _check_endpoint(config)
+    except BaseException:
+        from ..launcher import stop_all
+
+        stop_all(children)
+        raise
+    table = Table(title="Kettle endpoints", show_header=True)
+    table.add_column("service")
+    table.add_column("address")
+    table.add_row("authentication API", config.endpoint("authentication", api=True).target)
+    table.add_row("attestation service", config.attestation.service_url)
+    for name in PLATFORM_SERVICES:
+        table.add_row(f"{name} (internal)", config.endpoint(name).target)
+    out.print(table)
+    out.print(f"Admin account: [bold]{config.authentication.admin_id}[/bold] / {config.authentication.admin_password}")
+    out.print(f"Client trust files: {config.as_root_path}  {config.enclave_info_path}")
+    out.print(f"Logs: {config.home / 'logs'}")
+    out.print(f"Kettle is ready (pid {os.getpid()}); Ctrl-C stops it.", highlight=False)
+    sys.stdout.flush()
+    raise typer.Exit(supervise(children, lambda message: err.print(message, highlight=False)))
+
+
+def _check_endpoint(config: Config) -> None:
+    """Verify the public endpoint exactly as a client would before announcing readiness."""
+    from ..sdk.attested import ClientTrust, verify_endpoint
+
+    verify_endpoint(config.endpoint("authentication", api=True).target, "authentication", ClientTrust.from_config(config))
+
+
+@app.command()
+@one_line_errors
+def init() -> None:
+    """Prepare a development KETTLE_HOME (keys, auditors, signed enclave info) without starting anything."""
+    from ..config import kettle_home
+    from ..provisioning import init_dev_home
+
+    config = init_dev_home(kettle_home())
+    out.print(f"initialised {config.home}")
+
+
+@app.command()
+@one_line_errors
+def service(name: str = typer.Argument(..., help="attestation, storage or authentication")) -> None:
+    """Run one service in the foreground (for multi-machine deployments)."""
+    from ..launcher import run_service
+
+    run_service(name, load_config())
+
+
+# --- attestation --------------------------------------------------------------
+
+
+@app.command()
+@one_line_errors
+def attest(
+    address: str = typer.Argument(..., help="HOST:PORT of a Kettle API endpoint"),
+    service_name: str = typer.Option(None, "--service", help="the service expected there (default: any in enclave info)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Show a service's attestation evidence and whether it verifies, with reasons."""
+    from ..sdk.attested import ClientTrust, examine_endpoint
+
+    trust = ClientTrust.from_config()
+    verdict, cert = examine_endpoint(address, service_name, trust)
+    peer = verdict.peer
+    if as_json:
+        out.print_json(
+            data={
+                "address": address,
+                "verified": verdict.ok,
+                "reason": verdict.reason,
+                "service": peer.service if peer else None,
+                "mr_enclave": peer.mr_enclave.hex() if peer else None,
+                "mr_signer": peer.mr_signer.hex() if peer else None,
+                "tee_type": peer.tee_type if peer else None,
+                "simulation": peer.simulation if peer else None,
+                "certificate_not_after": cert.not_valid_after_utc.isoformat(),
+                "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in verdict.checks],
+            }
+        )
+    else:
+        out.print(f"[bold]{address}[/bold]  certificate: {cert.subject.rfc4514_string()}", highlight=False)
+        if peer:
+            out.print(f"  service     {peer.service or '(unknown)'}")
+            out.print(f"  tee         {peer.tee_type}{'  [bold yellow]SIMULATION (not a TEE)[/bold yellow]' if peer.simulation else ''}")
+            out.print(f"  mr_enclave  {peer.mr_enclave.hex()}")
+            out.print(f"  mr_signer   {peer.mr_signer.hex()}")
+            out.print(f"  status      {peer.status}, report time {peer.report_time:%Y-%m-%d %H:%M:%S} UTC")
+        for check in verdict.checks:
+            mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
+            out.print(f"  {mark} {check.name}: {check.detail}", highlight=False)
+        out.print("[bold green]verified[/bold green]" if verdict.ok else f"[bold red]NOT verified[/bold red]: {verdict.reason}")
+    if not verdict.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("sign")
+@one_line_errors
+def audit_sign(
+    key: Path = typer.Option(..., "--key", help="auditor's RSA private key (PEM)"),
+    enclave_info: Path = typer.Argument(None, help="enclave_info.toml (default: the home's)"),
+    output: Path = typer.Option(None, "--out", help="signature file (default: <key name>.sign.sha256 beside enclave info)"),
+) -> None:
+    """Sign enclave info as an auditor (RSA PKCS#1 v1.5, SHA-256, over the exact file bytes)."""
+    from ..attestation.enclave_info import SIGNATURE_SUFFIX, EnclaveInfo, sign_enclave_info
+    from ..provisioning import load_auditor_private_key
+
+    path = enclave_info or load_config().enclave_info_path
+    data = path.read_bytes()
+    EnclaveInfo.parse(data)  # never sign something that is not enclave info
+    name = key.name.split(".")[0]
+    target = output or path.parent / f"{name}{SIGNATURE_SUFFIX}"
+    target.write_bytes(sign_enclave_info(data, load_auditor_private_key(key)))
+    out.print(f"wrote {target}")
+
+
+@audit_app.command("verify")
+@one_line_errors
+def audit_verify(
+    enclave_info: Path = typer.Argument(None, help="enclave_info.toml (default: the home's)"),
+    threshold: int = typer.Option(0, help="distinct auditor signatures required (0 = every auditor key beside it)"),
+) -> None:
+    """Check the auditors' signatures on enclave info (k of n) and list the measurements."""
+    from ..attestation.trust import client_enclave_info
+
+    path = enclave_info or load_config().enclave_info_path
+    info = client_enclave_info(path, threshold)
+    for name, measurement in sorted(info.services.items()):
+        out.print(f"{name:15} mr_enclave {measurement.mr_enclave.hex()}  mr_signer {measurement.mr_signer.hex()}")
+    out.print("[bold green]enclave info verified[/bold green]")
+
+
+# --- users --------------------------------------------------------------------
+
+
+def _credentials_path(config: Config) -> Path:
+    return config.home / "credentials.json"
+
+
+def _client(config: Config, authenticated: bool = True) -> Any:
+    from ..errors import AuthenticationError
+    from ..sdk.authentication import AuthenticationClient
+
+    client = AuthenticationClient(config.endpoint("authentication", api=True).target)
+    if authenticated:
+        try:
+            saved = json.loads(_credentials_path(config).read_text())
+        except (FileNotFoundError, ValueError):
+            raise AuthenticationError("not logged in: run `kettle user login ID`") from None
+        client.use_credential(saved["id"], saved["token"])
+    return client
+
+
+def _password(value: str | None, prompt: str = "Password") -> str:
+    if value is not None:
+        return value
+    from_env = os.environ.get("KETTLE_PASSWORD")
+    return from_env if from_env is not None else getpass.getpass(f"{prompt}: ")
+
+
+@user_app.command("login")
+@one_line_errors
+def user_login(user_id: str, password: str = typer.Option(None, help="default: $KETTLE_PASSWORD or a prompt")) -> None:
+    """Log in and keep the token in $KETTLE_HOME/credentials.json (mode 0600)."""
+    config = load_config()
+    token = _client(config, authenticated=False).user_login(user_id, _password(password))
+    path = _credentials_path(config)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"id": user_id, "token": token}, f)
+    out.print(f"logged in as {user_id}")
+
+
+@user_app.command("register")
+@one_line_errors
+def user_register(
+    user_id: str,
+    role: str = typer.Option(..., help="PlatformAdmin, FunctionOwner, DataOwnerManager or DataOwner"),
+    attribute: str = typer.Option("", help="group of a DataOwner / DataOwnerManager"),
+    password: str = typer.Option(None, help="default: $KETTLE_PASSWORD or a prompt"),
+) -> None:
+    """Register a user (what you may register depends on your role)."""
+    _client(load_config()).user_register(user_id, _password(password, "New user's password"), role, attribute)
+    out.print(f"registered {user_id}")
+
+
+@user_app.command("update")
+@one_line_errors
+def user_update(
+    user_id: str,
+    role: str = typer.Option(...),
+    attribute: str = typer.Option(""),
+    password: str = typer.Option(None, help="default: $KETTLE_PASSWORD or a prompt"),
+) -> None:
+    """Replace a user's password and role."""
+    _client(load_config()).user_update(user_id, _password(password, "New password"), role, attribute)
+    out.print(f"updated {user_id}")
+
+
+@user_app.command("passwd")
+@one_line_errors
+def user_passwd(password: str = typer.Option(None, help="default: $KETTLE_PASSWORD or a prompt")) -> None:
+    """Change your own password."""
+    _client(load_config()).user_change_password(_password(password, "New password"))
+    out.print("password changed")
+
+
+@user_app.command("reset")
+@one_line_errors
+def user_reset(user_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Reset a user's password to a new random one and print it."""
+    new_password = _client(load_config()).reset_user_password(user_id)
+    if as_json:
+        out.print_json(data={"id": user_id, "password": new_password})
+    else:
+        out.print(f"new password for {user_id}: {new_password}", highlight=False)
+
+
+@user_app.command("delete")
+@one_line_errors
+def user_delete(user_id: str) -> None:
+    """Delete a user."""
+    _client(load_config()).delete_user(user_id)
+    out.print(f"deleted {user_id}")
+
+
+@user_app.command("list")
+@one_line_errors
+def user_list(
+    group: str = typer.Argument("all", help="PlatformAdmin: anything; DataOwnerManager: your group"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List users (all of them for a PlatformAdmin, the group's DataOwners for a manager)."""
+    ids = _client(load_config()).list_users(group)
+    if as_json:
+        out.print_json(data=ids)
+    else:
+        for user_id in ids:
+            out.print(user_id, highlight=False)

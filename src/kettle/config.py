@@ -1,0 +1,248 @@
+"""The runtime configuration: one TOML file, every setting with a sane default.
+
+Where it lives: ``$KETTLE_CONFIG`` if set, else ``$KETTLE_HOME/kettle.toml``
+(``KETTLE_HOME`` defaults to ``./.kettle``). Everything the platform writes lives
+under ``KETTLE_HOME``; relative paths in the file are relative to it.
+
+Security-relevant rules are *not* configuration: the inbound rules of internal
+endpoints are compiled into the code (``kettle.rpc.inbound``), and the auditor
+keys a service trusts are part of its measured build (``kettle.attestation.build``).
+Teaclave's ``runtime.config.toml`` keys that have no meaning here (SGX attestation
+algorithm, SPID, ``[mount]``) are accepted and ignored so existing files load.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+SERVICES = (
+    "authentication",
+    "frontend",
+    "management",
+    "storage",
+    "access_control",
+    "scheduler",
+    "execution",
+)
+"""Every platform service, by the name used in enclave info and inbound rules."""
+
+API_PORTS = {"authentication": 7776, "frontend": 7777}
+INTERNAL_PORTS = {
+    "authentication": 17776,
+    "management": 17777,
+    "storage": 17778,
+    "access_control": 17779,
+    "execution": 17770,
+    "scheduler": 17780,
+}
+ATTESTATION_SERVICE_PORT = 17790
+DEFAULT_DOMAIN = "kettle.internal"
+DEFAULT_ADMIN_PASSWORD = "teaclave"
+
+_IGNORED_TEACLAVE_KEYS = {"algorithm", "url", "key", "spid"}
+
+
+def kettle_home() -> Path:
+    """The platform's state directory (``$KETTLE_HOME``, default ``./.kettle``)."""
+    return Path(os.environ.get("KETTLE_HOME", ".kettle")).absolute()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    listen_address: str
+    advertised_address: str
+
+    @property
+    def port(self) -> int:
+        return int(self.listen_address.rsplit(":", 1)[1])
+
+    @property
+    def target(self) -> str:
+        """``host:port`` that peers dial (the advertised URL without its scheme)."""
+        return self.advertised_address.split("://", 1)[-1].rstrip("/")
+
+
+@dataclass(frozen=True)
+class AttestationConfig:
+    backend: str = "simulation"
+    service_url: str = f"https://localhost:{ATTESTATION_SERVICE_PORT}"
+    listen_address: str = f"127.0.0.1:{ATTESTATION_SERVICE_PORT}"
+    validity_secs: int = 3600
+    unsafe_allow_simulation: bool = False
+    accepted_statuses: tuple[str, ...] = ("OK",)
+    clock_skew_secs: int = 60
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    enclave_info: str = "trust/enclave_info.toml"
+    threshold: int = 0
+    """Distinct valid auditor signatures a client requires; 0 means all known auditors."""
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    backend: str = "sqlite"
+    path: str = "storage/kettle.db"
+
+
+@dataclass(frozen=True)
+class AuthenticationConfig:
+    admin_id: str = "admin"
+    admin_password: str = DEFAULT_ADMIN_PASSWORD
+    token_validity_secs: int = 86400
+
+
+@dataclass(frozen=True)
+class Config:
+    home: Path
+    dev_mode: bool = False
+    domain: str = DEFAULT_DOMAIN
+    api_endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    internal_endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    attestation: AttestationConfig = AttestationConfig()
+    audit: AuditConfig = AuditConfig()
+    storage: StorageConfig = StorageConfig()
+    authentication: AuthenticationConfig = AuthenticationConfig()
+
+    def path(self, relative: str) -> Path:
+        p = Path(relative)
+        return p if p.is_absolute() else self.home / p
+
+    def endpoint(self, service: str, *, api: bool = False) -> Endpoint:
+        table = self.api_endpoints if api else self.internal_endpoints
+        try:
+            return table[service]
+        except KeyError:
+            kind = "api" if api else "internal"
+            raise ConfigError(f"no {kind} endpoint configured for service {service!r}") from None
+
+    @property
+    def as_root_path(self) -> Path:
+        return self.home / "trust" / "as_root_ca.pem"
+
+    @property
+    def enclave_info_path(self) -> Path:
+        return self.path(self.audit.enclave_info)
+
+
+def _default_api() -> dict[str, Endpoint]:
+    return {
+        name: Endpoint(f"0.0.0.0:{port}", f"https://localhost:{port}")
+        for name, port in API_PORTS.items()
+    }
+
+
+def _default_internal() -> dict[str, Endpoint]:
+    return {
+        name: Endpoint(f"0.0.0.0:{port}", f"https://localhost:{port}")
+        for name, port in INTERNAL_PORTS.items()
+    }
+
+
+def _section(cls: type, data: Any, name: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _IGNORED_TEACLAVE_KEYS and name == "attestation":
+            continue
+        if key not in known:
+            raise ConfigError(f"unknown setting {name}.{key}")
+        default = getattr(cls(), key)
+        if isinstance(default, tuple):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{name}.{key} must be a list of strings")
+            value = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name}.{key} must be true or false")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name}.{key} must be a non-negative integer")
+        elif not isinstance(value, type(default)):
+            raise ConfigError(f"{name}.{key} must be a {type(default).__name__}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _endpoints(data: Any, name: str, defaults: dict[str, Endpoint]) -> dict[str, Endpoint]:
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    result = dict(defaults)
+    for service, value in data.items():
+        if service not in SERVICES:
+            raise ConfigError(f"[{name}] names unknown service {service!r}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}.{service} must be a table")
+        base = result.get(service)
+        listen = value.get("listen_address", base.listen_address if base else None)
+        if not isinstance(listen, str) or ":" not in listen:
+            raise ConfigError(f"{name}.{service}.listen_address must be 'host:port'")
+        port = listen.rsplit(":", 1)[1]
+        advertised = value.get("advertised_address", f"https://localhost:{port}")
+        if not isinstance(advertised, str) or "://" not in advertised:
+            raise ConfigError(f"{name}.{service}.advertised_address must be a URL like https://host:port")
+        result[service] = Endpoint(listen, advertised)
+    return result
+
+
+def parse_config(text: str, home: Path) -> Config:
+    """Build a :class:`Config` from TOML text; unknown settings are errors (typos should not pass)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML in configuration: {exc}") from None
+    config = Config(home=home, api_endpoints=_default_api(), internal_endpoints=_default_internal())
+    for key, value in data.items():
+        if key == "platform":
+            platform = dict(value) if isinstance(value, dict) else {}
+            for pkey, pval in platform.items():
+                if pkey == "dev_mode" and isinstance(pval, bool):
+                    config = replace(config, dev_mode=pval)
+                elif pkey == "domain" and isinstance(pval, str) and pval:
+                    config = replace(config, domain=pval)
+                else:
+                    raise ConfigError(f"invalid setting platform.{pkey}")
+        elif key == "api_endpoints":
+            config = replace(config, api_endpoints=_endpoints(value, key, config.api_endpoints))
+        elif key == "internal_endpoints":
+            config = replace(config, internal_endpoints=_endpoints(value, key, config.internal_endpoints))
+        elif key == "attestation":
+            config = replace(config, attestation=_section(AttestationConfig, value, key))
+        elif key == "audit":
+            audit = {k: v for k, v in value.items() if k != "auditor_signatures"} if isinstance(value, dict) else value
+            config = replace(config, audit=_section(AuditConfig, audit, key))
+        elif key == "storage":
+            config = replace(config, storage=_section(StorageConfig, value, key))
+        elif key == "authentication":
+            config = replace(config, authentication=_section(AuthenticationConfig, value, key))
+        elif key == "mount":
+            continue
+        else:
+            raise ConfigError(f"unknown configuration section [{key}]")
+    if config.attestation.validity_secs < 4:
+        raise ConfigError("attestation.validity_secs must be at least 4")
+    return config
+
+
+def config_path(home: Path | None = None) -> Path:
+    explicit = os.environ.get("KETTLE_CONFIG")
+    if explicit:
+        return Path(explicit).absolute()
+    return (home or kettle_home()) / "kettle.toml"
+
+
+def load_config(home: Path | None = None) -> Config:
+    """Load the configuration of ``home`` (defaults apply when the file is absent)."""
+    home = home or kettle_home()
+    path = config_path(home)
+    text = path.read_text() if path.exists() else ""
+    return parse_config(text, home)

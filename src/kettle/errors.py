@@ -1,0 +1,97 @@
+"""The one exception hierarchy of Kettle.
+
+Every error a Kettle component raises on purpose is a :class:`KettleError`. Each
+class carries the gRPC status code it maps to, so the RPC layer can turn any of
+them into a status (and back) without a lookup table scattered over services.
+Messages are the exact texts clients see; where the Teaclave reference defines a
+text (``spec/platform.md`` §0.2, §2.4, Appendix B) the raising code uses it.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class KettleError(Exception):
+    """Base of every deliberate Kettle error."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(KettleError):
+    """The runtime configuration or the platform's files are unusable."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class AuthenticationError(KettleError):
+    """Credentials are missing or wrong; every authentication-service error."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(KettleError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class InvalidArgument(KettleError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(KettleError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class InternalError(KettleError):
+    code = grpc.StatusCode.INTERNAL
+
+
+class Unavailable(KettleError):
+    """A peer could not be reached (after retries where they apply)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class StorageError(InternalError):
+    """The storage backend failed; the write, if any, did not happen."""
+
+
+class SealingError(StorageError):
+    """A sealed value failed to open: wrong key, wrong record key, or tampering."""
+
+
+class AttestationError(KettleError):
+    """Evidence, a report, a certificate or enclave info failed verification.
+
+    ``reason`` is a short, specific sentence saying which check failed; it is
+    what ``kettle attest`` prints and what a refused peer sees.
+    """
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_BY_CODE: dict[grpc.StatusCode, type[KettleError]] = {
+    grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.INTERNAL: InternalError,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.FAILED_PRECONDITION: ConfigError,
+}
+
+
+def from_status(code: grpc.StatusCode, message: str) -> KettleError:
+    """The client-side twin of a status a Kettle server sent."""
+    cls = _BY_CODE.get(code, KettleError)
+    err = cls(message)
+    err.code = code
+    return err

@@ -1,0 +1,1 @@
+"""gRPC plumbing: generated stubs, attested servers and channels, interceptors."""

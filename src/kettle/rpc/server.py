@@ -1,0 +1,84 @@
+"""gRPC servers over attested TLS, with certificate rotation that never drops the service.
+
+API endpoints (user-facing) present the service's attested certificate and do not
+ask for a client certificate, so Teaclave's SDK can connect. Internal endpoints
+require a client certificate under the AS root and run
+:class:`~kettle.rpc.interceptors.PeerAttestationInterceptor`. Both pick up a
+rotated certificate for every new handshake (``dynamic_ssl_server_credentials``),
+and connections are aged out so old certificates stop being used.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from ..attestation.identity import Identity, IdentityManager
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class RotatingCredentials:
+    """Hands grpc the newest certificate; grpc calls the fetcher from its own threads on each handshake."""
+
+    def __init__(self, identities: IdentityManager, client_roots: bytes | None) -> None:
+        self._lock = threading.Lock()
+        self._served_generation = identities.current.generation
+        self._latest: Identity = identities.current
+        self._client_roots = client_roots
+        identities.on_rotate(self._rotated)
+        self.credentials = grpc.dynamic_ssl_server_credentials(
+            self._configuration(self._latest),
+            self._fetch,
+            require_client_authentication=client_roots is not None,
+        )
+
+    def _configuration(self, identity: Identity) -> Any:
+        return grpc.ssl_server_certificate_configuration(
+            [(identity.key_pem, identity.chain_pem)], root_certificates=self._client_roots
+        )
+
+    def _rotated(self, identity: Identity) -> None:
+        with self._lock:
+            self._latest = identity
+
+    def _fetch(self) -> Any:
+        with self._lock:
+            if self._latest.generation == self._served_generation:
+                return None
+            self._served_generation = self._latest.generation
+            return self._configuration(self._latest)
+
+
+def server_options(validity_secs: int) -> list[tuple[str, int]]:
+    # Connections older than a quarter of the validity are closed gracefully, so no
+    # connection outlives the certificate it was made with.
+    age_ms = max(1000, validity_secs * 1000 // 4)
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_connection_age_ms", age_ms),
+        ("grpc.max_connection_age_grace_ms", 30_000),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def attested_server(
+    identities: IdentityManager,
+    listen_address: str,
+    register: Callable[[grpc.aio.Server], None],
+    *,
+    client_roots: bytes | None,
+    validity_secs: int,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> tuple[grpc.aio.Server, RotatingCredentials]:
+    """A started-on-demand grpc.aio server bound to ``listen_address`` with attested TLS."""
+    server = grpc.aio.server(interceptors=list(interceptors), options=server_options(validity_secs))
+    register(server)
+    credentials = RotatingCredentials(identities, client_roots)
+    if server.add_secure_port(listen_address, credentials.credentials) == 0:
+        raise OSError(f"cannot listen on {listen_address}")
+    return server, credentials

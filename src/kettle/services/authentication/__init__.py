@@ -1,0 +1,1 @@
+"""The authentication service: users, roles, passwords and login tokens."""

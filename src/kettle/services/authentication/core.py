@@ -1,0 +1,254 @@
+"""The authentication service's behaviour, independent of gRPC (``spec/platform.md`` §2.4).
+
+Each operation runs the spec's steps in order and the first failing step
+decides the error, because clients (and Teaclave's tests) see which message
+comes first. The RPC adapter authenticates the caller with :meth:`authenticate`
+and passes the resulting :class:`Claims` in; authorisation then uses the role
+*in those claims*, not the stored one (§2.3, §12 row 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+from kettle.errors import AuthenticationError, ConfigError, StorageError
+from kettle.model.users import (
+    Category,
+    Role,
+    UserRecord,
+    may_delete,
+    may_list,
+    may_register,
+    may_reset_password,
+    may_update,
+    validate_user_id,
+)
+from kettle.services.authentication import passwords
+from kettle.services.authentication.tokens import Claims, TokenAuthority
+
+__all__ = ["UserRepository", "AuthenticationCore"]
+
+
+class UserRepository(Protocol):
+    """Where user records live; the core's only port to the outside.
+
+    Implementations raise :class:`kettle.errors.StorageError` when the backend
+    fails; the core reports that as "service internal error".
+    """
+
+    async def get(self, user_id: str) -> UserRecord | None:
+        """The record of ``user_id``, or None if there is none."""
+        ...
+
+    async def put(self, record: UserRecord) -> None:
+        """Create or replace the record of ``record.id``."""
+        ...
+
+    async def delete(self, user_id: str) -> None:
+        """Remove the record of ``user_id`` (no error if absent)."""
+        ...
+
+    async def list_ids(self) -> list[str]:
+        """Every user id, sorted bytewise (the order ListUsers returns)."""
+        ...
+
+
+_TargetRule = Callable[[Role, Role], bool]
+"""A permission rule over (caller's role, target's stored role)."""
+
+
+def _failed() -> AuthenticationError:
+    return AuthenticationError("authentication failed")
+
+
+def _denied() -> AuthenticationError:
+    return AuthenticationError("permission denied")
+
+
+def _invalid_user_id() -> AuthenticationError:
+    return AuthenticationError("invalid user id")
+
+
+@asynccontextmanager
+async def _storage_failures() -> AsyncIterator[None]:
+    """Report a storage failure the way the spec names it, without details."""
+    try:
+        yield
+    except StorageError:
+        raise AuthenticationError("service internal error") from None
+
+
+def _role_of(caller: Claims) -> Role:
+    return Role.parse(caller.role)
+
+
+class AuthenticationCore:
+    """Users, passwords and tokens of one authentication-service instance."""
+
+    def __init__(self, repo: UserRepository, tokens: TokenAuthority) -> None:
+        self._repo = repo
+        self._tokens = tokens
+
+    # --- credentials ---------------------------------------------------------
+
+    async def login(self, user_id: str, password: str) -> str:
+        """UserLogin: a token carrying the user's stored role. Every failure
+        reads the same, so it does not tell unknown users from wrong passwords."""
+        if not password:
+            raise _failed()
+        try:
+            validate_user_id(user_id)
+        except AuthenticationError:
+            raise _failed() from None
+        async with _storage_failures():
+            record = await self._repo.get(user_id)
+        # An unknown user costs a verification too, so timing does not tell.
+        stored = record.password_hash if record else await asyncio.to_thread(passwords.dummy_hash)
+        matches = await asyncio.to_thread(passwords.verify_password, stored, password)
+        if record is None or not matches:
+            raise _failed()
+        return self._tokens.issue(record.id, record.role)
+
+    async def authenticate(self, user_id: str | None, token: str | None) -> Claims:
+        """The caller check of the authentication API (§1.5): absent metadata
+        is named, anything else wrong is "authentication failed"."""
+        if user_id is None:
+            raise AuthenticationError("missing user id")
+        if token is None:
+            raise AuthenticationError("missing token")
+        return await self._verify(user_id, token)
+
+    async def authenticate_internal(self, user_id: str | None, token: str | None) -> Claims:
+        """UserAuthenticate for the frontend: every failure, including absent
+        credentials, is "authentication failed"."""
+        if user_id is None or token is None:
+            raise _failed()
+        return await self._verify(user_id, token)
+
+    async def _verify(self, user_id: str, token: str) -> Claims:
+        """The user must still exist (deletion kills its tokens), then the token
+        must be valid for it (§2.3)."""
+        if not user_id:
+            raise _failed()
+        async with _storage_failures():
+            exists = await self._repo.get(user_id) is not None
+        if not exists:
+            raise _failed()
+        return self._tokens.validate(user_id, token)
+
+    # --- user management -----------------------------------------------------
+
+    async def register(
+        self, caller: Claims, user_id: str, password: str, role: str, attribute: str
+    ) -> None:
+        """UserRegister: create a user the caller's role may create."""
+        validate_user_id(user_id)
+        async with _storage_failures():
+            if await self._repo.get(user_id) is not None:
+                raise AuthenticationError("user id exist")
+            new_role = Role.from_request(role, attribute)
+            if not may_register(_role_of(caller), new_role):
+                raise _denied()
+            await self._store(user_id, new_role, password)
+
+    async def update(
+        self, caller: Claims, user_id: str, password: str, role: str, attribute: str
+    ) -> None:
+        """UserUpdate: replace an existing user's password and role. Tokens
+        already issued keep their old role until they expire (§2.3)."""
+        validate_user_id(user_id)
+        async with _storage_failures():
+            target = await self._repo.get(user_id)
+            if target is None:
+                raise _invalid_user_id()
+            new_role = Role.from_request(role, attribute)
+            if not may_update(_role_of(caller), new_role, Role.parse(target.role)):
+                raise _denied()
+            await self._store(user_id, new_role, password)
+
+    async def change_password(self, caller: Claims, password: str) -> None:
+        """UserChangePassword: the caller's own password. Kettle keeps the
+        stored role; Teaclave overwrote it with the token's, which could undo a
+        role update made since login (§12 row 3)."""
+        if not password:
+            raise _failed()
+        async with _storage_failures():
+            record = await self._repo.get(caller.sub)
+            if record is None:  # deleted since its token was checked
+                raise _failed()
+            await self._store(record.id, Role.parse(record.role), password)
+
+    async def reset_password(self, caller: Claims, user_id: str) -> str:
+        """ResetUserPassword: give the target a fresh random password, keep its
+        role, and return the password. An unknown target is "permission
+        denied", as in Teaclave, so it does not reveal which ids exist."""
+        target = await self._managed_target(caller, user_id, may_reset_password)
+        password = passwords.generate_password()
+        async with _storage_failures():
+            await self._store(target.id, Role.parse(target.role), password)
+        return password
+
+    async def delete(self, caller: Claims, user_id: str) -> None:
+        """DeleteUser: remove the record; what the user owns elsewhere stays."""
+        target = await self._managed_target(caller, user_id, may_delete)
+        async with _storage_failures():
+            await self._repo.delete(target.id)
+
+    async def list_users(self, caller: Claims, user_id: str) -> list[str]:
+        """ListUsers: all ids for an admin; for DataOwnerManager-X (naming X in
+        ``user_id``) the ids whose role is exactly DataOwner-X.
+
+        Only emptiness is checked on ``user_id``: for a manager it is a group
+        name, which may be any string, so the user-id rules do not apply.
+        """
+        if not user_id:
+            raise _invalid_user_id()
+        caller_role = _role_of(caller)
+        if not may_list(caller_role, user_id):
+            raise _denied()
+        async with _storage_failures():
+            ids = await self._repo.list_ids()
+            if caller_role.category is Category.PLATFORM_ADMIN:
+                return ids
+            return await self._ids_with_role(ids, Role(Category.DATA_OWNER, caller_role.attribute))
+
+    async def bootstrap_admin(self, admin_id: str, password: str) -> bool:
+        """Create the PlatformAdmin ``admin_id`` unless a user of that id exists
+        (whatever its role), so a changed admin password survives restarts and
+        a deleted admin comes back (§2.2). Returns whether it was created."""
+        try:
+            validate_user_id(admin_id)
+            passwords.check_new_password(password)
+        except AuthenticationError as exc:
+            raise ConfigError(f"unusable bootstrap admin: {exc.message}") from None
+        async with _storage_failures():
+            if await self._repo.get(admin_id) is not None:
+                return False
+            await self._store(admin_id, Role(Category.PLATFORM_ADMIN), password)
+        return True
+
+    # --- helpers -------------------------------------------------------------
+
+    async def _managed_target(self, caller: Claims, user_id: str, rule: _TargetRule) -> UserRecord:
+        """Steps 2-4 shared by reset and delete: a valid id, an existing target,
+        and a caller allowed to manage that target's stored role."""
+        validate_user_id(user_id)
+        async with _storage_failures():
+            target = await self._repo.get(user_id)
+        if target is None or not rule(_role_of(caller), Role.parse(target.role)):
+            raise _denied()
+        return target
+
+    async def _ids_with_role(self, ids: list[str], role: Role) -> list[str]:
+        records = [await self._repo.get(user_id) for user_id in ids]
+        return [r.id for r in records if r is not None and Role.parse(r.role) == role]
+
+    async def _store(self, user_id: str, role: Role, password: str) -> None:
+        """Write a record with a fresh hash of ``password`` (checked first:
+        over-long passwords are refused before any hashing)."""
+        passwords.check_new_password(password)
+        password_hash = await asyncio.to_thread(passwords.hash_password, password)
+        await self._repo.put(UserRecord(id=user_id, role=str(role), password_hash=password_hash))

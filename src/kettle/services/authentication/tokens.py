@@ -1,0 +1,131 @@
+"""Login tokens: Teaclave-compatible JWTs signed with HMAC-SHA512 (``spec/platform.md`` §2.3).
+
+A token proves "the service logged this user in, with this role, until then".
+Validation is deliberately narrow: one algorithm, one issuer, one subject, and
+our own clock, so that no library default (accepted algorithms, leeway, the
+wall clock) silently widens what passes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from kettle.errors import AuthenticationError
+
+__all__ = ["Claims", "TokenAuthority", "generate_secret", "ISSUER", "MIN_SECRET_BYTES"]
+
+ISSUER = "Teaclave"
+"""Kept as Teaclave's value so tokens look the same to existing clients."""
+
+MIN_SECRET_BYTES = 64
+"""RFC 7518 §3.2: an HS512 key must be at least as long as the hash (64 bytes)."""
+
+MAX_TOKEN_LENGTH = 4096
+"""Our tokens are about 250 bytes; anything far longer is not ours and is
+refused before any parsing or HMAC work."""
+
+_ALGORITHM = "HS512"
+_REQUIRED_CLAIMS = ("sub", "role", "iss", "exp")
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a valid token says: who (``sub``), as what (``role`` string), until when."""
+
+    sub: str
+    role: str
+    iss: str
+    exp: int
+
+
+def generate_secret() -> bytes:
+    """A fresh signing secret. The service makes one per start, so every token
+    dies with a restart (§2.3, §12 row 17)."""
+    return secrets.token_bytes(MIN_SECRET_BYTES)
+
+
+class TokenAuthority:
+    """Issues and checks the tokens of one authentication-service instance.
+
+    ``clock`` returns Unix seconds; it is injectable so expiry can be tested
+    to the second.
+    """
+
+    def __init__(
+        self,
+        secret: bytes,
+        validity_seconds: int = 86_400,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ValueError(f"the token secret must be at least {MIN_SECRET_BYTES} bytes")
+        if validity_seconds <= 0:
+            raise ValueError("token validity must be positive")
+        self._secret = secret
+        self._validity = validity_seconds
+        self._clock = clock
+
+    def issue(self, user_id: str, role_string: str) -> str:
+        """A token for ``user_id`` acting as ``role_string``, valid from now on
+        for the configured validity. Exactly Teaclave's four claims."""
+        claims = {
+            "sub": user_id,
+            "role": role_string,
+            "iss": ISSUER,
+            "exp": int(self._clock()) + self._validity,
+        }
+        return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
+
+    def validate(self, user_id: str, token: str) -> Claims:
+        """The claims of ``token`` if it is ours, unexpired and issued to
+        ``user_id``. Every failure is the same "authentication failed", so a
+        caller learns nothing about which check refused it."""
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise _failed()
+        payload = self._decode(token)
+        claims = _claims_of(payload)
+        if claims.iss != ISSUER or claims.sub != user_id or claims.exp <= self._clock():
+            raise _failed()
+        return claims
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        """Signature and algorithm checks only; the claims are checked by us,
+        against our clock, with no leeway (PyJWT would use the wall clock)."""
+        try:
+            return jwt.decode(
+                token,
+                self._secret,
+                algorithms=[_ALGORITHM],
+                options={
+                    "require": list(_REQUIRED_CLAIMS),
+                    "verify_signature": True,
+                    "verify_exp": False,
+                    "verify_nbf": False,  # Teaclave does not check nbf (§2.3)
+                    "verify_iat": False,
+                    "verify_iss": False,
+                    "verify_aud": False,
+                    "verify_sub": False,
+                    "verify_jti": False,
+                },
+            )
+        except jwt.PyJWTError:
+            raise _failed() from None
+
+
+def _claims_of(payload: dict[str, Any]) -> Claims:
+    """The typed claims, refusing a payload whose claims have the wrong types
+    (``exp`` must be a true integer, not a bool or a float)."""
+    sub, role, iss, exp = (payload[name] for name in _REQUIRED_CLAIMS)
+    if not all(isinstance(value, str) for value in (sub, role, iss)) or type(exp) is not int:
+        raise _failed()
+    return Claims(sub=sub, role=role, iss=iss, exp=exp)
+
+
+def _failed() -> AuthenticationError:
+    return AuthenticationError("authentication failed")

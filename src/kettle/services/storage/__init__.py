@@ -1,0 +1,1 @@
+"""The storage service's core: namespaced records and durable queues, sealed at rest."""

@@ -1,0 +1,71 @@
+"""The interface every storage backend (SQLite now, PostgreSQL later) implements.
+
+The storage service is the only component that keeps platform state, and it serves
+several callers. ``namespace`` partitions the key space per calling service, so one
+service's records and queues are invisible to another's even when keys coincide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """One hand-off from a queue.
+
+    ``item_id`` is what the consumer acks once it has acted on ``value``;
+    ``deliveries`` counts hand-outs including this one, so a consumer can spot an
+    item that keeps coming back because whoever took it before died before acking.
+    """
+
+    item_id: int
+    value: bytes
+    deliveries: int
+
+
+class StorageBackend(Protocol):
+    """Durable records with ordered prefix scans, and at-least-once FIFO queues.
+
+    Every method either completes or raises :class:`kettle.errors.StorageError`
+    having changed nothing; a write is durable once the call returns.
+    """
+
+    def get(self, namespace: str, key: bytes) -> bytes | None:
+        """The value under ``key``, or None if there is none (``b""`` is a value)."""
+        ...
+
+    def put(self, namespace: str, key: bytes, value: bytes) -> None:
+        """Create or overwrite the record under ``key``."""
+        ...
+
+    def delete(self, namespace: str, key: bytes) -> None:
+        """Remove the record under ``key``; a missing key is not an error."""
+        ...
+
+    def keys_with_prefix(self, namespace: str, prefix: bytes) -> list[bytes]:
+        """Every key that starts with ``prefix`` (all keys for ``b""``), sorted bytewise."""
+        ...
+
+    def enqueue(self, namespace: str, queue: bytes, value: bytes) -> None:
+        """Append ``value`` to ``queue``."""
+        ...
+
+    def dequeue(self, namespace: str, queue: bytes, lease_seconds: float) -> QueueItem | None:
+        """Hand out the oldest item of ``queue`` that nobody holds a lease on.
+
+        The item stays in the queue, leased for ``lease_seconds``; if it is not
+        acked by then it is handed out again, ahead of newer items. This makes
+        delivery at-least-once: a consumer that crashes loses nothing. None when
+        no item is available.
+        """
+        ...
+
+    def ack(self, namespace: str, queue: bytes, item_id: int) -> bool:
+        """Remove a handed-out item for good; False if it is not (or no longer) there."""
+        ...
+
+    def close(self) -> None:
+        """Release the underlying database; the backend is unusable afterwards."""
+        ...

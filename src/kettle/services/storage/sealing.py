@@ -1,0 +1,127 @@
+"""Sealing: stored values are encrypted and bound to the place they are stored.
+
+Whoever can read the database file (a backup, a stolen disk, a PostgreSQL admin)
+must learn nothing from the values and must not be able to move a value to another
+key unnoticed. AES-256-GCM gives both, with the value's location as associated data.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from kettle.errors import SealingError
+from kettle.services.storage.backend import QueueItem, StorageBackend
+
+_VERSION = 0x01
+_NONCE_BYTES = 12
+_TAG_BYTES = 16
+_MIN_SEALED_BYTES = 1 + _NONCE_BYTES + _TAG_BYTES
+
+
+class Sealer:
+    """AES-256-GCM with a random nonce per value.
+
+    Sealed format: ``0x01 || nonce (12) || ciphertext || tag (16)``. The version
+    byte lets a later format (or key rotation) coexist with this one. Random
+    96-bit nonces are safe for about 2**32 seals under one key.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError(f"a sealing key is 32 bytes (AES-256), got {len(key)}")
+        self._aead = AESGCM(key)
+
+    def seal(self, aad: bytes, plaintext: bytes) -> bytes:
+        nonce = os.urandom(_NONCE_BYTES)
+        return bytes([_VERSION]) + nonce + self._aead.encrypt(nonce, plaintext, aad)
+
+    def open(self, aad: bytes, sealed: bytes) -> bytes:
+        """The plaintext; SealingError unless ``sealed`` is what :meth:`seal` made for ``aad``."""
+        if not sealed:
+            raise SealingError("sealed value is empty")
+        if sealed[0] != _VERSION:
+            raise SealingError(
+                f"sealed value has format version {sealed[0]:#04x}, expected {_VERSION:#04x}"
+            )
+        if len(sealed) < _MIN_SEALED_BYTES:
+            raise SealingError(
+                f"sealed value is truncated: {len(sealed)} bytes, at least {_MIN_SEALED_BYTES}"
+            )
+        nonce, ciphertext = sealed[1 : 1 + _NONCE_BYTES], sealed[1 + _NONCE_BYTES :]
+        try:
+            return self._aead.decrypt(nonce, ciphertext, aad)
+        except InvalidTag:
+            raise SealingError(
+                "sealed value failed authentication: wrong sealing key, "
+                "stored under another key, or tampered with"
+            ) from None
+
+
+def _location(kind: bytes, namespace: str, name: bytes) -> bytes:
+    """The AAD naming where a value lives, so it opens nowhere else.
+
+    ``name`` may hold any byte, so the namespace must not contain NUL: otherwise
+    (namespace "a\\0b", key "c") and (namespace "a", key "b\\0c") would coincide.
+    """
+    if "\0" in namespace:
+        raise ValueError(f"a storage namespace must not contain NUL: {namespace!r}")
+    return kind + b"\0" + namespace.encode() + b"\0" + name
+
+
+class SealedStore:
+    """A :class:`StorageBackend` that seals every value before it reaches ``backend``.
+
+    Record values are bound to (namespace, key) and queue values to (namespace,
+    queue); the two kinds are also bound apart, so a record cannot be replayed
+    as a queue item. Keys and queue names are NOT encrypted: prefix scans need
+    them in the clear, so nothing secret may go into a key.
+
+    Sealing does not stop someone with write access to the database from
+    deleting values, rolling a record back to an older sealed value of the same
+    key, or reordering items within one queue.
+    """
+
+    def __init__(self, backend: StorageBackend, sealer: Sealer) -> None:
+        self._backend = backend
+        self._sealer = sealer
+
+    def get(self, namespace: str, key: bytes) -> bytes | None:
+        sealed = self._backend.get(namespace, key)
+        if sealed is None:
+            return None
+        return self._sealer.open(_location(b"record", namespace, key), sealed)
+
+    def put(self, namespace: str, key: bytes, value: bytes) -> None:
+        sealed = self._sealer.seal(_location(b"record", namespace, key), value)
+        self._backend.put(namespace, key, sealed)
+
+    def delete(self, namespace: str, key: bytes) -> None:
+        self._backend.delete(namespace, key)
+
+    def keys_with_prefix(self, namespace: str, prefix: bytes) -> list[bytes]:
+        return self._backend.keys_with_prefix(namespace, prefix)
+
+    def enqueue(self, namespace: str, queue: bytes, value: bytes) -> None:
+        sealed = self._sealer.seal(_location(b"queue", namespace, queue), value)
+        self._backend.enqueue(namespace, queue, sealed)
+
+    def dequeue(self, namespace: str, queue: bytes, lease_seconds: float) -> QueueItem | None:
+        """As :meth:`StorageBackend.dequeue`; an item that fails to open raises SealingError.
+
+        Such an item stays leased and comes back when the lease ends, with a
+        growing ``deliveries`` count, so it cannot silently vanish.
+        """
+        item = self._backend.dequeue(namespace, queue, lease_seconds)
+        if item is None:
+            return None
+        value = self._sealer.open(_location(b"queue", namespace, queue), item.value)
+        return QueueItem(item_id=item.item_id, value=value, deliveries=item.deliveries)
+
+    def ack(self, namespace: str, queue: bytes, item_id: int) -> bool:
+        return self._backend.ack(namespace, queue, item_id)
+
+    def close(self) -> None:
+        self._backend.close()

@@ -1,0 +1,125 @@
+"""The storage service: the gRPC face of the sealed key-value store and its queues.
+
+Keys are partitioned by the calling service (from its verified attestation, not
+from anything it says): the authentication service's user records live apart
+from the platform records that management and the scheduler share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import empty_pb2
+
+from ...config import Config
+from ...errors import ConfigError, InvalidArgument, NotFound, PermissionDenied
+from ...rpc.generated import kettle_storage_pb2 as pb
+from ...rpc.generated import kettle_storage_pb2_grpc as pb_grpc
+from ...rpc.interceptors import current_peer
+from ...rpc.status import rpc_method
+from ..runtime import ServiceRuntime
+from .backend import StorageBackend
+from .sealing import SealedStore, Sealer
+from .sqlite_backend import SQLiteBackend
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+NAMESPACES = {"authentication": "authentication", "management": "platform", "scheduler": "platform"}
+DEFAULT_LEASE_SECONDS = 60
+MAX_KEY_BYTES = 1024
+
+
+def namespace_of_caller() -> str:
+    peer = current_peer.get(None)
+    namespace = NAMESPACES.get(peer.service) if peer else None
+    if namespace is None:
+        raise PermissionDenied("caller has no storage namespace")
+    return namespace
+
+
+def _check_key(key: bytes, what: str = "key") -> bytes:
+    if not key:
+        raise InvalidArgument(f"{what} must not be empty")
+    if len(key) > MAX_KEY_BYTES:
+        raise InvalidArgument(f"{what} is longer than {MAX_KEY_BYTES} bytes")
+    return key
+
+
+class StorageServicer(pb_grpc.KettleStorageServicer):
+    def __init__(self, store: StorageBackend) -> None:
+        self._store = store
+        # One writer thread: SQLite serialises writes anyway, and it keeps the event loop free.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage")
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @rpc_method
+    async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
+        value = await self._run(self._store.get, namespace_of_caller(), _check_key(request.key))
+        if value is None:
+            raise NotFound("key not found")
+        return pb.GetResponse(value=value)
+
+    @rpc_method
+    async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        await self._run(self._store.put, namespace_of_caller(), _check_key(request.key), request.value)
+        return empty_pb2.Empty()
+
+    @rpc_method
+    async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        await self._run(self._store.delete, namespace_of_caller(), _check_key(request.key))
+        return empty_pb2.Empty()
+
+    @rpc_method
+    async def GetKeysByPrefix(
+        self, request: pb.GetKeysByPrefixRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetKeysByPrefixResponse:
+        keys = await self._run(self._store.keys_with_prefix, namespace_of_caller(), request.prefix)
+        return pb.GetKeysByPrefixResponse(keys=keys)
+
+    @rpc_method
+    async def Enqueue(self, request: pb.EnqueueRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        await self._run(self._store.enqueue, namespace_of_caller(), _check_key(request.queue, "queue"), request.value)
+        return empty_pb2.Empty()
+
+    @rpc_method
+    async def Dequeue(self, request: pb.DequeueRequest, context: grpc.aio.ServicerContext) -> pb.DequeueResponse:
+        lease = request.lease_seconds or DEFAULT_LEASE_SECONDS
+        item = await self._run(self._store.dequeue, namespace_of_caller(), _check_key(request.queue, "queue"), lease)
+        if item is None:
+            return pb.DequeueResponse(found=False)
+        return pb.DequeueResponse(found=True, item_id=item.item_id, value=item.value, deliveries=item.deliveries)
+
+    @rpc_method
+    async def Ack(self, request: pb.AckRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        await self._run(self._store.ack, namespace_of_caller(), _check_key(request.queue, "queue"), request.item_id)
+        return empty_pb2.Empty()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self._store.close()
+
+
+def open_store(config: Config, runtime: ServiceRuntime) -> StorageBackend:
+    if config.storage.backend != "sqlite":
+        raise ConfigError(f"storage backend {config.storage.backend!r} is not available (known: sqlite)")
+    backend = SQLiteBackend(config.path(config.storage.path))
+    return SealedStore(backend, Sealer(runtime.provider.sealing_key("storage")))
+
+
+async def main(config: Config) -> None:
+    runtime = ServiceRuntime("storage", config)
+    servicer = StorageServicer(open_store(config, runtime))
+    await runtime.attest()
+    runtime.internal_server(lambda server: pb_grpc.add_KettleStorageServicer_to_server(servicer, server))
+    try:
+        await runtime.serve()
+    finally:
+        servicer.close()

@@ -1,0 +1,242 @@
+"""The embedded storage backend: one SQLite file in WAL mode, fsynced on every commit.
+
+Durability is the point: with ``journal_mode=WAL`` and ``synchronous=FULL`` a commit
+is on disk before the call returns, so an acknowledged write survives the process
+being killed (or the machine losing power). Each write is a single transaction,
+so a failed write leaves the database as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from kettle.errors import StorageError
+from kettle.services.storage.backend import QueueItem
+
+SCHEMA_VERSION = 1
+
+
+class _SQL:
+    """Every statement this backend runs, in one place."""
+
+    # WAL + FULL: every commit is fsynced before it returns.
+    USE_WAL = "PRAGMA journal_mode=WAL"
+    SYNC_EVERY_COMMIT = "PRAGMA synchronous=FULL"
+    CREATE_META = """
+        CREATE TABLE IF NOT EXISTS meta (
+            name  TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        )
+    """
+    RECORD_VERSION = "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', ?)"
+    READ_VERSION = "SELECT value FROM meta WHERE name = 'schema_version'"
+    SCHEMA = (
+        """CREATE TABLE IF NOT EXISTS records (
+            namespace TEXT NOT NULL,
+            key       BLOB NOT NULL,
+            value     BLOB NOT NULL,
+            PRIMARY KEY (namespace, key)
+        ) WITHOUT ROWID""",
+        # AUTOINCREMENT: an item id is never reused, so a late ack of an item that
+        # is gone cannot remove a newer one. leased_until is wall-clock seconds.
+        """CREATE TABLE IF NOT EXISTS queue_items (
+            item_id      INTEGER PRIMARY KEY AUTOINCREMENT,
+            namespace    TEXT    NOT NULL,
+            queue        BLOB    NOT NULL,
+            value        BLOB    NOT NULL,
+            deliveries   INTEGER NOT NULL DEFAULT 0,
+            leased_until REAL    NOT NULL DEFAULT 0
+        )""",
+        """CREATE INDEX IF NOT EXISTS queue_items_fifo
+            ON queue_items (namespace, queue, item_id)""",
+    )
+
+    BEGIN_WRITE = "BEGIN IMMEDIATE"
+    COMMIT = "COMMIT"
+    ROLLBACK = "ROLLBACK"
+
+    GET = "SELECT value FROM records WHERE namespace = ? AND key = ?"
+    PUT = """
+        INSERT INTO records (namespace, key, value) VALUES (?, ?, ?)
+        ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value
+    """
+    DELETE = "DELETE FROM records WHERE namespace = ? AND key = ?"
+    # Keys are BLOBs, which SQLite compares with memcmp: a range query is an exact,
+    # bytewise prefix match where LIKE/GLOB would treat % _ * ? [ as wildcards.
+    KEYS_FROM = "SELECT key FROM records WHERE namespace = ? AND key >= ? ORDER BY key"
+    KEYS_BETWEEN = (
+        "SELECT key FROM records WHERE namespace = ? AND key >= ? AND key < ? ORDER BY key"
+    )
+
+    ENQUEUE = "INSERT INTO queue_items (namespace, queue, value) VALUES (?, ?, ?)"
+    OLDEST_AVAILABLE = """
+        SELECT item_id, value, deliveries FROM queue_items
+        WHERE namespace = ? AND queue = ? AND leased_until <= ?
+        ORDER BY item_id LIMIT 1
+    """
+    LEASE = "UPDATE queue_items SET leased_until = ?, deliveries = deliveries + 1 WHERE item_id = ?"
+    ACK = "DELETE FROM queue_items WHERE namespace = ? AND queue = ? AND item_id = ?"
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix``.
+
+    None when there is no such key (``prefix`` is empty or all 0xff), i.e. the
+    range is unbounded above.
+    """
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+@contextmanager
+def _storage_errors(action: str) -> Iterator[None]:
+    """Turn any sqlite3 failure into a StorageError that says what was being done."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StorageError(f"storage: could not {action}: {exc}") from exc
+
+
+class SQLiteBackend:
+    """A :class:`~kettle.services.storage.backend.StorageBackend` in one SQLite file.
+
+    One connection, guarded by a lock, so the object can be shared between
+    threads. ``clock`` gives wall-clock seconds for queue leases (wall clock,
+    because leases are stored and must mean the same after a restart).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        busy_timeout_seconds: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        _create_private_file(path)
+        with _storage_errors(f"open database {path}"):
+            self._conn = sqlite3.connect(
+                path,
+                timeout=busy_timeout_seconds,
+                isolation_level=None,  # transactions are begun and committed explicitly
+                check_same_thread=False,
+            )
+        try:
+            self._set_up(path)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _set_up(self, path: Path) -> None:
+        with _storage_errors(f"open database {path}"):
+            (mode,) = self._conn.execute(_SQL.USE_WAL).fetchone()
+            if mode != "wal":
+                raise StorageError(f"storage: database {path} refused WAL mode (got {mode!r})")
+            self._conn.execute(_SQL.SYNC_EVERY_COMMIT)
+        with self._transaction(f"create the schema in {path}") as conn:
+            conn.execute(_SQL.CREATE_META)
+            conn.execute(_SQL.RECORD_VERSION, (SCHEMA_VERSION,))
+            (version,) = conn.execute(_SQL.READ_VERSION).fetchone()
+            if version != SCHEMA_VERSION:
+                raise StorageError(
+                    f"storage: database {path} has schema version {version}, "
+                    f"this Kettle supports {SCHEMA_VERSION}"
+                )
+            for statement in _SQL.SCHEMA:
+                conn.execute(statement)
+
+    @contextmanager
+    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        """Run the body as one write transaction: all of it commits, or none of it.
+
+        BEGIN IMMEDIATE takes the write lock up front, so a read-then-write (dequeue)
+        cannot interleave with another writer on the same file.
+        """
+        with self._lock, _storage_errors(action):
+            self._conn.execute(_SQL.BEGIN_WRITE)
+            try:
+                yield self._conn
+                self._conn.execute(_SQL.COMMIT)
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute(_SQL.ROLLBACK)
+                raise
+
+    @contextmanager
+    def _reading(self, action: str) -> Iterator[sqlite3.Connection]:
+        """Hold the lock for a read too: the one connection is shared between threads."""
+        with self._lock, _storage_errors(action):
+            yield self._conn
+
+    def get(self, namespace: str, key: bytes) -> bytes | None:
+        with self._reading("read a record") as conn:
+            row = conn.execute(_SQL.GET, (namespace, key)).fetchone()
+        return None if row is None else row[0]
+
+    def put(self, namespace: str, key: bytes, value: bytes) -> None:
+        with self._transaction("write a record") as conn:
+            conn.execute(_SQL.PUT, (namespace, key, value))
+
+    def delete(self, namespace: str, key: bytes) -> None:
+        with self._transaction("delete a record") as conn:
+            conn.execute(_SQL.DELETE, (namespace, key))
+
+    def keys_with_prefix(self, namespace: str, prefix: bytes) -> list[bytes]:
+        end = _prefix_end(prefix)
+        with self._reading("list keys") as conn:
+            if end is None:
+                rows = conn.execute(_SQL.KEYS_FROM, (namespace, prefix)).fetchall()
+            else:
+                rows = conn.execute(_SQL.KEYS_BETWEEN, (namespace, prefix, end)).fetchall()
+        return [key for (key,) in rows]
+
+    def enqueue(self, namespace: str, queue: bytes, value: bytes) -> None:
+        with self._transaction("enqueue an item") as conn:
+            conn.execute(_SQL.ENQUEUE, (namespace, queue, value))
+
+    def dequeue(self, namespace: str, queue: bytes, lease_seconds: float) -> QueueItem | None:
+        if not 0 < lease_seconds < math.inf:
+            raise ValueError(f"lease_seconds must be positive and finite, got {lease_seconds}")
+        now = self._clock()
+        with self._transaction("dequeue an item") as conn:
+            row = conn.execute(_SQL.OLDEST_AVAILABLE, (namespace, queue, now)).fetchone()
+            if row is None:
+                return None
+            item_id, value, deliveries = row
+            conn.execute(_SQL.LEASE, (now + lease_seconds, item_id))
+        return QueueItem(item_id=item_id, value=value, deliveries=deliveries + 1)
+
+    def ack(self, namespace: str, queue: bytes, item_id: int) -> bool:
+        with self._transaction("ack an item") as conn:
+            removed = conn.execute(_SQL.ACK, (namespace, queue, item_id)).rowcount
+        return removed == 1
+
+    def close(self) -> None:
+        with self._lock, _storage_errors("close the database"):
+            self._conn.close()
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the database file 0600 (and a missing parent 0700) before SQLite opens it.
+
+    SQLite gives its -wal and -shm files the database file's permissions, so
+    creating the file ourselves keeps all three private. An existing parent
+    directory is left as it is: it may be shared, and it is not ours to change.
+    """
+    try:
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True)
+            path.parent.chmod(0o700)  # mkdir's mode is filtered by the umask
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise StorageError(f"storage: could not create database file {path}: {exc}") from exc

@@ -1,0 +1,403 @@
+"""The SQLite storage backend, on real database files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kettle.errors import StorageError
+from kettle.services.storage.backend import QueueItem
+from kettle.services.storage.sqlite_backend import SQLiteBackend
+
+NS = "management"
+Q = b"staged-task"
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+class Clock:
+    """A wall clock the test moves by hand, so lease expiry is deterministic."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "storage" / "kettle.sqlite"
+
+
+@pytest.fixture
+def store(db_path: Path, clock: Clock) -> Iterator[SQLiteBackend]:
+    backend = SQLiteBackend(db_path, clock=clock)
+    yield backend
+    backend.close()
+
+
+# --- records ---------------------------------------------------------------
+
+
+def test_put_get_overwrite_delete(store: SQLiteBackend) -> None:
+    assert store.get(NS, b"task-1") is None
+    store.put(NS, b"task-1", b"created")
+    assert store.get(NS, b"task-1") == b"created"
+    store.put(NS, b"task-1", b"staged")
+    assert store.get(NS, b"task-1") == b"staged"
+    store.delete(NS, b"task-1")
+    assert store.get(NS, b"task-1") is None
+
+
+def test_deleting_a_missing_key_is_fine(store: SQLiteBackend) -> None:
+    store.delete(NS, b"never-written")
+    assert store.get(NS, b"never-written") is None
+
+
+def test_empty_value_is_a_value(store: SQLiteBackend) -> None:
+    store.put(NS, b"empty", b"")
+    assert store.get(NS, b"empty") == b""
+    assert store.get(NS, b"missing") is None
+
+
+def test_binary_keys_and_values_roundtrip(store: SQLiteBackend) -> None:
+    key, value = bytes(range(256)), bytes(range(255, -1, -1)) * 10
+    store.put(NS, key, value)
+    assert store.get(NS, key) == value
+
+
+def test_namespaces_are_isolated(store: SQLiteBackend) -> None:
+    store.put("authentication", b"user-1", b"secret")
+    store.put(NS, b"user-1", b"index")
+    assert store.get("authentication", b"user-1") == b"secret"
+    assert store.get(NS, b"user-1") == b"index"
+    assert store.get("scheduler", b"user-1") is None
+    assert store.keys_with_prefix("scheduler", b"") == []
+    store.delete(NS, b"user-1")
+    assert store.get("authentication", b"user-1") == b"secret"
+
+
+# --- prefix scans ----------------------------------------------------------
+
+TRICKY_KEYS = [
+    b"",
+    b"a",
+    b"a\x00",
+    b"a\xff",
+    b"a\xff\xff",
+    b"a\xff\xff\x00",
+    b"b",
+    b"b\x00",
+    b"\xff",
+    b"\xff\xff",
+    b"A",
+    b"task-%",
+    b"task-_x",
+    b"task-*",
+    b"task-?",
+    b"task-[a]",
+    b"taskXy",
+    b"task-1",
+    b"task",
+]
+
+
+@pytest.fixture
+def tricky(store: SQLiteBackend) -> SQLiteBackend:
+    for key in TRICKY_KEYS:
+        store.put(NS, key, b"v")
+    store.put("other", b"a-elsewhere", b"v")
+    return store
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        b"",
+        b"a",
+        b"a\xff",
+        b"a\xff\xff",
+        b"b",
+        b"\xff",
+        b"\xff\xff",
+        b"\xff\xff\xff",
+        b"task-",
+        b"task-%",
+        b"task-_",
+        b"task-*",
+        b"task-?",
+        b"task-[",
+        b"task",
+        b"z",
+        b"a\x00",
+    ],
+)
+def test_prefix_scan_is_exact_and_sorted(tricky: SQLiteBackend, prefix: bytes) -> None:
+    expected = sorted(k for k in TRICKY_KEYS if k.startswith(prefix))
+    assert tricky.keys_with_prefix(NS, prefix) == expected
+
+
+def test_prefix_wildcards_are_literal(tricky: SQLiteBackend) -> None:
+    assert tricky.keys_with_prefix(NS, b"task-_") == [b"task-_x"]
+    assert tricky.keys_with_prefix(NS, b"task-%") == [b"task-%"]
+    assert tricky.keys_with_prefix(NS, b"a\xff") == [b"a\xff", b"a\xff\xff", b"a\xff\xff\x00"]
+
+
+def test_prefix_scan_with_no_match_returns_nothing(store: SQLiteBackend) -> None:
+    # Teaclave returns the first key after the range here; Kettle must not.
+    store.put(NS, b"task-1", b"v")
+    store.put(NS, b"user-1", b"v")
+    assert store.keys_with_prefix(NS, b"staged-") == []
+
+
+# --- queues ----------------------------------------------------------------
+
+
+def test_queue_is_fifo(store: SQLiteBackend) -> None:
+    for value in (b"one", b"two", b"three"):
+        store.enqueue(NS, Q, value)
+    taken = []
+    while (item := store.dequeue(NS, Q, lease_seconds=30)) is not None:
+        taken.append(item.value)
+        assert store.ack(NS, Q, item.item_id)
+    assert taken == [b"one", b"two", b"three"]
+
+
+def test_dequeue_on_empty_is_none(store: SQLiteBackend) -> None:
+    assert store.dequeue(NS, Q, lease_seconds=30) is None
+
+
+def test_queues_are_independent(store: SQLiteBackend) -> None:
+    store.enqueue(NS, b"staged-task", b"task")
+    store.enqueue(NS, b"cancel_queue", b"cancel")
+    store.enqueue("other", b"staged-task", b"elsewhere")
+    cancel = store.dequeue(NS, b"cancel_queue", lease_seconds=30)
+    assert cancel is not None and cancel.value == b"cancel"
+    staged = store.dequeue(NS, b"staged-task", lease_seconds=30)
+    assert staged is not None and staged.value == b"task"
+    assert store.dequeue(NS, b"cancel_queue", lease_seconds=30) is None
+
+
+def test_empty_queue_value_is_a_value(store: SQLiteBackend) -> None:
+    store.enqueue(NS, Q, b"")
+    item = store.dequeue(NS, Q, lease_seconds=30)
+    assert item is not None and item.value == b""
+
+
+def test_lease_hides_the_item(store: SQLiteBackend, clock: Clock) -> None:
+    store.enqueue(NS, Q, b"only")
+    first = store.dequeue(NS, Q, lease_seconds=30)
+    assert first == QueueItem(item_id=first.item_id, value=b"only", deliveries=1)
+    clock.now += 29
+    assert store.dequeue(NS, Q, lease_seconds=30) is None
+
+
+def test_expired_lease_redelivers_before_newer_items(store: SQLiteBackend, clock: Clock) -> None:
+    store.enqueue(NS, Q, b"old")
+    first = store.dequeue(NS, Q, lease_seconds=30)
+    assert first is not None
+    store.enqueue(NS, Q, b"new")
+    clock.now += 30
+    again = store.dequeue(NS, Q, lease_seconds=30)
+    assert again == QueueItem(item_id=first.item_id, value=b"old", deliveries=2)
+    newer = store.dequeue(NS, Q, lease_seconds=30)
+    assert newer is not None and newer.value == b"new" and newer.deliveries == 1
+
+
+def test_lease_expires_in_real_time(db_path: Path) -> None:
+    backend = SQLiteBackend(db_path)
+    try:
+        backend.enqueue(NS, Q, b"v")
+        assert backend.dequeue(NS, Q, lease_seconds=0.05) is not None
+        assert backend.dequeue(NS, Q, lease_seconds=0.05) is None
+        time.sleep(0.1)
+        again = backend.dequeue(NS, Q, lease_seconds=30)
+        assert again is not None and again.deliveries == 2
+    finally:
+        backend.close()
+
+
+def test_ack_removes_and_double_ack_is_false(store: SQLiteBackend, clock: Clock) -> None:
+    store.enqueue(NS, Q, b"v")
+    item = store.dequeue(NS, Q, lease_seconds=30)
+    assert item is not None
+    assert store.ack(NS, Q, item.item_id) is True
+    assert store.ack(NS, Q, item.item_id) is False
+    clock.now += 3600
+    assert store.dequeue(NS, Q, lease_seconds=30) is None
+
+
+def test_ack_is_scoped_to_its_queue(store: SQLiteBackend, clock: Clock) -> None:
+    store.enqueue(NS, Q, b"v")
+    item = store.dequeue(NS, Q, lease_seconds=30)
+    assert item is not None
+    assert store.ack(NS, b"cancel_queue", item.item_id) is False
+    assert store.ack("other", Q, item.item_id) is False
+    clock.now += 30
+    assert store.dequeue(NS, Q, lease_seconds=30) is not None
+
+
+def test_item_ids_are_not_reused(store: SQLiteBackend) -> None:
+    store.enqueue(NS, Q, b"first")
+    first = store.dequeue(NS, Q, lease_seconds=30)
+    assert first is not None and store.ack(NS, Q, first.item_id)
+    store.enqueue(NS, Q, b"second")
+    # A late, duplicate ack of the first item must not remove the second.
+    assert store.ack(NS, Q, first.item_id) is False
+    second = store.dequeue(NS, Q, lease_seconds=30)
+    assert second is not None and second.item_id != first.item_id
+
+
+@pytest.mark.parametrize("lease", [0, -1, float("nan"), float("inf")])
+def test_lease_must_be_positive_and_finite(store: SQLiteBackend, lease: float) -> None:
+    with pytest.raises(ValueError, match="lease_seconds"):
+        store.dequeue(NS, Q, lease_seconds=lease)
+
+
+# --- the file --------------------------------------------------------------
+
+
+def test_state_persists_across_reopen(db_path: Path, clock: Clock) -> None:
+    backend = SQLiteBackend(db_path, clock=clock)
+    backend.put(NS, b"k", b"v")
+    backend.enqueue(NS, Q, b"leased")
+    backend.enqueue(NS, Q, b"waiting")
+    leased = backend.dequeue(NS, Q, lease_seconds=30)
+    assert leased is not None
+    backend.close()
+
+    reopened = SQLiteBackend(db_path, clock=clock)
+    try:
+        assert reopened.get(NS, b"k") == b"v"
+        waiting = reopened.dequeue(NS, Q, lease_seconds=30)
+        assert waiting is not None and waiting.value == b"waiting"
+        assert reopened.dequeue(NS, Q, lease_seconds=30) is None  # the lease survived too
+        clock.now += 30
+        assert reopened.dequeue(NS, Q, lease_seconds=30) == QueueItem(
+            item_id=leased.item_id, value=b"leased", deliveries=2
+        )
+    finally:
+        reopened.close()
+
+
+def test_file_and_new_directory_are_private(db_path: Path, store: SQLiteBackend) -> None:
+    store.put(NS, b"k", b"v")
+    assert stat.S_IMODE(db_path.parent.stat().st_mode) == 0o700
+    for path in (db_path, db_path.with_name(db_path.name + "-wal")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_uses_wal_and_records_schema_version(db_path: Path, store: SQLiteBackend) -> None:
+    raw = sqlite3.connect(db_path)
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        version = raw.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+        assert version == (1,)
+    finally:
+        raw.close()
+
+
+def test_newer_schema_is_refused(db_path: Path) -> None:
+    SQLiteBackend(db_path).close()
+    raw = sqlite3.connect(db_path)
+    with raw:
+        raw.execute("UPDATE meta SET value = 2 WHERE name = 'schema_version'")
+    raw.close()
+    with pytest.raises(StorageError, match="schema version 2"):
+        SQLiteBackend(db_path)
+
+
+def test_a_file_that_is_not_a_database_is_a_storage_error(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.sqlite"
+    path.write_bytes(b"this is not an sqlite database at all" * 100)
+    with pytest.raises(StorageError, match="could not open database"):
+        SQLiteBackend(path)
+
+
+def test_use_after_close_is_a_storage_error(db_path: Path) -> None:
+    backend = SQLiteBackend(db_path)
+    backend.close()
+    with pytest.raises(StorageError, match="could not read a record"):
+        backend.get(NS, b"k")
+
+
+def test_failed_write_changes_nothing(db_path: Path) -> None:
+    backend = SQLiteBackend(db_path, busy_timeout_seconds=0.05)
+    backend.put(NS, b"k", b"before")
+    backend.enqueue(NS, Q, b"item")
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StorageError, match="could not write a record: database is locked"):
+            backend.put(NS, b"k", b"after")
+        with pytest.raises(StorageError, match="could not dequeue an item"):
+            backend.dequeue(NS, Q, lease_seconds=30)
+        blocker.execute("ROLLBACK")
+        assert backend.get(NS, b"k") == b"before"
+        item = backend.dequeue(NS, Q, lease_seconds=30)
+        assert item is not None and item.deliveries == 1
+    finally:
+        blocker.close()
+        backend.close()
+
+
+# --- durability under SIGKILL ----------------------------------------------
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from kettle.services.storage.sqlite_backend import SQLiteBackend
+
+    backend = SQLiteBackend(Path(sys.argv[1]))
+    for i in range(1_000_000):
+        key = b"task-%08d" % i
+        backend.put("management", key, key[::-1] * 50)
+        print(key.decode(), flush=True)
+    """
+)
+
+
+def test_acknowledged_writes_survive_sigkill(db_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(db_path)], stdout=subprocess.PIPE, env=env
+    )
+    assert child.stdout is not None
+    acknowledged: list[bytes] = []
+    try:
+        while len(acknowledged) < 200:
+            line = child.stdout.readline()
+            assert line.endswith(b"\n"), "the writer exited early"
+            acknowledged.append(line.strip())
+        child.send_signal(signal.SIGKILL)
+        # Lines already in the pipe were also printed after their put returned.
+        acknowledged += [line.strip() for line in child.stdout if line.endswith(b"\n")]
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+    backend = SQLiteBackend(db_path)
+    try:
+        for key in acknowledged:
+            assert backend.get(NS, key) == key[::-1] * 50, key
+        stored = backend.keys_with_prefix(NS, b"task-")
+        assert stored[: len(acknowledged)] == acknowledged
+    finally:
+        backend.close()
