@@ -20,6 +20,7 @@ from ...rpc.generated import kettle_storage_pb2 as storage_pb
 from ...rpc.generated import kettle_storage_pb2_grpc as storage_grpc
 from ...rpc.generated import teaclave_authentication_service_pb2 as pb
 from ...rpc.generated import teaclave_authentication_service_pb2_grpc as pb_grpc
+from ...rpc.channel import PeerChannels
 from ...rpc.status import rpc_method
 from ..runtime import ServiceRuntime
 from .core import AuthenticationCore
@@ -35,12 +36,14 @@ STORAGE_TIMEOUT_SECS = 10.0
 class StorageUserRepository:
     """User records in the storage service's ``authentication`` partition."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._stub = storage_grpc.KettleStorageStub(channel)
+    def __init__(self, peers: PeerChannels) -> None:
+        # Ask for the channel on every call: it is re-made when our certificate rotates.
+        self._peers = peers
 
     async def _call(self, method: str, request: object) -> object:
+        stub = storage_grpc.KettleStorageStub(self._peers.channel("storage"))
         try:
-            return await getattr(self._stub, method)(request, timeout=STORAGE_TIMEOUT_SECS, wait_for_ready=True)
+            return await getattr(stub, method)(request, timeout=STORAGE_TIMEOUT_SECS, wait_for_ready=True)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
@@ -154,7 +157,7 @@ async def main(config: Config) -> None:
     check_bootstrap_password(config)
     runtime = ServiceRuntime("authentication", config)
     await runtime.attest()
-    repository = StorageUserRepository(runtime.peers.channel("storage"))
+    repository = StorageUserRepository(runtime.peers)
     tokens = TokenAuthority(await repository.signing_secret(), config.authentication.token_validity_secs)
     core = AuthenticationCore(repository, tokens)
     if await core.bootstrap_admin(config.authentication.admin_id, config.authentication.admin_password):

@@ -1,0 +1,168 @@
+"""Shared fixtures: real Kettle platforms in temporary homes, on free ports.
+
+Every platform here is the real thing: the attestation service and each
+platform service run as separate ``kettle service`` processes, talking gRPC over
+attested TLS, with SQLite storage on disk. Nothing in the trust path is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from kettle.config import Config, load_config
+from kettle.launcher import Child, spawn, start_platform, stop_all
+from kettle.provisioning import init_dev_home
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        sockets.append(s)
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def platform_config_text(validity_secs: int = 3600, extra: str = "") -> str:
+    """A dev configuration on free loopback ports (never the defaults a developer's `make up` uses)."""
+    api_auth, api_frontend, auth, mgmt, storage, ac, sched, execution, as_port = free_ports(9)
+    internal = {
+        "authentication": auth, "management": mgmt, "storage": storage,
+        "access_control": ac, "scheduler": sched, "execution": execution,
+    }
+    lines = [
+        "[platform]", "dev_mode = true", "",
+        "[api_endpoints]",
+        f'authentication = {{ listen_address = "127.0.0.1:{api_auth}" }}',
+        f'frontend = {{ listen_address = "127.0.0.1:{api_frontend}" }}', "",
+        "[internal_endpoints]",
+        *(f'{name} = {{ listen_address = "127.0.0.1:{port}", advertised_address = "https://localhost:{port}" }}'
+          for name, port in internal.items()),
+        "",
+        "[attestation]",
+        'backend = "simulation"',
+        f'service_url = "https://localhost:{as_port}"',
+        f'listen_address = "127.0.0.1:{as_port}"',
+        f"validity_secs = {validity_secs}",
+        "unsafe_allow_simulation = true",
+        "",
+        extra,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def _auditor_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Dev auditor keys generated once per session (RSA-4096), copied into each home."""
+    home = tmp_path_factory.mktemp("auditor-cache")
+    from kettle.provisioning import create_dev_auditors
+
+    create_dev_auditors(home)
+    return home / "auditors"
+
+
+def make_home(path: Path, auditor_cache: Path, validity_secs: int = 3600, extra: str = "") -> Config:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "kettle.toml").write_text(platform_config_text(validity_secs, extra))
+    shutil.copytree(auditor_cache, path / "auditors", dirs_exist_ok=True)
+    return init_dev_home(path)
+
+
+@dataclass
+class Platform:
+    config: Config
+    children: list[Child] = field(default_factory=list)
+
+    @property
+    def home(self) -> Path:
+        return self.config.home
+
+    @property
+    def auth_address(self) -> str:
+        return self.config.endpoint("authentication", api=True).target
+
+    def child(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
+
+    def start(self, services: tuple[str, ...] = ("storage", "authentication")) -> None:
+        self.children = start_platform(self.config, services)
+
+    def start_service(self, name: str) -> None:
+        self.children = [c for c in self.children if c.name != name]
+        self.children.append(spawn(name, self.config))
+
+    def stop(self) -> None:
+        stop_all(self.children)
+        self.children = []
+
+    def trust(self):  # type: ignore[no-untyped-def]
+        from kettle.sdk import ClientTrust
+
+        return ClientTrust.from_config(self.config)
+
+    def auth_client(self):  # type: ignore[no-untyped-def]
+        from kettle.sdk import AuthenticationClient
+
+        return AuthenticationClient(self.auth_address, self.trust())
+
+    def admin(self):  # type: ignore[no-untyped-def]
+        client = self.auth_client()
+        client.user_login("admin", "teaclave")
+        return client
+
+    def kettle(self, *args: str, input: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the ``kettle`` CLI against this platform's home."""
+        return subprocess.run(
+            [sys.executable, "-m", "kettle", *args],
+            env={**os.environ, "KETTLE_HOME": str(self.home), **(env or {})},
+            input=input, capture_output=True, text=True, timeout=120,
+        )
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory: pytest.TempPathFactory, _auditor_cache: Path) -> Iterator[Platform]:
+    """One running platform shared by the tests that only talk to it."""
+    p = Platform(make_home(tmp_path_factory.mktemp("platform"), _auditor_cache))
+    p.start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def fresh_platform(tmp_path: Path, _auditor_cache: Path) -> Iterator[Platform]:
+    """A platform of the test's own (not started), for tests that restart or break things."""
+    p = Platform(make_home(tmp_path / "home", _auditor_cache))
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def home_factory(tmp_path: Path, _auditor_cache: Path):  # type: ignore[no-untyped-def]
+    """Make configured homes with custom settings: ``home_factory(validity_secs=8, extra=...)``."""
+    counter = iter(range(100))
+
+    def make(validity_secs: int = 3600, extra: str = "") -> Platform:
+        return Platform(make_home(tmp_path / f"home{next(counter)}", _auditor_cache, validity_secs, extra))
+
+    made: list[Platform] = []
+    yield lambda **kw: made.append(make(**kw)) or made[-1]
+    for p in made:
+        p.stop()
+
+
+def reload(config: Config) -> Config:
+    return load_config(config.home)

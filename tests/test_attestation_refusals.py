@@ -1,0 +1,412 @@
+"""Acceptance: "Each refused with a clear error, on both server and client side where it applies".
+
+Every case runs against real Kettle processes (attestation service, storage,
+authentication) over real TLS; nothing in the trust path is mocked. Hostile
+material (tampered code, wrong enclave info, minted or forged certificates) is
+made the way an attacker or a buggy issuer would, with the home's own keys
+where the case needs them. Each test asserts the specific reason given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import http.client
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
+
+from conftest import Platform, make_home, reload
+from kettle.attestation.backends import SimulationBackend
+from kettle.attestation.build import BuildConfig
+from kettle.attestation.certificates import (
+    issue_by_root,
+    issue_service_certificate,
+    measurement_dns_name,
+    report_data_for,
+    self_signed_root,
+)
+from kettle.attestation.enclave_info import SIGNATURE_SUFFIX, EnclaveInfo, Measurement, sign_enclave_info
+from kettle.attestation.identity import as_tls_context
+from kettle.attestation.measurement import SIMULATION_MR_SIGNER, measure_service, package_root
+from kettle.attestation.quote import DEBUG_FLAG, INIT_FLAG, MODE64BIT_FLAG, QuoteBody
+from kettle.attestation.report import EndorsedReport, build_report
+from kettle.attestation.verifier import Verifier
+from kettle.errors import AttestationError, KettleError
+from kettle.launcher import spawn, stop_all
+from kettle.provisioning import load_auditor_private_key
+from kettle.rpc.channel import PeerChannels, channel_options
+from kettle.rpc.generated import kettle_storage_pb2 as storage_pb
+from kettle.rpc.generated import kettle_storage_pb2_grpc as storage_grpc
+from kettle.rpc.generated import teaclave_authentication_service_pb2 as auth_pb
+from kettle.rpc.generated import teaclave_authentication_service_pb2_grpc as auth_grpc
+from kettle.rpc.generated import teaclave_common_pb2 as common_pb
+from kettle.sdk.attested import ClientTrust, fetch_certificate, verify_endpoint
+from kettle.services.runtime import ServiceRuntime
+
+T = TypeVar("T")
+
+CALL_TIMEOUT = 10.0
+MISSING_KEY = b"refusal-tests/no-such-key"
+PEM = serialization.Encoding.PEM
+DER = serialization.Encoding.DER
+
+
+# --- helpers ------------------------------------------------------------------
+
+
+def flat(text: str) -> str:
+    """Whitespace-normalised text: the CLI's console wraps long error lines."""
+    return " ".join(text.split())
+
+
+def spawn_refused(name: str, config: object) -> str:
+    """Start ``kettle service NAME``, which must die before ready; its (flattened) log tail."""
+    with pytest.raises(KettleError) as info:
+        child = spawn(name, config)  # type: ignore[arg-type]
+        stop_all([child])  # only reached if it wrongly started
+    message = info.value.message
+    assert f"{name} exited with status 1 before it was ready" in message, message
+    return flat(message)
+
+
+def run(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def attested_runtime(service: str, config: object) -> ServiceRuntime:
+    """A real attested identity for ``service`` in this process (no rotation task)."""
+    runtime = ServiceRuntime(service, config)  # type: ignore[arg-type]
+    await runtime.identities.obtain(attempts=3)
+    return runtime
+
+
+async def storage_get(channel: grpc.aio.Channel, key: bytes = MISSING_KEY) -> grpc.StatusCode:
+    """Status of a storage Get over ``channel`` (OK if the key existed)."""
+    try:
+        await storage_grpc.KettleStorageStub(channel).Get(storage_pb.GetRequest(key=key), timeout=CALL_TIMEOUT)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def storage_get_error(channel: grpc.aio.Channel) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await storage_grpc.KettleStorageStub(channel).Get(storage_pb.GetRequest(key=MISSING_KEY), timeout=CALL_TIMEOUT)
+    return info.value
+
+
+def mre_name(config: object, service: str) -> str:
+    """The TLS name that pins ``service``'s audited measurement."""
+    build = BuildConfig.load(config.home)  # type: ignore[attr-defined]
+    return measurement_dns_name(measure_service(service, build.raw), config.domain)  # type: ignore[attr-defined]
+
+
+def mutual_channel(config: object, service: str, key: ec.EllipticCurvePrivateKey, chain: list[x509.Certificate]) -> grpc.aio.Channel:
+    """An internal-endpoint channel presenting an arbitrary client certificate chain."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=config.as_root_path.read_bytes(),  # type: ignore[attr-defined]
+        private_key=key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        certificate_chain=b"".join(c.public_bytes(PEM) for c in chain),
+    )
+    return grpc.aio.secure_channel(
+        config.endpoint(service).target, credentials, options=channel_options(mre_name(config, service))  # type: ignore[attr-defined]
+    )
+
+
+def service_ca(home: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """The attested-service CA key and certificate (playing a compromised or buggy issuer)."""
+    directory = home / "attestation_service"
+    key = serialization.load_pem_private_key((directory / "service_ca.key.pem").read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return key, x509.load_pem_x509_certificate((directory / "service_ca.pem").read_bytes())
+
+
+def mint(
+    home: Path, domain: str, endorsed: EndorsedReport, service: str, mr_enclave: bytes, *, compact: bool = False
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, x509.Certificate]:
+    """A CA-issued certificate for a fresh P-256 key carrying ``endorsed``: (key, leaf, CA)."""
+    ca_key, ca_cert = service_ca(home)
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = issue_service_certificate(
+        ca_key, ca_cert, key.public_key(), service, mr_enclave, endorsed, domain, True,
+        datetime.now(UTC), timedelta(minutes=10), compact=compact,
+    )
+    return key, leaf, ca_cert
+
+
+@contextmanager
+def impostor(key: ec.EllipticCurvePrivateKey, chain: list[x509.Certificate]) -> Iterator[str]:
+    """A TLS server on loopback presenting ``chain`` (leaf first); yields its address."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cert_file, key_file = Path(tmp) / "chain.pem", Path(tmp) / "key.pem"
+        cert_file.write_bytes(b"".join(c.public_bytes(PEM) for c in chain))
+        key_file.write_bytes(key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_file, key_file)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(5)
+            try:
+                with context.wrap_socket(conn, server_side=True):
+                    pass
+            except OSError:
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def live_certificate(platform: Platform) -> x509.Certificate:
+    return x509.load_der_x509_certificate(fetch_certificate(platform.auth_address, platform.config.as_root_path))
+
+
+def client_trust_dir(platform: Platform, tmp_path: Path) -> Path:
+    """A copy of a home's client trust files (AS root, enclave info, signatures, auditor keys)."""
+    target = tmp_path / "trust"
+    shutil.copytree(platform.home / "trust", target)
+    return target
+
+
+def wait_until(moment: datetime, margin: float = 0.5) -> None:
+    delay = (moment - datetime.now(UTC)).total_seconds() + margin
+    if delay > 0:
+        time.sleep(delay)
+
+
+# --- fixtures -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def short_platform(tmp_path_factory: pytest.TempPathFactory, _auditor_cache: Path) -> Iterator[Platform]:
+    """A running platform whose certificates live 5 seconds (for expiry)."""
+    p = Platform(make_home(tmp_path_factory.mktemp("short-validity"), _auditor_cache, validity_secs=5))
+    p.start()
+    yield p
+    p.stop()
+
+
+# --- 1. code that differs from enclave info ---------------------------------------
+
+
+def test_tampered_service_code_is_refused_by_the_as(home_factory: Callable[..., Platform], tmp_path: Path) -> None:
+    """Point 1, server side: storage code with one changed byte cannot get a certificate, so it does not start."""
+    p = home_factory()
+    p.children.append(spawn("attestation", p.config))
+    copy = tmp_path / "tampered" / "kettle"
+    shutil.copytree(package_root(), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with (copy / "services" / "storage" / "service.py").open("a") as f:
+        f.write("# one more byte than audited\n")
+    build = BuildConfig.load(p.home)
+    tampered = measure_service("storage", build.raw, root=copy)
+    audited = EnclaveInfo.parse(p.config.enclave_info_path.read_bytes()).measurement("storage").mr_enclave
+    assert tampered != audited
+
+    result = subprocess.run(
+        [sys.executable, "-m", "kettle", "service", "storage"],
+        env={**os.environ, "KETTLE_HOME": str(p.home), "PYTHONPATH": str(copy.parent)},
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )
+    output = flat(result.stdout + result.stderr)
+    assert result.returncode != 0, output
+    assert (
+        f"attestation service refused storage: measurement of storage ({tampered.hex()}) "
+        f"does not match enclave info ({audited.hex()})"
+    ) in output
+    # The AS logged the refusal too, and is still serving.
+    assert p.child("attestation").process.poll() is None
+    assert "does not match enclave info" in flat((p.home / "logs" / "attestation.log").read_text())
+
+
+def test_client_refuses_service_whose_measurement_is_not_in_enclave_info(platform: Platform, tmp_path: Path) -> None:
+    """Point 1, client side: properly signed enclave info naming another authentication measurement."""
+    trust = client_trust_dir(platform, tmp_path)
+    info = EnclaveInfo.parse((trust / "enclave_info.toml").read_bytes())
+    services = dict(info.services)
+    services["authentication"] = Measurement(bytes(32 * [0xAB]), services["authentication"].mr_signer)
+    data = EnclaveInfo(services).render()
+    (trust / "enclave_info.toml").write_bytes(data)
+    for key_path in sorted((platform.home / "auditors").glob("*.key.pem")):
+        name = key_path.name.removesuffix(".key.pem")
+        (trust / f"{name}{SIGNATURE_SUFFIX}").write_bytes(sign_enclave_info(data, load_auditor_private_key(key_path)))
+
+    trusted = ClientTrust.from_files(trust / "as_root_ca.pem", trust / "enclave_info.toml", unsafe_allow_simulation=True)
+    live = platform.config
+    real = measure_service("authentication", BuildConfig.load(live.home).raw)
+    with pytest.raises(AttestationError) as info_:
+        verify_endpoint(platform.auth_address, "authentication", trusted)
+    assert info_.value.reason == (
+        f"{platform.auth_address}: measurement {real.hex()} does not match enclave info for authentication"
+    )
+    # Control: the home's own enclave info accepts the same endpoint.
+    assert verify_endpoint(platform.auth_address, "authentication", platform.trust()).peer.service == "authentication"
+
+
+# --- 2. fewer than k auditor signatures ---------------------------------------------
+
+TOO_FEW = "enclave info has 2 valid auditor signature(s), 3 required"
+
+
+def test_services_and_as_refuse_to_start_without_k_signatures(home_factory: Callable[..., Platform]) -> None:
+    """Point 2, server side: a repeated signature counts once; storage and the AS refuse to start."""
+    p = home_factory()
+    p.children.append(spawn("attestation", p.config))
+    signatures = sorted((p.home / "trust").glob("*" + SIGNATURE_SUFFIX))
+    assert len(signatures) == 3
+    signatures[0].write_bytes(signatures[1].read_bytes())
+
+    # Storage checks enclave info itself, even while an AS is up.
+    assert TOO_FEW in spawn_refused("storage", p.config)
+    p.stop()
+    assert TOO_FEW in spawn_refused("attestation", p.config)
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "duplicate"])
+def test_client_and_audit_verify_refuse_without_k_signatures(platform: Platform, tmp_path: Path, damage: str) -> None:
+    """Point 2, client side: ClientTrust.from_files and `kettle audit verify` refuse 2 of 3 signatures."""
+    trust = client_trust_dir(platform, tmp_path)
+    info_path, root_path = trust / "enclave_info.toml", trust / "as_root_ca.pem"
+    ClientTrust.from_files(root_path, info_path, unsafe_allow_simulation=True)  # control: intact copy verifies
+    signatures = sorted(trust.glob("*" + SIGNATURE_SUFFIX))
+    if damage == "missing":
+        signatures[0].unlink()
+    elif damage == "corrupt":
+        raw = bytearray(signatures[0].read_bytes())
+        raw[len(raw) // 2] ^= 0x01
+        signatures[0].write_bytes(bytes(raw))
+    else:
+        signatures[0].write_bytes(signatures[1].read_bytes())
+
+    with pytest.raises(AttestationError) as info:
+        ClientTrust.from_files(root_path, info_path, unsafe_allow_simulation=True)
+    assert info.value.reason.startswith(TOO_FEW)
+    survivors = sorted(s.name.removesuffix(SIGNATURE_SUFFIX) for s in signatures[1:])
+    assert info.value.reason == f"{TOO_FEW} (valid: {', '.join(survivors)})"
+
+    result = platform.kettle("audit", "verify", str(info_path))
+    assert result.returncode == 1
+    assert f"error: {TOO_FEW}" in flat(result.stderr), result.stderr
+    assert "enclave info verified" not in result.stdout
+
+
+# --- 3. peers the inbound rules do not allow ----------------------------------------
+
+
+def test_inbound_rules_refuse_peer_services(platform: Platform) -> None:
+    """Point 3: an attested scheduler may not call authentication; legitimate peers are accepted."""
+    admin_token = platform.auth_client().user_login("admin", "teaclave")
+    credential = common_pb.UserCredential(id="admin", token=admin_token)
+
+    async def scenario() -> None:
+        scheduler = await attested_runtime("scheduler", platform.config)
+        frontend = await attested_runtime("frontend", platform.config)
+        execution = await attested_runtime("execution", platform.config)
+        management = await attested_runtime("management", platform.config)
+        try:
+            stub = auth_grpc.TeaclaveAuthenticationInternalStub(scheduler.peers.channel("authentication"))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.UserAuthenticate(auth_pb.UserAuthenticateRequest(credential=credential), timeout=CALL_TIMEOUT)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert info.value.details() == "peer service scheduler is not allowed to call authentication"
+
+            # Allowed to call storage: scheduler yes, execution no.
+            assert await storage_get(scheduler.peers.channel("storage")) == grpc.StatusCode.NOT_FOUND
+            refused = await storage_get_error(execution.peers.channel("storage"))
+            assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert refused.details() == "peer service execution is not allowed to call storage"
+
+            # Controls: the frontend may ask authentication; management may use storage.
+            stub = auth_grpc.TeaclaveAuthenticationInternalStub(frontend.peers.channel("authentication"))
+            reply = await stub.UserAuthenticate(auth_pb.UserAuthenticateRequest(credential=credential), timeout=CALL_TIMEOUT)
+            assert reply.claims.sub == "admin"
+            assert await storage_get(management.peers.channel("storage")) == grpc.StatusCode.NOT_FOUND
+        finally:
+            for runtime in (scheduler, frontend, execution, management):
+                await runtime.peers.close()
+
+    run(scenario())
+
+
+# --- 4. expired certificates -------------------------------------------------------
+
+
+def test_client_refuses_expired_service_certificate(short_platform: Platform) -> None:
+    """Point 4, client side: a live authentication certificate, once expired, is refused."""
+    p = short_platform
+    verifier = p.trust().verifier
+    cert = live_certificate(p)
+    assert verifier.verify(cert, expected_services={"authentication"}).service == "authentication"  # control
+    wait_until(cert.not_valid_after_utc)
+    with pytest.raises(AttestationError) as info:
+        verifier.verify(cert, expected_services={"authentication"})
+    assert info.value.reason == f"certificate expired at {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+    # The service itself rotated in time: its current certificate verifies.
+    assert verify_endpoint(p.auth_address, "authentication", p.trust()).peer.not_after > datetime.now(UTC)
+
+
+def test_storage_refuses_expired_client_certificate(short_platform: Platform) -> None:
+    """Point 4, server side: a peer whose certificate expired (no rotation) is refused by TLS; storage keeps serving."""
+    p = short_platform
+
+    async def scenario() -> str:
+        stale = await attested_runtime("management", p.config)  # no rotation started
+        identity = stale.identities.current
+        fresh_channels = PeerChannels(p.config, stale.identities, stale.enclave_info, stale.as_root_pem)
+        try:
+            assert await storage_get(stale.peers.channel("storage")) == grpc.StatusCode.NOT_FOUND  # control
+            await stale.peers.close()
+            wait = (identity.client_certificate.not_valid_after_utc - datetime.now(UTC)).total_seconds() + 0.5
+            await asyncio.sleep(max(wait, 0))
+            error = await storage_get_error(fresh_channels.channel("storage"))
+        finally:
+            await fresh_channels.close()
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+        details = error.details() or ""
+
+        # Storage is alive and serves a peer with a valid certificate.
+        assert p.child("storage").process.poll() is None
+        fresh = await attested_runtime("management", p.config)
+        try:
+            assert await storage_get(fresh.peers.channel("storage")) == grpc.StatusCode.NOT_FOUND
+        finally:
+            await fresh.peers.close()
+        return details
+
+    details = run(scenario())
+    assert "certificate expired" in details.lower() or "certificate_expired" in details.lower(), details
+    assert p.admin().list_users("any")  # authentication -> storage still works
