@@ -28,8 +28,8 @@ user_app = typer.Typer(no_args_is_help=True, help="Users of the platform (authen
 app.add_typer(audit_app, name="audit")
 app.add_typer(user_app, name="user")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
