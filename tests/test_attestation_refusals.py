@@ -682,3 +682,58 @@ def test_forged_report_with_injected_root_is_refused(platform: Platform) -> None
         ca_key, ca_cert, leaf_key.public_key(), "authentication", mr_enclave, genuine, domain, True, now, timedelta(minutes=10)
     )
     assert verifier.verify(good_leaf, expected_services={"authentication"}, intermediates=[ca_cert]).service == "authentication"
+
+
+def _rogue_signers(home: Path, now: datetime) -> dict[str, tuple[ec.EllipticCurvePrivateKey, list[x509.Certificate]]]:
+    """Report signers that are not the AS's report-signing role, each with the chain it would present."""
+    ca_key, ca_cert = service_ca(home)
+    directory = home / "attestation_service"
+    signer_key = ec.generate_private_key(ec.SECP256R1())
+    under_service_ca = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rogue report signer")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(signer_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    tls_key = serialization.load_pem_private_key((directory / "tls.key.pem").read_bytes(), password=None)
+    assert isinstance(tls_key, ec.EllipticCurvePrivateKey)
+    tls_cert = x509.load_pem_x509_certificate((directory / "tls.pem").read_bytes())
+    return {
+        "signer-certified-by-service-ca": (signer_key, [under_service_ca, ca_cert]),
+        "as-tls-endpoint-key": (tls_key, [tls_cert]),
+    }
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG src/kettle/attestation/verifier.py:217 (Verifier.examine) accepts any report signer that chains to "
+        "the AS root, and _verify_report_signature (l.116-124) accepts ECDSA: a report signed by a certificate the "
+        "attested-service CA key issued, or by the AS TLS endpoint key, verifies, so the report-signing role is "
+        "not separated from the CA/TLS keys (spec/attestation.md §7.2, §7.9)"
+    ),
+)
+@pytest.mark.parametrize("rogue", ["signer-certified-by-service-ca", "as-tls-endpoint-key"])
+def test_report_signed_outside_the_report_signing_role_is_refused(platform: Platform, rogue: str) -> None:
+    """Forged report, compromised issuer: holding the service CA key (or the AS TLS key) must not
+    be enough to sign reports; only the AS report-signing certificate may."""
+    home, domain = platform.home, platform.config.domain
+    now = datetime.now(UTC)
+    mr_enclave = measure_service("authentication", BuildConfig.load(home).raw)
+    signer_key, certs = _rogue_signers(home, now)[rogue]
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    quote = QuoteBody(mr_enclave, SIMULATION_MR_SIGNER, report_data_for(leaf_key.public_key()), INIT_FLAG | DEBUG_FLAG | MODE64BIT_FLAG)
+    fields = {"kettleTeeType": "simulation", "kettleSimulation": True, "kettleService": "authentication"}
+    report = build_report(quote.to_bytes(), "OK", now - timedelta(seconds=1), fields)
+    endorsed = EndorsedReport(report, signer_key.sign(report, ec.ECDSA(hashes.SHA256())), [c.public_bytes(DER) for c in certs])
+    ca_key, ca_cert = service_ca(home)
+    leaf = issue_service_certificate(
+        ca_key, ca_cert, leaf_key.public_key(), "authentication", mr_enclave, endorsed, domain, True, now, timedelta(minutes=10)
+    )
+    with pytest.raises(AttestationError, match="report sign"):
+        platform.trust().verifier.verify(leaf, expected_services={"authentication"}, intermediates=[ca_cert])

@@ -453,7 +453,7 @@ def test_sdk_sw_mode_skips_everything(monkeypatch: pytest.MonkeyPatch, tmp_path:
 # ---------------------------------------------------------------------------
 
 
-def test_sdk_tls_context_is_the_sdks(handshake: Handshake) -> None:
+def test_sdk_tls_context_is_the_sdks() -> None:
     """§1.5 set-up step 1: unverified, no host name check, TLS 1.0/1.1 off."""
     ctx = sdk_ssl_context()
     assert ctx.verify_mode == ssl.CERT_NONE
@@ -463,7 +463,7 @@ def test_sdk_tls_context_is_the_sdks(handshake: Handshake) -> None:
     assert tls12 and all(n.startswith(("ECDHE-", "DHE-")) and ("GCM" in n or "CHACHA20" in n) for n in tls12)
 
 
-def test_sdk_tls_handshake_negotiates_h2(platform: Platform, handshake: Handshake) -> None:
+def test_sdk_tls_handshake_negotiates_h2(handshake: Handshake) -> None:
     """§1.5 set-up steps 1-2, platform.md §1.6: the SDK's context completes a handshake
     with the authentication API, ALPN ``h2``, TLS >= 1.2, and the peer leaf is available
     through ``getpeercert(binary_form=True)``."""
@@ -507,6 +507,7 @@ def generate_sdk_stubs(out_dir: Path) -> None:
     well_known = Path(next(iter(spec.submodule_search_locations))) / "_proto"
     out_dir.mkdir(parents=True, exist_ok=True)
     protos = sorted(p.name for p in PROTO_DIR.glob("teaclave_*.proto"))
+    assert "teaclave_authentication_service.proto" in protos, f"no Teaclave protos in {PROTO_DIR}"
     cmd = [
         sys.executable, "-m", "grpc_tools.protoc",
         f"--plugin=protoc-gen-grpclib_python={grpclib_plugin()}",
@@ -568,9 +569,10 @@ async def _grpclib_client(stubs: str, host: str, port: int, as_root: str, enclav
         login = teaclave_authentication_service_pb2.UserLoginRequest(id="admin", password="teaclave")
         response = await stub.UserLogin(login)
         metadata = {"id": "admin", "token": response.token}
-        users = await stub.ListUsers(teaclave_authentication_service_pb2.ListUsersRequest(id="admin"), metadata=metadata)
+        list_request = teaclave_authentication_service_pb2.ListUsersRequest(id="admin")
+        users = await stub.ListUsers(list_request, metadata=metadata)
         try:
-            await stub.ListUsers(teaclave_authentication_service_pb2.ListUsersRequest(id="admin"))
+            await stub.ListUsers(list_request)
             unauthenticated: dict[str, Any] | None = None
         except GRPCError as e:
             unauthenticated = {"status": Status(e.status).name, "message": e.message}
@@ -590,7 +592,7 @@ async def _grpclib_client(stubs: str, host: str, port: int, as_root: str, enclav
 # ---------------------------------------------------------------------------
 
 
-def test_live_certificate_key_and_report_extension(live_cert: x509.Certificate, live_der: bytes) -> None:
+def test_live_certificate_key_and_report_extension(live_cert: x509.Certificate) -> None:
     """§1.1, §1.3, §1.7: P-256 key; first extension 2.16.840.1.113730.1.13, non-critical,
     unrecognised by cryptography, holding compact JSON ``{"report","signature","certs"}``
     (in that order) whose byte strings are arrays of integers 0..255."""
@@ -616,7 +618,7 @@ def test_live_certificate_key_and_report_extension(live_cert: x509.Certificate, 
     assert isinstance(doc["certs"], list) and doc["certs"] and all(is_byte_array(c) for c in doc["certs"])
 
 
-def test_live_report_content_and_signature(platform: Platform, live_cert: x509.Certificate) -> None:
+def test_live_report_content_and_signature(live_cert: x509.Certificate) -> None:
     """§2.1, §2.3, §2.5, §1.6 steps 4-6, §7.5: report version 4, status OK, a 432-byte
     version-3 key-type-2 body, an IAS-style UTC timestamp not in the future; signature
     RSA PKCS#1 v1.5 SHA-256 by a >= 2048-bit key in ``certs[0]``."""
@@ -709,7 +711,8 @@ def test_live_certificate_is_labelled_simulation(platform: Platform, live_cert: 
 
 def _main(argv: list[str]) -> int:
     if len(argv) != 6 or argv[0] != "--sdk-grpclib-client":
-        print("usage: test_teaclave_sdk_compat.py --sdk-grpclib-client STUBS HOST PORT AS_ROOT ENCLAVE_INFO", file=sys.stderr)
+        usage = "usage: test_teaclave_sdk_compat.py --sdk-grpclib-client STUBS HOST PORT AS_ROOT ENCLAVE_INFO"
+        print(usage, file=sys.stderr)
         return 2
     _, stubs, host, port, as_root, enclave_info = argv
     print(json.dumps(asyncio.run(_grpclib_client(stubs, host, int(port), as_root, enclave_info))))
