@@ -22,11 +22,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -50,7 +50,7 @@ from kettle.attestation.identity import Identity, as_tls_context
 from kettle.attestation.measurement import SIMULATION_MR_SIGNER, measure_service, package_root
 from kettle.attestation.quote import DEBUG_FLAG, INIT_FLAG, MODE64BIT_FLAG, QuoteBody
 from kettle.attestation.report import EndorsedReport, build_report
-from kettle.attestation.verifier import Verifier
+from kettle.config import Config
 from kettle.errors import AttestationError, KettleError
 from kettle.launcher import spawn, stop_all
 from kettle.provisioning import load_auditor_private_key
@@ -75,35 +75,35 @@ DER = serialization.Encoding.DER
 
 
 def flat(text: str) -> str:
-    """Whitespace-normalised text: the CLI's console wraps long error lines."""
+    """Whitespace-normalised text, so an assertion does not depend on how a console wrapped it."""
     return " ".join(text.split())
 
 
-def spawn_refused(name: str, config: object) -> str:
+def spawn_refused(name: str, config: Config) -> str:
     """Start ``kettle service NAME``, which must die before ready; its (flattened) log tail."""
     with pytest.raises(KettleError) as info:
-        child = spawn(name, config)  # type: ignore[arg-type]
+        child = spawn(name, config)
         stop_all([child])  # only reached if it wrongly started
     message = info.value.message
     assert f"{name} exited with status 1 before it was ready" in message, message
     return flat(message)
 
 
-def run(coro: Awaitable[T]) -> T:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
 
 
-async def attested_runtime(service: str, config: object) -> ServiceRuntime:
+async def attested_runtime(service: str, config: Config) -> ServiceRuntime:
     """A real attested identity for ``service`` in this process (no rotation task)."""
-    runtime = ServiceRuntime(service, config)  # type: ignore[arg-type]
+    runtime = ServiceRuntime(service, config)
     await runtime.identities.obtain(attempts=3)
     return runtime
 
 
-async def storage_get(channel: grpc.aio.Channel, key: bytes = MISSING_KEY) -> grpc.StatusCode:
-    """Status of a storage Get over ``channel`` (OK if the key existed)."""
+async def storage_get(channel: grpc.aio.Channel) -> grpc.StatusCode:
+    """Status of a storage Get of a missing key over ``channel``: NOT_FOUND means the call was served."""
     try:
-        await storage_grpc.KettleStorageStub(channel).Get(storage_pb.GetRequest(key=key), timeout=CALL_TIMEOUT)
+        await storage_grpc.KettleStorageStub(channel).Get(storage_pb.GetRequest(key=MISSING_KEY), timeout=CALL_TIMEOUT)
     except grpc.aio.AioRpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK
@@ -115,21 +115,23 @@ async def storage_get_error(channel: grpc.aio.Channel) -> grpc.aio.AioRpcError:
     return info.value
 
 
-def mre_name(config: object, service: str) -> str:
-    """The TLS name that pins ``service``'s audited measurement."""
-    build = BuildConfig.load(config.home)  # type: ignore[attr-defined]
-    return measurement_dns_name(measure_service(service, build.raw), config.domain)  # type: ignore[attr-defined]
+def mre_name(config: Config, service: str) -> str:
+    """The TLS name that pins ``service``'s audited measurement (as peer channels use it)."""
+    audited = EnclaveInfo.parse(config.enclave_info_path.read_bytes()).measurement(service)
+    return measurement_dns_name(audited.mr_enclave, config.domain)
 
 
-def mutual_channel(config: object, service: str, key: ec.EllipticCurvePrivateKey, chain: list[x509.Certificate]) -> grpc.aio.Channel:
+def mutual_channel(
+    config: Config, service: str, key: ec.EllipticCurvePrivateKey, chain: list[x509.Certificate]
+) -> grpc.aio.Channel:
     """An internal-endpoint channel presenting an arbitrary client certificate chain."""
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=config.as_root_path.read_bytes(),  # type: ignore[attr-defined]
+        root_certificates=config.as_root_path.read_bytes(),
         private_key=key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
         certificate_chain=b"".join(c.public_bytes(PEM) for c in chain),
     )
     return grpc.aio.secure_channel(
-        config.endpoint(service).target, credentials, options=channel_options(mre_name(config, service))  # type: ignore[attr-defined]
+        config.endpoint(service).target, credentials, options=channel_options(mre_name(config, service))
     )
 
 
@@ -295,12 +297,11 @@ def test_client_refuses_service_whose_measurement_is_not_in_enclave_info(platfor
         (trust / f"{name}{SIGNATURE_SUFFIX}").write_bytes(sign_enclave_info(data, load_auditor_private_key(key_path)))
 
     trusted = ClientTrust.from_files(trust / "as_root_ca.pem", trust / "enclave_info.toml", unsafe_allow_simulation=True)
-    live = platform.config
-    real = measure_service("authentication", BuildConfig.load(live.home).raw)
-    with pytest.raises(AttestationError) as info_:
+    running = info.measurement("authentication").mr_enclave  # what the live service really runs
+    with pytest.raises(AttestationError) as refused:
         verify_endpoint(platform.auth_address, "authentication", trusted)
-    assert info_.value.reason == (
-        f"{platform.auth_address}: measurement {real.hex()} does not match enclave info for authentication"
+    assert refused.value.reason == (
+        f"{platform.auth_address}: measurement {running.hex()} does not match enclave info for authentication"
     )
     # Control: the home's own enclave info accepts the same endpoint.
     assert verify_endpoint(platform.auth_address, "authentication", platform.trust()).peer.service == "authentication"
@@ -558,12 +559,12 @@ def test_client_refuses_report_copied_to_another_key(platform: Platform) -> None
     assert info.value.reason == f"{address}: {reason}"
 
 
-def post_certificate_request(config: object, body: dict[str, str]) -> tuple[int, dict[str, str]]:
+def post_certificate_request(config: Config, body: dict[str, str]) -> tuple[int, dict[str, str]]:
     """POST /kettle/v1/certificate to the live AS (TLS pinned to the AS root)."""
-    url = config.attestation.service_url.split("://", 1)[1]  # type: ignore[attr-defined]
+    url = config.attestation.service_url.split("://", 1)[1]
     host, port = url.rsplit(":", 1)
     connection = http.client.HTTPSConnection(
-        host, int(port), timeout=CALL_TIMEOUT, context=as_tls_context(config.as_root_path)  # type: ignore[attr-defined]
+        host, int(port), timeout=CALL_TIMEOUT, context=as_tls_context(config.as_root_path)
     )
     try:
         connection.request("POST", "/kettle/v1/certificate", json.dumps(body).encode(), {"Content-Type": "application/json"})

@@ -75,6 +75,7 @@ class Actors:
 
     platform: Platform
     admin: AuthenticationClient
+    admin_token: str
     callers: dict[str, AuthenticationClient] = field(default_factory=dict)
     caller_ids: dict[str, str] = field(default_factory=dict)
 
@@ -96,8 +97,8 @@ class Actors:
 
 @pytest.fixture(scope="module")
 def actors(platform: Platform) -> Iterator[Actors]:
-    admin = platform.admin()
-    result = Actors(platform, admin)
+    admin = platform.auth_client()
+    result = Actors(platform, admin, admin.user_login("admin", "teaclave"))
     for spec in CALLERS:
         user_id, password = result.create(spec)
         client = platform.auth_client()
@@ -407,9 +408,7 @@ def test_login_failures(actors: Actors) -> None:
 
 @pytest.fixture(scope="module")
 def admin_token(actors: Actors) -> str:
-    token = actors.admin._core.token
-    assert token
-    return token
+    return actors.admin_token
 
 
 def metadata_cases(token: str) -> list[tuple[tuple[tuple[str, Any], ...], str]]:
@@ -530,7 +529,7 @@ def test_message_size_limit(platform: Platform, endpoint: AttestedEndpoint, acto
         near = pb.UserLoginRequest(id="admin", password="x" * (MAX_MESSAGE - 64))
         assert near.ByteSize() <= MAX_MESSAGE
         assert raw_error(lambda: stub.UserLogin(near, timeout=30)) == (UNAUTH, "authentication failed")
-        admin_md = (("id", "admin"), ("token", actors.admin._core.token or ""))
+        admin_md = (("id", "admin"), ("token", actors.admin_token))
         big_register = pb.UserRegisterRequest(id=new_id("big"), password="x" * (MAX_MESSAGE - 256), role="FunctionOwner")
         assert raw_error(lambda: stub.UserRegister(big_register, metadata=admin_md, timeout=30)) == (
             UNAUTH, "invalid password")

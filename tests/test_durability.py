@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -91,10 +92,10 @@ class Writer:
         with self._lock:
             return len(self.acked)
 
-    def wait_for(self, predicate: object, timeout: float) -> bool:
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if predicate():  # type: ignore[operator]
+            if predicate():
                 return True
             time.sleep(0.05)
         return False

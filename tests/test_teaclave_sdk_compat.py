@@ -135,14 +135,14 @@ def _crypto_verify(signing_cert: x509.Certificate, signature: bytes, data: bytes
         raise TeaclaveException("unsupported report signing key")
 
 
-def sdk_verify_report(as_root_ca_cert_path: str, enclave_info_path: str, cert: bytes, endpoint_name: str) -> None:
+def sdk_verify_report(as_root_ca_cert_path: str, enclave_info_path: str, cert_der: bytes, endpoint_name: str) -> None:
     """``_verify_report`` of Teaclave's Python SDK, steps 1-10 of §1.5, in the SDK's own style."""
     # 1. the client-side simulation bypass
     if os.environ.get("SGX_MODE") == "SW":
         return
 
     # 2. parse the peer leaf (DER)
-    cert = x509.load_der_x509_certificate(cert)
+    cert = x509.load_der_x509_certificate(cert_der)
 
     # 3. the FIRST extension, JSON-decoded from its raw value
     try:
@@ -151,7 +151,7 @@ def sdk_verify_report(as_root_ca_cert_path: str, enclave_info_path: str, cert: b
         raise TeaclaveException("Failed to load extensions") from None
 
     # 4. report, signature and the signing chain, as byte arrays
-    report = bytes(ext["report"])
+    report_bytes = bytes(ext["report"])
     signature = bytes(ext["signature"])
     try:
         certs = [x509.load_der_x509_certificate(bytes(c)) for c in ext["certs"]]
@@ -166,14 +166,13 @@ def sdk_verify_report(as_root_ca_cert_path: str, enclave_info_path: str, cert: b
 
     # 6. report signature, SHA-256
     try:
-        _crypto_verify(certs[0], signature, report)
+        _crypto_verify(certs[0], signature, report_bytes)
     except Exception:
         raise TeaclaveException("Failed to verify report signature") from None
 
     # 7. the quote body
-    report = json.loads(report)
-    quote = report["isvEnclaveQuoteBody"]
-    quote = base64.b64decode(quote)
+    report = json.loads(report_bytes)
+    quote = base64.b64decode(report["isvEnclaveQuoteBody"])
 
     # 8. REPORT_DATA is the leaf's public point without its 0x04
     report_data = quote[368:432]
@@ -668,7 +667,7 @@ def test_live_certificate_extensions_and_names(platform: Platform, live_cert: x5
     eku = live_cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert ExtendedKeyUsageOID.SERVER_AUTH in eku and ExtendedKeyUsageOID.CLIENT_AUTH in eku
     ski = live_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    assert ski == x509.SubjectKeyIdentifier.from_public_key(live_cert.public_key())  # type: ignore[arg-type]
+    assert ski == x509.SubjectKeyIdentifier.from_public_key(live_cert.public_key())
     assert live_cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
 
     domain = platform.config.domain
