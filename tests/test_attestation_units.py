@@ -59,7 +59,6 @@ from kettle.attestation_service.authority import Authority, load_authority
 from kettle.attestation_service.issuer import IssueRequest, Issuer
 from kettle.config import SERVICES, Config
 from kettle.errors import AttestationError
-from kettle.provisioning import load_auditor_private_key
 
 DER = serialization.Encoding.DER
 PEM = serialization.Encoding.PEM
@@ -418,10 +417,17 @@ class Auditors:
     outsider_signature: bytes
 
 
+def fast_private_key(path: Path) -> rsa.RSAPrivateKey:
+    """Load a trusted dev auditor key without the (slow, RSA-4096) consistency check."""
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None, unsafe_skip_rsa_key_validation=True)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return key
+
+
 @pytest.fixture(scope="module")
 def auditors(_auditor_cache: Path) -> Auditors:
     """The three dev auditors, their signatures over SAMPLE_INFO, and a signature by an unknown key."""
-    private = {p.name.removesuffix(".key.pem"): load_auditor_private_key(p) for p in sorted(_auditor_cache.glob("*.key.pem"))}
+    private = {p.name.removesuffix(".key.pem"): fast_private_key(p) for p in sorted(_auditor_cache.glob("*.key.pem"))}
     assert len(private) == 3
     data = SAMPLE_INFO.render()
     outsider = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -598,3 +598,16 @@ def test_generated_passwords_are_uuid4_hex() -> None:
     first, second = passwords.generate_password(), passwords.generate_password()
     assert first != second
     assert uuid.UUID(hex=first).version == 4 and first == uuid.UUID(hex=first).hex
+
+
+@asynctest
+async def test_deleted_users_token_stays_dead_when_the_id_is_registered_again(env: Env) -> None:
+    """Tokens are bound to the account, not just to the id (Kettle: deletion kills tokens for good)."""
+    admin = env.seed("admin", "PlatformAdmin")
+    await env.core.register(admin, "bob", "pw1", "PlatformAdmin", "")
+    old_token = await env.core.login("bob", "pw1")
+    await env.core.delete(admin, "bob")
+    await env.core.register(admin, "bob", "pw2", "DataOwner", "x")
+    await expect("authentication failed", env.core.authenticate("bob", old_token))
+    new_token = await env.core.login("bob", "pw2")
+    assert (await env.core.authenticate("bob", new_token)).role == "DataOwner-x"

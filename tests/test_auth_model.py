@@ -210,7 +210,7 @@ def test_user_record_roundtrip() -> None:
         b"[]",
         b'"alice"',
         b'{"v":1,"id":"a","role":"PlatformAdmin"}',
-        b'{"v":1,"id":"a","role":"PlatformAdmin","password_hash":"h","extra":1}',
+        b'{"v":1,"id":"a","role":"PlatformAdmin","password_hash":"h","account":"","extra":1}',
         b'{"v":2,"id":"a","role":"PlatformAdmin","password_hash":"h"}',
         b'{"v":true,"id":"a","role":"PlatformAdmin","password_hash":"h"}',
         b'{"v":1.0,"id":"a","role":"PlatformAdmin","password_hash":"h"}',

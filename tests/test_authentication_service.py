@@ -546,11 +546,6 @@ def test_message_size_limit(platform: Platform, endpoint: AttestedEndpoint, acto
     assert token_role(actors.login("admin", "teaclave")) == "PlatformAdmin"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "src bug: core.AuthenticationCore._verify only checks that *an* account with the token's id exists, so a "
-    "deleted user's token revives, with its old role claim, once anyone re-registers that id (and the JWT secret "
-    "now survives restarts, so for the token's full 24 h)"
-))
 def test_token_stays_dead_after_id_reused(actors: Actors) -> None:
     """§2.3: a token killed by deleting its user must not come back when the id is registered again."""
     user_id, password = actors.create("PA")

@@ -152,7 +152,7 @@ def validate_user_id(user_id: str) -> None:
 # --- the stored user ----------------------------------------------------------
 
 _RECORD_VERSION = 1
-_RECORD_FIELDS = frozenset({"v", "id", "role", "password_hash"})
+_RECORD_FIELDS = frozenset({"v", "id", "role", "password_hash", "account"})
 
 
 @dataclass(frozen=True)
@@ -166,11 +166,14 @@ class UserRecord:
     id: str
     role: str
     password_hash: str
+    account: str = ""
+    """Random per registration, kept through updates: login tokens are bound to it, so a
+    deleted user's token stays dead when someone registers the same id again."""
 
     def to_bytes(self) -> bytes:
         """Versioned JSON, so a later format can be told apart from this one."""
         document = {"v": _RECORD_VERSION, "id": self.id, "role": self.role,
-                    "password_hash": self.password_hash}
+                    "password_hash": self.password_hash, "account": self.account}
         return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
@@ -190,7 +193,7 @@ class UserRecord:
         version = document["v"]
         if type(version) is not int or version != _RECORD_VERSION:
             raise ValueError(f"unsupported user record version {version!r}")
-        fields = (document["id"], document["role"], document["password_hash"])
+        fields = (document["id"], document["role"], document["password_hash"], document["account"])
         if not all(isinstance(value, str) for value in fields):
             raise ValueError("user record fields must be strings")
         if not Role.parse(document["role"]).is_valid:

@@ -10,6 +10,7 @@ and passes the resulting :class:`Claims` in; authorisation then uses the role
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Protocol
@@ -110,7 +111,7 @@ class AuthenticationCore:
         matches = await asyncio.to_thread(passwords.verify_password, stored, password)
         if record is None or not matches:
             raise _failed()
-        return self._tokens.issue(record.id, record.role)
+        return self._tokens.issue(record.id, record.role, record.account)
 
     async def authenticate(self, user_id: str | None, token: str | None) -> Claims:
         """The caller check of the authentication API (§1.5): absent metadata
@@ -134,10 +135,10 @@ class AuthenticationCore:
         if not user_id:
             raise _failed()
         async with _storage_failures():
-            exists = await self._repo.get(user_id) is not None
-        if not exists:
+            record = await self._repo.get(user_id)
+        if record is None:
             raise _failed()
-        return self._tokens.validate(user_id, token)
+        return self._tokens.validate(user_id, token, record.account)
 
     # --- user management -----------------------------------------------------
 
@@ -152,7 +153,7 @@ class AuthenticationCore:
             new_role = Role.from_request(role, attribute)
             if not may_register(_role_of(caller), new_role):
                 raise _denied()
-            await self._store(user_id, new_role, password)
+            await self._store(user_id, new_role, password, _new_account())
 
     async def update(
         self, caller: Claims, user_id: str, password: str, role: str, attribute: str
@@ -167,7 +168,7 @@ class AuthenticationCore:
             new_role = Role.from_request(role, attribute)
             if not may_update(_role_of(caller), new_role, Role.parse(target.role)):
                 raise _denied()
-            await self._store(user_id, new_role, password)
+            await self._store(user_id, new_role, password, target.account)
 
     async def change_password(self, caller: Claims, password: str) -> None:
         """UserChangePassword: the caller's own password. Kettle keeps the
@@ -179,7 +180,7 @@ class AuthenticationCore:
             record = await self._repo.get(caller.sub)
             if record is None:  # deleted since its token was checked
                 raise _failed()
-            await self._store(record.id, Role.parse(record.role), password)
+            await self._store(record.id, Role.parse(record.role), password, record.account)
 
     async def reset_password(self, caller: Claims, user_id: str) -> str:
         """ResetUserPassword: give the target a fresh random password, keep its
@@ -188,7 +189,7 @@ class AuthenticationCore:
         target = await self._managed_target(caller, user_id, may_reset_password)
         password = passwords.generate_password()
         async with _storage_failures():
-            await self._store(target.id, Role.parse(target.role), password)
+            await self._store(target.id, Role.parse(target.role), password, target.account)
         return password
 
     async def delete(self, caller: Claims, user_id: str) -> None:
@@ -227,7 +228,7 @@ class AuthenticationCore:
         async with _storage_failures():
             if await self._repo.get(admin_id) is not None:
                 return False
-            await self._store(admin_id, Role(Category.PLATFORM_ADMIN), password)
+            await self._store(admin_id, Role(Category.PLATFORM_ADMIN), password, _new_account())
         return True
 
     # --- helpers -------------------------------------------------------------
@@ -246,9 +247,13 @@ class AuthenticationCore:
         records = [await self._repo.get(user_id) for user_id in ids]
         return [r.id for r in records if r is not None and Role.parse(r.role) == role]
 
-    async def _store(self, user_id: str, role: Role, password: str) -> None:
+    async def _store(self, user_id: str, role: Role, password: str, account: str) -> None:
         """Write a record with a fresh hash of ``password`` (checked first:
         over-long passwords are refused before any hashing)."""
         passwords.check_new_password(password)
         password_hash = await asyncio.to_thread(passwords.hash_password, password)
-        await self._repo.put(UserRecord(id=user_id, role=str(role), password_hash=password_hash))
+        await self._repo.put(UserRecord(id=user_id, role=str(role), password_hash=password_hash, account=account))
+
+
+def _new_account() -> str:
+    return secrets.token_hex(16)

@@ -8,6 +8,8 @@ wall clock) silently widens what passes.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import time
 from collections.abc import Callable
@@ -45,8 +47,8 @@ class Claims:
 
 
 def generate_secret() -> bytes:
-    """A fresh signing secret. The service makes one per start, so every token
-    dies with a restart (§2.3, §12 row 17)."""
+    """A fresh signing secret. The service keeps it in (sealed) storage, so tokens
+    survive restarts of the platform until they expire."""
     return secrets.token_bytes(MIN_SECRET_BYTES)
 
 
@@ -71,7 +73,14 @@ class TokenAuthority:
         self._validity = validity_seconds
         self._clock = clock
 
-    def issue(self, user_id: str, role_string: str) -> str:
+    def _key(self, account: str) -> bytes:
+        """The HMAC key of one account: tokens of a deleted account never validate for a
+        new account that reuses its id, while the claims stay exactly Teaclave's four."""
+        if not account:
+            return self._secret
+        return hmac.new(self._secret, b"kettle-account\0" + account.encode(), hashlib.sha512).digest()
+
+    def issue(self, user_id: str, role_string: str, account: str = "") -> str:
         """A token for ``user_id`` acting as ``role_string``, valid from now on
         for the configured validity. Exactly Teaclave's four claims."""
         claims = {
@@ -80,27 +89,27 @@ class TokenAuthority:
             "iss": ISSUER,
             "exp": int(self._clock()) + self._validity,
         }
-        return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
+        return jwt.encode(claims, self._key(account), algorithm=_ALGORITHM)
 
-    def validate(self, user_id: str, token: str) -> Claims:
+    def validate(self, user_id: str, token: str, account: str = "") -> Claims:
         """The claims of ``token`` if it is ours, unexpired and issued to
         ``user_id``. Every failure is the same "authentication failed", so a
         caller learns nothing about which check refused it."""
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise _failed()
-        payload = self._decode(token)
+        payload = self._decode(token, self._key(account))
         claims = _claims_of(payload)
         if claims.iss != ISSUER or claims.sub != user_id or claims.exp <= self._clock():
             raise _failed()
         return claims
 
-    def _decode(self, token: str) -> dict[str, Any]:
+    def _decode(self, token: str, key: bytes) -> dict[str, Any]:
         """Signature and algorithm checks only; the claims are checked by us,
         against our clock, with no leeway (PyJWT would use the wall clock)."""
         try:
             return jwt.decode(
                 token,
-                self._secret,
+                key,
                 algorithms=[_ALGORITHM],
                 options={
                     "require": list(_REQUIRED_CLAIMS),
