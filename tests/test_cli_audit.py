@@ -37,12 +37,6 @@ def flat(text: str) -> str:
     return " ".join(text.split())
 
 
-MARKUP_BUG = (
-    "src bug: cli/main.py one_line_errors (lines 43, 46) prints the error text as Rich markup unescaped, "
-    "so '[...]' in a message is swallowed as a style tag (and '[/x]' raises MarkupError with a traceback)"
-)
-
-
 def fast_private_key(path: Path) -> rsa.RSAPrivateKey:
     """Load a trusted dev auditor key without the (slow, RSA-4096) consistency check."""
     key = serialization.load_pem_private_key(path.read_bytes(), password=None, unsafe_skip_rsa_key_validation=True)
@@ -173,13 +167,11 @@ def test_verify_without_signatures_or_keys(kettle: Kettle, unsigned_home: Path) 
 @pytest.mark.parametrize(
     "content, reason",
     [
-        pytest.param(b"[platform]\ndev_mode = true\n", "enclave info has an unexpected entry [platform]",
-                     marks=pytest.mark.xfail(strict=True, reason=MARKUP_BUG)),
+        pytest.param(b"[platform]\ndev_mode = true\n", "enclave info has an unexpected entry [platform]"),
         (b"[platform]\ndev_mode = true\n", "enclave info has an unexpected entry"),
         (b"not = toml = at all\n", "enclave info is not valid TOML"),
         pytest.param(b'[teaclave_frontend_service]\nmr_enclave = "ABC"\nmr_signer = "x"\n',
-                     "[teaclave_frontend_service] mr_enclave must be 64 lowercase hex characters",
-                     marks=pytest.mark.xfail(strict=True, reason=MARKUP_BUG)),
+                     "[teaclave_frontend_service] mr_enclave must be 64 lowercase hex characters"),
         (b'[teaclave_frontend_service]\nmr_enclave = "ABC"\nmr_signer = "x"\n',
          "mr_enclave must be 64 lowercase hex characters"),
     ],
@@ -211,14 +203,12 @@ def test_sign_with_missing_key_is_one_line(kettle: Kettle, home: Path) -> None:
     assert_one_line_error(result, "nobody.key.pem")
 
 
-@pytest.mark.xfail(strict=True, reason=MARKUP_BUG)
 def test_config_error_names_section(kettle: Kettle, home: Path) -> None:
     """A configuration error reaches the user with the offending section named."""
     (home / "kettle.toml").write_text("[nosuch]\nx = 1\n")
     assert_one_line_error(kettle("audit", "verify"), "unknown configuration section [nosuch]")
 
 
-@pytest.mark.xfail(strict=True, reason=MARKUP_BUG)
 def test_error_with_bracketed_path_is_one_line(kettle: Kettle, home: Path) -> None:
     """A path that looks like a closing markup tag still gives a one-line error."""
     result = kettle("audit", "verify", str(home / "[/x]" / "enclave_info.toml"))

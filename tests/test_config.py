@@ -215,11 +215,6 @@ fusion_base_dir = "/tmp/fusion_data"
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: Teaclave writes `[audit] enclave_info = { path = ... }` (spec/platform.md §10.2) but "
-    "config.py's AuditConfig.enclave_info only accepts a string, so an existing runtime.config.toml does not load",
-)
 def test_teaclave_runtime_config_loads() -> None:
     """Teaclave's own runtime.config.toml loads (spec/platform.md §10.2: existing files SHOULD load)."""
     config = parse(TEACLAVE_RUNTIME_CONFIG)
@@ -303,22 +298,12 @@ def test_wrong_types_rejected(text: str, message: str | None) -> None:
         assert got == message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: config.py parse_config treats a non-table `platform = ...` as an empty table "
-    "(`dict(value) if isinstance(value, dict) else {}`) instead of rejecting it like every other section",
-)
 @pytest.mark.parametrize("text", ["platform = true\n", 'platform = "dev"\n'])
 def test_platform_must_be_a_table(text: str) -> None:
     """``platform`` that is not a table is refused like the other sections."""
     assert refused(text) == "[platform] must be a table"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: config.py _endpoints only checks that listen_address contains ':'; a non-numeric port "
-    "loads and later Endpoint.port raises a bare ValueError",
-)
 def test_endpoint_port_must_be_numeric() -> None:
     """A listen address whose port is not a number is refused at load time."""
     assert "listen_address" in refused('[internal_endpoints]\nstorage = { listen_address = "0.0.0.0:http" }\n')

@@ -187,11 +187,25 @@ def _endpoints(data: Any, name: str, defaults: dict[str, Endpoint]) -> dict[str,
         if not isinstance(listen, str) or ":" not in listen:
             raise ConfigError(f"{name}.{service}.listen_address must be 'host:port'")
         port = listen.rsplit(":", 1)[1]
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{name}.{service}.listen_address has no valid port: {listen!r}")
         advertised = value.get("advertised_address", f"https://localhost:{port}")
         if not isinstance(advertised, str) or "://" not in advertised:
             raise ConfigError(f"{name}.{service}.advertised_address must be a URL like https://host:port")
         result[service] = Endpoint(listen, advertised)
     return result
+
+
+def _teaclave_audit(value: Any) -> Any:
+    """Teaclave writes ``enclave_info = { path = "..." }`` and lists signature files, which Kettle
+    finds beside enclave info; accept that form."""
+    if not isinstance(value, dict):
+        return value
+    audit = {k: v for k, v in value.items() if k != "auditor_signatures"}
+    info = audit.get("enclave_info")
+    if isinstance(info, dict) and set(info) == {"path"}:
+        audit["enclave_info"] = info["path"]
+    return audit
 
 
 def parse_config(text: str, home: Path) -> Config:
@@ -203,8 +217,9 @@ def parse_config(text: str, home: Path) -> Config:
     config = Config(home=home, api_endpoints=_default_api(), internal_endpoints=_default_internal())
     for key, value in data.items():
         if key == "platform":
-            platform = dict(value) if isinstance(value, dict) else {}
-            for pkey, pval in platform.items():
+            if not isinstance(value, dict):
+                raise ConfigError("[platform] must be a table")
+            for pkey, pval in value.items():
                 if pkey == "dev_mode" and isinstance(pval, bool):
                     config = replace(config, dev_mode=pval)
                 elif pkey == "domain" and isinstance(pval, str) and pval:
@@ -218,8 +233,7 @@ def parse_config(text: str, home: Path) -> Config:
         elif key == "attestation":
             config = replace(config, attestation=_section(AttestationConfig, value, key))
         elif key == "audit":
-            audit = {k: v for k, v in value.items() if k != "auditor_signatures"} if isinstance(value, dict) else value
-            config = replace(config, audit=_section(AuditConfig, audit, key))
+            config = replace(config, audit=_section(AuditConfig, _teaclave_audit(value), key))
         elif key == "storage":
             config = replace(config, storage=_section(StorageConfig, value, key))
         elif key == "authentication":
@@ -244,5 +258,7 @@ def load_config(home: Path | None = None) -> Config:
     """Load the configuration of ``home`` (defaults apply when the file is absent)."""
     home = home or kettle_home()
     path = config_path(home)
+    if os.environ.get("KETTLE_CONFIG") and not path.exists():
+        raise ConfigError(f"KETTLE_CONFIG names {path}, which does not exist")
     text = path.read_text() if path.exists() else ""
     return parse_config(text, home)

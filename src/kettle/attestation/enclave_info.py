@@ -95,12 +95,20 @@ def sign_enclave_info(data: bytes, key: rsa.RSAPrivateKey) -> bytes:
 def count_valid_signatures(
     data: bytes, signatures: list[bytes], auditors: dict[str, rsa.RSAPublicKey]
 ) -> set[str]:
-    """Names of the distinct auditors that signed ``data`` among ``signatures``."""
+    """Names of the distinct auditor *keys* that signed ``data`` among ``signatures``.
+
+    One key listed under two names counts once (by its first name in sorted order),
+    so a threshold cannot be met by renaming an auditor.
+    """
+    by_key: dict[bytes, str] = {}
+    for name in sorted(auditors):
+        der = auditors[name].public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+        by_key.setdefault(der, name)
     signed: set[str] = set()
     for signature in signatures:
-        for name, key in auditors.items():
+        for name in by_key.values():
             try:
-                key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+                auditors[name].verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
             except (InvalidSignature, ValueError):
                 continue
             signed.add(name)

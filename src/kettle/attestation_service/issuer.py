@@ -115,9 +115,12 @@ class Issuer:
             raise AttestationError("evidence report data does not match the certificate key")
         expected = self._enclave_info().measurement(request.service)
         if (quote.mr_enclave, quote.mr_signer) != (expected.mr_enclave, expected.mr_signer):
+            if quote.mr_enclave != expected.mr_enclave:
+                got, want, what = quote.mr_enclave, expected.mr_enclave, "measurement"
+            else:
+                got, want, what = quote.mr_signer, expected.mr_signer, "signer (mr_signer)"
             raise AttestationError(
-                f"measurement of {request.service} ({quote.mr_enclave.hex()}) does not match enclave info "
-                f"({expected.mr_enclave.hex()})"
+                f"{what} of {request.service} ({got.hex()}) does not match enclave info ({want.hex()})"
             )
         evidence_digest = hashlib.sha256(request.evidence).hexdigest()
         endorsed = self.endorse(

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..config import Config, load_config
@@ -40,10 +41,10 @@ def one_line_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except KettleError as exc:
-            err.print(f"[red]error:[/red] {exc.message}", highlight=False, markup=True)
+            err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False)
             raise typer.Exit(1) from None
         except (OSError, ValueError) as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
