@@ -22,3 +22,27 @@ def test_kettle_attest_says_verified(platform: Platform) -> None:
     assert "verified" in result.stdout and "NOT verified" not in result.stdout
     data = json.loads(platform.kettle("attest", platform.auth_address, "--json").stdout)
     assert data["verified"] is True and data["service"] == "authentication" and data["simulation"] is True
+
+
+def test_async_client_shares_the_core(platform: Platform) -> None:
+    import asyncio
+
+    from kettle.errors import AuthenticationError
+    from kettle.sdk import AsyncAuthenticationClient
+
+    async def run() -> list[str]:
+        client = await AsyncAuthenticationClient.connect(platform.auth_address, platform.trust())
+        try:
+            await client.user_login("admin", "teaclave")
+            await client.user_register("async_user", "pw", "FunctionOwner")
+            try:
+                await client.user_register("async_user", "pw", "FunctionOwner")
+            except AuthenticationError as exc:
+                assert exc.message == "user id exist"
+            else:
+                raise AssertionError("duplicate registration was accepted")
+            return await client.list_users("all")
+        finally:
+            await client.close()
+
+    assert "async_user" in asyncio.run(run())

@@ -9,7 +9,6 @@ SEV-SNP, ``spec/attestation.md`` §6) implement the same interface.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import struct
@@ -147,7 +146,3 @@ def load_simulation_platform_key(home: Path) -> ec.EllipticCurvePublicKey:
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise ConfigError("simulation platform key must be an EC key")
     return key
-
-
-def evidence_digest(evidence: Evidence) -> str:
-    return hashlib.sha256(evidence.quote).hexdigest()

@@ -14,7 +14,6 @@ import http.client
 import json
 import logging
 import ssl
-import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,14 +126,11 @@ class IdentityManager:
         provider: EvidenceProvider,
         service_url: str,
         as_root: Path,
-        *,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.service = service
         self._provider = provider
         self._url = service_url
         self._as_root = as_root
-        self._clock = clock
         self._current: Identity | None = None
         self._listeners: list[Callable[[Identity], None]] = []
         self._task: asyncio.Task[None] | None = None

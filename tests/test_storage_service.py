@@ -1,0 +1,104 @@
+"""The storage service over its real attested gRPC endpoint: records, prefix scans, queues, partitions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from conftest import Platform
+from kettle.rpc.generated import kettle_storage_pb2 as pb
+from kettle.rpc.generated import kettle_storage_pb2_grpc as pb_grpc
+from kettle.services.runtime import ServiceRuntime
+
+
+def as_service(platform: Platform, service: str, body: Callable[[pb_grpc.KettleStorageStub], Awaitable[Any]]) -> Any:
+    """Run ``body`` with a storage stub held by an attested identity of ``service``."""
+
+    async def run() -> Any:
+        runtime = ServiceRuntime(service, platform.config)
+        await runtime.attest()
+        try:
+            return await body(pb_grpc.KettleStorageStub(runtime.peers.channel("storage")))
+        finally:
+            await runtime.identities.stop()
+            await runtime.peers.close()
+
+    return asyncio.run(run())
+
+
+def test_records_and_prefix_scans(platform: Platform) -> None:
+    async def body(stub: pb_grpc.KettleStorageStub) -> None:
+        for key in (b"task-1", b"task-2", b"taskx", b"function-1"):
+            await stub.Put(pb.PutRequest(key=key, value=key.upper()))
+        assert (await stub.Get(pb.GetRequest(key=b"task-2"))).value == b"TASK-2"
+        keys = (await stub.GetKeysByPrefix(pb.GetKeysByPrefixRequest(prefix=b"task-"))).keys
+        assert list(keys) == [b"task-1", b"task-2"]
+        assert list((await stub.GetKeysByPrefix(pb.GetKeysByPrefixRequest(prefix=b"nothing-"))).keys) == []
+        await stub.Put(pb.PutRequest(key=b"empty", value=b""))
+        assert (await stub.Get(pb.GetRequest(key=b"empty"))).value == b""
+        await stub.Delete(pb.DeleteRequest(key=b"task-1"))
+        await stub.Delete(pb.DeleteRequest(key=b"task-1"))  # idempotent
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.Get(pb.GetRequest(key=b"task-1"))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+    as_service(platform, "management", body)
+
+
+def test_queue_hand_off_is_at_least_once(platform: Platform) -> None:
+    async def body(stub: pb_grpc.KettleStorageStub) -> None:
+        for value in (b"first", b"second"):
+            await stub.Enqueue(pb.EnqueueRequest(queue=b"q-at-least-once", value=value))
+        first = await stub.Dequeue(pb.DequeueRequest(queue=b"q-at-least-once", lease_seconds=1))
+        assert (first.found, first.value, first.deliveries) == (True, b"first", 1)
+        second = await stub.Dequeue(pb.DequeueRequest(queue=b"q-at-least-once", lease_seconds=30))
+        assert second.value == b"second"
+        await stub.Ack(pb.AckRequest(queue=b"q-at-least-once", item_id=second.item_id))
+        await asyncio.sleep(1.2)  # the first lease expires without an ack: handed out again
+        again = await stub.Dequeue(pb.DequeueRequest(queue=b"q-at-least-once", lease_seconds=30))
+        assert (again.value, again.deliveries, again.item_id) == (b"first", 2, first.item_id)
+        await stub.Ack(pb.AckRequest(queue=b"q-at-least-once", item_id=again.item_id))
+        assert not (await stub.Dequeue(pb.DequeueRequest(queue=b"q-at-least-once"))).found
+
+    as_service(platform, "scheduler", body)
+
+
+def test_partitions_follow_the_attested_caller(platform: Platform) -> None:
+    """Management and scheduler share the platform partition; authentication's records are apart."""
+
+    async def put(stub: pb_grpc.KettleStorageStub) -> None:
+        await stub.Put(pb.PutRequest(key=b"shared-key", value=b"from management"))
+
+    async def read(stub: pb_grpc.KettleStorageStub) -> bytes | None:
+        try:
+            return (await stub.Get(pb.GetRequest(key=b"shared-key"))).value
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+            return None
+
+    as_service(platform, "management", put)
+    assert as_service(platform, "scheduler", read) == b"from management"
+    assert as_service(platform, "authentication", read) is None
+
+
+@pytest.mark.parametrize(
+    ("request_", "reason"),
+    [
+        (pb.PutRequest(key=b"", value=b"x"), "key must not be empty"),
+        (pb.PutRequest(key=b"k" * 1025, value=b"x"), "key is longer than 1024 bytes"),
+        (pb.EnqueueRequest(queue=b"", value=b"x"), "queue must not be empty"),
+    ],
+)
+def test_bad_keys_are_refused_and_change_nothing(platform: Platform, request_: Any, reason: str) -> None:
+    async def body(stub: pb_grpc.KettleStorageStub) -> None:
+        method = stub.Put if isinstance(request_, pb.PutRequest) else stub.Enqueue
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await method(request_)
+        assert (refused.value.code(), refused.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
+
+    as_service(platform, "management", body)
+    assert platform.child("storage").process.poll() is None
