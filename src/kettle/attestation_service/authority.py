@@ -83,6 +83,7 @@ def create_authority(home: Path, *, simulation: bool, server_names: list[str]) -
     # The root key is needed only to create this hierarchy; keeping it would let a
     # thief mint a whole new hierarchy, so it is not written anywhere.
     _write(directory / "root.pem", root.public_bytes(PEM), 0o644)
+    _write(directory / "tls_chain.pem", tls_cert.public_bytes(PEM) + root.public_bytes(PEM), 0o644)
     trust = home / "trust"
     trust.mkdir(parents=True, exist_ok=True)
     _write(trust / "as_root_ca.pem", root.public_bytes(PEM), 0o644)

@@ -207,10 +207,7 @@ def tls_context(home: Path) -> ssl.SSLContext:
     directory = authority_dir(home)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    chain = directory / "tls_chain.pem"
-    if not chain.exists():
-        chain.write_bytes((directory / "tls.pem").read_bytes() + (directory / "root.pem").read_bytes())
-    context.load_cert_chain(chain, directory / "tls.key.pem")
+    context.load_cert_chain(directory / "tls_chain.pem", directory / "tls.key.pem")
     return context
 
 

@@ -74,11 +74,11 @@ def attested_server(
     client_roots: bytes | None,
     validity_secs: int,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-) -> tuple[grpc.aio.Server, RotatingCredentials]:
-    """A started-on-demand grpc.aio server bound to ``listen_address`` with attested TLS."""
+) -> grpc.aio.Server:
+    """A grpc.aio server (not yet started) bound to ``listen_address`` with attested TLS."""
     server = grpc.aio.server(interceptors=list(interceptors), options=server_options(validity_secs))
     register(server)
     credentials = RotatingCredentials(identities, client_roots)
     if server.add_secure_port(listen_address, credentials.credentials) == 0:
         raise OSError(f"cannot listen on {listen_address}")
-    return server, credentials
+    return server

@@ -64,7 +64,7 @@ class ServiceRuntime:
         self.identities.start_rotation()
 
     def internal_server(self, register: Callable[[grpc.aio.Server], None]) -> grpc.aio.Server:
-        server, _ = attested_server(
+        server = attested_server(
             self.identities,
             self.config.endpoint(self.name).listen_address,
             register,
@@ -76,7 +76,7 @@ class ServiceRuntime:
         return server
 
     def api_server(self, register: Callable[[grpc.aio.Server], None]) -> grpc.aio.Server:
-        server, _ = attested_server(
+        server = attested_server(
             self.identities,
             self.config.endpoint(self.name, api=True).listen_address,
             register,
