@@ -33,7 +33,6 @@ GENERATED_PACKAGE = "kettle.rpc.generated"
 COMMON = "teaclave_common_proto."
 AUTH = "teaclave_authentication_service_proto."
 FRONT = "teaclave_frontend_service_proto."
-STORE = "kettle_storage_proto."
 EMPTY = "google.protobuf.Empty"
 
 # proto stem -> (proto package, imported files)
@@ -47,8 +46,9 @@ PROTO_FILES: dict[str, tuple[str, list[str]]] = {
         "teaclave_frontend_service_proto",
         ["teaclave_common.proto", "google/protobuf/empty.proto"],
     ),
-    "kettle_storage": ("kettle_storage_proto", ["google/protobuf/empty.proto"]),
 }
+# Kettle's internal protos (kettle_*.proto) are Kettle's own contracts; only their
+# freshness is checked here, the wire tables below are Teaclave's.
 
 # proto stem -> message -> [(field, number, type as written in a .proto, fully qualified)].
 # Every message of every file, every field: the tests below also check that
@@ -216,23 +216,6 @@ MESSAGES: dict[str, dict[str, list[tuple[str, int, str]]]] = {
         "QueryAuditLogsRequest": [("query", 1, "string"), ("limit", 2, "uint64")],
         "QueryAuditLogsResponse": [("logs", 1, f"repeated {COMMON}Entry")],
     },
-    "kettle_storage": {
-        "GetRequest": [("key", 1, "bytes")],
-        "GetResponse": [("value", 1, "bytes")],
-        "PutRequest": [("key", 1, "bytes"), ("value", 2, "bytes")],
-        "DeleteRequest": [("key", 1, "bytes")],
-        "GetKeysByPrefixRequest": [("prefix", 1, "bytes")],
-        "GetKeysByPrefixResponse": [("keys", 1, "repeated bytes")],
-        "EnqueueRequest": [("queue", 1, "bytes"), ("value", 2, "bytes")],
-        "DequeueRequest": [("queue", 1, "bytes"), ("lease_seconds", 2, "uint32")],
-        "DequeueResponse": [
-            ("found", 1, "bool"),
-            ("item_id", 2, "uint64"),
-            ("value", 3, "bytes"),
-            ("deliveries", 4, "uint32"),
-        ],
-        "AckRequest": [("queue", 1, "bytes"), ("item_id", 2, "uint64")],
-    },
 }
 
 # enum -> [(value name, number)], all in teaclave_common_proto.
@@ -305,17 +288,6 @@ SERVICES: dict[str, dict[str, list[tuple[str, str, str]]]] = {
             ("QueryAuditLogs", f"{FRONT}QueryAuditLogsRequest", f"{FRONT}QueryAuditLogsResponse"),
         ],
     },
-    "kettle_storage": {
-        "KettleStorage": [
-            ("Get", f"{STORE}GetRequest", f"{STORE}GetResponse"),
-            ("Put", f"{STORE}PutRequest", EMPTY),
-            ("Delete", f"{STORE}DeleteRequest", EMPTY),
-            ("GetKeysByPrefix", f"{STORE}GetKeysByPrefixRequest", f"{STORE}GetKeysByPrefixResponse"),
-            ("Enqueue", f"{STORE}EnqueueRequest", EMPTY),
-            ("Dequeue", f"{STORE}DequeueRequest", f"{STORE}DequeueResponse"),
-            ("Ack", f"{STORE}AckRequest", EMPTY),
-        ],
-    },
 }
 
 # HTTP/2 paths the spec (§1.1) and the SDK name verbatim.
@@ -327,7 +299,6 @@ KNOWN_PATHS: list[str] = [
     "/teaclave_frontend_service_proto.TeaclaveFrontend/GetTask",
     "/teaclave_frontend_service_proto.TeaclaveFrontend/RegisterFunction",
     "/teaclave_frontend_service_proto.TeaclaveFrontend/QueryAuditLogs",
-    "/kettle_storage_proto.KettleStorage/Dequeue",
 ]
 
 EMPTY_RETURNING: list[str] = [

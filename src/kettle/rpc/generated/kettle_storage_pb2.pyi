@@ -80,3 +80,47 @@ class AckRequest(_message.Message):
     queue: bytes
     item_id: int
     def __init__(self, queue: _Optional[bytes] = ..., item_id: _Optional[int] = ...) -> None: ...
+
+class CompareAndPutRequest(_message.Message):
+    __slots__ = ("key", "expected", "expect_absent", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_ABSENT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    expected: bytes
+    expect_absent: bool
+    value: bytes
+    def __init__(self, key: _Optional[bytes] = ..., expected: _Optional[bytes] = ..., expect_absent: _Optional[bool] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class CompareAndPutResponse(_message.Message):
+    __slots__ = ("applied", "found", "current")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    applied: bool
+    found: bool
+    current: bytes
+    def __init__(self, applied: _Optional[bool] = ..., found: _Optional[bool] = ..., current: _Optional[bytes] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("key", "known", "known_absent", "timeout_ms")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_ABSENT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    known: bytes
+    known_absent: bool
+    timeout_ms: int
+    def __init__(self, key: _Optional[bytes] = ..., known: _Optional[bytes] = ..., known_absent: _Optional[bool] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class WatchResponse(_message.Message):
+    __slots__ = ("changed", "found", "value")
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    found: bool
+    value: bytes
+    def __init__(self, changed: _Optional[bool] = ..., found: _Optional[bool] = ..., value: _Optional[bytes] = ...) -> None: ...

@@ -70,6 +70,16 @@ class KettleStorageStub:
                 request_serializer=kettle__storage__pb2.AckRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.CompareAndPut = channel.unary_unary(
+                '/kettle_storage_proto.KettleStorage/CompareAndPut',
+                request_serializer=kettle__storage__pb2.CompareAndPutRequest.SerializeToString,
+                response_deserializer=kettle__storage__pb2.CompareAndPutResponse.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_unary(
+                '/kettle_storage_proto.KettleStorage/Watch',
+                request_serializer=kettle__storage__pb2.WatchRequest.SerializeToString,
+                response_deserializer=kettle__storage__pb2.WatchResponse.FromString,
+                _registered_method=True)
 
 
 class KettleStorageServicer:
@@ -133,6 +143,21 @@ class KettleStorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompareAndPut(self, request, context):
+        """Atomic read-compare-write of one record: how two services (management and
+        the scheduler) update the same task record without losing either update.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """Long poll on one record: wakes on the write that changes it (no polling).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KettleStorageServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +195,16 @@ def add_KettleStorageServicer_to_server(servicer, server):
                     servicer.Ack,
                     request_deserializer=kettle__storage__pb2.AckRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'CompareAndPut': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareAndPut,
+                    request_deserializer=kettle__storage__pb2.CompareAndPutRequest.FromString,
+                    response_serializer=kettle__storage__pb2.CompareAndPutResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=kettle__storage__pb2.WatchRequest.FromString,
+                    response_serializer=kettle__storage__pb2.WatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -361,6 +396,60 @@ class KettleStorage:
             '/kettle_storage_proto.KettleStorage/Ack',
             kettle__storage__pb2.AckRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareAndPut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kettle_storage_proto.KettleStorage/CompareAndPut',
+            kettle__storage__pb2.CompareAndPutRequest.SerializeToString,
+            kettle__storage__pb2.CompareAndPutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kettle_storage_proto.KettleStorage/Watch',
+            kettle__storage__pb2.WatchRequest.SerializeToString,
+            kettle__storage__pb2.WatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,13 @@ class StorageBackend(Protocol):
         """Remove a handed-out item for good; False if it is not (or no longer) there."""
         ...
 
+    def compare_and_put(
+        self, namespace: str, key: bytes, expected: bytes | None, value: bytes
+    ) -> tuple[bool, bytes | None]:
+        """Atomically write ``value`` if the stored value is exactly ``expected`` (None =
+        the key is absent). Returns (applied, the value stored now)."""
+        ...
+
     def close(self) -> None:
         """Release the underlying database; the backend is unusable afterwards."""
         ...

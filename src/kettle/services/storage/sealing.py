@@ -123,5 +123,20 @@ class SealedStore:
     def ack(self, namespace: str, queue: bytes, item_id: int) -> bool:
         return self._backend.ack(namespace, queue, item_id)
 
+    def compare_and_put(
+        self, namespace: str, key: bytes, expected: bytes | None, value: bytes
+    ) -> tuple[bool, bytes | None]:
+        """Compare plaintexts, then let the backend swap the exact sealed bytes atomically
+        (a concurrent writer changes those bytes, so the swap then fails)."""
+        location = _location(b"record", namespace, key)
+        sealed_current = self._backend.get(namespace, key)
+        current = None if sealed_current is None else self._sealer.open(location, sealed_current)
+        if current != expected:
+            return False, current
+        applied, _ = self._backend.compare_and_put(namespace, key, sealed_current, self._sealer.seal(location, value))
+        if applied:
+            return True, value
+        return False, self.get(namespace, key)
+
     def close(self) -> None:
         self._backend.close()

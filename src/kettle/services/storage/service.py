@@ -51,9 +51,29 @@ def _check_key(key: bytes, what: str = "key") -> bytes:
     return key
 
 
+class RecordWatchers:
+    """Wakes Watch calls when their record is written. Every write goes through this
+    process, so a notification is never missed; waiters re-read and compare."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[tuple[str, bytes], asyncio.Event] = {}
+
+    def changed(self, namespace: str, key: bytes) -> None:
+        event = self._waiting.pop((namespace, key), None)
+        if event is not None:
+            event.set()
+
+    def event(self, namespace: str, key: bytes) -> asyncio.Event:
+        return self._waiting.setdefault((namespace, key), asyncio.Event())
+
+
+MAX_WATCH_MS = 60_000
+
+
 class StorageServicer(pb_grpc.KettleStorageServicer):
     def __init__(self, store: StorageBackend) -> None:
         self._store = store
+        self._watchers = RecordWatchers()
         # One writer thread: SQLite serialises writes anyway, and it keeps the event loop free.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage")
 
@@ -69,12 +89,16 @@ class StorageServicer(pb_grpc.KettleStorageServicer):
 
     @rpc_method
     async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
-        await self._run(self._store.put, namespace_of_caller(), _check_key(request.key), request.value)
+        namespace = namespace_of_caller()
+        await self._run(self._store.put, namespace, _check_key(request.key), request.value)
+        self._watchers.changed(namespace, request.key)
         return empty_pb2.Empty()
 
     @rpc_method
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
-        await self._run(self._store.delete, namespace_of_caller(), _check_key(request.key))
+        namespace = namespace_of_caller()
+        await self._run(self._store.delete, namespace, _check_key(request.key))
+        self._watchers.changed(namespace, request.key)
         return empty_pb2.Empty()
 
     @rpc_method
@@ -101,6 +125,40 @@ class StorageServicer(pb_grpc.KettleStorageServicer):
     async def Ack(self, request: pb.AckRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
         await self._run(self._store.ack, namespace_of_caller(), _check_key(request.queue, "queue"), request.item_id)
         return empty_pb2.Empty()
+
+    @rpc_method
+    async def CompareAndPut(
+        self, request: pb.CompareAndPutRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CompareAndPutResponse:
+        namespace = namespace_of_caller()
+        expected = None if request.expect_absent else request.expected
+        applied, current = await self._run(
+            self._store.compare_and_put, namespace, _check_key(request.key), expected, request.value
+        )
+        if applied:
+            self._watchers.changed(namespace, request.key)
+        return pb.CompareAndPutResponse(applied=applied, found=current is not None, current=current or b"")
+
+    @rpc_method
+    async def Watch(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> pb.WatchResponse:
+        namespace = namespace_of_caller()
+        key = _check_key(request.key)
+        known = None if request.known_absent else request.known
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(request.timeout_ms, MAX_WATCH_MS) / 1000
+        while True:
+            # Register before reading, so a write between the read and the wait still wakes us.
+            event = self._watchers.event(namespace, key)
+            current = await self._run(self._store.get, namespace, key)
+            if current != known:
+                return pb.WatchResponse(changed=True, found=current is not None, value=current or b"")
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return pb.WatchResponse(changed=False, found=current is not None, value=current or b"")
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                pass
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

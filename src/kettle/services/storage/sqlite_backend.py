@@ -221,6 +221,17 @@ class SQLiteBackend:
             removed = conn.execute(_SQL.ACK, (namespace, queue, item_id)).rowcount
         return removed == 1
 
+    def compare_and_put(
+        self, namespace: str, key: bytes, expected: bytes | None, value: bytes
+    ) -> tuple[bool, bytes | None]:
+        with self._transaction("could not compare-and-put a record") as conn:
+            row = conn.execute(_SQL.GET, (namespace, key)).fetchone()
+            current = None if row is None else bytes(row[0])
+            if current != expected:
+                return False, current
+            conn.execute(_SQL.PUT, (namespace, key, value))
+            return True, value
+
     def close(self) -> None:
         with self._lock, _storage_errors("close the database"):
             self._conn.close()

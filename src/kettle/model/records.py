@@ -1,0 +1,383 @@
+"""The platform's stored records and the staged task, with their JSON encodings.
+
+These are the contracts between services that share the storage service's
+platform partition: management writes functions, files and tasks; the scheduler
+updates tasks and output files; execution nodes receive staged tasks. Decoding
+is strict (a record that does not decode is corruption, never a default).
+
+Storage keys (platform partition, ``spec/platform.md`` §8): ``function-<uuid>``,
+``usage-<uuid>``, ``user-<uuid5 of user id>``, ``task-<uuid>``, ``input-<uuid>``,
+``output-<uuid>``; queues ``staged-task`` and ``cancel-task``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from enum import IntEnum
+from typing import Any, TypeVar
+
+STAGED_TASK_QUEUE = b"staged-task"
+CANCEL_QUEUE = b"cancel-task"
+
+
+class TaskStatus(IntEnum):
+    """Numbers as ``teaclave_common_proto.TaskStatus``."""
+
+    CREATED = 0
+    DATA_ASSIGNED = 1
+    APPROVED = 2
+    STAGED = 3
+    RUNNING = 4
+    FINISHED = 10
+    CANCELED = 20
+    FAILED = 99
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TaskStatus.FINISHED, TaskStatus.CANCELED, TaskStatus.FAILED)
+
+
+def function_key(bare: str) -> bytes:
+    return f"function-{bare}".encode()
+
+
+def usage_key(bare: str) -> bytes:
+    return f"usage-{bare}".encode()
+
+
+def user_index_key(user_id: str) -> bytes:
+    return f"user-{uuid.uuid5(uuid.NAMESPACE_DNS, user_id)}".encode()
+
+
+def task_key(bare: str) -> bytes:
+    return f"task-{bare}".encode()
+
+
+def input_key(bare: str) -> bytes:
+    return f"input-{bare}".encode()
+
+
+def output_key(bare: str) -> bytes:
+    return f"output-{bare}".encode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError("expected base64 text")
+    return base64.b64decode(text, validate=True)
+
+
+R = TypeVar("R")
+
+
+def _strict_load(cls: type[R], data: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise ValueError(f"{cls.__name__} record is not JSON: {exc}") from None
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    if not isinstance(doc, dict) or set(doc) != names:
+        raise ValueError(f"{cls.__name__} record has the wrong fields")
+    return doc
+
+
+def _dump(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class CryptoInfo:
+    schema: str
+    key: bytes = b""
+    iv: bytes = b""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": self.schema, "key": _b64(self.key), "iv": _b64(self.iv)}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> CryptoInfo:
+        if not isinstance(doc, dict) or set(doc) != {"schema", "key", "iv"} or not isinstance(doc["schema"], str):
+            raise ValueError("malformed crypto info")
+        return cls(doc["schema"], _unb64(doc["key"]), _unb64(doc["iv"]))
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """An input or output file (``spec/platform.md`` §5.2); ``cmac`` None = not yet written."""
+
+    uuid: str
+    url: str
+    crypto_info: CryptoInfo
+    owner: tuple[str, ...]
+    cmac: bytes | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "uuid": self.uuid,
+            "url": self.url,
+            "crypto_info": self.crypto_info.to_json(),
+            "owner": sorted(self.owner),
+            "cmac": None if self.cmac is None else _b64(self.cmac),
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> FileRecord:
+        if not isinstance(doc, dict) or set(doc) != {"uuid", "url", "crypto_info", "owner", "cmac"}:
+            raise ValueError("malformed file record")
+        owner = doc["owner"]
+        if not isinstance(owner, list) or not all(isinstance(o, str) for o in owner):
+            raise ValueError("malformed file owner list")
+        return cls(
+            uuid=str(doc["uuid"]),
+            url=str(doc["url"]),
+            crypto_info=CryptoInfo.from_json(doc["crypto_info"]),
+            owner=tuple(sorted(owner)),
+            cmac=None if doc["cmac"] is None else _unb64(doc["cmac"]),
+        )
+
+    def to_bytes(self) -> bytes:
+        return _dump(self.to_json())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> FileRecord:
+        try:
+            return cls.from_json(json.loads(data))
+        except ValueError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any shape error is corruption
+            raise ValueError(f"malformed file record: {exc}") from None
+
+
+@dataclass(frozen=True)
+class FunctionArgument:
+    key: str
+    default_value: str = ""
+    allow_overwrite: bool = True
+
+
+@dataclass(frozen=True)
+class FunctionFile:
+    name: str
+    description: str = ""
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class FunctionRecord:
+    uuid: str
+    name: str
+    description: str
+    public: bool
+    executor_type: str
+    payload: bytes
+    arguments: tuple[FunctionArgument, ...]
+    inputs: tuple[FunctionFile, ...]
+    outputs: tuple[FunctionFile, ...]
+    owner: str
+    user_allowlist: tuple[str, ...]
+    usage_quota: int | None
+    """None = unlimited; 0 = never invocable (``spec/platform.md`` §4.1)."""
+    disabled: bool = False
+
+    def to_bytes(self) -> bytes:
+        doc = asdict(self)
+        doc["payload"] = _b64(self.payload)
+        return _dump(doc)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> FunctionRecord:
+        doc = _strict_load(cls, data)
+        try:
+            return cls(
+                uuid=doc["uuid"],
+                name=doc["name"],
+                description=doc["description"],
+                public=bool(doc["public"]),
+                executor_type=doc["executor_type"],
+                payload=_unb64(doc["payload"]),
+                arguments=tuple(FunctionArgument(**a) for a in doc["arguments"]),
+                inputs=tuple(FunctionFile(**f) for f in doc["inputs"]),
+                outputs=tuple(FunctionFile(**f) for f in doc["outputs"]),
+                owner=doc["owner"],
+                user_allowlist=tuple(doc["user_allowlist"]),
+                usage_quota=doc["usage_quota"],
+                disabled=bool(doc["disabled"]),
+            )
+        except (TypeError, KeyError) as exc:
+            raise ValueError(f"malformed function record: {exc}") from None
+
+
+@dataclass(frozen=True)
+class TaskOutputs:
+    return_value: bytes = b""
+    tags_map: dict[str, bytes] = field(default_factory=dict)
+    log: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """Not ready (both None), Ok (``outputs``) or Err (``failure`` reason)."""
+
+    outputs: TaskOutputs | None = None
+    failure: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.outputs is not None or self.failure is not None
+
+    def to_json(self) -> dict[str, Any] | None:
+        if self.outputs is not None:
+            o = self.outputs
+            return {"ok": {"return_value": _b64(o.return_value), "tags_map": {k: _b64(v) for k, v in o.tags_map.items()}, "log": list(o.log)}}
+        if self.failure is not None:
+            return {"err": self.failure}
+        return None
+
+    @classmethod
+    def from_json(cls, doc: Any) -> TaskResult:
+        if doc is None:
+            return cls()
+        if isinstance(doc, dict) and set(doc) == {"err"} and isinstance(doc["err"], str):
+            return cls(failure=doc["err"])
+        if isinstance(doc, dict) and set(doc) == {"ok"} and isinstance(doc["ok"], dict):
+            ok = doc["ok"]
+            return cls(outputs=TaskOutputs(
+                return_value=_unb64(ok["return_value"]),
+                tags_map={str(k): _unb64(v) for k, v in ok["tags_map"].items()},
+                log=tuple(str(line) for line in ok["log"]),
+            ))
+        raise ValueError("malformed task result")
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """A task (``spec/platform.md`` §6.1). Sets are kept as sorted tuples; maps as dicts."""
+
+    uuid: str
+    creator: str
+    function_id: str
+    """Bare UUID of the function."""
+    function_owner: str
+    function_arguments: str
+    """The merged argument object as compact JSON text with sorted keys."""
+    executor: str
+    inputs_ownership: dict[str, tuple[str, ...]]
+    outputs_ownership: dict[str, tuple[str, ...]]
+    participants: tuple[str, ...]
+    approved_users: tuple[str, ...] = ()
+    assigned_inputs: dict[str, FileRecord] = field(default_factory=dict)
+    assigned_outputs: dict[str, FileRecord] = field(default_factory=dict)
+    status: TaskStatus = TaskStatus.CREATED
+    result: TaskResult = TaskResult()
+    attempts: int = 0
+    """How many times an execution node started it (Kettle: bounded re-runs after a lost node)."""
+
+    def to_bytes(self) -> bytes:
+        return _dump({
+            "uuid": self.uuid,
+            "creator": self.creator,
+            "function_id": self.function_id,
+            "function_owner": self.function_owner,
+            "function_arguments": self.function_arguments,
+            "executor": self.executor,
+            "inputs_ownership": {k: sorted(v) for k, v in self.inputs_ownership.items()},
+            "outputs_ownership": {k: sorted(v) for k, v in self.outputs_ownership.items()},
+            "participants": sorted(self.participants),
+            "approved_users": sorted(self.approved_users),
+            "assigned_inputs": {k: v.to_json() for k, v in self.assigned_inputs.items()},
+            "assigned_outputs": {k: v.to_json() for k, v in self.assigned_outputs.items()},
+            "status": int(self.status),
+            "result": self.result.to_json(),
+            "attempts": self.attempts,
+        })
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TaskRecord:
+        doc = _strict_load(cls, data)
+        try:
+            return cls(
+                uuid=doc["uuid"],
+                creator=doc["creator"],
+                function_id=doc["function_id"],
+                function_owner=doc["function_owner"],
+                function_arguments=doc["function_arguments"],
+                executor=doc["executor"],
+                inputs_ownership={k: tuple(v) for k, v in doc["inputs_ownership"].items()},
+                outputs_ownership={k: tuple(v) for k, v in doc["outputs_ownership"].items()},
+                participants=tuple(doc["participants"]),
+                approved_users=tuple(doc["approved_users"]),
+                assigned_inputs={k: FileRecord.from_json(v) for k, v in doc["assigned_inputs"].items()},
+                assigned_outputs={k: FileRecord.from_json(v) for k, v in doc["assigned_outputs"].items()},
+                status=TaskStatus(doc["status"]),
+                result=TaskResult.from_json(doc["result"]),
+                attempts=int(doc["attempts"]),
+            )
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"malformed task record: {exc}") from None
+
+
+@dataclass(frozen=True)
+class StagedTask:
+    """Everything an execution node needs to run one task (``spec/platform.md`` §6.9)."""
+
+    task_id: str
+    function_id: str
+    user_id: str
+    executor: str
+    executor_type: str
+    function_name: str
+    function_arguments: str
+    function_payload: bytes
+    input_data: dict[str, FileRecord]
+    output_data: dict[str, FileRecord]
+
+    def to_bytes(self) -> bytes:
+        return _dump({
+            "task_id": self.task_id,
+            "function_id": self.function_id,
+            "user_id": self.user_id,
+            "executor": self.executor,
+            "executor_type": self.executor_type,
+            "function_name": self.function_name,
+            "function_arguments": self.function_arguments,
+            "function_payload": _b64(self.function_payload),
+            "input_data": {k: v.to_json() for k, v in self.input_data.items()},
+            "output_data": {k: v.to_json() for k, v in self.output_data.items()},
+        })
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> StagedTask:
+        doc = _strict_load(cls, data)
+        try:
+            return cls(
+                task_id=doc["task_id"],
+                function_id=doc["function_id"],
+                user_id=doc["user_id"],
+                executor=doc["executor"],
+                executor_type=doc["executor_type"],
+                function_name=doc["function_name"],
+                function_arguments=doc["function_arguments"],
+                function_payload=_unb64(doc["function_payload"]),
+                input_data={k: FileRecord.from_json(v) for k, v in doc["input_data"].items()},
+                output_data={k: FileRecord.from_json(v) for k, v in doc["output_data"].items()},
+            )
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"malformed staged task: {exc}") from None
+
+
+def cancel_request_key(bare: str) -> bytes:
+    """Present while a cancel of a Staged/Running task is pending (written by management,
+    consumed by the scheduler)."""
+    return f"cancel-request-{bare}".encode()
+
+
+STAGED_SIGNAL_KEY = b"staged-task-signal"
+"""Rewritten (any new value) after every enqueue on the staged-task queue, so the
+scheduler can Watch it instead of polling the queue."""

@@ -1,0 +1,6 @@
+from . import teaclave_frontend_service_pb2 as _teaclave_frontend_service_pb2
+from . import kettle_management_pb2 as _kettle_management_pb2
+from google.protobuf import descriptor as _descriptor
+from typing import ClassVar as _ClassVar
+
+DESCRIPTOR: _descriptor.FileDescriptor
