@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ..errors import InternalError, KettleError, StorageError
+from ..errors import InternalError, StorageError
 from ..model.records import FileRecord, FunctionRecord, TaskRecord
 from ..rpc.channel import PeerChannels
 from ..rpc.generated import kettle_storage_pb2 as pb
@@ -130,4 +130,3 @@ def _decode(cls: type[R], raw: bytes | None) -> R | None:
         raise InternalError("service internal error") from None
 
 
-__all__ = ["NoChange", "PlatformStore", "KettleError"]
