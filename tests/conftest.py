@@ -95,6 +95,10 @@ class Platform:
     def auth_address(self) -> str:
         return self.config.endpoint("authentication", api=True).target
 
+    @property
+    def frontend_address(self) -> str:
+        return self.config.endpoint("frontend", api=True).target
+
     def child(self, name: str) -> Child:
         return next(c for c in self.children if c.name == name)
 
@@ -138,6 +142,18 @@ def platform(tmp_path_factory: pytest.TempPathFactory, _auditor_cache: Path) -> 
     """One running platform shared by the tests that only talk to it."""
     p = Platform(make_home(tmp_path_factory.mktemp("platform"), _auditor_cache))
     p.start()
+    yield p
+    p.stop()
+
+
+ALL_SERVICES = ("storage", "access_control", "authentication", "management", "scheduler", "execution", "frontend")
+
+
+@pytest.fixture(scope="session")
+def full_platform(tmp_path_factory: pytest.TempPathFactory, _auditor_cache: Path) -> Iterator[Platform]:
+    """One running platform with every service, shared by the tests that only use it."""
+    p = Platform(make_home(tmp_path_factory.mktemp("full-platform"), _auditor_cache))
+    p.start(ALL_SERVICES)
     yield p
     p.stop()
 

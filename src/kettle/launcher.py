@@ -11,6 +11,8 @@ with a hole. Ctrl-C or SIGTERM stops every service cleanly.
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import logging
 import os
 import select
@@ -23,12 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
+from .config import SERVICES, Config
 from .errors import KettleError
 
 log = logging.getLogger(__name__)
 
-PLATFORM_SERVICES = ("storage", "authentication")
+PLATFORM_SERVICES = (
+    "storage", "access_control", "authentication", "management", "scheduler", "execution", "frontend",
+)
 """The services ``kettle up`` starts, in start order (dependencies first)."""
 
 READY_TIMEOUT_SECS = 60.0
@@ -64,18 +68,10 @@ def run_service(name: str, config: Config) -> None:
         except KeyboardInterrupt:
             pass
         return
-    mains: dict[str, Callable[[Config], object]] = {}
-    if name == "storage":
-        from .services.storage.service import main as storage_main
-
-        mains[name] = storage_main
-    elif name == "authentication":
-        from .services.authentication.service import main as authentication_main
-
-        mains[name] = authentication_main
-    if name not in mains:
+    if name not in SERVICES or importlib.util.find_spec(f"kettle.services.{name}.service") is None:
         raise KettleError(f"unknown or not yet available service {name!r}")
-    asyncio.run(mains[name](config))  # type: ignore[arg-type]
+    module = importlib.import_module(f"kettle.services.{name}.service")
+    asyncio.run(module.main(config))
 
 
 @dataclass

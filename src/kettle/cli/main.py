@@ -77,9 +77,11 @@ def up() -> None:
     table.add_column("service")
     table.add_column("address")
     table.add_row("authentication API", config.endpoint("authentication", api=True).target)
+    table.add_row("frontend API", config.endpoint("frontend", api=True).target)
     table.add_row("attestation service", config.attestation.service_url)
     for name in PLATFORM_SERVICES:
-        table.add_row(f"{name} (internal)", config.endpoint(name).target)
+        if name != "frontend":  # the frontend serves only its API endpoint
+            table.add_row(f"{name} (internal)", config.endpoint(name).target)
     out.print(table)
     out.print(f"Admin account: [bold]{config.authentication.admin_id}[/bold] / {config.authentication.admin_password}")
     out.print(f"Client trust files: {config.as_root_path}  {config.enclave_info_path}")
@@ -90,10 +92,12 @@ def up() -> None:
 
 
 def _check_endpoint(config: Config) -> None:
-    """Verify the public endpoint exactly as a client would before announcing readiness."""
+    """Verify the public endpoints exactly as a client would before announcing readiness."""
     from ..sdk.attested import ClientTrust, verify_endpoint
 
-    verify_endpoint(config.endpoint("authentication", api=True).target, "authentication", ClientTrust.from_config(config))
+    trust = ClientTrust.from_config(config)
+    for service in ("authentication", "frontend"):
+        verify_endpoint(config.endpoint(service, api=True).target, service, trust)
 
 
 @app.command()
@@ -109,7 +113,7 @@ def init() -> None:
 
 @app.command()
 @one_line_errors
-def service(name: str = typer.Argument(..., help="attestation, storage or authentication")) -> None:
+def service(name: str = typer.Argument(..., help="attestation, or a platform service: storage, access_control, authentication, management, scheduler, execution, frontend")) -> None:
     """Run one service in the foreground (for multi-machine deployments)."""
     from ..launcher import run_service
 
