@@ -46,3 +46,17 @@ def test_async_client_shares_the_core(platform: Platform) -> None:
             await client.close()
 
     assert "async_user" in asyncio.run(run())
+
+
+def test_api_endpoints_serve_standard_health_checks(platform: Platform) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from kettle.sdk.attested import verify_endpoint
+
+    trust = platform.trust()
+    channel = verify_endpoint(platform.auth_address, "authentication", trust).channel(trust)
+    try:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status
+    finally:
+        channel.close()
+    assert status == health_pb2.HealthCheckResponse.SERVING

@@ -16,6 +16,7 @@ import signal
 from collections.abc import Callable
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..attestation.backends import SIMULATION, EvidenceProvider, SimulationBackend
 from ..attestation.build import BuildConfig
@@ -57,6 +58,7 @@ class ServiceRuntime:
         )
         self.peers = PeerChannels(config, self.identities, self.enclave_info, self.as_root_pem)
         self._servers: list[grpc.aio.Server] = []
+        self._health = health.aio.HealthServicer()
 
     async def attest(self) -> None:
         log.info("%s measurement %s", self.name, self.measurement.hex())
@@ -76,10 +78,16 @@ class ServiceRuntime:
         return server
 
     def api_server(self, register: Callable[[grpc.aio.Server], None]) -> grpc.aio.Server:
+        def register_with_health(server: grpc.aio.Server) -> None:
+            register(server)
+            # The standard health service: what load balancers probe, and the cheapest
+            # attested round trip (the baseline of the benchmarks).
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+
         server = attested_server(
             self.identities,
             self.config.endpoint(self.name, api=True).listen_address,
-            register,
+            register_with_health,
             client_roots=None,
             validity_secs=self.config.attestation.validity_secs,
         )
@@ -90,6 +98,7 @@ class ServiceRuntime:
         """Start every server, signal readiness, and run until SIGTERM/SIGINT."""
         for server in self._servers:
             await server.start()
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("%s is serving", self.name)
         signal_ready()
         stop = asyncio.Event()
