@@ -1,0 +1,1 @@
+"""The frontend service: the public API gate."""
