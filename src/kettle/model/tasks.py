@@ -1,0 +1,363 @@
+"""Task rules of the management service (``spec/platform.md`` §6), as pure functions.
+
+CreateTask's validation and argument merge, and every management-side
+transition of the task state machine (§6.8) as a function ``TaskRecord ->
+TaskRecord`` that either returns the next record or raises the exact error of
+Appendix B, checking in the order the spec fixes. The servicer applies these
+inside the storage compare-and-put loop, so they must stay free of I/O and
+side effects: a transition may be evaluated more than once.
+
+Data files arrive with the data plane; until then AssignData accepts only empty
+lists (which can still move a task without files from Created to DataAssigned).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import grpc
+
+from ..errors import InternalError, InvalidArgument, KettleError, PermissionDenied
+from .functions import (
+    INVALID_FUNCTION_ID,
+    MAX_ITEMS,
+    MAX_NAME_CHARS,
+    MAX_RECORD_BYTES,
+    PERMISSION_DENIED,
+    Caller,
+    UsageRecord,
+    check_may_create_task,
+    check_quota,
+    shown,
+)
+from .ids import Kind, parse_external_id
+from .records import FunctionRecord, StagedTask, TaskRecord, TaskResult, TaskStatus
+
+__all__ = [
+    "APPROVE_FAILED",
+    "ASSIGN_FAILED",
+    "CANCELED_REASON",
+    "CANCEL_FAILED",
+    "DATA_PLANE_UNAVAILABLE",
+    "EXECUTORS",
+    "INVALID_TASK",
+    "INVALID_TASK_ID",
+    "INVOKE_FAILED",
+    "TaskDefinition",
+    "approvals_complete",
+    "approve_task",
+    "assign_data",
+    "build_staged_task",
+    "cancel_task",
+    "check_invoker",
+    "check_may_read_task",
+    "check_participant",
+    "create_task",
+    "data_complete",
+    "data_plane_unavailable",
+    "invoke_task",
+    "merge_arguments",
+    "ownership_map",
+    "parse_arguments",
+    "parse_task_id",
+    "participants_of",
+    "stage_task",
+    "validate_executor",
+]
+
+INVALID_TASK_ID = "invalid task id"
+INVALID_TASK = "invalid task"
+ASSIGN_FAILED = "failed to assign data to task"
+APPROVE_FAILED = "failed to approve task"
+INVOKE_FAILED = "failed to invoke task"
+CANCEL_FAILED = "failed to cancel task, reason: task has already been canceled"
+CANCELED_REASON = "Task canceled"
+DATA_PLANE_UNAVAILABLE = "data files are not available yet: they arrive with the data plane"
+
+EXECUTORS = ("mesapy", "builtin", "wamr")
+"""The task's ``executor`` strings, exact (§6.2 step 3)."""
+
+_PRE_STAGED = (TaskStatus.CREATED, TaskStatus.DATA_ASSIGNED, TaskStatus.APPROVED)
+_IN_SCHEDULER = (TaskStatus.STAGED, TaskStatus.RUNNING)
+
+
+def data_plane_unavailable() -> KettleError:
+    """UNIMPLEMENTED for everything that needs data files, until the data plane lands.
+
+    A plain KettleError with its code set, rather than a new class, because the
+    condition is temporary and nothing should catch it specifically."""
+    error = KettleError(DATA_PLANE_UNAVAILABLE)
+    error.code = grpc.StatusCode.UNIMPLEMENTED
+    return error
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    """What CreateTask asks for, besides the function."""
+
+    function_arguments: str
+    """JSON text of an object."""
+    executor: str
+    inputs_ownership: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(data name, owner user IDs) as sent; a repeated name: last wins."""
+    outputs_ownership: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+
+def parse_task_id(text: str) -> str:
+    """The bare UUID of a ``task-…`` ID; anything else (other prefix too) is "invalid task id"."""
+    bare = parse_external_id(text, Kind.TASK)
+    if bare is None:
+        raise InvalidArgument(INVALID_TASK_ID)
+    return bare
+
+
+def validate_executor(executor: str) -> str:
+    if executor not in EXECUTORS:
+        raise InternalError(f"Unsupported executor: {shown(executor)}")
+    return executor
+
+
+def ownership_map(entries: Iterable[tuple[str, Iterable[str]]]) -> dict[str, tuple[str, ...]]:
+    """OwnerList entries as a map: a repeated data name keeps the last entry; owners are a set."""
+    result: dict[str, tuple[str, ...]] = {}
+    for name, uids in entries:
+        result[name] = tuple(sorted(set(uids)))
+    return result
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {shown(text)} is out of range")
+    return value
+
+
+def parse_arguments(text: str) -> dict[str, Any]:
+    """``function_arguments`` as a JSON object (§6.2 step 4); otherwise INTERNAL.
+
+    Stricter than Python's json module, like the reference's parser: no NaN or
+    Infinity, no numbers that overflow a double, no lone surrogate escapes —
+    each would otherwise be stored and later fail to render as JSON or UTF-8."""
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError, UnicodeEncodeError) as exc:
+        raise InternalError(f"function_arguments is not valid JSON: {shown(str(exc))}") from None
+    if not isinstance(value, dict):
+        raise InternalError("function_arguments is not a JSON object")
+    return value
+
+
+def merge_arguments(function: FunctionRecord, requested: dict[str, Any]) -> str:
+    """The task's final argument object as text (§6.2 "Argument merging").
+
+    Start from the request (values of any JSON type kept); every function
+    argument that is not overwritable, or absent from the request, is set to its
+    default value *as a JSON string*. Compact, keys sorted at every level, UTF-8
+    kept as is: the text the reference stores and GetTask returns."""
+    merged = dict(requested)
+    for argument in function.arguments:
+        if not argument.allow_overwrite or argument.key not in requested:
+            merged[argument.key] = argument.default_value
+    return json.dumps(merged, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def participants_of(
+    creator: str,
+    function: FunctionRecord,
+    inputs_ownership: dict[str, tuple[str, ...]],
+    outputs_ownership: dict[str, tuple[str, ...]],
+) -> tuple[str, ...]:
+    """All data owners, the creator, and the function's owner when the function is private."""
+    people = {creator}
+    for owners in (*inputs_ownership.values(), *outputs_ownership.values()):
+        people.update(owners)
+    if not function.public:
+        people.add(function.owner)
+    return tuple(sorted(people))
+
+
+# --- CreateTask -------------------------------------------------------------------------------
+
+
+def _files_match(declared: Sequence[Any], listed: dict[str, tuple[str, ...]]) -> bool:
+    """{declared names} == {listed names} ∪ {optional declared names} (§6.2 steps 6–7)."""
+    names = {f.name for f in declared}
+    return names == set(listed) | {f.name for f in declared if f.optional}
+
+
+def create_task(
+    function: FunctionRecord | None, caller: Caller, definition: TaskDefinition, bare_uuid: str
+) -> TaskRecord:
+    """A Created task, or the first error of §6.2 in its order:
+
+    1. unknown function → INVALID_ARGUMENT "invalid function id";
+    2. caller's role / allowlist / disabled → PERMISSION_DENIED;
+    3. executor string → INTERNAL "Unsupported executor: …";
+    4. function_arguments not a JSON object → INTERNAL;
+    5. request keys ≠ overwritable argument keys → INVALID_ARGUMENT "invalid task";
+    6.–7. inputs / outputs ownership ≠ declared files → "invalid task".
+    Then Kettle's bounds (owners per entry, owner ID length, record size).
+    """
+    function = check_may_create_task(function, caller)
+    validate_executor(definition.executor)
+    requested = parse_arguments(definition.function_arguments)
+    if set(requested) != {a.key for a in function.arguments if a.allow_overwrite}:
+        raise InvalidArgument(INVALID_TASK)
+    inputs = ownership_map(definition.inputs_ownership)
+    outputs = ownership_map(definition.outputs_ownership)
+    if not _files_match(function.inputs, inputs) or not _files_match(function.outputs, outputs):
+        raise InvalidArgument(INVALID_TASK)
+    for owners in (*inputs.values(), *outputs.values()):
+        if len(owners) > MAX_ITEMS or any(len(uid) > MAX_NAME_CHARS for uid in owners):
+            raise InvalidArgument(INVALID_TASK)
+    task = TaskRecord(
+        uuid=bare_uuid,
+        creator=caller.user_id,
+        function_id=function.uuid,
+        function_owner=function.owner,
+        function_arguments=merge_arguments(function, requested),
+        executor=definition.executor,
+        inputs_ownership=inputs,
+        outputs_ownership=outputs,
+        participants=participants_of(caller.user_id, function, inputs, outputs),
+    )
+    size = len(task.to_bytes())
+    if size > MAX_RECORD_BYTES:
+        raise InvalidArgument(f"task is too large to store ({size} bytes encoded, at most {MAX_RECORD_BYTES})")
+    return task
+
+
+# --- conditions ---------------------------------------------------------------------------------
+
+
+def data_complete(task: TaskRecord) -> bool:
+    """Every data name of the ownership maps has an assigned file."""
+    return set(task.inputs_ownership) <= set(task.assigned_inputs) and set(task.outputs_ownership) <= set(
+        task.assigned_outputs
+    )
+
+
+def approvals_complete(task: TaskRecord) -> bool:
+    """Everyone approved, or approval is moot because there is a single participant."""
+    return len(task.participants) == 1 or set(task.participants) <= set(task.approved_users)
+
+
+def check_participant(task: TaskRecord, caller: Caller) -> TaskRecord:
+    if caller.user_id not in task.participants:
+        raise PermissionDenied(PERMISSION_DENIED)
+    return task
+
+
+def check_may_read_task(task: TaskRecord | None, caller: Caller) -> TaskRecord:
+    """GetTask / WaitTask: participants only; PlatformAdmin is not exempt (§6.7)."""
+    if task is None:
+        raise InvalidArgument(INVALID_TASK_ID)
+    return check_participant(task, caller)
+
+
+# --- transitions ----------------------------------------------------------------------------------
+
+
+def assign_data(
+    task: TaskRecord,
+    caller: Caller,
+    inputs: Sequence[tuple[str, str]],
+    outputs: Sequence[tuple[str, str]],
+) -> TaskRecord:
+    """§6.3: participant → status Created → (files: not yet) → DataAssigned when complete.
+
+    An AssignData with empty lists is legal and advances a task whose data is
+    complete (a task without files) to DataAssigned."""
+    check_participant(task, caller)
+    if task.status != TaskStatus.CREATED:
+        raise KettleError(ASSIGN_FAILED)
+    if inputs or outputs:
+        raise data_plane_unavailable()
+    return replace(task, status=TaskStatus.DATA_ASSIGNED) if data_complete(task) else task
+
+
+def approve_task(task: TaskRecord, caller: Caller) -> TaskRecord:
+    """§6.4: the state is checked before participation; approving is idempotent;
+    Approved once everyone approved (or single participant), else DataAssigned."""
+    ready = task.status == TaskStatus.DATA_ASSIGNED or (task.status == TaskStatus.CREATED and data_complete(task))
+    if not ready:
+        raise KettleError(APPROVE_FAILED)
+    check_participant(task, caller)
+    approved = replace(task, approved_users=tuple(sorted({*task.approved_users, caller.user_id})))
+    status = TaskStatus.APPROVED if approvals_complete(approved) else TaskStatus.DATA_ASSIGNED
+    return replace(approved, status=status)
+
+
+def check_invoker(task: TaskRecord, caller: Caller) -> TaskRecord:
+    """Only the creator invokes; PlatformAdmin is not exempt (§6.5 step 2)."""
+    if caller.user_id != task.creator:
+        raise PermissionDenied(PERMISSION_DENIED)
+    return task
+
+
+def stage_task(task: TaskRecord) -> TaskRecord:
+    """§6.5 step 5 and the status of step 7: Approved, or Created/DataAssigned whose
+    data and approvals are complete (promoted on the fly) → Staged."""
+    ready = task.status == TaskStatus.APPROVED or (
+        task.status in (TaskStatus.CREATED, TaskStatus.DATA_ASSIGNED) and data_complete(task) and approvals_complete(task)
+    )
+    if not ready:
+        raise KettleError(INVOKE_FAILED)
+    return replace(task, status=TaskStatus.STAGED)
+
+
+def invoke_task(
+    task: TaskRecord, caller: Caller, function: FunctionRecord | None, usage: UsageRecord | None
+) -> TaskRecord:
+    """§6.5 steps 2–5 in order: creator, function and usage record exist, quota, state."""
+    check_invoker(task, caller)
+    if function is None or usage is None:
+        raise InvalidArgument(INVALID_FUNCTION_ID)
+    check_quota(function, usage)
+    return stage_task(task)
+
+
+def build_staged_task(task: TaskRecord, function: FunctionRecord) -> StagedTask:
+    """The self-contained staged task (§6.9): code, name and executor type from the
+    *current* function record, arguments and file snapshots from the task."""
+    staged = StagedTask(
+        task_id=task.uuid,
+        function_id=function.uuid,
+        user_id=task.creator,
+        executor=task.executor,
+        executor_type=function.executor_type,
+        function_name=function.name,
+        function_arguments=task.function_arguments,
+        function_payload=function.payload,
+        input_data=dict(task.assigned_inputs),
+        output_data=dict(task.assigned_outputs),
+    )
+    size = len(staged.to_bytes())
+    if size > MAX_RECORD_BYTES:
+        raise InvalidArgument(f"task is too large to stage ({size} bytes encoded, at most {MAX_RECORD_BYTES})")
+    return staged
+
+
+def cancel_task(task: TaskRecord, caller: Caller) -> TaskRecord | None:
+    """§6.6: creator or admin. Before staging → Canceled with Err "Task canceled".
+    Staged/Running → None: the caller records a cancel request and the scheduler
+    finishes the job. Terminal → UNKNOWN."""
+    if not (caller.is_admin or caller.user_id == task.creator):
+        raise PermissionDenied(PERMISSION_DENIED)
+    if task.status in _IN_SCHEDULER:
+        return None
+    if task.status in _PRE_STAGED:
+        return replace(task, status=TaskStatus.CANCELED, result=TaskResult(failure=CANCELED_REASON))
+    raise KettleError(CANCEL_FAILED)

@@ -1,0 +1,1 @@
+"""The management service: functions, tasks and their state machine; stages invoked tasks."""

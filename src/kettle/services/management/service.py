@@ -1,0 +1,604 @@
+"""The management service (internal port 17777): functions, tasks, audit logs.
+
+A thin adapter. It reads the caller from the ``id``/``role`` metadata the
+frontend forwards, turns protobuf messages into model values, lets
+:mod:`kettle.model.functions` and :mod:`kettle.model.tasks` decide, and does the
+storage round trips. Task records are also written by the scheduler, so every
+task change is a compare-and-put (:meth:`PlatformStore.update_task`); function,
+usage and index records get the same treatment because two frontend calls can
+race on them too.
+
+Invoked tasks become self-contained staged tasks on the storage queue
+``staged-task``; a fresh value under ``staged-task-signal`` wakes the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2
+
+from ...config import Config
+from ...errors import (
+    InternalError,
+    InvalidArgument,
+    KettleError,
+    PermissionDenied,
+    StorageError,
+)
+from ...model import functions as fn_rules
+from ...model import tasks as task_rules
+from ...model.functions import Caller, FunctionDefinition, FunctionIndex, UsageRecord
+from ...model.ids import Kind, external_id, new_uuid
+from ...model.records import (
+    STAGED_SIGNAL_KEY,
+    STAGED_TASK_QUEUE,
+    FunctionArgument,
+    FunctionFile,
+    FunctionRecord,
+    StagedTask,
+    TaskRecord,
+    TaskResult,
+    cancel_request_key,
+    function_key,
+    task_key,
+    usage_key,
+    user_index_key,
+)
+from ...rpc.generated import kettle_management_pb2 as pb
+from ...rpc.generated import kettle_management_pb2_grpc as pb_grpc
+from ...rpc.generated import teaclave_common_pb2 as common_pb
+from ...rpc.generated import teaclave_frontend_service_pb2 as fpb
+from ...rpc.status import INTERNAL_ERROR_TEXT, rpc_method
+from ..platform_store import MAX_UPDATE_ATTEMPTS, NoChange, PlatformStore
+from ..runtime import ServiceRuntime
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_MS = 60_000
+"""WaitTask waits at most this long (longer requests are shortened); the client loops."""
+
+INT32_MAX = 2**31 - 1
+STAGED_SIGNAL_BYTES = 16
+
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def management_rpc(method: Handler) -> Handler:
+    """:func:`rpc_method`, and a storage failure becomes INTERNAL "service internal
+    error" (Appendix B): clients see the reference's text, the log keeps the cause."""
+
+    @functools.wraps(method)
+    async def run(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except StorageError as exc:
+            log.error("%s: %s", method.__name__, exc)
+            raise InternalError(INTERNAL_ERROR_TEXT) from None
+
+    return rpc_method(run)
+
+
+def caller_of(context: grpc.aio.ServicerContext) -> Caller:
+    """The user the frontend authenticated (metadata ``id``) and its token role (``role``)."""
+    metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+    user_id, role = metadata.get("id"), metadata.get("role")
+    if user_id is None:
+        raise KettleError("missing user id")
+    if role is None:
+        raise KettleError("missing user role")
+    return Caller.from_metadata(user_id, role)
+
+
+def _decode(cls: Any, raw: bytes | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return cls.from_bytes(raw)
+    except ValueError as exc:
+        log.error("corrupt %s record: %s", cls.__name__, exc)
+        raise InternalError(INTERNAL_ERROR_TEXT) from None
+
+
+def _unless_same(old: TaskRecord, new: TaskRecord) -> TaskRecord:
+    """Skip writes that change nothing (each write wakes WaitTask callers)."""
+    if new == old:
+        raise NoChange
+    return new
+
+
+# --- protobuf <-> model --------------------------------------------------------------
+
+
+def function_definition(request: fpb.RegisterFunctionRequest | fpb.UpdateFunctionRequest) -> FunctionDefinition:
+    return FunctionDefinition(
+        name=request.name,
+        description=request.description,
+        executor_type=request.executor_type,
+        public=request.public,
+        payload=request.payload,
+        arguments=tuple(FunctionArgument(a.key, a.default_value, a.allow_overwrite) for a in request.arguments),
+        inputs=tuple(FunctionFile(f.name, f.description, f.optional) for f in request.inputs),
+        outputs=tuple(FunctionFile(f.name, f.description, f.optional) for f in request.outputs),
+        user_allowlist=tuple(request.user_allowlist),
+        usage_quota=request.usage_quota,
+    )
+
+
+def function_response(function: FunctionRecord) -> fpb.GetFunctionResponse:
+    return fpb.GetFunctionResponse(
+        name=function.name,
+        description=function.description,
+        executor_type=function.executor_type,
+        owner=function.owner,
+        payload=function.payload,
+        public=function.public,
+        arguments=[
+            fpb.FunctionArgument(key=a.key, default_value=a.default_value, allow_overwrite=a.allow_overwrite)
+            for a in function.arguments
+        ],
+        inputs=[fpb.FunctionInput(name=f.name, description=f.description, optional=f.optional) for f in function.inputs],
+        outputs=[
+            fpb.FunctionOutput(name=f.name, description=f.description, optional=f.optional) for f in function.outputs
+        ],
+        user_allowlist=list(function.user_allowlist),
+    )
+
+
+def task_definition(request: fpb.CreateTaskRequest) -> task_rules.TaskDefinition:
+    return task_rules.TaskDefinition(
+        function_arguments=request.function_arguments,
+        executor=request.executor,
+        inputs_ownership=tuple((o.data_name, tuple(o.uids)) for o in request.inputs_ownership),
+        outputs_ownership=tuple((o.data_name, tuple(o.uids)) for o in request.outputs_ownership),
+    )
+
+
+def result_message(result: TaskResult) -> common_pb.TaskResult:
+    message = common_pb.TaskResult()
+    if result.outputs is not None:
+        message.Ok.return_value = result.outputs.return_value
+        for name, tag in result.outputs.tags_map.items():
+            message.Ok.tags_map[name] = tag
+        message.Ok.log.extend(result.outputs.log)
+    elif result.failure is not None:
+        message.Err.reason = result.failure
+    return message
+
+
+def task_response(task: TaskRecord) -> fpb.GetTaskResponse:
+    """GetTask's and WaitTask's answer; ``result`` is always present (empty = not ready),
+    so SDKs that test for the field see it as soon as the task exists (§11 item 5)."""
+    response = fpb.GetTaskResponse(
+        task_id=external_id(Kind.TASK, task.uuid),
+        creator=task.creator,
+        function_id=external_id(Kind.FUNCTION, task.function_id),
+        function_owner=task.function_owner,
+        function_arguments=task.function_arguments,
+        inputs_ownership=[fpb.OwnerList(data_name=k, uids=v) for k, v in task.inputs_ownership.items()],
+        outputs_ownership=[fpb.OwnerList(data_name=k, uids=v) for k, v in task.outputs_ownership.items()],
+        participants=list(task.participants),
+        approved_users=list(task.approved_users),
+        assigned_inputs=[
+            fpb.DataMap(data_name=k, data_id=external_id(Kind.INPUT, f.uuid)) for k, f in task.assigned_inputs.items()
+        ],
+        assigned_outputs=[
+            fpb.DataMap(data_name=k, data_id=external_id(Kind.OUTPUT, f.uuid)) for k, f in task.assigned_outputs.items()
+        ],
+        status=int(task.status),
+    )
+    response.result.CopyFrom(result_message(task.result))
+    response.result.SetInParent()
+    return response
+
+
+# --- the servicer -----------------------------------------------------------------------
+
+
+class KettleManagementServicer(pb_grpc.KettleManagementServicer):
+    def __init__(self, store: PlatformStore) -> None:
+        self._store = store
+        self._audit: Any = None
+
+    # --- record helpers (compare-and-put loops) ---
+
+    async def _update(self, key: bytes, cls: Any, change: Callable[[Any], Any]) -> tuple[Any, Any]:
+        """Apply ``change(current or None)`` atomically; it returns the new record, or None
+        to write nothing. Returns (record it applied to, new record)."""
+        for _ in range(MAX_UPDATE_ATTEMPTS):
+            raw = await self._store.get(key)
+            current = _decode(cls, raw)
+            updated = change(current)
+            if updated is None or updated == current:
+                return current, current
+            applied, _ = await self._store.compare_and_put(key, raw, updated.to_bytes())
+            if applied:
+                return current, updated
+        raise StorageError(f"record {key.decode(errors='replace')} is being updated too often")
+
+    async def _change_index(
+        self, user_id: str, change: Callable[[FunctionIndex], FunctionIndex], *, create: bool
+    ) -> None:
+        def apply(index: FunctionIndex | None) -> FunctionIndex | None:
+            if index is None and not create:
+                return None  # missing indexes are skipped, never created by a removal
+            return change(index or FunctionIndex(user_id))
+
+        await self._update(user_index_key(user_id), FunctionIndex, apply)
+
+    async def _get_function(self, bare: str) -> FunctionRecord | None:
+        return await self._store.get_function(function_key(bare))
+
+    async def _get_usage(self, bare: str) -> UsageRecord | None:
+        return _decode(UsageRecord, await self._store.get(usage_key(bare)))  # type: ignore[no-any-return]
+
+    async def _get_task(self, bare: str) -> TaskRecord:
+        task = await self._store.get_task(task_key(bare))
+        if task is None:
+            raise InvalidArgument(task_rules.INVALID_TASK_ID)
+        return task
+
+    # --- functions ---
+
+    @management_rpc
+    async def RegisterFunction(
+        self, request: fpb.RegisterFunctionRequest, context: grpc.aio.ServicerContext
+    ) -> fpb.RegisterFunctionResponse:
+        caller = caller_of(context)
+        record = fn_rules.register_function(function_definition(request), caller, new_uuid())
+        # Shielded: a client that hangs up must not leave a function without its indexes.
+        await asyncio.shield(self._store_new_function(record))
+        return fpb.RegisterFunctionResponse(function_id=external_id(Kind.FUNCTION, record.uuid))
+
+    async def _store_new_function(self, record: FunctionRecord) -> None:
+        function_id = external_id(Kind.FUNCTION, record.uuid)
+        # The usage record goes first: a visible function always has one.
+        await self._store.put(usage_key(record.uuid), UsageRecord(record.uuid).to_bytes())
+        await self._store.put(function_key(record.uuid), record.to_bytes())
+        await self._change_index(record.owner, lambda index: index.with_registered(function_id), create=True)
+        await asyncio.gather(*(
+            self._change_index(user, lambda index: index.with_allowed(function_id), create=True)
+            for user in dict.fromkeys(record.user_allowlist)
+        ))
+
+    @management_rpc
+    async def GetFunction(
+        self, request: fpb.GetFunctionRequest, context: grpc.aio.ServicerContext
+    ) -> fpb.GetFunctionResponse:
+        caller = caller_of(context)
+        bare = fn_rules.parse_function_id(request.function_id)
+        return function_response(fn_rules.function_view(await self._get_function(bare), caller))
+
+    @management_rpc
+    async def GetFunctionUsageStats(
+        self, request: fpb.GetFunctionUsageStatsRequest, context: grpc.aio.ServicerContext
+    ) -> fpb.GetFunctionUsageStatsResponse:
+        caller = caller_of(context)
+        bare = fn_rules.parse_function_id(request.function_id)
+        function = fn_rules.check_may_read_usage(await self._get_function(bare), caller)
+        usage = await self._get_usage(bare)
+        if usage is None:
+            raise InvalidArgument(fn_rules.INVALID_FUNCTION_ID)
+        return fpb.GetFunctionUsageStatsResponse(
+            function_quota=fn_rules.quota_to_wire(function.usage_quota),
+            current_usage=min(usage.use_numbers, INT32_MAX),
+        )
+
+    @management_rpc
+    async def UpdateFunction(
+        self, request: fpb.UpdateFunctionRequest, context: grpc.aio.ServicerContext
+    ) -> fpb.UpdateFunctionResponse:
+        caller = caller_of(context)
+        bare = fn_rules.parse_function_id(request.function_id)
+        definition = function_definition(request)
+        await asyncio.shield(self._update_function(bare, caller, definition))
+        return fpb.UpdateFunctionResponse(function_id=external_id(Kind.FUNCTION, bare))
+
+    async def _update_function(self, bare: str, caller: Caller, definition: FunctionDefinition) -> None:
+        before, after = await self._update(
+            function_key(bare), FunctionRecord, lambda current: fn_rules.update_function(current, caller, definition)
+        )
+        # Kettle refreshes the allowed lists (§12 #9) so ListFunctions follows the allowlist.
+        function_id = external_id(Kind.FUNCTION, bare)
+        added, removed = fn_rules.allowlist_changes(before, after)
+        await asyncio.gather(
+            *(self._change_index(u, lambda index: index.with_allowed(function_id), create=True) for u in added),
+            *(self._change_index(u, lambda index: index.without_allowed(function_id), create=False) for u in removed),
+        )
+
+    @management_rpc
+    async def DeleteFunction(
+        self, request: fpb.DeleteFunctionRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        caller = caller_of(context)
+        bare = fn_rules.parse_function_id(request.function_id)
+        function = fn_rules.check_owner(await self._get_function(bare), caller)
+        await asyncio.shield(self._delete_function(function))
+        return empty_pb2.Empty()
+
+    async def _delete_function(self, function: FunctionRecord) -> None:
+        # The usage record stays, as in Teaclave: tasks on the function then fail at
+        # InvokeTask with "invalid function id" because the function itself is gone.
+        await self._store.delete(function_key(function.uuid))
+        await self._forget_in_indexes(function)
+
+    async def _forget_in_indexes(self, function: FunctionRecord) -> None:
+        """Remove the function from its owner's and allowlisted users' indexes (§12 #8, DisableFunction)."""
+        function_id = external_id(Kind.FUNCTION, function.uuid)
+        await asyncio.gather(*(
+            self._change_index(user, lambda index: index.without(function_id), create=False)
+            for user in dict.fromkeys((function.owner, *function.user_allowlist))
+        ))
+
+    @management_rpc
+    async def DisableFunction(
+        self, request: fpb.DisableFunctionRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        caller = caller_of(context)
+        bare = fn_rules.parse_function_id(request.function_id)
+        await asyncio.shield(self._disable_function(bare, caller))
+        return empty_pb2.Empty()
+
+    async def _disable_function(self, bare: str, caller: Caller) -> None:
+        def disable(current: FunctionRecord | None) -> FunctionRecord:
+            return fn_rules.disable_function(current, caller)
+
+        before, _ = await self._update(function_key(bare), FunctionRecord, disable)
+        await self._forget_in_indexes(before)
+
+    @management_rpc
+    async def ListFunctions(
+        self, request: fpb.ListFunctionsRequest, context: grpc.aio.ServicerContext
+    ) -> fpb.ListFunctionsResponse:
+        caller = caller_of(context)
+        fn_rules.check_may_list(caller, request.user_id)
+        index: FunctionIndex | None = _decode(FunctionIndex, await self._store.get(user_index_key(request.user_id)))
+        all_ids = None
+        if caller.is_admin and index is not None:
+            all_ids = fn_rules.function_ids_from_keys(await self._store.keys_with_prefix(b"function-"))
+        registered, allowed = fn_rules.list_functions(caller, request.user_id, index, all_ids)
+        return fpb.ListFunctionsResponse(registered_functions=registered, allowed_functions=allowed)
+
+    # --- tasks ---
+
+    @management_rpc
+    async def CreateTask(
+        self, request: fpb.CreateTaskRequest, context: grpc.aio.ServicerContext
+    ) -> fpb.CreateTaskResponse:
+        caller = caller_of(context)
+        bare_function = fn_rules.parse_function_id(request.function_id)
+        function = await self._get_function(bare_function)
+        task = task_rules.create_task(function, caller, task_definition(request), new_uuid())
+        applied, _ = await self._store.compare_and_put(task_key(task.uuid), None, task.to_bytes())
+        if not applied:  # a UUID v4 collision: never overwrite someone's task
+            raise InternalError(INTERNAL_ERROR_TEXT)
+        return fpb.CreateTaskResponse(task_id=external_id(Kind.TASK, task.uuid))
+
+    @management_rpc
+    async def GetTask(self, request: fpb.GetTaskRequest, context: grpc.aio.ServicerContext) -> fpb.GetTaskResponse:
+        caller = caller_of(context)
+        bare = task_rules.parse_task_id(request.task_id)
+        task = task_rules.check_may_read_task(await self._store.get_task(task_key(bare)), caller)
+        return task_response(task)
+
+    @management_rpc
+    async def WaitTask(self, request: pb.WaitTaskRequest, context: grpc.aio.ServicerContext) -> fpb.GetTaskResponse:
+        """GetTask that returns once the task is terminal or ``timeout_ms`` passed,
+        woken by the storage Watch on the task record rather than by polling."""
+        caller = caller_of(context)
+        bare = task_rules.parse_task_id(request.task_id)
+        key = task_key(bare)
+        raw = await self._store.get(key)
+        task: TaskRecord = task_rules.check_may_read_task(_decode(TaskRecord, raw), caller)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(request.timeout_ms, MAX_WAIT_MS) / 1000
+        while not task.status.terminal:
+            remaining_ms = int((deadline - loop.time()) * 1000)
+            if remaining_ms <= 0:
+                break
+            current = await self._store.watch(key, raw, remaining_ms)
+            if current is None:  # tasks are never deleted; answer with what we last saw
+                break
+            raw, task = current, _decode(TaskRecord, current)
+        return task_response(task)
+
+    @management_rpc
+    async def AssignData(self, request: fpb.AssignDataRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        caller = caller_of(context)
+        bare = task_rules.parse_task_id(request.task_id)
+        await self._get_task(bare)
+        inputs = [(m.data_name, m.data_id) for m in request.inputs]
+        outputs = [(m.data_name, m.data_id) for m in request.outputs]
+        await self._store.update_task(
+            task_key(bare), lambda task: _unless_same(task, task_rules.assign_data(task, caller, inputs, outputs))
+        )
+        return empty_pb2.Empty()
+
+    @management_rpc
+    async def ApproveTask(
+        self, request: fpb.ApproveTaskRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        caller = caller_of(context)
+        bare = task_rules.parse_task_id(request.task_id)
+        await self._get_task(bare)
+        await self._store.update_task(
+            task_key(bare), lambda task: _unless_same(task, task_rules.approve_task(task, caller))
+        )
+        return empty_pb2.Empty()
+
+    @management_rpc
+    async def InvokeTask(self, request: fpb.InvokeTaskRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        caller = caller_of(context)
+        bare = task_rules.parse_task_id(request.task_id)
+        task = await self._get_task(bare)
+        function = await self._get_function(task.function_id)
+        usage = await self._get_usage(task.function_id)
+        # Every check of §6.5 in its order, on what we read; repeated below under compare-and-put.
+        task_rules.invoke_task(task, caller, function, usage)
+        assert function is not None
+        # Shielded: once the quota is reserved, staging must run to its end or be undone.
+        await asyncio.shield(self._invoke(bare, caller, function))
+        return empty_pb2.Empty()
+
+    async def _invoke(self, bare: str, caller: Caller, function: FunctionRecord) -> None:
+        """Reserve one use, stage the task, enqueue it, wake the scheduler.
+
+        The use is counted *before* the task is staged, with the quota re-checked
+        inside the compare-and-put, so concurrent invocations can never run a
+        function more often than its quota; a refused or failed staging gives the
+        use back."""
+        await self._reserve_use(function)
+        key = task_key(bare)
+        staging: dict[str, Any] = {}
+
+        def stage(task: TaskRecord) -> TaskRecord:
+            staged_record = task_rules.stage_task(task_rules.check_invoker(task, caller))
+            staging["prior"], staging["record"] = task, staged_record
+            staging["staged"] = task_rules.build_staged_task(staged_record, function)
+            return staged_record
+
+        try:
+            await self._store.update_task(key, stage)
+        except BaseException:
+            await self._release_use(function.uuid)
+            raise
+        staged: StagedTask = staging["staged"]
+        try:
+            await self._store.enqueue(STAGED_TASK_QUEUE, staged.to_bytes())
+        except StorageError as exc:
+            log.error("could not enqueue staged task %s: %s", bare, exc)
+            await self._unstage(key, staging["prior"], staging["record"])
+            await self._release_use(function.uuid)
+            raise InternalError(INTERNAL_ERROR_TEXT) from None
+        try:
+            await self._store.put(STAGED_SIGNAL_KEY, os.urandom(STAGED_SIGNAL_BYTES))
+        except StorageError as exc:
+            # The task is staged and queued; the scheduler also drains the queue on its own.
+            log.warning("staged task %s queued, but the scheduler signal failed: %s", bare, exc)
+
+    async def _unstage(self, key: bytes, prior: TaskRecord, staged_record: TaskRecord) -> None:
+        def back(task: TaskRecord) -> TaskRecord:
+            if task != staged_record:  # the scheduler (or a cancel) moved on: leave it
+                raise NoChange
+            return prior
+
+        try:
+            await self._store.update_task(key, back)
+        except KettleError as exc:
+            log.error("task %s stays Staged without a queued staged task: %s", key.decode(), exc)
+
+    async def _reserve_use(self, function: FunctionRecord) -> None:
+        def take(usage: UsageRecord | None) -> UsageRecord:
+            if usage is None:
+                raise InvalidArgument(fn_rules.INVALID_FUNCTION_ID)
+            fn_rules.check_quota(function, usage)
+            return usage.incremented()
+
+        await self._update(usage_key(function.uuid), UsageRecord, take)
+
+    async def _release_use(self, bare_function: str) -> None:
+        try:
+            await self._update(
+                usage_key(bare_function), UsageRecord, lambda usage: None if usage is None else usage.decremented()
+            )
+        except KettleError as exc:
+            log.error("function %s counts one use too many: %s", bare_function, exc)
+
+    @management_rpc
+    async def CancelTask(self, request: fpb.CancelTaskRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        caller = caller_of(context)
+        bare = task_rules.parse_task_id(request.task_id)
+        await self._get_task(bare)
+        needs_request = False
+
+        def cancel(task: TaskRecord) -> TaskRecord:
+            nonlocal needs_request
+            canceled = task_rules.cancel_task(task, caller)
+            needs_request = canceled is None
+            if canceled is None:
+                raise NoChange
+            return canceled
+
+        await self._store.update_task(task_key(bare), cancel)
+        if needs_request:
+            # Staged/Running: the scheduler owns the task now; it acts on this record.
+            await self._store.put(cancel_request_key(bare), b"")
+        return empty_pb2.Empty()
+
+    # --- data files: not in this release ---
+
+    async def _no_data_plane(self, context: grpc.aio.ServicerContext) -> Any:
+        caller_of(context)
+        raise task_rules.data_plane_unavailable()
+
+    @management_rpc
+    async def RegisterInputFile(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._no_data_plane(context)
+
+    @management_rpc
+    async def RegisterOutputFile(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._no_data_plane(context)
+
+    @management_rpc
+    async def UpdateInputFile(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._no_data_plane(context)
+
+    @management_rpc
+    async def UpdateOutputFile(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._no_data_plane(context)
+
+    @management_rpc
+    async def RegisterFusionOutput(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._no_data_plane(context)
+
+    @management_rpc
+    async def RegisterInputFromOutput(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._no_data_plane(context)
+
+    @management_rpc
+    async def GetInputFile(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._no_data_plane(context)
+
+    @management_rpc
+    async def GetOutputFile(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._no_data_plane(context)
+
+    # --- audit log ---
+
+    def _audit_log(self) -> Any:
+        if self._audit is None:
+            # Imported here: the audit index is its own module and may arrive separately.
+            from .audit import AuditLog
+
+            self._audit = AuditLog(self._store)
+        return self._audit
+
+    @management_rpc
+    async def SaveLogs(self, request: pb.SaveLogsRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        # The frontend's flusher calls this with no user metadata: the entries are the data.
+        await self._audit_log().save(list(request.logs))
+        return empty_pb2.Empty()
+
+    @management_rpc
+    async def QueryAuditLogs(
+        self, request: fpb.QueryAuditLogsRequest, context: grpc.aio.ServicerContext
+    ) -> fpb.QueryAuditLogsResponse:
+        caller = caller_of(context)
+        if not caller.is_admin:
+            raise PermissionDenied(fn_rules.PERMISSION_DENIED)
+        entries: list[common_pb.Entry] = await self._audit_log().query(request.query, request.limit)
+        return fpb.QueryAuditLogsResponse(logs=entries)
+
+
+async def main(config: Config) -> None:
+    runtime = ServiceRuntime("management", config)
+    await runtime.attest()
+    servicer = KettleManagementServicer(PlatformStore(runtime.peers))
+    runtime.internal_server(lambda server: pb_grpc.add_KettleManagementServicer_to_server(servicer, server))
+    await runtime.serve()
