@@ -310,3 +310,10 @@ def user_list(
     else:
         for user_id in ids:
             out.print(user_id, highlight=False)
+
+
+from .functions import app as function_app  # noqa: E402  (at the end: they import from this module)
+from .tasks import app as task_app  # noqa: E402
+
+app.add_typer(function_app, name="function")
+app.add_typer(task_app, name="task")

@@ -5,13 +5,62 @@ the pinned AS root only, the report's signature, report data bound to the TLS
 key, the measurement against auditor-signed enclave info, report status and age.
 """
 
+from ..model.records import TaskStatus
 from .attested import AttestedEndpoint, ClientTrust, verify_endpoint
 from .authentication import AsyncAuthenticationClient, AuthenticationClient
+from .frontend import (
+    AsyncFrontendClient,
+    AuditEntry,
+    DataMap,
+    FileInfo,
+    FrontendClient,
+    FunctionArgument,
+    FunctionInfo,
+    FunctionInput,
+    FunctionList,
+    FunctionOutput,
+    FunctionUsage,
+    OwnerList,
+    TaskCanceled,
+    TaskError,
+    TaskFailed,
+    TaskFailure,
+    TaskInfo,
+    TaskNotFinished,
+    TaskOutputs,
+    TaskWaitTimeout,
+)
+from .objects import AsyncFunction, AsyncTask, Function, Task
 
 __all__ = [
     "AsyncAuthenticationClient",
+    "AsyncFrontendClient",
+    "AsyncFunction",
+    "AsyncTask",
     "AttestedEndpoint",
+    "AuditEntry",
     "AuthenticationClient",
     "ClientTrust",
+    "DataMap",
+    "FileInfo",
+    "FrontendClient",
+    "Function",
+    "FunctionArgument",
+    "FunctionInfo",
+    "FunctionInput",
+    "FunctionList",
+    "FunctionOutput",
+    "FunctionUsage",
+    "OwnerList",
+    "Task",
+    "TaskCanceled",
+    "TaskError",
+    "TaskFailed",
+    "TaskFailure",
+    "TaskInfo",
+    "TaskNotFinished",
+    "TaskOutputs",
+    "TaskStatus",
+    "TaskWaitTimeout",
     "verify_endpoint",
 ]
