@@ -100,6 +100,14 @@ class AuthenticationConfig:
 
 
 @dataclass(frozen=True)
+class SchedulerConfig:
+    lease_secs: int = 10
+    """An execution node silent for this long loses its task (the task is re-queued)."""
+    max_attempts: int = 3
+    """Runs a task gets in total before a lost node makes it Failed."""
+
+
+@dataclass(frozen=True)
 class Config:
     home: Path
     dev_mode: bool = False
@@ -110,6 +118,7 @@ class Config:
     audit: AuditConfig = AuditConfig()
     storage: StorageConfig = StorageConfig()
     authentication: AuthenticationConfig = AuthenticationConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
 
     def path(self, relative: str) -> Path:
         p = Path(relative)
@@ -238,6 +247,8 @@ def parse_config(text: str, home: Path) -> Config:
             config = replace(config, storage=_section(StorageConfig, value, key))
         elif key == "authentication":
             config = replace(config, authentication=_section(AuthenticationConfig, value, key))
+        elif key == "scheduler":
+            config = replace(config, scheduler=_section(SchedulerConfig, value, key))
         elif key == "mount":
             continue
         else:

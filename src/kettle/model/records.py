@@ -7,7 +7,7 @@ is strict (a record that does not decode is corruption, never a default).
 
 Storage keys (platform partition, ``spec/platform.md`` §8): ``function-<uuid>``,
 ``usage-<uuid>``, ``user-<uuid5 of user id>``, ``task-<uuid>``, ``input-<uuid>``,
-``output-<uuid>``; queues ``staged-task`` and ``cancel-task``.
+``output-<uuid>``, ``cancel-request-<uuid>``; the queue ``staged-task``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from enum import IntEnum
 from typing import Any, TypeVar
 
 STAGED_TASK_QUEUE = b"staged-task"
-CANCEL_QUEUE = b"cancel-task"
 
 
 class TaskStatus(IntEnum):

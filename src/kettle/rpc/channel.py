@@ -31,6 +31,10 @@ def channel_options(target_name: str) -> list[tuple[str, object]]:
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.enable_retries", 1),
+        # A restarted peer is found again within about 2 s, not after grpc's default
+        # backoff that grows to two minutes.
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 2000),
     ]
 
 

@@ -1,0 +1,52 @@
+"""The execution service's process: attest, then run the node loop until SIGTERM/SIGINT.
+
+It serves nothing (a pure client of the scheduler), so it does not use
+``ServiceRuntime.serve``; it signals readiness once attested and once its first
+spare worker is started. Stopping kills the running worker (the scheduler
+re-queues that task when the lease runs out) and the spare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import uuid
+
+from ...config import Config
+from ..runtime import ServiceRuntime, signal_ready
+from .node import ExecutionNode, SchedulerClient
+from .workers import WorkerPool
+
+log = logging.getLogger(__name__)
+
+
+async def main(config: Config) -> None:
+    runtime = ServiceRuntime("execution", config)
+    await runtime.attest()
+    executor_id = str(uuid.uuid4())
+    workers = WorkerPool()
+    await workers.start()
+    node = ExecutionNode(SchedulerClient(runtime.peers, executor_id), workers)
+    log.info("execution node %s is running", executor_id)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    work = asyncio.create_task(node.run_forever())
+    stopping = asyncio.create_task(stop.wait())
+    signal_ready()
+    try:
+        await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        log.info("execution node %s is stopping", executor_id)
+        for task in (work, stopping):
+            task.cancel()
+        results = await asyncio.gather(work, stopping, return_exceptions=True)
+        await workers.close()
+        await runtime.identities.stop()
+        await runtime.peers.close()
+    failure = results[0]
+    if isinstance(failure, Exception):
+        raise failure

@@ -1,0 +1,259 @@
+"""The scheduler's pure rules (kettle.model.scheduling): leases, attempts, cancels, results. No sockets."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+import pytest
+
+from kettle.errors import InvalidArgument
+from kettle.model import scheduling as rules
+from kettle.model.records import (
+    CryptoInfo,
+    FileRecord,
+    TaskOutputs,
+    TaskRecord,
+    TaskResult,
+    TaskStatus,
+)
+from kettle.model.scheduling import (
+    Admission,
+    HeartbeatAction,
+    Lease,
+    LeaseTable,
+    NotAssigned,
+)
+
+EXECUTOR_A = str(uuid.uuid4())
+EXECUTOR_B = str(uuid.uuid4())
+
+
+def task(
+    status: TaskStatus = TaskStatus.STAGED, attempts: int = 0, outputs: dict[str, FileRecord] | None = None
+) -> TaskRecord:
+    return TaskRecord(
+        uuid=str(uuid.uuid4()), creator="alice", function_id=str(uuid.uuid4()), function_owner="bob",
+        function_arguments='{"message":"hi"}', executor="builtin", inputs_ownership={},
+        outputs_ownership={name: ("alice",) for name in (outputs or {})}, participants=("alice",),
+        assigned_outputs=outputs or {}, status=status, attempts=attempts,
+    )
+
+
+def output(name: str, cmac: bytes | None = None) -> FileRecord:
+    crypto = CryptoInfo("aes-gcm-128", b"k" * 16, b"i" * 12)
+    return FileRecord(str(uuid.uuid4()), f"file:///tmp/{name}", crypto, ("alice",), cmac)
+
+
+def lease(t: TaskRecord, executor: str = EXECUTOR_A, attempt: int = 1) -> Lease:
+    return Lease(t.uuid, executor, attempt, b'{"staged":"task"}')
+
+
+# --- leases ----------------------------------------------------------------------------
+
+
+def test_lease_record_round_trips_and_rejects_corruption() -> None:
+    original = lease(task(), attempt=2)
+    assert Lease.from_bytes(original.to_bytes()) == original
+    assert rules.lease_key(original.task_id) == b"scheduler-lease-" + original.task_id.encode()
+    for bad in (b"not json", b"{}", original.to_bytes().replace(b'"attempt":2', b'"attempt":0'),
+                original.to_bytes().replace(b'"attempt":2', b'"attempt":true')):
+        with pytest.raises(ValueError):
+            Lease.from_bytes(bad)
+
+
+def test_a_lease_expires_after_the_lease_period_unless_its_holder_renews_it() -> None:
+    table = LeaseTable(lease_secs=3.0)
+    t = task()
+    held = lease(t)
+    table.add(held, now=100.0)
+    assert table.get(t.uuid) is held and table.held_by(EXECUTOR_A) is held
+    assert table.next_deadline() == 103.0
+    assert table.expired(102.9) == []
+    assert not table.renew(t.uuid, EXECUTOR_B, now=102.0)  # only the holder renews
+    assert table.renew(t.uuid, EXECUTOR_A, now=102.0)
+    assert table.expired(104.9) == [] and table.expired(105.0) == [held]
+    assert table.is_expired(t.uuid, 105.0)
+    table.remove(t.uuid)
+    assert table.get(t.uuid) is None and table.held_by(EXECUTOR_A) is None and len(table) == 0
+
+
+def test_reloaded_leases_get_a_grace_period_and_a_node_holds_one_lease() -> None:
+    table = LeaseTable(lease_secs=3.0)
+    first, second = task(), task()
+    table.add(lease(first), now=0.0, grace=13.0)
+    assert table.expired(12.0) == [] and table.next_deadline() == 13.0
+    table.add(lease(second), now=1.0)  # the same executor takes another task: the old lease goes
+    assert table.get(first.uuid) is None and table.held_by(EXECUTOR_A).task_id == second.uuid  # type: ignore[union-attr]
+    with pytest.raises(ValueError):
+        LeaseTable(0)
+
+
+# --- decisions -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("record", "leased", "cancel", "expected"),
+    [
+        (None, False, False, Admission.DROP),
+        (task(TaskStatus.FINISHED), False, False, Admission.DROP),
+        (task(TaskStatus.CANCELED), False, True, Admission.DROP),
+        (task(), True, False, Admission.DROP),
+        (task(TaskStatus.APPROVED), False, False, Admission.NOT_YET),
+        (task(), False, True, Admission.CANCEL),
+        (task(attempts=3), False, False, Admission.EXHAUSTED),
+        (task(), False, False, Admission.RUN),
+        (task(TaskStatus.RUNNING, attempts=1), False, False, Admission.RUN),
+    ],
+)
+def test_admission_of_a_queue_item(record: TaskRecord | None, leased: bool, cancel: bool, expected: Admission) -> None:
+    assert rules.admit(record, leased=leased, cancel_pending=cancel, max_attempts=3) is expected
+
+
+def test_heartbeat_decisions() -> None:
+    t = task(TaskStatus.RUNNING)
+    held = lease(t)
+    beat = rules.on_heartbeat
+    assert beat(held, EXECUTOR_A, "", executing=False, cancel_pending=True) is HeartbeatAction.NOTHING
+    assert beat(held, EXECUTOR_A, t.uuid, executing=False, cancel_pending=False) is HeartbeatAction.NOTHING
+    assert beat(held, EXECUTOR_A, t.uuid, executing=True, cancel_pending=False) is HeartbeatAction.RENEW
+    assert beat(held, EXECUTOR_A, t.uuid, executing=True, cancel_pending=True) is HeartbeatAction.CANCEL
+    assert beat(held, EXECUTOR_B, t.uuid, executing=True, cancel_pending=False) is HeartbeatAction.STOP
+    assert beat(None, EXECUTOR_A, t.uuid, executing=True, cancel_pending=False) is HeartbeatAction.STOP
+
+
+def test_a_repull_reissues_only_a_task_never_started() -> None:
+    assert rules.reissue_on_repull(task(TaskStatus.STAGED, attempts=1))
+    assert not rules.reissue_on_repull(task(TaskStatus.RUNNING, attempts=1))
+    assert not rules.reissue_on_repull(None)
+
+
+# --- transitions -----------------------------------------------------------------------
+
+
+def test_attempts_count_hand_outs_idempotently() -> None:
+    t = task()
+    first = rules.start_attempt(t, 1)
+    assert (first.status, first.attempts) == (TaskStatus.STAGED, 1)
+    assert rules.start_attempt(first, 1) == first  # a retried write changes nothing
+    assert rules.start_attempt(replace(first, status=TaskStatus.RUNNING), 2).attempts == 2
+    with pytest.raises(NotAssigned):
+        rules.start_attempt(t, 3)
+    with pytest.raises(NotAssigned):
+        rules.start_attempt(task(TaskStatus.FINISHED), 1)
+
+
+def test_update_status_moves_staged_to_running_only() -> None:
+    running = rules.begin_running(task(attempts=1))
+    assert running.status is TaskStatus.RUNNING
+    assert rules.begin_running(running) == running
+    for status in (TaskStatus.APPROVED, TaskStatus.FINISHED, TaskStatus.CANCELED, TaskStatus.FAILED):
+        with pytest.raises(NotAssigned):
+            rules.begin_running(task(status))
+
+
+def test_cancel_paths() -> None:
+    for status in (TaskStatus.STAGED, TaskStatus.RUNNING):
+        canceled = rules.cancel(task(status))
+        assert canceled.status is TaskStatus.CANCELED
+        assert canceled.result == TaskResult(failure="Task Canceled by the user")
+    finished = replace(task(TaskStatus.FINISHED), result=TaskResult(outputs=TaskOutputs(b"x")))
+    assert rules.cancel(finished) == finished
+
+
+def test_a_lost_node_requeues_until_the_attempts_are_spent() -> None:
+    t = rules.begin_running(rules.start_attempt(task(), 1))
+    again, requeue = rules.executor_lost(t, max_attempts=3)
+    assert requeue and again.status is TaskStatus.STAGED and not again.result.ready and again.attempts == 1
+    last = rules.begin_running(rules.start_attempt(rules.start_attempt(again, 2), 3))
+    failed, requeue = rules.executor_lost(last, max_attempts=3)
+    assert not requeue
+    assert failed.status is TaskStatus.FAILED
+    assert failed.result.failure == "Runtime Error: Executor Timeout (lost 3 times)"
+    once, _ = rules.executor_lost(rules.start_attempt(task(), 1), max_attempts=1)
+    assert once.result.failure == "Runtime Error: Executor Timeout (lost 1 time)"
+    done = task(TaskStatus.CANCELED)
+    assert rules.executor_lost(done, 3) == (done, False)
+
+
+def test_lease_lifecycle_with_a_fake_clock() -> None:
+    """Three nodes die in turn: the task is re-queued twice and then fails; never left Running."""
+    table = LeaseTable(lease_secs=3.0)
+    t, now = task(), 0.0
+    for attempt in (1, 2, 3):
+        assert rules.admit(t, leased=False, cancel_pending=False, max_attempts=3) is Admission.RUN
+        held = Lease(t.uuid, str(uuid.uuid4()), t.attempts + 1, b"staged")
+        table.add(held, now)
+        t = rules.begin_running(rules.start_attempt(t, held.attempt))
+        assert t.attempts == attempt
+        for _ in range(5):  # heartbeats keep it alive
+            now += 1.0
+            assert table.renew(t.uuid, held.executor_id, now)
+        now += 3.0  # silence
+        assert table.expired(now) == [held]
+        table.remove(t.uuid)
+        t, requeue = rules.executor_lost(t, max_attempts=3)
+        assert requeue is (attempt < 3)
+    assert t.status is TaskStatus.FAILED and "lost 3 times" in (t.result.failure or "")
+
+
+# --- results ---------------------------------------------------------------------------
+
+
+def test_ok_finishes_err_fails_and_empty_finishes_not_ready() -> None:
+    running = task(TaskStatus.RUNNING, attempts=1)
+    ok = TaskResult(outputs=TaskOutputs(b"hello", {}, ("[INFO teaclave_function::echo] hello",)))
+    finished, files = rules.apply_result(running, ok)
+    assert (finished.status, finished.result, files) == (TaskStatus.FINISHED, ok, ())
+    failed, _ = rules.apply_result(running, TaskResult(failure="Cannot deserialize arguments"))
+    assert (failed.status, failed.result.failure) == (TaskStatus.FAILED, "Cannot deserialize arguments")
+    empty, _ = rules.apply_result(running, TaskResult())
+    assert empty.status is TaskStatus.FINISHED and not empty.result.ready
+    with pytest.raises(InvalidArgument, match="missing"):
+        rules.apply_result(running, None)
+    for status in (TaskStatus.FINISHED, TaskStatus.CANCELED, TaskStatus.FAILED, TaskStatus.APPROVED):
+        with pytest.raises(NotAssigned):
+            rules.apply_result(task(status), ok)
+
+
+def test_failure_reasons_are_cut_to_one_kib_on_a_character_boundary() -> None:
+    running = task(TaskStatus.RUNNING, attempts=1)
+    failed, _ = rules.apply_result(running, TaskResult(failure="é" * 2000))
+    reason = failed.result.failure or ""
+    assert len(reason.encode()) == 1024 and reason == "é" * 512
+    assert rules.truncate_reason("x" * 1025) == "x" * 1024
+    assert rules.truncate_reason("short") == "short"
+
+
+def test_tags_update_the_output_snapshots_and_records() -> None:
+    running = task(TaskStatus.RUNNING, attempts=1, outputs={"model": output("model"), "report": output("report")})
+    tags = {"model": b"\x01" * 16, "report": b"\x02" * 16}
+    finished, files = rules.apply_result(running, TaskResult(outputs=TaskOutputs(b"", tags)))
+    assert finished.assigned_outputs["model"].cmac == b"\x01" * 16
+    assert finished.assigned_outputs["report"].cmac == b"\x02" * 16
+    assert {f.uuid: f.cmac for f in files} == {running.assigned_outputs[n].uuid: tags[n] for n in tags}
+    assert rules.finished_outputs(finished) == files
+
+
+@pytest.mark.parametrize(
+    ("tags", "message"),
+    [
+        ({"model": b"\x01" * 16, "report": b"\x02" * 16, "other": b"\x03" * 16}, "not an assigned output"),
+        ({"model": b"\x01" * 15, "report": b"\x02" * 16}, "15 bytes"),
+        ({"model": b"\x01" * 16}, "no tag for"),
+        ({"model": b"\x01" * 16, "report": b"\x02" * 16, "tagged": b"\x04" * 16}, "already has a tag"),
+    ],
+)
+def test_malformed_tags_are_refused_before_anything_changes(tags: dict[str, bytes], message: str) -> None:
+    outputs = {"model": output("model"), "report": output("report")}
+    if "tagged" in tags:
+        outputs["tagged"] = output("tagged", cmac=b"\x09" * 16)
+    running = task(TaskStatus.RUNNING, attempts=1, outputs=outputs)
+    with pytest.raises(InvalidArgument, match=message):
+        rules.apply_result(running, TaskResult(outputs=TaskOutputs(b"", tags)))
+
+
+def test_ids_must_be_canonical_uuids() -> None:
+    assert rules.is_uuid(EXECUTOR_A)
+    for bad in ("", "task-" + EXECUTOR_A, EXECUTOR_A.upper(), EXECUTOR_A.replace("-", ""), "nope"):
+        assert not rules.is_uuid(bad)
