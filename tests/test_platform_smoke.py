@@ -60,3 +60,29 @@ def test_api_endpoints_serve_standard_health_checks(platform: Platform) -> None:
     finally:
         channel.close()
     assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_undecodable_request_bytes_get_a_plain_error(platform: Platform) -> None:
+    import grpc
+
+    from kettle.sdk.attested import verify_endpoint
+
+    trust = platform.trust()
+    channel = verify_endpoint(platform.auth_address, "authentication", trust).channel(trust)
+    try:
+        raw = channel.unary_unary(
+            "/teaclave_authentication_service_proto.TeaclaveAuthenticationApi/UserLogin",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        try:
+            raw(b"\xff\xff\xff", timeout=10)
+        except grpc.RpcError as exc:
+            assert (exc.code(), exc.details()) == (
+                grpc.StatusCode.INVALID_ARGUMENT, "malformed request: the message does not decode"
+            )
+        else:
+            raise AssertionError("garbage was accepted")
+    finally:
+        channel.close()
+    assert platform.auth_client().user_login("admin", "teaclave")

@@ -118,3 +118,64 @@ class PeerAttestationInterceptor(grpc.aio.ServerInterceptor):
 
     async def _refuse(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "client-streaming calls are not served on internal endpoints")
+
+
+class _Malformed:
+    """Stands in for a request whose bytes did not decode."""
+
+
+_MALFORMED = _Malformed()
+MALFORMED_REQUEST_TEXT = "malformed request: the message does not decode"
+
+
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    """Answer undecodable request bytes with INVALID_ARGUMENT and a plain sentence.
+
+    Without it grpc.aio fails such a call with UNKNOWN and the decoder's exception text.
+    The deserializer cannot abort a call, so it returns a marker that the wrapped
+    handler turns into the status before any service code sees the request.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        decode = handler.request_deserializer
+
+        def tolerant_decode(data: bytes) -> Any:
+            try:
+                return decode(data)
+            except Exception:  # noqa: BLE001 - any decoder failure is the client's malformed input
+                return _MALFORMED
+
+        async def refuse(context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_REQUEST_TEXT)
+
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def checked_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if request is _MALFORMED:
+                    await refuse(context)
+                return await unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                checked_unary, request_deserializer=tolerant_decode, response_serializer=handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            stream = handler.unary_stream
+
+            async def checked_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if request is _MALFORMED:
+                    await refuse(context)
+                async for item in stream(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                checked_stream, request_deserializer=tolerant_decode, response_serializer=handler.response_serializer
+            )
+        return handler

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from ..attestation.identity import Identity, IdentityManager
+from .interceptors import MalformedRequestInterceptor
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -76,7 +77,9 @@ def attested_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> grpc.aio.Server:
     """A grpc.aio server (not yet started) bound to ``listen_address`` with attested TLS."""
-    server = grpc.aio.server(interceptors=list(interceptors), options=server_options(validity_secs))
+    # The attestation gate (internal endpoints) runs first; then malformed bytes are refused.
+    chain = [*interceptors, MalformedRequestInterceptor()]
+    server = grpc.aio.server(interceptors=chain, options=server_options(validity_secs))
     register(server)
     credentials = RotatingCredentials(identities, client_roots)
     if server.add_secure_port(listen_address, credentials.credentials) == 0:
