@@ -19,8 +19,7 @@ from typing import Any
 
 from ..functions import FUNCTION_LOGGER_PREFIX, FunctionError, FunctionRuntime
 from ..functions.arguments import ArgumentsError
-from ..model.records import StagedTask, TaskOutputs, TaskResult
-from ..model.scheduling import truncate_reason
+from ..model.records import StagedTask, TaskOutputs, TaskResult, truncate_reason
 from .builtin import run_builtin
 from .runtime import FileRuntime
 

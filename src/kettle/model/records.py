@@ -213,6 +213,18 @@ class FunctionRecord:
             raise ValueError(f"malformed function record: {exc}") from None
 
 
+MAX_REASON_BYTES = 1024
+"""A failure reason is cut to this many bytes (DESIGN.md §6)."""
+
+
+def truncate_reason(reason: str, limit: int = MAX_REASON_BYTES) -> str:
+    """Cut a failure reason to ``limit`` UTF-8 bytes without splitting a character."""
+    data = reason.encode("utf-8", errors="replace")
+    if len(data) <= limit:
+        return reason
+    return data[:limit].decode("utf-8", errors="ignore")
+
+
 @dataclass(frozen=True)
 class TaskOutputs:
     return_value: bytes = b""

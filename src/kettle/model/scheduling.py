@@ -33,11 +33,10 @@ from enum import Enum
 import grpc
 
 from ..errors import InvalidArgument, KettleError
-from .records import FileRecord, TaskOutputs, TaskRecord, TaskResult, TaskStatus
+from .records import FileRecord, TaskOutputs, TaskRecord, TaskResult, TaskStatus, truncate_reason
 
 LEASE_PREFIX = b"scheduler-lease-"
 CANCELED_BY_USER = "Task Canceled by the user"
-MAX_REASON_BYTES = 1024
 """DESIGN.md §6: a failure reason is at most 1 KiB (UTF-8), so a runaway message cannot bloat records."""
 TAG_BYTES = 16
 
@@ -59,14 +58,6 @@ def is_uuid(text: str) -> bool:
         return str(uuid.UUID(text)) == text
     except (ValueError, AttributeError, TypeError):
         return False
-
-
-def truncate_reason(reason: str, limit: int = MAX_REASON_BYTES) -> str:
-    """Cut a failure reason to ``limit`` UTF-8 bytes without splitting a character."""
-    data = reason.encode("utf-8", errors="replace")
-    if len(data) <= limit:
-        return reason
-    return data[:limit].decode("utf-8", errors="ignore")
 
 
 def lost_reason(times: int) -> str:
