@@ -75,39 +75,13 @@ class PeerAttestationInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        if handler.unary_unary is not None:
-            unary = handler.unary_unary
 
-            async def gated_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                token = await self._enter(context)
-                try:
-                    return await unary(request, context)
-                finally:
-                    current_peer.reset(token)
+        async def gate(request: Any, context: grpc.aio.ServicerContext) -> Callable[[], None]:
+            token = await self._enter(context)
+            return lambda: current_peer.reset(token)
 
-            return grpc.unary_unary_rpc_method_handler(
-                gated_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            stream = handler.unary_stream
-
-            async def gated_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                token = await self._enter(context)
-                try:
-                    async for item in stream(request, context):
-                        yield item
-                finally:
-                    current_peer.reset(token)
-
-            return grpc.unary_stream_rpc_method_handler(
-                gated_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
         # No ungated path: a call shape this gate does not know is refused outright.
-        return grpc.unary_unary_rpc_method_handler(self._refuse)
+        return guarded(handler, gate) or grpc.unary_unary_rpc_method_handler(self._refuse)
 
     async def _enter(self, context: grpc.aio.ServicerContext) -> contextvars.Token[AttestedPeer]:
         try:
@@ -152,30 +126,48 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
             except Exception:  # noqa: BLE001 - any decoder failure is the client's malformed input
                 return _MALFORMED
 
-        async def refuse(context: grpc.aio.ServicerContext) -> None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_REQUEST_TEXT)
+        async def refuse_malformed(request: Any, context: grpc.aio.ServicerContext) -> Callable[[], None]:
+            if request is _MALFORMED:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_REQUEST_TEXT)
+            return lambda: None
 
-        if handler.unary_unary is not None:
-            unary = handler.unary_unary
+        return guarded(handler, refuse_malformed, tolerant_decode) or handler
 
-            async def checked_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                if request is _MALFORMED:
-                    await refuse(context)
+
+Guard = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Callable[[], None]]]
+"""Runs before a method (it may abort the call) and returns what to run after it."""
+
+
+def guarded(
+    handler: grpc.RpcMethodHandler, guard: Guard, request_deserializer: Callable[[bytes], Any] | None = None
+) -> grpc.RpcMethodHandler | None:
+    """``handler`` with ``guard`` around its method; None for client-streaming shapes."""
+    deserializer = request_deserializer or handler.request_deserializer
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
+
+        async def run_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            after = await guard(request, context)
+            try:
                 return await unary(request, context)
+            finally:
+                after()
 
-            return grpc.unary_unary_rpc_method_handler(
-                checked_unary, request_deserializer=tolerant_decode, response_serializer=handler.response_serializer
-            )
-        if handler.unary_stream is not None:
-            stream = handler.unary_stream
+        return grpc.unary_unary_rpc_method_handler(
+            run_unary, request_deserializer=deserializer, response_serializer=handler.response_serializer
+        )
+    if handler.unary_stream is not None:
+        stream = handler.unary_stream
 
-            async def checked_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                if request is _MALFORMED:
-                    await refuse(context)
+        async def run_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            after = await guard(request, context)
+            try:
                 async for item in stream(request, context):
                     yield item
+            finally:
+                after()
 
-            return grpc.unary_stream_rpc_method_handler(
-                checked_stream, request_deserializer=tolerant_decode, response_serializer=handler.response_serializer
-            )
-        return handler
+        return grpc.unary_stream_rpc_method_handler(
+            run_stream, request_deserializer=deserializer, response_serializer=handler.response_serializer
+        )
+    return None

@@ -14,14 +14,12 @@ import grpc
 from google.protobuf import empty_pb2
 
 from ...config import DEFAULT_ADMIN_PASSWORD, Config
-from ...errors import ConfigError, StorageError
+from ...errors import ConfigError
 from ...model.users import UserRecord
-from ...rpc.generated import kettle_storage_pb2 as storage_pb
-from ...rpc.generated import kettle_storage_pb2_grpc as storage_grpc
 from ...rpc.generated import teaclave_authentication_service_pb2 as pb
 from ...rpc.generated import teaclave_authentication_service_pb2_grpc as pb_grpc
-from ...rpc.channel import PeerChannels
 from ...rpc.status import rpc_method
+from ..platform_store import PlatformStore
 from ..runtime import ServiceRuntime
 from .core import AuthenticationCore
 from .tokens import Claims, TokenAuthority, generate_secret
@@ -30,47 +28,38 @@ log = logging.getLogger(__name__)
 
 USER_PREFIX = b"user/"
 SECRET_KEY = b"secret/jwt-hs512"
-STORAGE_TIMEOUT_SECS = 10.0
 
 
 class StorageUserRepository:
-    """User records in the storage service's ``authentication`` partition."""
+    """User records in the storage service's ``authentication`` partition (the storage
+    service picks the partition from our attested identity)."""
 
-    def __init__(self, peers: PeerChannels) -> None:
-        # Ask for the channel on every call: it is re-made when our certificate rotates.
-        self._peers = peers
-
-    async def _call(self, method: str, request: object) -> object:
-        stub = storage_grpc.KettleStorageStub(self._peers.channel("storage"))
-        try:
-            return await getattr(stub, method)(request, timeout=STORAGE_TIMEOUT_SECS, wait_for_ready=True)
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise StorageError(f"storage {method} failed: {exc.code().name} {exc.details()}") from None
+    def __init__(self, store: PlatformStore) -> None:
+        self._store = store
 
     async def get(self, user_id: str) -> UserRecord | None:
-        response = await self._call("Get", storage_pb.GetRequest(key=USER_PREFIX + user_id.encode()))
-        return None if response is None else UserRecord.from_bytes(response.value)  # type: ignore[attr-defined]
+        raw = await self._store.get(USER_PREFIX + user_id.encode())
+        return None if raw is None else UserRecord.from_bytes(raw)
 
     async def put(self, record: UserRecord) -> None:
-        await self._call("Put", storage_pb.PutRequest(key=USER_PREFIX + record.id.encode(), value=record.to_bytes()))
+        await self._store.put(USER_PREFIX + record.id.encode(), record.to_bytes())
 
     async def delete(self, user_id: str) -> None:
-        await self._call("Delete", storage_pb.DeleteRequest(key=USER_PREFIX + user_id.encode()))
+        await self._store.delete(USER_PREFIX + user_id.encode())
 
     async def list_ids(self) -> list[str]:
-        response = await self._call("GetKeysByPrefix", storage_pb.GetKeysByPrefixRequest(prefix=USER_PREFIX))
-        return [k[len(USER_PREFIX):].decode() for k in response.keys]  # type: ignore[attr-defined]
+        return [k[len(USER_PREFIX):].decode() for k in await self._store.keys_with_prefix(USER_PREFIX)]
 
     async def signing_secret(self) -> bytes:
-        """The JWT secret; created on first start and kept, so tokens survive restarts."""
-        response = await self._call("Get", storage_pb.GetRequest(key=SECRET_KEY))
-        if response is not None:
-            return response.value  # type: ignore[attr-defined]
-        secret = generate_secret()
-        await self._call("Put", storage_pb.PutRequest(key=SECRET_KEY, value=secret))
-        return secret
+        """The JWT secret; created on first start and kept, so tokens survive restarts.
+
+        Create-only, so two instances starting at once agree on one secret."""
+        secret = await self._store.get(SECRET_KEY)
+        if secret is not None:
+            return secret
+        _, current = await self._store.compare_and_put(SECRET_KEY, None, generate_secret())
+        assert current is not None
+        return current
 
 
 def _credential(context: grpc.aio.ServicerContext) -> tuple[str | None, str | None]:
@@ -157,7 +146,7 @@ async def main(config: Config) -> None:
     check_bootstrap_password(config)
     runtime = ServiceRuntime("authentication", config)
     await runtime.attest()
-    repository = StorageUserRepository(runtime.peers)
+    repository = StorageUserRepository(PlatformStore(runtime.peers))
     tokens = TokenAuthority(await repository.signing_secret(), config.authentication.token_validity_secs)
     core = AuthenticationCore(repository, tokens)
     if await core.bootstrap_admin(config.authentication.admin_id, config.authentication.admin_password):
