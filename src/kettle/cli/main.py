@@ -80,7 +80,8 @@ def up() -> None:
     table.add_row("frontend API", config.endpoint("frontend", api=True).target)
     table.add_row("attestation service", config.attestation.service_url)
     for name in PLATFORM_SERVICES:
-        if name != "frontend":  # the frontend serves only its API endpoint
+        # The frontend serves only its API endpoint; execution nodes serve nothing.
+        if name not in ("frontend", "execution"):
             table.add_row(f"{name} (internal)", config.endpoint(name).target)
     out.print(table)
     out.print(f"Admin account: [bold]{config.authentication.admin_id}[/bold] / {config.authentication.admin_password}")
