@@ -1,0 +1,1 @@
+"""File crypto: the schemas data owners encrypt their files with."""
