@@ -164,16 +164,31 @@ def test_parse_full_config() -> None:
         '[attestation]\nalgorithm = "sgx_epid"\nurl = "https://api.trustedservices.intel.com:443"\n'
         f'key = "{"0" * 32}"\nspid = "{"0" * 32}"\n',
         '[attestation]\nalgorithm = "sgx_ecdsa"\n',
-        '[mount]\nfusion_base_dir = "/tmp/fusion_data"\n',
         '[mount]\nanything = { at = "all" }\n',
         '[audit]\nauditor_signatures = [\n  { path = "auditors/godzilla/godzilla.sign.sha256" },\n'
         '  { path = "auditors/optimus_prime/optimus_prime.sign.sha256" },\n]\n',
     ],
-    ids=["attestation-epid", "attestation-ecdsa", "mount", "mount-any", "audit-signatures"],
+    ids=["attestation-epid", "attestation-ecdsa", "mount-any", "audit-signatures"],
 )
 def test_teaclave_keys_accepted_and_ignored(text: str) -> None:
-    """Teaclave's SGX/IAS and mount keys load and change nothing."""
+    """Teaclave's SGX/IAS keys and unknown mount keys load and change nothing."""
     assert parse(text) == parse("")
+
+
+def test_teaclave_fusion_base_dir_sets_fusion_dir() -> None:
+    config = parse('[mount]\nfusion_base_dir = "/tmp/fusion_data"\n')
+    assert config.file_agent.fusion_dir == "/tmp/fusion_data"
+    assert parse("").file_agent.fusion_dir == "fusion"
+
+
+def test_file_agent_is_strict_by_default() -> None:
+    """No file:// access and no unknown scheme unless configured."""
+    agent = parse("").file_agent
+    assert "file" not in agent.allowed_schemes and agent.file_roots == ()
+    configured = parse('[file_agent]\nfile_roots = ["/srv/data"]\nmax_file_bytes = 1024\n').file_agent
+    assert configured.file_roots == ("/srv/data",) and configured.max_file_bytes == 1024
+    with pytest.raises(ConfigError, match="file_agent.retries"):
+        parse("[file_agent]\nretries = -1\n")
 
 
 def test_teaclave_keys_mixed_with_kettle_keys() -> None:

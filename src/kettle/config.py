@@ -8,7 +8,8 @@ Security-relevant rules are *not* configuration: the inbound rules of internal
 endpoints are compiled into the code (``kettle.rpc.inbound``), and the auditor
 keys a service trusts are part of its measured build (``kettle.attestation.build``).
 Teaclave's ``runtime.config.toml`` keys that have no meaning here (SGX attestation
-algorithm, SPID, ``[mount]``) are accepted and ignored so existing files load.
+algorithm, SPID) are accepted and ignored so existing files load; ``[mount]``'s
+``fusion_base_dir`` sets ``file_agent.fusion_dir``.
 """
 
 from __future__ import annotations
@@ -108,6 +109,38 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class FileAgentConfig:
+    """How execution nodes fetch inputs and upload outputs by URL (``docs/data.md``).
+
+    Strict by default: ``file://`` URLs are refused unless ``file_roots`` names the
+    directories they may touch, because a task input is chosen by a user and a
+    path on the node could otherwise read the platform's own secrets.
+    """
+
+    allowed_schemes: tuple[str, ...] = ("http", "https", "s3", "fusion", "data")
+    file_roots: tuple[str, ...] = ()
+    """Directories ``file://`` URLs may read from and write to; listing one allows the scheme."""
+    fusion_dir: str = "fusion"
+    """Where ``fusion:///TEACLAVE_FUSION_BASE/...`` files live (Teaclave's ``mount.fusion_base_dir``)."""
+    max_file_bytes: int = 8 << 30
+    """Largest input a task may download and largest output it may upload."""
+    connect_timeout_secs: int = 10
+    io_timeout_secs: int = 60
+    """Longest a transfer may wait for the next bytes (not the whole transfer)."""
+    retries: int = 2
+    """Further tries after a connection failure, a timeout or an HTTP 5xx/429."""
+    retry_backoff_ms: int = 500
+    s3_endpoint_url: str = ""
+    """An S3-compatible endpoint instead of AWS (credentials come from the usual AWS settings)."""
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    scratch_dir: str = "execution/scratch"
+    """Per-task working space; everything a task stages there is encrypted and removed after it."""
+
+
+@dataclass(frozen=True)
 class Config:
     home: Path
     dev_mode: bool = False
@@ -119,6 +152,8 @@ class Config:
     storage: StorageConfig = StorageConfig()
     authentication: AuthenticationConfig = AuthenticationConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    file_agent: FileAgentConfig = FileAgentConfig()
+    execution: ExecutionConfig = ExecutionConfig()
 
     def path(self, relative: str) -> Path:
         p = Path(relative)
@@ -249,8 +284,14 @@ def parse_config(text: str, home: Path) -> Config:
             config = replace(config, authentication=_section(AuthenticationConfig, value, key))
         elif key == "scheduler":
             config = replace(config, scheduler=_section(SchedulerConfig, value, key))
+        elif key == "file_agent":
+            config = replace(config, file_agent=_section(FileAgentConfig, value, key))
+        elif key == "execution":
+            config = replace(config, execution=_section(ExecutionConfig, value, key))
         elif key == "mount":
-            continue
+            fusion = value.get("fusion_base_dir") if isinstance(value, dict) else None
+            if isinstance(fusion, str) and fusion:
+                config = replace(config, file_agent=replace(config.file_agent, fusion_dir=fusion))
         else:
             raise ConfigError(f"unknown configuration section [{key}]")
     if config.attestation.validity_secs < 4:

@@ -78,6 +78,15 @@ class AttestationError(KettleError):
         self.reason = reason
 
 
+class TransferError(KettleError):
+    """A file could not be fetched from or stored to its URL.
+
+    Raised by the execution node's file agent; the message becomes the task's
+    failure reason, which every participant can read, so it names the URL
+    without credentials or query string.
+    """
+
+
 _BY_CODE: dict[grpc.StatusCode, type[KettleError]] = {
     grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
