@@ -8,6 +8,7 @@ key, the measurement against auditor-signed enclave info, report status and age.
 from ..model.records import TaskStatus
 from .attested import AttestedEndpoint, ClientTrust, verify_endpoint
 from .authentication import AsyncAuthenticationClient, AuthenticationClient
+from .files import RAW_CMAC, FileCryptoError, FileKey, decrypt_file, encrypt_file, file_cmac
 from .frontend import (
     AsyncFrontendClient,
     AuditEntry,
@@ -42,7 +43,9 @@ __all__ = [
     "AuthenticationClient",
     "ClientTrust",
     "DataMap",
+    "FileCryptoError",
     "FileInfo",
+    "FileKey",
     "FrontendClient",
     "Function",
     "FunctionArgument",
@@ -52,6 +55,7 @@ __all__ = [
     "FunctionOutput",
     "FunctionUsage",
     "OwnerList",
+    "RAW_CMAC",
     "Task",
     "TaskCanceled",
     "TaskError",
@@ -62,5 +66,8 @@ __all__ = [
     "TaskOutputs",
     "TaskStatus",
     "TaskWaitTimeout",
+    "decrypt_file",
+    "encrypt_file",
+    "file_cmac",
     "verify_endpoint",
 ]
