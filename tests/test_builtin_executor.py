@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 import uuid
 from typing import Any
 
 import pytest
 
 from kettle import executors
-from kettle.executors import DATA_FILES_UNAVAILABLE, run_staged_task
+from kettle.config import FileAgentConfig
+from kettle.executors.job import WorkerJob
+from kettle.executors import run_staged_task
 from kettle.executors.runtime import FileRuntime
 from kettle.functions import (
     BuiltinFunction,
@@ -100,10 +103,11 @@ def test_the_executor_pair_is_checked_at_execution(executor_type: str, executor:
     assert run_staged_task(staged(executor_type=executor_type, executor=executor)) == TaskResult(failure=reason)
 
 
-def test_tasks_with_data_files_do_not_run_yet() -> None:
+def test_tasks_with_data_files_need_a_data_plane() -> None:
     record = FileRecord(str(uuid.uuid4()), "file:///tmp/in", CryptoInfo("raw"), ("alice",))
     for files in ({"inputs": {"input": record}}, {"outputs": {"output": record}}):
-        assert run_staged_task(staged(**files)) == TaskResult(failure=DATA_FILES_UNAVAILABLE)
+        assert run_staged_task(staged(**files)) == TaskResult(
+            failure="Runtime Error: this execution node cannot move data files")
 
 
 def test_a_raising_function_fails_with_type_and_message_cut_to_one_kib(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,13 +192,27 @@ def run_worker(data: bytes) -> tuple[dict[str, Any], str]:
     return json.loads(done.stdout), done.stderr.decode()
 
 
-def test_the_worker_process_runs_one_task_and_keeps_function_logs_private() -> None:
+def job(task: StagedTask, workdir: Path) -> bytes:
+    return WorkerJob(task, workdir, workdir, FileAgentConfig()).to_bytes()
+
+
+def test_the_worker_process_runs_one_task_and_keeps_function_logs_private(tmp_path: Path) -> None:
     secret = "the secret message"
-    result, stderr = run_worker(staged(arguments={"message": secret, "save_log": "true"}).to_bytes())
+    result, stderr = run_worker(job(staged(arguments={"message": secret, "save_log": "true"}), tmp_path))
     assert TaskResult.from_json(result).outputs is not None
     assert TaskResult.from_json(result).outputs.return_value == secret.encode()  # type: ignore[union-attr]
     assert secret not in stderr  # function log records go to the task's log only
-    failed, _ = run_worker(staged(arguments={"message": 1}).to_bytes())
+    failed, _ = run_worker(job(staged(arguments={"message": 1}), tmp_path))
     assert failed == {"err": "Cannot deserialize arguments"}
-    garbage, _ = run_worker(b"not a staged task")
-    assert garbage["err"].startswith("ValueError: StagedTask record is not JSON")
+    garbage, _ = run_worker(b"not a job")
+    assert garbage["err"].startswith("ValueError: malformed worker job: Expecting value")
+    wrong_settings = json.loads(job(staged(), tmp_path))
+    wrong_settings["file_agent"]["unknown"] = 1
+    refused, _ = run_worker(json.dumps(wrong_settings).encode())
+    assert refused["err"] == "ValueError: malformed worker job: file agent settings have the wrong fields"
+
+
+def test_a_worker_job_round_trips(tmp_path: Path) -> None:
+    settings = FileAgentConfig(file_roots=("/srv",), max_file_bytes=5)
+    original = WorkerJob(staged(), tmp_path / "w", tmp_path, settings)
+    assert WorkerJob.from_bytes(original.to_bytes()) == original

@@ -277,7 +277,8 @@ def test_function_errors_end_failed_with_the_reason(shared: Platform) -> None:
                 await m.stage({"message": 42}): "Cannot deserialize arguments",
                 await m.stage({"message": "x"}, name="builtin-no-such-function"): "Function not found.",
                 await m.stage({"message": "x"}, executor_type="python"): "function not available: (Python, Builtin)",
-                await m.stage({"message": "x"}, outputs={"out": out}): "data files are not available yet",
+                # echo creates no output: a missing output fails the task (functions.md §4.2)
+                await m.stage({"message": "x"}, outputs={"out": out}): "Convert aes-gcm-128: failed to open src file",
             }
             for task_id, reason in cases.items():
                 done = await m.ended(task_id)

@@ -21,9 +21,7 @@ from ..functions import FUNCTION_LOGGER_PREFIX, FunctionError, FunctionRuntime
 from ..functions.arguments import ArgumentsError
 from ..model.records import StagedTask, TaskOutputs, TaskResult, truncate_reason
 from .builtin import run_builtin
-from .runtime import FileRuntime
-
-DATA_FILES_UNAVAILABLE = "data files are not available yet"
+from .files import DataPlane, TaskFiles
 
 Executor = Callable[[str, Any, bytes, FunctionRuntime], str]
 """(function name, argument object, payload, runtime) → summary string."""
@@ -99,18 +97,28 @@ def captured_logs(enabled: bool) -> Iterator[list[str]]:
         root.setLevel(previous)
 
 
-def run_staged_task(staged: StagedTask, runtime: FunctionRuntime | None = None) -> TaskResult:
-    """Run the task's function here and now; Ok with its summary and logs, or Err with a reason."""
+def run_staged_task(staged: StagedTask, plane: DataPlane | None = None) -> TaskResult:
+    """Run the task's function here and now; Ok with its summary, output tags and logs, or Err.
+
+    ``plane`` moves the task's data files (:mod:`kettle.executors.files`): inputs
+    are fetched and verified before the function starts, outputs uploaded only
+    after it succeeded. A task with files and no plane fails.
+    """
+    files: TaskFiles | None = None
     try:
-        if staged.input_data or staged.output_data:
-            raise FunctionError(DATA_FILES_UNAVAILABLE)
         execute = executor_for(staged.executor_type, staged.executor)
         try:
             arguments = json.loads(staged.function_arguments)
         except ValueError:
             raise ArgumentsError("the arguments are not JSON") from None
+        files = TaskFiles(staged, plane)
+        files.prepare(staged)
         with captured_logs(save_log_requested(arguments)) as lines:
-            summary = execute(staged.function_name, arguments, staged.function_payload, runtime or FileRuntime())
-        return TaskResult(outputs=TaskOutputs(return_value=summary.encode("utf-8"), tags_map={}, log=tuple(lines)))
+            summary = execute(staged.function_name, arguments, staged.function_payload, files)
+        tags = files.finish()
+        return TaskResult(outputs=TaskOutputs(return_value=summary.encode("utf-8"), tags_map=tags, log=tuple(lines)))
     except Exception as exc:  # noqa: BLE001 - every failure of the function is the task's failure
         return TaskResult(failure=failure_reason(exc))
+    finally:
+        if files is not None:
+            files.close()

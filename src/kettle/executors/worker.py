@@ -1,8 +1,9 @@
 """One task's worker process: ``python -m kettle.executors.worker``.
 
 The execution node starts it *before* a task arrives (so the interpreter start-up
-is paid while the node waits) and then writes one staged task (JSON) to its
-stdin and closes it. The worker runs the task and writes the result JSON
+is paid while the node waits) and then writes one job (:class:`WorkerJob`: the
+staged task, its working directory, the file agent's settings) to its stdin and
+closes it. The worker runs the task and writes the result JSON
 (:meth:`TaskResult.to_json`) to its original stdout, then exits. Whatever the
 function prints goes to stderr instead, so it cannot corrupt the result.
 
@@ -57,18 +58,22 @@ def main() -> int:
     logging.getLogger().addHandler(handler)
 
     # Imported now, before the task arrives, so their cost is paid while the node waits.
-    from ..model.records import StagedTask, TaskResult
+    from ..file_agent import FileAgent
+    from ..model.records import TaskResult
     from . import failure_reason, run_staged_task
+    from .files import DataPlane
+    from .job import WorkerJob
 
     data = sys.stdin.buffer.read()
     if not data:
         return 0  # the node shut down without giving us a task
     try:
-        staged = StagedTask.from_bytes(data)
+        job = WorkerJob.from_bytes(data)
     except ValueError as exc:
         result = TaskResult(failure=failure_reason(exc))
     else:
-        result = run_staged_task(staged)
+        plane = DataPlane(FileAgent(job.file_agent, job.home), job.workdir, job.file_agent.max_file_bytes)
+        result = run_staged_task(job.staged, plane)
     result_out.write(json.dumps(result.to_json()).encode())
     result_out.close()
     return 0

@@ -18,11 +18,17 @@ naming the task), so the scheduler can tell a busy node from a lost one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
+from ...config import FileAgentConfig
+from ...executors.job import WorkerJob
 from ...model.records import StagedTask, TaskResult
 from ...rpc.channel import PeerChannels
 from ...rpc.generated import kettle_scheduler_pb2 as pb
@@ -121,10 +127,35 @@ class Backoff:
         self.delay = min(RETRY_MAX_SECS, self.delay * 2)
 
 
+@dataclass(frozen=True)
+class Workspace:
+    """Where this node's tasks keep their files, and how its workers move them."""
+
+    home: Path
+    root: Path
+    """This node's own scratch directory; each task gets a private directory inside."""
+    file_agent: FileAgentConfig
+
+    @contextlib.contextmanager
+    def task_dir(self, task_id: str, attempt: int) -> Iterator[Path]:
+        """A fresh directory for one run, removed afterwards whatever happened."""
+        path = self.root / f"{task_id}-{attempt}"
+        shutil.rmtree(path, ignore_errors=True)  # a leftover of a run this node lost track of
+        path.mkdir(mode=0o700, parents=True)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 class ExecutionNode:
-    def __init__(self, client: SchedulerClient, workers: WorkerPool) -> None:
+    def __init__(self, client: SchedulerClient, workers: WorkerPool, workspace: Workspace) -> None:
         self._client = client
         self._workers = workers
+        self._workspace = workspace
         self._current: CurrentTask | None = None
 
     @property
@@ -187,7 +218,9 @@ class ExecutionNode:
             log.info("running task %s (attempt %d)", current.task_id, attempt)
             if not await self._confirm_running(current):
                 return
-            result = await self._run_in_worker(current, raw)
+            with self._workspace.task_dir(current.task_id, attempt) as workdir:
+                job = WorkerJob(staged, workdir, self._workspace.home, self._workspace.file_agent)
+                result = await self._run_in_worker(current, job.to_bytes())
             if result is None:
                 log.info("task %s stopped; its worker was killed", current.task_id)
                 return
@@ -214,10 +247,10 @@ class ExecutionNode:
                 await backoff.wait()
         return False
 
-    async def _run_in_worker(self, current: CurrentTask, raw: bytes) -> TaskResult | None:
-        """The task's result, or None when it was stopped (the worker is then killed)."""
+    async def _run_in_worker(self, current: CurrentTask, job: bytes) -> TaskResult | None:
+        """The task's result, or None when it was stopped (the worker is then killed and gone)."""
         worker = await self._workers.take()
-        run = asyncio.create_task(worker.run(raw))
+        run = asyncio.create_task(worker.run(job))
         stopped = asyncio.create_task(current.stop.wait())
         try:
             done, _ = await asyncio.wait({run, stopped}, return_when=asyncio.FIRST_COMPLETED)

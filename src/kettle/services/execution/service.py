@@ -3,7 +3,8 @@
 It serves nothing (a pure client of the scheduler), so it does not use
 ``ServiceRuntime.serve``; it signals readiness once attested and once its first
 spare worker is started. Stopping kills the running worker (the scheduler
-re-queues that task when the lease runs out) and the spare.
+re-queues that task when the lease runs out) and the spare, and removes the
+node's scratch directory.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import uuid
 
 from ...config import Config
 from ..runtime import ServiceRuntime, signal_ready
-from .node import ExecutionNode, SchedulerClient
+from .node import ExecutionNode, SchedulerClient, Workspace
 from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -25,9 +26,14 @@ async def main(config: Config) -> None:
     runtime = ServiceRuntime("execution", config)
     await runtime.attest()
     executor_id = str(uuid.uuid4())
+    workspace = Workspace(
+        home=config.home,
+        root=config.path(config.execution.scratch_dir) / executor_id,
+        file_agent=config.file_agent,
+    )
     workers = WorkerPool()
     await workers.start()
-    node = ExecutionNode(SchedulerClient(runtime.peers, executor_id), workers)
+    node = ExecutionNode(SchedulerClient(runtime.peers, executor_id), workers, workspace)
     log.info("execution node %s is running", executor_id)
 
     stop = asyncio.Event()
@@ -45,6 +51,7 @@ async def main(config: Config) -> None:
             task.cancel()
         results = await asyncio.gather(work, stopping, return_exceptions=True)
         await workers.close()
+        workspace.remove()
         await runtime.identities.stop()
         await runtime.peers.close()
     failure = results[0]

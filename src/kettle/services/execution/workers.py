@@ -1,6 +1,6 @@
 """Worker processes: one per task, started ahead of need so a task does not wait for an interpreter.
 
-A worker is ``python -m kettle.executors.worker``; it gets its staged task on
+A worker is ``python -m kettle.executors.worker``; it gets its job on
 stdin and answers with the result on stdout. Keeping one *spare* started while
 the node waits hides the interpreter start-up; a fresh process per task keeps
 tasks apart and makes cancelling a task a plain kill of its process.
@@ -49,12 +49,12 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self._process.returncode is None
 
-    async def run(self, staged_task: bytes) -> TaskResult:
-        """Hand the task over and wait for its result; a worker that dies gives an Err result."""
+    async def run(self, job: bytes) -> TaskResult:
+        """Hand the job (:class:`~kettle.executors.job.WorkerJob`) over and wait for its result; a worker that dies gives an Err result."""
         process = self._process
         assert process.stdin is not None and process.stdout is not None
         try:
-            process.stdin.write(staged_task)
+            process.stdin.write(job)
             await process.stdin.drain()
             process.stdin.close()
         except (BrokenPipeError, ConnectionResetError):

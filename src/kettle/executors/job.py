@@ -1,0 +1,52 @@
+"""What an execution node hands its worker process: the staged task and where its files go.
+
+Encoded as one JSON document on the worker's stdin. The file agent's settings
+travel with the job (rather than the worker re-reading the configuration) so a
+worker always uses exactly what its node was started with.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ..config import FileAgentConfig
+from ..model.records import StagedTask
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    staged: StagedTask
+    workdir: Path
+    """The task's private working directory (created and removed by the node)."""
+    home: Path
+    """``KETTLE_HOME``: relative file agent paths are relative to it."""
+    file_agent: FileAgentConfig
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({
+            "staged": json.loads(self.staged.to_bytes()),
+            "workdir": str(self.workdir),
+            "home": str(self.home),
+            "file_agent": asdict(self.file_agent),
+        }).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> WorkerJob:
+        try:
+            doc = json.loads(data)
+            agent: dict[str, Any] = doc["file_agent"]
+            known = {f.name for f in fields(FileAgentConfig)}
+            if set(agent) != known:
+                raise ValueError("file agent settings have the wrong fields")
+            settings = {k: tuple(v) if isinstance(v, list) else v for k, v in agent.items()}
+            return cls(
+                staged=StagedTask.from_bytes(json.dumps(doc["staged"]).encode()),
+                workdir=Path(doc["workdir"]),
+                home=Path(doc["home"]),
+                file_agent=FileAgentConfig(**settings),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed worker job: {exc}") from None

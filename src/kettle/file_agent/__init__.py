@@ -1,0 +1,151 @@
+"""The execution node's file agent: moves a task's encrypted files between URLs and scratch space.
+
+A worker fetches each input's ciphertext by URL into the task's working
+directory and stores each encrypted output to its URL. The agent never decrypts
+anything; it only moves bytes, and it is careful about three things:
+
+- **whose URLs these are**: users choose them, so schemes are limited to
+  ``file_agent.allowed_schemes`` and local paths to ``file_roots`` / the fusion
+  directory (``local.py``), or a task could read the node's own keys;
+- **who reads the errors**: the message of a :class:`~kettle.errors.TransferError`
+  becomes the task's failure reason, seen by every participant, so it only ever
+  shows :func:`display_url` (no userinfo, query string or fragment);
+- **resources**: everything is streamed a chunk at a time, bounded by
+  ``max_file_bytes``, with connect and per-read timeouts, and a failed fetch
+  never leaves a partial file behind.
+
+Schemes: ``http``/``https`` (httpx, ``http.py``), ``s3`` (s3fs, ``objects.py``),
+``file``, ``fusion`` and ``data`` (``local.py``), and any other allowed scheme
+fsspec implements (``objects.py``). Teaclave's file agent is the reference for
+the wire behaviour and the fusion and data URL forms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import pathlib
+from typing import TYPE_CHECKING
+
+from ..config import FileAgentConfig
+from ..errors import TransferError
+from .local import LocalFiles
+from .streams import Sink, Source, open_exclusive
+from .urls import ParsedUrl, display_url, file_name_of, parse_url, scrub
+
+if TYPE_CHECKING:
+    from .http import HttpTransport
+    from .objects import GenericStore, S3Store
+
+__all__ = ["FileAgent", "display_url", "file_name_of"]
+
+
+def _unexpected(exc: Exception, parsed: ParsedUrl, verb: str) -> TransferError:
+    """Any failure a backend did not anticipate still becomes a specific, redacted TransferError."""
+    if isinstance(exc, TransferError):
+        return exc
+    if isinstance(exc, OSError) and exc.strerror:
+        return TransferError(f"{verb} {parsed.shown} failed: {exc.strerror}")
+    detail = scrub(str(exc), parsed.raw) or type(exc).__name__
+    return TransferError(f"{verb} {parsed.shown} failed: {detail}")
+
+
+class FileAgent:
+    """Fetches URLs into local files and stores local files to URLs, as configured.
+
+    Safe to use from several threads at once (a worker fetches a task's inputs
+    in parallel); it holds no connections between transfers.
+    """
+
+    def __init__(self, config: FileAgentConfig, home: pathlib.Path) -> None:
+        """``home`` anchors the relative paths of ``config`` (``fusion_dir``, ``file_roots``)."""
+        self._config = config
+        self._allowed = tuple(scheme.lower() for scheme in config.allowed_schemes)
+        roots = tuple(home / root for root in config.file_roots)
+        self._local = LocalFiles(roots, home / config.fusion_dir)
+
+    # The remote backends import httpx / fsspec (about 0.1 s of CPU): only when a task needs them,
+    # so every worker process, most of them running tasks without such URLs, starts faster.
+
+    @functools.cached_property
+    def _http(self) -> HttpTransport:
+        from .http import HttpTransport
+
+        return HttpTransport(self._config)
+
+    @functools.cached_property
+    def _s3(self) -> S3Store:
+        from .objects import S3Store
+
+        return S3Store(self._config)
+
+    @functools.cached_property
+    def _generic(self) -> GenericStore:
+        from .objects import GenericStore
+
+        return GenericStore()
+
+    def fetch(self, url: str, target: pathlib.Path) -> int:
+        """Stream the bytes at ``url`` into the new file ``target`` and return how many there were.
+
+        ``target`` must not exist (it is created exclusively, so a fetch can never
+        clobber or be redirected through an existing file) and its directory must.
+        On any failure the partial target is removed before TransferError is raised.
+        """
+        parsed = parse_url(url, self._allowed)
+        file = open_exclusive(target, parsed.shown)
+        sink = Sink(file, self._config.max_file_bytes, parsed.shown)
+        try:
+            with file:
+                self._fetch(parsed, sink)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                target.unlink(missing_ok=True)
+            if isinstance(exc, Exception):
+                raise _unexpected(exc, parsed, "fetching") from None
+            raise
+        return sink.count
+
+    def _fetch(self, parsed: ParsedUrl, sink: Sink) -> None:
+        scheme = parsed.scheme
+        if scheme in ("http", "https"):
+            self._http.fetch(parsed, sink)
+        elif scheme == "s3":
+            self._s3.fetch(parsed, sink)
+        elif scheme == "file":
+            self._local.fetch_file(parsed, sink)
+        elif scheme == "fusion":
+            self._local.fetch_fusion(parsed, sink)
+        elif scheme == "data":
+            self._local.fetch_data(parsed, sink)
+        else:
+            self._generic.fetch(parsed, sink)
+
+    def store(self, source: pathlib.Path, url: str) -> None:
+        """Upload the local file ``source`` to ``url``.
+
+        A source over ``max_file_bytes`` is refused before anything is sent.
+        Local targets (``file``, ``fusion``) are never overwritten; remote ones
+        follow their store's semantics (a presigned PUT replaces the object).
+        """
+        parsed = parse_url(url, self._allowed)
+        if parsed.scheme == "data":
+            raise TransferError(f"cannot store to a data URL: {parsed.shown}")
+        resolved_source = Source(source, self._config.max_file_bytes, parsed.shown)
+        try:
+            self._store(resolved_source, parsed)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a redacted TransferError
+            raise _unexpected(exc, parsed, "storing") from None
+
+    def _store(self, source: Source, parsed: ParsedUrl) -> None:
+        scheme = parsed.scheme
+        if scheme in ("http", "https"):
+            self._http.store(source, parsed)
+        elif scheme == "s3":
+            self._s3.store(source, parsed)
+        elif scheme == "file":
+            self._local.store_file(source, parsed)
+        elif scheme == "fusion":
+            self._local.store_fusion(source, parsed)
+        else:
+            self._generic.store(source, parsed)

@@ -1,0 +1,220 @@
+"""URLs that name bytes on the node itself: ``file://``, ``fusion://`` and ``data:``.
+
+``file://`` and ``fusion://`` are a security boundary. A task's input URLs are
+chosen by its users, and the execution node's disk also holds the platform's own
+keys, so a path is only used when, with every symlink and ``..`` resolved, it
+lies inside a directory the operator allowed (``file_agent.file_roots``, or the
+fusion directory). The check is made on the path and again on the file actually
+opened (through ``/proc/self/fd``), so a symlink swapped in between cannot win.
+Stored files never overwrite anything: they are created exclusively.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+from urllib.parse import unquote
+
+from ..errors import TransferError
+from .streams import CHUNK, Sink, Source
+from .urls import ParsedUrl
+
+__all__ = ["DATA_PREFIX", "FUSION_PREFIX", "LocalFiles"]
+
+FUSION_PREFIX: Final = "/TEACLAVE_FUSION_BASE/"
+DATA_PREFIX: Final = "text/plain;base64,"
+_PROC_FD: Final = Path("/proc/self/fd")
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def _opened_path(fd: int) -> Path | None:
+    """Where an open descriptor really points (None where the system cannot tell)."""
+    try:
+        return Path(os.readlink(_PROC_FD / str(fd)))
+    except OSError:
+        return None
+
+
+def _confirm_inside(fd: int, roots: Sequence[Path], refusal: str) -> None:
+    real = _opened_path(fd)
+    if real is not None and not _inside(real, roots):
+        os.close(fd)
+        raise TransferError(refusal)
+
+
+def _url_path(parsed: ParsedUrl) -> str:
+    if parsed.parts.query or parsed.parts.fragment:
+        raise TransferError(f"{parsed.scheme} URLs take no query string or fragment: {parsed.shown}")
+    try:
+        path = unquote(parsed.parts.path, errors="strict")
+    except UnicodeDecodeError:
+        raise TransferError(f"invalid path in {parsed.shown}") from None
+    if "\x00" in path:
+        raise TransferError(f"invalid path in {parsed.shown}")
+    return path
+
+
+def _read_fd(path: Path, roots: Sequence[Path], shown: str, refusal: str, missing: str) -> int:
+    """Open an existing regular file for reading, confined to ``roots``."""
+    resolved = path.resolve()
+    if not _inside(resolved, roots):
+        raise TransferError(refusal)
+    try:
+        # O_NONBLOCK: a FIFO planted in a root must not hang the worker on open.
+        fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise TransferError(missing) from None
+    except OSError as exc:
+        raise TransferError(f"cannot open {shown}: {exc.strerror}") from None
+    _confirm_inside(fd, roots, refusal)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise TransferError(f"{shown} is not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _write_fd(path: Path, roots: Sequence[Path], shown: str, refusal: str, *, make_parents: bool) -> tuple[int, Path]:
+    """Create a new file for writing, confined to ``roots``; an existing one is never touched."""
+    if path.name in ("", ".", ".."):
+        raise TransferError(f"{shown} has no file name in its path")
+    parent = path.parent.resolve()
+    if not _inside(parent, roots):
+        raise TransferError(refusal)
+    if make_parents:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TransferError(f"cannot create the directory for {shown}: {exc.strerror}") from None
+        parent = parent.resolve()
+        if not _inside(parent, roots):
+            raise TransferError(refusal)
+    elif not parent.is_dir():
+        raise TransferError(f"the directory of {shown} does not exist")
+    target = parent / path.name
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except FileExistsError:
+        raise TransferError(f"{shown} already exists; a stored file never replaces one") from None
+    except OSError as exc:
+        raise TransferError(f"cannot create {shown}: {exc.strerror}") from None
+    real = _opened_path(fd)
+    if real is not None and not _inside(real, roots):
+        os.close(fd)
+        # Only remove what was created here, at the place the descriptor shows.
+        real.unlink(missing_ok=True)
+        raise TransferError(refusal)
+    return fd, target
+
+
+def _copy_in(fd: int, sink: Sink) -> None:
+    with os.fdopen(fd, "rb") as file:
+        sink.announce(os.fstat(file.fileno()).st_size)
+        while chunk := file.read(CHUNK):
+            sink.write(chunk)
+
+
+def _copy_out(source: Source, fd: int, target: Path, shown: str) -> None:
+    try:
+        with os.fdopen(fd, "wb") as file:
+            for chunk in source.chunks():
+                file.write(chunk)
+    except BaseException as exc:
+        target.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise TransferError(f"cannot write {shown}: {exc.strerror}") from None
+        raise
+
+
+class LocalFiles:
+    """``file://`` (inside ``file_roots``), ``fusion://`` (inside the fusion directory) and ``data:``."""
+
+    def __init__(self, file_roots: Sequence[Path], fusion_dir: Path) -> None:
+        self._file_roots = tuple(file_roots)
+        self._fusion_dir = fusion_dir
+
+    # Resolved at each use, not once: a root may be created (or re-pointed) after start.
+    @property
+    def _roots(self) -> tuple[Path, ...]:
+        return tuple(root.resolve() for root in self._file_roots)
+
+    @property
+    def _fusion(self) -> Path:
+        return self._fusion_dir.resolve()
+
+    # -- file:// ---------------------------------------------------------------
+
+    def _file_path(self, parsed: ParsedUrl) -> tuple[Path, str]:
+        if not self._roots:
+            raise TransferError(
+                f"file URLs need file_agent.file_roots, and none is configured: {parsed.shown} is refused"
+            )
+        if parsed.parts.netloc not in ("", "localhost"):
+            raise TransferError(f"file URLs must not name a host: {parsed.shown}")
+        path = _url_path(parsed)
+        if not path.startswith("/"):
+            raise TransferError(f"file URL {parsed.shown} has no absolute path")
+        refusal = f"{parsed.shown} is outside the directories file URLs may use (file_agent.file_roots)"
+        return Path(path), refusal
+
+    def fetch_file(self, parsed: ParsedUrl, sink: Sink) -> None:
+        path, refusal = self._file_path(parsed)
+        fd = _read_fd(path, self._roots, parsed.shown, refusal, f"no file at {parsed.shown}")
+        _copy_in(fd, sink)
+
+    def store_file(self, source: Source, parsed: ParsedUrl) -> None:
+        path, refusal = self._file_path(parsed)
+        fd, target = _write_fd(path, self._roots, parsed.shown, refusal, make_parents=False)
+        _copy_out(source, fd, target, parsed.shown)
+
+    # -- fusion:// -------------------------------------------------------------
+
+    def _fusion_path(self, parsed: ParsedUrl) -> tuple[Path, str]:
+        if parsed.parts.netloc or not parsed.parts.path.startswith(FUSION_PREFIX):
+            raise TransferError(f"fusion URL {parsed.shown} does not start with fusion://{FUSION_PREFIX}")
+        relative = _url_path(parsed)[len(FUSION_PREFIX) :]
+        refusal = f"{parsed.shown} points outside the fusion directory"
+        parts = relative.split("/")
+        if not relative or ".." in parts or relative.startswith("/"):
+            raise TransferError(refusal)
+        return self._fusion / relative, refusal
+
+    def fetch_fusion(self, parsed: ParsedUrl, sink: Sink) -> None:
+        path, refusal = self._fusion_path(parsed)
+        fd = _read_fd(path, (self._fusion,), parsed.shown, refusal, f"no fusion file at {parsed.shown}")
+        _copy_in(fd, sink)
+
+    def store_fusion(self, source: Source, parsed: ParsedUrl) -> None:
+        path, refusal = self._fusion_path(parsed)
+        fd, target = _write_fd(path, (self._fusion,), parsed.shown, refusal, make_parents=True)
+        _copy_out(source, fd, target, parsed.shown)
+
+    # -- data: -----------------------------------------------------------------
+
+    @staticmethod
+    def fetch_data(parsed: ParsedUrl, sink: Sink) -> None:
+        """Inline content: only ``data:text/plain;base64,<content>``, as in Teaclave."""
+        body = parsed.raw.strip()[len("data:") :]
+        if not body.startswith(DATA_PREFIX):
+            raise TransferError(
+                f"unsupported data URL {parsed.shown}: only data:{DATA_PREFIX}<content> is accepted"
+            )
+        encoded = body[len(DATA_PREFIX) :]
+        sink.announce(len(encoded) // 4 * 3 - encoded[-2:].count("="))
+        try:
+            # Strict like Teaclave's decoder: alphabet, whole quads, padding only at the end.
+            if len(encoded) % 4 or len(encoded) - len(encoded.rstrip("=")) > 2:
+                raise ValueError("bad length or padding")
+            content = binascii.a2b_base64(encoded.encode("ascii"), strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise TransferError(f"data URL {parsed.shown} does not hold valid base64") from None
+        view = memoryview(content)
+        for start in range(0, len(view), CHUNK):
+            sink.write(view[start : start + CHUNK])

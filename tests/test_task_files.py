@@ -1,0 +1,462 @@
+"""A task's files around its function (kettle.executors.files): real files, real crypto, real agent.
+
+The function's view must only ever contain authenticated plaintext, outputs must
+leave encrypted under their owner's key with the tag reported in ``tags_map``,
+and every bad file must fail the task before the function runs, uploading nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from kettle import executors
+from kettle.config import FileAgentConfig
+from kettle.crypto.protected_file import ProtectedFileReader, ProtectedFileWriter
+from kettle.executors import run_staged_task
+from kettle.executors.files import DataPlane, TaskFileError, TaskFiles
+from kettle.file_agent import FileAgent
+from kettle.model.records import CryptoInfo, FileRecord, StagedTask, TaskResult
+
+VECTORS = Path("/work/shared/vectors/teaclave-file-128")
+
+K128 = bytes(range(16))
+K256 = bytes(range(32))
+IV = bytes(range(12))
+
+
+class World:
+    """A data owner's side (files under ``root``) and the node's side (``workdir``)."""
+
+    def __init__(self, tmp: Path, limit: int = 1 << 30) -> None:
+        self.root = tmp / "owners"
+        self.root.mkdir()
+        self.workdir = tmp / "work"
+        self.workdir.mkdir()
+        config = FileAgentConfig(allowed_schemes=("file",), file_roots=(str(self.root),), max_file_bytes=limit,
+                                 retries=0, retry_backoff_ms=1)
+        self.plane = DataPlane(FileAgent(config, tmp), self.workdir, limit)
+
+    def url(self, name: str) -> str:
+        return (self.root / name).as_uri()
+
+    def aes_input(self, name: str, plaintext: bytes, key: bytes = K128) -> FileRecord:
+        sealed = AESGCM(key).encrypt(IV, plaintext, bytes(8))
+        (self.root / name).write_bytes(sealed)
+        schema = "aes-gcm-256" if len(key) == 32 else "aes-gcm-128"
+        return FileRecord(str(uuid.uuid4()), self.url(name), CryptoInfo(schema, key, IV), ("alice",), sealed[-16:])
+
+    def protected_input(self, name: str, plaintext: bytes, key: bytes = K128, embedded: str | None = None) -> FileRecord:
+        with (self.root / name).open("w+b") as sink:
+            writer = ProtectedFileWriter(sink, key, embedded or name)
+            writer.write(plaintext)
+            cmac = writer.close()
+        return FileRecord(str(uuid.uuid4()), self.url(name), CryptoInfo("teaclave-file-128", key), ("alice",), cmac)
+
+    def raw_input(self, name: str, plaintext: bytes) -> FileRecord:
+        (self.root / name).write_bytes(plaintext)
+        return FileRecord(str(uuid.uuid4()), self.url(name), CryptoInfo("raw"), ("alice",), bytes(16))
+
+    def output(self, name: str, schema: str = "teaclave-file-128") -> FileRecord:
+        key = {"aes-gcm-128": K128, "aes-gcm-256": K256}.get(schema, K128)
+        iv = IV if schema.startswith("aes") else b""
+        return FileRecord(str(uuid.uuid4()), self.url(name), CryptoInfo(schema, key, iv), ("alice",))
+
+    def read_output(self, record: FileRecord) -> tuple[bytes, bytes]:
+        """(plaintext, cmac) of an uploaded output, read the way its owner would."""
+        path = self.root / record.url.rsplit("/", 1)[1]
+        info = record.crypto_info
+        if info.schema == "teaclave-file-128":
+            with path.open("rb") as source:
+                reader = ProtectedFileReader(source, info.key, path.name)
+                return reader.read(), reader.root_mac
+        data = path.read_bytes()
+        return AESGCM(info.key).decrypt(info.iv, data, bytes(8)), data[-16:]
+
+    def scratch_files(self) -> list[Path]:
+        return [p for p in self.workdir.rglob("*") if p.is_file()]
+
+
+def task(inputs: dict[str, FileRecord] | None = None, outputs: dict[str, FileRecord] | None = None,
+         name: str = "builtin-test-copy", arguments: Any = None) -> StagedTask:
+    return StagedTask(
+        task_id=str(uuid.uuid4()), function_id=str(uuid.uuid4()), user_id="alice", executor="builtin",
+        executor_type="builtin", function_name=name, function_arguments=json.dumps(arguments or {}),
+        function_payload=b"", input_data=inputs or {}, output_data=outputs or {},
+    )
+
+
+Function = Callable[[Any], str]
+
+
+@pytest.fixture
+def function(monkeypatch: pytest.MonkeyPatch) -> Callable[[Function], list[Any]]:
+    """Install ``body(runtime) -> summary`` as the built-in executor; returns the list of calls."""
+
+    def install(body: Function) -> list[Any]:
+        calls: list[Any] = []
+
+        def run(name: str, arguments: Any, payload: bytes, runtime: Any) -> str:
+            calls.append(runtime)
+            return body(runtime)
+
+        monkeypatch.setitem(executors.EXECUTORS, ("builtin", "builtin"), run)
+        return calls
+
+    return install
+
+
+def copy_input_to_output(runtime: Any) -> str:
+    with runtime.open_input("in") as source, runtime.create_output("out") as sink:
+        while chunk := source.read(1 << 16):
+            sink.write(chunk)
+    return "copied"
+
+
+# --- the round trip, per schema and size -------------------------------------------------
+
+
+SIZES = [0, 1, 3072, 3073, 200 * 1024, 5 << 20]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s}B")
+@pytest.mark.parametrize("schemas", [("teaclave-file-128", "teaclave-file-128"), ("aes-gcm-128", "aes-gcm-256"),
+                                     ("aes-gcm-256", "teaclave-file-128"), ("raw", "aes-gcm-128")],
+                         ids=lambda s: f"{s[0]}->{s[1]}")
+def test_input_to_output_round_trip(tmp_path: Path, function: Any, schemas: tuple[str, str], size: int) -> None:
+    world = World(tmp_path)
+    plaintext = os.urandom(size)
+    source_schema, output_schema = schemas
+    make = {"teaclave-file-128": world.protected_input, "aes-gcm-128": world.aes_input,
+            "aes-gcm-256": lambda n, p: world.aes_input(n, p, K256), "raw": world.raw_input}[source_schema]
+    inputs = {"in": make("in.enc", plaintext)}
+    out = world.output("out.enc", output_schema)
+    function(copy_input_to_output)
+    result = run_staged_task(task(inputs, {"out": out}), world.plane)
+    assert result.failure is None and result.outputs is not None
+    content, cmac = world.read_output(out)
+    assert content == plaintext
+    assert result.outputs.tags_map == {"out": cmac}
+    assert result.outputs.return_value == b"copied"
+
+
+def test_every_vector_reaches_the_function_as_its_plaintext(tmp_path: Path, function: Any) -> None:
+    world = World(tmp_path)
+    vectors = {
+        "psi0.txt.enc": (bytes(16), "92f686d4ac2ba6b4ffd93bc7ac5dbf58", "psi0.txt"),
+        "gen_empty.bin.enc": (K128, "c356d0635f1f9fa2508e0a4036a31b70", "gen_empty.bin"),
+        "gen_3072.bin.enc": (K128, "eac29161934560f5cca86e5ef1fb2bd4", "gen_3072.bin"),
+        "gen_3073.bin.enc": (K128, "296d72e09cc38bcc03738e1991cc08f7", "gen_3073.bin"),
+        "gen_200k.bin.enc": (K128, "ab4a12a67b8d2344a31664370d749137", "gen_200k.bin"),
+        "gen_mht1.bin.enc": (K128, "9f6f15432045c14bdd723f4320427530", "gen_mht1.bin"),
+    }
+    inputs = {}
+    for index, (name, (key, cmac, _)) in enumerate(vectors.items()):
+        (world.root / name).write_bytes((VECTORS / name).read_bytes())
+        inputs[f"v{index}"] = FileRecord(str(uuid.uuid4()), world.url(name), CryptoInfo("teaclave-file-128", key),
+                                         ("alice",), bytes.fromhex(cmac))
+
+    def digest_all(runtime: Any) -> str:
+        return json.dumps({n: hashlib.sha256(runtime.open_input(n).read()).hexdigest() for n in sorted(inputs)})
+
+    function(digest_all)
+    result = run_staged_task(task(inputs), world.plane)
+    assert result.outputs is not None, result.failure
+    seen = json.loads(result.outputs.return_value)
+    for index, (_, (_, _, plain)) in enumerate(vectors.items()):
+        assert seen[f"v{index}"] == hashlib.sha256((VECTORS / plain).read_bytes()).hexdigest()
+
+
+def test_a_64_mib_protected_output_reads_back(tmp_path: Path, function: Any) -> None:
+    world = World(tmp_path)
+    block = os.urandom(1 << 20)
+    out = world.output("big.enc")
+
+    def write_big(runtime: Any) -> str:
+        with runtime.create_output("big") as sink:
+            for _ in range(64):
+                sink.write(block)
+        return "done"
+
+    function(write_big)
+    result = run_staged_task(task(outputs={"big": out}), world.plane)
+    assert result.outputs is not None, result.failure
+    path = world.root / "big.enc"
+    with path.open("rb") as source:
+        reader = ProtectedFileReader(source, K128, "big.enc")
+        assert reader.size == 64 << 20 and reader.root_mac == result.outputs.tags_map["big"]
+        for index in range(64):
+            assert reader.read(1 << 20) == block, index
+
+
+def test_inputs_can_be_opened_again_from_the_start(tmp_path: Path, function: Any) -> None:
+    world = World(tmp_path)
+    inputs = {"a": world.aes_input("a.enc", b"alpha" * 1000), "p": world.protected_input("p.enc", b"beta" * 2000)}
+
+    def twice(runtime: Any) -> str:
+        for name in ("a", "p"):
+            first = runtime.open_input(name)
+            first.read(7)
+            assert runtime.open_input(name).read() == first.read(0) + runtime.open_input(name).read()
+        return "ok"
+
+    function(twice)
+    assert run_staged_task(task(inputs), world.plane).outputs is not None
+
+
+# --- refused before the function runs ----------------------------------------------------------
+
+
+def flip_bit(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def refused(world: World, function: Any, inputs: dict[str, FileRecord], outputs: dict[str, FileRecord] | None = None) -> str:
+    calls = function(lambda runtime: "ran")
+    result = run_staged_task(task(inputs, outputs), world.plane)
+    assert calls == [], "the function must not run"
+    assert result.outputs is None and result.failure is not None
+    assert world.scratch_files() == [], "nothing of a refused task stays in its working directory"
+    return result.failure
+
+
+@pytest.mark.parametrize("offset", [100, 4096 * 2 + 5, -1], ids=["metadata", "first-data-node", "last-node"])
+def test_a_flipped_bit_in_a_protected_file_is_refused(tmp_path: Path, function: Any, offset: int) -> None:
+    world = World(tmp_path)
+    record = world.protected_input("in.enc", os.urandom(300_000))
+    path = world.root / "in.enc"
+    flip_bit(path, offset if offset >= 0 else path.stat().st_size - 4096 + 10)
+    assert refused(world, function, {"in": record}) == f"Corrupted input file: {record.url}"
+
+
+def test_a_truncated_wrong_keyed_or_renamed_protected_file_is_refused(tmp_path: Path, function: Any) -> None:
+    world = World(tmp_path)
+    truncated = world.protected_input("t.enc", os.urandom(100_000))
+    path = world.root / "t.enc"
+    path.write_bytes(path.read_bytes()[:-4096])
+    assert refused(world, function, {"in": truncated}) == f"Corrupted input file: {truncated.url}"
+
+    good = world.protected_input("k.enc", b"secret")
+    wrong_key = FileRecord(good.uuid, good.url, CryptoInfo("teaclave-file-128", bytes(16)), good.owner, good.cmac)
+    assert refused(world, function, {"in": wrong_key}) == f"Corrupted input file: {good.url}"
+
+    renamed = world.protected_input("renamed.enc", b"secret", embedded="original.enc")
+    assert refused(world, function, {"in": renamed}) == f"Corrupted input file: {renamed.url}"
+
+    other_cmac = FileRecord(good.uuid, good.url, good.crypto_info, good.owner, bytes(16))
+    assert refused(world, function, {"in": other_cmac}) == f"Corrupted input file: {good.url}"
+
+
+def test_aes_gcm_tampering_wrong_cmac_and_short_files_are_refused(tmp_path: Path, function: Any) -> None:
+    world = World(tmp_path)
+    record = world.aes_input("a.enc", os.urandom(50_000))
+    flip_bit(world.root / "a.enc", 20_000)
+    assert refused(world, function, {"in": record}) == f"AesGcm128 File, invalid tag: {record.url}"
+
+    fresh = world.aes_input("b.enc", b"data", K256)
+    wrong = FileRecord(fresh.uuid, fresh.url, fresh.crypto_info, fresh.owner, bytes(16))
+    assert refused(world, function, {"in": wrong}) == f"AesGcm256 File, invalid tag: {fresh.url}"
+
+    (world.root / "short.enc").write_bytes(b"tiny")
+    short = FileRecord(str(uuid.uuid4()), world.url("short.enc"), CryptoInfo("aes-gcm-128", K128, IV), ("alice",), bytes(16))
+    assert refused(world, function, {"in": short}) == f"AesGcm128 File, invalid length: {short.url}"
+
+
+def test_one_bad_input_among_good_ones_fails_the_task_and_uploads_nothing(tmp_path: Path, function: Any) -> None:
+    world = World(tmp_path)
+    good = world.protected_input("good.enc", b"fine")
+    bad = world.aes_input("bad.enc", b"not fine")
+    flip_bit(world.root / "bad.enc", 0)
+    out = world.output("out.enc")
+    assert refused(world, function, {"a": good, "b": bad}, {"out": out}).startswith("AesGcm128 File, invalid tag")
+    assert not (world.root / "out.enc").exists()
+
+
+@pytest.mark.parametrize(("info", "reason"), [
+    (CryptoInfo("aes-gcm-128", b"short", IV), "Invalid key length for AesGcm128: 5"),
+    (CryptoInfo("aes-gcm-256", K128, IV), "Invalid key length for AesGcm256: 16"),
+    (CryptoInfo("aes-gcm-128", K128, b"iv"), "Invalid iv length for AesGcm128: 2"),
+    (CryptoInfo("teaclave-file-128", K128, IV), "IV is not empty for teaclave_file_128"),
+    (CryptoInfo("rot13"), "Invalid crypto schema: rot13"),
+])
+def test_malformed_crypto_info_fails_the_task(tmp_path: Path, function: Any, info: CryptoInfo, reason: str) -> None:
+    world = World(tmp_path)
+    world.raw_input("in.bin", b"x")
+    record = FileRecord(str(uuid.uuid4()), world.url("in.bin"), info, ("alice",), bytes(16))
+    assert refused(world, function, {"in": record}) == reason
+    out = FileRecord(str(uuid.uuid4()), world.url("o.enc"), info, ("alice",))
+    assert refused(world, function, {}, {"out": out}) == reason
+
+
+def test_unreachable_and_disallowed_urls_fail_the_task(tmp_path: Path, function: Any) -> None:
+    world = World(tmp_path)
+    missing = FileRecord(str(uuid.uuid4()), world.url("nowhere.enc"), CryptoInfo("raw"), ("alice",), bytes(16))
+    assert refused(world, function, {"in": missing}).startswith("Failed to fetch input in: ")
+    outside = FileRecord(str(uuid.uuid4()), "file:///etc/hostname", CryptoInfo("raw"), ("alice",), bytes(16))
+    reason = refused(world, function, {"in": outside})
+    assert reason.startswith("Failed to fetch input in: ") and "file_roots" in reason
+    ftp = FileRecord(str(uuid.uuid4()), "ftp://example.com/in.enc", CryptoInfo("raw"), ("alice",), bytes(16))
+    assert "URL scheme not allowed: ftp" in refused(world, function, {"in": ftp})
+    nameless = FileRecord(str(uuid.uuid4()), "https://example.com/", CryptoInfo("raw"), ("alice",), bytes(16))
+    assert "has no file name" in refused(world, function, {"in": nameless})
+
+
+def test_an_input_over_the_size_limit_fails_the_task(tmp_path: Path, function: Any) -> None:
+    world = World(tmp_path, limit=10_000)
+    record = world.raw_input("big.bin", bytes(10_001))
+    assert "larger than the limit of 10000 bytes" in refused(world, function, {"in": record})
+
+
+def test_a_raw_output_is_refused_before_anything_runs(tmp_path: Path, function: Any) -> None:
+    world = World(tmp_path)
+    out = FileRecord(str(uuid.uuid4()), world.url("o.bin"), CryptoInfo("raw"), ("alice",))
+    assert refused(world, function, {"in": world.raw_input("i.bin", b"x")}, {"out": out}) == "OutputFile: unsupported type"
+
+
+# --- outputs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("schema", "reason"), [
+    ("teaclave-file-128", "Convert teaclave_file: failed to open src file"),
+    ("aes-gcm-128", "Convert aes-gcm-128: failed to open src file"),
+    ("aes-gcm-256", "Convert aes-gcm-256: failed to open src file"),
+])
+def test_an_output_the_function_did_not_create_fails_the_task(tmp_path: Path, function: Any, schema: str, reason: str) -> None:
+    world = World(tmp_path)
+    made, missing = world.output("made.enc"), world.output("missing.enc", schema)
+
+    def only_one(runtime: Any) -> str:
+        runtime.create_output("made").write(b"x")
+        return "half"
+
+    function(only_one)
+    assert run_staged_task(task(outputs={"made": made, "missing": missing}), world.plane) == TaskResult(failure=reason)
+    assert not (world.root / "made.enc").exists(), "nothing is uploaded when the task fails"
+
+
+def test_a_failing_function_uploads_nothing_and_leaves_no_scratch(tmp_path: Path, function: Any) -> None:
+    world = World(tmp_path)
+    out = world.output("out.enc")
+
+    def fails_after_writing(runtime: Any) -> str:
+        runtime.create_output("out").write(b"partial")
+        raise RuntimeError("boom")
+
+    function(fails_after_writing)
+    result = run_staged_task(task({"in": world.aes_input("in.enc", b"x")}, {"out": out}), world.plane)
+    assert result == TaskResult(failure="RuntimeError: boom")
+    assert not (world.root / "out.enc").exists()
+    assert [p for p in world.scratch_files() if "staged" in p.parent.name] == []
+
+
+def test_outputs_left_open_are_flushed_and_recreating_truncates(tmp_path: Path, function: Any) -> None:
+    world = World(tmp_path)
+    first, second = world.output("one.enc", "aes-gcm-128"), world.output("two.enc")
+
+    def sloppy(runtime: Any) -> str:
+        runtime.create_output("one").write(b"discarded")
+        runtime.create_output("one").write(b"kept")  # created again: starts over
+        runtime.create_output("two").write(b"never closed by the function")
+        return "ok"
+
+    function(sloppy)
+    result = run_staged_task(task(outputs={"one": first, "two": second}), world.plane)
+    assert result.outputs is not None, result.failure
+    assert world.read_output(first) == (b"kept", result.outputs.tags_map["one"])
+    assert world.read_output(second) == (b"never closed by the function", result.outputs.tags_map["two"])
+
+
+def test_an_output_over_the_size_limit_fails_even_if_the_function_swallows_the_error(tmp_path: Path, function: Any) -> None:
+    world = World(tmp_path, limit=1000)
+    out = world.output("out.enc")
+
+    def greedy(runtime: Any) -> str:
+        sink = runtime.create_output("out")
+        try:
+            sink.write(bytes(5000))
+            sink.flush()
+        except Exception:  # noqa: BLE001 - the point: the platform must not rely on the function
+            pass
+        return "ok"
+
+    function(greedy)
+    result = run_staged_task(task(outputs={"out": out}), world.plane)
+    assert result.failure == "output out is larger than the limit of 1000 bytes"
+    assert not (world.root / "out.enc").exists()
+
+
+def test_an_existing_upload_target_is_never_overwritten(tmp_path: Path, function: Any) -> None:
+    world = World(tmp_path)
+    out = world.output("taken.enc")
+    (world.root / "taken.enc").write_bytes(b"someone else's")
+    function(lambda runtime: runtime.create_output("out").write(b"x") and "ok")
+    result = run_staged_task(task(outputs={"out": out}), world.plane)
+    assert result.failure is not None and result.failure.startswith("Failed to upload output out: ")
+    assert (world.root / "taken.enc").read_bytes() == b"someone else's"
+
+
+def test_unknown_file_names_get_the_reference_texts(tmp_path: Path, function: Any) -> None:
+    world = World(tmp_path)
+    function(lambda runtime: runtime.open_input("nope") and "")
+    assert run_staged_task(task(), world.plane).failure == "Invalid input file identifier."
+    function(lambda runtime: runtime.create_output("nope") and "")
+    assert run_staged_task(task(), world.plane).failure == "Invalid output file identifier"
+
+
+# --- no plaintext at rest ----------------------------------------------------------------------
+
+
+def test_staged_inputs_hold_no_plaintext_and_are_removed_after_the_task(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    marker = b"THE-OWNERS-SECRET-" * 4000
+    staged = task({"a": world.aes_input("a.enc", marker), "p": world.protected_input("p.enc", marker)},
+                  {"o": world.output("o.enc", "aes-gcm-256")})
+    files = TaskFiles(staged, world.plane)
+    try:
+        files.prepare(staged)
+        assert files.open_input("a").read() == marker and files.open_input("p").read() == marker
+        with files.create_output("o") as sink:
+            sink.write(marker)
+        on_disk = b"".join(p.read_bytes() for p in world.scratch_files())
+        assert b"THE-OWNERS-SECRET" not in on_disk
+        assert any("staged" in p.parent.name for p in world.scratch_files())
+    finally:
+        files.close()
+    assert not [p for p in world.scratch_files() if "staged" in p.parent.name]
+    with pytest.raises(ValueError, match="deleted"):
+        files.open_input("a")
+
+
+def test_a_task_without_files_needs_no_agent() -> None:
+    files = TaskFiles(task(), None)
+    files.prepare(task())
+    assert files.finish() == {}
+    with pytest.raises(TaskFileError):
+        TaskFiles(task(outputs={"o": FileRecord("u", "file:///x", CryptoInfo("raw"), ("a",))}), None)
+
+
+def test_inline_data_inputs_are_bound_to_the_name_data(tmp_path: Path, function: Any) -> None:
+    import base64
+
+    world = World(tmp_path)
+    config = FileAgentConfig(allowed_schemes=("file", "data"), file_roots=(str(world.root),), retries=0)
+    plane = DataPlane(FileAgent(config, tmp_path), world.workdir, 1 << 20)
+    sink = io.BytesIO()
+    writer = ProtectedFileWriter(sink, K128, "data")
+    writer.write(b"inline secret")
+    cmac = writer.close()
+    url = "data:text/plain;base64," + base64.b64encode(sink.getvalue()).decode()
+    record = FileRecord(str(uuid.uuid4()), url, CryptoInfo("teaclave-file-128", K128), ("alice",), cmac)
+    function(lambda runtime: runtime.open_input("in").read().decode())
+    assert run_staged_task(task({"in": record}), plane).outputs.return_value == b"inline secret"  # type: ignore[union-attr]
