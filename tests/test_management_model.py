@@ -35,12 +35,11 @@ from kettle.model.records import (
 )
 from kettle.model.users import Role
 
-UNKNOWN, INVALID, DENIED, INTERNAL, UNIMPLEMENTED = (
+UNKNOWN, INVALID, DENIED, INTERNAL = (
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNIMPLEMENTED,
 )
 
 FN_UUID = "11111111-1111-4111-8111-111111111111"
@@ -539,13 +538,22 @@ class TestAssignData:
     def test_participation_before_state(self) -> None:
         refused(lambda: T.assign_data(at(SOLO, TaskStatus.FINISHED), ADMIN, [], []), DENIED, "permission denied")
 
-    @pytest.mark.parametrize(("inputs", "outputs"), [([("in1", "input-x")], []), ([], [("out1", "output-x")])])
-    def test_files_wait_for_the_data_plane(self, inputs: list[Any], outputs: list[Any]) -> None:
-        refused(lambda: T.assign_data(WITH_FILES, ALICE, inputs, outputs), UNIMPLEMENTED,
-                "data files are not available yet: they arrive with the data plane")
+    def test_files_complete_the_data(self) -> None:
+        """The full rules are in test_data_model.py; here: files move the state machine."""
+        mine = replace(file_record(IN_UUID), uuid=IN_UUID)
+        theirs = replace(file_record(OUT_UUID), uuid=OUT_UUID, owner=("bob",))
+        half = T.assign_data(WITH_FILES, ALICE, [("in1", f"input-{IN_UUID}")], [], {IN_UUID: mine})
+        assert (half.status, half.assigned_inputs) == (TaskStatus.CREATED, {"in1": mine})
+        full = T.assign_data(half, BOB_OWNER, [], [("out1", f"output-{OUT_UUID}")], {}, {OUT_UUID: theirs})
+        assert (full.status, full.assigned_outputs) == (TaskStatus.DATA_ASSIGNED, {"out1": theirs})
         # ... but the state check comes first
-        refused(lambda: T.assign_data(at(WITH_FILES, TaskStatus.APPROVED), ALICE, inputs, outputs), UNKNOWN,
-                "failed to assign data to task")
+        refused(lambda: T.assign_data(at(WITH_FILES, TaskStatus.APPROVED), ALICE, [("in1", "input-x")], []),
+                UNKNOWN, "failed to assign data to task")
+
+
+IN_UUID = "33333333-3333-4333-8333-333333333333"
+OUT_UUID = "44444444-4444-4444-8444-444444444444"
+BOB_OWNER = caller("bob", "DataOwner-bank")
 
 
 class TestApproveTask:

@@ -25,16 +25,21 @@ from kettle.model.functions import UsageRecord
 from kettle.model.records import (
     STAGED_SIGNAL_KEY,
     STAGED_TASK_QUEUE,
+    CryptoInfo,
+    FileRecord,
     StagedTask,
     TaskOutputs,
     TaskRecord,
     TaskResult,
     TaskStatus,
     cancel_request_key,
+    input_key,
+    output_key,
     task_key,
     usage_key,
 )
 from kettle.rpc.generated import kettle_management_pb2 as mpb
+from kettle.rpc.generated import teaclave_common_pb2 as common_pb
 from kettle.rpc.generated import teaclave_frontend_service_pb2 as fpb
 from kettle.rpc.generated.kettle_management_pb2_grpc import KettleManagementStub
 from kettle.services.management.service import KettleManagementServicer
@@ -49,7 +54,6 @@ ALICE: User = ("alice", "DataOwner-bank")
 BOB: User = ("bob", "DataOwner-bank")
 CAROL: User = ("carol", "DataOwner-hospital")
 
-DATA_PLANE = "data files are not available yet: they arrive with the data plane"
 UNKNOWN_UUID = "0b0b0b0b-0b0b-4b0b-8b0b-0b0b0b0b0b0b"
 
 
@@ -492,7 +496,7 @@ def test_bad_inputs_are_refused_cleanly_and_change_nothing(platform: Platform) -
                         "permission denied", BOB)
         await h.refused("AssignData", fpb.AssignDataRequest(
             task_id=tid, inputs=[fpb.DataMap(data_name="in", data_id=f"input-{UNKNOWN_UUID}")]),
-            grpc.StatusCode.UNIMPLEMENTED, DATA_PLANE)
+            grpc.StatusCode.INVALID_ARGUMENT, "invalid data id")
         await h.refused("UpdateFunction", fpb.UpdateFunctionRequest(function_id=fid, executor_type="nope"),
                         grpc.StatusCode.PERMISSION_DENIED, "permission denied", FO2)
         await h.refused("UpdateFunction", fpb.UpdateFunctionRequest(function_id=fid, executor_type="nope"),
@@ -530,19 +534,104 @@ def test_garbage_request_bytes(platform: Platform) -> None:
     run(platform, body)
 
 
-def test_file_rpcs_wait_for_the_data_plane(platform: Platform) -> None:
+def test_file_records_in_storage(platform: Platform) -> None:
+    """What the data-file RPCs store: ``input-<uuid>`` / ``output-<uuid>`` records, new ones
+    create-only, updates as new records, derived inputs under the output's UUID; the
+    errors only a direct caller can provoke (no crypto_info at all)."""
+    gcm = common_pb.FileCryptoInfo(schema="aes-gcm-128", key=bytes(16), iv=bytes(12))
+    cmac = bytes(range(16))
+    invalid, internal = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL
+
     async def body(h: Harness) -> None:
-        for rpc, request in [
-            ("RegisterInputFile", fpb.RegisterInputFileRequest(url="file:///x", cmac=b"\0" * 16)),
-            ("RegisterOutputFile", fpb.RegisterOutputFileRequest(url="file:///x")),
-            ("UpdateInputFile", fpb.UpdateInputFileRequest(data_id=f"input-{UNKNOWN_UUID}", url="file:///y")),
-            ("UpdateOutputFile", fpb.UpdateOutputFileRequest(data_id=f"output-{UNKNOWN_UUID}", url="file:///y")),
-            ("RegisterFusionOutput", fpb.RegisterFusionOutputRequest(owner_list=["alice", "bob"])),
-            ("RegisterInputFromOutput", fpb.RegisterInputFromOutputRequest(data_id=f"output-{UNKNOWN_UUID}")),
-            ("GetInputFile", fpb.GetInputFileRequest(data_id=f"input-{UNKNOWN_UUID}")),
-            ("GetOutputFile", fpb.GetOutputFileRequest(data_id=f"output-{UNKNOWN_UUID}")),
-        ]:
-            await h.refused(rpc, request, grpc.StatusCode.UNIMPLEMENTED, DATA_PLANE, ADMIN)
+        input_id = (await h.call("RegisterInputFile", fpb.RegisterInputFileRequest(
+            url="https://files.example/in.enc", cmac=cmac, crypto_info=gcm))).data_id
+        stored = FileRecord.from_bytes(await h.raw(input_key(bare(input_id))) or b"")
+        assert stored == FileRecord(bare(input_id), "https://files.example/in.enc",
+                                    CryptoInfo("aes-gcm-128", bytes(16), bytes(12)), ("alice",), cmac)
+
+        output_id = (await h.call("RegisterOutputFile", fpb.RegisterOutputFileRequest(
+            url="https://files.example/out.enc", crypto_info=gcm))).data_id
+        assert FileRecord.from_bytes(await h.raw(output_key(bare(output_id))) or b"").cmac is None
+
+        # absent crypto_info (the SDKs always send one)
+        await h.refused("RegisterInputFile", fpb.RegisterInputFileRequest(url="file:///x", cmac=cmac), internal,
+                        "missing crypto_info")
+        await h.refused("RegisterOutputFile", fpb.RegisterOutputFileRequest(url="file:///x"), internal,
+                        "missing crypto_info")
+
+        # updates are new records; the old ones stay as they were
+        before = await h.raw(input_key(bare(input_id)))
+        updated = (await h.call("UpdateInputFile", fpb.UpdateInputFileRequest(data_id=input_id, url="file:///new"))).data_id
+        assert updated != input_id and await h.raw(input_key(bare(input_id))) == before
+        assert FileRecord.from_bytes(await h.raw(input_key(bare(updated))) or b"").url == "file:///new"
+
+        # the scheduler records an output's cmac; then the output can become an input of the same UUID
+        await h.refused("RegisterInputFromOutput", fpb.RegisterInputFromOutputRequest(data_id=output_id), invalid,
+                        "invalid output file")
+        written = replace(FileRecord.from_bytes(await h.raw(output_key(bare(output_id))) or b""), cmac=cmac)
+        await h.store.put(output_key(bare(output_id)), written.to_bytes())
+        derived = (await h.call("RegisterInputFromOutput", fpb.RegisterInputFromOutputRequest(data_id=output_id))).data_id
+        assert derived == "input-" + bare(output_id)
+        raw = await h.raw(input_key(bare(output_id)))
+        assert FileRecord.from_bytes(raw or b"") == written
+        again = await h.call("RegisterInputFromOutput", fpb.RegisterInputFromOutputRequest(data_id=output_id))
+        assert again.data_id == derived and await h.raw(input_key(bare(output_id))) == raw
+
+        # a different input already under that UUID (a collision) is never overwritten
+        other = await h.call("RegisterOutputFile", fpb.RegisterOutputFileRequest(url="file:///o2", crypto_info=gcm))
+        finished = replace(FileRecord.from_bytes(await h.raw(output_key(bare(other.data_id))) or b""), cmac=cmac)
+        await h.store.put(output_key(finished.uuid), finished.to_bytes())
+        squatter = replace(finished, url="file:///someone-else")
+        await h.store.put(input_key(finished.uuid), squatter.to_bytes())
+        await h.refused("RegisterInputFromOutput", fpb.RegisterInputFromOutputRequest(data_id=other.data_id),
+                        internal, "service internal error")
+        assert FileRecord.from_bytes(await h.raw(input_key(finished.uuid)) or b"") == squatter
+
+        # a corrupt record is INTERNAL "service internal error", never a crash
+        await h.store.put(input_key(UNKNOWN_UUID), b"{not json")
+        await h.refused("GetInputFile", fpb.GetInputFileRequest(data_id=f"input-{UNKNOWN_UUID}"), internal,
+                        "service internal error")
+        await h.store.delete(input_key(UNKNOWN_UUID))
+
+        # management refuses callers without metadata, as for every RPC
+        await h.refused("GetInputFile", fpb.GetInputFileRequest(data_id=input_id), grpc.StatusCode.UNKNOWN,
+                        "missing user id", None)
+
+    run(platform, body)
+
+
+def test_assigned_files_reach_the_staged_task(platform: Platform) -> None:
+    """AssignData stores snapshots of the file records; InvokeTask stages exactly those."""
+    gcm = common_pb.FileCryptoInfo(schema="aes-gcm-128", key=bytes(16), iv=bytes(12))
+
+    async def body(h: Harness) -> None:
+        fid = await h.register(inputs=[fpb.FunctionInput(name="data")], outputs=[fpb.FunctionOutput(name="result")])
+        tid = (await h.call("CreateTask", fpb.CreateTaskRequest(
+            function_id=fid, function_arguments='{"message": "x"}', executor="builtin",
+            inputs_ownership=[fpb.OwnerList(data_name="data", uids=["alice"])],
+            outputs_ownership=[fpb.OwnerList(data_name="result", uids=["bob"])]))).task_id
+        data = (await h.call("RegisterInputFile", fpb.RegisterInputFileRequest(
+            url="file:///in.enc", cmac=bytes(16), crypto_info=gcm))).data_id
+        result = (await h.call("RegisterOutputFile", fpb.RegisterOutputFileRequest(
+            url="file:///out.enc", crypto_info=gcm), BOB)).data_id
+        await h.call("AssignData", fpb.AssignDataRequest(task_id=tid, inputs=[fpb.DataMap(data_name="data", data_id=data)]))
+        # bob is a participant (an output owner): he assigns his output
+        await h.call("AssignData", fpb.AssignDataRequest(
+            task_id=tid, outputs=[fpb.DataMap(data_name="result", data_id=result)]), BOB)
+        task = await h.task(tid)
+        assert (task.status, [(m.data_name, m.data_id) for m in task.assigned_inputs],
+                [(m.data_name, m.data_id) for m in task.assigned_outputs]) == (
+            1, [("data", data)], [("result", result)])
+        input_record = FileRecord.from_bytes(await h.raw(input_key(bare(data))) or b"")
+        output_record = FileRecord.from_bytes(await h.raw(output_key(bare(result))) or b"")
+        stored = TaskRecord.from_bytes(await h.raw(task_key(bare(tid))) or b"")
+        assert (stored.assigned_inputs, stored.assigned_outputs) == ({"data": input_record}, {"result": output_record})
+
+        await h.call("ApproveTask", fpb.ApproveTaskRequest(task_id=tid))
+        await h.call("ApproveTask", fpb.ApproveTaskRequest(task_id=tid), BOB)
+        await h.call("InvokeTask", fpb.InvokeTaskRequest(task_id=tid))
+        [staged] = await h.drain_staged()
+        assert (staged.input_data, staged.output_data) == ({"data": input_record}, {"result": output_record})
 
     run(platform, body)
 

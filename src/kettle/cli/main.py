@@ -313,10 +313,12 @@ def user_list(
             out.print(user_id, highlight=False)
 
 
+from .data import app as data_app  # noqa: E402
 from .files import app as file_app  # noqa: E402
 from .functions import app as function_app  # noqa: E402  (at the end: they import from this module)
 from .tasks import app as task_app  # noqa: E402
 
 app.add_typer(function_app, name="function")
+app.add_typer(data_app, name="data")
 app.add_typer(task_app, name="task")
 app.add_typer(file_app, name="file")

@@ -7,19 +7,19 @@ Appendix B, checking in the order the spec fixes. The servicer applies these
 inside the storage compare-and-put loop, so they must stay free of I/O and
 side effects: a transition may be evaluated more than once.
 
-Data files arrive with the data plane; until then AssignData accepts only empty
-lists (which can still move a task without files from Created to DataAssigned).
+AssignData takes the file records the servicer read beforehand (file records
+never change except an output's cmac, set once by the scheduler) and stores
+snapshot copies of them in the task; the per-file rules are in
+:mod:`kettle.model.files`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
-
-import grpc
 
 from ..errors import InternalError, InvalidArgument, KettleError, PermissionDenied
 from .functions import (
@@ -34,15 +34,15 @@ from .functions import (
     check_quota,
     shown,
 )
+from .files import assigned_file_id, check_assignable
 from .ids import Kind, parse_external_id
-from .records import FunctionRecord, StagedTask, TaskRecord, TaskResult, TaskStatus
+from .records import FileRecord, FunctionRecord, StagedTask, TaskRecord, TaskResult, TaskStatus
 
 __all__ = [
     "APPROVE_FAILED",
     "ASSIGN_FAILED",
     "CANCELED_REASON",
     "CANCEL_FAILED",
-    "DATA_PLANE_UNAVAILABLE",
     "EXECUTORS",
     "INVALID_TASK",
     "INVALID_TASK_ID",
@@ -54,11 +54,12 @@ __all__ = [
     "build_staged_task",
     "cancel_task",
     "check_invoker",
+    "check_may_assign",
     "check_may_read_task",
     "check_participant",
     "create_task",
     "data_complete",
-    "data_plane_unavailable",
+    "files_to_read",
     "invoke_task",
     "merge_arguments",
     "ownership_map",
@@ -76,23 +77,12 @@ APPROVE_FAILED = "failed to approve task"
 INVOKE_FAILED = "failed to invoke task"
 CANCEL_FAILED = "failed to cancel task, reason: task has already been canceled"
 CANCELED_REASON = "Task canceled"
-DATA_PLANE_UNAVAILABLE = "data files are not available yet: they arrive with the data plane"
 
 EXECUTORS = ("mesapy", "builtin", "wamr")
 """The task's ``executor`` strings, exact (§6.2 step 3)."""
 
 _PRE_STAGED = (TaskStatus.CREATED, TaskStatus.DATA_ASSIGNED, TaskStatus.APPROVED)
 _IN_SCHEDULER = (TaskStatus.STAGED, TaskStatus.RUNNING)
-
-
-def data_plane_unavailable() -> KettleError:
-    """UNIMPLEMENTED for everything that needs data files, until the data plane lands.
-
-    A plain KettleError with its code set, rather than a new class, because the
-    condition is temporary and nothing should catch it specifically."""
-    error = KettleError(DATA_PLANE_UNAVAILABLE)
-    error.code = grpc.StatusCode.UNIMPLEMENTED
-    return error
 
 
 @dataclass(frozen=True)
@@ -270,22 +260,87 @@ def check_may_read_task(task: TaskRecord | None, caller: Caller) -> TaskRecord:
 # --- transitions ----------------------------------------------------------------------------------
 
 
-def assign_data(
-    task: TaskRecord,
-    caller: Caller,
-    inputs: Sequence[tuple[str, str]],
-    outputs: Sequence[tuple[str, str]],
-) -> TaskRecord:
-    """§6.3: participant → status Created → (files: not yet) → DataAssigned when complete.
-
-    An AssignData with empty lists is legal and advances a task whose data is
-    complete (a task without files) to DataAssigned."""
+def check_may_assign(task: TaskRecord, caller: Caller) -> TaskRecord:
+    """§6.3 steps 2–3: a participant, and the task still Created."""
     check_participant(task, caller)
     if task.status != TaskStatus.CREATED:
         raise KettleError(ASSIGN_FAILED)
-    if inputs or outputs:
-        raise data_plane_unavailable()
-    return replace(task, status=TaskStatus.DATA_ASSIGNED) if data_complete(task) else task
+    return task
+
+
+Entries = Sequence[tuple[str, str]]
+"""(data name, data ID) pairs of an AssignData request, in request order."""
+
+
+def _reachable(entries: Entries, ownership: dict[str, tuple[str, ...]], kind: Kind) -> list[str]:
+    """Bare UUIDs of the ``kind`` files AssignData may have to look at.
+
+    Each accepted entry fills a distinct declared name, so the entry after the
+    first ``len(ownership)`` ones always fails: nothing after it is ever reached."""
+    bares: list[str] = []
+    for _, data_id in entries[: len(ownership) + 1]:
+        try:
+            bare = assigned_file_id(data_id, kind)
+        except KettleError:
+            continue
+        if bare is not None and bare not in bares:
+            bares.append(bare)
+    return bares
+
+
+def files_to_read(task: TaskRecord, inputs: Entries, outputs: Entries) -> tuple[list[str], list[str]]:
+    """(input UUIDs, output UUIDs) whose records :func:`assign_data` needs; a bounded
+    number however long the request's lists are. Depends only on the ownership maps,
+    which never change, so it may be computed on an older copy of the task."""
+    return (
+        _reachable(inputs, task.inputs_ownership, Kind.INPUT),
+        _reachable(outputs, task.outputs_ownership, Kind.OUTPUT),
+    )
+
+
+def _assign(
+    task: TaskRecord,
+    caller: Caller,
+    entries: Entries,
+    kind: Kind,
+    files: Mapping[str, FileRecord],
+) -> dict[str, FileRecord]:
+    output = kind is Kind.OUTPUT
+    ownership = task.outputs_ownership if output else task.inputs_ownership
+    assigned = dict(task.assigned_outputs if output else task.assigned_inputs)
+    bares = [assigned_file_id(data_id, kind) for _, data_id in entries]  # step 4: all parsed first
+    for (name, _), bare in zip(entries, bares, strict=True):
+        record = None if bare is None else files.get(bare)
+        assigned[name] = check_assignable(record, caller, name, ownership, assigned, output=output)
+    return assigned
+
+
+def assign_data(
+    task: TaskRecord,
+    caller: Caller,
+    inputs: Entries,
+    outputs: Entries,
+    input_files: Mapping[str, FileRecord] | None = None,
+    output_files: Mapping[str, FileRecord] | None = None,
+) -> TaskRecord:
+    """§6.3, all or nothing: participant → status Created → every input entry (IDs
+    parsed first: INTERNAL; then "invalid data id" / PERMISSION_DENIED per entry, in
+    order) → the same for outputs → DataAssigned once every declared name has a file.
+
+    ``input_files`` / ``output_files`` are the stored records by bare UUID (as read
+    for :func:`files_to_read`); a missing one is an unknown file. The task keeps
+    snapshot copies. An AssignData with empty lists is legal and advances a task
+    whose data is complete (a task without files) to DataAssigned."""
+    check_may_assign(task, caller)
+    assigned_inputs = _assign(task, caller, inputs, Kind.INPUT, input_files or {})
+    assigned_outputs = _assign(task, caller, outputs, Kind.OUTPUT, output_files or {})
+    updated = replace(task, assigned_inputs=assigned_inputs, assigned_outputs=assigned_outputs)
+    if data_complete(updated):
+        updated = replace(updated, status=TaskStatus.DATA_ASSIGNED)
+    size = len(updated.to_bytes())
+    if size > MAX_RECORD_BYTES:
+        raise InvalidArgument(f"task is too large to store ({size} bytes encoded, at most {MAX_RECORD_BYTES})")
+    return updated
 
 
 def approve_task(task: TaskRecord, caller: Caller) -> TaskRecord:

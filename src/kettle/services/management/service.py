@@ -1,12 +1,14 @@
-"""The management service (internal port 17777): functions, tasks, audit logs.
+"""The management service (internal port 17777): functions, data files, tasks, audit logs.
 
 A thin adapter. It reads the caller from the ``id``/``role`` metadata the
 frontend forwards, turns protobuf messages into model values, lets
-:mod:`kettle.model.functions` and :mod:`kettle.model.tasks` decide, and does the
-storage round trips. Task records are also written by the scheduler, so every
-task change is a compare-and-put (:meth:`PlatformStore.update_task`); function,
-usage and index records get the same treatment because two frontend calls can
-race on them too.
+:mod:`kettle.model.functions`, :mod:`kettle.model.files` and
+:mod:`kettle.model.tasks` decide, and does the storage round trips. Task
+records are also written by the scheduler, so every task change is a
+compare-and-put (:meth:`PlatformStore.update_task`); function, usage and index
+records get the same treatment because two frontend calls can race on them too.
+New task and file records are written create-only, so a UUID collision can
+never overwrite someone's record.
 
 Invoked tasks become self-contained staged tasks on the storage queue
 ``staged-task``; a fresh value under ``staged-task-signal`` wakes the scheduler.
@@ -18,6 +20,7 @@ import asyncio
 import functools
 import logging
 import os
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,6 +28,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from ...config import Config
+from ...crypto.schemas import FileCryptoError
 from ...errors import (
     InternalError,
     InvalidArgument,
@@ -32,6 +36,7 @@ from ...errors import (
     PermissionDenied,
     StorageError,
 )
+from ...model import files as file_rules
 from ...model import functions as fn_rules
 from ...model import tasks as task_rules
 from ...model.functions import Caller, FunctionDefinition, FunctionIndex, UsageRecord
@@ -39,6 +44,8 @@ from ...model.ids import Kind, external_id, new_uuid
 from ...model.records import (
     STAGED_SIGNAL_KEY,
     STAGED_TASK_QUEUE,
+    CryptoInfo,
+    FileRecord,
     FunctionArgument,
     FunctionFile,
     FunctionRecord,
@@ -47,6 +54,8 @@ from ...model.records import (
     TaskResult,
     cancel_request_key,
     function_key,
+    input_key,
+    output_key,
     task_key,
     usage_key,
     user_index_key,
@@ -81,6 +90,10 @@ def management_rpc(method: Handler) -> Handler:
         except StorageError as exc:
             log.error("%s: %s", method.__name__, exc)
             raise InternalError(INTERNAL_ERROR_TEXT) from None
+        except FileCryptoError as exc:
+            # The model turns these into INTERNAL itself; this is the safety net, so a
+            # crypto-info text never degrades to "service internal error".
+            raise InternalError(str(exc)) from None
 
     return rpc_method(run)
 
@@ -149,6 +162,14 @@ def function_response(function: FunctionRecord) -> fpb.GetFunctionResponse:
         ],
         user_allowlist=list(function.user_allowlist),
     )
+
+
+def crypto_info_of(request: fpb.RegisterInputFileRequest | fpb.RegisterOutputFileRequest) -> CryptoInfo | None:
+    """The request's crypto info, None when the field is absent ("missing crypto_info")."""
+    if not request.HasField("crypto_info"):
+        return None
+    info = request.crypto_info
+    return CryptoInfo(info.schema, bytes(info.key), bytes(info.iv))
 
 
 def task_definition(request: fpb.CreateTaskRequest) -> task_rules.TaskDefinition:
@@ -410,15 +431,28 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
 
     @management_rpc
     async def AssignData(self, request: fpb.AssignDataRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        """§6.3. The file records are read first, then the task changes by compare-and-put
+        with snapshot copies of them; any refusal stores nothing."""
         caller = caller_of(context)
         bare = task_rules.parse_task_id(request.task_id)
-        await self._get_task(bare)
+        task = task_rules.check_may_assign(await self._get_task(bare), caller)
         inputs = [(m.data_name, m.data_id) for m in request.inputs]
         outputs = [(m.data_name, m.data_id) for m in request.outputs]
-        await self._store.update_task(
-            task_key(bare), lambda task: _unless_same(task, task_rules.assign_data(task, caller, inputs, outputs))
-        )
+        input_ids, output_ids = task_rules.files_to_read(task, inputs, outputs)
+        input_files = await self._read_files(input_key, input_ids)
+        output_files = await self._read_files(output_key, output_ids)
+
+        def assign(current: TaskRecord) -> TaskRecord:
+            return _unless_same(
+                current, task_rules.assign_data(current, caller, inputs, outputs, input_files, output_files)
+            )
+
+        await self._store.update_task(task_key(bare), assign)
         return empty_pb2.Empty()
+
+    async def _read_files(self, key: Callable[[str], bytes], bares: list[str]) -> dict[str, FileRecord]:
+        records = await asyncio.gather(*(self._store.get_file(key(b)) for b in bares))
+        return {b: r for b, r in zip(bares, records, strict=True) if r is not None}
 
     @management_rpc
     async def ApproveTask(
@@ -531,43 +565,105 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
             await self._store.put(cancel_request_key(bare), b"")
         return empty_pb2.Empty()
 
-    # --- data files: not in this release ---
+    # --- data files ---
 
-    async def _no_data_plane(self, context: grpc.aio.ServicerContext) -> Any:
-        caller_of(context)
-        raise task_rules.data_plane_unavailable()
+    async def _create_file(self, key: bytes, record: FileRecord) -> None:
+        """Create-only: a UUID v4 collision must never overwrite someone's file."""
+        applied, _ = await self._store.compare_and_put(key, None, record.to_bytes())
+        if not applied:
+            raise InternalError(INTERNAL_ERROR_TEXT)
 
-    @management_rpc
-    async def RegisterInputFile(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._no_data_plane(context)
+    async def _get_input(self, data_id: str) -> FileRecord | None:
+        return await self._store.get_file(input_key(file_rules.parse_data_id(data_id, Kind.INPUT)))
 
-    @management_rpc
-    async def RegisterOutputFile(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._no_data_plane(context)
-
-    @management_rpc
-    async def UpdateInputFile(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._no_data_plane(context)
+    async def _get_output(self, data_id: str) -> FileRecord | None:
+        return await self._store.get_file(output_key(file_rules.parse_data_id(data_id, Kind.OUTPUT)))
 
     @management_rpc
-    async def UpdateOutputFile(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._no_data_plane(context)
+    async def RegisterInputFile(
+        self, request: fpb.RegisterInputFileRequest, context: grpc.aio.ServicerContext
+    ) -> fpb.RegisterInputFileResponse:
+        caller = caller_of(context)
+        record = file_rules.register_input_file(caller, request.url, request.cmac, crypto_info_of(request), new_uuid())
+        await self._create_file(input_key(record.uuid), record)
+        return fpb.RegisterInputFileResponse(data_id=external_id(Kind.INPUT, record.uuid))
 
     @management_rpc
-    async def RegisterFusionOutput(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._no_data_plane(context)
+    async def RegisterOutputFile(
+        self, request: fpb.RegisterOutputFileRequest, context: grpc.aio.ServicerContext
+    ) -> fpb.RegisterOutputFileResponse:
+        caller = caller_of(context)
+        record = file_rules.register_output_file(caller, request.url, crypto_info_of(request), new_uuid())
+        await self._create_file(output_key(record.uuid), record)
+        return fpb.RegisterOutputFileResponse(data_id=external_id(Kind.OUTPUT, record.uuid))
 
     @management_rpc
-    async def RegisterInputFromOutput(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._no_data_plane(context)
+    async def UpdateInputFile(
+        self, request: fpb.UpdateInputFileRequest, context: grpc.aio.ServicerContext
+    ) -> fpb.UpdateInputFileResponse:
+        caller = caller_of(context)
+        old = await self._get_input(request.data_id)
+        record = file_rules.update_file(old, caller, request.url, new_uuid(), output=False)
+        await self._create_file(input_key(record.uuid), record)
+        return fpb.UpdateInputFileResponse(data_id=external_id(Kind.INPUT, record.uuid))
 
     @management_rpc
-    async def GetInputFile(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._no_data_plane(context)
+    async def UpdateOutputFile(
+        self, request: fpb.UpdateOutputFileRequest, context: grpc.aio.ServicerContext
+    ) -> fpb.UpdateOutputFileResponse:
+        caller = caller_of(context)
+        old = await self._get_output(request.data_id)
+        record = file_rules.update_file(old, caller, request.url, new_uuid(), output=True)
+        await self._create_file(output_key(record.uuid), record)
+        return fpb.UpdateOutputFileResponse(data_id=external_id(Kind.OUTPUT, record.uuid))
 
     @management_rpc
-    async def GetOutputFile(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._no_data_plane(context)
+    async def RegisterFusionOutput(
+        self, request: fpb.RegisterFusionOutputRequest, context: grpc.aio.ServicerContext
+    ) -> fpb.RegisterFusionOutputResponse:
+        caller = caller_of(context)
+        bare = new_uuid()
+        path = new_uuid()
+        while path == bare:
+            path = new_uuid()
+        key = secrets.token_bytes(file_rules.FUSION_KEY_BYTES)
+        record = file_rules.register_fusion_output(caller, request.owner_list, bare, path, key)
+        await self._create_file(output_key(record.uuid), record)
+        return fpb.RegisterFusionOutputResponse(data_id=external_id(Kind.OUTPUT, record.uuid))
+
+    @management_rpc
+    async def RegisterInputFromOutput(
+        self, request: fpb.RegisterInputFromOutputRequest, context: grpc.aio.ServicerContext
+    ) -> fpb.RegisterInputFromOutputResponse:
+        """The input gets the output's UUID; repeating the call leaves the same record."""
+        caller = caller_of(context)
+        derived = file_rules.input_from_output(await self._get_output(request.data_id), caller)
+
+        def write(current: FileRecord | None) -> FileRecord:
+            if current is not None and current != derived:
+                # Another input under this UUID (a collision, or storage tampering): keep it.
+                log.error("input-%s exists and is not derived from output-%s", derived.uuid, derived.uuid)
+                raise InternalError(INTERNAL_ERROR_TEXT)
+            return derived
+
+        await self._update(input_key(derived.uuid), FileRecord, write)
+        return fpb.RegisterInputFromOutputResponse(data_id=external_id(Kind.INPUT, derived.uuid))
+
+    @management_rpc
+    async def GetInputFile(
+        self, request: fpb.GetInputFileRequest, context: grpc.aio.ServicerContext
+    ) -> fpb.GetInputFileResponse:
+        caller = caller_of(context)
+        owners, cmac = file_rules.file_view(await self._get_input(request.data_id), caller)
+        return fpb.GetInputFileResponse(owner=list(owners), cmac=cmac)
+
+    @management_rpc
+    async def GetOutputFile(
+        self, request: fpb.GetOutputFileRequest, context: grpc.aio.ServicerContext
+    ) -> fpb.GetOutputFileResponse:
+        caller = caller_of(context)
+        owners, cmac = file_rules.file_view(await self._get_output(request.data_id), caller)
+        return fpb.GetOutputFileResponse(owner=list(owners), cmac=cmac)
 
     # --- audit log ---
 
