@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Platform
-from kettle.cli.data import file_key, parse_cmac
+from kettle.cli.data import parse_cmac
+from kettle.cli.files import file_key
 from kettle.crypto.recipes import FileKey
 from test_data_api import Storage
 
@@ -107,7 +108,7 @@ def test_data_commands(full_platform: Platform, tmp_path: Path) -> None:
     assert error("data", "register-input", url, "--key-file", str(key_file), "--cmac-hex", CMAC.hex()[:30]) == (
         "error: Invalid cmac length: 15")
     assert error("data", "register-output", url, "--key-file", str(key_file), "--schema", "raw") == (
-        "error: give either --key-file FILE or --schema/--key-hex/--iv-hex, not both")
+        "error: give either --key FILE or --schema/--key-hex/--iv-hex, not both")
     assert error("data", "register-output", url, "--schema", "rot13") == "error: Invalid crypto schema: rot13"
     assert error("data", "register-fusion-output", alice) == "error: permission denied"
     assert error("data", "get-input", output_id) == "error: invalid data id"

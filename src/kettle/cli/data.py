@@ -21,28 +21,14 @@ from rich.table import Table
 app = typer.Typer(no_args_is_help=True, help="Data files: register inputs and outputs, update, derive, inspect.")
 
 from . import functions  # noqa: E402  (a module, not its names: it may still be loading)
+from .files import file_key  # noqa: E402
 from .main import one_line_errors, out  # noqa: E402
 
 if TYPE_CHECKING:
-    from ..crypto.recipes import FileKey
     from ..sdk.frontend import FileInfo
 
 
 # --- option parsing (pure) -------------------------------------------------------------
-
-
-def file_key(key_file: Path | None, schema: str | None, key_hex: str | None, iv_hex: str | None) -> FileKey:
-    """The crypto info from exactly one of: a key file, or inline schema and hex material."""
-    from ..crypto.recipes import FileKey
-
-    inline = schema is not None or key_hex is not None or iv_hex is not None
-    if key_file is not None and inline:
-        raise ValueError("give either --key-file FILE or --schema/--key-hex/--iv-hex, not both")
-    if key_file is not None:
-        return FileKey.load(key_file)
-    if schema is None:
-        raise ValueError("no key: give --key-file FILE, or --schema with --key-hex and --iv-hex")
-    return FileKey.from_hex(schema, key_hex or "", iv_hex or "")
 
 
 def parse_cmac(text: str) -> bytes:

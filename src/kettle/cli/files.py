@@ -33,8 +33,8 @@ _SCHEMA_HELP = f"with --key-hex/--iv-hex: {', '.join(SCHEMAS)}"
 _NAME_HELP = "teaclave-file-128 only: the file name bound into the file (the last path segment of its URL)"
 
 
-def _file_key(key_file: Path | None, schema: str | None, key_hex: str | None, iv_hex: str | None) -> FileKey:
-    """The FileKey from exactly one of: a key file, or inline schema and hex material."""
+def file_key(key_file: Path | None, schema: str | None, key_hex: str | None, iv_hex: str | None) -> FileKey:
+    """The FileKey from exactly one of: a key file, or inline schema and hex material (``kettle file``, ``kettle data``)."""
     from ..crypto.recipes import FileKey
 
     inline = schema is not None or key_hex is not None or iv_hex is not None
@@ -113,7 +113,7 @@ def encrypt(
     """Encrypt a file for upload and print its cmac (register it with the key)."""
     from ..crypto.recipes import encrypt as encrypt_recipe
 
-    key = _file_key(key_file, schema, key_hex, iv_hex)
+    key = file_key(key_file, schema, key_hex, iv_hex)
     with _force_hint():
         cmac = encrypt_recipe(input_file, output_file, key, name=name, overwrite=force)
     fields = {"output": str(output_file)}
@@ -139,7 +139,7 @@ def decrypt(
     """Decrypt a file after verifying all of it; print its cmac."""
     from ..crypto.recipes import decrypt as decrypt_recipe
 
-    key = _file_key(key_file, schema, key_hex, iv_hex)
+    key = file_key(key_file, schema, key_hex, iv_hex)
     expected = None if cmac_hex is None else _cmac(cmac_hex)
     with _force_hint():
         cmac = decrypt_recipe(input_file, output_file, key, cmac=expected, name=name, overwrite=force)
@@ -160,7 +160,7 @@ def cmac(
     """Print the cmac to register for an encrypted file, after checking the key opens all of it."""
     from ..crypto.recipes import cmac as cmac_recipe
 
-    key = _file_key(key_file, schema, key_hex, iv_hex)
+    key = file_key(key_file, schema, key_hex, iv_hex)
     _report(as_json, key.schema, cmac_recipe(input_file, key, name=name), input=str(input_file))
 
 
