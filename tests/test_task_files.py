@@ -424,7 +424,7 @@ def test_staged_inputs_hold_no_plaintext_and_are_removed_after_the_task(tmp_path
                   {"o": world.output("o.enc", "aes-gcm-256")})
     files = TaskFiles(staged, world.plane)
     try:
-        files.prepare(staged)
+        files.prepare()
         assert files.open_input("a").read() == marker and files.open_input("p").read() == marker
         with files.create_output("o") as sink:
             sink.write(marker)
@@ -440,7 +440,7 @@ def test_staged_inputs_hold_no_plaintext_and_are_removed_after_the_task(tmp_path
 
 def test_a_task_without_files_needs_no_agent() -> None:
     files = TaskFiles(task(), None)
-    files.prepare(task())
+    files.prepare()
     assert files.finish() == {}
     with pytest.raises(TaskFileError):
         TaskFiles(task(outputs={"o": FileRecord("u", "file:///x", CryptoInfo("raw"), ("a",))}), None)

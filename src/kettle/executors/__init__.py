@@ -112,7 +112,7 @@ def run_staged_task(staged: StagedTask, plane: DataPlane | None = None) -> TaskR
         except ValueError:
             raise ArgumentsError("the arguments are not JSON") from None
         files = TaskFiles(staged, plane)
-        files.prepare(staged)
+        files.prepare()
         with captured_logs(save_log_requested(arguments)) as lines:
             summary = execute(staged.function_name, arguments, staged.function_payload, files)
         tags = files.finish()

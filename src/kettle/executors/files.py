@@ -209,22 +209,23 @@ class TaskFiles:
             raise TaskFileError("Runtime Error: this execution node cannot move data files")
         self._plane = plane
         self._inputs = dict(staged.input_data)
+        self._output_records = dict(staged.output_data)
         self._outputs: dict[str, _Output] = {}
         self._openers: dict[str, Callable[[], BinaryIO]] = {}
         self._staged: list[StagedPlaintext] = []
 
     # --- before the function ---------------------------------------------------------
 
-    def prepare(self, staged: StagedTask) -> None:
+    def prepare(self) -> None:
         """Check every file's crypto info and name, fetch and verify every input."""
-        for name, record in sorted(staged.output_data.items()):
+        for name, record in sorted(self._output_records.items()):
             self._check_crypto(record)
             try:
                 check_output_schema(record.crypto_info.schema)
             except FileCryptoError as exc:
                 raise TaskFileError(str(exc)) from None
             self._outputs[name] = _Output(record, Path(), self._file_name(record))
-        for record in staged.input_data.values():
+        for record in self._inputs.values():
             self._check_crypto(record)
             self._file_name(record)
         if not self._inputs and not self._outputs:
@@ -236,7 +237,7 @@ class TaskFiles:
             output.path = folder / output.name
         fetched = self._fetch_all(plane)
         for name in sorted(self._inputs):
-            self._openers[name] = self._verify(name, self._inputs[name], fetched[name], plane)
+            self._openers[name] = self._verify(name, self._inputs[name], fetched[name])
 
     def _require_plane(self) -> DataPlane:
         assert self._plane is not None  # checked in __init__ whenever there are files
@@ -277,7 +278,7 @@ class TaskFiles:
                 raise error
         return targets
 
-    def _verify(self, name: str, record: FileRecord, path: Path, plane: DataPlane) -> Callable[[], BinaryIO]:
+    def _verify(self, name: str, record: FileRecord, path: Path) -> Callable[[], BinaryIO]:
         info, cmac = record.crypto_info, record.cmac
         shown = display_url(record.url)
         if info.schema in _AES_GCM:
