@@ -57,7 +57,7 @@ staged = StagedTask(
 )
 agent = FileAgent(FileAgentConfig(allowed_schemes=("file",), file_roots=(str(root),), max_file_bytes=1 << 40), root)
 start = time.perf_counter()
-result = run_staged_task(staged, DataPlane(agent, work, 1 << 40))
+result = run_staged_task(staged, DataPlane(agent, work))
 elapsed = time.perf_counter() - start
 assert result.outputs is not None, result.failure
 print(json.dumps({"seconds": elapsed, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,

@@ -75,7 +75,6 @@ class DataPlane:
 
     agent: FileAgent
     workdir: Path
-    max_file_bytes: int
 
 
 class _ProtectedInput(io.RawIOBase):
@@ -224,10 +223,9 @@ class TaskFiles:
                 check_output_schema(record.crypto_info.schema)
             except FileCryptoError as exc:
                 raise TaskFileError(str(exc)) from None
-            self._outputs[name] = _Output(record, Path(), self._file_name(record))
+            self._outputs[name] = _Output(record, Path(), _local_name(record.url))
         for record in self._inputs.values():
             self._check_crypto(record)
-            self._file_name(record)
         if not self._inputs and not self._outputs:
             return
         plane = self._require_plane()
@@ -250,10 +248,6 @@ class TaskFiles:
             validate_crypto_info(info.schema, info.key, info.iv)
         except FileCryptoError as exc:
             raise TaskFileError(str(exc)) from None
-
-    @staticmethod
-    def _file_name(record: FileRecord) -> str:
-        return _local_name(record.url)
 
     def _fetch_all(self, plane: DataPlane) -> dict[str, Path]:
         """Download every input at once (a few in parallel); the first failure in name order wins."""
@@ -329,9 +323,9 @@ class TaskFiles:
         plane = self._require_plane()
         info = output.record.crypto_info
         if info.schema == TEACLAVE_FILE_128:
-            writer: _EncryptingOutput = _ProtectedOutput(output.path, info.key, output.name, plane.max_file_bytes, name)
+            writer: _EncryptingOutput = _ProtectedOutput(output.path, info.key, output.name, plane.agent.max_file_bytes, name)
         else:
-            writer = _AesGcmOutput(output.path, info.key, info.iv, plane.max_file_bytes, name)
+            writer = _AesGcmOutput(output.path, info.key, info.iv, plane.agent.max_file_bytes, name)
         output.writer, output.stream = writer, io.BufferedWriter(writer, _CHUNK)
         return output.stream  # type: ignore[return-value]
 

@@ -72,7 +72,7 @@ def main() -> int:
     except ValueError as exc:
         result = TaskResult(failure=failure_reason(exc))
     else:
-        plane = DataPlane(FileAgent(job.file_agent, job.home), job.workdir, job.file_agent.max_file_bytes)
+        plane = DataPlane(FileAgent(job.file_agent, job.home), job.workdir)
         result = run_staged_task(job.staged, plane)
     result_out.write(json.dumps(result.to_json()).encode())
     result_out.close()

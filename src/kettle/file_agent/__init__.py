@@ -64,6 +64,11 @@ class FileAgent:
         roots = tuple(home / root for root in config.file_roots)
         self._local = LocalFiles(roots, home / config.fusion_dir)
 
+    @property
+    def max_file_bytes(self) -> int:
+        """The largest file it fetches or stores; workers hold task outputs to the same limit."""
+        return self._config.max_file_bytes
+
     # The remote backends import httpx / fsspec (about 0.1 s of CPU): only when a task needs them,
     # so every worker process, most of them running tasks without such URLs, starts faster.
 

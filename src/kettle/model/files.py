@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import uuid as uuid_module
 from collections.abc import Iterable, Mapping
 
 from ..crypto.schemas import (
@@ -40,7 +39,7 @@ from ..crypto.schemas import (
 )
 from ..errors import InternalError, InvalidArgument, PermissionDenied
 from .functions import MAX_ITEMS, MAX_NAME_CHARS, PERMISSION_DENIED, Caller, shown
-from .ids import Kind
+from .ids import Kind, parse_bare_uuid
 from .records import CryptoInfo, FileRecord
 
 __all__ = [
@@ -78,7 +77,6 @@ MAX_URL_CHARS = 8192
 """Longest URL Kettle stores. Teaclave has no bound; presigned object-store URLs
 stay well below it, and a task stores a copy of each of its files' records."""
 
-_MAX_UUID_CHARS = 45
 """``urn:uuid:`` + 36: the longest UUID text the parser accepts (bounds the work)."""
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
@@ -97,12 +95,8 @@ def split_data_id(text: str) -> tuple[str, str] | None:
     (re-rendered lowercase and hyphenated, ``spec/platform.md`` §0.1). The prefix
     is not checked here: a well-formed ID of the wrong kind is "not found"."""
     prefix, sep, rest = text.partition("-")
-    if not sep or not rest or len(rest) > _MAX_UUID_CHARS:
-        return None
-    try:
-        return prefix, str(uuid_module.UUID(rest))
-    except ValueError:
-        return None
+    bare = parse_bare_uuid(rest) if sep and rest else None
+    return None if bare is None else (prefix, bare)
 
 
 def parse_data_id(text: str, kind: Kind) -> str:
