@@ -8,6 +8,9 @@ which are not Unicode White_Space.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import BinaryIO
+
 from . import FunctionError
 
 INVALID_UTF8 = "stream did not contain valid UTF-8"
@@ -47,3 +50,12 @@ def split_lines(data: bytes) -> list[bytes]:
     if last:
         lines.append(last)
     return lines
+
+
+def iter_lines(reader: BinaryIO) -> Iterator[bytes]:
+    """The lines of a stream, by the rules of :func:`split_lines`, without reading it whole."""
+    for raw in reader:
+        if raw.endswith(b"\n"):
+            raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+        yield raw
+
