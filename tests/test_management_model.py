@@ -68,7 +68,7 @@ def refused(action: Callable[[], Any], code: grpc.StatusCode, message: str) -> N
 def function(**changes: Any) -> FunctionRecord:
     base = FunctionRecord(
         uuid=FN_UUID,
-        name="builtin-echo",
+        name="mock-echo",
         description="echo",
         public=True,
         executor_type="builtin",
@@ -85,7 +85,7 @@ def function(**changes: Any) -> FunctionRecord:
 
 def definition(**changes: Any) -> FunctionDefinition:
     base = FunctionDefinition(
-        name="builtin-echo",
+        name="mock-echo",
         description="echo",
         executor_type="builtin",
         public=True,
@@ -425,6 +425,68 @@ class TestArguments:
         task = T.create_task(fn, ALICE, task_def('{"message": {"b": 1, "a": null}}'), TASK_UUID)
         assert task.function_arguments == '{"message":{"a":null,"b":1},"mode":"fast"}'
         assert json.loads(task.function_arguments) == {"message": {"a": None, "b": 1}, "mode": "fast"}
+
+
+class TestBuiltinTasks:
+    """CreateTask refuses a task its built-in could never run (Kettle's check, before any approval)."""
+
+    ECHO = function(name="builtin-echo")
+    PSI = function(
+        name="builtin-ordered-set-intersect",
+        arguments=(FunctionArgument("order", "", True),),
+        inputs=(FunctionFile("input_data1"), FunctionFile("input_data2", optional=True)),
+        outputs=(FunctionFile("output_result1"), FunctionFile("output_result2")),
+    )
+    PSI_FILES = {
+        "inputs_ownership": (("input_data1", ("alice",)), ("input_data2", ("bob",))),
+        "outputs_ownership": (("output_result1", ("alice",)), ("output_result2", ("bob",))),
+    }
+    PJC = function(
+        name="builtin-private-join-and-compute",
+        arguments=(FunctionArgument("num_user", "", True),),
+        inputs=(FunctionFile("input_data0"), FunctionFile("input_data1"), FunctionFile("input_data2", optional=True)),
+        outputs=(FunctionFile("output_data0"), FunctionFile("output_data1")),
+    )
+    PJC_FILES = {
+        "inputs_ownership": (("input_data0", ("alice",)), ("input_data1", ("bob",))),
+        "outputs_ownership": (("output_data0", ("alice",)), ("output_data1", ("bob",))),
+    }
+
+    @pytest.mark.parametrize(("fn", "arguments", "files", "message"), [
+        (ECHO, '{"message": 3}', {}, "arguments do not fit builtin-echo: message: expected a string, got int"),
+        # a fixed argument's default is a JSON string (§3.1), which is all right here…
+        (function(name="builtin-ordered-set-intersect", arguments=(FunctionArgument("order", "ascending", False),)),
+         "{}", {}, "builtin-ordered-set-intersect needs an input file named 'input_data1'"),
+        # …and not here
+        (function(name="builtin-private-join-and-compute", arguments=(FunctionArgument("num_user", "2", False),)),
+         "{}", {}, "arguments do not fit builtin-private-join-and-compute: num_user: expected an unsigned integer, got str"),
+        # a deferred argument (read by the function after its files) is checked at once
+        (PSI, '{"order": 1}', PSI_FILES, "arguments do not fit builtin-ordered-set-intersect: order: expected a string, got int"),
+        # an optional file a built-in opens unconditionally must be assigned
+        (PSI, '{"order": "ascending"}', {**PSI_FILES, "inputs_ownership": (("input_data1", ("alice",)),)},
+         "builtin-ordered-set-intersect needs an input file named 'input_data2'"),
+        (PJC, '{"num_user": 1}', PJC_FILES, "arguments refused by builtin-private-join-and-compute: "
+         "The demo requires at least two parties!"),
+        (PJC, '{"num_user": 2.0}', PJC_FILES, "arguments do not fit builtin-private-join-and-compute: "
+         "num_user: expected an unsigned integer, got float"),
+        (PJC, '{"num_user": 3}', PJC_FILES, "builtin-private-join-and-compute needs an input file named 'input_data2'"),
+        # the file list depends on num_user and is built lazily: a huge count costs nothing
+        (PJC, '{"num_user": 1000000000000}', PJC_FILES,
+         "builtin-private-join-and-compute needs an input file named 'input_data2'"),
+    ])
+    def test_a_task_its_builtin_cannot_run_is_refused(
+        self, fn: FunctionRecord, arguments: str, files: dict[str, Any], message: str
+    ) -> None:
+        refused(lambda: new_task(fn, arguments=arguments, **files), INVALID, f"invalid task: {message}")
+
+    def test_runnable_tasks_and_tasks_left_to_fail_at_run_time_are_created(self) -> None:
+        assert new_task(self.PJC, arguments='{"num_user": 2}', **self.PJC_FILES).function_arguments == '{"num_user":2}'
+        assert new_task(self.PSI, arguments='{"order": "desending"}', **self.PSI_FILES)
+        # value checks the reference makes later (an unknown order) stay at run time, like
+        # names that are no built-in and executors that do not match the function's type
+        assert new_task(self.PSI, arguments='{"order": "sideways"}', **self.PSI_FILES)
+        assert new_task(function(name="builtin-no-such"), arguments='{"message": 3}')
+        assert new_task(self.ECHO, arguments='{"message": 3}', executor="mesapy")
 
 
 FILES_FN = function(

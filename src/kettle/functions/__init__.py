@@ -26,11 +26,11 @@ import importlib.util
 import logging
 import pkgutil
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
-from .arguments import ArgType, parse_arguments
+from .arguments import ArgType, ArgumentsError, parse_arguments
 
 FUNCTION_LOGGER_PREFIX = "teaclave_function::"
 NOT_FOUND = "Function not found."
@@ -53,6 +53,14 @@ class FunctionRuntime(Protocol):
 Run = Callable[[dict[str, Any], FunctionRuntime], str]
 
 
+FileNames = Callable[[dict[str, Any]], tuple[Iterable[str], Iterable[str]]]
+"""(typed arguments) → (input names, output names), for functions whose files depend on them.
+May be lazy: checking a task stops at the first missing name."""
+
+Validate = Callable[[dict[str, Any]], None]
+"""Raises :class:`FunctionError` for argument values the function refuses (e.g. too few parties)."""
+
+
 @dataclass(frozen=True)
 class BuiltinFunction:
     name: str
@@ -60,12 +68,41 @@ class BuiltinFunction:
     run: Run
     arguments: Mapping[str, ArgType] = field(default_factory=dict)
     inputs: tuple[str, ...] = ()
-    """Input names it opens (clients must register and assign them, §5.1)."""
+    """Input names it opens (clients must register and assign them, §5.1), as listings show them."""
     outputs: tuple[str, ...] = ()
     description: str = ""
+    files: FileNames | None = None
+    """Set when the file names depend on the arguments; ``inputs``/``outputs`` then only describe them."""
+    validate: Validate | None = None
+    """The function's own checks of argument values, also run when a task is created."""
 
     def call(self, arguments: Any, runtime: FunctionRuntime) -> str:
         return self.run(parse_arguments(arguments, self.arguments), runtime)
+
+    def check_task(self, arguments: Any, inputs: Iterable[str], outputs: Iterable[str]) -> None:
+        """Refuse, before a task exists, what would certainly fail it when it runs.
+
+        The arguments must fit the declared types (deferred ones included) and
+        pass :attr:`validate`, and every file the function opens must be among
+        the task's inputs/outputs: built-ins have no optional files (§5.1).
+        Raises :class:`TaskMismatch`."""
+        try:
+            typed = parse_arguments(arguments, self.arguments, declared=True)
+            if self.validate is not None:
+                self.validate(typed)
+        except ArgumentsError as exc:
+            raise TaskMismatch(f"arguments do not fit {self.name}: {exc.detail}") from None
+        except FunctionError as exc:
+            raise TaskMismatch(f"arguments refused by {self.name}: {exc}") from None
+        needed_inputs, needed_outputs = self.files(typed) if self.files else (self.inputs, self.outputs)
+        for kind, needed, given in (("input", needed_inputs, set(inputs)), ("output", needed_outputs, set(outputs))):
+            for name in needed:
+                if name not in given:
+                    raise TaskMismatch(f"{self.name} needs an {kind} file named {name!r}")
+
+
+class TaskMismatch(Exception):
+    """A task definition that cannot run its built-in (the text says why)."""
 
 
 def function_logger(module: str) -> logging.Logger:
@@ -94,10 +131,12 @@ def lookup(name: str) -> BuiltinFunction | None:
 
 
 def all_functions() -> dict[str, BuiltinFunction]:
-    """Every built-in, by name (imports every function module)."""
+    """Every built-in, by name, sorted (imports every function module)."""
     found: dict[str, BuiltinFunction] = {}
     for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
         function = getattr(importlib.import_module(f"{__name__}.{info.name}"), "FUNCTION", None)
         if isinstance(function, BuiltinFunction):
             found[function.name] = function
-    return found
+    return dict(sorted(found.items()))

@@ -34,6 +34,15 @@ class ArgType:
     def convert(self, key: str, value: Any) -> Any:
         raise NotImplementedError
 
+    @property
+    def declared(self) -> ArgType:
+        """The type a task's value must have (what task creation checks; see :class:`Deferred`)."""
+        return self
+
+    def describe(self) -> str:
+        """How the type reads in listings, e.g. ``unsigned integer (u32)``."""
+        return self.name
+
 
 @dataclass(frozen=True)
 class Unsigned(ArgType):
@@ -41,6 +50,9 @@ class Unsigned(ArgType):
 
     bits: int
     name: str = "unsigned integer"
+
+    def describe(self) -> str:
+        return f"{self.name} ({'usize' if self.bits == 64 else f'u{self.bits}'})"
 
     def convert(self, key: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -55,7 +67,10 @@ class Float(ArgType):
     """``f32`` / ``f64``: any JSON number (integers accepted)."""
 
     bits: int
-    name: str = "float"
+    name: str = "number"
+
+    def describe(self) -> str:
+        return f"{self.name} (f{self.bits})"
 
     def convert(self, key: str, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -110,18 +125,55 @@ class OptionalArg(ArgType):
     def convert(self, key: str, value: Any) -> Any:
         return None if value is None else self.inner.convert(key, value)
 
+    def describe(self) -> str:
+        return self.inner.describe()
+
+
+@dataclass(frozen=True)
+class Deferred(ArgType):
+    """Lets a value through the executor's schema check untouched (``None`` when the key is missing).
+
+    The executor types a function's arguments before calling it, but where the
+    reference reads an argument only after opening its files (ordered-set
+    intersect's ``order``), a bad value must fail the task at that point, with
+    the files already created. The function then applies ``inner`` itself
+    (:meth:`check`). A missing key reaches ``inner`` as ``None``, which a
+    required type refuses like a ``null``. Task creation checks ``inner`` at once.
+    """
+
+    inner: ArgType
+    optional: bool = True
+
+    def convert(self, key: str, value: Any) -> Any:
+        return value
+
+    def check(self, key: str, value: Any) -> Any:
+        return self.inner.convert(key, value)
+
+    @property
+    def declared(self) -> ArgType:
+        return self.inner
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
 
 U8, U32, USIZE = Unsigned(8), Unsigned(32), Unsigned(64)
 F32, F64 = Float(32), Float(64)
 STRING, BOOL, BYTES = String(), Boolean(), Bytes()
 
 
-def parse_arguments(arguments: Any, schema: Mapping[str, ArgType]) -> dict[str, Any]:
-    """Check the argument object against ``schema``; keys not in the schema are ignored."""
+def parse_arguments(arguments: Any, schema: Mapping[str, ArgType], *, declared: bool = False) -> dict[str, Any]:
+    """Check the argument object against ``schema``; keys not in the schema are ignored.
+
+    ``declared`` checks every key against its :attr:`ArgType.declared` type, as
+    task creation does, instead of the executor's (possibly deferred) one."""
     if not isinstance(arguments, dict):
         raise ArgumentsError("the arguments are not a JSON object")
     parsed: dict[str, Any] = {}
     for key, kind in schema.items():
+        if declared:
+            kind = kind.declared
         if key not in arguments:
             if not kind.optional:
                 raise ArgumentsError(f"missing argument {key!r}")

@@ -31,7 +31,7 @@ import numpy as np
 
 from . import BuiltinFunction, FunctionError, FunctionRuntime
 from ._lines import INVALID_UTF8, split_lines
-from .arguments import STRING, ArgType
+from .arguments import STRING, Deferred
 
 ASCENDING, DESCENDING = "ascending", "desending"
 INVALID_ORDER = "Invalid order"
@@ -43,28 +43,6 @@ _RUST_CHAR_ESCAPES = {0: "\\0", 9: "\\t", 10: "\\n", 13: "\\r", 0x27: "\\'", 0x5
 _CHUNK_BYTES = 1 << 20
 """How much text the vectorised path decodes at a time: small enough for the temporary
 copies to stay in the CPU cache (twice as fast on 10M lines as 64 MiB chunks)."""
-
-
-@dataclass(frozen=True)
-class Deferred(ArgType):
-    """Lets a value through the executor's schema check untouched (``None`` when the key is missing).
-
-    The executor types a function's arguments before calling it, but the reference
-    reads ``order`` only after opening the inputs and creating both outputs: a
-    task with a bad ``order`` fails with ``Cannot deserialize arguments`` and
-    leaves its outputs created (empty). The function therefore applies ``inner``
-    itself, at that point (:meth:`check`). A missing key reaches ``inner`` as
-    ``None``, which a required type refuses like a ``null``.
-    """
-
-    inner: ArgType
-    optional: bool = True
-
-    def convert(self, key: str, value: Any) -> Any:
-        return value
-
-    def check(self, key: str, value: Any) -> Any:
-        return self.inner.convert(key, value)
 
 
 ORDER = Deferred(STRING)

@@ -8,6 +8,7 @@ amounts (unsigned 32-bit, wrapping like the reference's release build).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from . import BuiltinFunction, FunctionError, FunctionRuntime
@@ -46,9 +47,8 @@ def parse_amounts(data: bytes) -> dict[str, int]:
 
 
 def private_join_and_compute(arguments: dict[str, Any], runtime: FunctionRuntime) -> str:
+    check_parties(arguments)
     parties: int = arguments["num_user"]
-    if parties < 2:
-        raise FunctionError(TOO_FEW_PARTIES)
     # Each input is opened only after the previous one was read and joined, as in the
     # reference, so which failure a task reports (a bad file or a missing one) is the same.
     with runtime.open_input("input_data0") as reader:
@@ -70,9 +70,24 @@ def private_join_and_compute(arguments: dict[str, Any], runtime: FunctionRuntime
     return f"{parties} users join the task in total."
 
 
+def check_parties(arguments: dict[str, Any]) -> None:
+    if arguments["num_user"] < 2:
+        raise FunctionError(TOO_FEW_PARTIES)
+
+
+def file_names(arguments: dict[str, Any]) -> tuple[Iterator[str], Iterator[str]]:
+    # Lazy: num_user may be huge, and checking a task stops at the first missing name.
+    parties = range(arguments["num_user"])
+    return (f"input_data{i}" for i in parties), (f"output_data{i}" for i in parties)
+
+
 FUNCTION = BuiltinFunction(
     name="builtin-private-join-and-compute",
     run=private_join_and_compute,
     arguments={"num_user": USIZE},
+    inputs=("input_data0", "…", "input_data<num_user-1>"),
+    outputs=("output_data0", "…", "output_data<num_user-1>"),
+    files=file_names,
+    validate=check_parties,
     description="Sums the amounts of the identities that every party's file contains; every party gets the result.",
 )

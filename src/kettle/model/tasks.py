@@ -198,7 +198,8 @@ def create_task(
     4. function_arguments not a JSON object → INTERNAL;
     5. request keys ≠ overwritable argument keys → INVALID_ARGUMENT "invalid task";
     6.–7. inputs / outputs ownership ≠ declared files → "invalid task".
-    Then Kettle's bounds (owners per entry, owner ID length, record size).
+    Then Kettle's checks: a built-in's arguments and files (:func:`check_builtin_task`),
+    bounds (owners per entry, owner ID length, record size).
     """
     function = check_may_create_task(function, caller)
     validate_executor(definition.executor)
@@ -212,12 +213,15 @@ def create_task(
     for owners in (*inputs.values(), *outputs.values()):
         if len(owners) > MAX_ITEMS or any(len(uid) > MAX_NAME_CHARS for uid in owners):
             raise InvalidArgument(INVALID_TASK)
+    arguments = merge_arguments(function, requested)
+    if function.executor_type == "builtin" and definition.executor == "builtin":
+        check_builtin_task(function.name, arguments, inputs, outputs)
     task = TaskRecord(
         uuid=bare_uuid,
         creator=caller.user_id,
         function_id=function.uuid,
         function_owner=function.owner,
-        function_arguments=merge_arguments(function, requested),
+        function_arguments=arguments,
         executor=definition.executor,
         inputs_ownership=inputs,
         outputs_ownership=outputs,
@@ -227,6 +231,24 @@ def create_task(
     if size > MAX_RECORD_BYTES:
         raise InvalidArgument(f"task is too large to store ({size} bytes encoded, at most {MAX_RECORD_BYTES})")
     return task
+
+
+def check_builtin_task(name: str, arguments: str, inputs: Iterable[str], outputs: Iterable[str]) -> None:
+    """A task of a known built-in must be one it can run: typed arguments, every file it opens.
+
+    The reference finds such mistakes only when the task runs, after every party
+    approved it; Kettle refuses them here with INVALID_ARGUMENT ``invalid task: <why>``.
+    A name that is no built-in is left to fail when it runs (``Function not found.``),
+    as the reference does: Teaclave's fixtures register such functions."""
+    from ..functions import TaskMismatch, lookup  # imports only the named function's module
+
+    function = lookup(name)
+    if function is None:
+        return
+    try:
+        function.check_task(json.loads(arguments), inputs, outputs)
+    except TaskMismatch as exc:
+        raise InvalidArgument(f"{INVALID_TASK}: {exc}") from None
 
 
 # --- conditions ---------------------------------------------------------------------------------
