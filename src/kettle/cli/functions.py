@@ -156,6 +156,36 @@ def register(
         out.print(function_id, highlight=False)
 
 
+@app.command("list-builtins")
+@one_line_errors
+def list_builtins(
+    name: str = typer.Argument(None, help="show only this built-in"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """The built-in functions: the names to register them under, their arguments and files.
+
+    Register a built-in with exactly these argument keys (overwritable) and file
+    names; tasks whose arguments do not fit are refused when they are created."""
+    from dataclasses import asdict
+
+    from ..sdk.builtins import builtin_function, builtin_functions
+
+    specs = (builtin_function(name),) if name else builtin_functions()
+    if as_json:
+        out.print_json(data=[asdict(spec) for spec in specs])
+        return
+    for spec in specs:
+        table = Table(title=escape(spec.name), show_header=False, title_justify="left")
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column()
+        arguments = "\n".join(f"{a.key}: {a.type}{'' if a.required else ' (optional)'}" for a in spec.arguments)
+        table.add_row("arguments", escape(arguments) or "-")
+        table.add_row("inputs", escape(", ".join(spec.inputs)) or "-")
+        table.add_row("outputs", escape(", ".join(spec.outputs)) or "-")
+        table.add_row("description", escape(spec.description))
+        out.print(table)
+
+
 @app.command("get")
 @one_line_errors
 def get(function_id: str, as_json: bool = typer.Option(False, "--json", help="machine-readable output (payload in base64)")) -> None:

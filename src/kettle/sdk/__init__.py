@@ -8,6 +8,7 @@ key, the measurement against auditor-signed enclave info, report status and age.
 from ..model.records import TaskStatus
 from .attested import AttestedEndpoint, ClientTrust, verify_endpoint
 from .authentication import AsyncAuthenticationClient, AuthenticationClient
+from .builtins import BuiltinArgument, BuiltinSpec, builtin_function, builtin_functions
 from .files import RAW_CMAC, FileCryptoError, FileKey, decrypt_file, encrypt_file, file_cmac
 from .frontend import (
     AsyncFrontendClient,
@@ -41,6 +42,8 @@ __all__ = [
     "AttestedEndpoint",
     "AuditEntry",
     "AuthenticationClient",
+    "BuiltinArgument",
+    "BuiltinSpec",
     "ClientTrust",
     "DataMap",
     "FileCryptoError",
@@ -66,6 +69,8 @@ __all__ = [
     "TaskOutputs",
     "TaskStatus",
     "TaskWaitTimeout",
+    "builtin_function",
+    "builtin_functions",
     "decrypt_file",
     "encrypt_file",
     "file_cmac",
