@@ -41,7 +41,7 @@ def iter_records(reader: BinaryIO, *, trim_fields: bool = False) -> Iterator[lis
         line = trim(decode_utf8(raw))
         if not line:
             raise FunctionError(EMPTY_LINE)
-        if not trim_fields and _RECORD.fullmatch(line) is not None:
+        if _RECORD.fullmatch(line) is not None:  # no white space: nothing to trim, no empty field
             yield line.split(",")
             continue
         fields = line.split(",")
