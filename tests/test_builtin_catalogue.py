@@ -20,6 +20,10 @@ def test_the_catalogue_lists_every_builtin_with_its_arguments_and_files() -> Non
     # a deferred argument (checked by the function after opening its files) is still required
     assert psi.arguments == (BuiltinArgument("order", "string", required=True),)
     assert psi.function_arguments() == [FunctionArgument("order")]
+    faces = builtin_function("builtin-face-detection")
+    assert faces.function_arguments() == [FunctionArgument("image")]
+    assert faces.function_arguments({"image": [], "score_thresh": 2.0}) == [
+        FunctionArgument("image"), FunctionArgument("score_thresh")]
     assert psi.function_inputs() == [FunctionInput("input_data1"), FunctionInput("input_data2")]
     assert psi.function_outputs() == [FunctionOutput("output_result1"), FunctionOutput("output_result2")]
     for spec in specs:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kettle import executors
 from kettle.config import FileAgentConfig
-from kettle.executors.job import WorkerJob
 from kettle.executors import run_staged_task
+from kettle.executors.job import WorkerJob
 from kettle.executors.runtime import FileRuntime
 from kettle.functions import (
     BuiltinFunction,
@@ -136,9 +136,18 @@ def test_the_runtime_refuses_unassigned_files_with_the_reference_texts() -> None
 # --- registry ------------------------------------------------------------------------------
 
 
+REFERENCE_BUILTINS = {
+    "builtin-echo", "builtin-gbdt-train", "builtin-gbdt-predict", "builtin-logistic-regression-train",
+    "builtin-logistic-regression-predict", "builtin_principal_components_analysis",
+    "builtin-private-join-and-compute", "builtin-ordered-set-intersect", "builtin-ordered-set-join",
+    "builtin-rsa-sign", "builtin-face-detection", "builtin-password-check", "builtin_online_decrypt",
+}
+"""The 13 names of functions.md §5.1, and no others."""
+
+
 def test_every_builtin_lives_in_the_module_its_name_selects() -> None:
     functions = all_functions()
-    assert "builtin-echo" in functions
+    assert set(functions) == REFERENCE_BUILTINS
     for name, function in functions.items():
         assert isinstance(function, BuiltinFunction)
         assert lookup(name) is function, f"{name} must be defined in kettle/functions/{module_for(name)}.py"

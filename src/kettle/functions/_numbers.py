@@ -74,6 +74,7 @@ def format_shortest(value: float | np.floating, *, single: bool = False) -> str:
 
 def format_debug(value: float) -> str:
     """A.4: the reference's debug text of a double (PCA output)."""
+    value = float(value)
     if value != value:
         return "NaN"
     if value in (float("inf"), float("-inf")):

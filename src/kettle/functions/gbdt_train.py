@@ -9,7 +9,9 @@ running sum (``np.cumsum`` adds in order) and a running difference
 ``argmin``. Trees are built with an explicit stack in pre-order, so no
 ``max_depth`` can exhaust the interpreter's recursion limit.
 
-Kettle choices: an empty training file fails (``Empty training data``); LAD on
+Kettle choices: an empty training file fails (``Empty training data``), so
+does training that produces NaN or infinite values (the reference writes
+``null`` into a model nothing can read); LAD on
 a single row takes that row's label as the bias (the reference crashes); rows
 whose winning feature is unknown are left out of the subtree, as in the
 reference, and their prediction is not updated by that tree. With sampling
@@ -30,6 +32,7 @@ from ._tables import read_table
 from .arguments import F32, F64, STRING, U8, U32, USIZE
 
 EMPTY_TRAINING_DATA = "Empty training data"
+NOT_FINITE = "Training produced values that are not finite numbers (LogLikelyhood needs labels -1 and 1)"
 ALMOST_EQUAL = 1e-5
 TINY_WEIGHT = 1e-10
 F32_ = np.float32
@@ -247,7 +250,11 @@ def train(features: np.ndarray, labels: np.ndarray, config: Config, rng: np.rand
     """Train on ``features`` (rows × F, float32) and ``labels`` (float32)."""
     if not len(labels):
         raise FunctionError(EMPTY_TRAINING_DATA)
-    return _Trainer(features, labels, config, rng or np.random.default_rng()).train()
+    model = _Trainer(features, labels, config, rng or np.random.default_rng()).train()
+    if not np.isfinite(model.bias) or not all(np.isfinite(tree.pred).all() for tree in model.trees):
+        # the reference would write null values, and no prediction could read the model
+        raise FunctionError(NOT_FINITE)
+    return model
 
 
 def config_of(arguments: dict[str, Any]) -> Config:

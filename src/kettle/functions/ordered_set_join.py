@@ -43,9 +43,11 @@ class _Records:
     def _lines(self) -> Iterator[str]:
         try:
             for line in self._text:
-                yield line
+                # counted before the line is handed over: between records, the counters
+                # are where the next record starts
                 self._byte += len(line.encode("utf-8"))
                 self._line += 1
+                yield line
         except UnicodeDecodeError:
             raise FunctionError(INVALID_UTF8) from None
 

@@ -42,12 +42,15 @@ class BuiltinSpec:
     outputs: tuple[str, ...]
     files_depend_on_arguments: bool
 
-    def function_arguments(self) -> list[FunctionArgument]:
-        """Its arguments, to register: every one overwritable, as tasks give them typed values.
+    def function_arguments(self, arguments: Mapping[str, Any] | None = None) -> list[FunctionArgument]:
+        """Its arguments, to register: the required ones and the optional ones among ``arguments``.
 
-        (A non-overwritable argument's default reaches the function as a JSON string,
-        which a numeric or boolean argument refuses, §3.1.)"""
-        return [FunctionArgument(argument.key) for argument in self.arguments]
+        All overwritable, as tasks give them typed values: a non-overwritable
+        argument's default reaches the function as a JSON string, which a numeric
+        or boolean argument refuses (§3.1). A task must give exactly the keys its
+        function declares, so an optional argument is declared only if used."""
+        given = arguments or {}
+        return [FunctionArgument(a.key) for a in self.arguments if a.required or a.key in given]
 
     def function_inputs(self, arguments: Mapping[str, Any] | None = None) -> list[FunctionInput]:
         return [FunctionInput(name) for name in self.file_names(arguments)[0]]
