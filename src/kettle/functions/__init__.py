@@ -74,10 +74,17 @@ class BuiltinFunction:
     files: FileNames | None = None
     """Set when the file names depend on the arguments; ``inputs``/``outputs`` then only describe them."""
     validate: Validate | None = None
-    """The function's own checks of argument values, also run when a task is created."""
+    """The function's own checks of argument values: run before the function, and when a task is created."""
 
     def call(self, arguments: Any, runtime: FunctionRuntime) -> str:
-        return self.run(parse_arguments(arguments, self.arguments), runtime)
+        typed = parse_arguments(arguments, self.arguments)
+        if self.validate is not None:
+            self.validate(typed)  # before any file is touched, as the reference checks them
+        return self.run(typed, runtime)
+
+    def file_names(self, typed: dict[str, Any]) -> tuple[Iterable[str], Iterable[str]]:
+        """(inputs, outputs) the function opens, given its typed arguments."""
+        return self.files(typed) if self.files else (self.inputs, self.outputs)
 
     def check_task(self, arguments: Any, inputs: Iterable[str], outputs: Iterable[str]) -> None:
         """Refuse, before a task exists, what would certainly fail it when it runs.
@@ -94,7 +101,7 @@ class BuiltinFunction:
             raise TaskMismatch(f"arguments do not fit {self.name}: {exc.detail}") from None
         except FunctionError as exc:
             raise TaskMismatch(f"arguments refused by {self.name}: {exc}") from None
-        needed_inputs, needed_outputs = self.files(typed) if self.files else (self.inputs, self.outputs)
+        needed_inputs, needed_outputs = self.file_names(typed)
         for kind, needed, given in (("input", needed_inputs, set(inputs)), ("output", needed_outputs, set(outputs))):
             for name in needed:
                 if name not in given:

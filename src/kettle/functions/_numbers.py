@@ -103,3 +103,8 @@ def format_fixed(value: float | np.floating, decimals: int) -> str:
     if value in (float("inf"), float("-inf")):
         return "inf" if value > 0 else "-inf"
     return f"{value:.{decimals}f}"
+
+
+def fixed_lines(values: np.ndarray, decimals: int) -> bytes:
+    """Each value with ``decimals`` fixed decimals (A.5) and ``\\n``: prediction outputs."""
+    return "".join(format_fixed(value, decimals) + "\n" for value in values.tolist()).encode("ascii")

@@ -2,10 +2,10 @@
 
 Used by GBDT, logistic regression and PCA. Lines follow :mod:`._lines`; a line
 is trimmed and must not be empty (``Empty line``); every field must be a float
-literal of Appendix A.1 (fields are not trimmed unless ``trim_fields``, which
-GBDT prediction asks for and which refuses an empty field with ``Empty
-feature``). Within a line, a field that does not parse is reported before a
-wrong field count, as the reference parses the whole line first.
+literal of Appendix A.1. Fields are not trimmed, except by
+:func:`iter_trimmed_records` (GBDT prediction), which also refuses an empty
+field (``Empty feature``). Within a line, a field that does not parse is
+reported before a wrong field count, as the reference parses the whole line first.
 
 Rows are converted a chunk at a time, so memory stays at the table's size and
 reading costs little more than numpy's own text conversion.
@@ -35,8 +35,10 @@ def column_error(got: int, expected: int) -> FunctionError:
     return FunctionError(f"Data format error: column len = {got}, expected = {expected}")
 
 
-def iter_records(reader: BinaryIO, *, trim_fields: bool = False) -> Iterator[list[str]]:
-    """The fields of every line, each checked to be a float literal (not yet converted)."""
+def iter_trimmed_records(reader: BinaryIO) -> Iterator[list[str]]:
+    """The fields of every line, each trimmed, not empty and a float literal (not yet converted).
+
+    GBDT prediction's rule; its rows need not all have the same number of fields."""
     for raw in iter_lines(reader):
         line = trim(decode_utf8(raw))
         if not line:
@@ -44,11 +46,9 @@ def iter_records(reader: BinaryIO, *, trim_fields: bool = False) -> Iterator[lis
         if _RECORD.fullmatch(line) is not None:  # no white space: nothing to trim, no empty field
             yield line.split(",")
             continue
-        fields = line.split(",")
-        if trim_fields:
-            fields = [trim(field) for field in fields]
+        fields = [trim(field) for field in line.split(",")]
         for field in fields:
-            if trim_fields and not field:
+            if not field:
                 raise FunctionError(EMPTY_FEATURE)
             check_float_text(field)
         yield fields

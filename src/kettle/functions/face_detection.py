@@ -116,7 +116,6 @@ def face_json(face: tuple[int, int, int, int, float]) -> str:
 
 
 def face_detection(arguments: dict[str, Any], runtime: FunctionRuntime) -> str:
-    check_parameters(arguments)
     faces = detect(grayscale(decode(arguments["image"])), arguments)
     return "[" + ",".join(face_json(face) for face in faces) + "]"
 

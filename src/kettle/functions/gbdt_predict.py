@@ -22,8 +22,8 @@ import numpy as np
 from . import BuiltinFunction, FunctionRuntime
 from ._gbdt import MISSING, Model, evaluate, read_model
 from ._linear import exp
-from ._numbers import format_fixed
-from ._tables import CHUNK_ROWS, iter_records
+from ._numbers import fixed_lines
+from ._tables import CHUNK_ROWS, iter_trimmed_records
 
 F32_ = np.float32
 
@@ -31,7 +31,7 @@ F32_ = np.float32
 def _chunks(reader: BinaryIO) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(rows × widest, float32, NaN-padded; each row's field count) for every chunk of lines."""
     records: list[list[str]] = []
-    for fields in iter_records(reader, trim_fields=True):
+    for fields in iter_trimmed_records(reader):
         records.append(fields)
         if len(records) == CHUNK_ROWS:
             yield _matrix(records)
@@ -80,7 +80,7 @@ def gbdt_predict(arguments: dict[str, Any], runtime: FunctionRuntime) -> str:
     with runtime.open_input("data_file") as reader, runtime.create_output("result_file") as writer:
         for features, widths in _chunks(reader):
             values = predict(model, features, widths, first_line=lines + 1)
-            writer.write("".join(format_fixed(v, 10) + "\n" for v in values.tolist()).encode("ascii"))
+            writer.write(fixed_lines(values, 10))
             lines += len(features)
     return f"Predict result has {lines} lines of data."
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import BuiltinFunction, FunctionError, FunctionRuntime
 from ._linear import dot8_rows, sigmoid
-from ._numbers import format_fixed
+from ._numbers import fixed_lines
 from ._tables import iter_table
 
 
@@ -63,7 +63,7 @@ def logistic_regression_predict(arguments: dict[str, Any], runtime: FunctionRunt
         for chunk in iter_table(reader, features):
             design = np.hstack([np.ones((len(chunk), 1)), chunk])
             probabilities = sigmoid(dot8_rows(design, parameters))
-            writer.write("".join(format_fixed(p, 4) + "\n" for p in probabilities.tolist()).encode("ascii"))
+            writer.write(fixed_lines(probabilities, 4))
             rows += len(chunk)
     return f"Predicted {rows} lines of data."
 

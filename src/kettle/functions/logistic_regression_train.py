@@ -60,7 +60,6 @@ def model_json(alpha: float, iterations: int, parameters: np.ndarray) -> str:
 
 
 def logistic_regression_train(arguments: dict[str, Any], runtime: FunctionRuntime) -> str:
-    check_alpha(arguments)
     alpha, iterations, features = arguments["alg_alpha"], arguments["alg_iters"], arguments["feature_size"]
     with runtime.open_input("training_data") as reader:
         table = read_table(reader, features + 1)

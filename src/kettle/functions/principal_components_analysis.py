@@ -56,7 +56,6 @@ def transform(table: np.ndarray, count: int, center: bool) -> np.ndarray:
 
 
 def principal_components_analysis(arguments: dict[str, Any], runtime: FunctionRuntime) -> str:
-    check_components(arguments)
     count, features = arguments["n"], arguments["feature_size"]
     with runtime.open_input("input_data") as reader:
         table = read_table(reader, features + 1)[:, :features]

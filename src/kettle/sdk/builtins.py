@@ -69,7 +69,7 @@ class BuiltinSpec:
             typed = parse_arguments(dict(arguments), function.arguments, declared=True)
         except ArgumentsError as exc:
             raise ValueError(f"arguments do not fit {self.name}: {exc.detail}") from None
-        inputs, outputs = function.files(typed)
+        inputs, outputs = function.file_names(typed)
         return list(inputs), list(outputs)
 
 
