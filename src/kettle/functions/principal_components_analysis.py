@@ -1,12 +1,8 @@
 """``builtin_principal_components_analysis`` (``spec/functions.md`` §5.8): project data on its first n components.
 
-The reference computes the SVD with rulinalg's Golub–Reinsch routine; Kettle
-uses LAPACK's (numpy), which gives the same singular values and vectors to
-about 1e-15 relative. The sign of a singular vector is arbitrary in any SVD
-and is where the two can differ: Kettle fixes it deterministically, making the
-largest-magnitude entry of every component positive (the first such entry on
-ties), so the same data always gives the same output; the reference's signs
-come out of its iteration and are not reproduced (``docs/builtins.md``).
+The components are the right singular vectors from a port of the
+reference's Golub–Reinsch SVD (``_golub_reinsch``), so their signs are the
+ones that algorithm gives; the values agree with LAPACK's to about 1e-15.
 
 Input: a numeric table of F+1 doubles per line, the last column ignored (a
 label). Output: one line per row, the n projected values in the reference's
@@ -23,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import BuiltinFunction, FunctionError, FunctionRuntime
+from ._golub_reinsch import SVDNotConverged, right_singular_vectors
 from ._numbers import format_debug
 from ._tables import read_table
 from .arguments import BOOL, USIZE
@@ -37,22 +34,25 @@ def check_components(arguments: dict[str, Any]) -> None:
 
 
 def components(data: np.ndarray) -> np.ndarray:
-    """The right singular vectors (F × F, columns by descending singular value), signs fixed."""
+    """The right singular vectors (F × F, columns by descending singular value)."""
     try:
-        _, _, vt = np.linalg.svd(data, full_matrices=False)
-    except np.linalg.LinAlgError:
+        return right_singular_vectors(data)[1]
+    except SVDNotConverged:
         raise FunctionError(SVD_FAILED) from None
-    vectors = vt.T
-    largest = np.argmax(np.abs(vectors), axis=0)
-    signs = np.sign(vectors[largest, np.arange(vectors.shape[1])])
-    return vectors * np.where(signs == 0, 1.0, signs)
 
 
 def transform(table: np.ndarray, count: int, center: bool) -> np.ndarray:
-    data = table - table.sum(axis=0) / len(table) if center else table
+    """The rows projected on the first ``count`` components, with the reference's summation orders."""
+    # Column sums in file order (cumsum is sequential; ``sum`` would be pairwise).
+    data = table - np.cumsum(table, axis=0)[-1] / len(table) if center else table
     if not np.isfinite(data).all():
         raise FunctionError(SVD_FAILED)
-    return data @ components(data)[:, :count]
+    kept = components(data)[:, :count]
+    # A plain matrix product, each element summed over k = 0..F-1 from 0.0, as the reference does.
+    projected = np.zeros((len(data), count))
+    for k in range(data.shape[1]):
+        projected += data[:, k, None] * kept[k]
+    return projected
 
 
 def principal_components_analysis(arguments: dict[str, Any], runtime: FunctionRuntime) -> str:
