@@ -141,6 +141,29 @@ class ExecutionConfig:
 
 
 @dataclass(frozen=True)
+class SandboxConfig:
+    """Limits of the sandbox that runs user functions, per task (``docs/sandbox.md``).
+
+    Exceeding one ends the task Failed with a named reason. The sandbox refuses
+    to run when one of its required layers is missing; ``unsafe_allow_degraded``
+    runs it anyway with what there is, and says so loudly in the log and in
+    every task's result.
+    """
+
+    wall_time_secs: int = 3600
+    cpu_time_secs: int = 600
+    memory_mib: int = 1024
+    output_mib: int = 1024
+    """Total bytes a task may write to its outputs, over all of them."""
+    return_value_bytes: int = 20480
+    """The reference's return buffer size."""
+    log_bytes: int = 65536
+    """What is kept of the function's stdout and stderr (for the task log, with ``save_log``)."""
+    open_files: int = 64
+    unsafe_allow_degraded: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     home: Path
     dev_mode: bool = False
@@ -154,6 +177,7 @@ class Config:
     scheduler: SchedulerConfig = SchedulerConfig()
     file_agent: FileAgentConfig = FileAgentConfig()
     execution: ExecutionConfig = ExecutionConfig()
+    sandbox: SandboxConfig = SandboxConfig()
 
     def path(self, relative: str) -> Path:
         p = Path(relative)
@@ -288,6 +312,8 @@ def parse_config(text: str, home: Path) -> Config:
             config = replace(config, file_agent=_section(FileAgentConfig, value, key))
         elif key == "execution":
             config = replace(config, execution=_section(ExecutionConfig, value, key))
+        elif key == "sandbox":
+            config = replace(config, sandbox=_section(SandboxConfig, value, key))
         elif key == "mount":
             fusion = value.get("fusion_base_dir") if isinstance(value, dict) else None
             if isinstance(fusion, str) and fusion:

@@ -22,16 +22,18 @@ from ..functions.arguments import ArgumentsError
 from ..model.records import StagedTask, TaskOutputs, TaskResult, truncate_reason
 from .builtin import run_builtin
 from .files import DataPlane, TaskFiles
+from .sandboxed import run_python
 
 Executor = Callable[[str, Any, bytes, FunctionRuntime], str]
 """(function name, argument object, payload, runtime) → summary string."""
 
 EXECUTORS: dict[tuple[str, str], Executor] = {
     ("builtin", "builtin"): run_builtin,
+    ("python", "mesapy"): run_python,
 }
-"""Registered (executor_type, executor) pairs (§2). ``(python, mesapy)`` and ``(wamr, wamr)``
-are valid pairs whose engines are not built yet; like a reference build without
-them, they fail with the same "function not available" text as a mismatch."""
+"""Registered (executor_type, executor) pairs (§2). ``(wamr, wamr)`` is a valid pair whose
+engine is not built yet; like a reference build without it, it fails with the same
+"function not available" text as a mismatch."""
 
 TYPE_VARIANTS = {"builtin": "Builtin", "python": "Python", "wamr": "WAMicroRuntime"}
 ENGINE_VARIANTS = {"builtin": "Builtin", "mesapy": "MesaPy", "wamr": "WAMicroRuntime"}

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import FileAgentConfig
+from ..config import FileAgentConfig, SandboxConfig
 from ..model.records import StagedTask
 
 
@@ -24,6 +24,12 @@ class WorkerJob:
     home: Path
     """``KETTLE_HOME``: relative file agent paths are relative to it."""
     file_agent: FileAgentConfig
+    sandbox: SandboxConfig = SandboxConfig()
+    """Limits for user code (Python executor)."""
+    sandbox_layers: str = ""
+    """The node's sandbox layers, as its zygote probed them (reported in the task's log)."""
+    sandbox_refusal: str = ""
+    """Why the node's sandbox may not run user code (a required layer is missing), or empty."""
 
     def to_bytes(self) -> bytes:
         return json.dumps({
@@ -31,6 +37,9 @@ class WorkerJob:
             "workdir": str(self.workdir),
             "home": str(self.home),
             "file_agent": asdict(self.file_agent),
+            "sandbox": asdict(self.sandbox),
+            "sandbox_layers": self.sandbox_layers,
+            "sandbox_refusal": self.sandbox_refusal,
         }).encode()
 
     @classmethod
@@ -47,6 +56,9 @@ class WorkerJob:
                 workdir=Path(doc["workdir"]),
                 home=Path(doc["home"]),
                 file_agent=FileAgentConfig(**settings),
+                sandbox=SandboxConfig(**doc["sandbox"]),
+                sandbox_layers=str(doc["sandbox_layers"]),
+                sandbox_refusal=str(doc["sandbox_refusal"]),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed worker job: {exc}") from None

@@ -22,9 +22,12 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 
 PARENT_PID_ENV = "KETTLE_WORKER_PARENT"
+SANDBOX_FD_ENV = "KETTLE_WORKER_SANDBOX_FD"
+"""The descriptor of this worker's connection to the node's sandbox zygote, when it has one."""
 PR_SET_PDEATHSIG = 1
 
 
@@ -63,6 +66,10 @@ def main() -> int:
     from . import failure_reason, run_staged_task
     from .files import DataPlane
     from .job import WorkerJob
+    from .sandboxed import configure
+
+    sandbox_fd = os.environ.pop(SANDBOX_FD_ENV, "")
+    zygote = socket.socket(fileno=int(sandbox_fd)) if sandbox_fd else None
 
     data = sys.stdin.buffer.read()
     if not data:
@@ -72,6 +79,8 @@ def main() -> int:
     except ValueError as exc:
         result = TaskResult(failure=failure_reason(exc))
     else:
+        if zygote is not None:
+            configure(zygote, job.sandbox, job.sandbox_layers, job.sandbox_refusal)
         plane = DataPlane(FileAgent(job.file_agent, job.home), job.workdir)
         result = run_staged_task(job.staged, plane)
     result_out.write(json.dumps(result.to_json()).encode())

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import grpc
 
-from ...config import FileAgentConfig
+from ...config import FileAgentConfig, SandboxConfig
 from ...executors.job import WorkerJob
 from ...model.records import StagedTask, TaskResult
 from ...rpc.channel import PeerChannels
+from ...sandbox.host import SandboxHost
 from ...rpc.generated import kettle_scheduler_pb2 as pb
 from ...rpc.generated import kettle_scheduler_pb2_grpc as pb_grpc
 from ...rpc.generated import teaclave_common_pb2 as common_pb
@@ -135,6 +136,14 @@ class Workspace:
     root: Path
     """This node's own scratch directory; each task gets a private directory inside."""
     file_agent: FileAgentConfig
+    sandbox: SandboxConfig = SandboxConfig()
+    sandbox_host: SandboxHost | None = None
+
+    def job(self, staged: StagedTask, workdir: Path) -> WorkerJob:
+        host = self.sandbox_host
+        return WorkerJob(staged, workdir, self.home, self.file_agent, self.sandbox,
+                         sandbox_layers=host.layers.summary() if host is not None else "",
+                         sandbox_refusal=(host.refusal or "") if host is not None else "")
 
     @contextlib.contextmanager
     def task_dir(self, task_id: str, attempt: int) -> Iterator[Path]:
@@ -219,7 +228,7 @@ class ExecutionNode:
             if not await self._confirm_running(current):
                 return
             with self._workspace.task_dir(current.task_id, attempt) as workdir:
-                job = WorkerJob(staged, workdir, self._workspace.home, self._workspace.file_agent)
+                job = self._workspace.job(staged, workdir)
                 result = await self._run_in_worker(current, job.to_bytes())
             if result is None:
                 log.info("task %s stopped; its worker was killed", current.task_id)

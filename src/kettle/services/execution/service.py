@@ -18,6 +18,7 @@ from ...config import Config
 from ..runtime import ServiceRuntime, signal_ready
 from .node import ExecutionNode, SchedulerClient, Workspace
 from .workers import WorkerPool
+from ...sandbox.host import SandboxHost
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +27,16 @@ async def main(config: Config) -> None:
     runtime = ServiceRuntime("execution", config)
     await runtime.attest()
     executor_id = str(uuid.uuid4())
+    sandbox = SandboxHost(allow_degraded=config.sandbox.unsafe_allow_degraded)
+    await sandbox.start()
     workspace = Workspace(
         home=config.home,
         root=config.path(config.execution.scratch_dir) / executor_id,
         file_agent=config.file_agent,
+        sandbox=config.sandbox,
+        sandbox_host=sandbox,
     )
-    workers = WorkerPool()
+    workers = WorkerPool(sandbox)
     await workers.start()
     node = ExecutionNode(SchedulerClient(runtime.peers, executor_id), workers, workspace)
     log.info("execution node %s is running", executor_id)
@@ -51,6 +56,7 @@ async def main(config: Config) -> None:
             task.cancel()
         results = await asyncio.gather(work, stopping, return_exceptions=True)
         await workers.close()
+        await sandbox.close()
         workspace.remove()
         await runtime.identities.stop()
         await runtime.peers.close()

@@ -15,8 +15,9 @@ import logging
 import os
 import sys
 
-from ...executors.worker import PARENT_PID_ENV
+from ...executors.worker import PARENT_PID_ENV, SANDBOX_FD_ENV
 from ...model.records import TaskResult
+from ...sandbox.host import SandboxHost
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,23 @@ class WorkerProcess:
         self._process = process
 
     @classmethod
-    async def start(cls) -> WorkerProcess:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", WORKER_MODULE,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, PARENT_PID_ENV: str(os.getpid())},
-        )
+    async def start(cls, sandbox: SandboxHost | None = None) -> WorkerProcess:
+        """A new worker; with ``sandbox``, connected to the node's zygote (for user code)."""
+        env = {**os.environ, PARENT_PID_ENV: str(os.getpid())}
+        connection = await sandbox.connect() if sandbox is not None else None
+        try:
+            if connection is not None:
+                env[SANDBOX_FD_ENV] = str(connection.fileno())
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", WORKER_MODULE,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=env,
+                pass_fds=(connection.fileno(),) if connection is not None else (),
+            )
+        finally:
+            if connection is not None:
+                connection.close()
         return cls(process)
 
     @property
@@ -76,19 +87,20 @@ class WorkerProcess:
 class WorkerPool:
     """Always one spare worker, started before it is needed."""
 
-    def __init__(self) -> None:
+    def __init__(self, sandbox: SandboxHost | None = None) -> None:
         self._spare: WorkerProcess | None = None
+        self._sandbox = sandbox
 
     async def start(self) -> None:
-        self._spare = await WorkerProcess.start()
+        self._spare = await WorkerProcess.start(self._sandbox)
 
     async def take(self) -> WorkerProcess:
         worker = self._spare
         if worker is None or not worker.alive:
             if worker is not None:
                 log.warning("the spare worker %d died; starting another", worker.pid)
-            worker = await WorkerProcess.start()
-        self._spare = await WorkerProcess.start()
+            worker = await WorkerProcess.start(self._sandbox)
+        self._spare = await WorkerProcess.start(self._sandbox)
         return worker
 
     async def close(self) -> None:

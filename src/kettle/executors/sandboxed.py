@@ -1,0 +1,76 @@
+"""The Python executor on the worker's side: user code runs in the node's sandbox, never in this process.
+
+The worker learns at start (:func:`configure`) its connection to the node's
+zygote, the limits, and the sandbox's layers; :func:`run_python` then flattens
+the arguments into argv (functions.md §3.3), runs the payload in a fresh
+sandboxed child, serves it the task's files through :class:`TaskFiles`, and
+turns the outcome into a summary or a :class:`FunctionError` with the reason.
+What the function printed and the traceback of its failure go to the task's
+log (kept only with ``save_log``), together with the sandbox's layers.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import SandboxConfig
+from ..functions import FUNCTION_LOGGER_PREFIX, FunctionError, FunctionRuntime
+from ..functions.arguments import ArgumentsError
+from ..sandbox.payload_api import flatten_arguments
+from ..sandbox.supervisor import Limits, SandboxError, run_sandboxed
+
+log = logging.getLogger(FUNCTION_LOGGER_PREFIX + "python")
+
+
+@dataclass(frozen=True)
+class _Sandbox:
+    zygote: socket.socket
+    limits: Limits
+    layers: str
+    refusal: str
+
+
+_sandbox: _Sandbox | None = None
+
+
+def limits_of(config: SandboxConfig) -> Limits:
+    return Limits(
+        wall_time_secs=config.wall_time_secs,
+        cpu_time_secs=config.cpu_time_secs,
+        memory_bytes=config.memory_mib << 20,
+        output_bytes=config.output_mib << 20,
+        return_value_bytes=config.return_value_bytes,
+        log_bytes=config.log_bytes,
+        open_files=config.open_files,
+    )
+
+
+def configure(zygote: socket.socket, config: SandboxConfig, layers: str, refusal: str) -> None:
+    global _sandbox
+    _sandbox = _Sandbox(zygote, limits_of(config), layers, refusal)
+
+
+def run_python(name: str, arguments: Any, payload: bytes, runtime: FunctionRuntime) -> str:
+    if _sandbox is None:
+        raise FunctionError("SandboxUnavailable: this execution node has no sandbox for user code")
+    if _sandbox.refusal:
+        raise FunctionError(_sandbox.refusal)
+    if not isinstance(arguments, dict):
+        raise ArgumentsError("the arguments are not a JSON object")
+    argv = flatten_arguments(arguments)
+    log.info("%s", _sandbox.layers)
+    try:
+        outcome = run_sandboxed(_sandbox.zygote, argv, payload, runtime, _sandbox.limits)
+    except SandboxError as exc:
+        raise FunctionError(f"SandboxUnavailable: {exc}") from None
+    for line in outcome.output.decode("utf-8", "replace").splitlines():
+        log.info("output: %s", line)
+    if outcome.failure is not None:
+        if outcome.traceback:
+            log.error("%s", outcome.traceback.rstrip())
+        raise FunctionError(outcome.failure)
+    assert outcome.return_value is not None
+    return outcome.return_value

@@ -1,0 +1,221 @@
+"""What a sandboxed child does between ``fork()`` in the zygote and the user's code.
+
+The order matters (``research/sandbox.md`` §7.1): descriptors first (only the
+task's own survive), then what needs root (namespaces, the memory cgroup,
+resource limits), then the identity (a fresh unprivileged uid), then the
+restrictions that cannot be undone (Landlock, then seccomp), and only then the
+user's code. Nothing here trusts the code that runs after it: every limit is
+kernel-enforced, and the supervisor judges the outcome from what it observes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import ctypes
+import fcntl
+import json
+import linecache
+import os
+import resource
+import signal
+import socket
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import landlock, payload_api, protocol, seccomp
+from .layers import NAMESPACES, Layers, unshare
+
+PR_SET_PDEATHSIG = 1
+MAX_THREADS = 16
+PAYLOAD_MODULE_NAME = "__payload__"
+"""The payload's globals' ``__name__`` (functions.md §6.2: anything but ``__main__``)."""
+STDIN, STDOUT, STDERR = 0, 1, 2
+
+ALLOWED_MODULES = frozenset({
+    # the reference interpreter's modules (functions.md §6.5), by their Python 3 names
+    "math", "cmath", "marshal", "binascii", "struct", "array", "itertools", "operator", "random", "codecs",
+    "re", "errno", "gc", "io", "weakref", "sys", "teaclave", "_numpypy", "builtins",
+    # numpy and pure computation from the standard library
+    "numpy", "json", "collections", "functools", "heapq", "bisect", "statistics", "decimal", "fractions",
+    "datetime", "time", "string", "textwrap", "base64", "hashlib", "hmac", "csv", "copy", "dataclasses",
+    "enum", "typing", "abc", "numbers", "contextlib", "unicodedata", "zlib", "os", "pprint", "difflib",
+    "secrets", "uuid", "types", "warnings", "traceback",
+})
+"""What a function may import. Everything here is loaded by the zygote before any task, so an import
+never touches the file system (which the function cannot reach anyway)."""
+
+PRELOAD = (*sorted(ALLOWED_MODULES - {"teaclave", "_numpypy"}), "numpy.linalg", "numpy.fft", "numpy.random",
+           "numpy.polynomial", "_strptime", "json.decoder", "json.encoder", "encodings.idna", "encodings.utf_8_sig",
+           "encodings.latin_1", "encodings.ascii", "encodings.utf_16", "encodings.utf_32", "encodings.cp1252",
+           "encodings.hex_codec", "encodings.base64_codec", "encodings.unicode_escape")
+
+
+class ModuleNotAllowedError(ImportError):
+    """The function imported a module the sandbox does not offer."""
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """What the zygote tells a child: its limits and identity, and the layers to apply."""
+
+    cpu_secs: int
+    memory_bytes: int
+    address_space_bytes: int
+    open_files: int
+    uid: int
+    cgroup: str
+    layers: Layers
+
+
+def _die_with_parent(parent: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _keep_only(file_sock: int, stdio: int, job: int, devnull: int) -> tuple[int, int]:
+    """Descriptors 0-2 are /dev/null and the output pipe; the file socket and the job move to 3 and 4."""
+    # moved out of the way first, so that no dup2 below closes one of them
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in (devnull, stdio, file_sock, job)]
+    for target, fd in zip((STDIN, STDOUT, STDERR, 3, 4), (moved[0], moved[1], moved[1], moved[2], moved[3])):
+        os.dup2(fd, target, inheritable=False)
+    os.closerange(5, os.sysconf("SC_OPEN_MAX"))
+    return 3, 4
+
+
+def _set_limits(spec: ChildSpec) -> None:
+    resource.setrlimit(resource.RLIMIT_CPU, (spec.cpu_secs, spec.cpu_secs + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (spec.address_space_bytes, spec.address_space_bytes))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (spec.open_files, spec.open_files))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NPROC, (MAX_THREADS, MAX_THREADS))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _read_job(fd: int) -> tuple[list[str], bytes]:
+    data = bytearray()
+    while chunk := os.read(fd, 1 << 20):
+        data += chunk
+    os.close(fd)
+    (header_size,) = struct.unpack_from("<I", data)
+    argv = json.loads(bytes(data[4:4 + header_size]))
+    return [str(a) for a in argv], bytes(data[4 + header_size:])
+
+
+def harden(spec: ChildSpec, parent: int) -> None:
+    """Apply every layer the spec names; raise if one fails (the child then exits without running anything)."""
+    _die_with_parent(parent)
+    os.setsid()
+    if spec.layers.has("namespaces"):
+        unshare(NAMESPACES)
+    if spec.cgroup:
+        Path(spec.cgroup, "cgroup.procs").write_text(str(os.getpid()))
+    _set_limits(spec)
+    if spec.layers.has("uid"):
+        os.setgroups([])
+        os.setresgid(spec.uid, spec.uid, spec.uid)
+        os.setresuid(spec.uid, spec.uid, spec.uid)
+    ctypes.CDLL(None, use_errno=True).prctl(seccomp.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    if spec.layers.has("landlock"):
+        landlock.restrict_self(spec.layers.landlock_abi)
+    if spec.layers.has("seccomp"):
+        seccomp.load(seccomp.build_filter(os.getpid()))
+
+
+class _SocketChannel:
+    """The payload API's files: each open asks the supervisor, which answers with a fresh descriptor."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def _ask(self, kind: bytes, name: str) -> int:
+        protocol.send(self._sock, kind, name.encode("utf-8", "surrogatepass"))
+        answer = protocol.receive(self._sock)
+        if answer is None:
+            raise LookupError(name)
+        granted, _, fds = answer
+        if granted != protocol.GRANTED or len(fds) != 1:
+            protocol.close_all(fds)
+            raise LookupError(name)
+        return fds[0]
+
+    def open_input(self, name: str) -> int:
+        return self._ask(protocol.OPEN_INPUT, name)
+
+    def create_output(self, name: str) -> int:
+        return self._ask(protocol.CREATE_OUTPUT, name)
+
+
+def _guard_imports(payload_name: str) -> None:
+    """The payload may import only :data:`ALLOWED_MODULES`; nothing may load a module the zygote did not.
+
+    Libraries import their own dependencies at run time (``datetime`` its
+    ``_strptime``), so the name rule applies to the payload's own code (its
+    globals' ``__name__``), and the "already loaded" rule to everyone: loading
+    means reading files, which no sandboxed process can do. This is for clear
+    errors; the boundary is the kernel's.
+    """
+    original = builtins.__import__
+
+    def guarded(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0) -> Any:
+        if level == 0:
+            from_payload = isinstance(globals, dict) and globals.get("__name__") == payload_name
+            if from_payload and name.partition(".")[0] not in ALLOWED_MODULES:
+                raise ModuleNotAllowedError(f"import of {name!r} is not allowed in the sandbox")
+            if name not in sys.modules:
+                raise ModuleNotAllowedError(f"module {name!r} is not available in the sandbox")
+        return original(name, globals, locals, fromlist, level)
+
+    builtins.__import__ = guarded
+
+
+def _no_source_files() -> None:
+    """Tracebacks must not read source files (the function cannot open any); the payload's own lines are cached."""
+    def no_lines(filename: str, module_globals: Any = None) -> list[str]:
+        return []
+
+    linecache.updatecache = no_lines  # type: ignore[assignment]
+
+
+def _send_result(sock: socket.socket, value: str) -> None:
+    data = value.encode("utf-8", "surrogatepass")
+    step = protocol.MAX_MESSAGE - 1
+    for start in range(0, len(data), step):
+        protocol.send(sock, protocol.RETURN_PART, data[start:start + step])
+    protocol.send(sock, protocol.DONE)
+
+
+def run_python(spec: ChildSpec, parent: int, file_sock: int, stdio: int, job: int, devnull: int) -> NoReturn:
+    """The child's whole life: harden, run the payload, report, exit. Never returns."""
+    code = 70
+    try:
+        sock_fd, job_fd = _keep_only(file_sock, stdio, job, devnull)
+        harden(spec, parent)
+        argv, source = _read_job(job_fd)
+        sock = socket.socket(fileno=sock_fd)
+        os.environ.clear()
+        _no_source_files()
+        channel = _SocketChannel(sock)
+        payload_api.install(channel)
+        _guard_imports(PAYLOAD_MODULE_NAME)
+        try:
+            value = payload_api.run_payload(source, argv, channel)
+        except payload_api.PayloadFailure as failure:
+            body = json.dumps({"type": failure.type_name, "message": failure.message[:4096],
+                               "traceback": failure.traceback[-16384:]}).encode()
+            protocol.send(sock, protocol.FAILED, body)
+        else:
+            _send_result(sock, value)
+        code = 0
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - the payload may have replaced or closed them
+                pass
+        os._exit(code)

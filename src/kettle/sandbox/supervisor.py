@@ -1,0 +1,354 @@
+"""The worker's side of a sandboxed run: hand the task to the zygote, serve its files, watch it, judge the outcome.
+
+The child is hostile, so everything it says is checked and nothing it says
+decides a limit: the reasons below come from what this process observes —
+its own timer and byte counts, the exit status and CPU time the zygote reports
+from ``wait4``, the memory cgroup's OOM counter:
+
+========================  ================================================
+reason                    observed
+========================  ================================================
+``WallTimeExceeded``      the supervisor's clock; it killed the child
+``CPUTimeExceeded``       ``SIGXCPU``, or ``SIGKILL`` at the hard CPU limit
+``MemoryLimitExceeded``   the memory cgroup's OOM kills or failed charges
+``OutputLimitExceeded``   bytes the supervisor received for the outputs
+``ReturnValueLimitExceeded``  bytes of the return value it received
+``SandboxViolation``      ``SIGSYS`` (a forbidden system call), or a
+                          message that breaks the protocol
+========================  ================================================
+
+An exception in the payload is the payload's own failure: ``<Type>: <message>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol
+
+from . import protocol
+
+CHUNK = 1 << 16
+START_TIMEOUT_SECS = 30.0
+
+
+class Runtime(Protocol):
+    def open_input(self, name: str) -> BinaryIO: ...
+
+    def create_output(self, name: str) -> BinaryIO: ...
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_time_secs: float
+    cpu_time_secs: int
+    memory_bytes: int
+    output_bytes: int
+    return_value_bytes: int
+    log_bytes: int
+    open_files: int
+
+
+@dataclass(frozen=True)
+class Exit:
+    """What the zygote saw when the child ended."""
+
+    status: int
+    cpu_secs: float
+    oom_kills: int = 0
+    memory_failcnt: int = 0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    return_value: str | None = None
+    failure: str | None = None
+    traceback: str = ""
+    output: bytes = b""
+    """The start of what the function printed (stdout and stderr), at most ``log_bytes``."""
+
+
+class SandboxError(Exception):
+    """The sandbox could not run the task (not the function's fault)."""
+
+
+@dataclass
+class _Final:
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0
+    done: bool = False
+    failure: dict[str, str] | None = None
+
+
+def classify(exit: Exit, killed_for: str | None, final: _Final, limits: Limits) -> tuple[str | None, str | None]:
+    """(return value, failure reason) from the observed facts; exactly one is not None."""
+    if killed_for is not None:
+        return None, killed_for
+    if os.WIFSIGNALED(exit.status):
+        sig = os.WTERMSIG(exit.status)
+        if sig == signal.SIGSYS:
+            return None, "SandboxViolation: the function made a forbidden system call"
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and exit.cpu_secs >= limits.cpu_time_secs):
+            return None, f"CPUTimeExceeded: the function used more than {limits.cpu_time_secs} s of CPU time"
+        if exit.oom_kills:
+            return None, _memory_reason(limits)
+        return None, f"Runtime Error: the function's process was killed by {signal.Signals(sig).name}"
+    if exit.oom_kills or (final.failure is not None and final.failure.get("type") == "MemoryError"
+                          and exit.memory_failcnt):
+        return None, _memory_reason(limits)
+    code = os.WEXITSTATUS(exit.status)
+    if code != 0:
+        return None, f"Runtime Error: the function's process exited with status {code}"
+    if final.failure is not None:
+        kind, message = final.failure["type"], final.failure["message"]
+        return None, f"{kind}: {message}" if message else kind
+    if not final.done:
+        return None, "Runtime Error: the function's process ended without a result"
+    return b"".join(final.parts).decode("utf-8", "surrogatepass"), None
+
+
+def _memory_reason(limits: Limits) -> str:
+    return f"MemoryLimitExceeded: the function used more than {limits.memory_bytes >> 20} MiB of memory"
+
+
+def _job(argv: list[str], source: bytes) -> int:
+    header = json.dumps(argv).encode()
+    fd = os.memfd_create("kettle-job", os.MFD_CLOEXEC)
+    data = struct.pack("<I", len(header)) + header + source
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+class _Session:
+    def __init__(self, zygote: socket.socket, files: socket.socket, pidfd: int, stdio: int,
+                 runtime: Runtime, limits: Limits) -> None:
+        self.zygote, self.files, self.pidfd, self.stdio = zygote, files, pidfd, stdio
+        self.runtime, self.limits = runtime, limits
+        self.final = _Final()
+        self.killed_for: str | None = None
+        self.exit: Exit | None = None
+        self.output = bytearray()
+        self.output_written = 0
+        self.streams: list[threading.Thread] = []
+        self.lock = threading.Lock()
+
+    # --- ending it --------------------------------------------------------------------
+
+    def kill(self, reason: str) -> None:
+        with self.lock:
+            if self.killed_for is None:
+                self.killed_for = reason
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.limits.wall_time_secs
+        selector = selectors.DefaultSelector()
+        selector.register(self.files, selectors.EVENT_READ, self._on_files)
+        selector.register(self.zygote, selectors.EVENT_READ, self._on_zygote)
+        selector.register(self.stdio, selectors.EVENT_READ, self._on_stdio)
+        try:
+            while self.exit is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 and self.killed_for is None:
+                    self.kill(f"WallTimeExceeded: the function ran for more than {self.limits.wall_time_secs:g} s")
+                for key, _ in selector.select(max(remaining, 0.05)):
+                    if not key.data(key.fileobj, selector):
+                        selector.unregister(key.fileobj)
+            # the child is gone: read what it left in the socket and the pipe
+            self.files.setblocking(False)
+            while self._on_files(self.files, selector):
+                pass
+            while self._on_stdio(self.stdio, selector):
+                pass
+        finally:
+            selector.close()
+        for stream in self.streams:
+            stream.join()
+
+    def _on_zygote(self, sock: socket.socket, _: selectors.BaseSelector) -> bool:
+        message = protocol.receive(sock)
+        if message is None:
+            raise SandboxError("the sandbox's zygote went away during the task")
+        kind, body, fds = message
+        protocol.close_all(fds)
+        if kind == protocol.EXITED:
+            report = protocol.body_json(body)
+            self.exit = Exit(int(report["status"]), float(report["cpu_secs"]), int(report["oom_kills"]),
+                             int(report["memory_failcnt"]))
+        return True
+
+    def _on_stdio(self, fd: int, _: selectors.BaseSelector) -> bool:
+        try:
+            data = os.read(fd, CHUNK)
+        except BlockingIOError:
+            return False
+        if data and len(self.output) < self.limits.log_bytes:
+            self.output += data[: self.limits.log_bytes - len(self.output)]
+        return bool(data)
+
+    def _on_files(self, sock: socket.socket, _: selectors.BaseSelector) -> bool:
+        try:
+            message = protocol.receive(sock)
+        except BlockingIOError:
+            return False
+        except (protocol.ProtocolError, OSError):
+            self.kill("SandboxViolation: the function broke the result channel's protocol")
+            return False
+        if message is None:
+            return False
+        kind, body, fds = message
+        if fds:
+            protocol.close_all(fds)
+            self.kill("SandboxViolation: the function broke the result channel's protocol")
+            return True
+        finished = self.final.done or self.final.failure is not None
+        if kind in (protocol.OPEN_INPUT, protocol.CREATE_OUTPUT) and not finished:
+            self._open(kind, body)
+        elif kind == protocol.RETURN_PART and not finished:
+            self.final.parts.append(body)
+            self.final.size += len(body)
+            if self.final.size > self.limits.return_value_bytes:
+                self.kill(f"ReturnValueLimitExceeded: the return value is larger than "
+                          f"{self.limits.return_value_bytes} bytes")
+        elif kind == protocol.DONE and not finished:
+            self.final.done = True
+        elif kind == protocol.FAILED and not finished:
+            self.final.failure = _failure(body)
+            if self.final.failure is None:
+                self.kill("SandboxViolation: the function broke the result channel's protocol")
+        else:
+            self.kill("SandboxViolation: the function broke the result channel's protocol")
+        return True
+
+    # --- files -------------------------------------------------------------------------------
+
+    def _open(self, kind: bytes, body: bytes) -> None:
+        try:
+            name = body.decode("utf-8")
+        except UnicodeDecodeError:
+            protocol.send(self.files, protocol.REFUSED)
+            return
+        if len(self.streams) >= 4 * self.limits.open_files:
+            protocol.send(self.files, protocol.REFUSED)
+            return
+        try:
+            if kind == protocol.OPEN_INPUT:
+                source = self.runtime.open_input(name)
+                read_end, write_end = os.pipe()
+                self._start(lambda: _feed(source, write_end))
+                handed = read_end
+            else:
+                sink = self.runtime.create_output(name)
+                read_end, write_end = os.pipe()
+                self._start(lambda: self._drain(read_end, sink))
+                handed = write_end
+        except Exception:  # noqa: BLE001 - an unknown name or a failing file: the payload sees a refusal
+            protocol.send(self.files, protocol.REFUSED)
+            return
+        try:
+            protocol.send(self.files, protocol.GRANTED, b"", [handed])
+        finally:
+            os.close(handed)
+
+    def _start(self, work: Callable[[], None]) -> None:
+        thread = threading.Thread(target=work, daemon=True)
+        self.streams.append(thread)
+        thread.start()
+
+    def _drain(self, fd: int, sink: BinaryIO) -> None:
+        """Copy what the function writes into the output, counting it against the limit."""
+        try:
+            while data := os.read(fd, CHUNK):
+                with self.lock:
+                    self.output_written += len(data)
+                    over = self.output_written > self.limits.output_bytes
+                if over:
+                    self.kill(f"OutputLimitExceeded: the function wrote more than {self.limits.output_bytes} "
+                              "bytes of output")
+                    continue
+                with contextlib.suppress(ValueError, OSError):  # a re-created output closed this stream
+                    sink.write(data)
+            with contextlib.suppress(ValueError, OSError):
+                sink.flush()
+        finally:
+            os.close(fd)
+
+
+def _feed(source: BinaryIO, fd: int) -> None:
+    try:
+        while data := source.read(CHUNK):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+    except OSError:
+        pass  # the function closed its end (or ended): it wants no more
+    finally:
+        os.close(fd)
+        with contextlib.suppress(Exception):
+            source.close()
+
+
+def _failure(body: bytes) -> dict[str, str] | None:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) for k in ("type", "message", "traceback")):
+        return None
+    return {k: doc[k] for k in ("type", "message", "traceback")}
+
+
+def run_sandboxed(zygote: socket.socket, argv: list[str], source: bytes, runtime: Runtime, limits: Limits) -> Outcome:
+    """Run the payload in a fresh sandboxed child of ``zygote`` and judge the outcome."""
+    files, theirs = protocol.socket_pair()
+    stdio_read, stdio_write = os.pipe()
+    job = _job(argv, source)
+    request = {"cpu_secs": limits.cpu_time_secs, "memory_bytes": limits.memory_bytes, "open_files": limits.open_files}
+    try:
+        protocol.send_json(zygote, protocol.SPAWN, request, [theirs.fileno(), stdio_write, job])
+    except OSError as exc:
+        raise SandboxError(f"the sandbox's zygote cannot be reached: {exc}") from None
+    finally:
+        theirs.close()
+        os.close(stdio_write)
+        os.close(job)
+    zygote.settimeout(START_TIMEOUT_SECS)
+    try:
+        answer = protocol.receive(zygote)
+    except (OSError, protocol.ProtocolError) as exc:
+        raise SandboxError(f"the sandbox's zygote did not start the function: {exc}") from None
+    finally:
+        zygote.settimeout(None)
+    if answer is None or answer[0] != protocol.STARTED or len(answer[2]) != 1:
+        if answer is not None:
+            protocol.close_all(answer[2])
+        raise SandboxError("the sandbox's zygote did not start the function")
+    pidfd = answer[2][0]
+    os.set_blocking(stdio_read, False)
+    session = _Session(zygote, files, pidfd, stdio_read, runtime, limits)
+    try:
+        session.run()
+    finally:
+        os.close(pidfd)
+        os.close(stdio_read)
+        files.close()
+    assert session.exit is not None
+    value, failure = classify(session.exit, session.killed_for, session.final, limits)
+    traceback = session.final.failure["traceback"] if session.final.failure else ""
+    return Outcome(value, failure, traceback, bytes(session.output))
+

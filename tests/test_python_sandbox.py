@@ -1,0 +1,350 @@
+"""The Python sandbox against hostile payloads: a real zygote, real hardened children, the worker's supervisor.
+
+Each payload runs as a task would (``run_sandboxed`` with the task's files),
+must end with its named reason, and must leave the node healthy: the zygote
+alive and the next task running normally. Limits are small so that each case
+takes about a second at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from kettle.executors.runtime import FileRuntime
+from kettle.sandbox.host import SandboxHost
+from kettle.sandbox.layers import REQUIRED
+from kettle.sandbox.supervisor import Limits, Outcome, run_sandboxed
+
+LIMITS = Limits(wall_time_secs=5, cpu_time_secs=1, memory_bytes=256 << 20, output_bytes=1 << 20,
+                return_value_bytes=20480, log_bytes=4096, open_files=32)
+
+
+class Node:
+    """A zygote as the execution service runs it, and a way to run one payload like a task."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.host = SandboxHost()
+        self.layers = self.loop.run_until_complete(self.host.start())
+
+    @property
+    def zygote_pid(self) -> int:
+        assert self.host._process is not None
+        return self.host._process.pid
+
+    def alive(self) -> bool:
+        return self.host._process is not None and self.host._process.returncode is None and _exists(self.zygote_pid)
+
+    def run(self, source: str, argv: list[str] | None = None, inputs: dict[str, Path] | None = None,
+            outputs: dict[str, Path] | None = None, limits: Limits = LIMITS) -> Outcome:
+        connection = self.loop.run_until_complete(self.host.connect())
+        try:
+            return run_sandboxed(connection, argv or [], textwrap.dedent(source).encode(),
+                                 FileRuntime(inputs, outputs), limits)
+        finally:
+            connection.close()
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.host.close())
+        self.loop.close()
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[Node]:
+    started = Node()
+    yield started
+    started.close()
+
+
+def healthy(node: Node) -> None:
+    assert node.alive()
+    outcome = node.run("def entrypoint(argv):\n    return 'still here'\n")
+    assert (outcome.failure, outcome.return_value) == (None, "still here")
+
+
+def test_every_required_layer_is_in_force_here(node: Node) -> None:
+    assert node.layers.missing(REQUIRED) == []
+    assert node.layers.has("namespaces") and node.layers.has("cgroup-memory")
+    assert node.layers.landlock_abi >= 1
+
+
+def test_a_payload_reads_its_input_and_writes_its_output(node: Node, tmp_path: Path) -> None:
+    (tmp_path / "in").write_bytes(b"Hello\nWorld")
+    outcome = node.run("""
+        def entrypoint(argv):
+            data = teaclave_open("in_f1", "rb").read()
+            with teaclave_open("out_f1", "wb") as f:
+                f.write(data.upper())
+            return ",".join(argv)
+    """, ["message", "hi"], {"in_f1": tmp_path / "in"}, {"out_f1": tmp_path / "out"})
+    assert (outcome.failure, outcome.return_value) == (None, "message,hi")
+    assert (tmp_path / "out").read_bytes() == b"HELLO\nWORLD"
+
+
+def test_numpy_is_there_and_the_environment_is_empty(node: Node) -> None:
+    outcome = node.run("""
+        import os, json
+        import numpy as np
+        def entrypoint(argv):
+            return json.dumps([float(np.arange(10).sum()), dict(os.environ), os.getuid() >= 1000000])
+    """)
+    assert (outcome.failure, outcome.return_value) == (None, "[45.0, {}, true]")
+
+
+def test_an_exception_is_the_tasks_failure_with_its_type_and_message(node: Node) -> None:
+    outcome = node.run("def entrypoint(argv):\n    raise ValueError('bad row 7')\n")
+    assert outcome.failure == "ValueError: bad row 7"
+    assert "bad row 7" in outcome.traceback and "entrypoint" in outcome.traceback
+
+
+PROBE = "import sys\nsocket_module = sys.modules['socket']\nctypes = sys.modules['ctypes']\n"
+"""Modules the payload may not import, reached anyway: the kernel must still stop what they do."""
+
+VIOLATIONS = {
+    "tcp": "socket_module.create_connection(('127.0.0.1', 5432), timeout=1)",
+    "udp": "socket_module.socket(socket_module.AF_INET, socket_module.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 53))",
+    "dns": "socket_module.getaddrinfo('localhost', 80)",
+    "unix socket": "socket_module.socket(socket_module.AF_UNIX).connect('/run/postgresql/.s.PGSQL.5432')",
+    "/etc/passwd": "open('/etc/passwd').read()",
+    "service environment": "open('/proc/%d/environ' % int(argv[1])).read()",
+    "service memory": "open('/proc/%d/mem' % int(argv[1]), 'rb').read(1)",
+    "/proc/self/fd": "open('/proc/self/fd/3', 'rb')",
+    "listing fds": "import os\nos.listdir('/proc/self/fd')",
+    "stat a host file": "import os\nos.stat('/etc/shadow')",
+    "write a host file": "open('/tmp/kettle-sandbox-pwned', 'w').write('x')",
+    "fork": "import os\nos.fork()",
+    "spawn": "import os\nos.posix_spawn('/bin/sh', ['sh', '-c', 'true'], {})",
+    "exec": "import os\nos.execv('/bin/sh', ['sh'])",
+    "ctypes socket": "ctypes.CDLL(None).syscall(41, 2, 1, 0)",
+    "ctypes ptrace": "ctypes.CDLL(None).syscall(101, 16, int(argv[1]), 0, 0)",
+    "kill the zygote": "import os\nos.kill(os.getppid(), 9)",
+    "kill the service": "import os\nos.kill(int(argv[1]), 15)",
+    "become root": "import os\nos.setuid(0)",
+    "unshare": "ctypes.CDLL(None).unshare(0x10000000)",
+    "memfd": "import os\nos.memfd_create('x')",
+    "io_uring": "ctypes.CDLL(None).syscall(425, 8, 0)",
+}
+
+
+@pytest.mark.parametrize("name", VIOLATIONS)
+def test_a_forbidden_action_kills_the_function_with_a_sandbox_violation(node: Node, name: str) -> None:
+    body = textwrap.indent(VIOLATIONS[name], "    ")
+    source = PROBE + f"def entrypoint(argv):\n{body}\n    return 'not stopped'\n"
+    outcome = node.run(source, ["service", str(os.getpid())])
+    assert outcome.failure == "SandboxViolation: the function made a forbidden system call", outcome
+    assert not Path("/tmp/kettle-sandbox-pwned").exists()
+    healthy(node)
+
+
+def test_importing_a_module_that_is_not_allowed_fails_with_its_name(node: Node) -> None:
+    for module in ("socket", "subprocess", "ctypes", "urllib.request"):
+        outcome = node.run(f"import {module}\ndef entrypoint(argv):\n    return 'imported'\n")
+        assert outcome.failure == f"ModuleNotAllowedError: import of '{module}' is not allowed in the sandbox"
+    guarded = node.run("""
+        def entrypoint(argv):
+            try:
+                import socket
+            except ImportError as e:
+                return type(e).__name__
+    """)
+    assert guarded.return_value == "ModuleNotAllowedError"
+
+
+def test_an_infinite_loop_is_stopped_by_the_cpu_limit(node: Node) -> None:
+    started = time.monotonic()
+    outcome = node.run("def entrypoint(argv):\n    while True:\n        pass\n")
+    assert outcome.failure == "CPUTimeExceeded: the function used more than 1 s of CPU time"
+    assert time.monotonic() - started < 4
+    healthy(node)
+
+
+def test_ignoring_sigxcpu_does_not_escape_the_cpu_limit(node: Node) -> None:
+    outcome = node.run("""
+        import sys
+        signal = sys.modules['signal']
+        def entrypoint(argv):
+            signal.signal(signal.SIGXCPU, signal.SIG_IGN)
+            while True:
+                pass
+    """)
+    assert outcome.failure == "CPUTimeExceeded: the function used more than 1 s of CPU time"
+
+
+def test_sleeping_forever_is_stopped_by_the_wall_clock(node: Node) -> None:
+    started = time.monotonic()
+    outcome = node.run("import time\ndef entrypoint(argv):\n    time.sleep(3600)\n",
+                       limits=replace(LIMITS, wall_time_secs=1))
+    assert outcome.failure == "WallTimeExceeded: the function ran for more than 1 s"
+    assert time.monotonic() - started < 3
+    healthy(node)
+
+
+def test_a_memory_bomb_is_killed_at_the_memory_limit(node: Node) -> None:
+    outcome = node.run("""
+        def entrypoint(argv):
+            hoard = []
+            while True:
+                hoard.append(bytearray(1 << 20))
+                hoard[-1][::4096] = b'x' * 256
+    """, limits=replace(LIMITS, cpu_time_secs=10))
+    assert outcome.failure == "MemoryLimitExceeded: the function used more than 256 MiB of memory"
+    healthy(node)
+
+
+def test_one_huge_allocation_is_refused_as_the_payloads_memory_error(node: Node) -> None:
+    outcome = node.run("def entrypoint(argv):\n    return len(bytearray(64 << 30))\n")
+    assert outcome.failure is not None and outcome.failure.startswith("MemoryError")
+
+
+def test_a_disk_bomb_stops_at_the_output_limit(node: Node, tmp_path: Path) -> None:
+    outcome = node.run("""
+        def entrypoint(argv):
+            with teaclave_open("out", "wb") as f:
+                while True:
+                    f.write(b"x" * 65536)
+    """, outputs={"out": tmp_path / "out"}, limits=replace(LIMITS, cpu_time_secs=10))
+    assert outcome.failure == f"OutputLimitExceeded: the function wrote more than {1 << 20} bytes of output"
+    assert (tmp_path / "out").stat().st_size <= 1 << 20
+    healthy(node)
+
+
+def test_a_huge_return_value_is_refused(node: Node) -> None:
+    outcome = node.run("def entrypoint(argv):\n    return 'x' * 10_000_000\n")
+    assert outcome.failure == "ReturnValueLimitExceeded: the return value is larger than 20480 bytes"
+    exact = node.run("def entrypoint(argv):\n    return 'x' * 20480\n")
+    assert exact.return_value == "x" * 20480
+
+
+def test_writing_to_a_file_that_is_not_an_output_fails(node: Node, tmp_path: Path) -> None:
+    (tmp_path / "in").write_bytes(b"data")
+    outcome = node.run("""
+        def entrypoint(argv):
+            teaclave_open("in", "wb")
+    """, inputs={"in": tmp_path / "in"}, outputs={"out": tmp_path / "out"})
+    assert outcome.failure == "RuntimeError: fileio_init: teaclave_ffi_error"
+    assert (tmp_path / "in").read_bytes() == b"data" and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("forgery", [
+    "os.write(3, b'Xnot a message')",
+    "os.write(3, b'D')\n    return 'after the forged end'",
+    "os.write(3, b'F{\"type\": \"CPUTimeExceeded\"}')",
+])
+def test_forging_the_result_channel_is_a_violation(node: Node, forgery: str) -> None:
+    outcome = node.run(f"import os\ndef entrypoint(argv):\n    {forgery}\n")
+    assert outcome.failure == "SandboxViolation: the function broke the result channel's protocol"
+    healthy(node)
+
+
+def test_exiting_without_a_result_is_reported(node: Node) -> None:
+    outcome = node.run("import os\ndef entrypoint(argv):\n    os._exit(0)\n")
+    assert outcome.failure == "Runtime Error: the function's process ended without a result"
+    outcome = node.run("import os\ndef entrypoint(argv):\n    os._exit(3)\n")
+    assert outcome.failure == "Runtime Error: the function's process exited with status 3"
+
+
+def test_printing_is_kept_up_to_the_log_limit(node: Node) -> None:
+    outcome = node.run("def entrypoint(argv):\n    print('x' * 100000)\n    return 'ok'\n")
+    assert outcome.return_value == "ok" and outcome.output == b"x" * 4096
+
+
+def test_a_client_that_goes_away_takes_its_child_with_it(node: Node) -> None:
+    """What cancelling does: the worker is killed, its connection closes, the zygote kills the child at once."""
+    connection = node.loop.run_until_complete(node.host.connect())
+    runner = threading.Thread(target=lambda: _swallow(lambda: run_sandboxed(
+        connection, [], b"def entrypoint(argv):\n    while True:\n        pass\n", FileRuntime(),
+        replace(LIMITS, cpu_time_secs=60))))
+    runner.start()
+    child = _wait_for_child(node.zygote_pid)
+    os.kill(child, 0)
+    connection.shutdown(2)
+    deadline = time.monotonic() + 1
+    while _exists(child) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _exists(child), "the child outlived its cancelled client by more than a second"
+    runner.join(5)
+    healthy(node)
+
+
+def _swallow(work) -> None:  # type: ignore[no-untyped-def]
+    try:
+        work()
+    except Exception:  # noqa: BLE001 - the run's own connection was shut under it on purpose
+        pass
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(p) for p in text.split()]
+
+
+def _wait_for_child(zygote: int) -> int:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        children = _children(zygote)
+        if children:
+            return children[-1]
+        time.sleep(0.01)
+    raise AssertionError("the zygote started no child")
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_two_tasks_at_once_cannot_see_each_other(node: Node, tmp_path: Path) -> None:
+    (tmp_path / "secret").write_bytes(b"alice's secret")
+    results: dict[str, Outcome] = {}
+    holder = threading.Thread(target=lambda: results.__setitem__("alice", node.run("""
+        import time
+        def entrypoint(argv):
+            secret = teaclave_open("secret", "rb").read()
+            time.sleep(1.5)
+            return secret
+    """, inputs={"secret": tmp_path / "secret"})))
+    holder.start()
+    alice = _wait_for_child(node.zygote_pid)
+    time.sleep(0.3)
+    attempts = {
+        "memory": "open('/proc/%d/mem' % int(argv[1]), 'rb').read()",
+        "files": "import os\nos.listdir('/proc/%d/fd' % int(argv[1]))",
+        "environment": "open('/proc/%d/environ' % int(argv[1])).read()",
+        "signal": "import os\nos.kill(int(argv[1]), 9)",
+        "her input by name": "teaclave_open('secret', 'rb').read()",
+    }
+    for what, attempt in attempts.items():
+        bob = node.run(f"def entrypoint(argv):\n{textwrap.indent(attempt, '    ')}\n", ["alice", str(alice)])
+        assert bob.failure in ("SandboxViolation: the function made a forbidden system call",
+                               "RuntimeError: fileio_init: teaclave_ffi_error"), (what, bob)
+    holder.join(10)
+    assert (results["alice"].failure, results["alice"].return_value) == (None, "alice's secret")
+
+
+def test_the_sandboxed_child_really_runs_under_its_own_uid_without_privileges(node: Node) -> None:
+    outcome = node.run("""
+        import os
+        def entrypoint(argv):
+            return "%d %d %s" % (os.getuid(), os.getgid(), os.getgroups())
+    """)
+    uid, gid, groups = (outcome.return_value or "").split(" ", 2)
+    assert int(uid) >= 1_000_000 and uid == gid and groups == "[]"
