@@ -96,11 +96,17 @@ def test_only_the_exact_registered_name_is_found(name: str) -> None:
         ("builtin", "mesapy", "function not available: (Builtin, MesaPy)"),
         ("wamr", "builtin", "function not available: (WAMicroRuntime, Builtin)"),
         ("builtin", "wamr", "function not available: (Builtin, WAMicroRuntime)"),
-        ("python", "mesapy", "function not available: (Python, MesaPy)"),
+        ("python", "wamr", "function not available: (Python, WAMicroRuntime)"),
+        ("wamr", "wamr", "function not available: (WAMicroRuntime, WAMicroRuntime)"),
     ],
 )
 def test_the_executor_pair_is_checked_at_execution(executor_type: str, executor: str, reason: str) -> None:
     assert run_staged_task(staged(executor_type=executor_type, executor=executor)) == TaskResult(failure=reason)
+
+
+def test_python_code_never_runs_in_a_worker_without_a_sandbox() -> None:
+    result = run_staged_task(staged(executor_type="python", executor="mesapy"))
+    assert result == TaskResult(failure="SandboxUnavailable: this execution node has no sandbox for user code")
 
 
 def test_tasks_with_data_files_need_a_data_plane() -> None:

@@ -348,3 +348,35 @@ def test_the_sandboxed_child_really_runs_under_its_own_uid_without_privileges(no
     """)
     uid, gid, groups = (outcome.return_value or "").split(" ", 2)
     assert int(uid) >= 1_000_000 and uid == gid and groups == "[]"
+
+
+def test_a_missing_required_layer_refuses_user_code_unless_degraded_mode_is_on() -> None:
+    from kettle.sandbox.layers import Layer, Layers
+
+    host = SandboxHost()
+    host.layers = Layers((Layer("process", True), Layer("rlimits", True), Layer("seccomp", True),
+                          Layer("landlock", False), Layer("uid", False), Layer("namespaces", False)))
+    assert host.refusal == "SandboxUnavailable: the sandbox lacks required layers: landlock, uid"
+    degraded = SandboxHost(allow_degraded=True)
+    degraded.layers = host.layers
+    assert degraded.refusal is None
+    assert "missing: landlock, uid, namespaces" in host.layers.summary()
+
+
+def test_the_python_executor_says_which_layer_is_missing(tmp_path: Path) -> None:
+    import socket as socket_module
+
+    from kettle.config import SandboxConfig
+    from kettle.executors import sandboxed
+    from kettle.functions import FunctionError
+
+    ours, theirs = socket_module.socketpair()
+    try:
+        sandboxed.configure(ours, SandboxConfig(), "sandbox layers: process",
+                            "SandboxUnavailable: the sandbox lacks required layers: landlock")
+        with pytest.raises(FunctionError, match="^SandboxUnavailable: the sandbox lacks required layers: landlock$"):
+            sandboxed.run_python("f", {}, b"def entrypoint(argv):\n    return 'ran'\n", FileRuntime())
+    finally:
+        sandboxed._sandbox = None
+        ours.close()
+        theirs.close()
