@@ -1,4 +1,5 @@
-# Kettle: `make up` starts the platform in simulation mode, `make test` runs the suite.
+# Kettle: `make up` starts the platform in simulation mode, `make test` runs the suite
+# (two pytest workers, one test file each at a time: the tests mostly wait on processes).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -17,7 +18,7 @@ up: $(STAMP)
 	$(BIN)/kettle up
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # Regenerate the protobuf/gRPC modules from proto/ (a test fails when they are stale).
 proto: $(STAMP)
