@@ -361,6 +361,9 @@ def test_a_missing_required_layer_refuses_user_code_unless_degraded_mode_is_on()
     degraded.layers = host.layers
     assert degraded.refusal is None
     assert "missing: landlock, uid, namespaces" in host.layers.summary()
+    failed = SandboxHost(allow_degraded=True)
+    failed._failure = "SandboxUnavailable: the sandbox's zygote did not start"
+    assert failed.refusal == "SandboxUnavailable: the sandbox's zygote did not start"
 
 
 def test_the_python_executor_says_which_layer_is_missing(tmp_path: Path) -> None:

@@ -30,8 +30,17 @@ class SandboxHost:
         self._process: asyncio.subprocess.Process | None = None
         self._control: socket.socket | None = None
         self.layers = Layers()
+        self._failure: str | None = None
 
     async def start(self) -> Layers:
+        """Start the zygote and learn its layers; raises :class:`SandboxUnavailable` (and remembers why)."""
+        try:
+            return await self._start()
+        except SandboxUnavailable as exc:
+            self._failure = f"SandboxUnavailable: {exc}"
+            raise
+
+    async def _start(self) -> Layers:
         ours, theirs = protocol.socket_pair()
         try:
             self._process = await asyncio.create_subprocess_exec(
@@ -52,7 +61,7 @@ class SandboxHost:
             await self.close()
             raise SandboxUnavailable("the sandbox's zygote did not start")
         ours.setblocking(True)
-        self._control = ours
+        self._control, self._failure = ours, None
         self.layers = Layers.from_json(protocol.body_json(data[1:])["layers"])
         missing = self.layers.missing(REQUIRED)
         if missing and self.allow_degraded:
@@ -67,6 +76,8 @@ class SandboxHost:
     @property
     def refusal(self) -> str | None:
         """Why user code may not run, or None."""
+        if self._failure is not None:
+            return self._failure
         missing = self.layers.missing(REQUIRED)
         if missing and not self.allow_degraded:
             return f"SandboxUnavailable: the sandbox lacks required layers: {', '.join(missing)}"

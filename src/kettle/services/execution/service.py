@@ -18,7 +18,7 @@ from ...config import Config
 from ..runtime import ServiceRuntime, signal_ready
 from .node import ExecutionNode, SchedulerClient, Workspace
 from .workers import WorkerPool
-from ...sandbox.host import SandboxHost
+from ...sandbox.host import SandboxHost, SandboxUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,10 @@ async def main(config: Config) -> None:
     await runtime.attest()
     executor_id = str(uuid.uuid4())
     sandbox = SandboxHost(allow_degraded=config.sandbox.unsafe_allow_degraded)
-    await sandbox.start()
+    try:
+        await sandbox.start()
+    except SandboxUnavailable as exc:  # built-ins still run; user code is refused with this reason
+        log.error("%s", exc)
     workspace = Workspace(
         home=config.home,
         root=config.path(config.execution.scratch_dir) / executor_id,

@@ -17,7 +17,7 @@ import sys
 
 from ...executors.worker import PARENT_PID_ENV, SANDBOX_FD_ENV
 from ...model.records import TaskResult
-from ...sandbox.host import SandboxHost
+from ...sandbox.host import SandboxHost, SandboxUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,12 @@ class WorkerProcess:
     async def start(cls, sandbox: SandboxHost | None = None) -> WorkerProcess:
         """A new worker; with ``sandbox``, connected to the node's zygote (for user code)."""
         env = {**os.environ, PARENT_PID_ENV: str(os.getpid())}
-        connection = await sandbox.connect() if sandbox is not None else None
+        connection = None
+        if sandbox is not None:
+            try:
+                connection = await sandbox.connect()
+            except SandboxUnavailable as exc:
+                log.error("this worker gets no sandbox for user code: %s", exc)
         try:
             if connection is not None:
                 env[SANDBOX_FD_ENV] = str(connection.fileno())
