@@ -305,13 +305,6 @@ def _wait_for_child(zygote: int) -> int:
     raise AssertionError("the zygote started no child")
 
 
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_two_tasks_at_once_cannot_see_each_other(node: Node, tmp_path: Path) -> None:
     (tmp_path / "secret").write_bytes(b"alice's secret")
     results: dict[str, Outcome] = {}

@@ -62,7 +62,6 @@ class ChildSpec:
     """What the zygote tells a child: its limits and identity, and the layers to apply."""
 
     cpu_secs: int
-    memory_bytes: int
     address_space_bytes: int
     open_files: int
     uid: int

@@ -13,6 +13,7 @@ type, message, traceback).
 from __future__ import annotations
 
 import json
+import os
 import socket
 from typing import Any
 
@@ -60,8 +61,6 @@ def body_json(body: bytes) -> Any:
 
 
 def close_all(fds: list[int]) -> None:
-    import os
-
     for fd in fds:
         try:
             os.close(fd)

@@ -243,6 +243,8 @@ class _Session:
         except UnicodeDecodeError:
             protocol.send(self.files, protocol.REFUSED)
             return
+        # each open costs this process a thread; the child's descriptor limit does not bound
+        # opens it closes again, so bound them here (generously: files may be reopened)
         if len(self.streams) >= 4 * self.limits.open_files:
             protocol.send(self.files, protocol.REFUSED)
             return

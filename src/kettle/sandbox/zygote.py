@@ -29,6 +29,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from . import protocol
 from .child import PRELOAD, ChildSpec, run_python
@@ -60,6 +61,8 @@ class Zygote:
     tasks: dict[int, _Task] = field(default_factory=dict)
     """By the client socket's descriptor."""
     spawned: int = 0
+    mapped: int = field(default_factory=lambda: _address_space())
+    """The zygote's virtual size once warm: every child starts with all of it mapped."""
 
     def serve(self) -> None:
         self.selector.register(self.control, selectors.EVENT_READ, self._on_control)
@@ -84,7 +87,7 @@ class Zygote:
         self.tasks[client.fileno()] = _Task(client)
         self.selector.register(client, selectors.EVENT_READ, self._on_client)
 
-    def _shut_down(self) -> None:
+    def _shut_down(self) -> NoReturn:
         for task in list(self.tasks.values()):
             self._drop(task)
         os._exit(0)
@@ -118,8 +121,7 @@ class Zygote:
         cgroup = self._make_cgroup(memory) if self.layers.has("cgroup-memory") else None
         spec = ChildSpec(
             cpu_secs=int(request["cpu_secs"]),
-            memory_bytes=memory,
-            address_space_bytes=_address_space() + memory * (ADDRESS_SPACE_FACTOR if cgroup else 1),
+            address_space_bytes=self.mapped + memory * (ADDRESS_SPACE_FACTOR if cgroup else 1),
             open_files=int(request["open_files"]),
             uid=UID_BASE + (os.getpid() % 2_000_000) * UIDS_PER_ZYGOTE + self.spawned % UIDS_PER_ZYGOTE,
             cgroup=str(cgroup or ""),
