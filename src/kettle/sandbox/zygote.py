@@ -20,6 +20,7 @@ no user code itself.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -202,6 +203,10 @@ def _preload() -> None:
     import time
 
     time.localtime()  # reads the time zone file now: children cannot
+    # A child's garbage collection would otherwise walk (and so copy, page by page) every object
+    # preloaded here: frozen objects are left out of collections.
+    gc.collect()
+    gc.freeze()
 
 
 def main() -> None:
