@@ -386,7 +386,11 @@ class TestIdsAndStrings:
     def test_executors(self, executor: str) -> None:
         assert T.validate_executor(executor) == executor
 
-    @pytest.mark.parametrize("executor", ["", "python", "MesaPy", "Builtin", "wasm"])
+    @pytest.mark.parametrize(("alias", "engine"), [("python", "mesapy"), ("wasm", "wamr")])
+    def test_executor_aliases_become_the_reference_names(self, alias: str, engine: str) -> None:
+        assert T.validate_executor(alias) == engine
+
+    @pytest.mark.parametrize("executor", ["", "Python", "MesaPy", "Builtin", "WASM", "wasm32", " python"])
     def test_bad_executors(self, executor: str) -> None:
         refused(lambda: T.validate_executor(executor), INTERNAL, f"Unsupported executor: {executor}")
 
@@ -506,7 +510,7 @@ class TestCreateTask:
         (FILES_FN, OWNER, "x", "bad", (), (), DENIED, "permission denied"),
         (function(public=False), CAROL, "x", "bad", (), (), DENIED, "permission denied"),
         # 3. executor, before the JSON
-        (FILES_FN, ALICE, "x", "python", (), (), INTERNAL, "Unsupported executor: python"),
+        (FILES_FN, ALICE, "x", "Python", (), (), INTERNAL, "Unsupported executor: Python"),
         # 4. JSON object, before the keys
         (FILES_FN, ALICE, "[]", "builtin", (), (), INTERNAL, "function_arguments is not a JSON object"),
         # 5. argument keys = overwritable keys exactly
@@ -541,6 +545,11 @@ class TestCreateTask:
         task = T.create_task(FILES_FN, ALICE, T.TaskDefinition('{"a": 1}', "mesapy", inputs, outputs), TASK_UUID)
         assert task.inputs_ownership["in1"] == ("alice",)
         assert task.status == TaskStatus.CREATED and not task.result.ready
+
+    @pytest.mark.parametrize(("given", "stored"), [("python", "mesapy"), ("wasm", "wamr"), ("mesapy", "mesapy")])
+    def test_an_engine_alias_is_stored_as_the_reference_name(self, given: str, stored: str) -> None:
+        task = T.create_task(FILES_FN, ALICE, T.TaskDefinition('{"a": 1}', given, GOOD_INPUTS, GOOD_OUTPUTS), TASK_UUID)
+        assert task.executor == stored
 
     def test_ownership_map(self) -> None:
         assert T.ownership_map([("a", ["x", "y"]), ("b", []), ("a", ["z", "z"])]) == {"a": ("z",), "b": ()}

@@ -462,7 +462,7 @@ def test_bad_inputs_are_refused_cleanly_and_change_nothing(platform: Platform) -
         def create(arguments: str = '{"message": "x"}', executor: str = "builtin", **kw: Any) -> Any:
             return fpb.CreateTaskRequest(function_id=fid, function_arguments=arguments, executor=executor, **kw)
 
-        await h.refused("CreateTask", create(executor="python"), internal, "Unsupported executor: python")
+        await h.refused("CreateTask", create(executor="MesaPy"), internal, "Unsupported executor: MesaPy")
         await h.refused("CreateTask", create(executor="x" * 100_000), internal, None)
         for arguments in ["", "{", "[]", '"text"', '{"message": NaN}', "[" * 50_000]:
             await h.refused("CreateTask", create(arguments), internal, None)

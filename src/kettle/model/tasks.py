@@ -81,6 +81,10 @@ CANCELED_REASON = "Task canceled"
 EXECUTORS = ("mesapy", "builtin", "wamr")
 """The task's ``executor`` strings, exact (§6.2 step 3)."""
 
+EXECUTOR_ALIASES = {"python": "mesapy", "wasm": "wamr"}
+"""Kettle also accepts the engines' plain names; a task stores (and shows) the reference's name, so
+the (type, engine) pair rule of functions.md §2 and every client that reads ``executor`` see one spelling."""
+
 _PRE_STAGED = (TaskStatus.CREATED, TaskStatus.DATA_ASSIGNED, TaskStatus.APPROVED)
 _IN_SCHEDULER = (TaskStatus.STAGED, TaskStatus.RUNNING)
 
@@ -109,9 +113,11 @@ def parse_task_id(text: str) -> str:
 
 
 def validate_executor(executor: str) -> str:
-    if executor not in EXECUTORS:
+    """The reference's name of the engine ``executor`` names (an alias is translated)."""
+    canonical = EXECUTOR_ALIASES.get(executor, executor)
+    if canonical not in EXECUTORS:
         raise InternalError(f"Unsupported executor: {shown(executor)}")
-    return executor
+    return canonical
 
 
 def ownership_map(entries: Iterable[tuple[str, Iterable[str]]]) -> dict[str, tuple[str, ...]]:
@@ -202,7 +208,7 @@ def create_task(
     bounds (owners per entry, owner ID length, record size).
     """
     function = check_may_create_task(function, caller)
-    validate_executor(definition.executor)
+    executor = validate_executor(definition.executor)
     requested = parse_arguments(definition.function_arguments)
     if set(requested) != {a.key for a in function.arguments if a.allow_overwrite}:
         raise InvalidArgument(INVALID_TASK)
@@ -214,7 +220,7 @@ def create_task(
         if len(owners) > MAX_ITEMS or any(len(uid) > MAX_NAME_CHARS for uid in owners):
             raise InvalidArgument(INVALID_TASK)
     arguments = merge_arguments(function, requested)
-    if function.executor_type == "builtin" and definition.executor == "builtin":
+    if function.executor_type == "builtin" and executor == "builtin":
         check_builtin_task(function.name, arguments, inputs, outputs)
     task = TaskRecord(
         uuid=bare_uuid,
@@ -222,7 +228,7 @@ def create_task(
         function_id=function.uuid,
         function_owner=function.owner,
         function_arguments=arguments,
-        executor=definition.executor,
+        executor=executor,
         inputs_ownership=inputs,
         outputs_ownership=outputs,
         participants=participants_of(caller.user_id, function, inputs, outputs),
