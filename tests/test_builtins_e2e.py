@@ -157,6 +157,7 @@ def test_gbdt_training_reproduces_the_reference_model_and_predicts(world: World)
     trained = world.run("builtin-gbdt-train", GBDT_ARGUMENTS, {"training_data": (DATA / "gbdt_train_iris.txt").read_bytes()},
                         ["trained_model"])
     assert trained.return_value == "Trained 120 lines of data."
+    assert trained.task.outputs_or_raise().sandbox_layers == ()  # platform code: no sandbox to name
     assert trained.outputs["trained_model"] == (VECTORS / "gbdt_prediction" / "model.txt").read_bytes()
     predicted = world.run(
         "builtin-gbdt-predict", {},

@@ -7,11 +7,13 @@ import json
 import uuid
 
 import pytest
+from rich.console import Console
 
 from conftest import Platform
 from kettle.cli.functions import parse_argument, parse_input, parse_output
-from kettle.cli.tasks import parse_arguments, parse_assignment, parse_owners
-from kettle.sdk import FunctionArgument, FunctionInput, FunctionOutput
+from kettle.cli.tasks import _task_table, parse_arguments, parse_assignment, parse_owners
+from kettle.model.records import TaskStatus
+from kettle.sdk import FunctionArgument, FunctionInput, FunctionOutput, TaskFailure, TaskInfo, TaskOutputs
 
 MESSAGE = "Hello, Teaclave!"
 
@@ -52,6 +54,21 @@ def test_task_option_specs() -> None:
 
 
 # --- against a platform ---------------------------------------------------------------------
+
+
+def _shown(result: TaskOutputs | TaskFailure) -> str:
+    info = TaskInfo("task-1", "alice", "function-1", "bob", {}, {}, {}, ("alice",), ("alice",), {}, {},
+                    TaskStatus.FAILED if isinstance(result, TaskFailure) else TaskStatus.FINISHED, result)
+    console = Console(width=200, record=True)
+    console.print(_task_table(info))
+    return console.export_text()
+
+
+def test_task_table_names_the_sandbox_layers_of_either_outcome() -> None:
+    assert "│ sandbox layers   │ process, seccomp, landlock " in _shown(
+        TaskFailure("CPUTimeExceeded: the function used more than 1 s of CPU", ("process", "seccomp", "landlock")))
+    assert "│ sandbox layers   │ process, uid " in _shown(TaskOutputs(b"ok", sandbox_layers=("process", "uid")))
+    assert "sandbox layers" not in _shown(TaskOutputs(b"ok"))  # a built-in
 
 
 def test_echo_flow_through_the_cli(full_platform: Platform) -> None:

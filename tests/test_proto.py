@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import (
     Descriptor,
     EnumDescriptor,
@@ -369,6 +369,16 @@ def service_descriptor(stem: str, service: str) -> ServiceDescriptor:
     return file_descriptor(stem).services_by_name[service]
 
 
+# Kettle's additions to Teaclave's messages: (stem, message) -> fields, each numbered from
+# KETTLE_FIELD_BASE on, so they cannot collide with a field Teaclave adds; Teaclave's clients
+# skip them as unknown fields (checked below with a parser that knows only the spec's fields).
+KETTLE_FIELD_BASE = 100
+KETTLE_EXTENSIONS: dict[tuple[str, str], list[tuple[str, int, str]]] = {
+    ("teaclave_common", "TaskOutputs"): [("sandbox_layers", 100, "repeated string")],
+    ("teaclave_common", "TaskFailure"): [("sandbox_layers", 100, "repeated string")],
+}
+
+
 # ---------------------------------------------------------------------------
 # (a) the committed generated code is exactly what the generator produces
 
@@ -431,7 +441,51 @@ def test_no_extra_or_missing_messages(stem: str) -> None:
 )
 def test_no_extra_or_missing_fields(stem: str, message: str) -> None:
     actual = sorted(field.name for field in message_descriptor(stem, message).fields)
-    assert actual == sorted(name for name, _, _ in MESSAGES[stem][message])
+    expected = MESSAGES[stem][message] + KETTLE_EXTENSIONS.get((stem, message), [])
+    assert actual == sorted(name for name, _, _ in expected)
+
+
+@pytest.mark.parametrize(("stem", "message"), sorted(KETTLE_EXTENSIONS))
+def test_kettle_extensions(stem: str, message: str) -> None:
+    for name, number, type_ in KETTLE_EXTENSIONS[stem, message]:
+        descriptor = message_descriptor(stem, message).fields_by_name[name]
+        assert (descriptor.number, type_text(descriptor)) == (number, type_)
+        assert number >= KETTLE_FIELD_BASE
+
+
+def _teaclave_only_common() -> ModuleType:
+    """teaclave_common as the spec's tables define it (no Kettle fields): what a Teaclave client parses with."""
+    proto = descriptor_pb2.FileDescriptorProto.FromString(file_descriptor("teaclave_common").serialized_pb)
+    proto.name = "teaclave_only/teaclave_common.proto"
+    proto.package = "teaclave_only"
+    for message in proto.message_type:
+        kept = [f for f in message.field if f.number < KETTLE_FIELD_BASE]
+        del message.field[:]
+        message.field.extend(kept)
+        for field in [*message.field, *(f for nested in message.nested_type for f in nested.field)]:
+            if field.type_name.startswith(".teaclave_common_proto."):
+                field.type_name = field.type_name.replace(".teaclave_common_proto.", ".teaclave_only.")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    module = ModuleType("teaclave_only")
+    for name in ("TaskResult", "TaskOutputs", "TaskFailure"):
+        setattr(module, name, message_factory.GetMessageClass(pool.FindMessageTypeByName(f"teaclave_only.{name}")))
+    return module
+
+
+def test_teaclave_clients_read_results_with_kettle_fields() -> None:
+    ours = pb2("teaclave_common")
+    theirs = _teaclave_only_common()
+    ok = ours.TaskResult(Ok=ours.TaskOutputs(return_value=b"42", tags_map={"out": b"t" * 16}, log=["line"],
+                                             sandbox_layers=["seccomp", "landlock"]))
+    parsed = theirs.TaskResult.FromString(ok.SerializeToString())
+    assert (parsed.Ok.return_value, dict(parsed.Ok.tags_map), list(parsed.Ok.log)) == (b"42", {"out": b"t" * 16}, ["line"])
+    assert not hasattr(parsed.Ok, "sandbox_layers")
+    err = ours.TaskResult(Err=ours.TaskFailure(reason="CPUTimeExceeded", sandbox_layers=["seccomp"]))
+    assert theirs.TaskResult.FromString(err.SerializeToString()).Err.reason == "CPUTimeExceeded"
+    # and the other way: a Teaclave result reads back with no layers
+    plain = theirs.TaskResult(Err=theirs.TaskFailure(reason="boom")).SerializeToString()
+    assert list(ours.TaskResult.FromString(plain).Err.sandbox_layers) == []
 
 
 @pytest.mark.parametrize(

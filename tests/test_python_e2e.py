@@ -128,11 +128,15 @@ def world(tmp_path_factory: pytest.TempPathFactory, _auditor_cache: Path) -> Ite
         platform.stop()
 
 
+REQUIRED_LAYERS = {"process", "rlimits", "seccomp", "landlock", "uid"}
+
+
 def test_echo_returns_the_message_under_either_executor_name(world: World) -> None:
     function_id = world.function((PAYLOADS / "echo.py").read_text(), ["message"])
-    for executor in ("mesapy", "python"):
+    for executor in ("mesapy", "python"):  # the platform takes the plain name too
         run = world.run(function_id, {"message": "Hello, Teaclave!"}, executor=executor)
         assert run.return_value == "Hello, Teaclave!"
+        assert REQUIRED_LAYERS <= set(run.task.outputs_or_raise().sandbox_layers)
 
 
 def test_the_file_api_unit_payload_passes(world: World) -> None:
@@ -173,6 +177,7 @@ def test_a_hostile_payload_fails_with_its_reason_and_uploads_nothing(world: Worl
     run = world.run(function_id, {}, outputs=["out"])
     assert run.failure == "SandboxViolation: the function made a forbidden system call"
     assert run.outputs == {"out": None}
+    assert isinstance(run.task.result, TaskFailure) and REQUIRED_LAYERS <= set(run.task.result.sandbox_layers)
 
 
 def test_an_exception_fails_the_task_and_its_traceback_goes_to_the_log(world: World) -> None:

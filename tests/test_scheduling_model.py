@@ -225,6 +225,35 @@ def test_failure_reasons_are_cut_to_one_kib_on_a_character_boundary() -> None:
     assert rules.truncate_reason("short") == "short"
 
 
+def test_sandbox_layers_are_kept_with_either_outcome_and_survive_the_record() -> None:
+    running = task(TaskStatus.RUNNING, attempts=1)
+    layers = ("process", "seccomp", "landlock")
+    ok = TaskResult(outputs=TaskOutputs(b"done"), sandbox_layers=layers)
+    failed, _ = rules.apply_result(running, TaskResult(failure="CPUTimeExceeded", sandbox_layers=layers))
+    finished, _ = rules.apply_result(running, ok)
+    assert finished.result.sandbox_layers == failed.result.sandbox_layers == layers
+    for record in (finished, failed):
+        assert type(record).from_bytes(record.to_bytes()).result == record.result
+    # a result without layers (built-ins, older records) keeps its stored form
+    assert TaskResult(failure="x").to_json() == {"err": "x"}
+    assert TaskResult.from_json({"err": "x"}) == TaskResult(failure="x")
+
+
+@pytest.mark.parametrize("layers", [("",), ("x" * 65,), tuple(f"layer{i}" for i in range(17))])
+def test_unbounded_sandbox_layers_are_refused(layers: tuple[str, ...]) -> None:
+    with pytest.raises(InvalidArgument, match="sandbox_layers"):
+        rules.apply_result(task(TaskStatus.RUNNING, attempts=1), TaskResult(failure="x", sandbox_layers=layers))
+
+
+@pytest.mark.parametrize("doc", [
+    {"err": "x", "sandbox_layers": "seccomp"}, {"err": "x", "sandbox_layers": [1]}, {"sandbox_layers": []},
+    {"ok": {}, "err": "x"}, {"err": "x", "other": 1}, ["err"],
+])
+def test_malformed_stored_results_are_refused(doc: object) -> None:
+    with pytest.raises((ValueError, KeyError)):
+        TaskResult.from_json(doc)
+
+
 def test_tags_update_the_output_snapshots_and_records() -> None:
     running = task(TaskStatus.RUNNING, attempts=1, outputs={"model": output("model"), "report": output("report")})
     tags = {"model": b"\x01" * 16, "report": b"\x02" * 16}

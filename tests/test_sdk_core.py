@@ -275,7 +275,7 @@ def test_create_task_arguments_executor_and_ownership() -> None:
     assert json.loads(first.function_arguments) == {"message": "Hello, Teaclave!", "num_user": 3}
     assert first.function_arguments == json.dumps({"message": "Hello, Teaclave!", "num_user": 3})
     assert second.function_arguments == "{}"  # never "", which the platform rejects
-    assert third.function_arguments == '{"a": "b"}' and third.executor == "mesapy"  # functions say python
+    assert third.function_arguments == '{"a": "b"}' and third.executor == "python"  # sent as given: the platform takes both names
     assert [(o.data_name, list(o.uids)) for o in third.inputs_ownership] == [("in", ["alice", "bob"]), ("solo", ["carol"])]
     assert [(o.data_name, list(o.uids)) for o in third.outputs_ownership] == [("out", ["alice"])]
 
@@ -373,7 +373,7 @@ def test_parse_task_not_ready_failure_and_bad_status() -> None:
     created = parse_task(task_response())  # Created: status 0, no result
     assert created.status is TaskStatus.CREATED and created.result is None and created.to_json()["result"] is None
     canceled = parse_task(task_response(common_pb.Canceled, err("Task canceled")))
-    assert canceled.result == TaskFailure("Task canceled") and canceled.to_json()["result"] == {"reason": "Task canceled"}
+    assert canceled.result == TaskFailure("Task canceled") and canceled.to_json()["result"] == {"reason": "Task canceled", "sandbox_layers": []}
     with pytest.raises(InternalError):
         parse_task(task_response(status=7))
 

@@ -117,8 +117,10 @@ def _task_table(info: TaskInfo) -> Table:
     table.add_row("participants", escape(", ".join(info.participants)) or "-")
     table.add_row("approved by", escape(", ".join(info.approved_users)) or "-")
     table.add_row("result", escape(_result_text(info)))
-    from ..sdk.frontend import TaskOutputs
+    from ..sdk.frontend import TaskFailure, TaskOutputs
 
+    if isinstance(info.result, TaskOutputs | TaskFailure) and info.result.sandbox_layers:
+        table.add_row("sandbox layers", escape(", ".join(info.result.sandbox_layers)))
     if isinstance(info.result, TaskOutputs):
         for name, tag in sorted(info.result.tags_map.items()):
             table.add_row(f"output {escape(name)} cmac", tag.hex())

@@ -22,7 +22,7 @@ from ..functions.arguments import ArgumentsError
 from ..model.records import StagedTask, TaskOutputs, TaskResult, truncate_reason
 from .builtin import run_builtin
 from .files import DataPlane, TaskFiles
-from .sandboxed import run_python
+from .sandboxed import layers_in_force, run_python
 
 Executor = Callable[[str, Any, bytes, FunctionRuntime], str]
 """(function name, argument object, payload, runtime) → summary string."""
@@ -34,6 +34,9 @@ EXECUTORS: dict[tuple[str, str], Executor] = {
 """Registered (executor_type, executor) pairs (§2). ``(wamr, wamr)`` is a valid pair whose
 engine is not built yet; like a reference build without it, it fails with the same
 "function not available" text as a mismatch."""
+
+SANDBOXED: frozenset[Executor] = frozenset({run_python})
+"""Executors that run user code, in the node's sandbox: their results name its layers."""
 
 TYPE_VARIANTS = {"builtin": "Builtin", "python": "Python", "wamr": "WAMicroRuntime"}
 ENGINE_VARIANTS = {"builtin": "Builtin", "mesapy": "MesaPy", "wamr": "WAMicroRuntime"}
@@ -107,8 +110,10 @@ def run_staged_task(staged: StagedTask, plane: DataPlane | None = None) -> TaskR
     after it succeeded. A task with files and no plane fails.
     """
     files: TaskFiles | None = None
+    layers: tuple[str, ...] = ()
     try:
         execute = executor_for(staged.executor_type, staged.executor)
+        layers = layers_in_force() if execute in SANDBOXED else ()
         try:
             arguments = json.loads(staged.function_arguments)
         except ValueError:
@@ -118,9 +123,10 @@ def run_staged_task(staged: StagedTask, plane: DataPlane | None = None) -> TaskR
         with captured_logs(save_log_requested(arguments)) as lines:
             summary = execute(staged.function_name, arguments, staged.function_payload, files)
         tags = files.finish()
-        return TaskResult(outputs=TaskOutputs(return_value=summary.encode("utf-8"), tags_map=tags, log=tuple(lines)))
+        return TaskResult(outputs=TaskOutputs(return_value=summary.encode("utf-8"), tags_map=tags, log=tuple(lines)),
+                          sandbox_layers=layers)
     except Exception as exc:  # noqa: BLE001 - every failure of the function is the task's failure
-        return TaskResult(failure=failure_reason(exc))
+        return TaskResult(failure=failure_reason(exc), sandbox_layers=layers)
     finally:
         if files is not None:
             files.close()

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..config import FileAgentConfig, SandboxConfig
 from ..model.records import StagedTask
+from ..sandbox.layers import Layers
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,8 @@ class WorkerJob:
     file_agent: FileAgentConfig
     sandbox: SandboxConfig = SandboxConfig()
     """Limits for user code (Python executor)."""
-    sandbox_layers: str = ""
-    """The node's sandbox layers, as its zygote probed them (reported in the task's log)."""
+    sandbox_layers: Layers = Layers()
+    """The node's sandbox layers, as its zygote probed them (reported with the task's result)."""
     sandbox_refusal: str = ""
     """Why the node's sandbox may not run user code (a required layer is missing), or empty."""
 
@@ -38,7 +39,7 @@ class WorkerJob:
             "home": str(self.home),
             "file_agent": asdict(self.file_agent),
             "sandbox": asdict(self.sandbox),
-            "sandbox_layers": self.sandbox_layers,
+            "sandbox_layers": self.sandbox_layers.to_json(),
             "sandbox_refusal": self.sandbox_refusal,
         }).encode()
 
@@ -57,7 +58,7 @@ class WorkerJob:
                 home=Path(doc["home"]),
                 file_agent=FileAgentConfig(**settings),
                 sandbox=SandboxConfig(**doc["sandbox"]),
-                sandbox_layers=str(doc["sandbox_layers"]),
+                sandbox_layers=Layers.from_json(doc["sandbox_layers"]),
                 sandbox_refusal=str(doc["sandbox_refusal"]),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -6,7 +6,8 @@ the arguments into argv (functions.md §3.3), runs the payload in a fresh
 sandboxed child, serves it the task's files through :class:`TaskFiles`, and
 turns the outcome into a summary or a :class:`FunctionError` with the reason.
 What the function printed and the traceback of its failure go to the task's
-log (kept only with ``save_log``), together with the sandbox's layers.
+log (kept only with ``save_log``); the names of the sandbox's layers go with
+the task's result whatever its outcome (:func:`layers_in_force`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from ..config import SandboxConfig
 from ..functions import FUNCTION_LOGGER_PREFIX, FunctionError, FunctionRuntime
 from ..functions.arguments import ArgumentsError
+from ..sandbox.layers import Layers
 from ..sandbox.payload_api import flatten_arguments
 from ..sandbox.supervisor import Limits, SandboxError, run_sandboxed
 
@@ -29,7 +31,7 @@ log = logging.getLogger(FUNCTION_LOGGER_PREFIX + "python")
 class _Sandbox:
     zygote: socket.socket
     limits: Limits
-    layers: str
+    layers: Layers
     refusal: str
 
 
@@ -48,9 +50,16 @@ def limits_of(config: SandboxConfig) -> Limits:
     )
 
 
-def configure(zygote: socket.socket, config: SandboxConfig, layers: str, refusal: str) -> None:
+def configure(zygote: socket.socket, config: SandboxConfig, layers: Layers, refusal: str) -> None:
     global _sandbox
     _sandbox = _Sandbox(zygote, limits_of(config), layers, refusal)
+
+
+def layers_in_force() -> tuple[str, ...]:
+    """The names of the layers a sandboxed task runs under here; none when user code cannot run."""
+    if _sandbox is None or _sandbox.refusal:
+        return ()
+    return tuple(layer.name for layer in _sandbox.layers.layers if layer.available)
 
 
 def run_python(name: str, arguments: Any, payload: bytes, runtime: FunctionRuntime) -> str:
@@ -61,7 +70,7 @@ def run_python(name: str, arguments: Any, payload: bytes, runtime: FunctionRunti
     if not isinstance(arguments, dict):
         raise ArgumentsError("the arguments are not a JSON object")
     argv = flatten_arguments(arguments)
-    log.info("%s", _sandbox.layers)
+    log.info("%s", _sandbox.layers.summary())
     try:
         outcome = run_sandboxed(_sandbox.zygote, argv, payload, runtime, _sandbox.limits)
     except SandboxError as exc:

@@ -234,36 +234,53 @@ class TaskOutputs:
 
 @dataclass(frozen=True)
 class TaskResult:
-    """Not ready (both None), Ok (``outputs``) or Err (``failure`` reason)."""
+    """Not ready (both None), Ok (``outputs``) or Err (``failure`` reason).
+
+    ``sandbox_layers`` (Kettle) names the sandbox layers in force while the task's
+    user code ran, with either outcome; empty for built-ins and for results that
+    did not come from a run (not ready, canceled, lost).
+    """
 
     outputs: TaskOutputs | None = None
     failure: str | None = None
+    sandbox_layers: tuple[str, ...] = ()
 
     @property
     def ready(self) -> bool:
         return self.outputs is not None or self.failure is not None
 
     def to_json(self) -> dict[str, Any] | None:
+        doc: dict[str, Any]
         if self.outputs is not None:
             o = self.outputs
-            return {"ok": {"return_value": _b64(o.return_value), "tags_map": {k: _b64(v) for k, v in o.tags_map.items()}, "log": list(o.log)}}
-        if self.failure is not None:
-            return {"err": self.failure}
-        return None
+            doc = {"ok": {"return_value": _b64(o.return_value), "tags_map": {k: _b64(v) for k, v in o.tags_map.items()}, "log": list(o.log)}}
+        elif self.failure is not None:
+            doc = {"err": self.failure}
+        else:
+            return None
+        if self.sandbox_layers:
+            doc["sandbox_layers"] = list(self.sandbox_layers)
+        return doc
 
     @classmethod
     def from_json(cls, doc: Any) -> TaskResult:
         if doc is None:
             return cls()
-        if isinstance(doc, dict) and set(doc) == {"err"} and isinstance(doc["err"], str):
-            return cls(failure=doc["err"])
-        if isinstance(doc, dict) and set(doc) == {"ok"} and isinstance(doc["ok"], dict):
+        if not isinstance(doc, dict):
+            raise ValueError("malformed task result")
+        outcome = set(doc) - {"sandbox_layers"}
+        layers = doc.get("sandbox_layers", [])
+        if not isinstance(layers, list) or not all(isinstance(name, str) for name in layers):
+            raise ValueError("malformed task result")
+        if outcome == {"err"} and isinstance(doc["err"], str):
+            return cls(failure=doc["err"], sandbox_layers=tuple(layers))
+        if outcome == {"ok"} and isinstance(doc["ok"], dict):
             ok = doc["ok"]
             return cls(outputs=TaskOutputs(
                 return_value=_unb64(ok["return_value"]),
                 tags_map={str(k): _unb64(v) for k, v in ok["tags_map"].items()},
                 log=tuple(str(line) for line in ok["log"]),
-            ))
+            ), sandbox_layers=tuple(layers))
         raise ValueError("malformed task result")
 
 

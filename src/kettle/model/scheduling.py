@@ -39,6 +39,9 @@ LEASE_PREFIX = b"scheduler-lease-"
 CANCELED_BY_USER = "Task Canceled by the user"
 """DESIGN.md §6: a failure reason is at most 1 KiB (UTF-8), so a runaway message cannot bloat records."""
 TAG_BYTES = 16
+MAX_SANDBOX_LAYERS = 16
+MAX_LAYER_NAME_CHARS = 64
+"""A node names its sandbox's layers in each result; bounded like every field a record keeps."""
 
 
 class NotAssigned(KettleError):
@@ -290,6 +293,10 @@ def apply_result(task: TaskRecord, result: TaskResult | None) -> tuple[TaskRecor
         raise InvalidArgument("task result is missing")
     if task.status not in (TaskStatus.STAGED, TaskStatus.RUNNING):
         raise NotAssigned(f"task is {task.status.name.lower()}, not running")
+    layers = result.sandbox_layers
+    if len(layers) > MAX_SANDBOX_LAYERS or not all(0 < len(name) <= MAX_LAYER_NAME_CHARS for name in layers):
+        raise InvalidArgument(f"sandbox_layers must be at most {MAX_SANDBOX_LAYERS} names of 1 to "
+                              f"{MAX_LAYER_NAME_CHARS} characters")
     if result.outputs is not None:
         outputs = _tagged_outputs(task, result.outputs)
         assigned = dict(task.assigned_outputs)
@@ -297,7 +304,8 @@ def apply_result(task: TaskRecord, result: TaskResult | None) -> tuple[TaskRecor
         finished = replace(task, status=TaskStatus.FINISHED, result=result, assigned_outputs=assigned)
         return finished, tuple(record for _, record in outputs)
     if result.failure is not None:
-        return replace(task, status=TaskStatus.FAILED, result=TaskResult(failure=truncate_reason(result.failure))), ()
+        failed = TaskResult(failure=truncate_reason(result.failure), sandbox_layers=layers)
+        return replace(task, status=TaskStatus.FAILED, result=failed), ()
     return replace(task, status=TaskStatus.FINISHED, result=TaskResult()), ()
 
 

@@ -56,8 +56,6 @@ EARLY_RETURN_BACKOFF_SECS = (0.05, 1.0)
 """Pause bounds after a WaitTask answered 'still running' long before its timeout,
 so a misbehaving server cannot turn the wait into a busy loop."""
 
-TASK_EXECUTOR_ALIASES = {"python": "mesapy"}
-"""Functions say ``python``, tasks say ``mesapy`` (Teaclave's names); accept either."""
 
 BytesLike: TypeAlias = bytes | bytearray | memoryview | Iterable[int]
 Ownership: TypeAlias = "Mapping[str, Iterable[str] | str] | Iterable[OwnerList]"
@@ -217,6 +215,8 @@ class TaskOutputs:
     return_value: bytes
     tags_map: Mapping[str, bytes] = field(default_factory=dict, hash=False)
     log: tuple[str, ...] = ()
+    sandbox_layers: tuple[str, ...] = ()
+    """The sandbox layers the function's code ran under (e.g. ``seccomp``); empty for built-ins."""
 
     @property
     def text(self) -> str:
@@ -226,6 +226,8 @@ class TaskOutputs:
 @dataclass(frozen=True)
 class TaskFailure:
     reason: str
+    sandbox_layers: tuple[str, ...] = ()
+    """As in :class:`TaskOutputs`."""
 
 
 @dataclass(frozen=True)
@@ -283,9 +285,10 @@ class TaskInfo:
                 "return_value_base64": base64.b64encode(self.result.return_value).decode(),
                 "tags_map": {k: base64.b64encode(v).decode() for k, v in sorted(self.result.tags_map.items())},
                 "log": list(self.result.log),
+                "sandbox_layers": list(self.result.sandbox_layers),
             }
         elif isinstance(self.result, TaskFailure):
-            result = {"reason": self.result.reason}
+            result = {"reason": self.result.reason, "sandbox_layers": list(self.result.sandbox_layers)}
         else:
             result = None
         return {
@@ -409,9 +412,10 @@ def parse_task(r: pb.GetTaskResponse) -> TaskInfo:
     result: TaskOutputs | TaskFailure | None
     if which == "Ok":
         ok = r.result.Ok
-        result = TaskOutputs(bytes(ok.return_value), {k: bytes(v) for k, v in ok.tags_map.items()}, tuple(ok.log))
+        result = TaskOutputs(bytes(ok.return_value), {k: bytes(v) for k, v in ok.tags_map.items()}, tuple(ok.log),
+                             tuple(ok.sandbox_layers))
     elif which == "Err":
-        result = TaskFailure(r.result.Err.reason)
+        result = TaskFailure(r.result.Err.reason, tuple(r.result.Err.sandbox_layers))
     else:
         result = None
     return TaskInfo(
@@ -654,7 +658,7 @@ class _FrontendCore:
         request = pb.CreateTaskRequest(
             function_id=function_id,
             function_arguments=_arguments_json(function_arguments),
-            executor=TASK_EXECUTOR_ALIASES.get(executor, executor),
+            executor=executor,
             inputs_ownership=_owner_lists(inputs_ownership),
             outputs_ownership=_owner_lists(outputs_ownership),
         )

@@ -32,6 +32,7 @@ from ...executors.job import WorkerJob
 from ...model.records import StagedTask, TaskResult
 from ...rpc.channel import PeerChannels
 from ...sandbox.host import SandboxHost
+from ...sandbox.layers import Layers
 from ...rpc.generated import kettle_scheduler_pb2 as pb
 from ...rpc.generated import kettle_scheduler_pb2_grpc as pb_grpc
 from ...rpc.generated import teaclave_common_pb2 as common_pb
@@ -67,10 +68,12 @@ def result_to_proto(result: TaskResult) -> common_pb.TaskResult:
     if result.outputs is not None:
         o = result.outputs
         return common_pb.TaskResult(Ok=common_pb.TaskOutputs(
-            return_value=o.return_value, tags_map=dict(o.tags_map), log=[_text(line) for line in o.log]
+            return_value=o.return_value, tags_map=dict(o.tags_map), log=[_text(line) for line in o.log],
+            sandbox_layers=result.sandbox_layers,
         ))
     if result.failure is not None:
-        return common_pb.TaskResult(Err=common_pb.TaskFailure(reason=_text(result.failure)))
+        return common_pb.TaskResult(Err=common_pb.TaskFailure(reason=_text(result.failure),
+                                                              sandbox_layers=result.sandbox_layers))
     return common_pb.TaskResult()
 
 
@@ -142,7 +145,7 @@ class Workspace:
     def job(self, staged: StagedTask, workdir: Path) -> WorkerJob:
         host = self.sandbox_host
         return WorkerJob(staged, workdir, self.home, self.file_agent, self.sandbox,
-                         sandbox_layers=host.layers.summary() if host is not None else "",
+                         sandbox_layers=host.layers if host is not None else Layers(),
                          sandbox_refusal=(host.refusal or "") if host is not None else "")
 
     @contextlib.contextmanager

@@ -188,8 +188,10 @@ def result_message(result: TaskResult) -> common_pb.TaskResult:
         for name, tag in result.outputs.tags_map.items():
             message.Ok.tags_map[name] = tag
         message.Ok.log.extend(result.outputs.log)
+        message.Ok.sandbox_layers.extend(result.sandbox_layers)
     elif result.failure is not None:
         message.Err.reason = result.failure
+        message.Err.sandbox_layers.extend(result.sandbox_layers)
     return message
 
 

@@ -57,9 +57,11 @@ def result_from_proto(request: pb.UpdateTaskResultRequest) -> TaskResult | None:
     which = request.result.WhichOneof("result")
     if which == "Ok":
         ok = request.result.Ok
-        return TaskResult(outputs=TaskOutputs(bytes(ok.return_value), dict(ok.tags_map), tuple(ok.log)))
+        return TaskResult(outputs=TaskOutputs(bytes(ok.return_value), dict(ok.tags_map), tuple(ok.log)),
+                          sandbox_layers=tuple(ok.sandbox_layers))
     if which == "Err":
-        return TaskResult(failure=request.result.Err.reason)
+        err = request.result.Err
+        return TaskResult(failure=err.reason, sandbox_layers=tuple(err.sandbox_layers))
     return TaskResult()
 
 
