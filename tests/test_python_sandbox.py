@@ -21,7 +21,7 @@ import pytest
 
 from kettle.executors.runtime import FileRuntime
 from kettle.sandbox.host import SandboxHost
-from kettle.sandbox.layers import REQUIRED
+from kettle.sandbox.layers import REQUIRED, Layer, Layers
 from kettle.sandbox.supervisor import Limits, Outcome, run_sandboxed
 
 LIMITS = Limits(wall_time_secs=5, cpu_time_secs=1, memory_bytes=256 << 20, output_bytes=1 << 20,
@@ -366,10 +366,14 @@ def test_the_python_executor_says_which_layer_is_missing(tmp_path: Path) -> None
     from kettle.executors import sandboxed
     from kettle.functions import FunctionError
 
+    layers = Layers((Layer("process", True), Layer("seccomp", True), Layer("landlock", False)))
     ours, theirs = socket_module.socketpair()
     try:
-        sandboxed.configure(ours, SandboxConfig(), "sandbox layers: process",
+        sandboxed.configure(ours, SandboxConfig(), layers, "")
+        assert sandboxed.layers_in_force() == ("process", "seccomp")
+        sandboxed.configure(ours, SandboxConfig(), layers,
                             "SandboxUnavailable: the sandbox lacks required layers: landlock")
+        assert sandboxed.layers_in_force() == ()  # nothing runs, so nothing is in force
         with pytest.raises(FunctionError, match="^SandboxUnavailable: the sandbox lacks required layers: landlock$"):
             sandboxed.run_python("f", {}, b"def entrypoint(argv):\n    return 'ran'\n", FileRuntime())
     finally:
