@@ -160,6 +160,8 @@ class SandboxConfig:
     log_bytes: int = 65536
     """What is kept of the function's stdout and stderr (for the task log, with ``save_log``)."""
     open_files: int = 64
+    wasm_fuel: int = 500_000_000_000
+    """A WebAssembly task's budget of fuel (about one unit per instruction): ``FuelExhausted`` past it."""
     unsafe_allow_degraded: bool = False
 
 
@@ -322,6 +324,8 @@ def parse_config(text: str, home: Path) -> Config:
             raise ConfigError(f"unknown configuration section [{key}]")
     if config.attestation.validity_secs < 4:
         raise ConfigError("attestation.validity_secs must be at least 4")
+    if not 1 <= config.sandbox.wasm_fuel < 2**63:
+        raise ConfigError("sandbox.wasm_fuel must be between 1 and 2**63 - 1")
     return config
 
 

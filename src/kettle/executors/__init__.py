@@ -17,12 +17,12 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..functions import FUNCTION_LOGGER_PREFIX, FunctionError, FunctionRuntime
+from ..functions import FUNCTION_LOGGERS, FunctionError, FunctionRuntime
 from ..functions.arguments import ArgumentsError
 from ..model.records import StagedTask, TaskOutputs, TaskResult, truncate_reason
 from .builtin import run_builtin
 from .files import DataPlane, TaskFiles
-from .sandboxed import layers_in_force, run_python
+from .sandboxed import layers_in_force, run_python, run_wasm
 
 Executor = Callable[[str, Any, bytes, FunctionRuntime], str]
 """(function name, argument object, payload, runtime) → summary string."""
@@ -30,12 +30,11 @@ Executor = Callable[[str, Any, bytes, FunctionRuntime], str]
 EXECUTORS: dict[tuple[str, str], Executor] = {
     ("builtin", "builtin"): run_builtin,
     ("python", "mesapy"): run_python,
+    ("wamr", "wamr"): run_wasm,
 }
-"""Registered (executor_type, executor) pairs (§2). ``(wamr, wamr)`` is a valid pair whose
-engine is not built yet; like a reference build without it, it fails with the same
-"function not available" text as a mismatch."""
+"""Registered (executor_type, executor) pairs (§2); any other pair fails with "function not available"."""
 
-SANDBOXED: frozenset[Executor] = frozenset({run_python})
+SANDBOXED: frozenset[Executor] = frozenset({run_python, run_wasm})
 """Executors that run user code, in the node's sandbox: their results name its layers."""
 
 TYPE_VARIANTS = {"builtin": "Builtin", "python": "Python", "wamr": "WAMicroRuntime"}
@@ -80,7 +79,7 @@ class _Capture(logging.Handler):
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith(FUNCTION_LOGGER_PREFIX):
+        if record.name.startswith(FUNCTION_LOGGERS):
             self.lines.append(log_line(record))
 
 

@@ -1,4 +1,4 @@
-"""The Python executor on the worker's side: user code runs in the node's sandbox, never in this process.
+"""The Python and WebAssembly executors on the worker's side: user code runs in the node's sandbox, never here.
 
 The worker learns at start (:func:`configure`) its connection to the node's
 zygote, the limits, and the sandbox's layers; :func:`run_python` then flattens
@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import SandboxConfig
-from ..functions import FUNCTION_LOGGER_PREFIX, FunctionError, FunctionRuntime
+from ..functions import FUNCTION_LOGGER_PREFIX, HOST_LOGGER, FunctionError, FunctionRuntime
 from ..functions.arguments import ArgumentsError
 from ..sandbox.layers import Layers
 from ..sandbox.payload_api import flatten_arguments
-from ..sandbox.supervisor import Limits, SandboxError, run_sandboxed
+from ..sandbox.supervisor import Limits, SandboxError, WasmLoadError, WasmRun, compile_wasm, run_sandboxed
 
 log = logging.getLogger(FUNCTION_LOGGER_PREFIX + "python")
+wasm_log = logging.getLogger(FUNCTION_LOGGER_PREFIX + "wamr")
+host_log = logging.getLogger(HOST_LOGGER)
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class _Sandbox:
     limits: Limits
     layers: Layers
     refusal: str
+    wasm_fuel: int
 
 
 _sandbox: _Sandbox | None = None
@@ -52,7 +55,7 @@ def limits_of(config: SandboxConfig) -> Limits:
 
 def configure(zygote: socket.socket, config: SandboxConfig, layers: Layers, refusal: str) -> None:
     global _sandbox
-    _sandbox = _Sandbox(zygote, limits_of(config), layers, refusal)
+    _sandbox = _Sandbox(zygote, limits_of(config), layers, refusal, config.wasm_fuel)
 
 
 def layers_in_force() -> tuple[str, ...]:
@@ -62,17 +65,21 @@ def layers_in_force() -> tuple[str, ...]:
     return tuple(layer.name for layer in _sandbox.layers.layers if layer.available)
 
 
-def run_python(name: str, arguments: Any, payload: bytes, runtime: FunctionRuntime) -> str:
+def _ready(arguments: Any, logger: logging.Logger) -> tuple[_Sandbox, list[str]]:
     if _sandbox is None:
         raise FunctionError("SandboxUnavailable: this execution node has no sandbox for user code")
     if _sandbox.refusal:
         raise FunctionError(_sandbox.refusal)
     if not isinstance(arguments, dict):
         raise ArgumentsError("the arguments are not a JSON object")
-    argv = flatten_arguments(arguments)
-    log.info("%s", _sandbox.layers.summary())
+    logger.info("%s", _sandbox.layers.summary())
+    return _sandbox, flatten_arguments(arguments)
+
+
+def run_python(name: str, arguments: Any, payload: bytes, runtime: FunctionRuntime) -> str:
+    sandbox, argv = _ready(arguments, log)
     try:
-        outcome = run_sandboxed(_sandbox.zygote, argv, payload, runtime, _sandbox.limits)
+        outcome = run_sandboxed(sandbox.zygote, argv, payload, runtime, sandbox.limits)
     except SandboxError as exc:
         raise FunctionError(f"SandboxUnavailable: {exc}") from None
     for line in outcome.output.decode("utf-8", "replace").splitlines():
@@ -80,6 +87,29 @@ def run_python(name: str, arguments: Any, payload: bytes, runtime: FunctionRunti
     if outcome.failure is not None:
         if outcome.traceback:
             log.error("%s", outcome.traceback.rstrip())
+        raise FunctionError(outcome.failure)
+    assert outcome.return_value is not None
+    return outcome.return_value
+
+
+def run_wasm(name: str, arguments: Any, payload: bytes, runtime: FunctionRuntime) -> str:
+    """A WebAssembly module under Teaclave's WAMR ABI (functions.md §7), compiled once per node and cached."""
+    sandbox, argv = _ready(arguments, wasm_log)
+    try:
+        compiled = compile_wasm(sandbox.zygote, payload, sandbox.limits)
+        wasm_log.info("module %s (%s)", compiled.sha256, "compiled before" if compiled.cached else "compiled now")
+        outcome = run_sandboxed(sandbox.zygote, argv, payload, runtime, sandbox.limits,
+                                WasmRun(compiled.sha256, sandbox.wasm_fuel))
+    except WasmLoadError as exc:
+        raise FunctionError(f"WASM load error: {exc}") from None
+    except SandboxError as exc:
+        raise FunctionError(f"SandboxUnavailable: {exc}") from None
+    # The module has no output of its own (no WASI): these are the host functions' ERROR lines (§7.2).
+    for line in outcome.output.decode("utf-8", "replace").splitlines():
+        host_log.error("%s", line)
+    if outcome.failure is not None:
+        if outcome.traceback:
+            wasm_log.error("%s", outcome.traceback.rstrip())
         raise FunctionError(outcome.failure)
     assert outcome.return_value is not None
     return outcome.return_value

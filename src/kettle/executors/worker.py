@@ -45,9 +45,9 @@ def die_with_parent() -> None:
 
 class _NotFunctionRecords(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        from ..functions import FUNCTION_LOGGER_PREFIX
+        from ..functions import FUNCTION_LOGGERS
 
-        return not record.name.startswith(FUNCTION_LOGGER_PREFIX)
+        return not record.name.startswith(FUNCTION_LOGGERS)
 
 
 def main() -> int:

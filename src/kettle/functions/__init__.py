@@ -33,6 +33,10 @@ from typing import Any, BinaryIO, Protocol
 from .arguments import ArgType, ArgumentsError, parse_arguments
 
 FUNCTION_LOGGER_PREFIX = "teaclave_function::"
+HOST_LOGGER = "teaclave_executor_context::context"
+"""The reference's module path for the file API's ERROR lines (functions.md §4.5)."""
+FUNCTION_LOGGERS = (FUNCTION_LOGGER_PREFIX, HOST_LOGGER)
+"""Loggers whose records belong to the task's log (captured with ``save_log``), not the node's."""
 NOT_FOUND = "Function not found."
 
 _MODULE_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import ctypes
 import fcntl
+import hashlib
 import json
 import linecache
 import os
@@ -67,6 +68,12 @@ class ChildSpec:
     uid: int
     cgroup: str
     layers: Layers
+    engine: str = "python"
+    """``python`` (a payload's source) or ``wasm`` (a WebAssembly module, :mod:`kettle.sandbox.wamr`)."""
+    memory_bytes: int = 0
+    """The task's memory limit; a wasm module's linear memory may grow to it."""
+    fuel: int = 0
+    """A wasm module's fuel budget."""
 
 
 def _die_with_parent(parent: int) -> None:
@@ -189,8 +196,39 @@ def _send_result(sock: socket.socket, value: str) -> None:
     protocol.send(sock, protocol.DONE)
 
 
-def run_python(spec: ChildSpec, parent: int, file_sock: int, stdio: int, job: int, devnull: int) -> NoReturn:
-    """The child's whole life: harden, run the payload, report, exit. Never returns."""
+class _Failed(Exception):
+    def __init__(self, type_name: str, message: str, traceback: str) -> None:
+        super().__init__(type_name, message)
+        self.type_name, self.message, self.traceback = type_name, message, traceback
+
+
+def _run_python(argv: list[str], source: bytes, channel: _SocketChannel) -> str:
+    payload_api.install(channel)
+    _guard_imports(PAYLOAD_MODULE_NAME)
+    try:
+        return payload_api.run_payload(source, argv, channel)
+    except payload_api.PayloadFailure as failure:
+        raise _Failed(failure.type_name, failure.message, failure.traceback) from None
+
+
+def _run_wasm(spec: ChildSpec, argv: list[str], module_bytes: bytes, channel: _SocketChannel,
+              artifact: bytes | None) -> str:
+    from . import wamr  # loaded by the zygote: importing it here reads no file
+
+    try:
+        module = wamr.load_compiled(artifact) if artifact is not None else wamr.compile_module(module_bytes)
+        return wamr.run_module(module, argv, wamr.Files(channel, wamr.stderr_log),
+                               memory_bytes=spec.memory_bytes, fuel=spec.fuel)
+    except wamr.WasmFailure as failure:
+        raise _Failed(failure.type_name, failure.message, failure.detail) from None
+
+
+def run_task(spec: ChildSpec, parent: int, file_sock: int, stdio: int, job: int, devnull: int,
+             artifact: bytes | None = None) -> NoReturn:
+    """The child's whole life: harden, run the payload, report, exit. Never returns.
+
+    ``artifact`` is the zygote's compiled copy of a wasm task's module, when it has one.
+    """
     code = 70
     try:
         sock_fd, job_fd = _keep_only(file_sock, stdio, job, devnull)
@@ -200,11 +238,12 @@ def run_python(spec: ChildSpec, parent: int, file_sock: int, stdio: int, job: in
         os.environ.clear()
         _no_source_files()
         channel = _SocketChannel(sock)
-        payload_api.install(channel)
-        _guard_imports(PAYLOAD_MODULE_NAME)
         try:
-            value = payload_api.run_payload(source, argv, channel)
-        except payload_api.PayloadFailure as failure:
+            if spec.engine == "wasm":
+                value = _run_wasm(spec, argv, source, channel, artifact)
+            else:
+                value = _run_python(argv, source, channel)
+        except _Failed as failure:
             body = json.dumps({"type": failure.type_name, "message": failure.message[:4096],
                                "traceback": failure.traceback[-16384:]}).encode()
             protocol.send(sock, protocol.FAILED, body)
@@ -217,4 +256,40 @@ def run_python(spec: ChildSpec, parent: int, file_sock: int, stdio: int, job: in
                 stream.flush()
             except Exception:  # noqa: BLE001 - the payload may have replaced or closed them
                 pass
+        os._exit(code)
+
+
+MAX_COMPILE_ERROR = 4096
+
+
+def run_compile(spec: ChildSpec, parent: int, module_fd: int, out: int, devnull: int, sha256: str) -> NoReturn:
+    """A child that only compiles a wasm module for the zygote's cache: ``+`` and the artifact, or ``-`` and why.
+
+    Nothing of the module runs here (it is not instantiated), so what comes back
+    is wasmtime's work on the module's bytes, whatever they are.
+    """
+    code = 70
+    try:
+        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in (devnull, module_fd, out)]
+        for target, fd in zip((STDIN, STDOUT, STDERR, 3, 4), (moved[0], moved[0], moved[0], moved[1], moved[2])):
+            os.dup2(fd, target, inheritable=False)
+        os.closerange(5, os.sysconf("SC_OPEN_MAX"))
+        harden(spec, parent)
+        data = bytearray()
+        while chunk := os.read(3, 1 << 20):
+            data += chunk
+        from . import wamr
+
+        if hashlib.sha256(data).hexdigest() != sha256:
+            answer = b"-the module's bytes do not match their digest"
+        else:
+            try:
+                answer = b"+" + wamr.compile_module(bytes(data)).serialize()
+            except wamr.WasmFailure as failure:
+                answer = b"-" + failure.message.encode("utf-8", "replace")[:MAX_COMPILE_ERROR]
+        view = memoryview(answer)
+        while view:
+            view = view[os.write(4, view):]
+        code = 0
+    finally:
         os._exit(code)

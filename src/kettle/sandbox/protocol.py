@@ -24,6 +24,7 @@ OPEN_INPUT, CREATE_OUTPUT, RETURN_PART, DONE, FAILED = b"O", b"C", b"R", b"D", b
 GRANTED, REFUSED = b"+", b"-"
 # zygote <-> its clients
 CLIENT, SPAWN, STARTED, EXITED, HELLO = b"c", b"s", b"t", b"x", b"h"
+COMPILE, COMPILED = b"m", b"k"
 
 
 class ProtocolError(Exception):

@@ -17,12 +17,21 @@ reason                    observed
                           message that breaks the protocol
 ========================  ================================================
 
-An exception in the payload is the payload's own failure: ``<Type>: <message>``.
+An exception in the payload is the payload's own failure: ``<Type>: <message>``;
+one that takes a reason's name (a Python payload may name its exception class
+anything) is marked as the function's own: ``Exception (raised by the
+function): CPUTimeExceeded: …``.
+
+A wasm child reports three reasons itself, ``FuelExhausted``,
+``MemoryLimitExceeded`` of linear memory and ``WASM load error``: they come
+from the wasmtime engine that confines the module, not from the module, which
+can only call the five file functions (:mod:`kettle.sandbox.wamr`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import selectors
@@ -77,8 +86,28 @@ class Outcome:
     """The start of what the function printed (stdout and stderr), at most ``log_bytes``."""
 
 
+RESERVED_REASONS = ("WallTimeExceeded", "CPUTimeExceeded", "MemoryLimitExceeded", "OutputLimitExceeded",
+                    "ReturnValueLimitExceeded", "SandboxViolation", "SandboxUnavailable", "FuelExhausted",
+                    "Runtime Error", "WASM load error")
+"""Reasons only the platform gives; a child's failure that starts with one is not taken at its word."""
+ENGINE_REASONS = {"python": (), "wasm": ("FuelExhausted", "MemoryLimitExceeded", "WASM load error")}
+"""The reserved reasons a child's engine (not its payload) may report."""
+
+
+@dataclass(frozen=True)
+class WasmRun:
+    """A wasm task: its module's digest (from :func:`compile_wasm`) and its fuel budget."""
+
+    sha256: str
+    fuel: int
+
+
 class SandboxError(Exception):
     """The sandbox could not run the task (not the function's fault)."""
+
+
+class WasmLoadError(Exception):
+    """The module cannot run: not valid WebAssembly, or too large or slow to compile within the task's limits."""
 
 
 @dataclass
@@ -89,7 +118,8 @@ class _Final:
     failure: dict[str, str] | None = None
 
 
-def classify(exit: Exit, killed_for: str | None, final: _Final, limits: Limits) -> tuple[str | None, str | None]:
+def classify(exit: Exit, killed_for: str | None, final: _Final, limits: Limits,
+             engine: str = "python") -> tuple[str | None, str | None]:
     """(return value, failure reason) from the observed facts; exactly one is not None."""
     if killed_for is not None:
         return None, killed_for
@@ -110,7 +140,10 @@ def classify(exit: Exit, killed_for: str | None, final: _Final, limits: Limits) 
         return None, f"Runtime Error: the function's process exited with status {code}"
     if final.failure is not None:
         kind, message = final.failure["type"], final.failure["message"]
-        return None, f"{kind}: {message}" if message else kind
+        reason = f"{kind}: {message}" if message else kind
+        if reason.startswith(RESERVED_REASONS) and kind not in ENGINE_REASONS[engine]:
+            reason = f"Exception (raised by the function): {reason}"
+        return None, reason
     if not final.done:
         return None, "Runtime Error: the function's process ended without a result"
     return b"".join(final.parts).decode("utf-8", "surrogatepass"), None
@@ -122,13 +155,59 @@ def _memory_reason(limits: Limits) -> str:
 
 def _job(argv: list[str], source: bytes) -> int:
     header = json.dumps(argv).encode()
-    fd = os.memfd_create("kettle-job", os.MFD_CLOEXEC)
-    data = struct.pack("<I", len(header)) + header + source
+    return _memory_file("kettle-job", struct.pack("<I", len(header)) + header + source)
+
+
+def _memory_file(name: str, data: bytes) -> int:
+    """A descriptor at the start of an anonymous file holding ``data``."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
+
+
+@dataclass(frozen=True)
+class Compiled:
+    sha256: str
+    """What :func:`run_sandboxed` names the module by."""
+    cached: bool
+    """The zygote had compiled it before."""
+
+
+def compile_wasm(zygote: socket.socket, module: bytes, limits: Limits) -> Compiled:
+    """Have the zygote compile ``module``, or find it compiled.
+
+    Raises :class:`WasmLoadError` with the reason when the module cannot run.
+    """
+    digest = hashlib.sha256(module).hexdigest()
+    fd = _memory_file("kettle-module", module)
+    request = {"sha256": digest, "cpu_secs": limits.cpu_time_secs, "memory_bytes": limits.memory_bytes,
+               "open_files": limits.open_files}
+    try:
+        protocol.send_json(zygote, protocol.COMPILE, request, [fd])
+    except OSError as exc:
+        raise SandboxError(f"the sandbox's zygote cannot be reached: {exc}") from None
+    finally:
+        os.close(fd)
+    zygote.settimeout(limits.wall_time_secs)
+    try:
+        answer = protocol.receive(zygote)
+    except (OSError, protocol.ProtocolError) as exc:
+        raise SandboxError(f"the sandbox's zygote did not compile the module: {exc}") from None
+    finally:
+        zygote.settimeout(None)
+    if answer is None or answer[0] != protocol.COMPILED or answer[2]:
+        if answer is not None:
+            protocol.close_all(answer[2])
+        raise SandboxError("the sandbox's zygote did not compile the module")
+    doc = protocol.body_json(answer[1])
+    if not isinstance(doc, dict) or (doc.get("ok") is not True and not isinstance(doc.get("error"), str)):
+        raise SandboxError("the sandbox's zygote gave a malformed answer")
+    if doc.get("ok") is not True:
+        raise WasmLoadError(doc["error"])
+    return Compiled(digest, doc.get("cached") is True)
 
 
 class _Session:
@@ -315,12 +394,20 @@ def _failure(body: bytes) -> dict[str, str] | None:
     return {k: doc[k] for k in ("type", "message", "traceback")}
 
 
-def run_sandboxed(zygote: socket.socket, argv: list[str], source: bytes, runtime: Runtime, limits: Limits) -> Outcome:
-    """Run the payload in a fresh sandboxed child of ``zygote`` and judge the outcome."""
+def run_sandboxed(zygote: socket.socket, argv: list[str], source: bytes, runtime: Runtime, limits: Limits,
+                  wasm: WasmRun | None = None) -> Outcome:
+    """Run the payload in a fresh sandboxed child of ``zygote`` and judge the outcome.
+
+    ``source`` is Python source, or with ``wasm`` a WebAssembly module that
+    :func:`compile_wasm` compiled.
+    """
     files, theirs = protocol.socket_pair()
     stdio_read, stdio_write = os.pipe()
     job = _job(argv, source)
-    request = {"cpu_secs": limits.cpu_time_secs, "memory_bytes": limits.memory_bytes, "open_files": limits.open_files}
+    request: dict[str, object] = {"cpu_secs": limits.cpu_time_secs, "memory_bytes": limits.memory_bytes,
+                                  "open_files": limits.open_files}
+    if wasm is not None:
+        request.update(engine="wasm", sha256=wasm.sha256, fuel=wasm.fuel)
     try:
         protocol.send_json(zygote, protocol.SPAWN, request, [theirs.fileno(), stdio_write, job])
     except OSError as exc:
@@ -350,7 +437,8 @@ def run_sandboxed(zygote: socket.socket, argv: list[str], source: bytes, runtime
         os.close(stdio_read)
         files.close()
     assert session.exit is not None
-    value, failure = classify(session.exit, session.killed_for, session.final, limits)
+    value, failure = classify(session.exit, session.killed_for, session.final, limits,
+                              "wasm" if wasm is not None else "python")
     traceback = session.final.failure["traceback"] if session.final.failure else ""
     return Outcome(value, failure, traceback, bytes(session.output))
 

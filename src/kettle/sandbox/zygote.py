@@ -10,11 +10,18 @@ serves:
 - ``SPAWN`` from a client, with the task's file socket, output pipe and job:
   fork a child (:mod:`kettle.sandbox.child`) and answer ``STARTED`` with its
   pidfd, later ``EXITED`` with its wait status, CPU time and memory events;
+- ``COMPILE`` from a client, with a WebAssembly module (a descriptor) and
+  its SHA-256: unless the module is in the cache of compiled modules, fork a
+  hardened child that only compiles it (:func:`~kettle.sandbox.child.run_compile`)
+  and keep what it returns; answer ``COMPILED`` with ``ok`` or the error.
+  A ``SPAWN`` of a wasm task names the digest, and its child inherits the
+  compiled module with the zygote's memory;
 - a client that goes away (its worker was killed: the task was cancelled)
   takes its child with it, at once.
 
 The zygote never sees a task's data, only descriptors it forwards, and it runs
-no user code itself.
+no user code itself: it neither reads nor compiles a module (its cache holds
+what a compile child made of the module's bytes).
 """
 
 from __future__ import annotations
@@ -27,13 +34,15 @@ import os
 import selectors
 import signal
 import socket
+import string
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
 from . import protocol
-from .child import PRELOAD, ChildSpec, run_python
+from .child import PRELOAD, ChildSpec, run_compile, run_task
 from .layers import CGROUP_MEMORY, Layers, probe
 
 log = logging.getLogger("kettle.sandbox.zygote")
@@ -45,12 +54,29 @@ ADDRESS_SPACE_FACTOR = 4
 """With a memory cgroup the address-space limit is only a backstop (numpy reserves far more than it touches)."""
 
 
+MAX_ARTIFACT_BYTES = 256 << 20
+CACHE_BYTES = 512 << 20
+"""Compiled modules kept, least recently used first out."""
+
+
+@dataclass
+class _Compile:
+    """A compile child at work: its digest, process, cgroup and what it has sent so far."""
+
+    sha256: str
+    pid: int
+    pipe: int
+    cgroup: Path | None
+    received: bytearray = field(default_factory=bytearray)
+
+
 @dataclass
 class _Task:
     client: socket.socket
     pid: int = 0
     pidfd: int = -1
     cgroup: Path | None = None
+    compiling: _Compile | None = None
 
 
 @dataclass
@@ -64,6 +90,8 @@ class Zygote:
     spawned: int = 0
     mapped: int = field(default_factory=lambda: _address_space())
     """The zygote's virtual size once warm: every child starts with all of it mapped."""
+    compiled: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+    """Compiled wasm modules by their SHA-256, least recently used first."""
 
     def serve(self) -> None:
         self.selector.register(self.control, selectors.EVENT_READ, self._on_control)
@@ -105,21 +133,23 @@ class Zygote:
             self._drop(task)
             return
         kind, body, fds = message
-        if kind != protocol.SPAWN or len(fds) != 3 or task.pid:
+        busy = bool(task.pid or task.compiling)
+        if busy or (kind, len(fds)) not in ((protocol.SPAWN, 3), (protocol.COMPILE, 1)):
             protocol.close_all(fds)
             self._drop(task)  # a confused client gets nothing more
             return
         try:
-            self._spawn(task, protocol.body_json(body), fds)
+            if kind == protocol.SPAWN:
+                self._spawn(task, protocol.body_json(body), fds)
+            else:
+                self._compile(task, protocol.body_json(body), fds[0])
         except (protocol.ProtocolError, KeyError, TypeError, ValueError, OSError) as exc:
             log.error("could not start a sandboxed child: %s", exc)
             self._drop(task)
         finally:
             protocol.close_all(fds)
 
-    def _spawn(self, task: _Task, request: dict, fds: list[int]) -> None:
-        memory = int(request["memory_bytes"])
-        cgroup = self._make_cgroup(memory) if self.layers.has("cgroup-memory") else None
+    def _spec(self, request: dict, memory: int, cgroup: Path | None, engine: str = "python") -> ChildSpec:
         spec = ChildSpec(
             cpu_secs=int(request["cpu_secs"]),
             address_space_bytes=self.mapped + memory * (ADDRESS_SPACE_FACTOR if cgroup else 1),
@@ -127,16 +157,101 @@ class Zygote:
             uid=UID_BASE + (os.getpid() % 2_000_000) * UIDS_PER_ZYGOTE + self.spawned % UIDS_PER_ZYGOTE,
             cgroup=str(cgroup or ""),
             layers=self.layers,
+            engine=engine,
+            memory_bytes=memory,
+            fuel=int(request.get("fuel", 0)),
         )
         self.spawned += 1
+        return spec
+
+    def _spawn(self, task: _Task, request: dict, fds: list[int]) -> None:
+        memory = int(request["memory_bytes"])
+        engine = request.get("engine", "python")
+        if engine not in ("python", "wasm"):
+            raise ValueError(f"unknown engine {engine!r}")
+        artifact = None
+        if engine == "wasm":
+            artifact = self.compiled.get(str(request.get("sha256")))
+            if artifact is not None:
+                self.compiled.move_to_end(str(request["sha256"]))
+        cgroup = self._make_cgroup(memory) if self.layers.has("cgroup-memory") else None
+        spec = self._spec(request, memory, cgroup, engine)
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            run_python(spec, parent, fds[0], fds[1], fds[2], self.devnull)
+            run_task(spec, parent, fds[0], fds[1], fds[2], self.devnull, artifact)
         task.pid, task.cgroup = pid, cgroup
         task.pidfd = os.pidfd_open(pid)
         self.selector.register(task.pidfd, selectors.EVENT_READ, lambda _: self._on_exit(task))
         protocol.send_json(task.client, protocol.STARTED, {"pid": pid}, [task.pidfd])
+
+    # --- compiling wasm modules ------------------------------------------------------------
+
+    def _compile(self, task: _Task, request: dict, module_fd: int) -> None:
+        digest = str(request["sha256"])
+        if len(digest) != 64 or not set(digest) <= set(string.hexdigits.lower()):
+            raise ValueError("a module digest that is not a SHA-256")
+        if digest in self.compiled:
+            self.compiled.move_to_end(digest)
+            protocol.send_json(task.client, protocol.COMPILED, {"ok": True, "cached": True})
+            return
+        memory = int(request["memory_bytes"])
+        cgroup = self._make_cgroup(memory) if self.layers.has("cgroup-memory") else None
+        spec = self._spec(request, memory, cgroup)
+        read_end, write_end = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            run_compile(spec, parent, module_fd, write_end, self.devnull, digest)
+        os.close(write_end)
+        os.set_blocking(read_end, False)
+        task.compiling = _Compile(digest, pid, read_end, cgroup)
+        self.selector.register(read_end, selectors.EVENT_READ, lambda _: self._on_artifact(task))
+
+    def _on_artifact(self, task: _Task) -> None:
+        job = task.compiling
+        assert job is not None
+        try:
+            chunk = os.read(job.pipe, 1 << 20)
+        except BlockingIOError:
+            return
+        if chunk:
+            job.received += chunk
+            if len(job.received) <= MAX_ARTIFACT_BYTES:
+                return
+            os.kill(job.pid, signal.SIGKILL)
+        # end of the artifact (or too much of it): the child has finished or is being killed
+        _, status = os.waitpid(job.pid, 0)
+        events = _memory_events(job.cgroup)
+        self._end_compile(task)
+        answer: dict[str, object]
+        if status == 0 and job.received[:1] == b"+" and len(job.received) <= MAX_ARTIFACT_BYTES:
+            self._remember(job.sha256, bytes(job.received[1:]))
+            answer = {"ok": True, "cached": False}
+        elif status == 0 and job.received[:1] == b"-":
+            answer = {"error": job.received[1:].decode("utf-8", "replace")}
+        else:
+            answer = {"error": _compile_stopped(status, len(job.received) > MAX_ARTIFACT_BYTES, events)}
+        with contextlib.suppress(OSError):
+            protocol.send_json(task.client, protocol.COMPILED, answer)
+
+    def _end_compile(self, task: _Task) -> None:
+        job = task.compiling
+        if job is None:
+            return
+        task.compiling = None
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(job.pipe)
+        os.close(job.pipe)
+        if job.cgroup is not None:
+            with contextlib.suppress(OSError):
+                job.cgroup.rmdir()
+
+    def _remember(self, digest: str, artifact: bytes) -> None:
+        self.compiled[digest] = artifact
+        while sum(map(len, self.compiled.values())) > CACHE_BYTES and len(self.compiled) > 1:
+            self.compiled.popitem(last=False)
 
     @staticmethod
     def _make_cgroup(memory: int) -> Path:
@@ -159,6 +274,12 @@ class Zygote:
 
     def _drop(self, task: _Task) -> None:
         """Forget a client; a child still running is killed (and reaped) first."""
+        if task.compiling is not None:
+            with contextlib.suppress(OSError):
+                os.kill(task.compiling.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(task.compiling.pid, 0)
+            self._end_compile(task)
         if task.pid:
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(task.pidfd, signal.SIGKILL)
@@ -187,6 +308,18 @@ def _address_space() -> int:
     return 0
 
 
+def _compile_stopped(status: int, too_large: bool, events: dict[str, int]) -> str:
+    if too_large:
+        return f"the compiled module is larger than {MAX_ARTIFACT_BYTES >> 20} MiB"
+    if events.get("oom_kills"):
+        return "compiling the module needed more memory than the task's limit"
+    if os.WIFSIGNALED(status):
+        if os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL):
+            return "compiling the module took more CPU time than the task's limit"
+        return f"compiling the module was stopped by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"compiling the module failed (exit status {os.WEXITSTATUS(status)})"
+
+
 def _memory_events(cgroup: Path | None) -> dict[str, int]:
     if cgroup is None:
         return {"oom_kills": 0, "memory_failcnt": 0}
@@ -203,6 +336,9 @@ def _preload() -> None:
     import time
 
     time.localtime()  # reads the time zone file now: children cannot
+    from . import wamr
+
+    wamr.engine()  # wasmtime's library and its engine, shared by every compile and wasm child
     # A child's garbage collection would otherwise walk (and so copy, page by page) every object
     # preloaded here: frozen objects are left out of collections.
     gc.collect()
