@@ -39,6 +39,7 @@ import wasmtime
 from .payload_api import FileChannel
 
 PAGE = 65536
+WASM_MAGIC = b"\0asm"
 WRITER_BIT = 0x40000000
 MAX_HANDLES = 1023
 """Opens and creates per execution (§7.4); the next one returns −1."""
@@ -115,6 +116,8 @@ def engine() -> wasmtime.Engine:
 
 def compile_module(wasm: bytes) -> wasmtime.Module:
     """Validate and compile; a module that is not one gives ``WASM load error: …`` with wasmtime's reasons."""
+    if not wasm.startswith(WASM_MAGIC):  # wasmtime would read text as WAT: payloads are binaries (§7.1)
+        raise load_error("not a WebAssembly binary (it does not start with \\0asm)")
     try:
         return wasmtime.Module(engine(), wasm)
     except wasmtime.WasmtimeError as exc:
