@@ -8,7 +8,6 @@ takes about a second at most.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import textwrap
 import threading
@@ -18,52 +17,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sandbox_node import LIMITS, Node, exists, swallow, wait_for_child
 
 from kettle.executors.runtime import FileRuntime
 from kettle.sandbox.host import SandboxHost
 from kettle.sandbox.layers import REQUIRED, Layer, Layers
-from kettle.sandbox.supervisor import Limits, Outcome, run_sandboxed
-
-LIMITS = Limits(wall_time_secs=5, cpu_time_secs=1, memory_bytes=256 << 20, output_bytes=1 << 20,
-                return_value_bytes=20480, log_bytes=4096, open_files=32)
-
-
-class Node:
-    """A zygote as the execution service runs it, and a way to run one payload like a task."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.host = SandboxHost()
-        self.layers = self.loop.run_until_complete(self.host.start())
-
-    @property
-    def zygote_pid(self) -> int:
-        assert self.host._process is not None
-        return self.host._process.pid
-
-    def alive(self) -> bool:
-        return self.host._process is not None and self.host._process.returncode is None and _exists(self.zygote_pid)
-
-    def run(self, source: str, argv: list[str] | None = None, inputs: dict[str, Path] | None = None,
-            outputs: dict[str, Path] | None = None, limits: Limits = LIMITS) -> Outcome:
-        connection = self.loop.run_until_complete(self.host.connect())
-        try:
-            return run_sandboxed(connection, argv or [], textwrap.dedent(source).encode(),
-                                 FileRuntime(inputs, outputs), limits)
-        finally:
-            connection.close()
-
-    def close(self) -> None:
-        self.loop.run_until_complete(self.host.close())
-        self.loop.close()
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from kettle.sandbox.supervisor import Outcome, run_sandboxed
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +71,19 @@ def test_an_exception_is_the_tasks_failure_with_its_type_and_message(node: Node)
     outcome = node.run("def entrypoint(argv):\n    raise ValueError('bad row 7')\n")
     assert outcome.failure == "ValueError: bad row 7"
     assert "bad row 7" in outcome.traceback and "entrypoint" in outcome.traceback
+
+
+@pytest.mark.parametrize(("name", "message", "reason"), [
+    ("CPUTimeExceeded", "the function used more than 1 s of CPU time",
+     "Exception (raised by the function): CPUTimeExceeded: the function used more than 1 s of CPU time"),
+    ("MemoryLimitExceeded: the function used more than 256 MiB of memory", "",
+     "Exception (raised by the function): MemoryLimitExceeded: the function used more than 256 MiB of memory"),
+    ("FuelExhausted", "x", "Exception (raised by the function): FuelExhausted: x"),
+])
+def test_a_payload_cannot_pass_its_exception_off_as_a_platform_reason(node: Node, name: str, message: str,
+                                                                      reason: str) -> None:
+    outcome = node.run(f"def entrypoint(argv):\n    raise type({name!r}, (Exception,), {{}})({message!r})\n")
+    assert outcome.failure == reason
 
 
 PROBE = "import sys\nsocket_module = sys.modules['socket']\nctypes = sys.modules['ctypes']\n"
@@ -268,41 +240,19 @@ def test_printing_is_kept_up_to_the_log_limit(node: Node) -> None:
 def test_a_client_that_goes_away_takes_its_child_with_it(node: Node) -> None:
     """What cancelling does: the worker is killed, its connection closes, the zygote kills the child at once."""
     connection = node.loop.run_until_complete(node.host.connect())
-    runner = threading.Thread(target=lambda: _swallow(lambda: run_sandboxed(
+    runner = threading.Thread(target=lambda: swallow(lambda: run_sandboxed(
         connection, [], b"def entrypoint(argv):\n    while True:\n        pass\n", FileRuntime(),
         replace(LIMITS, cpu_time_secs=60))))
     runner.start()
-    child = _wait_for_child(node.zygote_pid)
+    child = wait_for_child(node.zygote_pid)
     os.kill(child, 0)
     connection.shutdown(2)
     deadline = time.monotonic() + 1
-    while _exists(child) and time.monotonic() < deadline:
+    while exists(child) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not _exists(child), "the child outlived its cancelled client by more than a second"
+    assert not exists(child), "the child outlived its cancelled client by more than a second"
     runner.join(5)
     healthy(node)
-
-
-def _swallow(work) -> None:  # type: ignore[no-untyped-def]
-    try:
-        work()
-    except Exception:  # noqa: BLE001 - the run's own connection was shut under it on purpose
-        pass
-
-
-def _children(pid: int) -> list[int]:
-    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    return [int(p) for p in text.split()]
-
-
-def _wait_for_child(zygote: int) -> int:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        children = _children(zygote)
-        if children:
-            return children[-1]
-        time.sleep(0.01)
-    raise AssertionError("the zygote started no child")
 
 
 def test_two_tasks_at_once_cannot_see_each_other(node: Node, tmp_path: Path) -> None:
@@ -316,7 +266,7 @@ def test_two_tasks_at_once_cannot_see_each_other(node: Node, tmp_path: Path) -> 
             return secret
     """, inputs={"secret": tmp_path / "secret"})))
     holder.start()
-    alice = _wait_for_child(node.zygote_pid)
+    alice = wait_for_child(node.zygote_pid)
     time.sleep(0.3)
     attempts = {
         "memory": "open('/proc/%d/mem' % int(argv[1]), 'rb').read()",

@@ -13,28 +13,12 @@ from pathlib import Path
 
 import pytest
 import wasmtime
+from wasm_modules import module
 
 from kettle.sandbox import wamr
 
 FUEL = 10**8
 MEMORY = 64 << 20
-
-IMPORTS = """
- (import "env" "teaclave_open_input" (func $open (param i32) (result i32)))
- (import "env" "teaclave_create_output" (func $create (param i32) (result i32)))
- (import "env" "teaclave_read_file" (func $read (param i32 i32 i32) (result i32)))
- (import "env" "teaclave_write_file" (func $write (param i32 i32 i32) (result i32)))
- (import "env" "teaclave_close_file" (func $close (param i32) (result i32)))
-"""
-
-
-def module(body: str, data: str = "", memory: str = "1", imports: str = IMPORTS) -> bytes:
-    """A module with the host imports, one exported memory, ``data`` at address 0 and ``entrypoint`` = ``body``."""
-    segment = f'(data (i32.const 0) "{data}")' if data else ""
-    return wasmtime.wat2wasm(f"""(module {imports}
- (memory (export "memory") {memory}) {segment}
- (func (export "entrypoint") (param $argc i32) (param $argv i32) (result i32) {body}))""")
-
 
 class DirectoryChannel:
     """The task's files as real files in a directory (what the sandbox's channel hands out: descriptors)."""

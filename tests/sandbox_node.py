@@ -1,0 +1,101 @@
+"""A node's sandbox for tests: a real zygote started as the execution service starts it, and task-like runs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from kettle.executors.runtime import FileRuntime
+from kettle.sandbox.host import SandboxHost
+from kettle.sandbox.supervisor import Compiled, Limits, Outcome, WasmRun, compile_wasm, run_sandboxed
+
+LIMITS = Limits(wall_time_secs=5, cpu_time_secs=1, memory_bytes=256 << 20, output_bytes=1 << 20,
+                return_value_bytes=20480, log_bytes=4096, open_files=32)
+
+
+class Node:
+    """A zygote as the execution service runs it, and a way to run one payload like a task."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.host = SandboxHost()
+        self.layers = self.loop.run_until_complete(self.host.start())
+
+    @property
+    def zygote_pid(self) -> int:
+        assert self.host._process is not None
+        return self.host._process.pid
+
+    def alive(self) -> bool:
+        return self.host._process is not None and self.host._process.returncode is None and exists(self.zygote_pid)
+
+    def connect(self) -> socket.socket:
+        return self.loop.run_until_complete(self.host.connect())
+
+    def run(self, source: str, argv: list[str] | None = None, inputs: dict[str, Path] | None = None,
+            outputs: dict[str, Path] | None = None, limits: Limits = LIMITS) -> Outcome:
+        connection = self.connect()
+        try:
+            return run_sandboxed(connection, argv or [], textwrap.dedent(source).encode(),
+                                 FileRuntime(inputs, outputs), limits)
+        finally:
+            connection.close()
+
+    def compile(self, module: bytes, limits: Limits = LIMITS) -> Compiled:
+        connection = self.connect()
+        try:
+            return compile_wasm(connection, module, limits)
+        finally:
+            connection.close()
+
+    def run_wasm(self, module: bytes, argv: list[str] | None = None, inputs: dict[str, Path] | None = None,
+                 outputs: dict[str, Path] | None = None, limits: Limits = LIMITS, fuel: int = 10**10) -> Outcome:
+        """As the executor runs a wasm task: compile (or find it compiled), then run; a load error raises."""
+        connection = self.connect()
+        try:
+            compiled = compile_wasm(connection, module, limits)
+            return run_sandboxed(connection, argv or [], module, FileRuntime(inputs, outputs), limits,
+                                 WasmRun(compiled.sha256, fuel))
+        finally:
+            connection.close()
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.host.close())
+        self.loop.close()
+
+
+def exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def swallow(work: Callable[[], object]) -> None:
+    """Run ``work`` whose connection a test shuts under it on purpose."""
+    try:
+        work()
+    except Exception:  # noqa: BLE001 - the failure is the point
+        pass
+
+
+def children_of(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(p) for p in text.split()]
+
+
+def wait_for_child(zygote: int) -> int:
+    """The zygote's newest child, once there is one."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        children = children_of(zygote)
+        if children:
+            return children[-1]
+        time.sleep(0.01)
+    raise AssertionError("the zygote started no child")

@@ -1,0 +1,187 @@
+"""WebAssembly tasks in the sandbox: a real zygote, its compile children and cache, hostile modules.
+
+Each hostile module runs as a task would (compile through the zygote, then a
+hardened child), must end with its named reason, and must leave the node
+healthy: the zygote alive and the next module running normally.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import wasmtime
+from sandbox_node import LIMITS, Node, exists, swallow, wait_for_child
+from wasm_modules import module
+
+from kettle.executors.runtime import FileRuntime
+from kettle.sandbox import protocol
+from kettle.sandbox.supervisor import WasmLoadError, WasmRun, run_sandboxed
+
+OUT_OF_BOUNDS = "Exception: out of bounds memory access"
+LOOP = "(loop $l (br $l)) (i32.const 0)"
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[Node]:
+    started = Node()
+    yield started
+    started.close()
+
+
+def healthy(node: Node) -> None:
+    assert node.alive()
+    outcome = node.run_wasm(module("(i32.add (local.get $argc) (i32.const 40))"), ["a", "b"])
+    assert (outcome.failure, outcome.return_value) == (None, "42")
+
+
+def test_a_module_copies_its_input_to_its_output(node: Node, tmp_path: Path) -> None:
+    (tmp_path / "in").write_bytes(b"4211037")
+    body = """(local $n i32) (local $out i32)
+      (local.set $n (call $read (call $open (i32.const 0)) (i32.const 100) (i32.const 64)))
+      (local.set $out (call $create (i32.const 3)))
+      (drop (call $write (local.get $out) (i32.const 100) (local.get $n)))
+      (drop (call $close (local.get $out)))
+      (local.get $n)"""
+    outcome = node.run_wasm(module(body, data="in\\00out\\00"), [], {"in": tmp_path / "in"}, {"out": tmp_path / "out"})
+    assert (outcome.failure, outcome.return_value) == (None, "7")
+    assert (tmp_path / "out").read_bytes() == b"4211037"
+
+
+def test_a_module_is_compiled_once_and_then_found_in_the_cache(node: Node) -> None:
+    wasm = module("(i32.const 1234)")
+    first, second = node.compile(wasm), node.compile(wasm)
+    assert (first.cached, second.cached, first.sha256) == (False, True, second.sha256)
+    assert node.run_wasm(wasm).return_value == "1234"
+
+
+def test_a_module_the_zygote_has_not_compiled_is_compiled_by_its_child(node: Node) -> None:
+    wasm = module("(i32.const 99)")
+    connection = node.connect()
+    try:
+        outcome = run_sandboxed(connection, [], wasm, FileRuntime(), LIMITS, WasmRun("0" * 64, 10**9))
+    finally:
+        connection.close()
+    assert outcome.return_value == "99"
+
+
+def test_the_file_api_error_lines_come_back_as_output(node: Node) -> None:
+    outcome = node.run_wasm(module("(call $open (i32.const 0))", data="missing\\00"))
+    assert outcome.return_value == "-1"
+    assert outcome.output == b"wasm_open_input: Invalid input file identifier.\n"
+
+
+# --- hostile modules ----------------------------------------------------------------------------
+
+HOSTILE = {
+    "infinite loop (fuel)": (module(LOOP), "FuelExhausted: the module used its budget of 100000000 fuel units"),
+    "deep recursion": (wasmtime.wat2wasm("""(module (memory (export "memory") 1)
+        (func $f (export "entrypoint") (param i32 i32) (result i32)
+          (i32.add (call $f (local.get 0) (local.get 1)) (i32.const 1))))"""), "Exception: wasm operand stack overflow"),
+    "memory growth past the cap": (
+        module("(loop $l (br_if $l (i32.ne (memory.grow (i32.const 1)) (i32.const -1)))) unreachable"),
+        "MemoryLimitExceeded"),
+    "open_input with a pointer out of bounds": (module("(call $open (i32.const 65536))"), OUT_OF_BOUNDS),
+    "create_output with a negative pointer": (module("(call $create (i32.const -8))"), OUT_OF_BOUNDS),
+    "read_file past the end of memory": (
+        module("(call $read (call $open (i32.const 0)) (i32.const 65000) (i32.const 1000))", data="in\\00"),
+        OUT_OF_BOUNDS),
+    "read_file with a negative length": (
+        module("(call $read (call $open (i32.const 0)) (i32.const 0) (i32.const -1))", data="in\\00"), OUT_OF_BOUNDS),
+    "write_file past the end of memory": (
+        module("(call $write (call $create (i32.const 0)) (i32.const 65535) (i32.const 2))", data="out\\00"),
+        OUT_OF_BOUNDS),
+    "a name without its NUL": (module("""(memory.fill (i32.const 0) (i32.const 65) (i32.const 65536))
+        (call $open (i32.const 0))"""), OUT_OF_BOUNDS),
+    "an unknown host function": (
+        module("(call $system (i32.const 0))", imports='(import "env" "system" (func $system (param i32) (result i32)))'),
+        "Exception: failed to call unlinked import function (env, system)"),
+    "a huge output": (module("""(local $out i32) (local.set $out (call $create (i32.const 0)))
+        (loop $l (br_if $l (i32.ge_s (call $write (local.get $out) (i32.const 0) (i32.const 65536)) (i32.const 0))))
+        (i32.const 0)""", data="out\\00"), "OutputLimitExceeded: the function wrote more than 1048576 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_modules_are_contained_with_their_reason(node: Node, tmp_path: Path, case: str) -> None:
+    wasm, reason = HOSTILE[case]
+    (tmp_path / "in").write_bytes(b"data")
+    outcome = node.run_wasm(wasm, [], {"in": tmp_path / "in"}, {"out": tmp_path / "out"}, fuel=10**8)
+    assert outcome.failure is not None and outcome.failure.startswith(reason), outcome
+    healthy(node)
+
+
+@pytest.mark.parametrize(("body", "value"), [
+    ("(call $read (i32.const 42) (i32.const 0) (i32.const 4))", "-1"),  # a handle never given
+    ("(call $close (i32.const 0x40000001))", "-1"),
+    ("(call $write (call $open (i32.const 0)) (i32.const 0) (i32.const 4))", "-1"),  # writing to an input
+    ("(call $read (call $create (i32.const 3)) (i32.const 0) (i32.const 4))", "-1"),  # reading an output
+])
+def test_invalid_handles_get_minus_one_and_touch_nothing(node: Node, tmp_path: Path, body: str, value: str) -> None:
+    (tmp_path / "in").write_bytes(b"data")
+    outcome = node.run_wasm(module(body, data="in\\00out\\00"), [], {"in": tmp_path / "in"}, {"out": tmp_path / "out"})
+    assert (outcome.failure, outcome.return_value) == (None, value)
+    assert (tmp_path / "in").read_bytes() == b"data"
+    healthy(node)
+
+
+def test_an_infinite_loop_with_fuel_to_spare_meets_the_cpu_limit(node: Node) -> None:
+    outcome = node.run_wasm(module(LOOP), fuel=10**15)
+    assert outcome.failure == "CPUTimeExceeded: the function used more than 1 s of CPU time"
+    healthy(node)
+
+
+@pytest.mark.parametrize(("wasm", "reason"), [
+    (b"\0asm\x01\0\0\0\xff", "failed to parse WebAssembly module"),
+    (b"MZ\x90\0 not a module", "not a WebAssembly binary"),
+    (b"", "not a WebAssembly binary"),
+])
+def test_a_malformed_module_is_a_load_error(node: Node, wasm: bytes, reason: str) -> None:
+    with pytest.raises(WasmLoadError, match=reason):
+        node.compile(wasm)
+    healthy(node)
+
+
+def test_compiling_is_held_to_the_tasks_limits(node: Node) -> None:
+    # many functions: compiling takes well over the CPU limit this test gives it
+    functions = "".join(f"(func $f{i} (param i32) (result i32) " + "(i32.add (local.get 0) (i32.const 1)) " * 40 + ")"
+                        for i in range(4000))
+    wasm = wasmtime.wat2wasm(f'(module (memory (export "memory") 1) {functions} '
+                             '(func (export "entrypoint") (param i32 i32) (result i32) (i32.const 0)))')
+    with pytest.raises(WasmLoadError, match="CPU time"):
+        node.compile(wasm, replace(LIMITS, cpu_time_secs=0))
+    healthy(node)
+
+
+def test_a_forged_compile_request_is_refused_and_the_zygote_stays(node: Node) -> None:
+    connection = node.connect()
+    try:
+        protocol.send_json(connection, protocol.COMPILE, {"sha256": "../../etc", "cpu_secs": 1,
+                                                          "memory_bytes": 1 << 20, "open_files": 4}, [0])
+        assert protocol.receive(connection) is None  # dropped: nothing more for a confused client
+    finally:
+        connection.close()
+    healthy(node)
+
+
+def test_a_client_that_goes_away_takes_its_running_module_with_it(node: Node) -> None:
+    """What cancelling does: the worker is killed, its connection closes, the zygote kills the child at once."""
+    wasm = module(LOOP)
+    digest = node.compile(wasm).sha256
+    connection = node.connect()
+    runner = threading.Thread(target=lambda: swallow(lambda: run_sandboxed(
+        connection, [], wasm, FileRuntime(), replace(LIMITS, cpu_time_secs=60), WasmRun(digest, 10**15))))
+    runner.start()
+    child = wait_for_child(node.zygote_pid)
+    time.sleep(0.2)
+    connection.shutdown(2)
+    deadline = time.monotonic() + 1
+    while exists(child) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not exists(child), "the module outlived its cancelled client by more than a second"
+    runner.join(5)
+    healthy(node)
