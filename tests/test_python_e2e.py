@@ -8,131 +8,39 @@ clients name it, and owners decrypt their outputs.
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import ALL_SERVICES, Platform, make_home
+import task_world
+from task_world import World
 
 from kettle.model.records import TaskStatus
-from kettle.sdk import FrontendClient, FunctionInput, FunctionOutput, TaskFailure, TaskInfo
-from kettle.sdk.files import FileKey, decrypt_file, encrypt_file
+from kettle.sdk import TaskFailure
 
 PAYLOADS = Path(__file__).parent / "data" / "python"
 VECTORS = Path("/work/shared/vectors/functions")
-SCHEMAS = itertools.cycle(["teaclave-file-128", "aes-gcm-128"])
 LOOP = "def entrypoint(argv):\n    while True:\n        pass\n"
-
-
-@dataclass
-class Run:
-    task: TaskInfo
-    outputs: dict[str, bytes | None]
-    output_ids: dict[str, str]
-
-    @property
-    def return_value(self) -> str:
-        return self.task.outputs_or_raise().return_value.decode("utf-8")
-
-    @property
-    def failure(self) -> str:
-        assert self.task.status == TaskStatus.FAILED and isinstance(self.task.result, TaskFailure), self.task
-        return self.task.result.reason
-
-
-@dataclass
-class World:
-    platform: Platform
-    files: Path
-    publisher: FrontendClient
-    alice: FrontendClient
-    serial: Iterator[int] = field(default_factory=itertools.count)
-
-    def function(self, payload: str, arguments: Sequence[str] = (), inputs: Sequence[str] = (),
-                 outputs: Sequence[str] = (), optional: bool = False) -> str:
-        return self.publisher.register_function(
-            f"py{next(self.serial)}", "", "python", payload=payload.encode(), arguments=list(arguments),
-            inputs=[FunctionInput(n, optional=optional) for n in inputs], outputs=[FunctionOutput(n) for n in outputs])
-
-    def start(self, function_id: str, arguments: Mapping[str, Any], inputs: Mapping[str, bytes | str] | None = None,
-              outputs: Sequence[str] = (), executor: str = "mesapy") -> tuple[str, dict[str, tuple[str, FileKey, Path]]]:
-        """Create, assign (alice owns everything), approve and invoke; (task id, {output: (id, key, file)}).
-
-        An input given as text is the id of a file registered earlier (e.g. from an output)."""
-        folder = self.files / f"task{next(self.serial)}"
-        folder.mkdir()
-        input_ids, output_ids, sealed = {}, {}, {}
-        for name, content in (inputs or {}).items():
-            if isinstance(content, str):
-                input_ids[name] = content
-                continue
-            key = FileKey.generate(next(SCHEMAS))
-            (folder / f"{name}.txt").write_bytes(content)
-            cmac = encrypt_file(folder / f"{name}.txt", folder / f"{name}.enc", key)
-            input_ids[name] = self.alice.register_input_file((folder / f"{name}.enc").as_uri(), key.schema,
-                                                             key.key, key.iv, cmac)
-        for name in outputs:
-            key = FileKey.generate(next(SCHEMAS))
-            output_ids[name] = self.alice.register_output_file((folder / f"{name}.out").as_uri(), key.schema,
-                                                               key.key, key.iv)
-            sealed[name] = (output_ids[name], key, folder / f"{name}.out")
-        task_id = self.alice.create_task(function_id, dict(arguments), executor,
-                                         inputs_ownership={n: ["alice"] for n in input_ids},
-                                         outputs_ownership={n: ["alice"] for n in output_ids})
-        if input_ids or output_ids:
-            self.alice.assign_data(task_id, inputs=input_ids, outputs=output_ids)
-        self.alice.approve_task(task_id)
-        self.alice.invoke_task(task_id)
-        return task_id, sealed
-
-    def run(self, function_id: str, arguments: Mapping[str, Any], inputs: Mapping[str, bytes | str] | None = None,
-            outputs: Sequence[str] = (), executor: str = "mesapy") -> Run:
-        task_id, sealed = self.start(function_id, arguments, inputs, outputs, executor)
-        task = self.alice.wait_task(task_id, timeout=120)
-        produced: dict[str, bytes | None] = {}
-        for name, (file_id, key, path) in sealed.items():
-            if not path.exists():
-                produced[name] = None
-                continue
-            cmac = self.alice.get_output_file(file_id).cmac
-            assert cmac == task.outputs_or_raise().tags_map[name]
-            decrypt_file(path, path.with_suffix(".plain"), key, cmac=cmac)
-            produced[name] = path.with_suffix(".plain").read_bytes()
-        return Run(task, produced, {name: file_id for name, (file_id, _, _) in sealed.items()})
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, _auditor_cache: Path) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("python-e2e")
-    files = tmp / "files"
-    files.mkdir()
-    extra = (f'[file_agent]\nallowed_schemes = ["file", "data"]\nfile_roots = ["{files}"]\n\n'
-             "[sandbox]\ncpu_time_secs = 30\nwall_time_secs = 60\nmemory_mib = 512\n")
-    platform = Platform(make_home(tmp / "home", _auditor_cache, extra=extra))
-    platform.start(ALL_SERVICES)
-    admin = platform.admin()
-    clients = []
-    for user_id, role in (("publisher", "FunctionOwner"), ("alice", "DataOwner")):
-        admin.user_register(user_id, "secret", role, "")
-        token = platform.auth_client().user_login(user_id, "secret")
-        clients.append(FrontendClient(platform.frontend_address, platform.trust(), user_id, token))
-    try:
-        yield World(platform, files, clients[0], clients[1])
-    finally:
-        for client in clients:
-            client.close()
-        platform.stop()
+    config = "[sandbox]\ncpu_time_secs = 30\nwall_time_secs = 60\nmemory_mib = 512\n"
+    with task_world.world(tmp_path_factory.mktemp("python-e2e"), _auditor_cache, config) as started:
+        yield started
+
+
+def python(world: World, payload: str, arguments: Sequence[str] = (), inputs: Sequence[str] = (),
+           outputs: Sequence[str] = (), optional: bool = False) -> str:
+    return world.function("python", payload.encode(), arguments, inputs, outputs, optional)
 
 
 REQUIRED_LAYERS = {"process", "rlimits", "seccomp", "landlock", "uid"}
 
 
 def test_echo_returns_the_message_under_either_executor_name(world: World) -> None:
-    function_id = world.function((PAYLOADS / "echo.py").read_text(), ["message"])
+    function_id = python(world, (PAYLOADS / "echo.py").read_text(), ["message"])
     for executor in ("mesapy", "python"):  # the platform takes the plain name too
         run = world.run(function_id, {"message": "Hello, Teaclave!"}, executor=executor)
         assert run.return_value == "Hello, Teaclave!"
@@ -140,14 +48,14 @@ def test_echo_returns_the_message_under_either_executor_name(world: World) -> No
 
 
 def test_the_file_api_unit_payload_passes(world: World) -> None:
-    function_id = world.function((PAYLOADS / "file_api.py").read_text(), inputs=["in_f1"], outputs=["out_f1"])
+    function_id = python(world, (PAYLOADS / "file_api.py").read_text(), inputs=["in_f1"], outputs=["out_f1"])
     run = world.run(function_id, {}, {"in_f1": b"Hello\nWorld"}, ["out_f1"])
     assert run.return_value == ""
     assert run.outputs["out_f1"] == b"This message is from Mesapy!"
 
 
 def test_optional_files_absent_and_present(world: World) -> None:
-    function_id = world.function((PAYLOADS / "optional_files.py").read_text(),
+    function_id = python(world, (PAYLOADS / "optional_files.py").read_text(),
                                  inputs=["input_data1", "input_data2", "input_data3"], optional=True)
     assert world.run(function_id, {}).return_value == "input_data1 does not exist"
     present = world.run(function_id, {}, {"input_data1": b"4.8,3.0,1.4,0.3,3.0\n5.1,3.5,1.4,0.2,3.0\n"})
@@ -155,14 +63,14 @@ def test_optional_files_absent_and_present(world: World) -> None:
 
 
 def test_logistic_regression_trains_then_predicts_from_the_training_outputs(world: World) -> None:
-    train = world.function((PAYLOADS / "logistic_regression_train.py").read_text(),
+    train = python(world, (PAYLOADS / "logistic_regression_train.py").read_text(),
                            inputs=["input_train"], outputs=["output_params", "output_scaler"])
     trained = world.run(train, {}, {"input_train": (VECTORS / "logistic_regression_training" / "train.txt").read_bytes()},
                         ["output_params", "output_scaler"])
     assert trained.return_value == "Training is finished!"
     params = world.alice.register_input_from_output(trained.output_ids["output_params"])
     scaler = world.alice.register_input_from_output(trained.output_ids["output_scaler"])
-    predict = world.function((PAYLOADS / "logistic_regression_predict.py").read_text(),
+    predict = python(world, (PAYLOADS / "logistic_regression_predict.py").read_text(),
                              inputs=["input_params", "input_scaler", "input_predict"])
     predicted = world.run(predict, {}, {
         "input_params": params, "input_scaler": scaler,
@@ -171,7 +79,7 @@ def test_logistic_regression_trains_then_predicts_from_the_training_outputs(worl
 
 
 def test_a_hostile_payload_fails_with_its_reason_and_uploads_nothing(world: World) -> None:
-    function_id = world.function(
+    function_id = python(world, 
         "def entrypoint(argv):\n    teaclave_open('out', 'wb').write(b'partial')\n    open('/etc/passwd').read()\n",
         outputs=["out"])
     run = world.run(function_id, {}, outputs=["out"])
@@ -181,7 +89,7 @@ def test_a_hostile_payload_fails_with_its_reason_and_uploads_nothing(world: Worl
 
 
 def test_an_exception_fails_the_task_and_its_traceback_goes_to_the_log(world: World) -> None:
-    function_id = world.function(
+    function_id = python(world, 
         "def entrypoint(argv):\n    print('working on', argv[1])\n    raise KeyError('no column 7')\n",
         ["save_log"])
     run = world.run(function_id, {"save_log": "true"})
@@ -189,7 +97,7 @@ def test_an_exception_fails_the_task_and_its_traceback_goes_to_the_log(world: Wo
 
 
 def test_the_log_shows_the_sandbox_layers_and_what_the_function_printed(world: World) -> None:
-    function_id = world.function("def entrypoint(argv):\n    print('hello from the sandbox')\n    return 'ok'\n",
+    function_id = python(world, "def entrypoint(argv):\n    print('hello from the sandbox')\n    return 'ok'\n",
                                  ["save_log"])
     log = world.run(function_id, {"save_log": "true"}).task.outputs_or_raise().log
     assert any(line.startswith("[INFO teaclave_function::python] sandbox layers: process") and "seccomp" in line
@@ -200,7 +108,7 @@ def test_the_log_shows_the_sandbox_layers_and_what_the_function_printed(world: W
 
 
 def test_cancelling_an_infinite_loop_is_prompt_and_the_next_task_runs(world: World) -> None:
-    loop = world.function(LOOP)
+    loop = python(world, LOOP)
     task_id, _ = world.start(loop, {})
     deadline = time.monotonic() + 60
     while world.alice.get_task(task_id).status != TaskStatus.RUNNING:
@@ -214,5 +122,5 @@ def test_cancelling_an_infinite_loop_is_prompt_and_the_next_task_runs(world: Wor
         time.sleep(0.02)
     task = world.alice.get_task(task_id)
     assert isinstance(task.result, TaskFailure) and task.result.reason == "Task Canceled by the user"
-    echo = world.function((PAYLOADS / "echo.py").read_text(), ["message"])
+    echo = python(world, (PAYLOADS / "echo.py").read_text(), ["message"])
     assert world.run(echo, {"message": "next"}).return_value == "next"
