@@ -46,6 +46,7 @@ MAX_HANDLES = 1023
 MAX_TABLE_ELEMENTS = 1 << 20
 MAX_WASM_STACK = 1 << 20
 NAME_CHUNK = 256
+WRITE_BUFFER = 1 << 16
 NEAR_LIMIT_FRACTION = 16
 """A trap while linear memory is within 1/16 of its limit is reported as the limit: wasmtime answers a refused
 ``memory.grow`` with −1 and does not say so, and a module that gets −1 usually traps soon after."""
@@ -138,6 +139,8 @@ class Files:
         self._opened = 0
         self._readers: dict[int, int] = {}
         self._writers: dict[int, int] = {}
+        self._pending: dict[int, bytearray] = {}
+        """Bytes written but not yet handed on, per writer: modules often write a line per call."""
 
     def open_input(self, name: str) -> int:
         if self._opened >= MAX_HANDLES:
@@ -173,28 +176,40 @@ class Files:
             self._fail("wasm_read_file", f"cannot read: {exc.strerror}")
             return None
 
-    def write(self, handle: int, data: bytes) -> int:
+    def write(self, handle: int, data: bytes | bytearray) -> int:
         fd = self._writers.get(handle)
         if fd is None:
             return self._fail("wasm_write_file", f"invalid output handle {handle}")
-        view = memoryview(data)
+        pending = self._pending.setdefault(handle, bytearray())
+        pending += data
+        if len(pending) >= WRITE_BUFFER and not self._flush(handle):
+            return -1
+        return len(data)
+
+    def _flush(self, handle: int) -> bool:
+        """Hand the buffered bytes to the output; False (with an ERROR line) when that fails."""
+        pending = self._pending.pop(handle, None)
+        view = memoryview(pending or b"")
         try:
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(self._writers[handle], view):]
         except OSError as exc:
-            return self._fail("wasm_write_file", f"cannot write: {exc.strerror}")
-        return len(data)
+            self._fail("wasm_write_file", f"cannot write: {exc.strerror}")
+            return False
+        return True
 
     def close(self, handle: int) -> int:
         table = self._writers if handle & WRITER_BIT else self._readers
-        fd = table.pop(handle, None)
-        if fd is None:
+        if handle not in table:
             return self._fail("wasm_close_file", f"invalid handle {handle}")
-        os.close(fd)
-        return 0
+        flushed = self._flush(handle) if table is self._writers else True
+        os.close(table.pop(handle))
+        return 0 if flushed else -1
 
     def close_all(self) -> None:
         """Files left open are closed when the execution ends (writers finish their outputs)."""
+        for handle in list(self._writers):
+            self._flush(handle)
         for table in (self._readers, self._writers):
             for fd in table.values():
                 os.close(fd)
@@ -210,10 +225,13 @@ class _Host:
 
     def __init__(self, files: Files) -> None:
         self.files = files
+        self.memory: wasmtime.Memory | None = None
+        """The instance's memory once it exists (looking it up on every call costs more than the call)."""
 
-    @staticmethod
-    def _memory(caller: wasmtime.Caller) -> wasmtime.Memory:
-        memory = caller.get("memory")
+    def _memory(self, caller: wasmtime.Caller) -> wasmtime.Memory:
+        if self.memory is not None:
+            return self.memory
+        memory = caller.get("memory")  # a call from the start function, before the instance is known
         if not isinstance(memory, wasmtime.Memory):
             raise wasmtime.Trap(OUT_OF_BOUNDS)
         return memory
@@ -255,8 +273,7 @@ class _Host:
 
     def write_file(self, caller: wasmtime.Caller, handle: int, buffer: int, length: int) -> int:
         memory, start, size = self._span(caller, buffer, length)
-        data = bytes(memory.read(caller, start, start + size)) if size else b""
-        return self.files.write(handle, data)
+        return self.files.write(handle, memory.read(caller, start, start + size) if size else b"")
 
     def close_file(self, caller: wasmtime.Caller, handle: int) -> int:
         return self.files.close(handle)
@@ -358,7 +375,8 @@ def run_module(module: wasmtime.Module, argv: list[str], files: Files, *, memory
     store.set_fuel(fuel)
     memory: wasmtime.Memory | None = None
     try:
-        linker = _linker(module, _Host(files))
+        host = _Host(files)
+        linker = _linker(module, host)
         try:
             instance = linker.instantiate(store, module)
         except wasmtime.WasmtimeError as exc:
@@ -370,6 +388,7 @@ def run_module(module: wasmtime.Module, argv: list[str], files: Files, *, memory
         memory = exports["memory"]  # type: ignore[assignment]
         entrypoint = exports["entrypoint"]
         assert isinstance(memory, wasmtime.Memory) and isinstance(entrypoint, wasmtime.Func)
+        host.memory = memory
         address = _place_arguments(store, memory, argv)
         result = entrypoint(store, len(argv), address)
         return str(int(result))
