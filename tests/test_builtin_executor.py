@@ -97,15 +97,16 @@ def test_only_the_exact_registered_name_is_found(name: str) -> None:
         ("wamr", "builtin", "function not available: (WAMicroRuntime, Builtin)"),
         ("builtin", "wamr", "function not available: (Builtin, WAMicroRuntime)"),
         ("python", "wamr", "function not available: (Python, WAMicroRuntime)"),
-        ("wamr", "wamr", "function not available: (WAMicroRuntime, WAMicroRuntime)"),
+        ("wamr", "mesapy", "function not available: (WAMicroRuntime, MesaPy)"),
     ],
 )
 def test_the_executor_pair_is_checked_at_execution(executor_type: str, executor: str, reason: str) -> None:
     assert run_staged_task(staged(executor_type=executor_type, executor=executor)) == TaskResult(failure=reason)
 
 
-def test_python_code_never_runs_in_a_worker_without_a_sandbox() -> None:
-    result = run_staged_task(staged(executor_type="python", executor="mesapy"))
+@pytest.mark.parametrize(("executor_type", "executor"), [("python", "mesapy"), ("wamr", "wamr")])
+def test_user_code_never_runs_in_a_worker_without_a_sandbox(executor_type: str, executor: str) -> None:
+    result = run_staged_task(staged(executor_type=executor_type, executor=executor))
     assert result == TaskResult(failure="SandboxUnavailable: this execution node has no sandbox for user code")
 
 

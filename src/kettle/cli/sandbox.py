@@ -1,15 +1,18 @@
 """``kettle sandbox check``: which isolation layers user code gets on this machine, tried for real.
 
 It starts the sandbox's zygote as an execution node does, prints the layers it
-probed, then runs two functions in it: one that must succeed and one that
-opens a network socket, which must be stopped. Exit status 1 when a required
-layer is missing or either run does not behave.
+probed, then runs three functions in it: a Python one that must succeed, one
+that opens a network socket, which must be stopped, and a WebAssembly module
+that must return 42. Exit status 1 when a required layer is missing or a run
+does not behave.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -19,8 +22,12 @@ app = typer.Typer(no_args_is_help=True, help="The sandbox for user code: check i
 
 from .main import one_line_errors, out  # noqa: E402
 
+if TYPE_CHECKING:
+    from ..sandbox.supervisor import Limits
+
 HELLO = b"import numpy\ndef entrypoint(argv):\n    return 'sandbox ok: numpy %s' % numpy.__version__\n"
 NETWORK = b"import sys\ndef entrypoint(argv):\n    sys.modules['socket'].socket()\n"
+WASM = '(module (memory (export "memory") 1) (func (export "entrypoint") (param i32 i32) (result i32) i32.const 42))'
 
 
 async def _check() -> dict[str, object]:
@@ -44,12 +51,30 @@ async def _check() -> dict[str, object]:
                 finally:
                     connection.close()
                 runs[name] = outcome.failure or outcome.return_value or ""
+            runs["wasm"] = await asyncio.to_thread(_run_wasm, await host.connect(), limits)
     finally:
         await host.close()
     ok = (not layers.missing(REQUIRED) and runs.get("hello", "").startswith("sandbox ok")
-          and runs.get("network", "").startswith("SandboxViolation"))
+          and runs.get("network", "").startswith("SandboxViolation") and runs.get("wasm") == "42")
     return {"ok": ok, "layers": layers.to_json(), "missing": layers.missing(REQUIRED), "runs": runs,
             "required": list(REQUIRED)}
+
+
+def _run_wasm(connection: socket.socket, limits: Limits) -> str:
+    import wasmtime
+
+    from ..executors.runtime import FileRuntime
+    from ..sandbox.supervisor import WasmLoadError, WasmRun, compile_wasm, run_sandboxed
+
+    module = wasmtime.wat2wasm(WASM)
+    try:
+        compiled = compile_wasm(connection, module, limits)
+        outcome = run_sandboxed(connection, [], module, FileRuntime(), limits, WasmRun(compiled.sha256, 10**9))
+    except WasmLoadError as exc:
+        return f"WASM load error: {exc}"
+    finally:
+        connection.close()
+    return outcome.failure or outcome.return_value or ""
 
 
 @app.command("check")
