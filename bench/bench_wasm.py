@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 import wasmtime
+from bench_sandbox import bare_fork, median_ms
 
 from kettle.config import SandboxConfig
 from kettle.executors.runtime import FileRuntime
@@ -50,24 +47,6 @@ KERNEL = """(module (memory (export "memory") 1)
       (local.set $i (i64.add (local.get $i) (i64.const 1)))
       (br $next)))
     (i32.wrap_i64 (local.get $sum))))"""
-
-
-def median_ms(runs: int, once: Callable[[], object]) -> float:
-    once()  # warm-up
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        once()
-        samples.append((time.perf_counter() - started) * 1000)
-    return statistics.median(samples)
-
-
-def bare_fork() -> None:
-    pid = os.fork()
-    if pid == 0:
-        int(np.arange(1000).sum())
-        os._exit(0)
-    os.waitpid(pid, 0)
 
 
 def main() -> None:

@@ -180,5 +180,15 @@ def home_factory(tmp_path: Path, _auditor_cache: Path):  # type: ignore[no-untyp
         p.stop()
 
 
+@pytest.fixture(scope="module")
+def node():  # type: ignore[no-untyped-def]
+    """A node's sandbox (a real zygote) for one test module: ``sandbox_node.Node``."""
+    from sandbox_node import Node
+
+    started = Node()
+    yield started
+    started.close()
+
+
 def reload(config: Config) -> Config:
     return load_config(config.home)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,20 @@ class World:
             self.owners[user_id].approve_task(task_id)
         self.alice.invoke_task(task_id)
         return task_id, sealed
+
+    def cancel_once_running(self, task_id: str) -> TaskInfo:
+        """Wait until the task runs (and a little more), cancel it, and insist on Canceled within one second."""
+        deadline = time.monotonic() + 60
+        while self.alice.get_task(task_id).status != TaskStatus.RUNNING:
+            assert time.monotonic() < deadline, "the task never started running"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        asked = time.monotonic()
+        self.alice.cancel_task(task_id)
+        while (task := self.alice.get_task(task_id)).status != TaskStatus.CANCELED:
+            assert time.monotonic() - asked < 1.0, "not Canceled within a second"
+            time.sleep(0.02)
+        return task
 
     def run(self, function_id: str, arguments: Mapping[str, Any], inputs: Mapping[str, bytes | str] | None = None,
             outputs: Sequence[str] = (), executor: str = "mesapy", owner_of: Mapping[str, str] | None = None) -> Run:

@@ -12,7 +12,6 @@ import os
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,13 +22,6 @@ from kettle.executors.runtime import FileRuntime
 from kettle.sandbox.host import SandboxHost
 from kettle.sandbox.layers import REQUIRED, Layer, Layers
 from kettle.sandbox.supervisor import Outcome, run_sandboxed
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[Node]:
-    started = Node()
-    yield started
-    started.close()
 
 
 def healthy(node: Node) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,13 +23,6 @@ from kettle.sandbox.supervisor import WasmLoadError, WasmRun, run_sandboxed
 
 OUT_OF_BOUNDS = "Exception: out of bounds memory access"
 LOOP = "(loop $l (br $l)) (i32.const 0)"
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[Node]:
-    started = Node()
-    yield started
-    started.close()
 
 
 def healthy(node: Node) -> None:

@@ -22,7 +22,15 @@ from ..functions import FUNCTION_LOGGER_PREFIX, HOST_LOGGER, FunctionError, Func
 from ..functions.arguments import ArgumentsError
 from ..sandbox.layers import Layers
 from ..sandbox.payload_api import flatten_arguments
-from ..sandbox.supervisor import Limits, SandboxError, WasmLoadError, WasmRun, compile_wasm, run_sandboxed
+from ..sandbox.supervisor import (
+    Limits,
+    Outcome,
+    SandboxError,
+    WasmLoadError,
+    WasmRun,
+    compile_wasm,
+    run_sandboxed,
+)
 
 log = logging.getLogger(FUNCTION_LOGGER_PREFIX + "python")
 wasm_log = logging.getLogger(FUNCTION_LOGGER_PREFIX + "wamr")
@@ -76,6 +84,16 @@ def _ready(arguments: Any, logger: logging.Logger) -> tuple[_Sandbox, list[str]]
     return _sandbox, flatten_arguments(arguments)
 
 
+def _result(outcome: Outcome, logger: logging.Logger) -> str:
+    """The return value; or the failure, its traceback (or wasm backtrace) in the task's log first."""
+    if outcome.failure is not None:
+        if outcome.traceback:
+            logger.error("%s", outcome.traceback.rstrip())
+        raise FunctionError(outcome.failure)
+    assert outcome.return_value is not None
+    return outcome.return_value
+
+
 def run_python(name: str, arguments: Any, payload: bytes, runtime: FunctionRuntime) -> str:
     sandbox, argv = _ready(arguments, log)
     try:
@@ -84,12 +102,7 @@ def run_python(name: str, arguments: Any, payload: bytes, runtime: FunctionRunti
         raise FunctionError(f"SandboxUnavailable: {exc}") from None
     for line in outcome.output.decode("utf-8", "replace").splitlines():
         log.info("output: %s", line)
-    if outcome.failure is not None:
-        if outcome.traceback:
-            log.error("%s", outcome.traceback.rstrip())
-        raise FunctionError(outcome.failure)
-    assert outcome.return_value is not None
-    return outcome.return_value
+    return _result(outcome, log)
 
 
 def run_wasm(name: str, arguments: Any, payload: bytes, runtime: FunctionRuntime) -> str:
@@ -107,9 +120,4 @@ def run_wasm(name: str, arguments: Any, payload: bytes, runtime: FunctionRuntime
     # The module has no output of its own (no WASI): these are the host functions' ERROR lines (§7.2).
     for line in outcome.output.decode("utf-8", "replace").splitlines():
         host_log.error("%s", line)
-    if outcome.failure is not None:
-        if outcome.traceback:
-            wasm_log.error("%s", outcome.traceback.rstrip())
-        raise FunctionError(outcome.failure)
-    assert outcome.return_value is not None
-    return outcome.return_value
+    return _result(outcome, wasm_log)

@@ -176,33 +176,43 @@ class Compiled:
     """The zygote had compiled it before."""
 
 
+def _child_limits(limits: Limits) -> dict[str, object]:
+    return {"cpu_secs": limits.cpu_time_secs, "memory_bytes": limits.memory_bytes, "open_files": limits.open_files}
+
+
+def _ask(zygote: socket.socket, kind: bytes, request: dict[str, object], fds: list[int], answer_kind: bytes,
+         answer_fds: int, timeout: float, what: str) -> tuple[bytes, list[int]]:
+    """Send the zygote a request with ``fds`` (closed here) and take its answer: (body, descriptors)."""
+    try:
+        protocol.send_json(zygote, kind, request, fds)
+    except OSError as exc:
+        raise SandboxError(f"the sandbox's zygote cannot be reached: {exc}") from None
+    finally:
+        protocol.close_all(fds)
+    zygote.settimeout(timeout)
+    try:
+        answer = protocol.receive(zygote)
+    except (OSError, protocol.ProtocolError) as exc:
+        raise SandboxError(f"the sandbox's zygote did not {what}: {exc}") from None
+    finally:
+        zygote.settimeout(None)
+    if answer is None or answer[0] != answer_kind or len(answer[2]) != answer_fds:
+        if answer is not None:
+            protocol.close_all(answer[2])
+        raise SandboxError(f"the sandbox's zygote did not {what}")
+    return answer[1], answer[2]
+
+
 def compile_wasm(zygote: socket.socket, module: bytes, limits: Limits) -> Compiled:
     """Have the zygote compile ``module``, or find it compiled.
 
     Raises :class:`WasmLoadError` with the reason when the module cannot run.
     """
     digest = hashlib.sha256(module).hexdigest()
-    fd = _memory_file("kettle-module", module)
-    request = {"sha256": digest, "cpu_secs": limits.cpu_time_secs, "memory_bytes": limits.memory_bytes,
-               "open_files": limits.open_files}
-    try:
-        protocol.send_json(zygote, protocol.COMPILE, request, [fd])
-    except OSError as exc:
-        raise SandboxError(f"the sandbox's zygote cannot be reached: {exc}") from None
-    finally:
-        os.close(fd)
-    zygote.settimeout(limits.wall_time_secs)
-    try:
-        answer = protocol.receive(zygote)
-    except (OSError, protocol.ProtocolError) as exc:
-        raise SandboxError(f"the sandbox's zygote did not compile the module: {exc}") from None
-    finally:
-        zygote.settimeout(None)
-    if answer is None or answer[0] != protocol.COMPILED or answer[2]:
-        if answer is not None:
-            protocol.close_all(answer[2])
-        raise SandboxError("the sandbox's zygote did not compile the module")
-    doc = protocol.body_json(answer[1])
+    request = {"sha256": digest, **_child_limits(limits)}
+    body, _ = _ask(zygote, protocol.COMPILE, request, [_memory_file("kettle-module", module)],
+                   protocol.COMPILED, 0, limits.wall_time_secs, "compile the module")
+    doc = protocol.body_json(body)
     if not isinstance(doc, dict) or (doc.get("ok") is not True and not isinstance(doc.get("error"), str)):
         raise SandboxError("the sandbox's zygote gave a malformed answer")
     if doc.get("ok") is not True:
@@ -403,31 +413,16 @@ def run_sandboxed(zygote: socket.socket, argv: list[str], source: bytes, runtime
     """
     files, theirs = protocol.socket_pair()
     stdio_read, stdio_write = os.pipe()
-    job = _job(argv, source)
-    request: dict[str, object] = {"cpu_secs": limits.cpu_time_secs, "memory_bytes": limits.memory_bytes,
-                                  "open_files": limits.open_files}
+    request: dict[str, object] = _child_limits(limits)
     if wasm is not None:
         request.update(engine="wasm", sha256=wasm.sha256, fuel=wasm.fuel)
     try:
-        protocol.send_json(zygote, protocol.SPAWN, request, [theirs.fileno(), stdio_write, job])
-    except OSError as exc:
-        raise SandboxError(f"the sandbox's zygote cannot be reached: {exc}") from None
-    finally:
-        theirs.close()
-        os.close(stdio_write)
-        os.close(job)
-    zygote.settimeout(START_TIMEOUT_SECS)
-    try:
-        answer = protocol.receive(zygote)
-    except (OSError, protocol.ProtocolError) as exc:
-        raise SandboxError(f"the sandbox's zygote did not start the function: {exc}") from None
-    finally:
-        zygote.settimeout(None)
-    if answer is None or answer[0] != protocol.STARTED or len(answer[2]) != 1:
-        if answer is not None:
-            protocol.close_all(answer[2])
-        raise SandboxError("the sandbox's zygote did not start the function")
-    pidfd = answer[2][0]
+        _, (pidfd,) = _ask(zygote, protocol.SPAWN, request, [theirs.detach(), stdio_write, _job(argv, source)],
+                           protocol.STARTED, 1, START_TIMEOUT_SECS, "start the function")
+    except SandboxError:
+        files.close()
+        os.close(stdio_read)
+        raise
     os.set_blocking(stdio_read, False)
     session = _Session(zygote, files, pidfd, stdio_read, runtime, limits)
     try:
