@@ -18,7 +18,7 @@ from sandbox_node import LIMITS, Node, exists, swallow, wait_for_child
 from wasm_modules import module
 
 from kettle.executors.runtime import FileRuntime
-from kettle.sandbox import protocol
+from kettle.sandbox import protocol, wamr
 from kettle.sandbox.supervisor import WasmLoadError, WasmRun, run_sandboxed
 
 OUT_OF_BOUNDS = "Exception: out of bounds memory access"
@@ -177,3 +177,23 @@ def test_a_client_that_goes_away_takes_its_running_module_with_it(node: Node) ->
     assert not exists(child), "the module outlived its cancelled client by more than a second"
     runner.join(5)
     healthy(node)
+
+
+def test_a_child_keeps_no_other_functions_compiled_modules(node: Node) -> None:
+    """The zygote's cache holds every function's compiled code; each child unmaps it before running anything."""
+    marker = "private-function-logic-4f1c"
+    secret = module("(i32.const 1)", data=marker)
+    assert marker.encode() in wamr.compile_module(secret).serialize()  # the compiled form carries the data
+    assert node.run_wasm(secret).return_value == "1"  # now in the zygote's cache
+    outcome = node.run("""
+        import sys
+        def entrypoint(argv):
+            frame, seen = sys._getframe(), []
+            while frame is not None:
+                zygote = frame.f_locals.get("self")
+                if hasattr(zygote, "compiled"):
+                    seen.append(len(zygote.compiled))
+                frame = frame.f_back
+            return repr(sorted(set(seen)))
+    """)
+    assert outcome.return_value == "[0]"  # the zygote's state is reachable, and its cache is empty there

@@ -263,7 +263,8 @@ MAX_COMPILE_ERROR = 4096
 
 
 def run_compile(spec: ChildSpec, parent: int, module_fd: int, out: int, devnull: int, sha256: str) -> NoReturn:
-    """A child that only compiles a wasm module for the zygote's cache: ``+`` and the artifact, or ``-`` and why.
+    """A child that only compiles a wasm module for the zygote's cache: ``+`` and the artifact, or ``-`` and why,
+    each followed by its length (8 bytes, little-endian) and the bytes.
 
     Nothing of the module runs here (it is not instantiated), so what comes back
     is wasmtime's work on the module's bytes, whatever they are.
@@ -281,13 +282,13 @@ def run_compile(spec: ChildSpec, parent: int, module_fd: int, out: int, devnull:
         from . import wamr
 
         if hashlib.sha256(data).hexdigest() != sha256:
-            answer = b"-the module's bytes do not match their digest"
+            kind, body = b"-", b"the module's bytes do not match their digest"
         else:
             try:
-                answer = b"+" + wamr.compile_module(bytes(data)).serialize()
+                kind, body = b"+", wamr.compile_module(bytes(data)).serialize()
             except wamr.WasmFailure as failure:
-                answer = b"-" + failure.message.encode("utf-8", "replace")[:MAX_COMPILE_ERROR]
-        view = memoryview(answer)
+                kind, body = b"-", failure.message.encode("utf-8", "replace")[:MAX_COMPILE_ERROR]
+        view = memoryview(struct.pack("<cQ", kind, len(body)) + body)
         while view:
             view = view[os.write(4, view):]
         code = 0

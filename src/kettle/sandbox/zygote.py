@@ -29,12 +29,16 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
+import io
 import logging
+import mmap
 import os
+import select
 import selectors
 import signal
 import socket
 import string
+import struct
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -55,19 +59,31 @@ ADDRESS_SPACE_FACTOR = 4
 
 
 MAX_ARTIFACT_BYTES = 256 << 20
+MAX_ERROR_BYTES = 4096
+REAP_SECS = 1.0
 CACHE_BYTES = 512 << 20
 """Compiled modules kept, least recently used first out."""
 
 
+ANSWER_HEADER = struct.Struct("<cQ")
+"""A compile child's answer: ``+`` (then the compiled module) or ``-`` (then why not), and the length that follows."""
+
+
 @dataclass
 class _Compile:
-    """A compile child at work: its digest, process, cgroup and what it has sent so far."""
+    """A compile child at work: its digest, process and cgroup, and its answer as far as it has come.
+
+    The answer is read straight into an anonymous mapping: no copy of a compiled
+    module is left in the zygote's heap, where every child would inherit it.
+    """
 
     sha256: str
     pid: int
-    pipe: int
+    pipe: io.FileIO
     cgroup: Path | None
-    received: bytearray = field(default_factory=bytearray)
+    header: bytearray = field(default_factory=bytearray)
+    body: mmap.mmap | None = None
+    filled: int = 0
 
 
 @dataclass
@@ -90,8 +106,9 @@ class Zygote:
     spawned: int = 0
     mapped: int = field(default_factory=lambda: _address_space())
     """The zygote's virtual size once warm: every child starts with all of it mapped."""
-    compiled: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
-    """Compiled wasm modules by their SHA-256, least recently used first."""
+    compiled: OrderedDict[str, mmap.mmap] = field(default_factory=OrderedDict)
+    """Compiled wasm modules by their SHA-256, least recently used first, each in its own private mapping:
+    a child unmaps all of them but its own (:meth:`_forget_compiled`), so no function sees another's code."""
 
     def serve(self) -> None:
         self.selector.register(self.control, selectors.EVENT_READ, self._on_control)
@@ -169,16 +186,17 @@ class Zygote:
         engine = request.get("engine", "python")
         if engine not in ("python", "wasm"):
             raise ValueError(f"unknown engine {engine!r}")
-        artifact = None
-        if engine == "wasm":
-            artifact = self.compiled.get(str(request.get("sha256")))
-            if artifact is not None:
-                self.compiled.move_to_end(str(request["sha256"]))
+        digest = str(request.get("sha256")) if engine == "wasm" else ""
+        if digest in self.compiled:
+            self.compiled.move_to_end(digest)
         cgroup = self._make_cgroup(memory) if self.layers.has("cgroup-memory") else None
         spec = self._spec(request, memory, cgroup, engine)
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
+            own = self.compiled.get(digest)
+            artifact = own[:] if own is not None else None
+            self._forget_compiled()
             run_task(spec, parent, fds[0], fds[1], fds[2], self.devnull, artifact)
         task.pid, task.cgroup = pid, cgroup
         task.pidfd = os.pidfd_open(pid)
@@ -203,36 +221,62 @@ class Zygote:
         pid = os.fork()
         if pid == 0:
             os.close(read_end)
+            self._forget_compiled()
             run_compile(spec, parent, module_fd, write_end, self.devnull, digest)
         os.close(write_end)
         os.set_blocking(read_end, False)
-        task.compiling = _Compile(digest, pid, read_end, cgroup)
-        self.selector.register(read_end, selectors.EVENT_READ, lambda _: self._on_artifact(task))
+        task.compiling = _Compile(digest, pid, io.FileIO(read_end, "r"), cgroup)
+        self.selector.register(read_end, selectors.EVENT_READ, lambda _: self._on_answer(task))
 
-    def _on_artifact(self, task: _Task) -> None:
+    def _on_answer(self, task: _Task) -> None:
         job = task.compiling
         assert job is not None
-        try:
-            chunk = os.read(job.pipe, 1 << 20)
-        except BlockingIOError:
-            return
-        if chunk:
-            job.received += chunk
-            if len(job.received) <= MAX_ARTIFACT_BYTES:
+        too_large = False
+        if job.body is None:
+            chunk = job.pipe.read(ANSWER_HEADER.size - len(job.header))
+            if chunk is None:
                 return
+            job.header += chunk
+            if chunk and len(job.header) < ANSWER_HEADER.size:
+                return
+            if chunk:
+                _, length = ANSWER_HEADER.unpack(job.header)
+                too_large = length > MAX_ARTIFACT_BYTES
+                if not too_large:
+                    job.body = mmap.mmap(-1, max(length, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+                    job.filled = 0 if length else 1  # an empty answer is complete at once
+                    return
+        elif job.filled < len(job.body):
+            read = job.pipe.readinto(memoryview(job.body)[job.filled:])
+            if read is None:
+                return
+            job.filled += read
+            if read:
+                return
+        else:  # complete: what follows must be the end
+            extra = job.pipe.read(1)
+            if extra is None:
+                return
+            too_large = bool(extra)
+        # the answer has ended, or went wrong: judge it
+        if too_large or (job.body is not None and job.filled < len(job.body)):
             os.kill(job.pid, signal.SIGKILL)
-        # end of the artifact (or too much of it): the child has finished or is being killed
-        _, status = os.waitpid(job.pid, 0)
+        status = _reap(job.pid)
         events = _memory_events(job.cgroup)
         self._end_compile(task)
+        complete = job.body is not None and job.filled == len(job.body)
+        kind = job.header[:1]
         answer: dict[str, object]
-        if status == 0 and job.received[:1] == b"+" and len(job.received) <= MAX_ARTIFACT_BYTES:
-            self._remember(job.sha256, bytes(job.received[1:]))
+        if status == 0 and complete and kind == b"+" and job.body is not None:
+            self._remember(job.sha256, job.body)
             answer = {"ok": True, "cached": False}
-        elif status == 0 and job.received[:1] == b"-":
-            answer = {"error": job.received[1:].decode("utf-8", "replace")}
         else:
-            answer = {"error": _compile_stopped(status, len(job.received) > MAX_ARTIFACT_BYTES, events)}
+            if status == 0 and complete and kind == b"-" and job.body is not None:
+                answer = {"error": job.body[:MAX_ERROR_BYTES].decode("utf-8", "replace")}
+            else:
+                answer = {"error": _compile_stopped(status, too_large, events)}
+            if job.body is not None:
+                job.body.close()
         with contextlib.suppress(OSError):
             protocol.send_json(task.client, protocol.COMPILED, answer)
 
@@ -242,16 +286,22 @@ class Zygote:
             return
         task.compiling = None
         with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(job.pipe)
-        os.close(job.pipe)
+            self.selector.unregister(job.pipe.fileno())
+        job.pipe.close()
         if job.cgroup is not None:
             with contextlib.suppress(OSError):
                 job.cgroup.rmdir()
 
-    def _remember(self, digest: str, artifact: bytes) -> None:
+    def _remember(self, digest: str, artifact: mmap.mmap) -> None:
         self.compiled[digest] = artifact
         while sum(map(len, self.compiled.values())) > CACHE_BYTES and len(self.compiled) > 1:
-            self.compiled.popitem(last=False)
+            self.compiled.popitem(last=False)[1].close()
+
+    def _forget_compiled(self) -> None:
+        """In a new child: unmap every compiled module (only the zygote keeps them)."""
+        for artifact in self.compiled.values():
+            artifact.close()
+        self.compiled.clear()
 
     @staticmethod
     def _make_cgroup(memory: int) -> Path:
@@ -306,6 +356,17 @@ def _address_space() -> int:
         if line.startswith("VmSize:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def _reap(pid: int) -> int:
+    """The wait status of a child that has closed its end: it is exiting, or is made to within a second."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        if not select.select([pidfd], [], [], REAP_SECS)[0]:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        os.close(pidfd)
+    return os.waitpid(pid, 0)[1]
 
 
 def _compile_stopped(status: int, too_large: bool, events: dict[str, int]) -> str:
