@@ -293,6 +293,9 @@ class Zygote:
                 job.cgroup.rmdir()
 
     def _remember(self, digest: str, artifact: mmap.mmap) -> None:
+        if digest in self.compiled:  # two tasks compiled the same new module at once
+            artifact.close()
+            return
         self.compiled[digest] = artifact
         while sum(map(len, self.compiled.values())) > CACHE_BYTES and len(self.compiled) > 1:
             self.compiled.popitem(last=False)[1].close()
