@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,23 @@ class Node:
         finally:
             connection.close()
 
+    def assert_cancel_kills_the_child(self, run: Callable[[socket.socket], object]) -> None:
+        """What cancelling does: the worker is killed, its connection closes, the zygote kills the child at once.
+
+        ``run`` starts a never-ending task on the connection it is given.
+        """
+        connection = self.connect()
+        runner = threading.Thread(target=lambda: _swallow(lambda: run(connection)))
+        runner.start()
+        child = wait_for_child(self.zygote_pid)
+        time.sleep(0.2)
+        connection.shutdown(2)
+        deadline = time.monotonic() + 1
+        while exists(child) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not exists(child), "the child outlived its cancelled client by more than a second"
+        runner.join(5)
+
     def close(self) -> None:
         self.loop.run_until_complete(self.host.close())
         self.loop.close()
@@ -77,7 +95,7 @@ def exists(pid: int) -> bool:
     return True
 
 
-def swallow(work: Callable[[], object]) -> None:
+def _swallow(work: Callable[[], object]) -> None:
     """Run ``work`` whose connection a test shuts under it on purpose."""
     try:
         work()
@@ -85,7 +103,7 @@ def swallow(work: Callable[[], object]) -> None:
         pass
 
 
-def children_of(pid: int) -> list[int]:
+def _children_of(pid: int) -> list[int]:
     text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     return [int(p) for p in text.split()]
 
@@ -94,7 +112,7 @@ def wait_for_child(zygote: int) -> int:
     """The zygote's newest child, once there is one."""
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        children = children_of(zygote)
+        children = _children_of(zygote)
         if children:
             return children[-1]
         time.sleep(0.01)

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sandbox_node import LIMITS, Node, exists, swallow, wait_for_child
+from sandbox_node import LIMITS, Node, wait_for_child
 
 from kettle.executors.runtime import FileRuntime
 from kettle.sandbox.host import SandboxHost
@@ -230,20 +230,9 @@ def test_printing_is_kept_up_to_the_log_limit(node: Node) -> None:
 
 
 def test_a_client_that_goes_away_takes_its_child_with_it(node: Node) -> None:
-    """What cancelling does: the worker is killed, its connection closes, the zygote kills the child at once."""
-    connection = node.loop.run_until_complete(node.host.connect())
-    runner = threading.Thread(target=lambda: swallow(lambda: run_sandboxed(
+    node.assert_cancel_kills_the_child(lambda connection: run_sandboxed(
         connection, [], b"def entrypoint(argv):\n    while True:\n        pass\n", FileRuntime(),
-        replace(LIMITS, cpu_time_secs=60))))
-    runner.start()
-    child = wait_for_child(node.zygote_pid)
-    os.kill(child, 0)
-    connection.shutdown(2)
-    deadline = time.monotonic() + 1
-    while exists(child) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not exists(child), "the child outlived its cancelled client by more than a second"
-    runner.join(5)
+        replace(LIMITS, cpu_time_secs=60)))
     healthy(node)
 
 

@@ -7,14 +7,12 @@ healthy: the zygote alive and the next module running normally.
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import wasmtime
-from sandbox_node import LIMITS, Node, exists, swallow, wait_for_child
+from sandbox_node import LIMITS, Node
 from wasm_modules import module
 
 from kettle.executors.runtime import FileRuntime
@@ -161,21 +159,10 @@ def test_a_forged_compile_request_is_refused_and_the_zygote_stays(node: Node) ->
 
 
 def test_a_client_that_goes_away_takes_its_running_module_with_it(node: Node) -> None:
-    """What cancelling does: the worker is killed, its connection closes, the zygote kills the child at once."""
     wasm = module(LOOP)
     digest = node.compile(wasm).sha256
-    connection = node.connect()
-    runner = threading.Thread(target=lambda: swallow(lambda: run_sandboxed(
-        connection, [], wasm, FileRuntime(), replace(LIMITS, cpu_time_secs=60), WasmRun(digest, 10**15))))
-    runner.start()
-    child = wait_for_child(node.zygote_pid)
-    time.sleep(0.2)
-    connection.shutdown(2)
-    deadline = time.monotonic() + 1
-    while exists(child) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not exists(child), "the module outlived its cancelled client by more than a second"
-    runner.join(5)
+    node.assert_cancel_kills_the_child(lambda connection: run_sandboxed(
+        connection, [], wasm, FileRuntime(), replace(LIMITS, cpu_time_secs=60), WasmRun(digest, 10**15)))
     healthy(node)
 
 

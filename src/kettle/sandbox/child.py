@@ -260,11 +260,12 @@ def run_task(spec: ChildSpec, parent: int, file_sock: int, stdio: int, job: int,
 
 
 MAX_COMPILE_ERROR = 4096
+COMPILE_ANSWER = struct.Struct("<cQ")
+"""A compile child's answer: ``+`` (then the compiled module) or ``-`` (then why not), and the length that follows."""
 
 
 def run_compile(spec: ChildSpec, parent: int, module_fd: int, out: int, devnull: int, sha256: str) -> NoReturn:
-    """A child that only compiles a wasm module for the zygote's cache: ``+`` and the artifact, or ``-`` and why,
-    each followed by its length (8 bytes, little-endian) and the bytes.
+    """A child that only compiles a wasm module for the zygote's cache; it answers per :data:`COMPILE_ANSWER`.
 
     Nothing of the module runs here (it is not instantiated), so what comes back
     is wasmtime's work on the module's bytes, whatever they are.
@@ -288,7 +289,7 @@ def run_compile(spec: ChildSpec, parent: int, module_fd: int, out: int, devnull:
                 kind, body = b"+", wamr.compile_module(bytes(data)).serialize()
             except wamr.WasmFailure as failure:
                 kind, body = b"-", failure.message.encode("utf-8", "replace")[:MAX_COMPILE_ERROR]
-        view = memoryview(struct.pack("<cQ", kind, len(body)) + body)
+        view = memoryview(COMPILE_ANSWER.pack(kind, len(body)) + body)
         while view:
             view = view[os.write(4, view):]
         code = 0

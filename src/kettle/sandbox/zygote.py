@@ -38,7 +38,6 @@ import selectors
 import signal
 import socket
 import string
-import struct
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import protocol
-from .child import PRELOAD, ChildSpec, run_compile, run_task
+from .child import COMPILE_ANSWER, MAX_COMPILE_ERROR, PRELOAD, ChildSpec, run_compile, run_task
 from .layers import CGROUP_MEMORY, Layers, probe
 
 log = logging.getLogger("kettle.sandbox.zygote")
@@ -59,14 +58,9 @@ ADDRESS_SPACE_FACTOR = 4
 
 
 MAX_ARTIFACT_BYTES = 256 << 20
-MAX_ERROR_BYTES = 4096
 REAP_SECS = 1.0
 CACHE_BYTES = 512 << 20
 """Compiled modules kept, least recently used first out."""
-
-
-ANSWER_HEADER = struct.Struct("<cQ")
-"""A compile child's answer: ``+`` (then the compiled module) or ``-`` (then why not), and the length that follows."""
 
 
 @dataclass
@@ -233,14 +227,14 @@ class Zygote:
         assert job is not None
         too_large = False
         if job.body is None:
-            chunk = job.pipe.read(ANSWER_HEADER.size - len(job.header))
+            chunk = job.pipe.read(COMPILE_ANSWER.size - len(job.header))
             if chunk is None:
                 return
             job.header += chunk
-            if chunk and len(job.header) < ANSWER_HEADER.size:
+            if chunk and len(job.header) < COMPILE_ANSWER.size:
                 return
             if chunk:
-                _, length = ANSWER_HEADER.unpack(job.header)
+                _, length = COMPILE_ANSWER.unpack(job.header)
                 too_large = length > MAX_ARTIFACT_BYTES
                 if not too_large:
                     job.body = mmap.mmap(-1, max(length, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -272,7 +266,7 @@ class Zygote:
             answer = {"ok": True, "cached": False}
         else:
             if status == 0 and complete and kind == b"-" and job.body is not None:
-                answer = {"error": job.body[:MAX_ERROR_BYTES].decode("utf-8", "replace")}
+                answer = {"error": job.body[:MAX_COMPILE_ERROR].decode("utf-8", "replace")}
             else:
                 answer = {"error": _compile_stopped(status, too_large, events)}
             if job.body is not None:
