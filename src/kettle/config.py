@@ -78,6 +78,12 @@ class AttestationConfig:
     unsafe_allow_simulation: bool = False
     accepted_statuses: tuple[str, ...] = ("OK",)
     clock_skew_secs: int = 60
+    handshake_timeout_secs: int = 10
+    """The attestation service closes a connection whose TLS handshake takes longer than this."""
+    request_timeout_secs: int = 10
+    """...and one that has not sent its whole request this long after the handshake."""
+    max_connections: int = 64
+    """Connections the attestation service serves at once; one more is closed as soon as it is accepted."""
 
 
 @dataclass(frozen=True)
@@ -324,6 +330,9 @@ def parse_config(text: str, home: Path) -> Config:
             raise ConfigError(f"unknown configuration section [{key}]")
     if config.attestation.validity_secs < 4:
         raise ConfigError("attestation.validity_secs must be at least 4")
+    for name in ("handshake_timeout_secs", "request_timeout_secs", "max_connections"):
+        if getattr(config.attestation, name) < 1:
+            raise ConfigError(f"attestation.{name} must be at least 1")
     if not 1 <= config.sandbox.wasm_fuel < 2**63:
         raise ConfigError("sandbox.wasm_fuel must be between 1 and 2**63 - 1")
     return config

@@ -11,17 +11,24 @@ Two calls:
   JSON with ``X-DCAPReport-Signature`` and ``X-DCAPReport-Signing-Certificate``.
 
 Errors are ``400`` with ``{"error": reason}``; nothing a client sends can crash it.
+Nor can a client hold it: every connection gets its own worker, a TLS handshake
+deadline and a deadline for its whole request, and only ``max_connections`` are served
+at once (``[attestation]`` settings, ``docs/attestation.md``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import logging
 import os
+import socket
 import ssl
+import sys
 import threading
+import time
 import urllib.parse
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,7 +40,7 @@ from cryptography.hazmat.primitives import serialization
 from ..attestation.backends import SIMULATION, load_simulation_platform_key
 from ..attestation.build import BuildConfig
 from ..attestation.enclave_info import EnclaveInfo, load_enclave_info
-from ..config import Config
+from ..config import AttestationConfig, Config
 from ..errors import AttestationError
 from .authority import authority_dir, load_authority
 from .issuer import IssueRequest, Issuer
@@ -41,6 +48,7 @@ from .issuer import IssueRequest, Issuer
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 64 * 1024
+REFUSAL_LOG_INTERVAL_SECS = 10.0
 
 
 class EnclaveInfoSource:
@@ -81,14 +89,48 @@ def build_issuer(config: Config) -> Issuer:
     )
 
 
+class _DeadlineReader(io.RawIOBase):
+    """Reads a connection until one fixed deadline.
+
+    A timeout per read alone would let a client that sends its request one byte at a
+    time hold a connection, and so a worker, for as long as it likes.
+    """
+
+    def __init__(self, connection: socket.socket, deadline: float) -> None:
+        self._connection = connection
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request was not received in time")
+        self._connection.settimeout(remaining)
+        return self._connection.recv_into(buffer)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: AttestationHTTPServer
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        limits = self.server.limits
+        self.timeout = limits.request_timeout_secs  # bounds each write of the answer
+        super().setup()
+        # One request per connection (every answer closes it), so this deadline covers
+        # the request line, the headers and the body together.
+        deadline = time.monotonic() + limits.request_timeout_secs
+        self.rfile.close()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s " + format, self.address_string(), *args)
 
     def _reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        # Reading left the socket with what remained of the request deadline; writing gets its own.
+        self.connection.settimeout(self.server.limits.request_timeout_secs)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -111,7 +153,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, f"request body must be between 1 and {MAX_REQUEST_BYTES} bytes")
             return None
         try:
-            body = json.loads(self.rfile.read(length))
+            raw = self.rfile.read(length)
+        except OSError as exc:  # too slow, or gone: nothing can be answered on this connection
+            log.debug("dropped %s before its request body arrived: %s", self.address_string(), exc)
+            self.close_connection = True
+            return None
+        try:
+            body = json.loads(raw)
         except ValueError:
             self._error(400, "request body is not valid JSON")
             return None
@@ -195,12 +243,75 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class AttestationHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
+    """One worker thread per connection, at most ``max_connections`` at once.
 
-    def __init__(self, address: tuple[str, int], issuer: Issuer, context: ssl.SSLContext) -> None:
+    The listening socket is plain TCP and each worker makes its own TLS handshake,
+    under ``handshake_timeout_secs``: done inside ``accept()`` on the serve loop, one
+    client that never sent a ClientHello would stop the service, and with it every
+    certificate rotation of the platform. Each connection is therefore bounded in time
+    (handshake, then the whole request) and in number, so slow clients can only delay
+    others until their deadlines, never starve the service.
+    """
+
+    daemon_threads = True
+    request_queue_size = 128  # connections the kernel holds while the serve loop accepts
+
+    def __init__(
+        self, address: tuple[str, int], issuer: Issuer, context: ssl.SSLContext, limits: AttestationConfig
+    ) -> None:
         super().__init__(address, _Handler)
         self.issuer = issuer
-        self.socket = context.wrap_socket(self.socket, server_side=True)
+        self.limits = limits
+        self._context = context
+        self._slots = threading.BoundedSemaphore(limits.max_connections)
+        self._refusals = 0
+        self._next_refusal_log = 0.0
+
+    def verify_request(self, request: socket.socket, client_address: object) -> bool:
+        """Runs on the serve loop, so it never waits: a connection over the limit is closed at once."""
+        if self._slots.acquire(blocking=False):
+            return True
+        self._refusals += 1
+        now = time.monotonic()
+        if now >= self._next_refusal_log:  # a flood of connections must not become a flood of log lines
+            log.warning(
+                "closed %d connection(s): %d are open already (attestation.max_connections)",
+                self._refusals, self.limits.max_connections,
+            )
+            self._refusals, self._next_refusal_log = 0, now + REFUSAL_LOG_INTERVAL_SECS
+        return False
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no worker started, so none will give the slot back
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def finish_request(self, request: socket.socket, client_address: object) -> None:
+        request.settimeout(self.limits.handshake_timeout_secs)
+        try:
+            connection = self._context.wrap_socket(request, server_side=True)
+        except OSError as exc:  # timed out, not TLS, or gone; the socket is closed by the caller
+            log.debug("TLS handshake with %s failed: %s", client_address, exc)
+            return
+        try:
+            self.RequestHandlerClass(connection, client_address, self)
+        finally:
+            self.shutdown_request(connection)
+
+    def handle_error(self, request: socket.socket, client_address: object) -> None:
+        exc = sys.exception()
+        if isinstance(exc, OSError):  # the client went away or stalled mid-request: not the service's fault
+            log.debug("connection from %s ended: %s", client_address, exc)
+        else:
+            log.exception("internal error serving %s", client_address)
 
 
 def tls_context(home: Path) -> ssl.SSLContext:
@@ -215,7 +326,7 @@ def serve(config: Config, ready: threading.Event | None = None) -> None:
     """Run the attestation service until interrupted."""
     issuer = build_issuer(config)
     host, port = config.attestation.listen_address.rsplit(":", 1)
-    server = AttestationHTTPServer((host, int(port)), issuer, tls_context(config.home))
+    server = AttestationHTTPServer((host, int(port)), issuer, tls_context(config.home), config.attestation)
     log.info("attestation service listening on %s (pid %d)", config.attestation.listen_address, os.getpid())
     if ready is not None:
         ready.set()
