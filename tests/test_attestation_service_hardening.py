@@ -1,8 +1,9 @@
-"""The attestation service under hostile connections.
+"""The attestation service under hostile connections, and following the auditors' files on disk.
 
 Real sockets against a real ``kettle service attestation`` process: a client that
 connects and says nothing, many that trickle bytes, more than the service serves at
-once.
+once; and enclave info whose signatures and auditor keys are removed, corrupted and
+restored while the service runs.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import pytest
 from conftest import Platform, make_home, reload
 from kettle.attestation.backends import SimulationBackend
 from kettle.attestation.build import BuildConfig
+from kettle.attestation.enclave_info import SIGNATURE_SUFFIX
 from kettle.attestation.identity import Identity, as_tls_context, request_certificate
 from kettle.attestation.measurement import SIMULATION_MR_SIGNER, measure_service
 from kettle.config import parse_config
-from kettle.errors import ConfigError, Unavailable
+from kettle.errors import AttestationError, ConfigError, Unavailable
 from kettle.launcher import spawn
 
 CLIENT_TIMEOUT = 8.0
@@ -202,6 +204,43 @@ def test_connections_over_the_limit_are_closed_at_once_and_served_again_later(st
             time.sleep(0.2)
     assert issued.service == "storage"
     assert "attestation.max_connections" in (strict_as.home / "logs" / "attestation.log").read_text()
+
+
+# --- enclave info follows the files on disk -------------------------------------------
+
+
+def test_issuance_follows_signatures_and_auditor_keys_on_disk(strict_as: Platform) -> None:
+    """Removing or corrupting an auditor's signature, or an auditor key, stops issuance at once; restoring it resumes it."""
+    signatures = sorted(strict_as.config.enclave_info_path.parent.glob("*" + SIGNATURE_SUFFIX))
+    assert len(signatures) == 3
+    survivors = ", ".join(s.name.removesuffix(SIGNATURE_SUFFIX) for s in signatures[1:])
+    too_few = f"attestation service refused storage: enclave info has 2 valid auditor signature(s), 3 required (valid: {survivors})"
+    original = signatures[0].read_bytes()
+    assert certificate(strict_as).service == "storage"
+
+    def refused() -> str:
+        with pytest.raises(AttestationError) as info:
+            certificate(strict_as)
+        return info.value.reason
+
+    signatures[0].unlink()
+    assert refused() == too_few
+    signatures[0].write_bytes(original)
+    assert certificate(strict_as).service == "storage"
+
+    corrupt = bytearray(original)
+    corrupt[len(corrupt) // 2] ^= 0x01  # same size, same inode: only the bytes say it changed
+    signatures[0].write_bytes(bytes(corrupt))
+    assert refused() == too_few
+    signatures[0].write_bytes(original)
+    assert certificate(strict_as).service == "storage"
+
+    build = BuildConfig.path_in(strict_as.home)
+    build_raw = build.read_bytes()
+    build.write_bytes(b"threshold = 1\n")  # every auditor key gone
+    assert refused() == "attestation service refused storage: build configuration names no auditor"
+    build.write_bytes(build_raw)
+    assert certificate(strict_as).service == "storage"
 
 
 @pytest.mark.parametrize("setting", sorted(STRICT))

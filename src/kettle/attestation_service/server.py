@@ -39,9 +39,9 @@ from cryptography.hazmat.primitives import serialization
 
 from ..attestation.backends import SIMULATION, load_simulation_platform_key
 from ..attestation.build import BuildConfig
-from ..attestation.enclave_info import EnclaveInfo, load_enclave_info
+from ..attestation.enclave_info import SIGNATURE_SUFFIX, EnclaveInfo, verify_enclave_info
 from ..config import AttestationConfig, Config
-from ..errors import AttestationError
+from ..errors import AttestationError, ConfigError
 from .authority import authority_dir, load_authority
 from .issuer import IssueRequest, Issuer
 
@@ -52,28 +52,69 @@ REFUSAL_LOG_INTERVAL_SECS = 10.0
 
 
 class EnclaveInfoSource:
-    """Enclave info, re-read and re-verified whenever the file changes (auditors may publish a new one)."""
+    """Enclave info as the files on disk say now, re-verified whenever any file it rests on changes.
 
-    def __init__(self, path: Path, build: BuildConfig) -> None:
+    Those files are enclave info itself, every signature beside it and the build
+    configuration that holds the auditor keys. Auditors may publish new enclave info,
+    and a signature that is removed or corrupted must stop issuance at once, so the
+    cache is keyed on the bytes of all of them, not on metadata: a file rewritten in
+    place with the same size within one timestamp tick must not go unnoticed either.
+    They are a few kilobytes, read only when a certificate is asked for.
+    """
+
+    def __init__(self, path: Path, build_path: Path) -> None:
         self._path = path
-        self._build = build
+        self._build_path = build_path
         self._lock = threading.Lock()
-        self._stamp: tuple[float, int] | None = None
+        self._snapshot: tuple[tuple[str, bytes], ...] | None = None
         self._info: EnclaveInfo | None = None
+        self._refusal = ""
+
+    def _read(self) -> tuple[tuple[str, bytes], ...]:
+        """Every file involved with its bytes; a missing file is simply absent from the snapshot."""
+        files = [self._path, self._build_path, *sorted(self._path.parent.glob("*" + SIGNATURE_SUFFIX))]
+        snapshot = []
+        for file in files:
+            try:
+                snapshot.append((str(file), file.read_bytes()))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise AttestationError(f"cannot read {file}: {exc.strerror}") from None
+        return tuple(snapshot)
+
+    def _verify(self, snapshot: tuple[tuple[str, bytes], ...]) -> EnclaveInfo:
+        contents = dict(snapshot)
+        info = contents.pop(str(self._path), None)
+        if info is None:
+            raise AttestationError(f"enclave info {self._path} is missing")
+        build_raw = contents.pop(str(self._build_path), None)
+        if build_raw is None:
+            raise AttestationError(f"build configuration {self._build_path} is missing")
+        try:
+            build = BuildConfig.parse(build_raw)
+        except ConfigError as exc:
+            raise AttestationError(exc.message) from None
+        return verify_enclave_info(info, list(contents.values()), build.auditors, build.threshold)
 
     def __call__(self) -> EnclaveInfo:
         with self._lock:
-            stat = self._path.stat()
-            stamp = (stat.st_mtime, stat.st_size)
-            if stamp != self._stamp or self._info is None:
-                self._info = load_enclave_info(self._path, self._build.auditors, self._build.threshold)
-                self._stamp = stamp
+            snapshot = self._read()
+            if snapshot != self._snapshot:
+                self._snapshot = snapshot
+                try:
+                    self._info, self._refusal = self._verify(snapshot), ""
+                    log.info("enclave info verified (%d services)", len(self._info.services))
+                except AttestationError as exc:
+                    self._info, self._refusal = None, exc.reason
+                    log.warning("enclave info refused, no certificate is issued until it verifies: %s", exc.reason)
+            if self._info is None:
+                raise AttestationError(self._refusal)
             return self._info
 
 
 def build_issuer(config: Config) -> Issuer:
-    build = BuildConfig.load(config.home)
-    enclave_info = EnclaveInfoSource(config.enclave_info_path, build)
+    enclave_info = EnclaveInfoSource(config.enclave_info_path, BuildConfig.path_in(config.home))
     enclave_info()  # refuse to start on unsigned or malformed enclave info
     allow = config.attestation.unsafe_allow_simulation
     if allow:
