@@ -144,7 +144,7 @@ class _DeadlineReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: memoryview) -> int:
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("the request was not received in time")
@@ -157,12 +157,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def setup(self) -> None:
-        limits = self.server.limits
-        self.timeout = limits.request_timeout_secs  # bounds each write of the answer
         super().setup()
         # One request per connection (every answer closes it), so this deadline covers
         # the request line, the headers and the body together.
-        deadline = time.monotonic() + limits.request_timeout_secs
+        deadline = time.monotonic() + self.server.limits.request_timeout_secs
         self.rfile.close()
         self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
 
