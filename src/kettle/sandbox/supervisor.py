@@ -9,7 +9,7 @@ from ``wait4``, the memory cgroup's OOM counter:
 reason                    observed
 ========================  ================================================
 ``WallTimeExceeded``      the supervisor's clock; it killed the child
-``CPUTimeExceeded``       ``SIGXCPU``, or ``SIGKILL`` at the hard CPU limit
+``CPUTimeExceeded``       ``SIGKILL`` with the CPU time at the limit
 ``MemoryLimitExceeded``   the memory cgroup's OOM kills or failed charges
 ``OutputLimitExceeded``   bytes the supervisor received for the outputs
 ``ReturnValueLimitExceeded``  bytes of the return value it received
@@ -127,7 +127,7 @@ def classify(exit: Exit, killed_for: str | None, final: _Final, limits: Limits,
         sig = os.WTERMSIG(exit.status)
         if sig == signal.SIGSYS:
             return None, "SandboxViolation: the function made a forbidden system call"
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and exit.cpu_secs >= limits.cpu_time_secs):
+        if sig == signal.SIGKILL and exit.cpu_secs >= limits.cpu_time_secs:
             return None, f"CPUTimeExceeded: the function used more than {limits.cpu_time_secs} s of CPU time"
         if exit.oom_kills:
             return None, _memory_reason(limits)
