@@ -29,6 +29,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -167,14 +168,20 @@ def harden(spec: ChildSpec, parent: int) -> None:
 
 
 class _SocketChannel:
-    """The payload API's files: each open asks the supervisor, which answers with a fresh descriptor."""
+    """The payload API's files: each open asks the supervisor, which answers with a fresh descriptor.
+
+    One request at a time, whatever the payload's threads do: answers carry no
+    request id, so two threads asking at once could each take the other's.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
+        self._lock = threading.Lock()
 
     def _ask(self, kind: bytes, name: str) -> int:
-        protocol.send(self._sock, kind, name.encode("utf-8", "surrogatepass"))
-        answer = protocol.receive(self._sock)
+        with self._lock:
+            protocol.send(self._sock, kind, name.encode("utf-8", "surrogatepass"))
+            answer = protocol.receive(self._sock)
         if answer is None:
             raise LookupError(name)
         granted, _, fds = answer

@@ -10,7 +10,11 @@ serves:
 - ``SPAWN`` from a client, with the task's file socket, output pipe and job:
   fork a child (:mod:`kettle.sandbox.child`), pid 1 of a PID namespace of its
   own, and answer ``STARTED`` with its pidfd, later ``EXITED`` with its wait
-  status, CPU time and memory events;
+  status, CPU time and memory events. A child still running
+  :data:`WALL_TIME_GRACE_SECS` after its wall-time limit is killed here,
+  whatever its client does (``wall_time_exceeded`` in the report): the
+  client enforces the limit, and this process, which the function cannot
+  talk to, makes sure nothing stalls that;
 - ``COMPILE`` from a client, with a WebAssembly module (a descriptor) and
   its SHA-256: unless the module is in the cache of compiled modules, fork a
   hardened child that only compiles it (:func:`~kettle.sandbox.child.run_compile`)
@@ -32,6 +36,7 @@ import gc
 import importlib
 import io
 import logging
+import math
 import mmap
 import os
 import select
@@ -56,6 +61,8 @@ CONTROL_FD_ENV = "KETTLE_ZYGOTE_CONTROL_FD"
 PARENT_PID_ENV = "KETTLE_ZYGOTE_PARENT"
 """The pid of the process that started the zygote (the execution service): the zygote dies with it."""
 PR_SET_PDEATHSIG = 1
+WALL_TIME_GRACE_SECS = 1.0
+"""How long after its wall-time limit a child still running is killed by the zygote (its client kills it at the limit)."""
 UID_BASE = 1_000_000
 UIDS_PER_ZYGOTE = 1000
 ADDRESS_SPACE_FACTOR = 4
@@ -94,6 +101,9 @@ class _Task:
     pidfd: int = -1
     cgroup: Path | None = None
     compiling: _Compile | None = None
+    deadline: float = math.inf
+    """When the zygote kills the child (monotonic clock): its wall-time limit and the grace after it."""
+    wall_time_exceeded: bool = False
 
 
 @dataclass
@@ -120,8 +130,21 @@ class Zygote:
     def serve(self) -> None:
         self.selector.register(self.control, selectors.EVENT_READ, self._on_control)
         while True:
-            for key, _ in self.selector.select():
+            for key, _ in self.selector.select(self._until_next_deadline()):
                 key.data(key.fileobj)
+            self._enforce_deadlines()
+
+    def _until_next_deadline(self) -> float | None:
+        deadline = min((task.deadline for task in self.tasks.values() if task.pid), default=math.inf)
+        return None if deadline == math.inf else max(deadline - time.monotonic(), 0.0)
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for task in self.tasks.values():
+            if task.pid and not task.wall_time_exceeded and now >= task.deadline:
+                task.wall_time_exceeded = True
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(task.pidfd, signal.SIGKILL)
 
     # --- control --------------------------------------------------------------------
 
@@ -198,6 +221,7 @@ class Zygote:
             self.compiled.move_to_end(digest)
         cgroup = self._make_cgroup(memory) if self.layers.has("cgroup-memory") else None
         spec = self._spec(request, memory, cgroup, engine)
+        wall_time = float(request["wall_time_secs"])
         pid = self.forker.fork()
         if pid == 0:
             own = self.compiled.get(digest)
@@ -205,6 +229,7 @@ class Zygote:
             self._forget_compiled()
             run_task(spec, self.pidfd, fds[0], fds[1], fds[2], self.devnull, artifact)
         task.pid, task.cgroup = pid, cgroup
+        task.deadline = time.monotonic() + wall_time + WALL_TIME_GRACE_SECS
         task.pidfd = os.pidfd_open(pid)
         self.selector.register(task.pidfd, selectors.EVENT_READ, lambda _: self._on_exit(task))
         protocol.send_json(task.client, protocol.STARTED, {"pid": pid}, [task.pidfd])
@@ -326,7 +351,7 @@ class Zygote:
         _, status, usage = os.wait4(task.pid, 0)
         report = {"status": status, "cpu_secs": usage.ru_utime + usage.ru_stime if cpu is None else cpu,
                   "max_rss_kib": usage.ru_maxrss,
-                  **_memory_events(task.cgroup)}
+                  "wall_time_exceeded": task.wall_time_exceeded, **_memory_events(task.cgroup)}
         with contextlib.suppress(OSError):
             protocol.send_json(task.client, protocol.EXITED, report)
         task.pid = 0
