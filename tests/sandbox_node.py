@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
+import sys
 import textwrap
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from kettle.executors.runtime import FileRuntime
@@ -17,6 +18,7 @@ from kettle.sandbox.supervisor import Compiled, Limits, Outcome, WasmRun, compil
 
 LIMITS = Limits(wall_time_secs=5, cpu_time_secs=1, memory_bytes=256 << 20, output_bytes=1 << 20,
                 return_value_bytes=20480, log_bytes=4096, open_files=32)
+SPIN = b"def entrypoint(argv):\n    while True:\n        pass\n"
 
 
 class Node:
@@ -71,7 +73,7 @@ class Node:
         ``run`` starts a never-ending task on the connection it is given.
         """
         connection = self.connect()
-        runner = threading.Thread(target=lambda: _swallow(lambda: run(connection)))
+        runner = threading.Thread(target=lambda: swallow(lambda: run(connection)))
         runner.start()
         child = wait_for_child(self.zygote_pid)
         time.sleep(0.2)
@@ -88,14 +90,15 @@ class Node:
 
 
 def exists(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not ended (a zombie has)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    return True
+    return "\nState:\tZ" not in status
 
 
-def _swallow(work: Callable[[], object]) -> None:
+def swallow(work: Callable[[], object]) -> None:
     """Run ``work`` whose connection a test shuts under it on purpose."""
     try:
         work()
@@ -117,3 +120,20 @@ def wait_for_child(zygote: int) -> int:
             return children[-1]
         time.sleep(0.01)
     raise AssertionError("the zygote started no child")
+
+
+def _spin_forever() -> None:
+    """``python sandbox_node.py spin``: a node that runs a never-ending function and prints its zygote's pid.
+
+    Tests kill this process to see what a killed execution node leaves behind.
+    """
+    node = Node()
+    connection = node.connect()
+    limits = replace(LIMITS, wall_time_secs=120, cpu_time_secs=120)
+    threading.Thread(target=lambda: run_sandboxed(connection, [], SPIN, FileRuntime(), limits), daemon=True).start()
+    print(node.zygote_pid, flush=True)
+    time.sleep(3600)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["spin"]:
+    _spin_forever()

@@ -8,15 +8,18 @@ takes about a second at most.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import textwrap
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
-from sandbox_node import LIMITS, Node, wait_for_child
+from sandbox_node import LIMITS, Node, exists, wait_for_child
 
 from kettle.executors.runtime import FileRuntime
 from kettle.sandbox.host import SandboxHost
@@ -32,7 +35,7 @@ def healthy(node: Node) -> None:
 
 def test_every_required_layer_is_in_force_here(node: Node) -> None:
     assert node.layers.missing(REQUIRED) == []
-    assert node.layers.has("namespaces") and node.layers.has("cgroup-memory")
+    assert node.layers.has("namespaces") and node.layers.has("pid-namespace") and node.layers.has("cgroup-memory")
     assert node.layers.landlock_abi >= 1
 
 
@@ -131,11 +134,13 @@ def test_importing_a_module_that_is_not_allowed_fails_with_its_name(node: Node) 
     assert guarded.return_value == "ModuleNotAllowedError"
 
 
+CPU_BOUND = replace(LIMITS, wall_time_secs=30)
+"""The CPU limit with a wall-time limit that a loaded machine cannot reach first (the reason tells which acted)."""
+
+
 def test_an_infinite_loop_is_stopped_by_the_cpu_limit(node: Node) -> None:
-    started = time.monotonic()
-    outcome = node.run("def entrypoint(argv):\n    while True:\n        pass\n")
+    outcome = node.run("def entrypoint(argv):\n    while True:\n        pass\n", limits=CPU_BOUND)
     assert outcome.failure == "CPUTimeExceeded: the function used more than 1 s of CPU time"
-    assert time.monotonic() - started < 4
     healthy(node)
 
 
@@ -147,7 +152,7 @@ def test_ignoring_sigxcpu_does_not_escape_the_cpu_limit(node: Node) -> None:
             signal.signal(signal.SIGXCPU, signal.SIG_IGN)
             while True:
                 pass
-    """)
+    """, limits=CPU_BOUND)
     assert outcome.failure == "CPUTimeExceeded: the function used more than 1 s of CPU time"
 
 
@@ -311,3 +316,97 @@ def test_the_python_executor_says_which_layer_is_missing(tmp_path: Path) -> None
         sandboxed._sandbox = None
         ours.close()
         theirs.close()
+
+
+def test_flooding_the_result_channel_cannot_stall_the_wall_clock(node: Node) -> None:
+    """Requests sent without ever reading an answer fill the function's socket; the supervisor must not wait on it."""
+    limits = replace(LIMITS, wall_time_secs=2, cpu_time_secs=60)
+    results: list[Outcome] = []
+    runner = threading.Thread(target=lambda: results.append(node.run("""
+        import os, time
+        def entrypoint(argv):
+            os.set_blocking(3, False)
+            while True:
+                try:
+                    os.write(3, b"Ono such input")
+                except BlockingIOError:
+                    time.sleep(0.01)
+    """, limits=limits)))
+    started = time.monotonic()
+    runner.start()
+    child = wait_for_child(node.zygote_pid)
+    runner.join(limits.wall_time_secs + 3)  # the defect holds the supervisor until the function's CPU limit
+    stalled = runner.is_alive()
+    if stalled:  # end the stalled run so that the module's other tests still have a node
+        os.kill(child, signal.SIGKILL)
+        runner.join(10)
+    assert not stalled, "the supervisor was stalled by a function that does not read its answers"
+    assert results[0].failure == "SandboxViolation: the function sent requests without reading the answers"
+    assert time.monotonic() - started < limits.wall_time_secs + 3
+    healthy(node)
+
+
+def test_the_function_is_pid_1_of_its_own_namespace_and_sees_no_host_process(node: Node) -> None:
+    outcome = node.run("""
+        import json, os
+        def entrypoint(argv):
+            hidden = []
+            for pid in map(int, argv):  # probes that seccomp allows: they only ask whether the pid exists
+                try:
+                    os.getpgid(pid)
+                except ProcessLookupError:
+                    hidden.append(pid)
+            return json.dumps([os.getpid(), os.getppid(), os.getsid(0), hidden])
+    """, [str(os.getpid()), str(node.zygote_pid), "1"])
+    assert outcome.failure is None, outcome
+    pid, parent, session, hidden = json.loads(outcome.return_value or "")
+    # pid 1 is the function itself; its parent (the zygote) and the service's session are outside its namespace
+    assert (pid, parent, session) == (1, 0, 1)
+    assert hidden == [os.getpid(), node.zygote_pid]
+
+
+class _StuckRuntime(FileRuntime):
+    """A supervisor stuck serving a file (as if its storage hung) until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def open_input(self, name: str) -> BinaryIO:
+        self.release.wait(60)
+        raise LookupError(name)
+
+
+def test_the_zygote_ends_a_function_at_its_wall_limit_even_when_its_supervisor_is_stuck(node: Node) -> None:
+    limits = replace(LIMITS, wall_time_secs=1, cpu_time_secs=60)
+    runtime = _StuckRuntime()
+    results: list[Outcome] = []
+    connection = node.connect()
+    runner = threading.Thread(target=lambda: results.append(run_sandboxed(
+        connection, [], b"def entrypoint(argv):\n    teaclave_open('in', 'rb')\n", runtime, limits)))
+    runner.start()
+    try:
+        child = wait_for_child(node.zygote_pid)
+        deadline = time.monotonic() + limits.wall_time_secs + 4  # the limit, the zygote's grace, a loaded machine
+        while exists(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not exists(child), "the function outlived its wall-time limit while its supervisor was stuck"
+    finally:
+        runtime.release.set()
+        runner.join(10)
+        connection.close()
+    assert results[0].failure == "WallTimeExceeded: the function ran for more than 1 s"
+    healthy(node)
+
+
+def test_a_function_killed_with_an_answer_unread_ends_with_the_reason_that_killed_it(node: Node,
+                                                                                       tmp_path: Path) -> None:
+    (tmp_path / "in").write_bytes(b"data")
+    outcome = node.run("""
+        import os
+        def entrypoint(argv):
+            os.write(3, b"Oin")  # the answer stays unread in its socket when the CPU limit kills it
+            while True:
+                pass
+    """, inputs={"in": tmp_path / "in"}, limits=CPU_BOUND)
+    assert outcome.failure == "CPUTimeExceeded: the function used more than 1 s of CPU time"

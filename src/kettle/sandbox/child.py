@@ -3,14 +3,20 @@
 The order matters (``research/sandbox.md`` §7.1): descriptors first (only the
 task's own survive), then what needs root (namespaces, the memory cgroup,
 resource limits), then the identity (a fresh unprivileged uid), then the
-restrictions that cannot be undone (Landlock, then seccomp), and only then the
-user's code. Nothing here trusts the code that runs after it: every limit is
+parent-death signal (the credential change clears it), then the restrictions
+that cannot be undone (Landlock, then seccomp), and only then the user's code.
+Nothing here trusts the code that runs after it: every limit is
 kernel-enforced, and the supervisor judges the outcome from what it observes.
+
+With the ``pid-namespace`` layer the child is pid 1 of a namespace of its own
+(:class:`~kettle.sandbox.layers.Forker`): it sees no other process, and when
+it ends, nothing it could have left behind survives it.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import ctypes
 import fcntl
 import hashlib
@@ -18,10 +24,12 @@ import json
 import linecache
 import os
 import resource
+import select
 import signal
 import socket
 import struct
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -34,6 +42,8 @@ MAX_THREADS = 16
 PAYLOAD_MODULE_NAME = "__payload__"
 """The payload's globals' ``__name__`` (functions.md §6.2: anything but ``__main__``)."""
 STDIN, STDOUT, STDERR = 0, 1, 2
+FILE_SOCKET, JOB, PARENT = 3, 4, 5
+"""Where a task child keeps its file socket, its job and (until it has checked on it) the zygote's pidfd."""
 
 ALLOWED_MODULES = frozenset({
     # the reference interpreter's modules (functions.md §6.5), by their Python 3 names
@@ -77,24 +87,45 @@ class ChildSpec:
 
 
 def _die_with_parent(parent: int) -> None:
+    """SIGKILL when the zygote ends; ``parent`` is its pidfd (closed here).
+
+    Called after the credential change, which clears the parent-death signal.
+    The zygote may have ended before the signal was asked for, so it is
+    checked again afterwards; through its pidfd, because in a PID namespace of
+    its own the child's parent is outside it (``getppid()`` is 0).
+    """
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    # The kernel reparents the children of an exiting process (sending their parent-death signals) and marks
+    # the process exited in one step under its task-list lock; waiting (which takes that lock) orders this
+    # check after any such step already begun, so an exit that missed the signal shows on the pidfd.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+    ended = select.select([parent], [], [], 0)[0]
+    os.close(parent)
+    if ended:
         os._exit(1)
 
 
-def _keep_only(file_sock: int, stdio: int, job: int, devnull: int) -> tuple[int, int]:
-    """Descriptors 0-2 are /dev/null and the output pipe; the file socket and the job move to 3 and 4."""
+def _move(assignments: list[tuple[int, int]]) -> None:
+    """Put each descriptor at its target number (``(target, fd)``) and close every other one above 2."""
     # moved out of the way first, so that no dup2 below closes one of them
-    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in (devnull, stdio, file_sock, job)]
-    for target, fd in zip((STDIN, STDOUT, STDERR, 3, 4), (moved[0], moved[1], moved[1], moved[2], moved[3])):
+    moved = [(target, fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100)) for target, fd in assignments]
+    for target, fd in moved:
         os.dup2(fd, target, inheritable=False)
-    os.closerange(5, os.sysconf("SC_OPEN_MAX"))
-    return 3, 4
+    os.closerange(max(target for target, _ in assignments) + 1, os.sysconf("SC_OPEN_MAX"))
+
+
+def _keep_only(file_sock: int, stdio: int, job: int, devnull: int, parent: int) -> None:
+    """Descriptors 0-2 are /dev/null and the output pipe; then :data:`FILE_SOCKET`, :data:`JOB` and :data:`PARENT`."""
+    _move([(STDIN, devnull), (STDOUT, stdio), (STDERR, stdio), (FILE_SOCKET, file_sock), (JOB, job),
+           (PARENT, parent)])
 
 
 def _set_limits(spec: ChildSpec) -> None:
-    resource.setrlimit(resource.RLIMIT_CPU, (spec.cpu_secs, spec.cpu_secs + 1))
+    # SIGKILL at the limit: a namespace's init (the child, in its PID namespace) would not die of SIGXCPU
+    resource.setrlimit(resource.RLIMIT_CPU, (spec.cpu_secs, spec.cpu_secs))
     resource.setrlimit(resource.RLIMIT_AS, (spec.address_space_bytes, spec.address_space_bytes))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (spec.open_files, spec.open_files))
@@ -114,8 +145,10 @@ def _read_job(fd: int) -> tuple[list[str], bytes]:
 
 
 def harden(spec: ChildSpec, parent: int) -> None:
-    """Apply every layer the spec names; raise if one fails (the child then exits without running anything)."""
-    _die_with_parent(parent)
+    """Apply every layer the spec names; raise if one fails (the child then exits without running anything).
+
+    ``parent`` is the zygote's pidfd; it is closed here.
+    """
     os.setsid()
     if spec.layers.has("namespaces"):
         unshare(NAMESPACES)
@@ -126,6 +159,7 @@ def harden(spec: ChildSpec, parent: int) -> None:
         os.setgroups([])
         os.setresgid(spec.uid, spec.uid, spec.uid)
         os.setresuid(spec.uid, spec.uid, spec.uid)
+    _die_with_parent(parent)
     ctypes.CDLL(None, use_errno=True).prctl(seccomp.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     if spec.layers.has("landlock"):
         landlock.restrict_self(spec.layers.landlock_abi)
@@ -134,14 +168,20 @@ def harden(spec: ChildSpec, parent: int) -> None:
 
 
 class _SocketChannel:
-    """The payload API's files: each open asks the supervisor, which answers with a fresh descriptor."""
+    """The payload API's files: each open asks the supervisor, which answers with a fresh descriptor.
+
+    One request at a time, whatever the payload's threads do: answers carry no
+    request id, so two threads asking at once could each take the other's.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
+        self._lock = threading.Lock()
 
     def _ask(self, kind: bytes, name: str) -> int:
-        protocol.send(self._sock, kind, name.encode("utf-8", "surrogatepass"))
-        answer = protocol.receive(self._sock)
+        with self._lock:
+            protocol.send(self._sock, kind, name.encode("utf-8", "surrogatepass"))
+            answer = protocol.receive(self._sock)
         if answer is None:
             raise LookupError(name)
         granted, _, fds = answer
@@ -227,14 +267,15 @@ def run_task(spec: ChildSpec, parent: int, file_sock: int, stdio: int, job: int,
              artifact: bytes | None = None) -> NoReturn:
     """The child's whole life: harden, run the payload, report, exit. Never returns.
 
-    ``artifact`` is the zygote's compiled copy of a wasm task's module, when it has one.
+    ``parent`` is the zygote's pidfd; ``artifact`` is the zygote's compiled copy of a wasm task's module,
+    when it has one.
     """
     code = 70
     try:
-        sock_fd, job_fd = _keep_only(file_sock, stdio, job, devnull)
-        harden(spec, parent)
-        argv, source = _read_job(job_fd)
-        sock = socket.socket(fileno=sock_fd)
+        _keep_only(file_sock, stdio, job, devnull, parent)
+        harden(spec, PARENT)
+        argv, source = _read_job(JOB)
+        sock = socket.socket(fileno=FILE_SOCKET)
         os.environ.clear()
         _no_source_files()
         channel = _SocketChannel(sock)
@@ -272,11 +313,8 @@ def run_compile(spec: ChildSpec, parent: int, module_fd: int, out: int, devnull:
     """
     code = 70
     try:
-        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in (devnull, module_fd, out)]
-        for target, fd in zip((STDIN, STDOUT, STDERR, 3, 4), (moved[0], moved[0], moved[0], moved[1], moved[2])):
-            os.dup2(fd, target, inheritable=False)
-        os.closerange(5, os.sysconf("SC_OPEN_MAX"))
-        harden(spec, parent)
+        _move([(STDIN, devnull), (STDOUT, devnull), (STDERR, devnull), (3, module_fd), (4, out), (PARENT, parent)])
+        harden(spec, PARENT)
         data = bytearray()
         while chunk := os.read(3, 1 << 20):
             data += chunk

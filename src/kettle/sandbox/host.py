@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import sys
 
 from . import protocol
 from .layers import REQUIRED, Layers
-from .zygote import CONTROL_FD_ENV
+from .zygote import CONTROL_FD_ENV, PARENT_PID_ENV
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class SandboxHost:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-I", "-m", "kettle.sandbox.zygote",
                 stdin=asyncio.subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
-                env={**ZYGOTE_ENV, CONTROL_FD_ENV: str(theirs.fileno())},
+                env={**ZYGOTE_ENV, CONTROL_FD_ENV: str(theirs.fileno()), PARENT_PID_ENV: str(os.getpid())},
             )
         finally:
             theirs.close()

@@ -3,8 +3,8 @@
 Each layer is tried for real in a throwaway child process (a filter that must
 kill, a namespace that must be created), not inferred from versions. The
 strict policy (:data:`REQUIRED`) names the layers without which the sandbox
-refuses to run user code; namespaces and the memory cgroup strengthen it where
-the machine allows them (``research/sandbox.md`` §7.2).
+refuses to run user code; namespaces, the PID namespace and the memory cgroup
+strengthen it where the machine allows them (``research/sandbox.md`` §7.2).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from . import landlock, seccomp
 
 REQUIRED = ("process", "rlimits", "seccomp", "landlock", "uid")
-CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS = 0x40000000, 0x08000000, 0x04000000
+CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS, CLONE_NEWPID = 0x40000000, 0x08000000, 0x04000000, 0x20000000
 NAMESPACES = CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
 CGROUP_MEMORY = Path("/sys/fs/cgroup/memory")
 
@@ -75,6 +75,38 @@ def unshare(flags: int) -> None:
         raise OSError(ctypes.get_errno(), "unshare failed")
 
 
+def setns(fd: int, flags: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, flags) != 0:
+        raise OSError(ctypes.get_errno(), "setns failed")
+
+
+class Forker:
+    """``fork()`` for the zygote: with ``own_pid_namespace``, each child is pid 1 of a new PID namespace of its own.
+
+    After ``unshare(CLONE_NEWPID)`` only the *next* fork enters the new
+    namespace, and it is its init: when that child ends, the namespace and
+    anything in it end too. Every later fork needs a namespace of its own, so
+    the zygote goes back to its own namespace for children (``setns``) right
+    after each fork; ``unshare`` then makes a fresh one next time.
+    """
+
+    def __init__(self, own_pid_namespace: bool) -> None:
+        self._home = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC) if own_pid_namespace else -1
+
+    def fork(self) -> int:
+        if self._home < 0:
+            return os.fork()
+        unshare(CLONE_NEWPID)
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:  # in the zygote (the child stays where it is: an init cannot leave its namespace)
+                setns(self._home, CLONE_NEWPID)
+        return pid
+
+
 def _in_child(test: Callable[[], int]) -> int | None:
     """Run ``test`` in a forked child; its exit code, or minus the signal that ended it."""
     pid = os.fork()
@@ -116,6 +148,14 @@ def _namespaces() -> int:
     return 0
 
 
+def _pid_namespace() -> int:
+    pid = Forker(own_pid_namespace=True).fork()
+    if pid == 0:
+        os._exit(0 if os.getpid() == 1 else 1)
+    _, status = os.waitpid(pid, 0)
+    return 0 if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 else 1
+
+
 def _cgroup_memory() -> Layer:
     probe = CGROUP_MEMORY / f"kettle-probe-{os.getpid()}"
     try:
@@ -135,6 +175,8 @@ def probe() -> Layers:
                        "forbidden calls kill the process"))
     found.append(Layer("landlock", abi > 0 and _in_child(_landlock_denies(abi)) == 0, f"ABI {abi}" if abi else ""))
     found.append(Layer("namespaces", _in_child(_namespaces) == 0, "net, ipc, uts"))
+    found.append(Layer("pid-namespace", _in_child(_pid_namespace) == 0,
+                       "a new one per task, the function as its pid 1"))
     root = os.geteuid() == 0
     found.append(Layer("uid", root, "a fresh unprivileged uid per task" if root else "not root"))
     found.append(_cgroup_memory())

@@ -7,7 +7,9 @@ refused, as is an unknown kind: the function's end of a socket is hostile.
 Function → supervisor (the file socket): ``O``/``C`` + name (open an input,
 create an output; answered ``+`` with a descriptor or ``-``), ``R`` + bytes (a
 piece of the return value), ``D`` (done), ``F`` + JSON (the function failed:
-type, message, traceback).
+type, message, traceback). The function reads each answer before it asks
+again; one that does not, until the supervisor's answers no longer fit in its
+socket, is stopped for it.
 """
 
 from __future__ import annotations

@@ -8,14 +8,24 @@ from ``wait4``, the memory cgroup's OOM counter:
 ========================  ================================================
 reason                    observed
 ========================  ================================================
-``WallTimeExceeded``      the supervisor's clock; it killed the child
-``CPUTimeExceeded``       ``SIGXCPU``, or ``SIGKILL`` at the hard CPU limit
+``WallTimeExceeded``      the supervisor's clock; it killed the child (or
+                          the zygote did, a moment later, when it had not)
+``CPUTimeExceeded``       ``SIGKILL`` with the CPU time at the limit
 ``MemoryLimitExceeded``   the memory cgroup's OOM kills or failed charges
 ``OutputLimitExceeded``   bytes the supervisor received for the outputs
 ``ReturnValueLimitExceeded``  bytes of the return value it received
 ``SandboxViolation``      ``SIGSYS`` (a forbidden system call), or a
-                          message that breaks the protocol
+                          message that breaks the protocol (requests sent
+                          without reading the answers included)
 ========================  ================================================
+
+Nothing the child does can stall this process: the file socket is
+non-blocking, every wait has the wall-time deadline, messages are bounded, and
+an answer that does not fit in the socket at once means the child has not read
+the earlier ones, which the protocol does not allow (a child has at most one
+request outstanding at a time, so a well-behaved one always finds room). The
+zygote, which the child cannot talk to, kills it shortly after the limit in
+any case (:data:`~kettle.sandbox.zygote.WALL_TIME_GRACE_SECS`).
 
 An exception in the payload is the payload's own failure: ``<Type>: <message>``;
 one that takes a reason's name (a Python payload may name its exception class
@@ -75,6 +85,8 @@ class Exit:
     cpu_secs: float
     oom_kills: int = 0
     memory_failcnt: int = 0
+    wall_time_exceeded: bool = False
+    """The zygote killed the child after its wall-time limit."""
 
 
 @dataclass(frozen=True)
@@ -123,11 +135,13 @@ def classify(exit: Exit, killed_for: str | None, final: _Final, limits: Limits,
     """(return value, failure reason) from the observed facts; exactly one is not None."""
     if killed_for is not None:
         return None, killed_for
+    if exit.wall_time_exceeded:
+        return None, wall_time_reason(limits)
     if os.WIFSIGNALED(exit.status):
         sig = os.WTERMSIG(exit.status)
         if sig == signal.SIGSYS:
             return None, "SandboxViolation: the function made a forbidden system call"
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and exit.cpu_secs >= limits.cpu_time_secs):
+        if sig == signal.SIGKILL and exit.cpu_secs >= limits.cpu_time_secs:
             return None, f"CPUTimeExceeded: the function used more than {limits.cpu_time_secs} s of CPU time"
         if exit.oom_kills:
             return None, _memory_reason(limits)
@@ -147,6 +161,10 @@ def classify(exit: Exit, killed_for: str | None, final: _Final, limits: Limits,
     if not final.done:
         return None, "Runtime Error: the function's process ended without a result"
     return b"".join(final.parts).decode("utf-8", "surrogatepass"), None
+
+
+def wall_time_reason(limits: Limits) -> str:
+    return f"WallTimeExceeded: the function ran for more than {limits.wall_time_secs:g} s"
 
 
 def _memory_reason(limits: Limits) -> str:
@@ -254,12 +272,11 @@ class _Session:
             while self.exit is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 and self.killed_for is None:
-                    self.kill(f"WallTimeExceeded: the function ran for more than {self.limits.wall_time_secs:g} s")
+                    self.kill(wall_time_reason(self.limits))
                 for key, _ in selector.select(max(remaining, 0.05)):
                     if not key.data(key.fileobj, selector):
                         selector.unregister(key.fileobj)
             # the child is gone: read what it left in the socket and the pipe
-            self.files.setblocking(False)
             while self._on_files(self.files, selector):
                 pass
             while self._on_stdio(self.stdio, selector):
@@ -278,7 +295,7 @@ class _Session:
         if kind == protocol.EXITED:
             report = protocol.body_json(body)
             self.exit = Exit(int(report["status"]), float(report["cpu_secs"]), int(report["oom_kills"]),
-                             int(report["memory_failcnt"]))
+                             int(report["memory_failcnt"]), report.get("wall_time_exceeded") is True)
         return True
 
     def _on_stdio(self, fd: int, _: selectors.BaseSelector) -> bool:
@@ -295,12 +312,17 @@ class _Session:
             message = protocol.receive(sock)
         except BlockingIOError:
             return False
+        except ConnectionResetError:
+            return False  # its end closed with answers unread (it was killed waiting for one): nothing more comes
         except (protocol.ProtocolError, OSError):
             self.kill("SandboxViolation: the function broke the result channel's protocol")
             return False
         if message is None:
             return False
         kind, body, fds = message
+        if self.killed_for is not None:  # its outcome is decided: what it still says is only read away
+            protocol.close_all(fds)
+            return True
         if fds:
             protocol.close_all(fds)
             self.kill("SandboxViolation: the function broke the result channel's protocol")
@@ -326,16 +348,27 @@ class _Session:
 
     # --- files -------------------------------------------------------------------------------
 
+    def _answer(self, kind: bytes, fd: int | None = None) -> None:
+        """Answer a request without waiting (``fd`` stays the caller's to close)."""
+        try:
+            protocol.send(self.files, kind, b"", [fd] if fd is not None else [])
+        except BlockingIOError:
+            self.kill("SandboxViolation: the function sent requests without reading the answers")
+        except OSError:
+            pass  # the child has gone, and its requests with it
+
     def _open(self, kind: bytes, body: bytes) -> None:
+        if self.exit is not None:
+            return  # asked just before the child ended: nobody is there to use the file
         try:
             name = body.decode("utf-8")
         except UnicodeDecodeError:
-            protocol.send(self.files, protocol.REFUSED)
+            self._answer(protocol.REFUSED)
             return
         # each open costs this process a thread; the child's descriptor limit does not bound
         # opens it closes again, so bound them here (generously: files may be reopened)
         if len(self.streams) >= 4 * self.limits.open_files:
-            protocol.send(self.files, protocol.REFUSED)
+            self._answer(protocol.REFUSED)
             return
         try:
             if kind == protocol.OPEN_INPUT:
@@ -349,10 +382,10 @@ class _Session:
                 self._start(lambda: self._drain(read_end, sink))
                 handed = write_end
         except Exception:  # noqa: BLE001 - an unknown name or a failing file: the payload sees a refusal
-            protocol.send(self.files, protocol.REFUSED)
+            self._answer(protocol.REFUSED)
             return
         try:
-            protocol.send(self.files, protocol.GRANTED, b"", [handed])
+            self._answer(protocol.GRANTED, handed)
         finally:
             os.close(handed)
 
@@ -412,8 +445,9 @@ def run_sandboxed(zygote: socket.socket, argv: list[str], source: bytes, runtime
     :func:`compile_wasm` compiled.
     """
     files, theirs = protocol.socket_pair()
+    files.setblocking(False)
     stdio_read, stdio_write = os.pipe()
-    request: dict[str, object] = _child_limits(limits)
+    request: dict[str, object] = {**_child_limits(limits), "wall_time_secs": limits.wall_time_secs}
     if wasm is not None:
         request.update(engine="wasm", sha256=wasm.sha256, fuel=wasm.fuel)
     try:

@@ -8,8 +8,13 @@ serves:
 - ``CLIENT`` on the control socket: a new client (a worker process) connects
   through the socket passed along;
 - ``SPAWN`` from a client, with the task's file socket, output pipe and job:
-  fork a child (:mod:`kettle.sandbox.child`) and answer ``STARTED`` with its
-  pidfd, later ``EXITED`` with its wait status, CPU time and memory events;
+  fork a child (:mod:`kettle.sandbox.child`), pid 1 of a PID namespace of its
+  own, and answer ``STARTED`` with its pidfd, later ``EXITED`` with its wait
+  status, CPU time and memory events. A child still running
+  :data:`WALL_TIME_GRACE_SECS` after its wall-time limit is killed here,
+  whatever its client does (``wall_time_exceeded`` in the report): the
+  client enforces the limit, and this process, which the function cannot
+  talk to, makes sure nothing stalls that;
 - ``COMPILE`` from a client, with a WebAssembly module (a descriptor) and
   its SHA-256: unless the module is in the cache of compiled modules, fork a
   hardened child that only compiles it (:func:`~kettle.sandbox.child.run_compile`)
@@ -31,6 +36,7 @@ import gc
 import importlib
 import io
 import logging
+import math
 import mmap
 import os
 import select
@@ -39,6 +45,7 @@ import signal
 import socket
 import string
 import sys
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,11 +53,16 @@ from typing import NoReturn
 
 from . import protocol
 from .child import COMPILE_ANSWER, MAX_COMPILE_ERROR, PRELOAD, ChildSpec, run_compile, run_task
-from .layers import CGROUP_MEMORY, Layers, probe
+from .layers import CGROUP_MEMORY, Forker, Layers, probe
 
 log = logging.getLogger("kettle.sandbox.zygote")
 
 CONTROL_FD_ENV = "KETTLE_ZYGOTE_CONTROL_FD"
+PARENT_PID_ENV = "KETTLE_ZYGOTE_PARENT"
+"""The pid of the process that started the zygote (the execution service): the zygote dies with it."""
+PR_SET_PDEATHSIG = 1
+WALL_TIME_GRACE_SECS = 1.0
+"""How long after its wall-time limit a child still running is killed by the zygote (its client kills it at the limit)."""
 UID_BASE = 1_000_000
 UIDS_PER_ZYGOTE = 1000
 ADDRESS_SPACE_FACTOR = 4
@@ -59,6 +71,8 @@ ADDRESS_SPACE_FACTOR = 4
 
 MAX_ARTIFACT_BYTES = 256 << 20
 REAP_SECS = 1.0
+CPUCLOCK_PROF = 0
+"""The kernel's clock id for a process's user and system time is ``(~pid << 3) | CPUCLOCK_PROF``."""
 CACHE_BYTES = 512 << 20
 """Compiled modules kept, least recently used first out."""
 
@@ -87,6 +101,9 @@ class _Task:
     pidfd: int = -1
     cgroup: Path | None = None
     compiling: _Compile | None = None
+    deadline: float = math.inf
+    """When the zygote kills the child (monotonic clock): its wall-time limit and the grace after it."""
+    wall_time_exceeded: bool = False
 
 
 @dataclass
@@ -103,12 +120,31 @@ class Zygote:
     compiled: OrderedDict[str, mmap.mmap] = field(default_factory=OrderedDict)
     """Compiled wasm modules by their SHA-256, least recently used first, each in its own private mapping:
     a child unmaps all of them but its own (:meth:`_forget_compiled`), so no function sees another's code."""
+    pidfd: int = field(default_factory=lambda: os.pidfd_open(os.getpid()))
+    """The zygote's own pidfd, inherited by each child: it checks through it that the zygote is still there."""
+    forker: Forker = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.forker = Forker(own_pid_namespace=self.layers.has("pid-namespace"))
 
     def serve(self) -> None:
         self.selector.register(self.control, selectors.EVENT_READ, self._on_control)
         while True:
-            for key, _ in self.selector.select():
+            for key, _ in self.selector.select(self._until_next_deadline()):
                 key.data(key.fileobj)
+            self._enforce_deadlines()
+
+    def _until_next_deadline(self) -> float | None:
+        deadline = min((task.deadline for task in self.tasks.values() if task.pid), default=math.inf)
+        return None if deadline == math.inf else max(deadline - time.monotonic(), 0.0)
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for task in self.tasks.values():
+            if task.pid and not task.wall_time_exceeded and now >= task.deadline:
+                task.wall_time_exceeded = True
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(task.pidfd, signal.SIGKILL)
 
     # --- control --------------------------------------------------------------------
 
@@ -185,14 +221,15 @@ class Zygote:
             self.compiled.move_to_end(digest)
         cgroup = self._make_cgroup(memory) if self.layers.has("cgroup-memory") else None
         spec = self._spec(request, memory, cgroup, engine)
-        parent = os.getpid()
-        pid = os.fork()
+        wall_time = float(request["wall_time_secs"])
+        pid = self.forker.fork()
         if pid == 0:
             own = self.compiled.get(digest)
             artifact = own[:] if own is not None else None
             self._forget_compiled()
-            run_task(spec, parent, fds[0], fds[1], fds[2], self.devnull, artifact)
+            run_task(spec, self.pidfd, fds[0], fds[1], fds[2], self.devnull, artifact)
         task.pid, task.cgroup = pid, cgroup
+        task.deadline = time.monotonic() + wall_time + WALL_TIME_GRACE_SECS
         task.pidfd = os.pidfd_open(pid)
         self.selector.register(task.pidfd, selectors.EVENT_READ, lambda _: self._on_exit(task))
         protocol.send_json(task.client, protocol.STARTED, {"pid": pid}, [task.pidfd])
@@ -211,12 +248,11 @@ class Zygote:
         cgroup = self._make_cgroup(memory) if self.layers.has("cgroup-memory") else None
         spec = self._spec(request, memory, cgroup)
         read_end, write_end = os.pipe()
-        parent = os.getpid()
-        pid = os.fork()
+        pid = self.forker.fork()
         if pid == 0:
             os.close(read_end)
             self._forget_compiled()
-            run_compile(spec, parent, module_fd, write_end, self.devnull, digest)
+            run_compile(spec, self.pidfd, module_fd, write_end, self.devnull, digest)
         os.close(write_end)
         os.set_blocking(read_end, False)
         task.compiling = _Compile(digest, pid, io.FileIO(read_end, "r"), cgroup)
@@ -311,9 +347,11 @@ class Zygote:
         return folder
 
     def _on_exit(self, task: _Task) -> None:
+        cpu = _cpu_clock(task.pid)  # before reaping it: the clock goes with the process
         _, status, usage = os.wait4(task.pid, 0)
-        report = {"status": status, "cpu_secs": usage.ru_utime + usage.ru_stime, "max_rss_kib": usage.ru_maxrss,
-                  **_memory_events(task.cgroup)}
+        report = {"status": status, "cpu_secs": usage.ru_utime + usage.ru_stime if cpu is None else cpu,
+                  "max_rss_kib": usage.ru_maxrss,
+                  "wall_time_exceeded": task.wall_time_exceeded, **_memory_events(task.cgroup)}
         with contextlib.suppress(OSError):
             protocol.send_json(task.client, protocol.EXITED, report)
         task.pid = 0
@@ -366,16 +404,41 @@ def _reap(pid: int) -> int:
     return os.waitpid(pid, 0)[1]
 
 
+def _cpu_clock(pid: int) -> float | None:
+    """The CPU time (user and system) of an ended, unreaped child, as its CPU limit counts it.
+
+    ``wait4``'s usage is rescaled to the scheduler's exact runtime and may fall
+    short of the limit that killed the process by a tenth of a second; the limit
+    is checked against this clock (``CPUCLOCK_PROF`` of the process).
+    """
+    try:
+        return time.clock_gettime(((~pid) << 3) | CPUCLOCK_PROF)
+    except OSError:
+        return None
+
+
 def _compile_stopped(status: int, too_large: bool, events: dict[str, int]) -> str:
     if too_large:
         return f"the compiled module is larger than {MAX_ARTIFACT_BYTES >> 20} MiB"
     if events.get("oom_kills"):
         return "compiling the module needed more memory than the task's limit"
     if os.WIFSIGNALED(status):
-        if os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL):
+        if os.WTERMSIG(status) == signal.SIGKILL:
             return "compiling the module took more CPU time than the task's limit"
         return f"compiling the module was stopped by {signal.Signals(os.WTERMSIG(status)).name}"
     return f"compiling the module failed (exit status {os.WEXITSTATUS(status)})"
+
+
+def _remove_stale_cgroups() -> None:
+    """Remove what zygotes killed without a chance to clean up left behind: their tasks' empty memory cgroups.
+
+    Each cgroup is named after its zygote's pid; the kernel refuses to remove one that still holds a process.
+    """
+    for folder in (CGROUP_MEMORY / "kettle-sandbox").glob("*-*"):
+        owner = folder.name.partition("-")[0]
+        if owner.isdigit() and not Path("/proc", owner).exists():
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def _memory_events(cgroup: Path | None) -> dict[str, int]:
@@ -407,12 +470,17 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s zygote %(levelname)s %(name)s: %(message)s")
     control = socket.socket(fileno=int(os.environ.pop(CONTROL_FD_ENV)))
+    parent = int(os.environ.pop(PARENT_PID_ENV))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import ctypes
 
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # die with the service
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the service...
+    if os.getppid() != parent:
+        os._exit(1)  # ...which may have died before that took effect
     _preload()
     layers = probe()
+    if layers.has("cgroup-memory"):
+        _remove_stale_cgroups()
     protocol.send_json(control, protocol.HELLO, {"layers": layers.to_json()})
     Zygote(control, layers).serve()
 
