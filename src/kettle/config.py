@@ -98,6 +98,15 @@ class AuthenticationConfig:
     admin_id: str = "admin"
     admin_password: str = DEFAULT_ADMIN_PASSWORD
     token_validity_secs: int = 86400
+    login_max_failures_per_user: int = 5
+    """Failed logins of one user id within ``login_failure_window_secs`` that lock it; 0 = no limit."""
+    login_max_failures_per_source: int = 30
+    """Failed logins from one client address within the window that lock it; 0 = no limit."""
+    login_failure_window_secs: int = 60
+    login_lockout_secs: int = 30
+    """The first lockout; each further one of the same user or address doubles it..."""
+    login_max_lockout_secs: int = 900
+    """...up to this, so the real user is never locked out for longer."""
 
 
 @dataclass(frozen=True)
@@ -324,6 +333,12 @@ def parse_config(text: str, home: Path) -> Config:
             raise ConfigError(f"unknown configuration section [{key}]")
     if config.attestation.validity_secs < 4:
         raise ConfigError("attestation.validity_secs must be at least 4")
+    auth = config.authentication
+    if auth.login_failure_window_secs < 1 or not 1 <= auth.login_lockout_secs <= auth.login_max_lockout_secs:
+        raise ConfigError(
+            "authentication.login_failure_window_secs and login_lockout_secs must be at least 1, "
+            "and login_lockout_secs at most login_max_lockout_secs"
+        )
     if not 1 <= config.sandbox.wasm_fuel < 2**63:
         raise ConfigError("sandbox.wasm_fuel must be between 1 and 2**63 - 1")
     return config
