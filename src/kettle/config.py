@@ -110,6 +110,16 @@ class AuthenticationConfig:
 
 
 @dataclass(frozen=True)
+class ManagementConfig:
+    """Per-user quotas checked by the management service (``docs/limits.md``); 0 = no limit."""
+
+    max_stored_bytes_per_user: int = 256 << 20
+    """Bytes of function records (payloads included) and file records one user may keep."""
+    max_tasks_in_flight_per_user: int = 100
+    """Tasks one user may have created and not yet seen Finished, Failed or Canceled."""
+
+
+@dataclass(frozen=True)
 class SchedulerConfig:
     lease_secs: int = 10
     """An execution node silent for this long loses its task (the task is re-queued)."""
@@ -185,6 +195,7 @@ class Config:
     audit: AuditConfig = AuditConfig()
     storage: StorageConfig = StorageConfig()
     authentication: AuthenticationConfig = AuthenticationConfig()
+    management: ManagementConfig = ManagementConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     file_agent: FileAgentConfig = FileAgentConfig()
     execution: ExecutionConfig = ExecutionConfig()
@@ -317,6 +328,8 @@ def parse_config(text: str, home: Path) -> Config:
             config = replace(config, storage=_section(StorageConfig, value, key))
         elif key == "authentication":
             config = replace(config, authentication=_section(AuthenticationConfig, value, key))
+        elif key == "management":
+            config = replace(config, management=_section(ManagementConfig, value, key))
         elif key == "scheduler":
             config = replace(config, scheduler=_section(SchedulerConfig, value, key))
         elif key == "file_agent":
