@@ -157,6 +157,10 @@ class FileAgentConfig:
 class ExecutionConfig:
     scratch_dir: str = "execution/scratch"
     """Per-task working space; everything a task stages there is encrypted and removed after it."""
+    max_task_input_bytes: int = 4 << 30
+    """Bytes one task may stage in the scratch directory for its inputs, over all of them."""
+    min_free_disk_bytes: int = 1 << 30
+    """Staging stops (the task fails) rather than leave less than this free on the scratch disk."""
 
 
 @dataclass(frozen=True)

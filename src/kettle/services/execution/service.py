@@ -38,6 +38,7 @@ async def main(config: Config) -> None:
         file_agent=config.file_agent,
         sandbox=config.sandbox,
         sandbox_host=sandbox,
+        execution=config.execution,
     )
     workers = WorkerPool(sandbox)
     await workers.start()

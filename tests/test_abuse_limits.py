@@ -1,0 +1,224 @@
+"""Per-user quotas and the execution node's disk guard (issue 16 item 8).
+
+The rules are pure and tested directly; management's use of them runs over the
+servicer with the in-memory platform store (records in their real byte form);
+the node's guard runs the worker's own code path over real files; and one real
+platform shows each limit refusing one user while the others carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import task_world
+from staged import World as StagedWorld
+from staged import task
+from task_world import World
+from test_management_service import ALICE, FO, Aborted, FakeContext, MemoryStore
+
+from kettle.config import ExecutionConfig, ManagementConfig
+from kettle.errors import KettleError, ResourceExhausted, TransferError
+from kettle.executors import run_staged_task
+from kettle.executors.files import DataPlane
+from kettle.file_agent import StagingBudget
+from kettle.model.quotas import MISSING_TASK_GRACE_SECS, UserQuota, quota_key
+from kettle.model.records import TaskStatus
+from kettle.rpc.generated import teaclave_common_pb2 as common_pb
+from kettle.rpc.generated import teaclave_frontend_service_pb2 as fpb
+from kettle.sdk import FrontendClient
+from kettle.services.management.service import KettleManagementServicer
+
+# --- the pure rules --------------------------------------------------------------------
+
+
+def test_stored_bytes_are_refused_past_the_limit_and_given_back() -> None:
+    quota = UserQuota("alice").with_stored(600, 1000)
+    with pytest.raises(ResourceExhausted) as refused:
+        quota.with_stored(401, 1000)
+    assert refused.value.message == (
+        "storage quota exceeded: this would bring your stored functions and file records to 1,001 bytes, "
+        "over your limit of 1,000 bytes; delete functions you no longer need")
+    assert quota.with_stored(400, 1000).stored_bytes == 1000
+    assert quota.with_stored(-600, 1000).stored_bytes == 0
+    assert quota.with_stored(10**12, 0).stored_bytes == 600 + 10**12  # 0: no limit
+
+
+def test_tasks_in_flight_drop_ended_ones_and_refuse_at_the_limit() -> None:
+    quota = UserQuota("alice", tasks={"a": 100.0, "b": 100.0, "c": 100.0})
+    statuses = {"a": TaskStatus.RUNNING, "b": TaskStatus.CREATED, "c": TaskStatus.STAGED}
+    with pytest.raises(ResourceExhausted) as refused:
+        quota.with_task("d", 200.0, statuses, 3)
+    assert refused.value.message == (
+        "task quota exceeded: you have 3 tasks in flight (created and not yet finished, failed or canceled), "
+        "the limit is 3; wait for some to end or cancel them")
+    for ended in (TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.CANCELED):
+        admitted = quota.with_task("d", 200.0, {**statuses, "b": ended}, 3)
+        assert admitted.tasks == {"a": 100.0, "c": 100.0, "d": 200.0}
+
+
+def test_a_listed_task_without_record_counts_only_for_a_grace_period() -> None:
+    quota = UserQuota("alice", tasks={"a": 100.0})
+    with pytest.raises(ResourceExhausted):
+        quota.with_task("b", 100.0 + MISSING_TASK_GRACE_SECS - 1, {"a": None}, 1)
+    assert quota.with_task("b", 100.0 + MISSING_TASK_GRACE_SECS, {"a": None}, 1).tasks == {
+        "b": 100.0 + MISSING_TASK_GRACE_SECS}
+
+
+def test_quota_record_round_trip_and_strict_decoding() -> None:
+    quota = UserQuota("alice", 42, {"a": 1.5})
+    assert UserQuota.from_bytes(quota.to_bytes()) == quota
+    for bad in (b"{", b"[]", b'{"user_id": "a", "stored_bytes": -1, "tasks": {}}',
+                b'{"user_id": "a", "stored_bytes": true, "tasks": {}}',
+                b'{"user_id": "a", "stored_bytes": 1, "tasks": {"a": "x"}}'):
+        with pytest.raises(ValueError, match="malformed quota record"):
+            UserQuota.from_bytes(bad)
+    assert quota_key("x" * 10_000).startswith(b"quota-") and len(quota_key("x" * 10_000)) == 42
+
+
+def test_staging_budget_per_task_and_free_disk_floor() -> None:
+    free = [10_000]
+    budget = StagingBudget(max_bytes=1000, min_free_bytes=5000, free_bytes=lambda: free[0])
+    budget.take(600)
+    with pytest.raises(TransferError, match=r"^the task's inputs need more than this execution node's "
+                                            r"staging budget of 1,000 bytes per task$"):
+        budget.take(401)
+    budget.give_back(600)
+    free[0] = 5500
+    with pytest.raises(TransferError, match=r"^the execution node's scratch disk is too full to stage the task's "
+                                            r"inputs \(5,500 bytes free, 5,000 must stay free\)$"):
+        budget.take(501)
+    budget.take(500)
+    with pytest.raises(TransferError, match="too full"):
+        budget.check_floor(501)
+    assert budget.used == 500
+    StagingBudget(0, 0, lambda: 0).take(10**15)  # both off
+
+
+# --- management over the in-memory store -----------------------------------------------
+
+
+def run(body: object) -> None:
+    asyncio.run(body)  # type: ignore[arg-type]
+
+
+def stored_bytes(store: MemoryStore, user_id: str) -> int:
+    raw = store.records.get(quota_key(user_id))
+    return 0 if raw is None else UserQuota.from_bytes(raw).stored_bytes
+
+
+def test_function_and_file_records_count_on_their_owner_and_are_given_back() -> None:
+    async def body() -> None:
+        store = MemoryStore()
+        servicer = KettleManagementServicer(store, ManagementConfig(max_stored_bytes_per_user=20_000))
+        register = fpb.RegisterFunctionRequest(name="f", executor_type="python", payload=b"x" * 9_000)
+        fid = (await servicer.RegisterFunction(register, FakeContext(FO))).function_id
+        used = stored_bytes(store, FO[0])
+        assert 12_000 < used < 13_000  # the payload is stored base64, inside the record
+        with pytest.raises(Aborted) as refused:
+            await servicer.RegisterFunction(register, FakeContext(FO))
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.value.details.startswith("storage quota exceeded: ")
+        assert stored_bytes(store, FO[0]) == used  # a refusal stores and counts nothing
+        # An update is charged its growth only.
+        await servicer.UpdateFunction(fpb.UpdateFunctionRequest(
+            function_id=fid, name="f", executor_type="python", payload=b"x" * 3_000), FakeContext(FO))
+        assert stored_bytes(store, FO[0]) == used - 8_000
+        await servicer.DeleteFunction(fpb.DeleteFunctionRequest(function_id=fid), FakeContext(FO))
+        assert stored_bytes(store, FO[0]) == 0
+        # File records count on whoever registers them; a failed write gives the bytes back.
+        request = fpb.RegisterOutputFileRequest(url="https://files.example/out", crypto_info=common_pb.FileCryptoInfo(
+            schema="aes-gcm-128", key=bytes(16), iv=bytes(12)))
+        await servicer.RegisterOutputFile(request, FakeContext(ALICE))
+        per_file = stored_bytes(store, ALICE[0])
+        assert per_file > 0
+        store.fail = {"compare_and_put"}
+        with pytest.raises(Aborted):
+            await servicer.RegisterOutputFile(request, FakeContext(ALICE))
+        store.fail = set()
+        assert stored_bytes(store, ALICE[0]) == per_file
+
+    run(body())
+
+
+# --- a real platform ---------------------------------------------------------------------
+
+TASK_LIMIT = 3
+STORED_LIMIT = 100_000
+INPUT_BUDGET = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, _auditor_cache: Path) -> Iterator[World]:
+    config = (f"[management]\nmax_tasks_in_flight_per_user = {TASK_LIMIT}\n"
+              f"max_stored_bytes_per_user = {STORED_LIMIT}\n\n"
+              f"[execution]\nmax_task_input_bytes = {INPUT_BUDGET}\n")
+    with task_world.world(tmp_path_factory.mktemp("abuse-limits"), _auditor_cache, config) as started:
+        yield started
+
+
+def refused(call: object) -> KettleError:
+    with pytest.raises(KettleError) as info:
+        call()  # type: ignore[operator]
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value
+    return info.value
+
+
+def test_task_quota_refuses_one_user_and_not_the_others(world: World) -> None:
+    echo = world.publisher.register_function("builtin-echo", "", "builtin", arguments=["message"], public=True)
+    create = lambda client: client.create_task(echo, {"message": "hi"}, "builtin")  # noqa: E731
+    mine = [create(world.alice) for _ in range(TASK_LIMIT)]
+    error = refused(lambda: create(world.alice))
+    assert error.message.startswith(f"task quota exceeded: you have {TASK_LIMIT} tasks in flight")
+    bobs = create(world.owners["bob"])  # another user is not affected
+    world.alice.cancel_task(mine[0])  # an ended task no longer counts
+    mine[0] = create(world.alice)
+    refused(lambda: create(world.alice))
+    for task_id in [*mine, bobs]:
+        world.owners["bob" if task_id == bobs else "alice"].cancel_task(task_id)
+
+
+def test_stored_bytes_quota_refuses_one_user_and_not_the_others(world: World) -> None:
+    payload = b"def entrypoint(argv):\n    return 'x'\n" + b"#" * 50_000
+    first = world.publisher.register_function("big", "", "python", payload=payload)
+    error = refused(lambda: world.publisher.register_function("big2", "", "python", payload=payload))
+    assert error.message.startswith("storage quota exceeded: this would bring your stored functions and file records")
+    assert error.message.endswith(f"over your limit of {STORED_LIMIT:,} bytes; delete functions you no longer need")
+    with world.platform.auth_client() as auth, FrontendClient(
+            world.platform.frontend_address, world.platform.trust(), "admin",
+            auth.user_login("admin", "teaclave")) as admin:
+        admin.register_function("big", "", "python", payload=payload)  # another user has room
+    world.publisher.delete_function(first)
+    world.publisher.delete_function(world.publisher.register_function("big2", "", "python", payload=payload))
+
+
+def test_an_input_over_the_node_budget_fails_the_task_and_the_node_carries_on(world: World) -> None:
+    payload = ("def entrypoint(argv):\n    f = teaclave_open('data', 'rb')\n    n = len(f.read())\n"
+               "    f.close()\n    return str(n)\n").encode()
+    function_id = world.function("python", payload, inputs=["data"])
+    too_big = world.run(function_id, {}, {"data": b"x" * (INPUT_BUDGET + 1)})
+    assert too_big.failure.startswith("Failed to ")
+    assert too_big.failure.endswith(f"staging budget of {INPUT_BUDGET:,} bytes per task")
+    assert world.platform.child("execution").process.poll() is None
+    fits = world.run(function_id, {}, {"data": b"x" * 1000})
+    assert fits.return_value == "1000"
+
+
+# --- the node's guard over real files (the worker's code path) --------------------------
+
+
+@pytest.mark.parametrize(("limits", "reason"), [
+    (ExecutionConfig(max_task_input_bytes=3000), "staging budget of 3,000 bytes per task"),
+    (ExecutionConfig(min_free_disk_bytes=1 << 62), "must stay free)"),
+])
+def test_staging_limits_fail_the_task_and_leave_no_files(tmp_path: Path, limits: ExecutionConfig,
+                                                         reason: str) -> None:
+    staged = StagedWorld(tmp_path)
+    plane = DataPlane(staged.plane.agent, staged.workdir, limits)
+    inputs = {"a": staged.aes_input("a.in", b"1" * 2000), "b": staged.protected_input("b.in", b"2" * 2000)}
+    result = run_staged_task(task(inputs, name="builtin-test-copy"), plane)
+    assert result.failure is not None and result.failure.endswith(reason), result.failure
+    assert staged.scratch_files() == []
