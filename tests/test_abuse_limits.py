@@ -24,7 +24,7 @@ from kettle.config import ExecutionConfig, ManagementConfig
 from kettle.errors import KettleError, ResourceExhausted, TransferError
 from kettle.executors import run_staged_task
 from kettle.executors.files import DataPlane
-from kettle.file_agent import StagingBudget
+from kettle.file_agent.budget import StagingBudget
 from kettle.model.quotas import MISSING_TASK_GRACE_SECS, UserQuota, quota_key
 from kettle.model.records import TaskStatus
 from kettle.rpc.generated import teaclave_common_pb2 as common_pb
