@@ -1,20 +1,24 @@
-"""Per-user quotas and the execution node's disk guard (issue 16 item 8).
+"""Per-user quotas, the execution node's disk guard and login throttling (issue 16 item 8).
 
-The rules are pure and tested directly; management's use of them runs over the
-servicer with the in-memory platform store (records in their real byte form);
-the node's guard runs the worker's own code path over real files; and one real
-platform shows each limit refusing one user while the others carry on.
+The quota and staging rules are pure and tested directly (the throttle's in
+``test_login_throttle.py``); management's use of them runs over the servicer
+with the in-memory platform store (records in their real byte form); the node's
+guard runs the worker's own code path over real files; and one real platform
+shows each limit refusing one user (or address) while the others carry on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 import task_world
+from conftest import Platform
 from staged import World as StagedWorld
 from staged import task
 from task_world import World
@@ -30,6 +34,7 @@ from kettle.model.records import TaskStatus
 from kettle.rpc.generated import teaclave_common_pb2 as common_pb
 from kettle.rpc.generated import teaclave_frontend_service_pb2 as fpb
 from kettle.sdk import FrontendClient
+from kettle.services.authentication import passwords
 from kettle.services.management.service import KettleManagementServicer
 
 # --- the pure rules --------------------------------------------------------------------
@@ -149,13 +154,18 @@ def test_function_and_file_records_count_on_their_owner_and_are_given_back() -> 
 TASK_LIMIT = 3
 STORED_LIMIT = 100_000
 INPUT_BUDGET = 1 << 20
+LOCKOUT_SECS = 2
+SOURCE_LIMIT = 12
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, _auditor_cache: Path) -> Iterator[World]:
     config = (f"[management]\nmax_tasks_in_flight_per_user = {TASK_LIMIT}\n"
               f"max_stored_bytes_per_user = {STORED_LIMIT}\n\n"
-              f"[execution]\nmax_task_input_bytes = {INPUT_BUDGET}\n")
+              f"[execution]\nmax_task_input_bytes = {INPUT_BUDGET}\n\n"
+              # Lockouts short enough to wait out in a test.
+              f"[authentication]\nlogin_lockout_secs = {LOCKOUT_SECS}\nlogin_max_lockout_secs = {LOCKOUT_SECS * 2}\n"
+              f"login_max_failures_per_source = {SOURCE_LIMIT}\n")
     with task_world.world(tmp_path_factory.mktemp("abuse-limits"), _auditor_cache, config) as started:
         yield started
 
@@ -169,7 +179,7 @@ def refused(call: object) -> KettleError:
 
 def test_task_quota_refuses_one_user_and_not_the_others(world: World) -> None:
     echo = world.publisher.register_function("builtin-echo", "", "builtin", arguments=["message"], public=True)
-    create = lambda client: client.create_task(echo, {"message": "hi"}, "builtin")  # noqa: E731
+    create = lambda client: client.create_task(echo, {"message": "hi"}, "builtin")
     mine = [create(world.alice) for _ in range(TASK_LIMIT)]
     error = refused(lambda: create(world.alice))
     assert error.message.startswith(f"task quota exceeded: you have {TASK_LIMIT} tasks in flight")
@@ -196,8 +206,8 @@ def test_stored_bytes_quota_refuses_one_user_and_not_the_others(world: World) ->
 
 
 def test_an_input_over_the_node_budget_fails_the_task_and_the_node_carries_on(world: World) -> None:
-    payload = ("def entrypoint(argv):\n    f = teaclave_open('data', 'rb')\n    n = len(f.read())\n"
-               "    f.close()\n    return str(n)\n").encode()
+    payload = (b"def entrypoint(argv):\n    f = teaclave_open('data', 'rb')\n    n = len(f.read())\n"
+               b"    f.close()\n    return str(n)\n")
     function_id = world.function("python", payload, inputs=["data"])
     too_big = world.run(function_id, {}, {"data": b"x" * (INPUT_BUDGET + 1)})
     assert too_big.failure.startswith("Failed to ")
@@ -222,3 +232,66 @@ def test_staging_limits_fail_the_task_and_leave_no_files(tmp_path: Path, limits:
     result = run_staged_task(task(inputs, name="builtin-test-copy"), plane)
     assert result.failure is not None and result.failure.endswith(reason), result.failure
     assert staged.scratch_files() == []
+
+
+# --- login throttling on the real service (these lock out this test's address: they go last) --
+
+
+def process_cpu_secs(pid: int) -> float:
+    """User + system CPU time of a process so far (``/proc/PID/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_verification_cpu_secs() -> float:
+    """The CPU time of one password verification as the service does it (argon2id)."""
+    stored = passwords.hash_password("something")
+    started = time.process_time()
+    passwords.verify_password(stored, "something else")
+    return time.process_time() - started
+
+
+def login_error(platform: Platform, user_id: str, password: str) -> KettleError:
+    with platform.auth_client() as client, pytest.raises(KettleError) as info:
+        client.user_login(user_id, password)
+    return info.value
+
+
+def test_service_throttles_a_user_fast_and_lets_the_real_user_back(world: World) -> None:
+    platform = world.platform
+    with platform.admin() as admin:
+        admin.user_register("victim", "real-password", "FunctionOwner", "")
+    for _ in range(5):
+        error = login_error(platform, "victim", "guess")
+        assert (error.code, error.message) == (grpc.StatusCode.UNAUTHENTICATED, "authentication failed")
+    # Refused before any lookup or hashing: 20 refusals cost the service far less CPU than the
+    # argon2 verifications they would otherwise run (CPU time, so a loaded machine does not matter).
+    pid = platform.child("authentication").process.pid
+    hash_cpu = one_verification_cpu_secs()
+    with platform.auth_client() as client:
+        client.user_login("admin", "teaclave")  # warm the channel
+        before = process_cpu_secs(pid)
+        for _ in range(20):
+            with pytest.raises(KettleError) as info:
+                client.user_login("victim", "real-password")
+            assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert info.value.message == f"too many failed logins for this user; retry after {LOCKOUT_SECS} seconds"
+        spent = process_cpu_secs(pid) - before
+    assert spent < 10 * hash_cpu, (spent, hash_cpu)
+    # An unknown id gets the same treatment, so the answers do not tell which ids exist.
+    for _ in range(5):
+        assert login_error(platform, "nobody-here", "guess").message == "authentication failed"
+    assert login_error(platform, "nobody-here", "guess").code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    time.sleep(LOCKOUT_SECS + 0.5)
+    with platform.auth_client() as client:
+        assert client.user_login("victim", "real-password")
+    assert platform.child("authentication").process.poll() is None
+
+
+def test_service_throttles_an_address_trying_many_users(world: World) -> None:
+    codes = [login_error(world.platform, f"spray{i}", "guess").code for i in range(SOURCE_LIMIT + 2)]
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+    first = codes.index(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert all(code == grpc.StatusCode.UNAUTHENTICATED for code in codes[:first])
+    error = login_error(world.platform, "admin", "teaclave")  # even a right password, from this address
+    assert error.message.startswith("too many failed logins from this address; retry after ")

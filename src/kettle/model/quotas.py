@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import ResourceExhausted
 from .records import TaskStatus
 
-__all__ = ["UserQuota", "quota_key", "MISSING_TASK_GRACE_SECS"]
+__all__ = ["MISSING_TASK_GRACE_SECS", "UserQuota", "quota_key"]
 
 MISSING_TASK_GRACE_SECS = 60.0
 """How long a listed task may lack its record before it no longer counts."""

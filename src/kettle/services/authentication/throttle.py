@@ -31,7 +31,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["ThrottlePolicy", "FailureLimiter", "LoginThrottle", "Refusal", "source_of_peer"]
+__all__ = ["FailureLimiter", "LoginThrottle", "Refusal", "ThrottlePolicy", "source_of_peer"]
 
 
 @dataclass(frozen=True)
