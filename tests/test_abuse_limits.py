@@ -24,8 +24,8 @@ from staged import task
 from task_world import World
 from test_management_service import ALICE, FO, Aborted, FakeContext, MemoryStore
 
-from kettle.config import ExecutionConfig, ManagementConfig
-from kettle.errors import KettleError, ResourceExhausted, TransferError
+from kettle.config import ExecutionConfig, ManagementConfig, parse_config
+from kettle.errors import ConfigError, KettleError, ResourceExhausted, TransferError
 from kettle.executors import run_staged_task
 from kettle.executors.files import DataPlane
 from kettle.file_agent.budget import StagingBudget
@@ -101,6 +101,17 @@ def test_staging_budget_per_task_and_free_disk_floor() -> None:
         budget.check_floor(501)
     assert budget.used == 500
     StagingBudget(0, 0, lambda: 0).take(10**15)  # both off
+
+
+def test_settings_default_on(tmp_path: Path) -> None:
+    config = parse_config("", tmp_path)
+    assert (config.management.max_stored_bytes_per_user, config.management.max_tasks_in_flight_per_user) == (
+        256 << 20, 100)
+    assert (config.execution.max_task_input_bytes, config.execution.min_free_disk_bytes) == (4 << 30, 1 << 30)
+    custom = parse_config("[management]\nmax_tasks_in_flight_per_user = 0\n", tmp_path)
+    assert custom.management.max_tasks_in_flight_per_user == 0
+    with pytest.raises(ConfigError, match="management.max_stored_bytes_per_user must be a non-negative integer"):
+        parse_config("[management]\nmax_stored_bytes_per_user = -1\n", tmp_path)
 
 
 # --- management over the in-memory store -----------------------------------------------

@@ -5,10 +5,12 @@ on the platform of the other limits."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
-from kettle.errors import AuthenticationError, ResourceExhausted
+from kettle.config import parse_config
+from kettle.errors import AuthenticationError, ConfigError, ResourceExhausted
 from kettle.model.users import UserRecord
 from kettle.services.authentication import core as core_module
 from kettle.services.authentication.core import AuthenticationCore
@@ -223,3 +225,17 @@ def test_core_refuses_before_hashing_and_counts_unknown_users(monkeypatch: pytes
 
     asyncio.run(attempts())
     assert len(verified) == 5 + 5 + 1 + 1
+
+
+# --- settings --------------------------------------------------------------------------
+
+
+def test_settings_default_on_and_nonsense_refused(tmp_path: Path) -> None:
+    defaults = parse_config("", tmp_path).authentication
+    assert (defaults.login_max_failures_per_user, defaults.login_max_failures_per_source,
+            defaults.login_failure_window_secs, defaults.login_lockout_secs, defaults.login_max_lockout_secs) == (
+        5, 30, 60, 30, 900)
+    for bad in ("login_lockout_secs = 0", "login_failure_window_secs = 0",
+                "login_lockout_secs = 100\nlogin_max_lockout_secs = 50"):
+        with pytest.raises(ConfigError, match="login_lockout_secs"):
+            parse_config(f"[authentication]\n{bad}\n", tmp_path)

@@ -20,6 +20,14 @@ from ..platform_store import MAX_UPDATE_ATTEMPTS, PlatformStore
 log = logging.getLogger(__name__)
 
 
+def warn_if_off(limits: ManagementConfig) -> None:
+    """A quota turned off (0) is said loudly at start: it is an abuse limit gone."""
+    for name, value in (("max_stored_bytes_per_user", limits.max_stored_bytes_per_user),
+                        ("max_tasks_in_flight_per_user", limits.max_tasks_in_flight_per_user)):
+        if value == 0:
+            log.warning("management.%s = 0: that per-user quota is OFF", name)
+
+
 class UserQuotas:
     def __init__(
         self, store: PlatformStore, limits: ManagementConfig, clock: Callable[[], float] = time.time

@@ -67,7 +67,7 @@ from ...rpc.generated import teaclave_frontend_service_pb2 as fpb
 from ...rpc.status import INTERNAL_ERROR_TEXT, rpc_method
 from ..platform_store import MAX_UPDATE_ATTEMPTS, NoChange, PlatformStore
 from ..runtime import ServiceRuntime
-from .quotas import UserQuotas
+from .quotas import UserQuotas, warn_if_off
 
 log = logging.getLogger(__name__)
 
@@ -743,6 +743,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
 async def main(config: Config) -> None:
     runtime = ServiceRuntime("management", config)
     await runtime.attest()
+    warn_if_off(config.management)
     servicer = KettleManagementServicer(PlatformStore(runtime.peers), config.management)
     runtime.internal_server(lambda server: pb_grpc.add_KettleManagementServicer_to_server(servicer, server))
     await runtime.serve()
