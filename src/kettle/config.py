@@ -104,6 +104,25 @@ class AuthenticationConfig:
     admin_id: str = "admin"
     admin_password: str = DEFAULT_ADMIN_PASSWORD
     token_validity_secs: int = 86400
+    login_max_failures_per_user: int = 5
+    """Failed logins of one user id within ``login_failure_window_secs`` that lock it; 0 = no limit."""
+    login_max_failures_per_source: int = 30
+    """Failed logins from one client address within the window that lock it; 0 = no limit."""
+    login_failure_window_secs: int = 60
+    login_lockout_secs: int = 30
+    """The first lockout; each further one of the same user or address doubles it..."""
+    login_max_lockout_secs: int = 900
+    """...up to this, so the real user is never locked out for longer."""
+
+
+@dataclass(frozen=True)
+class ManagementConfig:
+    """Per-user quotas checked by the management service (``docs/limits.md``); 0 = no limit."""
+
+    max_stored_bytes_per_user: int = 256 << 20
+    """Bytes of function records (payloads included) and file records one user may keep."""
+    max_tasks_in_flight_per_user: int = 100
+    """Tasks one user may have created and not yet seen Finished, Failed or Canceled."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +163,10 @@ class FileAgentConfig:
 class ExecutionConfig:
     scratch_dir: str = "execution/scratch"
     """Per-task working space; everything a task stages there is encrypted and removed after it."""
+    max_task_input_bytes: int = 4 << 30
+    """Bytes one task may stage in the scratch directory for its inputs, over all of them."""
+    min_free_disk_bytes: int = 1 << 30
+    """Staging stops (the task fails) rather than leave less than this free on the scratch disk."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +205,7 @@ class Config:
     audit: AuditConfig = AuditConfig()
     storage: StorageConfig = StorageConfig()
     authentication: AuthenticationConfig = AuthenticationConfig()
+    management: ManagementConfig = ManagementConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     file_agent: FileAgentConfig = FileAgentConfig()
     execution: ExecutionConfig = ExecutionConfig()
@@ -314,6 +338,8 @@ def parse_config(text: str, home: Path) -> Config:
             config = replace(config, storage=_section(StorageConfig, value, key))
         elif key == "authentication":
             config = replace(config, authentication=_section(AuthenticationConfig, value, key))
+        elif key == "management":
+            config = replace(config, management=_section(ManagementConfig, value, key))
         elif key == "scheduler":
             config = replace(config, scheduler=_section(SchedulerConfig, value, key))
         elif key == "file_agent":
@@ -333,6 +359,12 @@ def parse_config(text: str, home: Path) -> Config:
     for name in ("handshake_timeout_secs", "request_timeout_secs", "max_connections"):
         if getattr(config.attestation, name) < 1:
             raise ConfigError(f"attestation.{name} must be at least 1")
+    auth = config.authentication
+    if auth.login_failure_window_secs < 1 or not 1 <= auth.login_lockout_secs <= auth.login_max_lockout_secs:
+        raise ConfigError(
+            "authentication.login_failure_window_secs and login_lockout_secs must be at least 1, "
+            "and login_lockout_secs at most login_max_lockout_secs"
+        )
     if not 1 <= config.sandbox.wasm_fuel < 2**63:
         raise ConfigError("sandbox.wasm_fuel must be between 1 and 2**63 - 1")
     return config

@@ -56,6 +56,13 @@ class Unavailable(KettleError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class ResourceExhausted(KettleError):
+    """A limit that protects the platform from abuse was reached (a login throttle, a
+    per-user quota); the message says which and what to do."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class StorageError(InternalError):
     """The storage backend failed; the write, if any, did not happen."""
 
@@ -95,6 +102,7 @@ _BY_CODE: dict[grpc.StatusCode, type[KettleError]] = {
     grpc.StatusCode.INTERNAL: InternalError,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.FAILED_PRECONDITION: ConfigError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
 
 

@@ -51,8 +51,9 @@ from ..crypto.schemas import (
     missing_output_error,
     validate_crypto_info,
 )
+from ..config import ExecutionConfig
 from ..errors import TransferError
-from ..file_agent import FileAgent, display_url, file_name_of
+from ..file_agent import FileAgent, StagingBudget, display_url, file_name_of
 from ..functions import FunctionError
 from ..model.records import FileRecord, StagedTask
 from .runtime import INVALID_INPUT, INVALID_OUTPUT
@@ -71,10 +72,17 @@ class TaskFileError(FunctionError):
 
 @dataclass(frozen=True)
 class DataPlane:
-    """What a worker needs to move a task's files: the agent and the task's working directory."""
+    """What a worker needs to move a task's files: the agent, the task's working directory,
+    and the node's limits on what a task may stage there."""
 
     agent: FileAgent
     workdir: Path
+    limits: ExecutionConfig = ExecutionConfig()
+
+    def staging_budget(self) -> StagingBudget:
+        """A fresh budget for one task, reading the free space of the disk its directory is on."""
+        return StagingBudget(self.limits.max_task_input_bytes, self.limits.min_free_disk_bytes,
+                             lambda: shutil.disk_usage(self.workdir).free)
 
 
 class _ProtectedInput(io.RawIOBase):
@@ -212,6 +220,7 @@ class TaskFiles:
         self._outputs: dict[str, _Output] = {}
         self._openers: dict[str, Callable[[], BinaryIO]] = {}
         self._staged: list[StagedPlaintext] = []
+        self._budget: StagingBudget | None = None
 
     # --- before the function ---------------------------------------------------------
 
@@ -229,6 +238,7 @@ class TaskFiles:
         if not self._inputs and not self._outputs:
             return
         plane = self._require_plane()
+        self._budget = plane.staging_budget()
         for name, output in self._outputs.items():
             folder = plane.workdir / "outputs" / _safe(name)
             folder.mkdir(parents=True)
@@ -260,7 +270,7 @@ class TaskFiles:
             return targets
 
         def fetch(name: str) -> None:
-            plane.agent.fetch(self._inputs[name].url, targets[name])
+            plane.agent.fetch(self._inputs[name].url, targets[name], self._budget)
 
         with ThreadPoolExecutor(max_workers=min(_MAX_PARALLEL_FETCHES, len(targets))) as pool:
             futures = {name: pool.submit(fetch, name) for name in sorted(targets)}
@@ -281,10 +291,15 @@ class TaskFiles:
             folder = path.parent.with_name(path.parent.name + "-staged")
             folder.mkdir()
             try:
+                # The verified copy takes about as much disk again as the ciphertext (removed after).
+                if self._budget is not None:
+                    self._budget.check_floor(path.stat().st_size)
                 with path.open("rb") as source:
                     staged = decrypt_to_staging(source, info.key, info.iv, cmac, folder, display_path=shown)
             except FileCryptoError as exc:
                 raise TaskFileError(str(exc)) from None
+            except TransferError as exc:
+                raise TaskFileError(f"Failed to stage input {name}: {exc}") from None
             finally:
                 path.unlink(missing_ok=True)  # the ciphertext is not needed any more
             self._staged.append(staged)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import FileAgentConfig, SandboxConfig
+from ..config import ExecutionConfig, FileAgentConfig, SandboxConfig
 from ..model.records import StagedTask
 from ..sandbox.layers import Layers
 
@@ -31,6 +31,8 @@ class WorkerJob:
     """The node's sandbox layers, as its zygote probed them (reported with the task's result)."""
     sandbox_refusal: str = ""
     """Why the node's sandbox may not run user code (a required layer is missing), or empty."""
+    execution: ExecutionConfig = ExecutionConfig()
+    """The node's limits on staged inputs (per-task budget, free-disk floor)."""
 
     def to_bytes(self) -> bytes:
         return json.dumps({
@@ -41,6 +43,7 @@ class WorkerJob:
             "sandbox": asdict(self.sandbox),
             "sandbox_layers": self.sandbox_layers.to_json(),
             "sandbox_refusal": self.sandbox_refusal,
+            "execution": asdict(self.execution),
         }).encode()
 
     @classmethod
@@ -60,6 +63,7 @@ class WorkerJob:
                 sandbox=SandboxConfig(**doc["sandbox"]),
                 sandbox_layers=Layers.from_json(doc["sandbox_layers"]),
                 sandbox_refusal=str(doc["sandbox_refusal"]),
+                execution=ExecutionConfig(**doc["execution"]),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed worker job: {exc}") from None

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from ..config import FileAgentConfig
 from ..errors import TransferError
+from .budget import StagingBudget
 from .local import LocalFiles
 from .streams import Sink, Source, open_exclusive
 from .urls import ParsedUrl, display_url, file_name_of, parse_url, scrub
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from .http import HttpTransport
     from .objects import GenericStore, S3Store
 
-__all__ = ["FileAgent", "display_url", "file_name_of"]
+__all__ = ["FileAgent", "StagingBudget", "display_url", "file_name_of"]
 
 
 def _unexpected(exc: Exception, parsed: ParsedUrl, verb: str) -> TransferError:
@@ -90,8 +91,10 @@ class FileAgent:
 
         return GenericStore()
 
-    def fetch(self, url: str, target: pathlib.Path) -> int:
+    def fetch(self, url: str, target: pathlib.Path, budget: StagingBudget | None = None) -> int:
         """Stream the bytes at ``url`` into the new file ``target`` and return how many there were.
+
+        Every byte is also taken from ``budget`` (the task's share of the node's disk), if given.
 
         ``target`` must not exist (it is created exclusively, so a fetch can never
         clobber or be redirected through an existing file) and its directory must.
@@ -99,7 +102,7 @@ class FileAgent:
         """
         parsed = parse_url(url, self._allowed)
         file = open_exclusive(target, parsed.shown)
-        sink = Sink(file, self._config.max_file_bytes, parsed.shown)
+        sink = Sink(file, self._config.max_file_bytes, parsed.shown, budget)
         try:
             with file:
                 self._fetch(parsed, sink)

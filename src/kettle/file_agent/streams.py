@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Final
 
 from ..errors import TransferError
+from .budget import StagingBudget
 
 __all__ = ["CHUNK", "Sink", "Source"]
 
@@ -28,10 +29,11 @@ class Sink:
     a failed fetch never leaves a partial file behind whatever the backend did.
     """
 
-    def __init__(self, file: BinaryIO, limit: int, shown: str) -> None:
+    def __init__(self, file: BinaryIO, limit: int, shown: str, budget: StagingBudget | None = None) -> None:
         self._file = file
         self._limit = limit
         self._shown = shown
+        self._budget = budget
         self.count = 0
 
     def _too_large(self) -> TransferError:
@@ -47,6 +49,8 @@ class Sink:
         self.count += len(chunk)
         if self.count > self._limit:
             raise self._too_large()
+        if self._budget is not None:
+            self._budget.take(len(chunk))
         try:
             self._file.write(chunk)
         except OSError as exc:
@@ -56,6 +60,8 @@ class Sink:
         """Empty the target so a retried fetch starts over (keeping the exclusive handle)."""
         self._file.seek(0)
         self._file.truncate()
+        if self._budget is not None:
+            self._budget.give_back(self.count)
         self.count = 0
 
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Protocol
 
-from kettle.errors import AuthenticationError, ConfigError, StorageError
+from kettle.errors import AuthenticationError, ConfigError, ResourceExhausted, StorageError
 from kettle.model.users import (
     Category,
     Role,
@@ -28,6 +28,7 @@ from kettle.model.users import (
     validate_user_id,
 )
 from kettle.services.authentication import passwords
+from kettle.services.authentication.throttle import LoginThrottle
 from kettle.services.authentication.tokens import Claims, TokenAuthority
 
 __all__ = ["UserRepository", "AuthenticationCore"]
@@ -89,29 +90,51 @@ def _role_of(caller: Claims) -> Role:
 class AuthenticationCore:
     """Users, passwords and tokens of one authentication-service instance."""
 
-    def __init__(self, repo: UserRepository, tokens: TokenAuthority) -> None:
+    def __init__(self, repo: UserRepository, tokens: TokenAuthority, throttle: LoginThrottle | None = None) -> None:
         self._repo = repo
         self._tokens = tokens
+        self._throttle = throttle
 
     # --- credentials ---------------------------------------------------------
 
-    async def login(self, user_id: str, password: str) -> str:
+    async def login(self, user_id: str, password: str, source: str = "") -> str:
         """UserLogin: a token carrying the user's stored role. Every failure
-        reads the same, so it does not tell unknown users from wrong passwords."""
-        if not password:
+        reads the same, so it does not tell unknown users from wrong passwords.
+
+        With a throttle, a user id or client address (``source``) with too many
+        recent failures is refused first, before any lookup or hashing, with
+        RESOURCE_EXHAUSTED and when to retry (a Kettle addition to §2.4); every
+        "authentication failed" counts as a failure, for unknown users too."""
+        throttle = self._throttle
+        if throttle is None:
+            record = await self._check_login(user_id, password)
+        else:
+            if (refusal := throttle.admit(user_id, source)) is not None:
+                raise ResourceExhausted(refusal.message)
+            record = None
+            try:
+                record = await self._check_login(user_id, password)
+            finally:
+                # A storage failure ends the attempt too; it counts as a failure (fail closed).
+                throttle.finish(user_id, source, ok=record is not None)
+        if record is None:
             raise _failed()
+        return self._tokens.issue(record.id, record.role, record.account)
+
+    async def _check_login(self, user_id: str, password: str) -> UserRecord | None:
+        """The user's record if the password is right, else None ("authentication failed")."""
+        if not password:
+            return None
         try:
             validate_user_id(user_id)
         except AuthenticationError:
-            raise _failed() from None
+            return None
         async with _storage_failures():
             record = await self._repo.get(user_id)
         # An unknown user costs a verification too, so timing does not tell.
         stored = record.password_hash if record else await asyncio.to_thread(passwords.dummy_hash)
         matches = await asyncio.to_thread(passwords.verify_password, stored, password)
-        if record is None or not matches:
-            raise _failed()
-        return self._tokens.issue(record.id, record.role, record.account)
+        return record if record is not None and matches else None
 
     async def authenticate(self, user_id: str | None, token: str | None) -> Claims:
         """The caller check of the authentication API (§1.5): absent metadata

@@ -9,11 +9,12 @@ survive restarts.
 from __future__ import annotations
 
 import logging
+import time
 
 import grpc
 from google.protobuf import empty_pb2
 
-from ...config import DEFAULT_ADMIN_PASSWORD, Config
+from ...config import DEFAULT_ADMIN_PASSWORD, AuthenticationConfig, Config
 from ...errors import ConfigError
 from ...model.users import UserRecord
 from ...rpc.generated import teaclave_authentication_service_pb2 as pb
@@ -22,6 +23,7 @@ from ...rpc.status import rpc_method
 from ..platform_store import PlatformStore
 from ..runtime import ServiceRuntime
 from .core import AuthenticationCore
+from .throttle import LoginThrottle, ThrottlePolicy, source_of_peer
 from .tokens import Claims, TokenAuthority, generate_secret
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,8 @@ class AuthenticationApi(pb_grpc.TeaclaveAuthenticationApiServicer):
 
     @rpc_method
     async def UserLogin(self, request: pb.UserLoginRequest, context: grpc.aio.ServicerContext) -> pb.UserLoginResponse:
-        return pb.UserLoginResponse(token=await self._core.login(request.id, request.password))
+        token = await self._core.login(request.id, request.password, source_of_peer(context.peer() or ""))
+        return pb.UserLoginResponse(token=token)
 
     @rpc_method
     async def UserRegister(self, request: pb.UserRegisterRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
@@ -134,6 +137,22 @@ class AuthenticationInternal(pb_grpc.TeaclaveAuthenticationInternalServicer):
         )
 
 
+def login_throttle(settings: AuthenticationConfig) -> LoginThrottle:
+    """The service's login throttle. Its state lives in this process only: a restart
+    forgets it (``docs/limits.md`` says why that is acceptable)."""
+
+    def policy(max_failures: int) -> ThrottlePolicy:
+        return ThrottlePolicy(max_failures, settings.login_failure_window_secs,
+                              settings.login_lockout_secs, settings.login_max_lockout_secs)
+
+    for name, limit in (("login_max_failures_per_user", settings.login_max_failures_per_user),
+                        ("login_max_failures_per_source", settings.login_max_failures_per_source)):
+        if limit == 0:
+            log.warning("authentication.%s = 0: that login throttle is OFF", name)
+    return LoginThrottle(policy(settings.login_max_failures_per_user),
+                         policy(settings.login_max_failures_per_source), time.monotonic)
+
+
 def check_bootstrap_password(config: Config) -> None:
     if not config.dev_mode and config.authentication.admin_password == DEFAULT_ADMIN_PASSWORD:
         raise ConfigError(
@@ -148,7 +167,7 @@ async def main(config: Config) -> None:
     await runtime.attest()
     repository = StorageUserRepository(PlatformStore(runtime.peers))
     tokens = TokenAuthority(await repository.signing_secret(), config.authentication.token_validity_secs)
-    core = AuthenticationCore(repository, tokens)
+    core = AuthenticationCore(repository, tokens, login_throttle(config.authentication))
     if await core.bootstrap_admin(config.authentication.admin_id, config.authentication.admin_password):
         log.info("created the bootstrap PlatformAdmin %r", config.authentication.admin_id)
     api, internal = AuthenticationApi(core), AuthenticationInternal(core)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import grpc
 
-from ...config import FileAgentConfig, SandboxConfig
+from ...config import ExecutionConfig, FileAgentConfig, SandboxConfig
 from ...executors.job import WorkerJob
 from ...model.records import StagedTask, TaskResult
 from ...rpc.channel import PeerChannels
@@ -141,12 +141,14 @@ class Workspace:
     file_agent: FileAgentConfig
     sandbox: SandboxConfig = SandboxConfig()
     sandbox_host: SandboxHost | None = None
+    execution: ExecutionConfig = ExecutionConfig()
 
     def job(self, staged: StagedTask, workdir: Path) -> WorkerJob:
         host = self.sandbox_host
         return WorkerJob(staged, workdir, self.home, self.file_agent, self.sandbox,
                          sandbox_layers=host.layers if host is not None else Layers(),
-                         sandbox_refusal=(host.refusal or "") if host is not None else "")
+                         sandbox_refusal=(host.refusal or "") if host is not None else "",
+                         execution=self.execution)
 
     @contextlib.contextmanager
     def task_dir(self, task_id: str, attempt: int) -> Iterator[Path]:

@@ -27,6 +27,9 @@ async def main(config: Config) -> None:
     runtime = ServiceRuntime("execution", config)
     await runtime.attest()
     executor_id = str(uuid.uuid4())
+    for name in ("max_task_input_bytes", "min_free_disk_bytes"):
+        if getattr(config.execution, name) == 0:
+            log.warning("execution.%s = 0: that limit on staged inputs is OFF", name)
     sandbox = SandboxHost(allow_degraded=config.sandbox.unsafe_allow_degraded)
     try:
         await sandbox.start()
@@ -38,6 +41,7 @@ async def main(config: Config) -> None:
         file_agent=config.file_agent,
         sandbox=config.sandbox,
         sandbox_host=sandbox,
+        execution=config.execution,
     )
     workers = WorkerPool(sandbox)
     await workers.start()

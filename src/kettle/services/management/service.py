@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2
 
-from ...config import Config
+from ...config import Config, ManagementConfig
 from ...crypto.schemas import FileCryptoError
 from ...errors import (
     InternalError,
@@ -67,6 +67,7 @@ from ...rpc.generated import teaclave_frontend_service_pb2 as fpb
 from ...rpc.status import INTERNAL_ERROR_TEXT, rpc_method
 from ..platform_store import MAX_UPDATE_ATTEMPTS, NoChange, PlatformStore
 from ..runtime import ServiceRuntime
+from .quotas import UserQuotas, warn_if_off
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,11 @@ def _decode(cls: Any, raw: bytes | None) -> Any:
     except ValueError as exc:
         log.error("corrupt %s record: %s", cls.__name__, exc)
         raise InternalError(INTERNAL_ERROR_TEXT) from None
+
+
+def _size(record: FunctionRecord | None) -> int:
+    """What a function record counts on its owner's storage quota."""
+    return 0 if record is None else len(record.to_bytes())
 
 
 def _unless_same(old: TaskRecord, new: TaskRecord) -> TaskRecord:
@@ -225,9 +231,10 @@ def task_response(task: TaskRecord) -> fpb.GetTaskResponse:
 
 
 class KettleManagementServicer(pb_grpc.KettleManagementServicer):
-    def __init__(self, store: PlatformStore) -> None:
+    def __init__(self, store: PlatformStore, limits: ManagementConfig = ManagementConfig()) -> None:
         self._store = store
         self._audit: Any = None
+        self._quotas = UserQuotas(store, limits)
 
     # --- record helpers (compare-and-put loops) ---
 
@@ -281,9 +288,15 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
 
     async def _store_new_function(self, record: FunctionRecord) -> None:
         function_id = external_id(Kind.FUNCTION, record.uuid)
-        # The usage record goes first: a visible function always has one.
-        await self._store.put(usage_key(record.uuid), UsageRecord(record.uuid).to_bytes())
-        await self._store.put(function_key(record.uuid), record.to_bytes())
+        size = len(record.to_bytes())
+        await self._quotas.reserve_bytes(record.owner, size)
+        try:
+            # The usage record goes first: a visible function always has one.
+            await self._store.put(usage_key(record.uuid), UsageRecord(record.uuid).to_bytes())
+            await self._store.put(function_key(record.uuid), record.to_bytes())
+        except BaseException:
+            await self._quotas.settle_bytes(record.owner, -size)
+            raise
         await self._change_index(record.owner, lambda index: index.with_registered(function_id), create=True)
         await asyncio.gather(*(
             self._change_index(user, lambda index: index.with_allowed(function_id), create=True)
@@ -324,9 +337,21 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         return fpb.UpdateFunctionResponse(function_id=external_id(Kind.FUNCTION, bare))
 
     async def _update_function(self, bare: str, caller: Caller, definition: FunctionDefinition) -> None:
-        before, after = await self._update(
-            function_key(bare), FunctionRecord, lambda current: fn_rules.update_function(current, caller, definition)
-        )
+        # The function's growth is reserved on its owner's quota first (the rules refuse first,
+        # in their order), then settled to what the compare-and-put really changed.
+        current = await self._get_function(bare)
+        planned = fn_rules.update_function(current, caller, definition)
+        owner, reserved = planned.owner, max(0, _size(planned) - _size(current))
+        await self._quotas.reserve_bytes(owner, reserved)
+        try:
+            before, after = await self._update(
+                function_key(bare), FunctionRecord,
+                lambda current: fn_rules.update_function(current, caller, definition),
+            )
+        except BaseException:
+            await self._quotas.settle_bytes(owner, -reserved)
+            raise
+        await self._quotas.settle_bytes(owner, _size(after) - _size(before) - reserved)
         # Kettle refreshes the allowed lists (§12 #9) so ListFunctions follows the allowlist.
         function_id = external_id(Kind.FUNCTION, bare)
         added, removed = fn_rules.allowlist_changes(before, after)
@@ -349,6 +374,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         # The usage record stays, as in Teaclave: tasks on the function then fail at
         # InvokeTask with "invalid function id" because the function itself is gone.
         await self._store.delete(function_key(function.uuid))
+        await self._quotas.settle_bytes(function.owner, -_size(function))
         await self._forget_in_indexes(function)
 
     async def _forget_in_indexes(self, function: FunctionRecord) -> None:
@@ -398,9 +424,14 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         bare_function = fn_rules.parse_function_id(request.function_id)
         function = await self._get_function(bare_function)
         task = task_rules.create_task(function, caller, task_definition(request), new_uuid())
-        applied, _ = await self._store.compare_and_put(task_key(task.uuid), None, task.to_bytes())
-        if not applied:  # a UUID v4 collision: never overwrite someone's task
-            raise InternalError(INTERNAL_ERROR_TEXT)
+        await self._quotas.admit_task(caller.user_id, task.uuid)
+        try:
+            applied, _ = await self._store.compare_and_put(task_key(task.uuid), None, task.to_bytes())
+            if not applied:  # a UUID v4 collision: never overwrite someone's task
+                raise InternalError(INTERNAL_ERROR_TEXT)
+        except BaseException:
+            await self._quotas.forget_task(caller.user_id, task.uuid)
+            raise
         return fpb.CreateTaskResponse(task_id=external_id(Kind.TASK, task.uuid))
 
     @management_rpc
@@ -569,11 +600,18 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
 
     # --- data files ---
 
-    async def _create_file(self, key: bytes, record: FileRecord) -> None:
-        """Create-only: a UUID v4 collision must never overwrite someone's file."""
-        applied, _ = await self._store.compare_and_put(key, None, record.to_bytes())
-        if not applied:
-            raise InternalError(INTERNAL_ERROR_TEXT)
+    async def _create_file(self, key: bytes, record: FileRecord, caller: Caller) -> None:
+        """Create-only: a UUID v4 collision must never overwrite someone's file. The
+        record's bytes count on the quota of the caller who registers it."""
+        size = len(record.to_bytes())
+        await self._quotas.reserve_bytes(caller.user_id, size)
+        try:
+            applied, _ = await self._store.compare_and_put(key, None, record.to_bytes())
+            if not applied:
+                raise InternalError(INTERNAL_ERROR_TEXT)
+        except BaseException:
+            await self._quotas.settle_bytes(caller.user_id, -size)
+            raise
 
     async def _get_input(self, data_id: str) -> FileRecord | None:
         return await self._store.get_file(input_key(file_rules.parse_data_id(data_id, Kind.INPUT)))
@@ -587,7 +625,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
     ) -> fpb.RegisterInputFileResponse:
         caller = caller_of(context)
         record = file_rules.register_input_file(caller, request.url, request.cmac, crypto_info_of(request), new_uuid())
-        await self._create_file(input_key(record.uuid), record)
+        await self._create_file(input_key(record.uuid), record, caller)
         return fpb.RegisterInputFileResponse(data_id=external_id(Kind.INPUT, record.uuid))
 
     @management_rpc
@@ -596,7 +634,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
     ) -> fpb.RegisterOutputFileResponse:
         caller = caller_of(context)
         record = file_rules.register_output_file(caller, request.url, crypto_info_of(request), new_uuid())
-        await self._create_file(output_key(record.uuid), record)
+        await self._create_file(output_key(record.uuid), record, caller)
         return fpb.RegisterOutputFileResponse(data_id=external_id(Kind.OUTPUT, record.uuid))
 
     @management_rpc
@@ -606,7 +644,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         caller = caller_of(context)
         old = await self._get_input(request.data_id)
         record = file_rules.update_file(old, caller, request.url, new_uuid(), output=False)
-        await self._create_file(input_key(record.uuid), record)
+        await self._create_file(input_key(record.uuid), record, caller)
         return fpb.UpdateInputFileResponse(data_id=external_id(Kind.INPUT, record.uuid))
 
     @management_rpc
@@ -616,7 +654,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         caller = caller_of(context)
         old = await self._get_output(request.data_id)
         record = file_rules.update_file(old, caller, request.url, new_uuid(), output=True)
-        await self._create_file(output_key(record.uuid), record)
+        await self._create_file(output_key(record.uuid), record, caller)
         return fpb.UpdateOutputFileResponse(data_id=external_id(Kind.OUTPUT, record.uuid))
 
     @management_rpc
@@ -630,7 +668,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
             path = new_uuid()
         key = secrets.token_bytes(file_rules.FUSION_KEY_BYTES)
         record = file_rules.register_fusion_output(caller, request.owner_list, bare, path, key)
-        await self._create_file(output_key(record.uuid), record)
+        await self._create_file(output_key(record.uuid), record, caller)
         return fpb.RegisterFusionOutputResponse(data_id=external_id(Kind.OUTPUT, record.uuid))
 
     @management_rpc
@@ -648,7 +686,15 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
                 raise InternalError(INTERNAL_ERROR_TEXT)
             return derived
 
-        await self._update(input_key(derived.uuid), FileRecord, write)
+        size = len(derived.to_bytes())
+        await self._quotas.reserve_bytes(caller.user_id, size)
+        try:
+            before, _ = await self._update(input_key(derived.uuid), FileRecord, write)
+        except BaseException:
+            await self._quotas.settle_bytes(caller.user_id, -size)
+            raise
+        if before is not None:  # registered before: counted then
+            await self._quotas.settle_bytes(caller.user_id, -size)
         return fpb.RegisterInputFromOutputResponse(data_id=external_id(Kind.INPUT, derived.uuid))
 
     @management_rpc
@@ -697,6 +743,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
 async def main(config: Config) -> None:
     runtime = ServiceRuntime("management", config)
     await runtime.attest()
-    servicer = KettleManagementServicer(PlatformStore(runtime.peers))
+    warn_if_off(config.management)
+    servicer = KettleManagementServicer(PlatformStore(runtime.peers), config.management)
     runtime.internal_server(lambda server: pb_grpc.add_KettleManagementServicer_to_server(servicer, server))
     await runtime.serve()
