@@ -76,7 +76,7 @@ def test_data_commands(full_platform: Platform, tmp_path: Path) -> None:
 
     key_file = tmp_path / "in.key.json"
     FileKey.generate("aes-gcm-128").save(key_file)
-    url = f"file:///srv/{alice}/in.enc"
+    url = f"https://files.example/srv/{alice}/in.enc"
     created = json.loads(ok("data", "register-input", url, "--key-file", str(key_file), "--cmac-hex", CMAC.hex(), "--json"))
     input_id = created["data_id"]
     assert input_id.startswith("input-")
@@ -88,15 +88,15 @@ def test_data_commands(full_platform: Platform, tmp_path: Path) -> None:
     table = ok("data", "get-input", input_id)
     assert alice in table and CMAC.hex() in table
 
-    output_id = ok("data", "register-output", f"file:///srv/{alice}/out.enc", "--schema", "teaclave-file-128",
+    output_id = ok("data", "register-output", f"https://files.example/srv/{alice}/out.enc", "--schema", "teaclave-file-128",
                    "--key-hex", "00" * 16).strip()
     assert output_id.startswith("output-")
     assert json.loads(ok("data", "get-output", output_id, "--json"))["cmac"] is None
     assert "not written yet" in ok("data", "get-output", output_id)
 
-    moved = json.loads(ok("data", "update-input", input_id, f"file:///srv/{alice}/moved.enc", "--json"))
+    moved = json.loads(ok("data", "update-input", input_id, f"https://files.example/srv/{alice}/moved.enc", "--json"))
     assert moved["previous"] == input_id and moved["data_id"] not in (input_id, "") and moved["data_id"].startswith("input-")
-    assert ok("data", "update-output", output_id, f"file:///srv/{alice}/o2.enc").strip().startswith("output-")
+    assert ok("data", "update-output", output_id, f"https://files.example/srv/{alice}/o2.enc").strip().startswith("output-")
 
     fusion = json.loads(ok("data", "register-fusion-output", alice, bob, "--json"))["data_id"]
     assert sorted(json.loads(ok("data", "get-output", fusion, "--json"))["owners"]) == sorted([alice, bob])
@@ -125,5 +125,5 @@ def test_data_commands(full_platform: Platform, tmp_path: Path) -> None:
 
     ok("user", "login", bob, password="pw")
     assert error("data", "get-input", input_id) == "error: permission denied"
-    assert error("data", "update-input", input_id, "file:///x") == "error: permission denied"
+    assert error("data", "update-input", input_id, "https://files.example/x") == "error: permission denied"
     assert json.loads(ok("data", "get-output", fusion, "--json"))["data_id"] == fusion

@@ -28,10 +28,9 @@ from kettle.sdk import DataMap, FrontendClient, FunctionInput, FunctionOutput
 from kettle.services.platform_store import PlatformStore
 from kettle.services.runtime import ServiceRuntime
 
-INVALID, DENIED, INTERNAL, UNKNOWN = (
+INVALID, DENIED, UNKNOWN = (
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.INTERNAL,
     grpc.StatusCode.UNKNOWN,
 )
 PD, NO_ID = "permission denied", "invalid data id"
@@ -108,7 +107,7 @@ class World:
         return self.names[short]
 
     def url(self, name: str) -> str:
-        return f"file:///srv/{self['alice']}/{name}"
+        return f"https://files.example/srv/{self['alice']}/{name}"
 
     def gcm_input(self, who: FrontendClient, name: str = "in.enc") -> str:
         return who.register_input_file(self.url(name), "aes-gcm-128", KEY16, IV12, CMAC)
@@ -196,9 +195,12 @@ def test_registration_errors_store_nothing(world: World) -> None:
         (("", "aes-gcm-128", KEY16, IV12, CMAC), "relative URL without a base"),
         (("http://", "aes-gcm-128", KEY16, IV12, CMAC), "empty host"),
         (("http://h:70000/x", "aes-gcm-128", KEY16, IV12, CMAC), "invalid port number"),
-        (("file:///a b", "aes-gcm-128", KEY16, IV12, CMAC), "invalid URL character U+0020 at position 9"),
-        (("file:///a\nb", "aes-gcm-128", KEY16, IV12, CMAC), "invalid URL character U+000A at position 9"),
-        (("file:///" + "a" * 100_000, "aes-gcm-128", KEY16, IV12, CMAC), "URL is too long: 100008 characters, at most 8192"),
+        (("https://h/a b", "aes-gcm-128", KEY16, IV12, CMAC), "invalid URL character U+0020 at position 11"),
+        (("https://h/a\nb", "aes-gcm-128", KEY16, IV12, CMAC), "invalid URL character U+000A at position 11"),
+        (("https://h/" + "a" * 100_000, "aes-gcm-128", KEY16, IV12, CMAC), "URL is too long: 100010 characters, at most 8192"),
+        (("file:///etc/passwd", "aes-gcm-128", KEY16, IV12, CMAC),
+         "URL scheme not allowed: file (allowed: data, http, https, s3); file URLs need [file_agent] file_roots"),
+        (("gopher://h/x", "aes-gcm-128", KEY16, IV12, CMAC), "URL scheme not allowed: gopher (allowed: data, http, https, s3)"),
         ((good, "aes-gcm-128", KEY16, IV12, CMAC[:15]), "Invalid cmac length: 15"),
         ((good, "aes-gcm-128", KEY16, IV12, b""), "Invalid cmac length: 0"),
         ((good, "aes-gcm-128", KEY32, IV12, CMAC), "Invalid key length for AesGcm128: 32"),
@@ -210,19 +212,19 @@ def test_registration_errors_store_nothing(world: World) -> None:
         (("rel", "rot13", b"", b"", b""), "relative URL without a base"),
         ((good, "rot13", b"", b"", b""), "Invalid cmac length: 0"),
     ]:
-        fails(lambda: alice.register_input_file(*args), INTERNAL, message)
+        fails(lambda: alice.register_input_file(*args), INVALID, message)
     for args, message in [
         (("rel", "aes-gcm-128", KEY16, IV12), "relative URL without a base"),
         ((good, "teaclave-file-128", KEY32, b""), "Invalid key length for TeaclaveFile128: 32"),
     ]:
-        fails(lambda: alice.register_output_file(*args), INTERNAL, message)
+        fails(lambda: alice.register_output_file(*args), INVALID, message)
     # absent crypto_info
-    fails(lambda: raw_call(alice, "RegisterInputFile", fpb.RegisterInputFileRequest(url=good, cmac=CMAC)), INTERNAL,
+    fails(lambda: raw_call(alice, "RegisterInputFile", fpb.RegisterInputFileRequest(url=good, cmac=CMAC)), INVALID,
           "missing crypto_info")
-    fails(lambda: raw_call(alice, "RegisterOutputFile", fpb.RegisterOutputFileRequest(url=good)), INTERNAL,
+    fails(lambda: raw_call(alice, "RegisterOutputFile", fpb.RegisterOutputFileRequest(url=good)), INVALID,
           "missing crypto_info")
     # a huge schema is not echoed whole
-    error = fails(lambda: alice.register_output_file(good, "s" * 500_000, b"", b""), INTERNAL, None)
+    error = fails(lambda: alice.register_output_file(good, "s" * 500_000, b"", b""), INVALID, None)
     assert error.message.startswith("Invalid crypto schema: sss") and len(error.message) < 200
     # a URL that is not UTF-8 never gets past the frontend's decoder
     invalid_utf8 = b"\x0a\x0bfile:///\xff\xfe\x2f" + b"\x12\x10" + CMAC
@@ -270,8 +272,8 @@ def test_update_input_and_output(world: World) -> None:
     fails(lambda: bob.update_output_file(old_out, world.url("x")), DENIED, PD)
     fusion = alice.register_fusion_output([world["alice"], world["bob"]])
     fails(lambda: alice.update_output_file(fusion, world.url("x")), DENIED, PD)  # multi-owner files: never
-    fails(lambda: alice.update_input_file(old_in, "relative"), INTERNAL, "relative URL without a base")
-    fails(lambda: alice.update_output_file(old_out, "http://"), INTERNAL, "empty host")
+    fails(lambda: alice.update_input_file(old_in, "relative"), INVALID, "relative URL without a base")
+    fails(lambda: alice.update_output_file(old_out, "http://"), INVALID, "empty host")
     fails(lambda: bob.update_input_file(old_in, "relative"), DENIED, PD)  # ownership before the URL
     for data_id in (f"input-{uuid.uuid4()}", "input-not-a-uuid", old_out, ""):
         fails(lambda: alice.update_input_file(data_id, world.url("x")), INVALID, NO_ID)
@@ -380,10 +382,10 @@ def test_assign_approve_invoke(world: World, function_id: str) -> None:
     # every error row of §6.3, each leaving the task as it was
     unknown_in = f"input-{uuid.uuid4()}"
     for who, inputs, outputs, code, message in [
-        (alice, {"in_a": "input-not-a-uuid"}, {}, INTERNAL, "malformed data id 'input-not-a-uuid'"),
-        (alice, [DataMap("in_a", in_a), DataMap("in_b", "garbage")], {}, INTERNAL, "malformed data id 'garbage'"),
+        (alice, {"in_a": "input-not-a-uuid"}, {}, INVALID, "malformed data id 'input-not-a-uuid'"),
+        (alice, [DataMap("in_a", in_a), DataMap("in_b", "garbage")], {}, INVALID, "malformed data id 'garbage'"),
         (alice, {"in_a": unknown_in}, {"out_a": "garbage"}, INVALID, NO_ID),  # inputs are reported first
-        (alice, {"in_a": in_a}, {"out_a": "garbage"}, INTERNAL, "malformed data id 'garbage'"),
+        (alice, {"in_a": in_a}, {"out_a": "garbage"}, INVALID, "malformed data id 'garbage'"),
         (alice, {"in_a": unknown_in}, {}, INVALID, NO_ID),
         (alice, {"in_a": out_a}, {}, INVALID, NO_ID),
         (alice, {}, {"out_a": in_a}, INVALID, NO_ID),

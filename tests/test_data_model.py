@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
+from kettle.config import FileAgentConfig
 from kettle.errors import KettleError
 from kettle.model import files as D
 from kettle.model import tasks as T
@@ -29,11 +31,10 @@ from kettle.model.records import (
 )
 from kettle.model.users import Role
 
-UNKNOWN, INVALID, DENIED, INTERNAL = (
+UNKNOWN, INVALID, DENIED = (
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.INTERNAL,
 )
 NO_ID, NO_OUTPUT = "invalid data id", "invalid output file"
 PD = "permission denied"
@@ -47,6 +48,8 @@ TASK_UUID = "55555555-5555-4555-8555-555555555555"
 KEY16, KEY32, IV12 = bytes(range(16)), bytes(range(32)), bytes(range(12))
 CMAC = bytes(range(100, 116))
 GCM = CryptoInfo("aes-gcm-128", KEY16, IV12)
+NO_FILE_URLS = "URL scheme not allowed: file (allowed: data, http, https, s3); file URLs need [file_agent] file_roots"
+FILES = D.UrlPolicy(frozenset({"file", "https"}), ("/srv/data", "/home/kettle/shared"))
 
 
 def caller(user: str, role: str = "DataOwner-bank") -> Caller:
@@ -92,10 +95,10 @@ class TestDataIds:
         for text in ("input-not-a-uuid", "nodash", "", "input-"):
             with pytest.raises(KettleError) as info:
                 D.assigned_file_id(text, Kind.INPUT)
-            assert info.value.code == INTERNAL and "malformed data id" in info.value.message
+            assert info.value.code == INVALID and "malformed data id" in info.value.message
         with pytest.raises(KettleError) as info:
             D.assigned_file_id("input-" + "z" * 1_000_000, Kind.INPUT)
-        assert info.value.code == INTERNAL and len(info.value.message) < 200
+        assert info.value.code == INVALID and len(info.value.message) < 200
 
 
 # === registration contents ========================================================================
@@ -104,13 +107,68 @@ class TestDataIds:
 class TestUrls:
     @pytest.mark.parametrize("url", [
         "https://files.example/x.enc", "HTTP://EXAMPLE.COM:8080/a?b=c#d", "http://u:p@h/", "https://[::1]:443/x",
-        "http://127.0.0.1/x", "file:///tmp/data.enc", "file://host/share/x", "file:relative-is-fine-for-file",
-        "s3://bucket/key/x.enc", "s3://b%20x/k", "fusion:///TEACLAVE_FUSION_BASE/x.fusion", "mailto:a@b",
-        "data:,hello", "custom+scheme.v1-x://h/p", "http://h:/x", "https://files.example/donn\u00e9es/\u6587\u4ef6.enc",
-        "file:///emoji-\U0001f600",
+        "http://127.0.0.1/x", "s3://bucket/key/x.enc", "s3://b%20x/k", "data:,hello", "http://h:/x",
+        "https://files.example/donn\u00e9es/\u6587\u4ef6.enc", "https://files.example/emoji-\U0001f600",
     ])
-    def test_absolute_urls_of_any_scheme(self, url: str) -> None:
+    def test_absolute_urls_a_node_fetches(self, url: str) -> None:
         assert D.check_url(url) == url  # stored as given
+
+    @pytest.mark.parametrize(("url", "message"), [
+        ("file:///etc/passwd", NO_FILE_URLS),
+        ("file:../../etc/passwd", NO_FILE_URLS),
+        ("javascript:alert(1)", "URL scheme not allowed: javascript (allowed: data, http, https, s3)"),
+        ("gopher://h:70/_x", "URL scheme not allowed: gopher (allowed: data, http, https, s3)"),
+        ("ftp://h/x", "URL scheme not allowed: ftp (allowed: data, http, https, s3)"),
+        ("mailto:a@b", "URL scheme not allowed: mailto (allowed: data, http, https, s3)"),
+        ("custom+scheme.v1-x://h/p", "URL scheme not allowed: custom+scheme.v1-x (allowed: data, http, https, s3)"),
+        ("s" * 100 + "://h/", "URL scheme not allowed: " + "s" * 64 + "… (allowed: data, http, https, s3)"),
+        ("fusion:///TEACLAVE_FUSION_BASE/x.fusion",
+         "fusion URLs name files the platform holds: only RegisterFusionOutput creates them"),
+    ])
+    def test_schemes_no_node_fetches_are_refused_by_default(self, url: str, message: str) -> None:
+        refused(lambda: D.check_url(url), INVALID, message)
+
+    def test_an_output_is_never_a_data_url(self) -> None:
+        assert D.check_url("data:,x") == "data:,x"
+        refused(lambda: D.check_url("data:,x", output=True), INVALID, "an output cannot be written to a data URL")
+
+    def test_policy_follows_the_file_agent_configuration(self) -> None:
+        home = Path("/home/kettle")
+        default = D.UrlPolicy.from_config(FileAgentConfig(), home)
+        assert default == D.STRICT_URLS
+        # file_roots alone do not enable the scheme, nor the scheme alone; fusion never comes from users.
+        assert "file" not in D.UrlPolicy.from_config(FileAgentConfig(file_roots=("/srv",)), home).schemes
+        assert "file" not in D.UrlPolicy.from_config(FileAgentConfig(allowed_schemes=("file",)), home).schemes
+        policy = D.UrlPolicy.from_config(
+            FileAgentConfig(allowed_schemes=("FILE", "https", "fusion"), file_roots=("/srv/data/", "shared")), home)
+        assert policy == D.UrlPolicy(frozenset({"file", "https"}), ("/srv/data", "/home/kettle/shared"))
+
+    @pytest.mark.parametrize("url", [
+        "file:///srv/data/in.enc", "file://localhost/srv/data/a/b.enc", "FILE:///srv/data/x", "file:///srv/data",
+        "file:///home/kettle/shared/x%20y.enc", "file:///srv/data/...enc", "file:///srv/data/\u6587.enc",
+    ])
+    def test_file_urls_inside_the_roots(self, url: str) -> None:
+        assert D.check_url(url, FILES) == url
+        assert D.check_url(url, FILES, output=True) == url
+
+    @pytest.mark.parametrize(("url", "message"), [
+        ("file:../../etc/passwd", "a file URL must be absolute, like file:///PATH (no other host, no relative path)"),
+        ("file:/srv/data/x", "a file URL must be absolute, like file:///PATH (no other host, no relative path)"),
+        ("file://host/srv/data/x", "a file URL must be absolute, like file:///PATH (no other host, no relative path)"),
+        ("file:///srv/data/x?y=1", "a file URL takes no query string or fragment"),
+        ("file:///srv/data/x#f", "a file URL takes no query string or fragment"),
+        ("file:///srv/data/%ff", "the path of a file URL is not UTF-8"),
+        ("file:///srv/data/a%00b", "the path of a file URL contains control characters"),
+        ("file:///srv/data/../../etc/passwd", "a file URL must not contain '.' or '..' segments"),
+        ("file:///srv/data/%2e%2e/secret", "a file URL must not contain '.' or '..' segments"),
+        ("file:///srv/data/./x", "a file URL must not contain '.' or '..' segments"),
+        ("file:///etc/passwd", "file URL is outside the directories file URLs may use ([file_agent] file_roots)"),
+        ("file:///srv/database/x", "file URL is outside the directories file URLs may use ([file_agent] file_roots)"),
+        ("file:///srv", "file URL is outside the directories file URLs may use ([file_agent] file_roots)"),
+        ("s3://bucket/x", "URL scheme not allowed: s3 (allowed: file, https)"),
+    ])
+    def test_file_urls_refused_by_a_policy_with_roots(self, url: str, message: str) -> None:
+        refused(lambda: D.check_url(url, FILES), INVALID, message)
 
     @pytest.mark.parametrize(("url", "message"), [
         ("", "relative URL without a base"),
@@ -143,22 +201,22 @@ class TestUrls:
         ("http://x/\udc80", "invalid URL character U+DC80 at position 9"),
     ])
     def test_refused_with_a_diagnostic(self, url: str, message: str) -> None:
-        refused(lambda: D.check_url(url), INTERNAL, message)
+        refused(lambda: D.check_url(url), INVALID, message)
 
     def test_length_bound(self) -> None:
         at_bound = "https://h/" + "a" * (D.MAX_URL_CHARS - 10)
         assert D.check_url(at_bound) == at_bound
-        refused(lambda: D.check_url(at_bound + "a"), INTERNAL,
+        refused(lambda: D.check_url(at_bound + "a"), INVALID,
                 f"URL is too long: {D.MAX_URL_CHARS + 1} characters, at most {D.MAX_URL_CHARS}")
         with pytest.raises(KettleError) as info:
             D.check_url("x" * 10_000_000)
-        assert info.value.code == INTERNAL and len(info.value.message) < 100
+        assert info.value.code == INVALID and len(info.value.message) < 100
 
 
 class TestCmacAndCryptoInfo:
     @pytest.mark.parametrize("length", [0, 1, 15, 17, 32, 100_000])
     def test_cmac_is_16_bytes(self, length: int) -> None:
-        refused(lambda: D.check_file_cmac(b"\1" * length), INTERNAL, f"Invalid cmac length: {length}")
+        refused(lambda: D.check_file_cmac(b"\1" * length), INVALID, f"Invalid cmac length: {length}")
         assert D.check_file_cmac(CMAC) == CMAC
 
     @pytest.mark.parametrize("info", [
@@ -182,29 +240,39 @@ class TestCmacAndCryptoInfo:
         (CryptoInfo("", b"", b""), "Invalid crypto schema: "),
     ])
     def test_refused_with_the_reference_texts(self, info: CryptoInfo | None, message: str) -> None:
-        refused(lambda: D.check_crypto_info(info), INTERNAL, message)
+        refused(lambda: D.check_crypto_info(info), INVALID, message)
 
     def test_huge_schema_is_not_echoed_whole(self) -> None:
         with pytest.raises(KettleError) as info:
             D.check_crypto_info(CryptoInfo("s" * 1_000_000, b"", b""))
-        assert info.value.code == INTERNAL and info.value.message.startswith("Invalid crypto schema: sss")
+        assert info.value.code == INVALID and info.value.message.startswith("Invalid crypto schema: sss")
         assert len(info.value.message) < 200
 
 
 class TestRegister:
     def test_input(self) -> None:
-        assert D.register_input_file(ALICE, "file:///a", CMAC, GCM, U1) == FileRecord(U1, "file:///a", GCM, ("alice",), CMAC)
+        assert D.register_input_file(ALICE, "https://h/a", CMAC, GCM, U1) == FileRecord(U1, "https://h/a", GCM, ("alice",), CMAC)
 
     def test_output_has_no_cmac_and_may_be_raw(self) -> None:
-        assert D.register_output_file(BOB, "file:///o", GCM, U2) == FileRecord(U2, "file:///o", GCM, ("bob",), None)
-        assert D.register_output_file(BOB, "file:///o", CryptoInfo("raw"), U2).crypto_info.schema == "raw"
+        assert D.register_output_file(BOB, "https://h/o", GCM, U2) == FileRecord(U2, "https://h/o", GCM, ("bob",), None)
+        assert D.register_output_file(BOB, "https://h/o", CryptoInfo("raw"), U2).crypto_info.schema == "raw"
 
     def test_order_url_then_cmac_then_crypto_info(self) -> None:
-        refused(lambda: D.register_input_file(ALICE, "rel", b"", None, U1), INTERNAL, "relative URL without a base")
-        refused(lambda: D.register_input_file(ALICE, "file:///a", b"", None, U1), INTERNAL, "Invalid cmac length: 0")
-        refused(lambda: D.register_input_file(ALICE, "file:///a", CMAC, None, U1), INTERNAL, "missing crypto_info")
-        refused(lambda: D.register_output_file(ALICE, "rel", None, U1), INTERNAL, "relative URL without a base")
-        refused(lambda: D.register_output_file(ALICE, "file:///a", None, U1), INTERNAL, "missing crypto_info")
+        refused(lambda: D.register_input_file(ALICE, "rel", b"", None, U1), INVALID, "relative URL without a base")
+        refused(lambda: D.register_input_file(ALICE, "https://h/a", b"", None, U1), INVALID, "Invalid cmac length: 0")
+        refused(lambda: D.register_input_file(ALICE, "https://h/a", CMAC, None, U1), INVALID, "missing crypto_info")
+        refused(lambda: D.register_output_file(ALICE, "rel", None, U1), INVALID, "relative URL without a base")
+        refused(lambda: D.register_output_file(ALICE, "https://h/a", None, U1), INVALID, "missing crypto_info")
+
+    def test_urls_follow_the_policy(self) -> None:
+        refused(lambda: D.register_input_file(ALICE, "gopher://h/x", CMAC, GCM, U1), INVALID,
+                "URL scheme not allowed: gopher (allowed: data, http, https, s3)")
+        refused(lambda: D.register_output_file(ALICE, "data:,x", GCM, U1), INVALID,
+                "an output cannot be written to a data URL")
+        made = D.register_input_file(ALICE, "file:///srv/data/in", CMAC, GCM, U1, FILES)
+        assert made.url == "file:///srv/data/in"
+        refused(lambda: D.register_output_file(ALICE, "file:///srv/data/../out", GCM, U1, FILES), INVALID,
+                "a file URL must not contain '.' or '..' segments")
 
 
 # === reading and changing files ==================================================================
@@ -212,19 +280,26 @@ class TestRegister:
 
 class TestUpdate:
     def test_input_copy_keeps_cmac_crypto_and_owner(self) -> None:
-        new = D.update_file(record(), ALICE, "file:///new", U2, output=False)
-        assert new == FileRecord(U2, "file:///new", GCM, ("alice",), CMAC)
+        new = D.update_file(record(), ALICE, "https://h/new", U2, output=False)
+        assert new == FileRecord(U2, "https://h/new", GCM, ("alice",), CMAC)
 
     def test_output_copy_has_no_cmac(self) -> None:
-        new = D.update_file(record(cmac=CMAC), ALICE, "file:///new", U2, output=True)
-        assert new == FileRecord(U2, "file:///new", GCM, ("alice",), None)
+        new = D.update_file(record(cmac=CMAC), ALICE, "https://h/new", U2, output=True)
+        assert new == FileRecord(U2, "https://h/new", GCM, ("alice",), None)
 
     def test_errors_in_order(self) -> None:
         refused(lambda: D.update_file(None, ALICE, "rel", U2, output=False), INVALID, NO_ID)
         refused(lambda: D.update_file(record(), BOB, "rel", U2, output=False), DENIED, PD)
-        refused(lambda: D.update_file(record(owner=("alice", "bob")), ALICE, "file:///n", U2, output=True), DENIED, PD)
-        refused(lambda: D.update_file(record(), ADMIN, "file:///n", U2, output=False), DENIED, PD)
-        refused(lambda: D.update_file(record(), ALICE, "rel", U2, output=False), INTERNAL, "relative URL without a base")
+        refused(lambda: D.update_file(record(owner=("alice", "bob")), ALICE, "https://h/n", U2, output=True), DENIED, PD)
+        refused(lambda: D.update_file(record(), ADMIN, "https://h/n", U2, output=False), DENIED, PD)
+        refused(lambda: D.update_file(record(), ALICE, "rel", U2, output=False), INVALID, "relative URL without a base")
+
+    def test_new_url_follows_the_policy(self) -> None:
+        refused(lambda: D.update_file(record(), ALICE, "file:///srv/data/x", U2, output=False), INVALID, NO_FILE_URLS)
+        refused(lambda: D.update_file(record(), ALICE, "data:,x", U2, output=True), INVALID,
+                "an output cannot be written to a data URL")
+        moved = D.update_file(record(), ALICE, "file:///srv/data/x", U2, output=True, policy=FILES)
+        assert moved.url == "file:///srv/data/x"
 
 
 class TestFusion:
@@ -341,12 +416,12 @@ class TestAssignData:
                         "failed to assign data to task")
 
     def test_input_ids_are_parsed_before_any_lookup(self) -> None:
-        refused(lambda: assign(TASK, ALICE, [("in_a", f"input-{U3}"), ("in_b", "input-not-a-uuid")]), INTERNAL,
+        refused(lambda: assign(TASK, ALICE, [("in_a", f"input-{U3}"), ("in_b", "input-not-a-uuid")]), INVALID,
                 "malformed data id 'input-not-a-uuid'")
 
     def test_input_errors_come_before_output_parsing(self) -> None:
         refused(lambda: assign(TASK, ALICE, [("in_a", f"input-{U3}")], [("out_a", "garbage")]), INVALID, NO_ID)
-        refused(lambda: assign(TASK, ALICE, [("in_a", f"input-{U1}")], [("out_a", "garbage")]), INTERNAL,
+        refused(lambda: assign(TASK, ALICE, [("in_a", f"input-{U1}")], [("out_a", "garbage")]), INVALID,
                 "malformed data id 'garbage'")
 
     @pytest.mark.parametrize(("who", "inputs", "outputs", "code", "message"), [

@@ -35,11 +35,10 @@ from kettle.model.records import (
 )
 from kettle.model.users import Role
 
-UNKNOWN, INVALID, DENIED, INTERNAL = (
+UNKNOWN, INVALID, DENIED = (
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.INTERNAL,
 )
 
 FN_UUID = "11111111-1111-4111-8111-111111111111"
@@ -87,9 +86,9 @@ def definition(**changes: Any) -> FunctionDefinition:
     base = FunctionDefinition(
         name="mock-echo",
         description="echo",
-        executor_type="builtin",
+        executor_type="python",
         public=True,
-        payload=b"",
+        payload=b"def entrypoint(argv):\n    return ''\n",
         arguments=(FunctionArgument("message", "", True),),
         inputs=(),
         outputs=(),
@@ -121,12 +120,12 @@ class TestExecutorTypeAndQuota:
 
     @pytest.mark.parametrize("executor_type", ["", "Builtin", "mesapy", "python ", "WAMR"])
     def test_refused_with_the_reference_text(self, executor_type: str) -> None:
-        refused(lambda: F.validate_executor_type(executor_type), INTERNAL, f"Invalid executor type: {executor_type}")
+        refused(lambda: F.validate_executor_type(executor_type), INVALID, f"Invalid executor type: {executor_type}")
 
     def test_huge_executor_type_is_not_echoed_whole(self) -> None:
         with pytest.raises(KettleError) as info:
             F.validate_executor_type("x" * 100_000)
-        assert info.value.code == INTERNAL and len(info.value.message) < 200
+        assert info.value.code == INVALID and len(info.value.message) < 200
 
     @pytest.mark.parametrize(("wire", "stored", "back"), [
         (-1, None, -1), (-2**31, None, -1), (0, 0, 0), (1, 1, 1), (2**31 - 1, 2**31 - 1, 2**31 - 1),
@@ -152,11 +151,49 @@ class TestRegisterAndUpdate:
         assert (record.uuid, record.owner, record.usage_quota, record.disabled) == (FN_UUID, "fo", None, False)
         assert F.register_function(definition(usage_quota=0), OWNER, FN_UUID).usage_quota == 0
 
-    def test_register_accepts_duplicates_like_the_reference(self) -> None:
-        args = (FunctionArgument("a"), FunctionArgument("a", "x", False))
-        files = (FunctionFile("in"), FunctionFile("in"))
-        record = F.register_function(definition(name="", arguments=args, inputs=files), OWNER, FN_UUID)
-        assert record.arguments == args and record.inputs == files
+    @pytest.mark.parametrize(("changes", "message"), [
+        ({"arguments": (FunctionArgument("a"), FunctionArgument("a", "x", False))}, "argument key 'a' is declared twice"),
+        ({"inputs": (FunctionFile("in"), FunctionFile("x"), FunctionFile("in", optional=True))},
+         "input name 'in' is declared twice"),
+        ({"outputs": (FunctionFile(""), FunctionFile(""))}, "output name '' is declared twice"),
+        ({"outputs": (FunctionFile("o" * 200), FunctionFile("o" * 200))},
+         f"output name '{'o' * 64}…' is declared twice"),
+    ])
+    def test_names_are_declared_once(self, changes: dict[str, Any], message: str) -> None:
+        """Teaclave accepts duplicates; a task could never tell the two apart (Kettle refuses them)."""
+        refused(lambda: F.register_function(definition(**changes), OWNER, FN_UUID), INVALID, message)
+        refused(lambda: F.update_function(function(), OWNER, definition(**changes)), INVALID, message)
+
+    def test_the_same_name_may_be_an_argument_an_input_and_an_output(self) -> None:
+        record = F.register_function(definition(
+            arguments=(FunctionArgument("x"),), inputs=(FunctionFile("x"),), outputs=(FunctionFile("x"),)
+        ), OWNER, FN_UUID)
+        assert (record.arguments[0].key, record.inputs[0].name, record.outputs[0].name) == ("x", "x", "x")
+
+    @pytest.mark.parametrize(("name", "message"), [
+        ("", "a builtin function needs the name of the built-in it runs, like builtin-echo"),
+        ("\0", "no built-in function is named '\\x00' (docs/builtins.md lists them)"),
+        ("builtin-echo\0", "no built-in function is named 'builtin-echo\\x00' (docs/builtins.md lists them)"),
+        ("builtin-nonexistent", "no built-in function is named 'builtin-nonexistent' (docs/builtins.md lists them)"),
+        ("echo", "no built-in function is named 'echo' (docs/builtins.md lists them)"),
+        ("builtin_echo", "no built-in function is named 'builtin_echo' (docs/builtins.md lists them)"),
+        ("builtin-../echo", "no built-in function is named 'builtin-../echo' (docs/builtins.md lists them)"),
+        ("Builtin-Echo", "no built-in function is named 'Builtin-Echo' (docs/builtins.md lists them)"),
+        ("builtin-" + "e" * 300, f"no built-in function is named 'builtin-{'e' * 56}…' (docs/builtins.md lists them)"),
+    ])
+    def test_a_builtin_must_name_a_builtin(self, name: str, message: str) -> None:
+        builtin = definition(name=name, executor_type="builtin", payload=b"")
+        refused(lambda: F.register_function(builtin, OWNER, FN_UUID), INVALID, message)
+        refused(lambda: F.update_function(function(), OWNER, builtin), INVALID, message)
+
+    @pytest.mark.parametrize("name", ["builtin-echo", "builtin_online_decrypt", "builtin-private-join-and-compute"])
+    def test_known_builtins_register(self, name: str) -> None:
+        record = F.register_function(definition(name=name, executor_type="builtin", payload=b""), OWNER, FN_UUID)
+        assert (record.name, record.executor_type) == (name, "builtin")
+
+    def test_other_executor_types_take_any_name(self) -> None:
+        for executor_type in ("python", "wamr"):
+            assert F.register_function(definition(name="", executor_type=executor_type), OWNER, FN_UUID).name == ""
 
     @pytest.mark.parametrize(("changes", "fragment"), [
         ({"name": "n" * 257}, "function name"),
@@ -185,13 +222,13 @@ class TestRegisterAndUpdate:
 
     def test_register_checks_executor_type_before_bounds(self) -> None:
         refused(lambda: F.register_function(definition(executor_type="x", name="n" * 999), OWNER, FN_UUID),
-                INTERNAL, "Invalid executor type: x")
+                INVALID, "Invalid executor type: x")
 
     @pytest.mark.parametrize(("current", "who", "executor_type", "code", "message"), [
         (None, OWNER, "bad", INVALID, "invalid function id"),
         (function(), ADMIN, "bad", DENIED, "permission denied"),  # PlatformAdmin is not exempt
         (function(), OTHER_FO, "builtin", DENIED, "permission denied"),
-        (function(), OWNER, "bad", INTERNAL, "Invalid executor type: bad"),
+        (function(), OWNER, "bad", INVALID, "Invalid executor type: bad"),
     ])
     def test_update_refusals_in_order(
         self, current: FunctionRecord | None, who: Caller, executor_type: str, code: grpc.StatusCode, message: str
@@ -392,7 +429,7 @@ class TestIdsAndStrings:
 
     @pytest.mark.parametrize("executor", ["", "Python", "MesaPy", "Builtin", "WASM", "wasm32", " python"])
     def test_bad_executors(self, executor: str) -> None:
-        refused(lambda: T.validate_executor(executor), INTERNAL, f"Unsupported executor: {executor}")
+        refused(lambda: T.validate_executor(executor), INVALID, f"Unsupported executor: {executor}")
 
 
 class TestArguments:
@@ -403,7 +440,7 @@ class TestArguments:
     def test_not_a_json_object_is_internal(self, text: str) -> None:
         with pytest.raises(KettleError) as info:
             T.parse_arguments(text)
-        assert info.value.code == INTERNAL
+        assert info.value.code == INVALID
 
     def test_duplicate_keys_last_wins(self) -> None:
         assert T.parse_arguments('{"a": 1, "a": 2}') == {"a": 2}
@@ -486,11 +523,12 @@ class TestBuiltinTasks:
     def test_runnable_tasks_and_tasks_left_to_fail_at_run_time_are_created(self) -> None:
         assert new_task(self.PJC, arguments='{"num_user": 2}', **self.PJC_FILES).function_arguments == '{"num_user":2}'
         assert new_task(self.PSI, arguments='{"order": "desending"}', **self.PSI_FILES)
-        # value checks the reference makes later (an unknown order) stay at run time, like
-        # names that are no built-in and executors that do not match the function's type
+        # value checks the reference makes later (an unknown order) stay at run time, like a
+        # name that is no built-in in a record stored before RegisterFunction refused such names
         assert new_task(self.PSI, arguments='{"order": "sideways"}', **self.PSI_FILES)
         assert new_task(function(name="builtin-no-such"), arguments='{"message": 3}')
-        assert new_task(self.ECHO, arguments='{"message": 3}', executor="mesapy")
+        refused(lambda: new_task(self.ECHO, arguments='{"message": 3}', executor="mesapy"), INVALID,
+                "executor mesapy cannot run a builtin function (its executor is builtin)")
 
 
 FILES_FN = function(
@@ -510,9 +548,16 @@ class TestCreateTask:
         (FILES_FN, OWNER, "x", "bad", (), (), DENIED, "permission denied"),
         (function(public=False), CAROL, "x", "bad", (), (), DENIED, "permission denied"),
         # 3. executor, before the JSON
-        (FILES_FN, ALICE, "x", "Python", (), (), INTERNAL, "Unsupported executor: Python"),
+        (FILES_FN, ALICE, "x", "Python", (), (), INVALID, "Unsupported executor: Python"),
+        # (Kettle) the executor runs the function's executor type, before the JSON
+        (FILES_FN, ALICE, "x", "mesapy", (), (), INVALID, "executor mesapy cannot run a builtin function (its executor is builtin)"),
+        (FILES_FN, ALICE, "x", "wasm", (), (), INVALID, "executor wamr cannot run a builtin function (its executor is builtin)"),
+        (replace(FILES_FN, executor_type="python"), ALICE, "x", "builtin", (), (), INVALID,
+         "executor builtin cannot run a python function (its executor is mesapy)"),
+        (replace(FILES_FN, executor_type="wamr"), ALICE, "x", "python", (), (), INVALID,
+         "executor mesapy cannot run a wamr function (its executor is wamr)"),
         # 4. JSON object, before the keys
-        (FILES_FN, ALICE, "[]", "builtin", (), (), INTERNAL, "function_arguments is not a JSON object"),
+        (FILES_FN, ALICE, "[]", "builtin", (), (), INVALID, "function_arguments is not a JSON object"),
         # 5. argument keys = overwritable keys exactly
         (FILES_FN, ALICE, "{}", "builtin", GOOD_INPUTS, GOOD_OUTPUTS, INVALID, "invalid task"),
         (FILES_FN, ALICE, '{"a": 1, "b": 2}', "builtin", GOOD_INPUTS, GOOD_OUTPUTS, INVALID, "invalid task"),
@@ -542,20 +587,24 @@ class TestCreateTask:
         ((("in1", ("x",)), ("in1", ("alice", "alice"))), GOOD_OUTPUTS),  # last entry wins, owners a set
     ])
     def test_accepted_files(self, inputs: tuple[Any, ...], outputs: tuple[Any, ...]) -> None:
-        task = T.create_task(FILES_FN, ALICE, T.TaskDefinition('{"a": 1}', "mesapy", inputs, outputs), TASK_UUID)
+        task = T.create_task(FILES_FN, ALICE, T.TaskDefinition('{"a": 1}', "builtin", inputs, outputs), TASK_UUID)
         assert task.inputs_ownership["in1"] == ("alice",)
         assert task.status == TaskStatus.CREATED and not task.result.ready
 
-    @pytest.mark.parametrize(("given", "stored"), [("python", "mesapy"), ("wasm", "wamr"), ("mesapy", "mesapy")])
-    def test_an_engine_alias_is_stored_as_the_reference_name(self, given: str, stored: str) -> None:
-        task = T.create_task(FILES_FN, ALICE, T.TaskDefinition('{"a": 1}', given, GOOD_INPUTS, GOOD_OUTPUTS), TASK_UUID)
+    @pytest.mark.parametrize(("executor_type", "given", "stored"), [
+        ("python", "python", "mesapy"), ("wamr", "wasm", "wamr"), ("python", "mesapy", "mesapy"), ("wamr", "wamr", "wamr"),
+    ])
+    def test_an_engine_alias_is_stored_as_the_reference_name(self, executor_type: str, given: str, stored: str) -> None:
+        fn = replace(FILES_FN, executor_type=executor_type)
+        task = T.create_task(fn, ALICE, T.TaskDefinition('{"a": 1}', given, GOOD_INPUTS, GOOD_OUTPUTS), TASK_UUID)
         assert task.executor == stored
 
     def test_ownership_map(self) -> None:
         assert T.ownership_map([("a", ["x", "y"]), ("b", []), ("a", ["z", "z"])]) == {"a": ("z",), "b": ()}
 
     def test_record(self) -> None:
-        task = T.create_task(FILES_FN, BOB, T.TaskDefinition('{"a": 1}', "wamr", GOOD_INPUTS, GOOD_OUTPUTS), TASK_UUID)
+        fn = replace(FILES_FN, executor_type="wamr")
+        task = T.create_task(fn, BOB, T.TaskDefinition('{"a": 1}', "wamr", GOOD_INPUTS, GOOD_OUTPUTS), TASK_UUID)
         assert (task.uuid, task.creator, task.function_id, task.function_owner, task.executor) == (
             TASK_UUID, "bob", FN_UUID, "fo", "wamr")
         assert (task.approved_users, task.assigned_inputs, task.assigned_outputs) == ((), {}, {})
@@ -730,10 +779,13 @@ class TestCancelTask:
     def test_in_the_scheduler_a_request_is_needed(self, status: TaskStatus) -> None:
         assert T.cancel_task(at(SOLO, status), ALICE) is None
 
-    @pytest.mark.parametrize("status", TERMINAL)
-    def test_terminal(self, status: TaskStatus) -> None:
-        refused(lambda: T.cancel_task(at(SOLO, status), ALICE), UNKNOWN,
-                "failed to cancel task, reason: task has already been canceled")
+    @pytest.mark.parametrize(("status", "reason"), [
+        (TaskStatus.FINISHED, "task has already finished"),
+        (TaskStatus.FAILED, "task has already failed"),
+        (TaskStatus.CANCELED, "task has already been canceled"),  # the reference's exact text
+    ])
+    def test_terminal_says_what_is_true(self, status: TaskStatus, reason: str) -> None:
+        refused(lambda: T.cancel_task(at(SOLO, status), ALICE), UNKNOWN, f"failed to cancel task, reason: {reason}")
 
     @pytest.mark.parametrize("status", ALL_STATUSES)
     def test_only_creator_or_admin(self, status: TaskStatus) -> None:

@@ -102,8 +102,10 @@ class Harness:
         response = await self.call("RegisterFunction", fpb.RegisterFunctionRequest(**fields), user)
         return str(response.function_id)
 
-    async def create(self, function_id: str, user: User = ALICE, arguments: str = '{"message": "Hello"}') -> str:
-        request = fpb.CreateTaskRequest(function_id=function_id, function_arguments=arguments, executor="builtin")
+    async def create(
+        self, function_id: str, user: User = ALICE, arguments: str = '{"message": "Hello"}', executor: str = "builtin"
+    ) -> str:
+        request = fpb.CreateTaskRequest(function_id=function_id, function_arguments=arguments, executor=executor)
         return str((await self.call("CreateTask", request, user)).task_id)
 
     async def task(self, task_id: str, user: User = ALICE) -> fpb.GetTaskResponse:
@@ -262,7 +264,7 @@ def test_invoke_right_after_create_uses_the_current_function(platform: Platform)
 
     async def body(h: Harness) -> None:
         fid = await h.register(executor_type="python", payload=b"v1")
-        tid = await h.create(fid)
+        tid = await h.create(fid, executor="mesapy")
         await h.call("UpdateFunction", fpb.UpdateFunctionRequest(
             function_id=fid, name="renamed", executor_type="python", public=True, payload=b"v2",
             arguments=[fpb.FunctionArgument(key="message", allow_overwrite=True)], usage_quota=-1), FO)
@@ -394,9 +396,9 @@ def test_wait_task_returns_on_the_schedulers_write(platform: Platform) -> None:
         await h.refused("WaitTask", mpb.WaitTaskRequest(task_id=f"output-{bare(tid)}"),
                         grpc.StatusCode.INVALID_ARGUMENT, "invalid task id")
 
-        # a finished task stays finished for management
+        # a finished task stays finished for management, and the refusal says so
         await h.refused("CancelTask", fpb.CancelTaskRequest(task_id=tid), grpc.StatusCode.UNKNOWN,
-                        "failed to cancel task, reason: task has already been canceled")
+                        "failed to cancel task, reason: task has already finished")
 
     run(platform, body)
 
@@ -432,7 +434,7 @@ def test_bad_inputs_are_refused_cleanly_and_change_nothing(platform: Platform) -
         tasks_before = await h.store.keys_with_prefix(b"task-")
         functions_before = await h.store.keys_with_prefix(b"function-")
 
-        invalid, internal = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL
+        invalid = grpc.StatusCode.INVALID_ARGUMENT
         bad_task_ids = ["", "task", f"output-{bare(tid)}", f"function-{bare(tid)}", f"task-{UNKNOWN_UUID}",
                         "task-" + "a" * 100_000]
         for task_id in bad_task_ids:
@@ -462,10 +464,12 @@ def test_bad_inputs_are_refused_cleanly_and_change_nothing(platform: Platform) -
         def create(arguments: str = '{"message": "x"}', executor: str = "builtin", **kw: Any) -> Any:
             return fpb.CreateTaskRequest(function_id=fid, function_arguments=arguments, executor=executor, **kw)
 
-        await h.refused("CreateTask", create(executor="MesaPy"), internal, "Unsupported executor: MesaPy")
-        await h.refused("CreateTask", create(executor="x" * 100_000), internal, None)
+        await h.refused("CreateTask", create(executor="MesaPy"), invalid, "Unsupported executor: MesaPy")
+        await h.refused("CreateTask", create(executor="x" * 100_000), invalid, "Unsupported executor: " + "x" * 64 + "…")
+        await h.refused("CreateTask", create(executor="mesapy"), invalid,
+                        "executor mesapy cannot run a builtin function (its executor is builtin)")
         for arguments in ["", "{", "[]", '"text"', '{"message": NaN}', "[" * 50_000]:
-            await h.refused("CreateTask", create(arguments), internal, None)
+            await h.refused("CreateTask", create(arguments), invalid, None)
         for arguments in ["{}", '{"message": "x", "extra": 1}']:
             await h.refused("CreateTask", create(arguments), invalid, "invalid task")
         await h.refused("CreateTask", create(inputs_ownership=[fpb.OwnerList(data_name="in", uids=["alice"])]),
@@ -473,10 +477,14 @@ def test_bad_inputs_are_refused_cleanly_and_change_nothing(platform: Platform) -
         await h.refused("CreateTask", create('{"message": "' + '\\"' * 1_500_000 + '"}'), invalid, None)
 
         def register(**kw: Any) -> fpb.RegisterFunctionRequest:
-            return fpb.RegisterFunctionRequest(**{"name": "f", "executor_type": "builtin", **kw})
+            return fpb.RegisterFunctionRequest(**{"name": "builtin-echo", "executor_type": "builtin", **kw})
 
-        await h.refused("RegisterFunction", register(executor_type="Python"), internal,
+        await h.refused("RegisterFunction", register(executor_type="Python"), invalid,
                         "Invalid executor type: Python", FO)
+        await h.refused("RegisterFunction", register(name="builtin-nope"), invalid,
+                        "no built-in function is named 'builtin-nope' (docs/builtins.md lists them)", FO)
+        await h.refused("RegisterFunction", register(inputs=[fpb.FunctionInput(name="a")] * 2), invalid,
+                        "input name 'a' is declared twice", FO)
         await h.refused("RegisterFunction", register(name="n" * 257), invalid, None, FO)
         await h.refused("RegisterFunction", register(
             arguments=[fpb.FunctionArgument(key=f"k{i}") for i in range(257)]), invalid, None, FO)
@@ -500,7 +508,7 @@ def test_bad_inputs_are_refused_cleanly_and_change_nothing(platform: Platform) -
         await h.refused("UpdateFunction", fpb.UpdateFunctionRequest(function_id=fid, executor_type="nope"),
                         grpc.StatusCode.PERMISSION_DENIED, "permission denied", FO2)
         await h.refused("UpdateFunction", fpb.UpdateFunctionRequest(function_id=fid, executor_type="nope"),
-                        internal, "Invalid executor type: nope", FO)
+                        invalid, "Invalid executor type: nope", FO)
         await h.refused("ListFunctions", fpb.ListFunctionsRequest(user_id="x" * 100_000), grpc.StatusCode.PERMISSION_DENIED,
                         "permission denied", FO)
 
@@ -554,16 +562,16 @@ def test_file_records_in_storage(platform: Platform) -> None:
         assert FileRecord.from_bytes(await h.raw(output_key(bare(output_id))) or b"").cmac is None
 
         # absent crypto_info (the SDKs always send one)
-        await h.refused("RegisterInputFile", fpb.RegisterInputFileRequest(url="file:///x", cmac=cmac), internal,
+        await h.refused("RegisterInputFile", fpb.RegisterInputFileRequest(url="https://h/x", cmac=cmac), invalid,
                         "missing crypto_info")
-        await h.refused("RegisterOutputFile", fpb.RegisterOutputFileRequest(url="file:///x"), internal,
+        await h.refused("RegisterOutputFile", fpb.RegisterOutputFileRequest(url="https://h/x"), invalid,
                         "missing crypto_info")
 
         # updates are new records; the old ones stay as they were
         before = await h.raw(input_key(bare(input_id)))
-        updated = (await h.call("UpdateInputFile", fpb.UpdateInputFileRequest(data_id=input_id, url="file:///new"))).data_id
+        updated = (await h.call("UpdateInputFile", fpb.UpdateInputFileRequest(data_id=input_id, url="https://files.example/new"))).data_id
         assert updated != input_id and await h.raw(input_key(bare(input_id))) == before
-        assert FileRecord.from_bytes(await h.raw(input_key(bare(updated))) or b"").url == "file:///new"
+        assert FileRecord.from_bytes(await h.raw(input_key(bare(updated))) or b"").url == "https://files.example/new"
 
         # the scheduler records an output's cmac; then the output can become an input of the same UUID
         await h.refused("RegisterInputFromOutput", fpb.RegisterInputFromOutputRequest(data_id=output_id), invalid,
@@ -578,10 +586,10 @@ def test_file_records_in_storage(platform: Platform) -> None:
         assert again.data_id == derived and await h.raw(input_key(bare(output_id))) == raw
 
         # a different input already under that UUID (a collision) is never overwritten
-        other = await h.call("RegisterOutputFile", fpb.RegisterOutputFileRequest(url="file:///o2", crypto_info=gcm))
+        other = await h.call("RegisterOutputFile", fpb.RegisterOutputFileRequest(url="https://files.example/o2", crypto_info=gcm))
         finished = replace(FileRecord.from_bytes(await h.raw(output_key(bare(other.data_id))) or b""), cmac=cmac)
         await h.store.put(output_key(finished.uuid), finished.to_bytes())
-        squatter = replace(finished, url="file:///someone-else")
+        squatter = replace(finished, url="https://files.example/someone-else")
         await h.store.put(input_key(finished.uuid), squatter.to_bytes())
         await h.refused("RegisterInputFromOutput", fpb.RegisterInputFromOutputRequest(data_id=other.data_id),
                         internal, "service internal error")
@@ -611,9 +619,9 @@ def test_assigned_files_reach_the_staged_task(platform: Platform) -> None:
             inputs_ownership=[fpb.OwnerList(data_name="data", uids=["alice"])],
             outputs_ownership=[fpb.OwnerList(data_name="result", uids=["bob"])]))).task_id
         data = (await h.call("RegisterInputFile", fpb.RegisterInputFileRequest(
-            url="file:///in.enc", cmac=bytes(16), crypto_info=gcm))).data_id
+            url="https://files.example/in.enc", cmac=bytes(16), crypto_info=gcm))).data_id
         result = (await h.call("RegisterOutputFile", fpb.RegisterOutputFileRequest(
-            url="file:///out.enc", crypto_info=gcm), BOB)).data_id
+            url="https://files.example/out.enc", crypto_info=gcm), BOB)).data_id
         await h.call("AssignData", fpb.AssignDataRequest(task_id=tid, inputs=[fpb.DataMap(data_name="data", data_id=data)]))
         # bob is a participant (an output owner): he assigns his output
         await h.call("AssignData", fpb.AssignDataRequest(

@@ -47,7 +47,21 @@ class NotFound(KettleError):
 
 
 class InternalError(KettleError):
+    """The platform failed, not the client: only for failures of Kettle or its storage.
+
+    A client's malformed request is :class:`InvalidArgument`, never this class."""
+
     code = grpc.StatusCode.INTERNAL
+
+
+class CatalogueError(KettleError):
+    """An error whose UNKNOWN status the reference fixes (``spec/platform.md`` Appendix B):
+    a task in the wrong state, a used-up quota, missing internal metadata.
+
+    Kept UNKNOWN for compatibility with clients that match on it; every other client
+    mistake is INVALID_ARGUMENT, PERMISSION_DENIED or FAILED_PRECONDITION."""
+
+    code = grpc.StatusCode.UNKNOWN
 
 
 class Unavailable(KettleError):

@@ -8,8 +8,11 @@ order the spec fixes, raising the exact errors of Appendix B.
 
 Kettle's choices where the spec leaves room:
 
-- An unparsable ``data_id`` is INVALID_ARGUMENT "invalid data id" everywhere
-  except in AssignData's lists, where the spec keeps Teaclave's INTERNAL.
+- Malformed content (URL, cmac, crypto info, a data ID in AssignData's lists)
+  is INVALID_ARGUMENT with a specific sentence; Teaclave answers INTERNAL, which
+  Kettle keeps for its own failures only (``docs/errors.md``).
+- An unparsable ``data_id`` is INVALID_ARGUMENT "invalid data id", except in
+  AssignData's lists ("malformed data id …", checked before any entry, §6.3 step 4).
 - An output that already has a cmac cannot be assigned (§12 #11):
   PERMISSION_DENIED.
 - URLs are checked like a WHATWG URL parser would (scheme, host, port), with
@@ -17,6 +20,12 @@ Kettle's choices where the spec leaves room:
   Kettle refuses whitespace, control and other invisible characters (Teaclave
   silently strips or percent-encodes some of them) and URLs longer than
   :data:`MAX_URL_CHARS`. The URL is stored as given: it is never returned.
+- Unlike Teaclave, the scheme is checked at registration (:class:`UrlPolicy`):
+  only what an execution node would fetch, so a task is not approved by every
+  party only to fail on a URL nobody can read. ``fusion:`` URLs are the
+  platform's own (RegisterFusionOutput), an output cannot be a ``data:`` URL,
+  and a ``file:`` URL must be absolute, without ``.``/``..`` segments, inside
+  ``[file_agent] file_roots``.
 - ``raw`` crypto info is stored without key and iv (Teaclave's ``Raw`` has none).
 - A fusion output needs at least two *distinct*, non-empty owner IDs; Teaclave
   only counts raw list entries, so ``["alice", "alice"]`` would pass there.
@@ -25,9 +34,14 @@ Kettle's choices where the spec leaves room:
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
+from ..config import FileAgentConfig
 from ..crypto.schemas import (
     MISSING_CRYPTO_INFO,
     RAW,
@@ -37,7 +51,7 @@ from ..crypto.schemas import (
     check_cmac,
     validate_crypto_info,
 )
-from ..errors import InternalError, InvalidArgument, PermissionDenied
+from ..errors import InvalidArgument, PermissionDenied
 from .functions import MAX_ITEMS, MAX_NAME_CHARS, PERMISSION_DENIED, Caller, shown
 from .ids import Kind, parse_bare_uuid
 from .records import CryptoInfo, FileRecord
@@ -50,6 +64,7 @@ __all__ = [
     "MAX_URL_CHARS",
     "RELATIVE_URL",
     "FileView",
+    "UrlPolicy",
     "assigned_file_id",
     "check_assignable",
     "check_crypto_info",
@@ -77,12 +92,43 @@ MAX_URL_CHARS = 8192
 """Longest URL Kettle stores. Teaclave has no bound; presigned object-store URLs
 stay well below it, and a task stores a copy of each of its files' records."""
 
-"""``urn:uuid:`` + 36: the longest UUID text the parser accepts (bounds the work)."""
-
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
 _SPECIAL_SCHEMES = frozenset({"http", "https", "ws", "wss", "ftp"})
 """WHATWG special schemes that need a host (``file`` is special but may have none)."""
 _FORBIDDEN_HOST = frozenset(" #%/:<>?@[\\]^|")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FILE_URL = re.compile(r"file://(localhost)?/", re.IGNORECASE)
+"""A file URL with an absolute path and no host but the local one (what a node opens)."""
+
+
+@dataclass(frozen=True)
+class UrlPolicy:
+    """Which URLs registration accepts: what an execution node of this platform would open.
+
+    Built from management's own ``[file_agent]`` section (:meth:`from_config`): the
+    nodes' schemes minus ``fusion`` (the platform's own files), and ``file`` only when
+    ``file_roots`` names directories, each URL inside one of them. Management cannot
+    see a node's disk, so the root check is lexical (the path as written, no
+    symlinks followed); the node checks the real location again before it opens
+    anything. In a deployment where nodes have their own configuration, management's
+    ``[file_agent]`` must match theirs.
+    """
+
+    schemes: frozenset[str] = frozenset({"http", "https", "s3", "data"})
+    file_roots: tuple[str, ...] = ()
+    """Absolute, normalised directories; ``file`` URLs are accepted only inside them."""
+
+    @classmethod
+    def from_config(cls, config: FileAgentConfig, home: Path) -> UrlPolicy:
+        roots = tuple(posixpath.normpath(str(home / root)) for root in config.file_roots)
+        schemes = {scheme.lower() for scheme in config.allowed_schemes} - {"fusion"}
+        if not roots:
+            schemes.discard("file")
+        return cls(frozenset(schemes), roots if "file" in schemes else ())
+
+
+STRICT_URLS = UrlPolicy()
+"""The policy of a default configuration: no file URLs."""
 
 
 # --- data IDs ------------------------------------------------------------------------
@@ -109,11 +155,11 @@ def parse_data_id(text: str, kind: Kind) -> str:
 
 
 def assigned_file_id(text: str, kind: Kind) -> str | None:
-    """An AssignData list entry's ID (§6.3 step 4): unparsable → INTERNAL; the bare UUID
+    """An AssignData list entry's ID (§6.3 step 4): unparsable → INVALID_ARGUMENT; the bare UUID
     if it names a file of ``kind``; None for another kind (then "invalid data id")."""
     parsed = split_data_id(text)
     if parsed is None:
-        raise InternalError(f"malformed data id {shown(text)!r}")
+        raise InvalidArgument(f"malformed data id {shown(text)!r}")
     return parsed[1] if parsed[0] == kind.value else None
 
 
@@ -132,31 +178,31 @@ def _check_authority(scheme: str, authority: str) -> None:
     if host_port.startswith("["):
         end = host_port.find("]")
         if end < 0:
-            raise InternalError("invalid IPv6 address")
+            raise InvalidArgument("invalid IPv6 address")
         try:
             ipaddress.IPv6Address(host_port[1:end])
         except ValueError:
-            raise InternalError("invalid IPv6 address") from None
+            raise InvalidArgument("invalid IPv6 address") from None
         host, rest = host_port[: end + 1], host_port[end + 1 :]
         if rest and not rest.startswith(":"):
-            raise InternalError("invalid IPv6 address")
+            raise InvalidArgument("invalid IPv6 address")
         port = rest[1:] if rest else None
     else:
         host, sep, port_text = host_port.partition(":")
         port = port_text if sep else None
         forbidden = _FORBIDDEN_HOST if scheme in _SPECIAL_SCHEMES or scheme == "file" else _FORBIDDEN_HOST - {"%"}
         if any(c in forbidden for c in host):
-            raise InternalError("invalid domain character")
+            raise InvalidArgument("invalid domain character")
         if scheme in _SPECIAL_SCHEMES and host and _looks_like_ipv4(host):
             try:
                 ipaddress.IPv4Address(host.rstrip("."))
             except ValueError:
-                raise InternalError("invalid IPv4 address") from None
+                raise InvalidArgument("invalid IPv4 address") from None
     if port:
         if not port.isascii() or not port.isdigit() or int(port) > 65535:
-            raise InternalError("invalid port number")
+            raise InvalidArgument("invalid port number")
     if not host and scheme in _SPECIAL_SCHEMES:
-        raise InternalError("empty host")
+        raise InvalidArgument("empty host")
 
 
 def _looks_like_ipv4(host: str) -> bool:
@@ -165,67 +211,110 @@ def _looks_like_ipv4(host: str) -> bool:
     return bool(labels[-1]) and labels[-1].isascii() and labels[-1].isdigit()
 
 
-def check_url(text: str) -> str:
-    """``text`` if it is an absolute URL; otherwise INTERNAL with a diagnostic text.
+def check_url(text: str, policy: UrlPolicy = STRICT_URLS, *, output: bool = False) -> str:
+    """``text`` if it is an absolute URL that ``policy`` lets a node read (or, for an
+    ``output``, write); otherwise INVALID_ARGUMENT with a specific sentence.
 
-    Schemes are not restricted (``spec/platform.md`` §5.2): which ones work is
-    decided when a task runs. A URL without a scheme is "relative URL without a
-    base", as in Teaclave."""
+    A URL without a scheme is "relative URL without a base", as in Teaclave.
+    Teaclave accepts any scheme here (``spec/platform.md`` §5.2) and fails the task
+    when it runs; Kettle refuses what no node would open (``docs/errors.md``)."""
     if len(text) > MAX_URL_CHARS:
-        raise InternalError(f"URL is too long: {len(text)} characters, at most {MAX_URL_CHARS}")
+        raise InvalidArgument(f"URL is too long: {len(text)} characters, at most {MAX_URL_CHARS}")
     problem = _character_problem(text)
     if problem is not None:
-        raise InternalError(problem)
+        raise InvalidArgument(problem)
     match = _SCHEME.match(text)
     if match is None:
-        raise InternalError(RELATIVE_URL)
+        raise InvalidArgument(RELATIVE_URL)
     scheme = match.group()[:-1].lower()
     rest = text[match.end() :]
     if rest.startswith("//"):
         authority = re.split(r"[/?#]", rest[2:], maxsplit=1)[0]
         _check_authority(scheme, authority)
     elif scheme in _SPECIAL_SCHEMES:
-        raise InternalError(f"{scheme} URL without a host: expected {scheme}://HOST/...")
+        raise InvalidArgument(f"{scheme} URL without a host: expected {scheme}://HOST/...")
+    _check_scheme(scheme, text, policy, output=output)
     return text
 
 
+def _check_scheme(scheme: str, text: str, policy: UrlPolicy, *, output: bool) -> None:
+    if scheme == "fusion":
+        raise InvalidArgument("fusion URLs name files the platform holds: only RegisterFusionOutput creates them")
+    if scheme not in policy.schemes:
+        allowed = ", ".join(sorted(policy.schemes))
+        hint = "; file URLs need [file_agent] file_roots" if scheme == "file" else ""
+        raise InvalidArgument(f"URL scheme not allowed: {shown(scheme)} (allowed: {allowed}){hint}")
+    if scheme == "data" and output:
+        raise InvalidArgument("an output cannot be written to a data URL")
+    if scheme == "file":
+        _check_file_url(text, policy.file_roots)
+
+
+def _check_file_url(text: str, roots: tuple[str, ...]) -> None:
+    """Absolute (``file:///PATH`` or ``file://localhost/PATH``), no query or fragment, no
+    ``.``/``..`` segment (percent-encoded ones included), inside a root. Never echoes the
+    path: where a file is, is nobody else's business."""
+    if not _FILE_URL.match(text):
+        raise InvalidArgument("a file URL must be absolute, like file:///PATH (no other host, no relative path)")
+    parts = urlsplit(text)
+    if parts.query or parts.fragment:
+        raise InvalidArgument("a file URL takes no query string or fragment")
+    try:
+        path = unquote(parts.path, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidArgument("the path of a file URL is not UTF-8") from None
+    if _CONTROL.search(path):
+        raise InvalidArgument("the path of a file URL contains control characters")
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise InvalidArgument("a file URL must not contain '.' or '..' segments")
+    if not any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots):
+        raise InvalidArgument("file URL is outside the directories file URLs may use ([file_agent] file_roots)")
+
+
 def check_file_cmac(cmac: bytes) -> bytes:
-    """Exactly 16 bytes, else INTERNAL "Invalid cmac length: N"."""
+    """Exactly 16 bytes, else INVALID_ARGUMENT "Invalid cmac length: N"."""
     try:
         return check_cmac(cmac)
     except FileCryptoError as exc:
-        raise InternalError(str(exc)) from None
+        raise InvalidArgument(str(exc)) from None
 
 
 def check_crypto_info(crypto_info: CryptoInfo | None) -> CryptoInfo:
     """A valid crypto info (§5.1), with the texts of :func:`validate_crypto_info`; absent →
-    INTERNAL "missing crypto_info". ``raw`` is kept without key and iv."""
+    INVALID_ARGUMENT "missing crypto_info". ``raw`` is kept without key and iv."""
     if crypto_info is None:
-        raise InternalError(MISSING_CRYPTO_INFO)
+        raise InvalidArgument(MISSING_CRYPTO_INFO)
     if crypto_info.schema not in SCHEMAS:
-        raise InternalError(f"Invalid crypto schema: {shown(crypto_info.schema)}")
+        raise InvalidArgument(f"Invalid crypto schema: {shown(crypto_info.schema)}")
     try:
         validate_crypto_info(crypto_info.schema, crypto_info.key, crypto_info.iv)
     except FileCryptoError as exc:
-        raise InternalError(str(exc)) from None
+        raise InvalidArgument(str(exc)) from None
     return CryptoInfo(RAW) if crypto_info.schema == RAW else crypto_info
 
 
 def register_input_file(
-    caller: Caller, url: str, cmac: bytes, crypto_info: CryptoInfo | None, bare_uuid: str
+    caller: Caller,
+    url: str,
+    cmac: bytes,
+    crypto_info: CryptoInfo | None,
+    bare_uuid: str,
+    policy: UrlPolicy = STRICT_URLS,
 ) -> FileRecord:
     """RegisterInputFile (§5.3): url, then cmac, then crypto info; owned by the caller."""
-    url = check_url(url)
+    url = check_url(url, policy)
     cmac = check_file_cmac(cmac)
     crypto_info = check_crypto_info(crypto_info)
     return FileRecord(bare_uuid, url, crypto_info, (caller.user_id,), cmac)
 
 
-def register_output_file(caller: Caller, url: str, crypto_info: CryptoInfo | None, bare_uuid: str) -> FileRecord:
+def register_output_file(
+    caller: Caller, url: str, crypto_info: CryptoInfo | None, bare_uuid: str, policy: UrlPolicy = STRICT_URLS
+) -> FileRecord:
     """RegisterOutputFile (§5.3): url, then crypto info; owned by the caller, no cmac yet.
 
     ``raw`` is accepted here, as in Teaclave; such an output fails when a task uploads it."""
-    url = check_url(url)
+    url = check_url(url, policy, output=True)
     crypto_info = check_crypto_info(crypto_info)
     return FileRecord(bare_uuid, url, crypto_info, (caller.user_id,), None)
 
@@ -245,17 +334,25 @@ def _found(record: FileRecord | None) -> FileRecord:
     return record
 
 
-def update_file(record: FileRecord | None, caller: Caller, url: str, bare_uuid: str, *, output: bool) -> FileRecord:
+def update_file(
+    record: FileRecord | None,
+    caller: Caller,
+    url: str,
+    bare_uuid: str,
+    *,
+    output: bool,
+    policy: UrlPolicy = STRICT_URLS,
+) -> FileRecord:
     """UpdateInputFile / UpdateOutputFile (§5.3 steps 2–5).
 
     Not found → "invalid data id"; owners ≠ {caller} → PERMISSION_DENIED (so
-    multi-owner files cannot be updated); bad URL → INTERNAL. The result is a
+    multi-owner files cannot be updated); bad URL → INVALID_ARGUMENT. The result is a
     *new* record (``bare_uuid``) with the new URL and the old crypto info and
     owners; an input keeps its cmac, an output copy has none."""
     record = _found(record)
     if record.owner != (caller.user_id,):
         raise PermissionDenied(PERMISSION_DENIED)
-    url = check_url(url)
+    url = check_url(url, policy, output=output)
     return FileRecord(bare_uuid, url, record.crypto_info, record.owner, None if output else record.cmac)
 
 

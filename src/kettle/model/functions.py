@@ -11,6 +11,12 @@ Appendix B. Kettle's choices among the spec's SHOULD/MAY points (§12):
 - #8  DeleteFunction removes the ID from the owner's and allowlisted users' indexes.
 - #9  UpdateFunction refreshes the allowed lists when the allowlist changes.
 - #10 The owner may read its own function's usage stats.
+
+Kettle refuses at registration what Teaclave accepts and fails only when a task
+runs (``docs/errors.md``): an executor type that does not exist is
+INVALID_ARGUMENT (Teaclave: INTERNAL); a ``builtin`` function must name a
+built-in that exists; an argument key, input name or output name may be
+declared once.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..errors import InternalError, InvalidArgument, KettleError, PermissionDenied
+from ..errors import CatalogueError, InvalidArgument, PermissionDenied
 from .ids import Kind, external_id, parse_external_id
 from .records import FunctionArgument, FunctionFile, FunctionRecord
 from .users import Category, Role
@@ -37,6 +43,7 @@ __all__ = [
     "FunctionIndex",
     "UsageRecord",
     "allowlist_changes",
+    "check_builtin_name",
     "check_may_create_task",
     "check_may_disable",
     "check_may_list",
@@ -220,9 +227,22 @@ def parse_function_id(text: str) -> str:
 
 def validate_executor_type(executor_type: str) -> str:
     if executor_type not in EXECUTOR_TYPES:
-        # Teaclave's text; a malformed request is INTERNAL there (spec §4.1, Appendix B).
-        raise InternalError(f"Invalid executor type: {shown(executor_type)}")
+        # Teaclave's text; its INTERNAL is a client mistake here (spec §4.1, docs/errors.md).
+        raise InvalidArgument(f"Invalid executor type: {shown(executor_type)}")
     return executor_type
+
+
+def check_builtin_name(name: str) -> None:
+    """A ``builtin`` function's name selects the built-in it runs: it must be one that exists.
+
+    Teaclave stores any name and fails each task with "Function not found."; refusing
+    here spares every data owner approving a task that can never run."""
+    from ..functions import lookup  # imports only the named function's module
+
+    if not name:
+        raise InvalidArgument("a builtin function needs the name of the built-in it runs, like builtin-echo")
+    if lookup(name) is None:
+        raise InvalidArgument(f"no built-in function is named {shown(name)!r} (docs/builtins.md lists them)")
 
 
 def quota_from_wire(quota: int) -> int | None:
@@ -258,6 +278,24 @@ def _check_limits(definition: FunctionDefinition) -> None:
         raise InvalidArgument(
             f"argument keys, input and output names and allowlisted user ids are at most {MAX_NAME_CHARS} characters"
         )
+    for what, declared in (
+        ("argument key", [a.key for a in definition.arguments]),
+        ("input name", [f.name for f in definition.inputs]),
+        ("output name", [f.name for f in definition.outputs]),
+    ):
+        # A task maps each name to one value or file: a second declaration could never be told apart.
+        seen: set[str] = set()
+        for name in declared:
+            if name in seen:
+                raise InvalidArgument(f"{what} {shown(name)!r} is declared twice")
+            seen.add(name)
+
+
+def _check_definition(definition: FunctionDefinition) -> None:
+    validate_executor_type(definition.executor_type)
+    if definition.executor_type == "builtin":
+        check_builtin_name(definition.name)
+    _check_limits(definition)
 
 
 def _check_size(record: FunctionRecord) -> FunctionRecord:
@@ -269,9 +307,9 @@ def _check_size(record: FunctionRecord) -> FunctionRecord:
 
 def register_function(definition: FunctionDefinition, caller: Caller, bare_uuid: str) -> FunctionRecord:
     """The new function record (§4.2 RegisterFunction): owner = caller; only the
-    executor type is validated by Teaclave, Kettle adds size bounds."""
-    validate_executor_type(definition.executor_type)
-    _check_limits(definition)
+    executor type is validated by Teaclave, Kettle adds the built-in name, unique
+    names and size bounds."""
+    _check_definition(definition)
     return _check_size(FunctionRecord(
         uuid=bare_uuid,
         name=definition.name,
@@ -290,14 +328,14 @@ def register_function(definition: FunctionDefinition, caller: Caller, bare_uuid:
 
 def update_function(current: FunctionRecord | None, caller: Caller, definition: FunctionDefinition) -> FunctionRecord:
     """§4.2 UpdateFunction: unknown → INVALID_ARGUMENT, not the owner (admins
-    included) → PERMISSION_DENIED, bad executor type → INTERNAL; then everything
-    but ID, owner, usage counter and the ``disabled`` flag is replaced (an update
-    does not silently re-enable a disabled function)."""
+    included) → PERMISSION_DENIED, a bad definition → INVALID_ARGUMENT (as for
+    registration); then everything but ID, owner, usage counter and the
+    ``disabled`` flag is replaced (an update does not silently re-enable a
+    disabled function)."""
     if current is None:
         raise InvalidArgument(INVALID_FUNCTION_ID)
     check_owner(current, caller)
-    validate_executor_type(definition.executor_type)
-    _check_limits(definition)
+    _check_definition(definition)
     return _check_size(replace(
         current,
         name=definition.name,
@@ -442,4 +480,4 @@ def check_may_create_task(function: FunctionRecord | None, caller: Caller) -> Fu
 def check_quota(function: FunctionRecord, usage: UsageRecord) -> None:
     """InvokeTask step 4: a quota q allows q successful invocations (0 = none)."""
     if function.usage_quota is not None and function.usage_quota <= usage.use_numbers:
-        raise KettleError(QUOTA_USED_UP)
+        raise CatalogueError(QUOTA_USED_UP)

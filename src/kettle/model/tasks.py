@@ -21,7 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..errors import InternalError, InvalidArgument, KettleError, PermissionDenied
+from ..errors import CatalogueError, InvalidArgument, KettleError, PermissionDenied
+from .files import assigned_file_id, check_assignable
 from .functions import (
     INVALID_FUNCTION_ID,
     MAX_ITEMS,
@@ -34,15 +35,23 @@ from .functions import (
     check_quota,
     shown,
 )
-from .files import assigned_file_id, check_assignable
 from .ids import Kind, parse_external_id
-from .records import FileRecord, FunctionRecord, StagedTask, TaskRecord, TaskResult, TaskStatus
+from .records import (
+    FileRecord,
+    FunctionRecord,
+    StagedTask,
+    TaskRecord,
+    TaskResult,
+    TaskStatus,
+)
 
 __all__ = [
     "APPROVE_FAILED",
     "ASSIGN_FAILED",
     "CANCELED_REASON",
     "CANCEL_FAILED",
+    "CANCEL_FAILED_TASK",
+    "CANCEL_FINISHED",
     "EXECUTORS",
     "INVALID_TASK",
     "INVALID_TASK_ID",
@@ -75,11 +84,18 @@ INVALID_TASK = "invalid task"
 ASSIGN_FAILED = "failed to assign data to task"
 APPROVE_FAILED = "failed to approve task"
 INVOKE_FAILED = "failed to invoke task"
-CANCEL_FAILED = "failed to cancel task, reason: task has already been canceled"
+CANCEL_FAILED_PREFIX = "failed to cancel task, reason: "
+CANCEL_FAILED = CANCEL_FAILED_PREFIX + "task has already been canceled"
+"""The reference's text, for every terminal task there; Kettle keeps it for a canceled one."""
+CANCEL_FINISHED = CANCEL_FAILED_PREFIX + "task has already finished"
+CANCEL_FAILED_TASK = CANCEL_FAILED_PREFIX + "task has already failed"
 CANCELED_REASON = "Task canceled"
 
 EXECUTORS = ("mesapy", "builtin", "wamr")
 """The task's ``executor`` strings, exact (§6.2 step 3)."""
+
+ENGINE_OF_TYPE = {"builtin": "builtin", "python": "mesapy", "wamr": "wamr"}
+"""The one executor that runs each function executor type (functions.md §2)."""
 
 EXECUTOR_ALIASES = {"python": "mesapy", "wasm": "wamr"}
 """Kettle also accepts the engines' plain names; a task stores (and shows) the reference's name, so
@@ -116,8 +132,20 @@ def validate_executor(executor: str) -> str:
     """The reference's name of the engine ``executor`` names (an alias is translated)."""
     canonical = EXECUTOR_ALIASES.get(executor, executor)
     if canonical not in EXECUTORS:
-        raise InternalError(f"Unsupported executor: {shown(executor)}")
+        raise InvalidArgument(f"Unsupported executor: {shown(executor)}")
     return canonical
+
+
+def check_executor_pair(executor: str, executor_type: str) -> None:
+    """The task's executor must be the one that runs the function's executor type.
+
+    Teaclave finds a mismatch only when the task runs ("function not available"),
+    after every data owner approved it; Kettle refuses it at CreateTask."""
+    expected = ENGINE_OF_TYPE.get(executor_type)
+    if expected is not None and executor != expected:
+        raise InvalidArgument(
+            f"executor {executor} cannot run a {executor_type} function (its executor is {expected})"
+        )
 
 
 def ownership_map(entries: Iterable[tuple[str, Iterable[str]]]) -> dict[str, tuple[str, ...]]:
@@ -140,7 +168,7 @@ def _finite_float(text: str) -> float:
 
 
 def parse_arguments(text: str) -> dict[str, Any]:
-    """``function_arguments`` as a JSON object (§6.2 step 4); otherwise INTERNAL.
+    """``function_arguments`` as a JSON object (§6.2 step 4); otherwise INVALID_ARGUMENT.
 
     Stricter than Python's json module, like the reference's parser: no NaN or
     Infinity, no numbers that overflow a double, no lone surrogate escapes —
@@ -149,9 +177,9 @@ def parse_arguments(text: str) -> dict[str, Any]:
         value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except (ValueError, RecursionError, UnicodeEncodeError) as exc:
-        raise InternalError(f"function_arguments is not valid JSON: {shown(str(exc))}") from None
+        raise InvalidArgument(f"function_arguments is not valid JSON: {shown(str(exc))}") from None
     if not isinstance(value, dict):
-        raise InternalError("function_arguments is not a JSON object")
+        raise InvalidArgument("function_arguments is not a JSON object")
     return value
 
 
@@ -200,8 +228,9 @@ def create_task(
 
     1. unknown function → INVALID_ARGUMENT "invalid function id";
     2. caller's role / allowlist / disabled → PERMISSION_DENIED;
-    3. executor string → INTERNAL "Unsupported executor: …";
-    4. function_arguments not a JSON object → INTERNAL;
+    3. executor string → INVALID_ARGUMENT "Unsupported executor: …" (Teaclave:
+       INTERNAL), and (Kettle) it must be the function's executor;
+    4. function_arguments not a JSON object → INVALID_ARGUMENT (Teaclave: INTERNAL);
     5. request keys ≠ overwritable argument keys → INVALID_ARGUMENT "invalid task";
     6.–7. inputs / outputs ownership ≠ declared files → "invalid task".
     Then Kettle's checks: a built-in's arguments and files (:func:`check_builtin_task`),
@@ -209,6 +238,7 @@ def create_task(
     """
     function = check_may_create_task(function, caller)
     executor = validate_executor(definition.executor)
+    check_executor_pair(executor, function.executor_type)
     requested = parse_arguments(definition.function_arguments)
     if set(requested) != {a.key for a in function.arguments if a.allow_overwrite}:
         raise InvalidArgument(INVALID_TASK)
@@ -220,7 +250,7 @@ def create_task(
         if len(owners) > MAX_ITEMS or any(len(uid) > MAX_NAME_CHARS for uid in owners):
             raise InvalidArgument(INVALID_TASK)
     arguments = merge_arguments(function, requested)
-    if function.executor_type == "builtin" and executor == "builtin":
+    if function.executor_type == "builtin":
         check_builtin_task(function.name, arguments, inputs, outputs)
     task = TaskRecord(
         uuid=bare_uuid,
@@ -244,9 +274,12 @@ def check_builtin_task(name: str, arguments: str, inputs: Iterable[str], outputs
 
     The reference finds such mistakes only when the task runs, after every party
     approved it; Kettle refuses them here with INVALID_ARGUMENT ``invalid task: <why>``.
-    A name that is no built-in is left to fail when it runs (``Function not found.``),
-    as the reference does: Teaclave's fixtures register such functions."""
-    from ..functions import TaskMismatch, lookup  # imports only the named function's module
+    A name that is no built-in is refused at RegisterFunction; a record stored before
+    that rule is left to fail when it runs (``Function not found.``)."""
+    from ..functions import (  # imports only the named function's module
+        TaskMismatch,
+        lookup,
+    )
 
     function = lookup(name)
     if function is None:
@@ -292,7 +325,7 @@ def check_may_assign(task: TaskRecord, caller: Caller) -> TaskRecord:
     """§6.3 steps 2–3: a participant, and the task still Created."""
     check_participant(task, caller)
     if task.status != TaskStatus.CREATED:
-        raise KettleError(ASSIGN_FAILED)
+        raise CatalogueError(ASSIGN_FAILED)
     return task
 
 
@@ -376,7 +409,7 @@ def approve_task(task: TaskRecord, caller: Caller) -> TaskRecord:
     Approved once everyone approved (or single participant), else DataAssigned."""
     ready = task.status == TaskStatus.DATA_ASSIGNED or (task.status == TaskStatus.CREATED and data_complete(task))
     if not ready:
-        raise KettleError(APPROVE_FAILED)
+        raise CatalogueError(APPROVE_FAILED)
     check_participant(task, caller)
     approved = replace(task, approved_users=tuple(sorted({*task.approved_users, caller.user_id})))
     status = TaskStatus.APPROVED if approvals_complete(approved) else TaskStatus.DATA_ASSIGNED
@@ -397,7 +430,7 @@ def stage_task(task: TaskRecord) -> TaskRecord:
         task.status in (TaskStatus.CREATED, TaskStatus.DATA_ASSIGNED) and data_complete(task) and approvals_complete(task)
     )
     if not ready:
-        raise KettleError(INVOKE_FAILED)
+        raise CatalogueError(INVOKE_FAILED)
     return replace(task, status=TaskStatus.STAGED)
 
 
@@ -436,11 +469,16 @@ def build_staged_task(task: TaskRecord, function: FunctionRecord) -> StagedTask:
 def cancel_task(task: TaskRecord, caller: Caller) -> TaskRecord | None:
     """§6.6: creator or admin. Before staging → Canceled with Err "Task canceled".
     Staged/Running → None: the caller records a cancel request and the scheduler
-    finishes the job. Terminal → UNKNOWN."""
+    finishes the job. Terminal → UNKNOWN, as in the reference, saying what is true
+    (the reference says "already been canceled" for every terminal task)."""
     if not (caller.is_admin or caller.user_id == task.creator):
         raise PermissionDenied(PERMISSION_DENIED)
     if task.status in _IN_SCHEDULER:
         return None
     if task.status in _PRE_STAGED:
         return replace(task, status=TaskStatus.CANCELED, result=TaskResult(failure=CANCELED_REASON))
-    raise KettleError(CANCEL_FAILED)
+    if task.status == TaskStatus.FINISHED:
+        raise CatalogueError(CANCEL_FINISHED)
+    if task.status == TaskStatus.FAILED:
+        raise CatalogueError(CANCEL_FAILED_TASK)
+    raise CatalogueError(CANCEL_FAILED)

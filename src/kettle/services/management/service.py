@@ -30,6 +30,7 @@ from google.protobuf import empty_pb2
 from ...config import Config, ManagementConfig
 from ...crypto.schemas import FileCryptoError
 from ...errors import (
+    CatalogueError,
     InternalError,
     InvalidArgument,
     KettleError,
@@ -39,6 +40,8 @@ from ...errors import (
 from ...model import files as file_rules
 from ...model import functions as fn_rules
 from ...model import tasks as task_rules
+from ...model.audit import AuditError, check_limit, parse_query
+from ...model.files import STRICT_URLS, UrlPolicy
 from ...model.functions import Caller, FunctionDefinition, FunctionIndex, UsageRecord
 from ...model.ids import Kind, external_id, new_uuid
 from ...model.records import (
@@ -92,9 +95,9 @@ def management_rpc(method: Handler) -> Handler:
             log.error("%s: %s", method.__name__, exc)
             raise InternalError(INTERNAL_ERROR_TEXT) from None
         except FileCryptoError as exc:
-            # The model turns these into INTERNAL itself; this is the safety net, so a
-            # crypto-info text never degrades to "service internal error".
-            raise InternalError(str(exc)) from None
+            # The model turns these into INVALID_ARGUMENT itself; this is the safety net, so
+            # a client's bad crypto info never degrades to "service internal error".
+            raise InvalidArgument(str(exc)) from None
 
     return rpc_method(run)
 
@@ -104,9 +107,9 @@ def caller_of(context: grpc.aio.ServicerContext) -> Caller:
     metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
     user_id, role = metadata.get("id"), metadata.get("role")
     if user_id is None:
-        raise KettleError("missing user id")
+        raise CatalogueError("missing user id")
     if role is None:
-        raise KettleError("missing user role")
+        raise CatalogueError("missing user role")
     return Caller.from_metadata(user_id, role)
 
 
@@ -231,8 +234,11 @@ def task_response(task: TaskRecord) -> fpb.GetTaskResponse:
 
 
 class KettleManagementServicer(pb_grpc.KettleManagementServicer):
-    def __init__(self, store: PlatformStore, limits: ManagementConfig = ManagementConfig()) -> None:
+    def __init__(
+        self, store: PlatformStore, limits: ManagementConfig = ManagementConfig(), url_policy: UrlPolicy = STRICT_URLS
+    ) -> None:
         self._store = store
+        self._urls = url_policy
         self._audit: Any = None
         self._quotas = UserQuotas(store, limits)
 
@@ -624,7 +630,9 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         self, request: fpb.RegisterInputFileRequest, context: grpc.aio.ServicerContext
     ) -> fpb.RegisterInputFileResponse:
         caller = caller_of(context)
-        record = file_rules.register_input_file(caller, request.url, request.cmac, crypto_info_of(request), new_uuid())
+        record = file_rules.register_input_file(
+            caller, request.url, request.cmac, crypto_info_of(request), new_uuid(), self._urls
+        )
         await self._create_file(input_key(record.uuid), record, caller)
         return fpb.RegisterInputFileResponse(data_id=external_id(Kind.INPUT, record.uuid))
 
@@ -633,7 +641,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         self, request: fpb.RegisterOutputFileRequest, context: grpc.aio.ServicerContext
     ) -> fpb.RegisterOutputFileResponse:
         caller = caller_of(context)
-        record = file_rules.register_output_file(caller, request.url, crypto_info_of(request), new_uuid())
+        record = file_rules.register_output_file(caller, request.url, crypto_info_of(request), new_uuid(), self._urls)
         await self._create_file(output_key(record.uuid), record, caller)
         return fpb.RegisterOutputFileResponse(data_id=external_id(Kind.OUTPUT, record.uuid))
 
@@ -643,7 +651,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
     ) -> fpb.UpdateInputFileResponse:
         caller = caller_of(context)
         old = await self._get_input(request.data_id)
-        record = file_rules.update_file(old, caller, request.url, new_uuid(), output=False)
+        record = file_rules.update_file(old, caller, request.url, new_uuid(), output=False, policy=self._urls)
         await self._create_file(input_key(record.uuid), record, caller)
         return fpb.UpdateInputFileResponse(data_id=external_id(Kind.INPUT, record.uuid))
 
@@ -653,7 +661,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
     ) -> fpb.UpdateOutputFileResponse:
         caller = caller_of(context)
         old = await self._get_output(request.data_id)
-        record = file_rules.update_file(old, caller, request.url, new_uuid(), output=True)
+        record = file_rules.update_file(old, caller, request.url, new_uuid(), output=True, policy=self._urls)
         await self._create_file(output_key(record.uuid), record, caller)
         return fpb.UpdateOutputFileResponse(data_id=external_id(Kind.OUTPUT, record.uuid))
 
@@ -736,6 +744,13 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         caller = caller_of(context)
         if not caller.is_admin:
             raise PermissionDenied(fn_rules.PERMISSION_DENIED)
+        try:
+            # The client's part, checked before storage is read: its mistakes are INVALID_ARGUMENT
+            # with the catalogue's text; UNKNOWN stays for the audit log failing (Appendix B).
+            check_limit(request.limit)
+            parse_query(request.query)
+        except AuditError as exc:
+            raise InvalidArgument(exc.message) from None
         entries: list[common_pb.Entry] = await self._audit_log().query(request.query, request.limit)
         return fpb.QueryAuditLogsResponse(logs=entries)
 
@@ -744,6 +759,8 @@ async def main(config: Config) -> None:
     runtime = ServiceRuntime("management", config)
     await runtime.attest()
     warn_if_off(config.management)
-    servicer = KettleManagementServicer(PlatformStore(runtime.peers), config.management)
+    urls = UrlPolicy.from_config(config.file_agent, config.home)
+    log.info("registration accepts URL schemes %s", ", ".join(sorted(urls.schemes)))
+    servicer = KettleManagementServicer(PlatformStore(runtime.peers), config.management, urls)
     runtime.internal_server(lambda server: pb_grpc.add_KettleManagementServicer_to_server(servicer, server))
     await runtime.serve()
