@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -101,4 +103,42 @@ def test_bad_keys_are_refused_and_change_nothing(platform: Platform, request_: A
         assert (refused.value.code(), refused.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
 
     as_service(platform, "management", body)
+    assert platform.child("storage").process.poll() is None
+
+
+def test_an_item_that_fails_to_unseal_is_dead_lettered_once_and_the_queue_flows(platform: Platform) -> None:
+    """Tampered in the database file: moved out of its queue once, with the reason an operator
+    lists with ``kettle storage dead-letters``; the good item behind it is delivered at once."""
+    queue = b"q-tampered"
+
+    async def enqueue(stub: pb_grpc.KettleStorageStub) -> None:
+        for value in (b"to be tampered with", b"good"):
+            await stub.Enqueue(pb.EnqueueRequest(queue=queue, value=value))
+
+    as_service(platform, "scheduler", enqueue)
+    db = sqlite3.connect(platform.config.path(platform.config.storage.path), isolation_level=None)
+    try:
+        item_id, sealed = db.execute(
+            "SELECT item_id, value FROM queue_items WHERE queue = ? ORDER BY item_id", (queue,)).fetchone()
+        tampered = sealed[:20] + bytes([sealed[20] ^ 1]) + sealed[21:]
+        db.execute("UPDATE queue_items SET value = ? WHERE item_id = ?", (tampered, item_id))
+    finally:
+        db.close()
+
+    async def drain(stub: pb_grpc.KettleStorageStub) -> list[pb.DequeueResponse]:
+        # Lease 1 s, then well past it: an item left in the queue would come back.
+        first = await stub.Dequeue(pb.DequeueRequest(queue=queue, lease_seconds=1))
+        await asyncio.sleep(1.5)
+        return [first, await stub.Dequeue(pb.DequeueRequest(queue=queue, lease_seconds=30))]
+
+    first, second = as_service(platform, "scheduler", drain)
+    assert (first.found, first.value, first.deliveries) == (True, b"good", 1)
+    assert (second.found, second.value, second.deliveries) == (True, b"good", 2)
+    listed = platform.kettle("storage", "dead-letters", "--json")
+    assert listed.returncode == 0, listed.stderr
+    letters = [letter for letter in json.loads(listed.stdout) if letter["queue"] == queue.decode()]
+    assert [(letter["item_id"], letter["namespace"], letter["deliveries"]) for letter in letters] == [
+        (item_id, "platform", 1)]
+    assert letters[0]["reason"] == ("sealed value failed authentication: wrong sealing key, "
+                                    "stored under another key, or tampered with")
     assert platform.child("storage").process.poll() is None

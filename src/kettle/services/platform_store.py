@@ -9,7 +9,7 @@ on the fresh value. No update is ever lost and no read-modify-write races.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -19,6 +19,7 @@ from ..model.records import FileRecord, FunctionRecord, TaskRecord
 from ..rpc.channel import PeerChannels
 from ..rpc.generated import kettle_storage_pb2 as pb
 from ..rpc.generated import kettle_storage_pb2_grpc as pb_grpc
+from .storage.backend import RecordWrite
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,17 @@ class PlatformStore:
         response = await self._call("GetKeysByPrefix", pb.GetKeysByPrefixRequest(prefix=prefix))
         return list(response.keys)
 
-    async def compare_and_put(self, key: bytes, expected: bytes | None, value: bytes) -> tuple[bool, bytes | None]:
+    async def compare_and_put(
+        self, key: bytes, expected: bytes | None, value: bytes, also: Sequence[RecordWrite] = ()
+    ) -> tuple[bool, bytes | None]:
+        """Write ``value`` if ``key`` still holds ``expected``; ``also`` are written in the
+        same transaction (a value of None deletes), so a reader sees all or none."""
+        writes = [pb.RecordWrite(key=k, value=v or b"", delete=v is None) for k, v in also]
         response = await self._call(
             "CompareAndPut",
-            pb.CompareAndPutRequest(key=key, expected=expected or b"", expect_absent=expected is None, value=value),
+            pb.CompareAndPutRequest(
+                key=key, expected=expected or b"", expect_absent=expected is None, value=value, also=writes
+            ),
         )
         return response.applied, (response.current if response.found else None)
 
@@ -99,11 +107,18 @@ class PlatformStore:
     async def get_file(self, key: bytes) -> FileRecord | None:
         return _decode(FileRecord, await self.get(key))
 
-    async def update_task(self, key: bytes, change: Callable[[TaskRecord], TaskRecord]) -> TaskRecord:
+    async def update_task(
+        self,
+        key: bytes,
+        change: Callable[[TaskRecord], TaskRecord],
+        also: Callable[[TaskRecord], Sequence[RecordWrite]] = lambda _: (),
+    ) -> TaskRecord:
         """Apply the pure ``change`` to the stored task atomically; retry on concurrent writes.
 
         ``change`` may raise a KettleError to refuse (nothing is written) or
-        :class:`NoChange` to keep the record. The task must exist.
+        :class:`NoChange` to keep the record. The task must exist. ``also`` names
+        the records that change with the new task record (e.g. a finished task's
+        output files): they are written in the same storage transaction.
         """
         for _ in range(MAX_UPDATE_ATTEMPTS):
             raw = await self.get(key)
@@ -114,7 +129,7 @@ class PlatformStore:
                 updated = change(current)
             except NoChange:
                 return current
-            applied, _ = await self.compare_and_put(key, raw, updated.to_bytes())
+            applied, _ = await self.compare_and_put(key, raw, updated.to_bytes(), also(updated))
             if applied:
                 return updated
         raise StorageError("task record is being updated too often; try again")
