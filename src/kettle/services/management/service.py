@@ -53,7 +53,6 @@ from ...model.records import (
     TaskRecord,
     TaskResult,
     cancel_request_key,
-    function_key,
     input_key,
     output_key,
     task_key,
@@ -256,7 +255,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         await self._update(user_index_key(user_id), FunctionIndex, apply)
 
     async def _get_function(self, bare: str) -> FunctionRecord | None:
-        return await self._store.get_function(function_key(bare))
+        return await self._store.get_function(bare)
 
     async def _get_usage(self, bare: str) -> UsageRecord | None:
         return _decode(UsageRecord, await self._store.get(usage_key(bare)))  # type: ignore[no-any-return]
@@ -283,7 +282,8 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         function_id = external_id(Kind.FUNCTION, record.uuid)
         # The usage record goes first: a visible function always has one.
         await self._store.put(usage_key(record.uuid), UsageRecord(record.uuid).to_bytes())
-        await self._store.put(function_key(record.uuid), record.to_bytes())
+        if not await self._store.create_function(record):  # a UUID v4 collision: never overwrite
+            raise InternalError(INTERNAL_ERROR_TEXT)
         await self._change_index(record.owner, lambda index: index.with_registered(function_id), create=True)
         await asyncio.gather(*(
             self._change_index(user, lambda index: index.with_allowed(function_id), create=True)
@@ -324,8 +324,8 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         return fpb.UpdateFunctionResponse(function_id=external_id(Kind.FUNCTION, bare))
 
     async def _update_function(self, bare: str, caller: Caller, definition: FunctionDefinition) -> None:
-        before, after = await self._update(
-            function_key(bare), FunctionRecord, lambda current: fn_rules.update_function(current, caller, definition)
+        before, after = await self._store.update_function(
+            bare, lambda current: fn_rules.update_function(current, caller, definition)
         )
         # Kettle refreshes the allowed lists (§12 #9) so ListFunctions follows the allowlist.
         function_id = external_id(Kind.FUNCTION, bare)
@@ -348,7 +348,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
     async def _delete_function(self, function: FunctionRecord) -> None:
         # The usage record stays, as in Teaclave: tasks on the function then fail at
         # InvokeTask with "invalid function id" because the function itself is gone.
-        await self._store.delete(function_key(function.uuid))
+        await self._store.delete_function(function.uuid)
         await self._forget_in_indexes(function)
 
     async def _forget_in_indexes(self, function: FunctionRecord) -> None:
@@ -372,7 +372,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         def disable(current: FunctionRecord | None) -> FunctionRecord:
             return fn_rules.disable_function(current, caller)
 
-        before, _ = await self._update(function_key(bare), FunctionRecord, disable)
+        before, _ = await self._store.update_function(bare, disable)
         await self._forget_in_indexes(before)
 
     @management_rpc
