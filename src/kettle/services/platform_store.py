@@ -15,7 +15,13 @@ from typing import Any, TypeVar
 import grpc
 
 from ..errors import InternalError, StorageError
-from ..model.records import FileRecord, FunctionRecord, TaskRecord, function_key, function_payload_key
+from ..model.records import (
+    FileRecord,
+    FunctionRecord,
+    TaskRecord,
+    function_key,
+    function_payload_key,
+)
 from ..rpc.channel import PeerChannels
 from ..rpc.generated import kettle_storage_pb2 as pb
 from ..rpc.generated import kettle_storage_pb2_grpc as pb_grpc
@@ -25,6 +31,8 @@ log = logging.getLogger(__name__)
 
 STORAGE_TIMEOUT_SECS = 10.0
 MAX_UPDATE_ATTEMPTS = 50
+MAX_READ_ATTEMPTS = 5
+"""Reads of a function and its payload record before a mismatch counts as corruption."""
 
 R = TypeVar("R")
 
@@ -108,7 +116,8 @@ class PlatformStore:
     async def _read_function(self, bare: str) -> tuple[bytes | None, FunctionRecord | None]:
         """(the stored function record, the function). Reads again when an update
         landed between reading the record and reading its payload."""
-        for _ in range(MAX_UPDATE_ATTEMPTS):
+        problem = ""
+        for _ in range(MAX_READ_ATTEMPTS):
             raw = await self.get(function_key(bare))
             if raw is None:
                 return None, None
@@ -121,8 +130,11 @@ class PlatformStore:
             try:
                 return raw, FunctionRecord.from_bytes(raw, payload)
             except ValueError as exc:
-                log.info("function %s changed while it was read (%s); reading it again", bare, exc)
-        raise StorageError("function record is being updated too often; try again")
+                problem = str(exc)
+                log.info("function %s changed while it was read (%s); reading it again", bare, problem)
+        # Not a race any more: the two records disagree for good.
+        log.error("corrupt function %s: %s", bare, problem)
+        raise InternalError("service internal error")
 
     async def create_function(self, record: FunctionRecord) -> bool:
         """Store a new function and its payload in one step; False if the id is taken."""
