@@ -204,7 +204,8 @@ class TestRegisterAndUpdate:
         ({"arguments": (FunctionArgument("k" * 257),)}, "at most 256 characters"),
         ({"inputs": (FunctionFile("k" * 257),)}, "at most 256 characters"),
         ({"user_allowlist": ("u" * 257,)}, "at most 256 characters"),
-        ({"payload": b"\0" * (3 * 1024 * 1024 + 1)}, "too large to store"),
+        ({"payload": b"\0" * (F.MAX_PAYLOAD_BYTES + 1)}, "function payload is too large (16777217 bytes, at most"),
+        ({"description": "d" * (4 * 1024 * 1024)}, "function is too large to store"),
     ])
     def test_register_bounds(self, changes: dict[str, Any], fragment: str) -> None:
         with pytest.raises(KettleError) as info:
@@ -216,9 +217,9 @@ class TestRegisterAndUpdate:
             name="n" * 256,
             arguments=tuple(FunctionArgument(f"{i:0256d}") for i in range(256)),
             user_allowlist=tuple(f"u{i}" for i in range(256)),
-            payload=b"\xff" * (2 * 1024 * 1024),
+            payload=b"\xff" * F.MAX_PAYLOAD_BYTES,
         ), OWNER, FN_UUID)
-        assert len(record.arguments) == 256
+        assert len(record.arguments) == 256 and len(record.payload) == F.MAX_PAYLOAD_BYTES
 
     def test_register_checks_executor_type_before_bounds(self) -> None:
         refused(lambda: F.register_function(definition(executor_type="x", name="n" * 999), OWNER, FN_UUID),
@@ -762,9 +763,11 @@ class TestInvokeTask:
         assert (staged.input_data, staged.output_data) == ({"in1": file_record("i")}, {"out1": file_record("o")})
 
     def test_too_large_to_stage(self) -> None:
-        big = function(payload=b"x" * (3 * 1024 * 1024))
+        big = function(payload=b"x" * F.MAX_PAYLOAD_BYTES)
+        assert T.build_staged_task(at(SOLO, TaskStatus.STAGED), big).function_payload == big.payload
+        bigger = function(payload=b"x" * (F.MAX_STAGED_BYTES * 3 // 4))  # no longer registrable
         with pytest.raises(KettleError) as info:
-            T.build_staged_task(at(SOLO, TaskStatus.STAGED), big)
+            T.build_staged_task(at(SOLO, TaskStatus.STAGED), bigger)
         assert info.value.code == INVALID and "too large to stage" in info.value.message
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from kettle.rpc.generated.kettle_management_pb2_grpc import KettleManagementStub
 from kettle.services.management.service import KettleManagementServicer
 from kettle.services.platform_store import PlatformStore
 from kettle.services.runtime import ServiceRuntime
+from kettle.services.storage.backend import RecordWrite
 
 User = tuple[str, str]
 ADMIN: User = ("admin", "PlatformAdmin")
@@ -489,10 +490,10 @@ def test_bad_inputs_are_refused_cleanly_and_change_nothing(platform: Platform) -
         await h.refused("RegisterFunction", register(
             arguments=[fpb.FunctionArgument(key=f"k{i}") for i in range(257)]), invalid, None, FO)
         await h.refused("RegisterFunction", register(user_allowlist=["u" * 300]), invalid, None, FO)
-        await h.refused("RegisterFunction", register(payload=b"\0" * (3 * 1024 * 1024 + 512 * 1024)), invalid,
-                        None, FO)
-        # beyond the 4 MiB message limit the gRPC layer refuses before management sees it
-        await h.refused("RegisterFunction", register(payload=b"\0" * (5 * 1024 * 1024)),
+        await h.refused("RegisterFunction", register(payload=b"\0" * (16 * 1024 * 1024 + 1)), invalid,
+                        "function payload is too large (16777217 bytes, at most 16777216)", FO)
+        # beyond the 64 MiB message limit the gRPC layer refuses before management sees it
+        await h.refused("RegisterFunction", register(payload=b"\0" * (65 * 1024 * 1024)),
                         grpc.StatusCode.RESOURCE_EXHAUSTED, None, FO)
 
         # not the creator, not a participant: refused, and nothing moved
@@ -685,10 +686,17 @@ class MemoryStore(PlatformStore):
     async def keys_with_prefix(self, prefix: bytes) -> list[bytes]:
         return sorted(k for k in self.records if k.startswith(prefix))
 
-    async def compare_and_put(self, key: bytes, expected: bytes | None, value: bytes) -> tuple[bool, bytes | None]:
+    async def compare_and_put(
+        self, key: bytes, expected: bytes | None, value: bytes, also: Sequence[RecordWrite] = ()
+    ) -> tuple[bool, bytes | None]:
         self._maybe_fail("compare_and_put", key)
         if self.records.get(key) != expected:
             return False, self.records.get(key)
+        for other, other_value in also:
+            if other_value is None:
+                self.records.pop(other, None)
+            else:
+                self.records[other] = other_value
         self.records[key] = value
         return True, value
 

@@ -15,6 +15,7 @@ import pytest
 import task_world
 from task_world import World
 
+from kettle.errors import KettleError
 from kettle.sdk import TaskFailure
 
 PAYLOADS = Path(__file__).parent / "data" / "python"
@@ -112,3 +113,18 @@ def test_cancelling_an_infinite_loop_is_prompt_and_the_next_task_runs(world: Wor
     assert isinstance(task.result, TaskFailure) and task.result.reason == "Task Canceled by the user"
     echo = python(world, (PAYLOADS / "echo.py").read_text(), ["message"])
     assert world.run(echo, {"message": "next"}).return_value == "next"
+
+
+def test_a_payload_of_8_mib_registers_runs_and_reads_back_unchanged(world: World) -> None:
+    """Stored as its own record: no longer capped near 3 MiB by base64 inside the function's JSON."""
+    comment = "".join(f"# line {n:07d} of a long explanation that the function carries along\n" for n in range(90_000))
+    literal = "TABLE = " + repr(bytes(range(256)) * 4096) + "\n"  # 1 MiB of bytes, as a literal
+    code = comment + literal + "def entrypoint(argv):\n    return 'table of %d bytes' % len(TABLE)\n"
+    payload = code.encode()
+    assert 8 << 20 <= len(payload) < 12 << 20
+    function_id = world.function("python", payload)
+    assert world.publisher.get_function(function_id).payload == payload
+    assert world.run(function_id, {}).return_value == "table of 1048576 bytes"
+    too_large = b"#" * (16 * 1024 * 1024 + 1)
+    with pytest.raises(KettleError, match=r"^function payload is too large \(16777217 bytes, at most 16777216\)$"):
+        world.function("python", too_large)

@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -47,6 +48,7 @@ from kettle.rpc.generated import kettle_scheduler_pb2_grpc as pb_grpc
 from kettle.rpc.generated import teaclave_common_pb2 as common_pb
 from kettle.services.platform_store import PlatformStore
 from kettle.services.runtime import ServiceRuntime
+from kettle.services.storage.sealing import Sealer, _location
 
 LEASE_SECS = 3
 SERVICES = ("storage", "scheduler", "execution")
@@ -515,3 +517,69 @@ def test_the_scheduler_protocol_with_a_hand_made_node(home_factory: Callable[...
             await node_runtime.peers.close()
 
     run(body)
+
+
+# --- a result and its output records are one step ---------------------------------------------------
+
+
+LOG_EVERY_WRITE = (
+    "CREATE TABLE write_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, key BLOB NOT NULL, value BLOB NOT NULL)",
+    *(f"""CREATE TRIGGER log_{event.lower()} AFTER {event} ON records WHEN NEW.namespace = 'platform'
+          BEGIN INSERT INTO write_log (key, value) VALUES (NEW.key, NEW.value); END"""
+      for event in ("INSERT", "UPDATE")),
+)
+
+
+def test_no_write_shows_a_finished_task_whose_outputs_lack_its_tags(home_factory: Callable[..., Platform]) -> None:
+    """Every write to the platform's records, in the order the storage service made them, is
+    logged by a trigger inside the real database; replaying them, no state may show a task
+    that ended with a tag its output record does not carry yet (a client waiting for the end
+    reads the outputs at once). Deterministic: no timing decides whether the window shows."""
+    p = home_factory()
+    p.start(("storage", "scheduler"))
+    db = sqlite3.connect(p.config.path(p.config.storage.path), isolation_level=None)
+    for statement in LOG_EVERY_WRITE:
+        db.execute(statement)
+    sealer = Sealer(ServiceRuntime("storage", p.config).provider.sealing_key("storage"))
+
+    async def body() -> str:
+        node_runtime = ServiceRuntime("execution", p.config)
+        await node_runtime.attest()
+        stub = pb_grpc.KettleSchedulerStub(node_runtime.peers.channel("scheduler"))
+        me = str(uuid.uuid4())
+        try:
+            async with Management(p.config) as m:
+                crypto = CryptoInfo("aes-gcm-128", b"k" * 16, b"i" * 12)
+                outputs = {name: FileRecord(str(uuid.uuid4()), f"file:///tmp/{name}", crypto, ("alice",))
+                           for name in ("first", "second", "third")}
+                for record in outputs.values():
+                    await m.store.put(output_key(record.uuid), record.to_bytes())
+                task_id = await m.stage({"message": "tagged"}, outputs=outputs)
+                assert (await stub.PullTask(pb.PullTaskRequest(executor_id=me, wait_ms=5000))).found
+                await stub.UpdateTaskStatus(pb.UpdateTaskStatusRequest(executor_id=me, task_id=task_id))
+                tags = {name: bytes([n]) * 16 for n, name in enumerate(outputs, 1)}
+                ok = common_pb.TaskResult(Ok=common_pb.TaskOutputs(return_value=b"done", tags_map=tags))
+                await stub.UpdateTaskResult(pb.UpdateTaskResultRequest(executor_id=me, task_id=task_id, result=ok))
+                assert (await m.task(task_id)).status == TaskStatus.FINISHED
+                return task_id
+        finally:
+            await node_runtime.identities.stop()
+            await node_runtime.peers.close()
+
+    task_id = run(body)
+    state: dict[bytes, bytes] = {}
+    finished_seen = False
+    for seq, key, sealed in db.execute("SELECT seq, key, value FROM write_log ORDER BY seq"):
+        state[key] = sealer.open(_location(b"record", "platform", key), sealed)
+        if key != task_key(task_id):
+            continue
+        task = TaskRecord.from_bytes(state[key])
+        if task.status != TaskStatus.FINISHED:
+            continue
+        finished_seen = True
+        assert task.result.outputs is not None
+        for name, tag in task.result.outputs.tags_map.items():
+            stored = FileRecord.from_bytes(state[output_key(task.assigned_outputs[name].uuid)])
+            assert stored.cmac == tag, f"write {seq} shows the task Finished while output {name!r} lacks its tag"
+    db.close()
+    assert finished_seen

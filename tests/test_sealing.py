@@ -16,6 +16,24 @@ NS = "management"
 Q = b"staged-task"
 SECRET = b"the-secret-task-payload-0123456789"
 AAD = b"record\0management\0task-1"
+FAILED_AUTHENTICATION = (
+    "sealed value failed authentication: wrong sealing key, stored under another key, or tampered with"
+)
+
+
+class Clock:
+    """The backend's wall clock for queue leases, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
 
 
 @pytest.fixture
@@ -24,8 +42,8 @@ def key() -> bytes:
 
 
 @pytest.fixture
-def backend(tmp_path: Path) -> Iterator[SQLiteBackend]:
-    raw = SQLiteBackend(tmp_path / "kettle.sqlite")
+def backend(tmp_path: Path, clock: Clock) -> Iterator[SQLiteBackend]:
+    raw = SQLiteBackend(tmp_path / "kettle.sqlite", clock=clock)
     yield raw
     raw.close()
 
@@ -179,8 +197,8 @@ def test_record_replayed_as_queue_item_is_detected(
     record = backend.get(NS, Q)
     assert record is not None
     backend.enqueue(NS, Q, record)
-    with pytest.raises(SealingError):
-        sealed.dequeue(NS, Q, lease_seconds=30)
+    assert sealed.dequeue(NS, Q, lease_seconds=30) is None
+    assert [letter.reason for letter in sealed.dead_letters()] == [FAILED_AUTHENTICATION]
 
 
 def test_queue_item_moved_to_another_queue_is_detected(
@@ -190,8 +208,32 @@ def test_queue_item_moved_to_another_queue_is_detected(
     item = backend.dequeue(NS, b"cancel_queue", lease_seconds=30)
     assert item is not None
     backend.enqueue(NS, Q, item.value)
-    with pytest.raises(SealingError):
-        sealed.dequeue(NS, Q, lease_seconds=30)
+    assert sealed.dequeue(NS, Q, lease_seconds=30) is None
+    assert [letter.reason for letter in sealed.dead_letters()] == [FAILED_AUTHENTICATION]
+
+
+def test_an_item_that_does_not_open_is_dead_lettered_once_and_the_queue_flows(
+    sealed: SealedStore, backend: SQLiteBackend, clock: Clock
+) -> None:
+    sealed.enqueue(NS, Q, b"good one")
+    backend.enqueue(NS, Q, b"\x01" + bytes(40))  # well-formed, but not sealed by us
+    backend.enqueue(NS, Q, b"\x07garbage")
+    sealed.enqueue(NS, Q, b"good two")
+    first = sealed.dequeue(NS, Q, lease_seconds=30)
+    assert first is not None and first.value == b"good one"
+    sealed.ack(NS, Q, first.item_id)
+    second = sealed.dequeue(NS, Q, lease_seconds=30)
+    assert second is not None and (second.value, second.deliveries) == (b"good two", 1)
+    letters = sealed.dead_letters()
+    assert [(letter.namespace, letter.queue, letter.deliveries) for letter in letters] == [(NS, Q, 1), (NS, Q, 1)]
+    assert [letter.reason for letter in letters] == [
+        FAILED_AUTHENTICATION, "sealed value has format version 0x07, expected 0x01"]
+    assert letters[1].value == b"\x07garbage" and letters[0].moved_at == clock.now
+    clock.now += 3600  # every lease is long over: nothing of them is ever handed out again
+    again = sealed.dequeue(NS, Q, lease_seconds=30)
+    assert again is not None and again.value == b"good two"
+    assert sealed.dequeue(NS, Q, lease_seconds=30) is None
+    assert len(sealed.dead_letters()) == 2
 
 
 def test_wrong_store_key(backend: SQLiteBackend, key: bytes) -> None:

@@ -401,3 +401,27 @@ def test_acknowledged_writes_survive_sigkill(db_path: Path) -> None:
         assert stored[: len(acknowledged)] == acknowledged
     finally:
         backend.close()
+
+
+# --- several records in one step ------------------------------------------
+
+
+def test_compare_and_put_writes_the_others_in_the_same_transaction(store: SQLiteBackend) -> None:
+    store.put(NS, b"task-1", b"running")
+    store.put(NS, b"output-1", b"untagged")
+    store.put(NS, b"stale", b"x")
+    also = [(b"output-1", b"tagged"), (b"output-2", b"new"), (b"stale", None)]
+    assert store.compare_and_put(NS, b"task-1", b"running", b"finished", also) == (True, b"finished")
+    assert [store.get(NS, k) for k in (b"task-1", b"output-1", b"output-2", b"stale")] == [
+        b"finished", b"tagged", b"new", None]
+    # A failed comparison writes none of them.
+    assert store.compare_and_put(NS, b"task-1", b"running", b"again", [(b"output-1", b"other")]) == (
+        False, b"finished")
+    assert store.get(NS, b"output-1") == b"tagged"
+
+
+def test_compare_and_put_writes_each_key_once(store: SQLiteBackend) -> None:
+    for also in ([(b"k", b"v")], [(b"o", b"1"), (b"o", b"2")]):
+        with pytest.raises(ValueError, match="each key at most once"):
+            store.compare_and_put(NS, b"k", None, b"v", also)
+    assert store.get(NS, b"k") is None and store.get(NS, b"o") is None

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
+import hashlib
+import json
+import sqlite3
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 import pytest
-
 from conftest import Platform
+
+from kettle.errors import InternalError
+from kettle.model.records import FunctionRecord, function_key, function_payload_key
 from kettle.rpc.generated import kettle_storage_pb2 as pb
 from kettle.rpc.generated import kettle_storage_pb2_grpc as pb_grpc
+from kettle.services.platform_store import PlatformStore
 from kettle.services.runtime import ServiceRuntime
 
 
@@ -102,3 +111,76 @@ def test_bad_keys_are_refused_and_change_nothing(platform: Platform, request_: A
 
     as_service(platform, "management", body)
     assert platform.child("storage").process.poll() is None
+
+
+def test_an_item_that_fails_to_unseal_is_dead_lettered_once_and_the_queue_flows(platform: Platform) -> None:
+    """Tampered in the database file: moved out of its queue once, with the reason an operator
+    lists with ``kettle storage dead-letters``; the good item behind it is delivered at once."""
+    queue = b"q-tampered"
+
+    async def enqueue(stub: pb_grpc.KettleStorageStub) -> None:
+        for value in (b"to be tampered with", b"good"):
+            await stub.Enqueue(pb.EnqueueRequest(queue=queue, value=value))
+
+    as_service(platform, "scheduler", enqueue)
+    db = sqlite3.connect(platform.config.path(platform.config.storage.path), isolation_level=None)
+    try:
+        item_id, sealed = db.execute(
+            "SELECT item_id, value FROM queue_items WHERE queue = ? ORDER BY item_id", (queue,)).fetchone()
+        tampered = sealed[:20] + bytes([sealed[20] ^ 1]) + sealed[21:]
+        db.execute("UPDATE queue_items SET value = ? WHERE item_id = ?", (tampered, item_id))
+    finally:
+        db.close()
+
+    async def drain(stub: pb_grpc.KettleStorageStub) -> list[pb.DequeueResponse]:
+        # Lease 1 s, then well past it: an item left in the queue would come back.
+        first = await stub.Dequeue(pb.DequeueRequest(queue=queue, lease_seconds=1))
+        await asyncio.sleep(1.5)
+        return [first, await stub.Dequeue(pb.DequeueRequest(queue=queue, lease_seconds=30))]
+
+    first, second = as_service(platform, "scheduler", drain)
+    assert (first.found, first.value, first.deliveries) == (True, b"good", 1)
+    assert (second.found, second.value, second.deliveries) == (True, b"good", 2)
+    listed = platform.kettle("storage", "dead-letters", "--json")
+    assert listed.returncode == 0, listed.stderr
+    letters = [letter for letter in json.loads(listed.stdout) if letter["queue"] == queue.decode()]
+    assert [(letter["item_id"], letter["namespace"], letter["deliveries"]) for letter in letters] == [
+        (item_id, "platform", 1)]
+    assert letters[0]["reason"] == ("sealed value failed authentication: wrong sealing key, "
+                                    "stored under another key, or tampered with")
+    assert platform.child("storage").process.poll() is None
+
+
+def test_a_function_with_its_payload_inline_loads_and_moves_apart_on_its_next_update(platform: Platform) -> None:
+    """Records written before payloads had a record of their own (base64 in the function's JSON)."""
+    bare = str(uuid.uuid4())
+    record = FunctionRecord(
+        uuid=bare, name="old", description="", public=True, executor_type="python",
+        payload=b"def entrypoint(argv):\n    return 'old'\n", arguments=(), inputs=(), outputs=(), owner="bob",
+        user_allowlist=(), usage_quota=None,
+    )
+    legacy = {**dataclasses.asdict(record), "payload": base64.b64encode(record.payload).decode()}
+
+    async def body() -> None:
+        runtime = ServiceRuntime("management", platform.config)
+        await runtime.attest()
+        store = PlatformStore(runtime.peers)
+        try:
+            await store.put(function_key(bare), json.dumps(legacy, sort_keys=True).encode())
+            assert await store.get_function(bare) == record
+            assert await store.get(function_payload_key(bare)) is None
+            before, after = await store.update_function(bare, lambda f: dataclasses.replace(f, disabled=True))
+            assert (before, after) == (record, dataclasses.replace(record, disabled=True))
+            stored = json.loads(await store.get(function_key(bare)) or b"")
+            assert "payload" not in stored and stored["payload_sha256"] == hashlib.sha256(record.payload).hexdigest()
+            assert await store.get(function_payload_key(bare)) == record.payload
+            assert await store.get_function(bare) == after
+            # A payload record that is not the one its function names is never handed out.
+            await store.put(function_payload_key(bare), b"def entrypoint(argv):\n    return 'swapped'\n")
+            with pytest.raises(InternalError):
+                await store.get_function(bare)
+        finally:
+            await runtime.identities.stop()
+            await runtime.peers.close()
+
+    asyncio.run(body())

@@ -35,7 +35,9 @@ __all__ = [
     "INVALID_FUNCTION_ID",
     "MAX_ITEMS",
     "MAX_NAME_CHARS",
+    "MAX_PAYLOAD_BYTES",
     "MAX_RECORD_BYTES",
+    "MAX_STAGED_BYTES",
     "PERMISSION_DENIED",
     "QUOTA_USED_UP",
     "Caller",
@@ -81,10 +83,16 @@ MAX_ITEMS = 256
 entries and owners per entry). Each allowlist entry costs a storage write."""
 
 MAX_RECORD_BYTES = 4 * 1024 * 1024 - 64 * 1024
-"""Largest encoded record management writes. Records travel to the storage
-service in one gRPC message, limited to 4 MiB like every Kettle endpoint; 64 KiB
-stay free for the request envelope. The JSON encoding carries the payload in
-base64, so a function payload can be at most about 3 MiB."""
+"""Largest encoded record management writes (a function's payload is not part of its
+record but a record of its own, bounded by :data:`MAX_PAYLOAD_BYTES`)."""
+
+MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+"""Largest function payload (Python source or WebAssembly module), four times gRPC's
+default message size. The endpoints on its way accept messages large enough for it
+as it grows there (``kettle.rpc.server.MAX_PAYLOAD_MESSAGE_BYTES``)."""
+
+MAX_STAGED_BYTES = MAX_PAYLOAD_BYTES * 4 // 3 + MAX_RECORD_BYTES
+"""Largest encoded staged task: the payload in base64 and a task record's worth of the rest."""
 
 _SHOWN_CHARS = 64
 
@@ -299,6 +307,9 @@ def _check_definition(definition: FunctionDefinition) -> None:
 
 
 def _check_size(record: FunctionRecord) -> FunctionRecord:
+    if len(record.payload) > MAX_PAYLOAD_BYTES:
+        raise InvalidArgument(
+            f"function payload is too large ({len(record.payload)} bytes, at most {MAX_PAYLOAD_BYTES})")
     size = len(record.to_bytes())
     if size > MAX_RECORD_BYTES:
         raise InvalidArgument(f"function is too large to store ({size} bytes encoded, at most {MAX_RECORD_BYTES})")

@@ -7,12 +7,15 @@ is strict (a record that does not decode is corruption, never a default).
 
 Storage keys (platform partition, ``spec/platform.md`` §8): ``function-<uuid>``,
 ``usage-<uuid>``, ``user-<uuid5 of user id>``, ``task-<uuid>``, ``input-<uuid>``,
-``output-<uuid>``, ``cancel-request-<uuid>``; the queue ``staged-task``.
+``output-<uuid>``, ``cancel-request-<uuid>``; the queue ``staged-task``. Kettle
+adds ``payload-<uuid>``: a function's payload, as raw bytes (see
+:class:`FunctionRecord`).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import uuid
 from dataclasses import asdict, dataclass, field, fields
@@ -41,6 +44,11 @@ class TaskStatus(IntEnum):
 
 def function_key(bare: str) -> bytes:
     return f"function-{bare}".encode()
+
+
+def function_payload_key(bare: str) -> bytes:
+    """Not ``function-payload-…``: a scan of ``function-`` lists the functions."""
+    return f"payload-{bare}".encode()
 
 
 def usage_key(bare: str) -> bytes:
@@ -185,14 +193,46 @@ class FunctionRecord:
     """None = unlimited; 0 = never invocable (``spec/platform.md`` §4.1)."""
     disabled: bool = False
 
+    # Stored as two records: this JSON without the payload (``function-<uuid>``) and
+    # the payload's raw bytes (``payload-<uuid>``, absent when empty), written in one
+    # storage transaction. Inline, base64 in JSON, a payload could use only about
+    # three quarters of a storage message. The JSON names the payload's SHA-256, so
+    # a reader can tell it holds the payload that goes with it. Records written with
+    # the payload inline (``payload`` field) still load.
+
+    @property
+    def payload_sha256(self) -> str:
+        return hashlib.sha256(self.payload).hexdigest()
+
     def to_bytes(self) -> bytes:
+        """The function record without its payload (see :meth:`payload_record`)."""
         doc = asdict(self)
-        doc["payload"] = _b64(self.payload)
+        del doc["payload"]
+        doc["payload_sha256"] = self.payload_sha256
         return _dump(doc)
 
+    def payload_record(self) -> bytes | None:
+        """The value of ``payload-<uuid>``; None when the payload is empty (no record)."""
+        return self.payload or None
+
+    @staticmethod
+    def stored_payload_sha256(data: bytes) -> str | None:
+        """The SHA-256 (hex) of the payload a stored function record goes with; None when
+        the record holds its payload inline (written before payloads were stored apart)."""
+        doc = _function_doc(data)
+        return None if "payload" in doc else str(doc["payload_sha256"])
+
     @classmethod
-    def from_bytes(cls, data: bytes) -> FunctionRecord:
-        doc = _strict_load(cls, data)
+    def from_bytes(cls, data: bytes, payload: bytes | None = None) -> FunctionRecord:
+        """Decode a stored function; ``payload`` is the value of its ``payload-<uuid>``
+        record (None: absent), ignored for a record that holds its payload inline."""
+        doc = _function_doc(data)
+        if "payload" in doc:
+            payload = _unb64(doc["payload"])
+        else:
+            payload = payload or b""
+            if hashlib.sha256(payload).hexdigest() != doc["payload_sha256"]:
+                raise ValueError("the function's payload record does not match its function record")
         try:
             return cls(
                 uuid=doc["uuid"],
@@ -200,7 +240,7 @@ class FunctionRecord:
                 description=doc["description"],
                 public=bool(doc["public"]),
                 executor_type=doc["executor_type"],
-                payload=_unb64(doc["payload"]),
+                payload=payload,
                 arguments=tuple(FunctionArgument(**a) for a in doc["arguments"]),
                 inputs=tuple(FunctionFile(**f) for f in doc["inputs"]),
                 outputs=tuple(FunctionFile(**f) for f in doc["outputs"]),
@@ -211,6 +251,20 @@ class FunctionRecord:
             )
         except (TypeError, KeyError) as exc:
             raise ValueError(f"malformed function record: {exc}") from None
+
+
+def _function_doc(data: bytes) -> dict[str, Any]:
+    """A stored function record's fields: with ``payload_sha256``, or (older) ``payload`` inline."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise ValueError(f"FunctionRecord record is not JSON: {exc}") from None
+    names = {f.name for f in fields(FunctionRecord)} - {"payload"}
+    if not isinstance(doc, dict) or set(doc) not in (names | {"payload"}, names | {"payload_sha256"}):
+        raise ValueError("FunctionRecord record has the wrong fields")
+    if "payload_sha256" in doc and not isinstance(doc["payload_sha256"], str):
+        raise ValueError("FunctionRecord record has a malformed payload digest")
+    return doc
 
 
 MAX_REASON_BYTES = 1024

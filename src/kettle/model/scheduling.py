@@ -325,7 +325,8 @@ def _tagged_outputs(task: TaskRecord, outputs: TaskOutputs) -> list[tuple[str, F
 
 
 def finished_outputs(task: TaskRecord) -> tuple[FileRecord, ...]:
-    """The output records a Finished task wrote (used to repair them after a crash mid-way)."""
+    """The output records of a Finished task, each with its tag: committed in the same storage
+    transaction as the task record (``docs/tasks.md``)."""
     if task.status != TaskStatus.FINISHED or task.result.outputs is None:
         return ()
     return tuple(task.assigned_outputs[n] for n in sorted(task.result.outputs.tags_map) if n in task.assigned_outputs)

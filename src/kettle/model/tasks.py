@@ -28,6 +28,7 @@ from .functions import (
     MAX_ITEMS,
     MAX_NAME_CHARS,
     MAX_RECORD_BYTES,
+    MAX_STAGED_BYTES,
     PERMISSION_DENIED,
     Caller,
     UsageRecord,
@@ -461,8 +462,8 @@ def build_staged_task(task: TaskRecord, function: FunctionRecord) -> StagedTask:
         output_data=dict(task.assigned_outputs),
     )
     size = len(staged.to_bytes())
-    if size > MAX_RECORD_BYTES:
-        raise InvalidArgument(f"task is too large to stage ({size} bytes encoded, at most {MAX_RECORD_BYTES})")
+    if size > MAX_STAGED_BYTES:
+        raise InvalidArgument(f"task is too large to stage ({size} bytes encoded, at most {MAX_STAGED_BYTES})")
     return staged
 
 

@@ -18,7 +18,7 @@ from ..attestation.certificates import measurement_dns_name
 from ..attestation.enclave_info import EnclaveInfo
 from ..attestation.identity import Identity, IdentityManager
 from ..config import Config
-from .server import MAX_MESSAGE_BYTES
+from .server import MAX_PAYLOAD_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,9 @@ OLD_CHANNEL_GRACE_SECS = 30.0
 def channel_options(target_name: str) -> list[tuple[str, object]]:
     return [
         ("grpc.ssl_target_name_override", target_name),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        # The largest any endpoint accepts: each endpoint enforces its own limit.
+        ("grpc.max_send_message_length", MAX_PAYLOAD_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_PAYLOAD_MESSAGE_BYTES),
         ("grpc.enable_retries", 1),
         # A restarted peer is found again within about 2 s, not after grpc's default
         # backoff that grows to two minutes.

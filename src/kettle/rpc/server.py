@@ -20,6 +20,18 @@ from ..attestation.identity import Identity, IdentityManager
 from .interceptors import MalformedRequestInterceptor
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+"""What an endpoint accepts by default (gRPC's own default): enough for every request
+that carries no function payload, e.g. a login."""
+MAX_PAYLOAD_MESSAGE_BYTES = 64 * 1024 * 1024
+"""What endpoints on a function payload's way accept, and what every channel sends and
+receives. A payload (at most ``kettle.model.functions.MAX_PAYLOAD_BYTES``, 16 MiB) grows
+on the way: base64 in the staged task (4/3), again in the scheduler's lease record."""
+PAYLOAD_SERVICES = frozenset({"frontend", "management", "storage", "scheduler"})
+
+
+def max_message_bytes(service: str) -> int:
+    """The largest message ``service``'s endpoints accept."""
+    return MAX_PAYLOAD_MESSAGE_BYTES if service in PAYLOAD_SERVICES else MAX_MESSAGE_BYTES
 
 
 class RotatingCredentials:
@@ -54,13 +66,13 @@ class RotatingCredentials:
             return self._configuration(self._latest)
 
 
-def server_options(validity_secs: int) -> list[tuple[str, int]]:
+def server_options(validity_secs: int, max_message: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
     # Connections older than a quarter of the validity are closed gracefully, so no
     # connection outlives the certificate it was made with.
     age_ms = max(1000, validity_secs * 1000 // 4)
     return [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", max_message),
+        ("grpc.max_receive_message_length", max_message),
         ("grpc.max_connection_age_ms", age_ms),
         ("grpc.max_connection_age_grace_ms", 30_000),
         ("grpc.so_reuseport", 0),
@@ -75,11 +87,12 @@ def attested_server(
     client_roots: bytes | None,
     validity_secs: int,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    max_message: int = MAX_MESSAGE_BYTES,
 ) -> grpc.aio.Server:
     """A grpc.aio server (not yet started) bound to ``listen_address`` with attested TLS."""
     # The attestation gate (internal endpoints) runs first; then malformed bytes are refused.
     chain = [*interceptors, MalformedRequestInterceptor()]
-    server = grpc.aio.server(interceptors=chain, options=server_options(validity_secs))
+    server = grpc.aio.server(interceptors=chain, options=server_options(validity_secs, max_message))
     register(server)
     credentials = RotatingCredentials(identities, client_roots)
     if server.add_secure_port(listen_address, credentials.credentials) == 0:

@@ -9,21 +9,30 @@ on the fresh value. No update is ever lost and no read-modify-write races.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
 from ..errors import InternalError, StorageError
-from ..model.records import FileRecord, FunctionRecord, TaskRecord
+from ..model.records import (
+    FileRecord,
+    FunctionRecord,
+    TaskRecord,
+    function_key,
+    function_payload_key,
+)
 from ..rpc.channel import PeerChannels
 from ..rpc.generated import kettle_storage_pb2 as pb
 from ..rpc.generated import kettle_storage_pb2_grpc as pb_grpc
+from .storage.backend import RecordWrite
 
 log = logging.getLogger(__name__)
 
 STORAGE_TIMEOUT_SECS = 10.0
 MAX_UPDATE_ATTEMPTS = 50
+MAX_READ_ATTEMPTS = 5
+"""Reads of a function and its payload record before a mismatch counts as corruption."""
 
 R = TypeVar("R")
 
@@ -62,10 +71,17 @@ class PlatformStore:
         response = await self._call("GetKeysByPrefix", pb.GetKeysByPrefixRequest(prefix=prefix))
         return list(response.keys)
 
-    async def compare_and_put(self, key: bytes, expected: bytes | None, value: bytes) -> tuple[bool, bytes | None]:
+    async def compare_and_put(
+        self, key: bytes, expected: bytes | None, value: bytes, also: Sequence[RecordWrite] = ()
+    ) -> tuple[bool, bytes | None]:
+        """Write ``value`` if ``key`` still holds ``expected``; ``also`` are written in the
+        same transaction (a value of None deletes), so a reader sees all or none."""
+        writes = [pb.RecordWrite(key=k, value=v or b"", delete=v is None) for k, v in also]
         response = await self._call(
             "CompareAndPut",
-            pb.CompareAndPutRequest(key=key, expected=expected or b"", expect_absent=expected is None, value=value),
+            pb.CompareAndPutRequest(
+                key=key, expected=expected or b"", expect_absent=expected is None, value=value, also=writes
+            ),
         )
         return response.applied, (response.current if response.found else None)
 
@@ -93,17 +109,81 @@ class PlatformStore:
     async def get_task(self, key: bytes) -> TaskRecord | None:
         return _decode(TaskRecord, await self.get(key))
 
-    async def get_function(self, key: bytes) -> FunctionRecord | None:
-        return _decode(FunctionRecord, await self.get(key))
+    async def get_function(self, bare: str) -> FunctionRecord | None:
+        """The function with its payload (two records, see :class:`FunctionRecord`)."""
+        return (await self._read_function(bare))[1]
+
+    async def _read_function(self, bare: str) -> tuple[bytes | None, FunctionRecord | None]:
+        """(the stored function record, the function). Reads again when an update
+        landed between reading the record and reading its payload."""
+        problem = ""
+        for _ in range(MAX_READ_ATTEMPTS):
+            raw = await self.get(function_key(bare))
+            if raw is None:
+                return None, None
+            try:
+                digest = FunctionRecord.stored_payload_sha256(raw)
+            except ValueError as exc:
+                log.error("corrupt FunctionRecord record: %s", exc)
+                raise InternalError("service internal error") from None
+            payload = None if digest is None else await self.get(function_payload_key(bare))
+            try:
+                return raw, FunctionRecord.from_bytes(raw, payload)
+            except ValueError as exc:
+                problem = str(exc)
+                log.info("function %s changed while it was read (%s); reading it again", bare, problem)
+        # Not a race any more: the two records disagree for good.
+        log.error("corrupt function %s: %s", bare, problem)
+        raise InternalError("service internal error")
+
+    async def create_function(self, record: FunctionRecord) -> bool:
+        """Store a new function and its payload in one step; False if the id is taken."""
+        also = [] if record.payload_record() is None else [_payload_write(record)]
+        applied, _ = await self.compare_and_put(function_key(record.uuid), None, record.to_bytes(), also)
+        return applied
+
+    async def update_function(
+        self, bare: str, change: Callable[[FunctionRecord | None], FunctionRecord | None]
+    ) -> tuple[FunctionRecord | None, FunctionRecord | None]:
+        """Apply ``change(current or None)`` atomically, retrying on concurrent writes; it
+        returns the new function, or None to write nothing. Returns (before, after).
+
+        The payload is written (in the same step) only when it changed, or when the
+        stored record still held it inline: that record is rewritten in today's format.
+        """
+        for _ in range(MAX_UPDATE_ATTEMPTS):
+            raw, current = await self._read_function(bare)
+            updated = change(current)
+            if updated is None or updated == current:
+                return current, current
+            inline = raw is not None and FunctionRecord.stored_payload_sha256(raw) is None
+            moved = current is None or inline or current.payload != updated.payload
+            also = [_payload_write(updated)] if moved else []
+            applied, _ = await self.compare_and_put(function_key(bare), raw, updated.to_bytes(), also)
+            if applied:
+                return current, updated
+        raise StorageError("function record is being updated too often; try again")
+
+    async def delete_function(self, bare: str) -> None:
+        # The function first: a payload without its function is never read.
+        await self.delete(function_key(bare))
+        await self.delete(function_payload_key(bare))
 
     async def get_file(self, key: bytes) -> FileRecord | None:
         return _decode(FileRecord, await self.get(key))
 
-    async def update_task(self, key: bytes, change: Callable[[TaskRecord], TaskRecord]) -> TaskRecord:
+    async def update_task(
+        self,
+        key: bytes,
+        change: Callable[[TaskRecord], TaskRecord],
+        also: Callable[[TaskRecord], Sequence[RecordWrite]] = lambda _: (),
+    ) -> TaskRecord:
         """Apply the pure ``change`` to the stored task atomically; retry on concurrent writes.
 
         ``change`` may raise a KettleError to refuse (nothing is written) or
-        :class:`NoChange` to keep the record. The task must exist.
+        :class:`NoChange` to keep the record. The task must exist. ``also`` names
+        the records that change with the new task record (e.g. a finished task's
+        output files): they are written in the same storage transaction.
         """
         for _ in range(MAX_UPDATE_ATTEMPTS):
             raw = await self.get(key)
@@ -114,10 +194,14 @@ class PlatformStore:
                 updated = change(current)
             except NoChange:
                 return current
-            applied, _ = await self.compare_and_put(key, raw, updated.to_bytes())
+            applied, _ = await self.compare_and_put(key, raw, updated.to_bytes(), also(updated))
             if applied:
                 return updated
         raise StorageError("task record is being updated too often; try again")
+
+
+def _payload_write(function: FunctionRecord) -> RecordWrite:
+    return function_payload_key(function.uuid), function.payload_record()
 
 
 def _decode(cls: type[R], raw: bytes | None) -> R | None:

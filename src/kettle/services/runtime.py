@@ -29,7 +29,7 @@ from ..config import Config
 from ..errors import ConfigError
 from ..rpc.channel import PeerChannels
 from ..rpc.interceptors import PeerAttestationInterceptor
-from ..rpc.server import attested_server
+from ..rpc.server import attested_server, max_message_bytes
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class ServiceRuntime:
             client_roots=self.as_root_pem,
             validity_secs=self.config.attestation.validity_secs,
             interceptors=[PeerAttestationInterceptor(self.name, self.verifier)],
+            max_message=max_message_bytes(self.name),
         )
         self._servers.append(server)
         return server
@@ -90,6 +91,7 @@ class ServiceRuntime:
             register_with_health,
             client_roots=None,
             validity_secs=self.config.attestation.validity_secs,
+            max_message=max_message_bytes(self.name),
         )
         self._servers.append(server)
         return server

@@ -2,8 +2,8 @@ from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -81,17 +81,29 @@ class AckRequest(_message.Message):
     item_id: int
     def __init__(self, queue: _Optional[bytes] = ..., item_id: _Optional[int] = ...) -> None: ...
 
+class RecordWrite(_message.Message):
+    __slots__ = ("key", "value", "delete")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    value: bytes
+    delete: bool
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., delete: _Optional[bool] = ...) -> None: ...
+
 class CompareAndPutRequest(_message.Message):
-    __slots__ = ("key", "expected", "expect_absent", "value")
+    __slots__ = ("key", "expected", "expect_absent", "value", "also")
     KEY_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_FIELD_NUMBER: _ClassVar[int]
     EXPECT_ABSENT_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    ALSO_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     expected: bytes
     expect_absent: bool
     value: bytes
-    def __init__(self, key: _Optional[bytes] = ..., expected: _Optional[bytes] = ..., expect_absent: _Optional[bool] = ..., value: _Optional[bytes] = ...) -> None: ...
+    also: _containers.RepeatedCompositeFieldContainer[RecordWrite]
+    def __init__(self, key: _Optional[bytes] = ..., expected: _Optional[bytes] = ..., expect_absent: _Optional[bool] = ..., value: _Optional[bytes] = ..., also: _Optional[_Iterable[_Union[RecordWrite, _Mapping]]] = ...) -> None: ...
 
 class CompareAndPutResponse(_message.Message):
     __slots__ = ("applied", "found", "current")

@@ -129,7 +129,8 @@ class KettleStorageServicer:
         removing it and hides it for `lease_seconds`. Unless acknowledged with Ack
         before the lease ends, the item becomes visible again and is delivered
         again with `deliveries` incremented. An empty
-        queue is not an error: `found` is false.
+        queue is not an error: `found` is false. An item that fails to unseal is
+        moved to the dead letters (with the reason) and the next one is returned.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,6 +147,8 @@ class KettleStorageServicer:
     def CompareAndPut(self, request, context):
         """Atomic read-compare-write of one record: how two services (management and
         the scheduler) update the same task record without losing either update.
+        With `also`, the records that go with it change in the same step (a
+        finished task and its output files). Watches wake after the whole commit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -56,7 +56,6 @@ from ...model.records import (
     TaskRecord,
     TaskResult,
     cancel_request_key,
-    function_key,
     input_key,
     output_key,
     task_key,
@@ -124,8 +123,8 @@ def _decode(cls: Any, raw: bytes | None) -> Any:
 
 
 def _size(record: FunctionRecord | None) -> int:
-    """What a function record counts on its owner's storage quota."""
-    return 0 if record is None else len(record.to_bytes())
+    """What a function counts on its owner's storage quota: its record and its payload (stored apart)."""
+    return 0 if record is None else len(record.to_bytes()) + len(record.payload)
 
 
 def _unless_same(old: TaskRecord, new: TaskRecord) -> TaskRecord:
@@ -269,7 +268,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         await self._update(user_index_key(user_id), FunctionIndex, apply)
 
     async def _get_function(self, bare: str) -> FunctionRecord | None:
-        return await self._store.get_function(function_key(bare))
+        return await self._store.get_function(bare)
 
     async def _get_usage(self, bare: str) -> UsageRecord | None:
         return _decode(UsageRecord, await self._store.get(usage_key(bare)))  # type: ignore[no-any-return]
@@ -294,12 +293,13 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
 
     async def _store_new_function(self, record: FunctionRecord) -> None:
         function_id = external_id(Kind.FUNCTION, record.uuid)
-        size = len(record.to_bytes())
+        size = _size(record)
         await self._quotas.reserve_bytes(record.owner, size)
         try:
             # The usage record goes first: a visible function always has one.
             await self._store.put(usage_key(record.uuid), UsageRecord(record.uuid).to_bytes())
-            await self._store.put(function_key(record.uuid), record.to_bytes())
+            if not await self._store.create_function(record):  # a UUID v4 collision: never overwrite
+                raise InternalError(INTERNAL_ERROR_TEXT)
         except BaseException:
             await self._quotas.settle_bytes(record.owner, -size)
             raise
@@ -350,9 +350,8 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         owner, reserved = planned.owner, max(0, _size(planned) - _size(current))
         await self._quotas.reserve_bytes(owner, reserved)
         try:
-            before, after = await self._update(
-                function_key(bare), FunctionRecord,
-                lambda current: fn_rules.update_function(current, caller, definition),
+            before, after = await self._store.update_function(
+                bare, lambda current: fn_rules.update_function(current, caller, definition)
             )
         except BaseException:
             await self._quotas.settle_bytes(owner, -reserved)
@@ -379,7 +378,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
     async def _delete_function(self, function: FunctionRecord) -> None:
         # The usage record stays, as in Teaclave: tasks on the function then fail at
         # InvokeTask with "invalid function id" because the function itself is gone.
-        await self._store.delete(function_key(function.uuid))
+        await self._store.delete_function(function.uuid)
         await self._quotas.settle_bytes(function.owner, -_size(function))
         await self._forget_in_indexes(function)
 
@@ -404,7 +403,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         def disable(current: FunctionRecord | None) -> FunctionRecord:
             return fn_rules.disable_function(current, caller)
 
-        before, _ = await self._update(function_key(bare), FunctionRecord, disable)
+        before, _ = await self._store.update_function(bare, disable)
         await self._forget_in_indexes(before)
 
     @management_rpc

@@ -58,6 +58,7 @@ from ...model.scheduling import (
     NotAssigned,
 )
 from ..platform_store import NoChange, PlatformStore
+from ..storage.backend import RecordWrite
 from .settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,11 @@ def _check_uuid(text: str, what: str) -> str:
     return text
 
 
+def _output_writes(task: TaskRecord) -> list[RecordWrite]:
+    """The output file records a Finished task carries, as writes that go with it."""
+    return [(output_key(record.uuid), record.to_bytes()) for record in rules.finished_outputs(task)]
+
+
 def _change(transition: Callable[[TaskRecord], TaskRecord]) -> Callable[[TaskRecord], TaskRecord]:
     """Adapt a pure transition to ``PlatformStore.update_task``: no change means no write."""
 
@@ -146,7 +152,9 @@ class Scheduler:
             task = await self._store.get_task(task_key(lease.task_id))
             if task is None or task.status.terminal:
                 # Ended while we were stopping: finish the bookkeeping of that ending.
-                await self._close(lease, task)
+                if task is not None:
+                    await self._repair_outputs(task)
+                await self._close(lease)
                 continue
             self._leases.add(lease, now, grace=self._settings.restart_grace_secs)
         if len(self._leases):
@@ -302,7 +310,7 @@ class Scheduler:
             if action is HeartbeatAction.CANCEL:
                 assert lease is not None
                 await self._store.update_task(task_key(task_id), _change(rules.cancel))
-                await self._close(lease, None)
+                await self._close(lease)
                 log.info("task %s canceled while running on executor %s", task_id, executor_id)
                 return True
             return False
@@ -331,11 +339,15 @@ class Scheduler:
             key = task_key(task_id)
             task = await self._store.get_task(key)
             if task is None or task.status.terminal:
-                await self._close(lease, task)
+                await self._close(lease)
                 return
             rules.apply_result(task, result)  # refuse a malformed result before writing anything
-            finished = await self._store.update_task(key, _change(lambda t: rules.apply_result(t, result)[0]))
-            await self._close(lease, finished)
+            # One storage transaction: whoever sees the task ended sees every output
+            # record with its new tag (and the reverse), never one without the other.
+            finished = await self._store.update_task(
+                key, _change(lambda t: rules.apply_result(t, result)[0]), also=_output_writes
+            )
+            await self._close(lease)
             log.info("task %s %s (attempt %d, executor %s)", task_id, finished.status.name, lease.attempt, executor_id)
 
     # --- helpers ------------------------------------------------------------------------
@@ -350,12 +362,16 @@ class Scheduler:
     async def _cancel_pending(self, task_id: str) -> bool:
         return await self._store.get(cancel_request_key(task_id)) is not None
 
-    async def _close(self, lease: Lease, task: TaskRecord | None) -> None:
-        """Bookkeeping after a task ended: output records (again, idempotently, in case a
-        crash interrupted it), the spent cancel request, and the lease."""
-        if task is not None:
-            for record in rules.finished_outputs(task):
-                await self._store.put(output_key(record.uuid), record.to_bytes())
+    async def _repair_outputs(self, task: TaskRecord) -> None:
+        """Write a Finished task's output records again. Results are committed with their
+        outputs in one step now; a database from a version that wrote the outputs after
+        the task can hold a task whose outputs a crash left unwritten, and its lease."""
+        for key, value in _output_writes(task):
+            assert value is not None
+            await self._store.put(key, value)
+
+    async def _close(self, lease: Lease) -> None:
+        """Bookkeeping after a task ended: the spent cancel request, and the lease."""
         await self._store.delete(cancel_request_key(lease.task_id))
         await self._store.delete(rules.lease_key(lease.task_id))
         if self._leases.get(lease.task_id) is lease:
@@ -383,4 +399,4 @@ class Scheduler:
                     log.info("task %s re-queued after attempt %d", lease.task_id, lease.attempt)
                 else:
                     log.warning("task %s %s: %s", lease.task_id, task.status.name, task.result.failure)
-        await self._close(lease, None)
+        await self._close(lease)

@@ -7,6 +7,7 @@ service's records and queues are invisible to another's even when keys coincide.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,6 +24,28 @@ class QueueItem:
     item_id: int
     value: bytes
     deliveries: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A queue item taken out of its queue because it could not be delivered.
+
+    ``value`` is kept exactly as it was stored (still sealed), for whoever
+    investigates; ``reason`` says why it could not be delivered.
+    """
+
+    item_id: int
+    namespace: str
+    queue: bytes
+    value: bytes
+    deliveries: int
+    reason: str
+    moved_at: float
+    """Wall-clock seconds."""
+
+
+RecordWrite = tuple[bytes, bytes | None]
+"""One write of a batch: (key, new value), or (key, None) to delete the record."""
 
 
 class StorageBackend(Protocol):
@@ -66,11 +89,26 @@ class StorageBackend(Protocol):
         """Remove a handed-out item for good; False if it is not (or no longer) there."""
         ...
 
+    def dead_letter(self, namespace: str, queue: bytes, item_id: int, reason: str) -> bool:
+        """Move a queue item to the dead letters with ``reason``, in one step; False if it is
+        not (or no longer) in the queue. It is never handed out again."""
+        ...
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Every dead letter of every namespace, oldest first."""
+        ...
+
     def compare_and_put(
-        self, namespace: str, key: bytes, expected: bytes | None, value: bytes
+        self, namespace: str, key: bytes, expected: bytes | None, value: bytes,
+        also: Sequence[RecordWrite] = (),
     ) -> tuple[bool, bytes | None]:
         """Atomically write ``value`` if the stored value is exactly ``expected`` (None =
-        the key is absent). Returns (applied, the value stored now)."""
+        the key is absent). Returns (applied, the value stored now).
+
+        ``also`` are further writes of the same namespace applied in the same
+        transaction, before ``key``'s: a reader sees all of them or none. Their
+        keys must differ from each other and from ``key``.
+        """
         ...
 
     def close(self) -> None:

@@ -7,13 +7,22 @@ key unnoticed. AES-256-GCM gives both, with the value's location as associated d
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kettle.errors import SealingError
-from kettle.services.storage.backend import QueueItem, StorageBackend
+from kettle.services.storage.backend import (
+    DeadLetter,
+    QueueItem,
+    RecordWrite,
+    StorageBackend,
+)
+
+log = logging.getLogger(__name__)
 
 _VERSION = 0x01
 _NONCE_BYTES = 12
@@ -109,22 +118,40 @@ class SealedStore:
         self._backend.enqueue(namespace, queue, sealed)
 
     def dequeue(self, namespace: str, queue: bytes, lease_seconds: float) -> QueueItem | None:
-        """As :meth:`StorageBackend.dequeue`; an item that fails to open raises SealingError.
+        """As :meth:`StorageBackend.dequeue`, handing out only items that open.
 
-        Such an item stays leased and comes back when the lease ends, with a
-        growing ``deliveries`` count, so it cannot silently vanish.
+        An item that fails to open would fail the same way on every delivery, so
+        it is moved to the dead letters with the reason (kept, not silently
+        dropped: ``kettle storage dead-letters`` lists it) and the next item is
+        tried: one bad item never blocks or slows its queue.
         """
-        item = self._backend.dequeue(namespace, queue, lease_seconds)
-        if item is None:
-            return None
-        value = self._sealer.open(_location(b"queue", namespace, queue), item.value)
-        return QueueItem(item_id=item.item_id, value=value, deliveries=item.deliveries)
+        location = _location(b"queue", namespace, queue)
+        while True:
+            item = self._backend.dequeue(namespace, queue, lease_seconds)
+            if item is None:
+                return None
+            try:
+                value = self._sealer.open(location, item.value)
+            except SealingError as exc:
+                self._backend.dead_letter(namespace, queue, item.item_id, exc.message)
+                log.error("queue %r of %s: item %d moved to the dead letters: %s",
+                          queue, namespace, item.item_id, exc.message)
+                continue
+            return QueueItem(item_id=item.item_id, value=value, deliveries=item.deliveries)
 
     def ack(self, namespace: str, queue: bytes, item_id: int) -> bool:
         return self._backend.ack(namespace, queue, item_id)
 
+    def dead_letter(self, namespace: str, queue: bytes, item_id: int, reason: str) -> bool:
+        return self._backend.dead_letter(namespace, queue, item_id, reason)
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Values stay sealed: a dead letter is usually one that does not open."""
+        return self._backend.dead_letters()
+
     def compare_and_put(
-        self, namespace: str, key: bytes, expected: bytes | None, value: bytes
+        self, namespace: str, key: bytes, expected: bytes | None, value: bytes,
+        also: Sequence[RecordWrite] = (),
     ) -> tuple[bool, bytes | None]:
         """Compare plaintexts, then let the backend swap the exact sealed bytes atomically
         (a concurrent writer changes those bytes, so the swap then fails)."""
@@ -133,7 +160,13 @@ class SealedStore:
         current = None if sealed_current is None else self._sealer.open(location, sealed_current)
         if current != expected:
             return False, current
-        applied, _ = self._backend.compare_and_put(namespace, key, sealed_current, self._sealer.seal(location, value))
+        sealed_also = [
+            (other, None if other_value is None else self._sealer.seal(_location(b"record", namespace, other), other_value))
+            for other, other_value in also
+        ]
+        applied, _ = self._backend.compare_and_put(
+            namespace, key, sealed_current, self._sealer.seal(location, value), sealed_also
+        )
         if applied:
             return True, value
         return False, self.get(namespace, key)

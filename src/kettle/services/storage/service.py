@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -22,7 +23,7 @@ from ...rpc.generated import kettle_storage_pb2_grpc as pb_grpc
 from ...rpc.interceptors import current_peer
 from ...rpc.status import rpc_method
 from ..runtime import ServiceRuntime
-from .backend import StorageBackend
+from .backend import RecordWrite, StorageBackend
 from .sealing import SealedStore, Sealer
 from .sqlite_backend import SQLiteBackend
 
@@ -33,6 +34,8 @@ T = TypeVar("T")
 NAMESPACES = {"authentication": "authentication", "management": "platform", "scheduler": "platform"}
 DEFAULT_LEASE_SECONDS = 60
 MAX_KEY_BYTES = 1024
+MAX_ALSO_WRITES = 1024
+"""Records one CompareAndPut may write besides its own (a task has at most 256 outputs)."""
 
 
 def namespace_of_caller() -> str:
@@ -49,6 +52,21 @@ def _check_key(key: bytes, what: str = "key") -> bytes:
     if len(key) > MAX_KEY_BYTES:
         raise InvalidArgument(f"{what} is longer than {MAX_KEY_BYTES} bytes")
     return key
+
+
+def _check_also(key: bytes, writes: Sequence[pb.RecordWrite]) -> list[RecordWrite]:
+    """The further writes of a CompareAndPut: bounded, valid keys, each key once."""
+    if len(writes) > MAX_ALSO_WRITES:
+        raise InvalidArgument(f"a compare-and-put writes at most {MAX_ALSO_WRITES} further records")
+    checked: list[RecordWrite] = []
+    seen = {key}
+    for write in writes:
+        other = _check_key(write.key, "key of a further write")
+        if other in seen:
+            raise InvalidArgument("a compare-and-put writes each key at most once")
+        seen.add(other)
+        checked.append((other, None if write.delete else write.value))
+    return checked
 
 
 class RecordWatchers:
@@ -132,11 +150,14 @@ class StorageServicer(pb_grpc.KettleStorageServicer):
     ) -> pb.CompareAndPutResponse:
         namespace = namespace_of_caller()
         expected = None if request.expect_absent else request.expected
-        applied, current = await self._run(
-            self._store.compare_and_put, namespace, _check_key(request.key), expected, request.value
-        )
+        key = _check_key(request.key)
+        also = _check_also(key, request.also)
+        applied, current = await self._run(self._store.compare_and_put, namespace, key, expected, request.value, also)
         if applied:
-            self._watchers.changed(namespace, request.key)
+            # Only now, after the commit: a woken watcher reads every record of it.
+            for changed_key, _ in also:
+                self._watchers.changed(namespace, changed_key)
+            self._watchers.changed(namespace, key)
         return pb.CompareAndPutResponse(applied=applied, found=current is not None, current=current or b"")
 
     @rpc_method

@@ -13,12 +13,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from kettle.errors import StorageError
-from kettle.services.storage.backend import QueueItem
+from kettle.services.storage.backend import DeadLetter, QueueItem, RecordWrite
 
 SCHEMA_VERSION = 1
 
@@ -56,6 +56,18 @@ class _SQL:
         )""",
         """CREATE INDEX IF NOT EXISTS queue_items_fifo
             ON queue_items (namespace, queue, item_id)""",
+        # Items that could not be delivered (e.g. they fail to unseal), kept with
+        # the reason for an operator (`kettle storage dead-letters`). Added without
+        # a schema version change: CREATE IF NOT EXISTS upgrades older files.
+        """CREATE TABLE IF NOT EXISTS dead_letters (
+            item_id    INTEGER PRIMARY KEY,
+            namespace  TEXT    NOT NULL,
+            queue      BLOB    NOT NULL,
+            value      BLOB    NOT NULL,
+            deliveries INTEGER NOT NULL,
+            reason     TEXT    NOT NULL,
+            moved_at   REAL    NOT NULL
+        )""",
     )
 
     BEGIN_WRITE = "BEGIN IMMEDIATE"
@@ -83,6 +95,15 @@ class _SQL:
     """
     LEASE = "UPDATE queue_items SET leased_until = ?, deliveries = deliveries + 1 WHERE item_id = ?"
     ACK = "DELETE FROM queue_items WHERE namespace = ? AND queue = ? AND item_id = ?"
+    TO_DEAD_LETTERS = """
+        INSERT INTO dead_letters (item_id, namespace, queue, value, deliveries, reason, moved_at)
+        SELECT item_id, namespace, queue, value, deliveries, ?, ? FROM queue_items
+        WHERE namespace = ? AND queue = ? AND item_id = ?
+    """
+    DEAD_LETTERS = """
+        SELECT item_id, namespace, queue, value, deliveries, reason, moved_at
+        FROM dead_letters ORDER BY moved_at, item_id
+    """
 
 
 def _prefix_end(prefix: bytes) -> bytes | None:
@@ -221,20 +242,62 @@ class SQLiteBackend:
             removed = conn.execute(_SQL.ACK, (namespace, queue, item_id)).rowcount
         return removed == 1
 
+    def dead_letter(self, namespace: str, queue: bytes, item_id: int, reason: str) -> bool:
+        with self._transaction("move an item to the dead letters") as conn:
+            moved = conn.execute(_SQL.TO_DEAD_LETTERS, (reason, self._clock(), namespace, queue, item_id)).rowcount
+            conn.execute(_SQL.ACK, (namespace, queue, item_id))
+        return moved == 1
+
+    def dead_letters(self) -> list[DeadLetter]:
+        with self._reading("list the dead letters") as conn:
+            rows = conn.execute(_SQL.DEAD_LETTERS).fetchall()
+        return [_dead_letter(row) for row in rows]
+
     def compare_and_put(
-        self, namespace: str, key: bytes, expected: bytes | None, value: bytes
+        self, namespace: str, key: bytes, expected: bytes | None, value: bytes,
+        also: Sequence[RecordWrite] = (),
     ) -> tuple[bool, bytes | None]:
-        with self._transaction("could not compare-and-put a record") as conn:
+        keys = [key, *(other for other, _ in also)]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a compare-and-put writes each key at most once")
+        with self._transaction("compare-and-put a record") as conn:
             row = conn.execute(_SQL.GET, (namespace, key)).fetchone()
             current = None if row is None else bytes(row[0])
             if current != expected:
                 return False, current
+            # The others first and the compared record last: the one record a
+            # reader waits on is the last to change (inside one transaction).
+            for other, other_value in also:
+                if other_value is None:
+                    conn.execute(_SQL.DELETE, (namespace, other))
+                else:
+                    conn.execute(_SQL.PUT, (namespace, other, other_value))
             conn.execute(_SQL.PUT, (namespace, key, value))
             return True, value
 
     def close(self) -> None:
         with self._lock, _storage_errors("close the database"):
             self._conn.close()
+
+
+def _dead_letter(row: tuple[int, str, bytes, bytes, int, str, float]) -> DeadLetter:
+    item_id, namespace, queue, value, deliveries, reason, moved_at = row
+    return DeadLetter(item_id, namespace, bytes(queue), bytes(value), deliveries, reason, moved_at)
+
+
+def read_dead_letters(path: Path) -> list[DeadLetter]:
+    """The dead letters of the database at ``path``, read-only (an operator's view while
+    the storage service runs; WAL lets this reader in beside its writer)."""
+    if not path.exists():
+        raise StorageError(f"storage: no database at {path}")
+    with _storage_errors(f"read the dead letters of {path}"):
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = conn.execute("SELECT name FROM sqlite_master WHERE name = 'dead_letters'").fetchall()
+            rows = conn.execute(_SQL.DEAD_LETTERS).fetchall() if tables else []
+        finally:
+            conn.close()
+    return [_dead_letter(row) for row in rows]
 
 
 def _create_private_file(path: Path) -> None:

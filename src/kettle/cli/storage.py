@@ -1,0 +1,56 @@
+"""``kettle storage dead-letters``: the queue items the storage service could not deliver.
+
+An item that fails to unseal (tampered with, or sealed under another key) is
+moved out of its queue, so the queue keeps flowing, and kept with the reason.
+This command reads them from the storage service's database, read-only, beside
+the running service: an operator's view on the storage host.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+# Defined before importing from .main: main adds this app at its end.
+app = typer.Typer(no_args_is_help=True, help="The storage service's database, for operators on its host.")
+
+from .main import one_line_errors, out  # noqa: E402
+
+
+@app.command("dead-letters")
+@one_line_errors
+def dead_letters(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List queue items moved out of their queue because they could not be delivered, with the reason."""
+    from ..config import load_config
+    from ..services.storage.sqlite_backend import read_dead_letters
+
+    config = load_config()
+    letters = read_dead_letters(config.path(config.storage.path))
+    rows = [
+        {
+            "item_id": letter.item_id,
+            "namespace": letter.namespace,
+            "queue": letter.queue.decode("utf-8", errors="replace"),
+            "deliveries": letter.deliveries,
+            "moved_at": datetime.datetime.fromtimestamp(letter.moved_at, datetime.UTC).isoformat(),
+            "reason": letter.reason,
+            "value_bytes": len(letter.value),
+        }
+        for letter in letters
+    ]
+    if as_json:
+        out.print_json(data=rows)
+        return
+    if not rows:
+        out.print("no dead letters")
+        return
+    table = Table(show_header=True)
+    for column in ("item", "namespace", "queue", "deliveries", "moved at (UTC)", "reason"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(str(row["item_id"]), escape(str(row["namespace"])), escape(str(row["queue"])),
+                      str(row["deliveries"]), str(row["moved_at"]), escape(str(row["reason"])))
+    out.print(table)
