@@ -215,3 +215,43 @@ def test_supervisor_settings_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="peers.connect_timeout_ms must be at least 100"):
         parse_config("[peers]\nconnect_timeout_ms = 5\n", tmp_path)
     assert parse_config("[supervisor]\nexecution_nodes = 3\n", tmp_path).supervisor.execution_nodes == 3
+
+
+# --- a killed execution node's leftovers ----------------------------------------------
+
+_NODE = """
+import sys, time
+from pathlib import Path
+from kettle.services.execution.scratch import NodeScratch
+scratch = NodeScratch(Path(sys.argv[1]), sys.argv[2])
+scratch.root.mkdir()
+(scratch.root / "staged-input").write_bytes(b"x")
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_new_node_removes_what_a_killed_node_left_and_nothing_of_a_live_one(tmp_path: Path) -> None:
+    from kettle.services.execution.scratch import NodeScratch
+
+    nodes = {
+        name: subprocess.Popen([sys.executable, "-c", _NODE, str(tmp_path), name], stdout=subprocess.PIPE, text=True)
+        for name in ("killed", "live")
+    }
+    try:
+        for process in nodes.values():
+            assert process.stdout is not None and process.stdout.readline() == "ready\n"
+        nodes["killed"].send_signal(signal.SIGKILL)
+        nodes["killed"].wait()
+        assert (tmp_path / "killed" / "staged-input").exists()
+
+        successor = NodeScratch(tmp_path, "successor")
+        assert not (tmp_path / "killed").exists() and not (tmp_path / "killed.lock").exists()
+        assert (tmp_path / "live" / "staged-input").exists()
+        successor.root.mkdir()
+        successor.release()
+        assert not (tmp_path / "successor.lock").exists()
+    finally:
+        for process in nodes.values():
+            process.kill()
+            process.wait()

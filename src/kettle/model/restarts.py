@@ -87,5 +87,5 @@ class RestartPolicy:
         self.restarts += 1
         return Decision(
             give_up=False, delay=delay, crashes_in_window=count,
-            reason=f"crash {count} of at most {s.crash_loop_crashes - 1} within {s.crash_loop_window:g} s",
+            reason=f"{count} crash(es) within {s.crash_loop_window:g} s; {s.crash_loop_crashes} stop the platform",
         )
