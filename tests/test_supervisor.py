@@ -255,3 +255,21 @@ def test_a_new_node_removes_what_a_killed_node_left_and_nothing_of_a_live_one(tm
         for process in nodes.values():
             process.kill()
             process.wait()
+
+
+def test_status_without_a_running_supervisor_says_so(tmp_path: Path) -> None:
+    env = {**os.environ, "KETTLE_HOME": str(tmp_path)}
+    never = subprocess.run([sys.executable, "-m", "kettle", "status"], env=env, capture_output=True, text=True, timeout=60)
+    assert never.returncode == 1
+    assert never.stderr.strip() == f"error: Kettle has not been started with `kettle up` in {tmp_path}"
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    from kettle.platform_status import ServiceState
+
+    StatusFile(tmp_path).write(dead.pid, "running", "", [ServiceState("storage", "storage", dead.pid, "running", 0, "")])
+    gone = subprocess.run([sys.executable, "-m", "kettle", "status", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 1
+    report = json.loads(gone.stdout)
+    assert report["state"] == "gone (the supervisor died without stopping the services)"
+    assert report["services"][0]["health"] == "down: process is gone" and not report["healthy"]

@@ -110,7 +110,9 @@ def status(as_json: bool = typer.Option(False, "--json", help="machine-readable 
     launcher = platform.state
     if launcher == "running" and not process_alive(platform.launcher_pid):
         launcher = "gone (the supervisor died without stopping the services)"
-    rows = [(s, health(config, s) if launcher == "running" else "stopped") for s in platform.services]
+    # Checked whenever the supervisor did not stop them: a supervisor that died leaves its
+    # services running, unsupervised.
+    rows = [(s, health(config, s) if platform.state == "running" else "stopped") for s in platform.services]
     ok = launcher == "running" and all(healthy(h) for _, h in rows)
     if as_json:
         out.print_json(data={
