@@ -206,6 +206,26 @@ def test_a_service_that_keeps_crashing_at_start_stops_the_platform(home_factory)
     assert next(s for s in state.services if s.name == "authentication").restarts == 2
 
 
+def test_a_supervisor_in_another_thread_restarts_and_stops_on_request(home_factory) -> None:  # type: ignore[no-untyped-def]
+    """How a test runs a supervised platform in-process: the platform's child list follows restarts."""
+    platform: Platform = home_factory(extra="[supervisor]\nrestart_backoff_ms = 100\n")
+    platform.start(("storage",))
+    supervisor = Supervisor(platform.config, platform.children, lambda message: None)
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(supervisor.run()))
+    thread.start()
+    try:
+        old = platform.child("storage").process
+        old.send_signal(signal.SIGKILL)
+        _until(lambda: platform.child("storage").process.pid != old.pid, 60, "the restart of storage")
+        assert platform.child("storage").process.poll() is None
+    finally:
+        supervisor.stop()
+        thread.join(timeout=60)
+    assert result == [0]
+    assert all(child.process.poll() is not None for child in platform.children)
+
+
 def test_supervisor_settings_are_checked(tmp_path: Path) -> None:
     from kettle.config import parse_config
     from kettle.errors import ConfigError

@@ -252,13 +252,23 @@ class Supervisor:
     def children(self) -> list[Child]:
         return self._children
 
+    def stop(self) -> None:
+        """Ask :meth:`run` to stop every service and return 0 (safe from another thread)."""
+        self._stopping.append(0)
+
     def run(self) -> int:
-        """Supervise until SIGINT/SIGTERM (exit status 0) or a crash loop (1); stop everything."""
+        """Supervise until SIGINT/SIGTERM or :meth:`stop` (exit status 0) or a crash loop (1);
+        stop everything. Signals are handled only when run in the main thread (``kettle up``);
+        a test may run it in another thread and call :meth:`stop`."""
 
         def on_signal(signum: int, _frame: object) -> None:
             self._stopping.append(signum)
 
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = (
+            {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+            if threading.current_thread() is threading.main_thread()
+            else {}
+        )
         try:
             self._write_status("running")
             while not self._stopping:
