@@ -195,6 +195,32 @@ class SandboxConfig:
 
 
 @dataclass(frozen=True)
+class PeersConfig:
+    """How a service reaches the services it depends on (``docs/operations.md``)."""
+
+    connect_timeout_ms: int = 2000
+    """How long a call waits for a peer that is not connected before failing UNAVAILABLE
+    naming it; a peer restarted within this window is found again without an error."""
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """How ``kettle up`` runs and restarts the platform's processes (``docs/operations.md``)."""
+
+    execution_nodes: int = 1
+    """Execution nodes ``kettle up`` starts (each pulls tasks from the scheduler)."""
+    restart_backoff_ms: int = 500
+    """Delay before restarting a crashed service; doubles with each crash in a row."""
+    max_restart_backoff_ms: int = 10_000
+    stable_secs: int = 30
+    """A service that ran this long before crashing is restarted after the first delay again."""
+    crash_loop_crashes: int = 5
+    """This many crashes of one service within ``crash_loop_window_secs`` is a crash loop:
+    the supervisor gives up and stops the platform."""
+    crash_loop_window_secs: int = 120
+
+
+@dataclass(frozen=True)
 class Config:
     home: Path
     dev_mode: bool = False
@@ -210,6 +236,8 @@ class Config:
     file_agent: FileAgentConfig = FileAgentConfig()
     execution: ExecutionConfig = ExecutionConfig()
     sandbox: SandboxConfig = SandboxConfig()
+    peers: PeersConfig = PeersConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
 
     def path(self, relative: str) -> Path:
         p = Path(relative)
@@ -348,6 +376,10 @@ def parse_config(text: str, home: Path) -> Config:
             config = replace(config, execution=_section(ExecutionConfig, value, key))
         elif key == "sandbox":
             config = replace(config, sandbox=_section(SandboxConfig, value, key))
+        elif key == "peers":
+            config = replace(config, peers=_section(PeersConfig, value, key))
+        elif key == "supervisor":
+            config = replace(config, supervisor=_section(SupervisorConfig, value, key))
         elif key == "mount":
             fusion = value.get("fusion_base_dir") if isinstance(value, dict) else None
             if isinstance(fusion, str) and fusion:
@@ -367,6 +399,14 @@ def parse_config(text: str, home: Path) -> Config:
         )
     if not 1 <= config.sandbox.wasm_fuel < 2**63:
         raise ConfigError("sandbox.wasm_fuel must be between 1 and 2**63 - 1")
+    if config.peers.connect_timeout_ms < 100:
+        raise ConfigError("peers.connect_timeout_ms must be at least 100")
+    if config.supervisor.execution_nodes < 1:
+        raise ConfigError("supervisor.execution_nodes must be at least 1")
+    if config.supervisor.crash_loop_crashes < 1:
+        raise ConfigError("supervisor.crash_loop_crashes must be at least 1")
+    if config.supervisor.max_restart_backoff_ms < config.supervisor.restart_backoff_ms:
+        raise ConfigError("supervisor.max_restart_backoff_ms must not be below supervisor.restart_backoff_ms")
     return config
 
 

@@ -77,8 +77,37 @@ class ResourceExhausted(KettleError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+def unavailable_message(service: str) -> str:
+    """The sentence a caller sees when the platform service ``service`` cannot be reached."""
+    return f"the {service.replace('_', ' ')} service is unavailable; try again later"
+
+
+class ServiceUnavailable(Unavailable):
+    """A platform service this one depends on is down: UNAVAILABLE naming it.
+
+    Raised within about a peer connect timeout, instead of waiting for the
+    caller's whole deadline, so an outage never looks like a hang.
+    """
+
+    def __init__(self, service: str) -> None:
+        super().__init__(unavailable_message(service))
+        self.service = service
+
+
 class StorageError(InternalError):
     """The storage backend failed; the write, if any, did not happen."""
+
+
+class StorageUnavailable(StorageError):
+    """The storage service cannot be reached. A StorageError (nothing was written, every
+    caller's cleanup applies), but reported as UNAVAILABLE naming storage, never as a
+    credential or internal error."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self) -> None:
+        super().__init__(unavailable_message("storage"))
+        self.service = "storage"
 
 
 class SealingError(StorageError):

@@ -56,9 +56,12 @@ def one_line_errors(fn: F) -> F:
 @app.command()
 @one_line_errors
 def up() -> None:
-    """Start the platform (simulation TEE, embedded storage) and supervise it until Ctrl-C."""
+    """Start the platform (simulation TEE, embedded storage) and supervise it until Ctrl-C.
+
+    A crashed service is restarted after a backoff; a crash loop stops the platform
+    (exit status 1). ``kettle status`` shows each service from another terminal."""
     from ..config import kettle_home
-    from ..launcher import PLATFORM_SERVICES, start_platform, supervise
+    from ..launcher import PLATFORM_SERVICES, Supervisor, start_platform
     from ..provisioning import init_dev_home
 
     home = kettle_home()
@@ -87,9 +90,51 @@ def up() -> None:
     out.print(f"Admin account: [bold]{config.authentication.admin_id}[/bold] / {config.authentication.admin_password}")
     out.print(f"Client trust files: {config.as_root_path}  {config.enclave_info_path}")
     out.print(f"Logs: {config.home / 'logs'}")
+    out.print(f"Execution nodes: {config.supervisor.execution_nodes}")
     out.print(f"Kettle is ready (pid {os.getpid()}); Ctrl-C stops it.", highlight=False)
     sys.stdout.flush()
-    raise typer.Exit(supervise(children, lambda message: err.print(message, highlight=False)))
+    supervisor = Supervisor(config, children, lambda message: err.print(message, highlight=False, markup=False))
+    raise typer.Exit(supervisor.run())
+
+
+@app.command()
+@one_line_errors
+def status(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """Show each service `kettle up` runs: pid, restarts and health, checked now.
+
+    Exit status 0 when the supervisor runs and every service is healthy, else 1."""
+    from ..platform_status import StatusFile, health, healthy, process_alive
+
+    config = load_config()
+    platform = StatusFile(config.home).read()
+    launcher = platform.state
+    if launcher == "running" and not process_alive(platform.launcher_pid):
+        launcher = "gone (the supervisor died without stopping the services)"
+    # Checked whenever the supervisor did not stop them: a supervisor that died leaves its
+    # services running, unsupervised.
+    rows = [(s, health(config, s) if platform.state == "running" else "stopped") for s in platform.services]
+    ok = launcher == "running" and all(healthy(h) for _, h in rows)
+    if as_json:
+        out.print_json(data={
+            "launcher_pid": platform.launcher_pid, "state": launcher, "message": platform.message,
+            "healthy": ok,
+            "services": [
+                {"name": s.name, "service": s.service, "pid": s.pid, "restarts": s.restarts,
+                 "health": h, "last_exit": s.last_exit}
+                for s, h in rows
+            ],
+        })
+    else:
+        note = f": {platform.message}" if platform.message else ""
+        out.print(f"Kettle supervisor (pid {platform.launcher_pid}) is {launcher}{note}", highlight=False, markup=False)
+        table = Table(show_header=True)
+        for column in ("service", "pid", "restarts", "health", "last exit"):
+            table.add_column(column)
+        for s, h in rows:
+            table.add_row(s.name, str(s.pid), str(s.restarts), escape(h), escape(s.last_exit))
+        out.print(table)
+    if not ok:
+        raise typer.Exit(1)
 
 
 def _check_endpoint(config: Config) -> None:

@@ -4,17 +4,22 @@ Management and the scheduler share the storage service's platform partition.
 Both update task records, so every task update is a compare-and-put loop:
 read, apply a pure change, write only if nobody wrote in between, else retry
 on the fresh value. No update is ever lost and no read-modify-write races.
+
+Storage that is down is :class:`StorageUnavailable` within the peer connect
+timeout (a StorageError, so every caller's cleanup still runs, but reported as
+UNAVAILABLE naming storage), never a long wait or a misleading error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
-from ..errors import InternalError, StorageError
+from ..errors import InternalError, ServiceUnavailable, StorageError, StorageUnavailable
 from ..model.records import (
     FileRecord,
     FunctionRecord,
@@ -22,7 +27,7 @@ from ..model.records import (
     function_key,
     function_payload_key,
 )
-from ..rpc.channel import PeerChannels
+from ..rpc.channel import PeerChannels, peer_outage
 from ..rpc.generated import kettle_storage_pb2 as pb
 from ..rpc.generated import kettle_storage_pb2_grpc as pb_grpc
 from .storage.backend import RecordWrite
@@ -33,6 +38,7 @@ STORAGE_TIMEOUT_SECS = 10.0
 MAX_UPDATE_ATTEMPTS = 50
 MAX_READ_ATTEMPTS = 5
 """Reads of a function and its payload record before a mismatch counts as corruption."""
+STARTUP_RETRY_SECS = 1.0
 
 R = TypeVar("R")
 
@@ -47,12 +53,17 @@ class PlatformStore:
         self._peers = peers
 
     async def _call(self, method: str, request: Any, timeout: float = STORAGE_TIMEOUT_SECS) -> Any:
-        stub = pb_grpc.KettleStorageStub(self._peers.channel("storage"))
         try:
-            return await getattr(stub, method)(request, timeout=timeout, wait_for_ready=True)
+            stub = pb_grpc.KettleStorageStub(await self._peers.ready("storage"))
+            return await getattr(stub, method)(request, timeout=timeout)
+        except ServiceUnavailable:
+            raise StorageUnavailable() from None
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
+            if peer_outage("storage", exc) is not None:
+                log.warning("storage %s failed: %s %s", method, exc.code().name, exc.details())
+                raise StorageUnavailable() from None
             raise StorageError(f"storage {method} failed: {exc.code().name} {exc.details()}") from None
 
     # --- raw records and queues -------------------------------------------------
@@ -202,6 +213,18 @@ class PlatformStore:
 
 def _payload_write(function: FunctionRecord) -> RecordWrite:
     return function_payload_key(function.uuid), function.payload_record()
+
+
+async def when_storage_answers(operation: Callable[[], Awaitable[R]], what: str) -> R:
+    """Run a service's start-up step against storage, retrying while storage is unavailable:
+    it may still be starting, or restarting at the same time (the launcher's ready timeout
+    bounds the wait)."""
+    while True:
+        try:
+            return await operation()
+        except StorageUnavailable:
+            log.warning("cannot %s yet: storage is unavailable; retrying", what)
+            await asyncio.sleep(STARTUP_RETRY_SECS)
 
 
 def _decode(cls: type[R], raw: bytes | None) -> R | None:

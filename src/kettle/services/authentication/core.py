@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Protocol
 
-from kettle.errors import AuthenticationError, ConfigError, ResourceExhausted, StorageError
+from kettle.errors import AuthenticationError, ConfigError, ResourceExhausted, StorageError, StorageUnavailable
 from kettle.model.users import (
     Category,
     Role,
@@ -38,7 +38,9 @@ class UserRepository(Protocol):
     """Where user records live; the core's only port to the outside.
 
     Implementations raise :class:`kettle.errors.StorageError` when the backend
-    fails; the core reports that as "service internal error".
+    fails; the core reports that as "service internal error", except
+    :class:`kettle.errors.StorageUnavailable`, which stays UNAVAILABLE naming
+    storage so that an outage never reads like a wrong credential.
     """
 
     async def get(self, user_id: str) -> UserRecord | None:
@@ -79,6 +81,8 @@ async def _storage_failures() -> AsyncIterator[None]:
     """Report a storage failure the way the spec names it, without details."""
     try:
         yield
+    except StorageUnavailable:
+        raise
     except StorageError:
         raise AuthenticationError("service internal error") from None
 

@@ -20,7 +20,7 @@ from ...model.users import UserRecord
 from ...rpc.generated import teaclave_authentication_service_pb2 as pb
 from ...rpc.generated import teaclave_authentication_service_pb2_grpc as pb_grpc
 from ...rpc.status import rpc_method
-from ..platform_store import PlatformStore
+from ..platform_store import PlatformStore, when_storage_answers
 from ..runtime import ServiceRuntime
 from .core import AuthenticationCore
 from .throttle import LoginThrottle, ThrottlePolicy, source_of_peer
@@ -166,9 +166,11 @@ async def main(config: Config) -> None:
     runtime = ServiceRuntime("authentication", config)
     await runtime.attest()
     repository = StorageUserRepository(PlatformStore(runtime.peers))
-    tokens = TokenAuthority(await repository.signing_secret(), config.authentication.token_validity_secs)
+    secret = await when_storage_answers(repository.signing_secret, "read the token-signing secret")
+    tokens = TokenAuthority(secret, config.authentication.token_validity_secs)
     core = AuthenticationCore(repository, tokens, login_throttle(config.authentication))
-    if await core.bootstrap_admin(config.authentication.admin_id, config.authentication.admin_password):
+    admin = config.authentication.admin_id, config.authentication.admin_password
+    if await when_storage_answers(lambda: core.bootstrap_admin(*admin), "create the bootstrap admin"):
         log.info("created the bootstrap PlatformAdmin %r", config.authentication.admin_id)
     api, internal = AuthenticationApi(core), AuthenticationInternal(core)
     runtime.api_server(lambda server: pb_grpc.add_TeaclaveAuthenticationApiServicer_to_server(api, server))

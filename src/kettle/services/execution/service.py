@@ -17,6 +17,7 @@ import uuid
 from ...config import Config
 from ..runtime import ServiceRuntime, signal_ready
 from .node import ExecutionNode, SchedulerClient, Workspace
+from .scratch import NodeScratch
 from .workers import WorkerPool
 from ...sandbox.host import SandboxHost, SandboxUnavailable
 
@@ -35,9 +36,10 @@ async def main(config: Config) -> None:
         await sandbox.start()
     except SandboxUnavailable as exc:  # built-ins still run; user code is refused with this reason
         log.error("%s", exc)
+    scratch = NodeScratch(config.path(config.execution.scratch_dir), executor_id)
     workspace = Workspace(
         home=config.home,
-        root=config.path(config.execution.scratch_dir) / executor_id,
+        root=scratch.root,
         file_agent=config.file_agent,
         sandbox=config.sandbox,
         sandbox_host=sandbox,
@@ -65,6 +67,7 @@ async def main(config: Config) -> None:
         await workers.close()
         await sandbox.close()
         workspace.remove()
+        scratch.release()
         await runtime.identities.stop()
         await runtime.peers.close()
     failure = results[0]

@@ -7,6 +7,13 @@ control service, and the unchanged request is forwarded to the management
 service with ``id``, ``token`` and ``role`` metadata. Management's answer, or its
 error status, goes back unchanged. Every call leaves an audit entry (§9).
 Kettle's own ``KettleFrontend.WaitTask`` is gated the same way as GetTask.
+
+A dependency that is down is answered UNAVAILABLE with a sentence naming it
+("the access control service is unavailable; try again later") within the peer
+connect timeout, never by waiting out the call's deadline, and never as a
+wrong credential or a refusal: only a token the authentication service judged
+is "incorrent credential", and only an access control verdict is "permission
+denied" (``docs/operations.md``).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any
 import grpc
 
 from ...config import Config
+from ...errors import ServiceUnavailable
 from ...model.audit import (
     access_denied_message,
     authentication_failed_message,
@@ -37,13 +45,15 @@ from ...rpc.generated import teaclave_authentication_service_pb2_grpc as auth_gr
 from ...rpc.generated import teaclave_common_pb2 as common_pb
 from ...rpc.generated import teaclave_frontend_service_pb2 as frontend_pb
 from ...rpc.generated import teaclave_frontend_service_pb2_grpc as frontend_grpc
-from ...rpc.channel import PeerChannels
+from ...rpc.channel import PeerChannels, peer_outage
 from ..runtime import ServiceRuntime
 from .audit_buffer import AuditBuffer
 
 log = logging.getLogger(__name__)
 
 INTERNAL_TIMEOUT_SECS = 30.0
+FORWARD_TIMEOUT_SECS = INTERNAL_TIMEOUT_SECS + 60
+"""Management's calls may be slow once connected (WaitTask waits for a task to end)."""
 AUDIT_FLUSH_SECS = 1.0
 WAIT_TASK_POLICY = "get_task"
 
@@ -57,6 +67,12 @@ class _Refused(Exception):
     def __init__(self, code: grpc.StatusCode, message: str, audit_message: str, user: tuple[str, str] | None) -> None:
         super().__init__(message)
         self.code, self.message, self.audit_message, self.user = code, message, audit_message, user
+
+
+def _outage(outage: ServiceUnavailable, policy: str, user: tuple[str, str] | None) -> _Refused:
+    """A dependency is down: UNAVAILABLE with the sentence naming it, audited as such."""
+    log.warning("%s refused: %s", policy, outage.message)
+    return _Refused(outage.code, outage.message, management_error_message(policy, outage.code, outage.message), user)
 
 
 class Gate:
@@ -74,30 +90,39 @@ class Gate:
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "missing user id", failed, None)
         if token is None:
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "missing token", failed, None)
-        stub = auth_grpc.TeaclaveAuthenticationInternalStub(self._peers.channel("authentication"))
         try:
+            stub = auth_grpc.TeaclaveAuthenticationInternalStub(await self._peers.ready("authentication"))
             response = await stub.UserAuthenticate(
                 auth_pb.UserAuthenticateRequest(credential=common_pb.UserCredential(id=user_id, token=token)),
                 timeout=INTERNAL_TIMEOUT_SECS,
-                wait_for_ready=True,
             )
+        except ServiceUnavailable as outage:
+            raise _outage(outage, policy, None) from None
         except grpc.RpcError as exc:
+            outage = peer_outage("authentication", exc)
+            if outage is not None:
+                raise _outage(outage, policy, None) from None
             if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
                 log.error("authentication service failed: %s %s", exc.code().name, exc.details())
             # Teaclave's spelling, reproduced on purpose (spec/platform.md §1.5, §12 row 18).
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "incorrent credential", failed, None) from None
         return user_id, token, response.claims.role
 
-    async def _authorize(self, role: str, policy: str) -> None:
-        stub = ac_grpc.KettleAccessControlStub(self._peers.channel("access_control"))
+    async def _authorize(self, user: tuple[str, str], policy: str) -> None:
+        role = user[1]
         try:
+            stub = ac_grpc.KettleAccessControlStub(await self._peers.ready("access_control"))
             response = await stub.AuthorizeApi(
                 ac_pb.AuthorizeApiRequest(user_role=role.split("-", 1)[0], api=policy),
                 timeout=INTERNAL_TIMEOUT_SECS,
-                wait_for_ready=True,
             )
             accepted = response.accept
+        except ServiceUnavailable as outage:
+            raise _outage(outage, policy, user) from None
         except grpc.RpcError as exc:
+            outage = peer_outage("access_control", exc)
+            if outage is not None:
+                raise _outage(outage, policy, user) from None
             log.error("access control service failed: %s %s", exc.code().name, exc.details())
             accepted = False
         if not accepted:
@@ -110,18 +135,24 @@ class Gate:
         try:
             user_id, token, role = await self._authenticate(context, policy)
             user = (user_id, role)
-            await self._authorize(role, policy)
+            await self._authorize(user, policy)
         except _Refused as refused:
             self._audit.record(entry_for_call(context.peer(), refused.user, refused.audit_message, False))
             await context.abort(refused.code, refused.message)
-        stub = mgmt_grpc.KettleManagementStub(self._peers.channel("management"))
         metadata = (("id", user_id), ("token", token), ("role", role))
         try:
-            response = await getattr(stub, rpc)(request, metadata=metadata, timeout=INTERNAL_TIMEOUT_SECS + 60, wait_for_ready=True)
+            stub = mgmt_grpc.KettleManagementStub(await self._peers.ready("management"))
+            response = await getattr(stub, rpc)(request, metadata=metadata, timeout=FORWARD_TIMEOUT_SECS)
+        except ServiceUnavailable as outage:
+            refused = _outage(outage, policy, user)
+            self._audit.record(entry_for_call(context.peer(), user, refused.audit_message, False))
+            await context.abort(refused.code, refused.message)
         except grpc.RpcError as exc:
-            message = management_error_message(policy, exc.code(), exc.details())
+            outage = peer_outage("management", exc)
+            code, details = (outage.code, outage.message) if outage else (exc.code(), exc.details() or "")
+            message = management_error_message(policy, code, details)
             self._audit.record(entry_for_call(context.peer(), user, message, False))
-            await context.abort(exc.code(), exc.details() or "")
+            await context.abort(code, details)
         self._audit.record(entry_for_call(context.peer(), user, success_message(policy), True))
         return response
 
@@ -156,8 +187,10 @@ async def main(config: Config) -> None:
     audit = AuditBuffer()
 
     async def save(entries: list[common_pb.Entry]) -> None:
-        stub = mgmt_grpc.KettleManagementStub(runtime.peers.channel("management"))
-        await stub.SaveLogs(mgmt_pb.SaveLogsRequest(logs=entries), timeout=INTERNAL_TIMEOUT_SECS, wait_for_ready=True)
+        # A failed save keeps the entries for the next tick; an unreachable management
+        # fails it quickly rather than holding the flusher for a whole deadline.
+        stub = mgmt_grpc.KettleManagementStub(await runtime.peers.ready("management"))
+        await stub.SaveLogs(mgmt_pb.SaveLogsRequest(logs=entries), timeout=INTERNAL_TIMEOUT_SECS)
 
     gate = Gate(runtime.peers, audit)
 

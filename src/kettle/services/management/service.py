@@ -36,6 +36,7 @@ from ...errors import (
     KettleError,
     PermissionDenied,
     StorageError,
+    StorageUnavailable,
 )
 from ...model import files as file_rules
 from ...model import functions as fn_rules
@@ -90,6 +91,8 @@ def management_rpc(method: Handler) -> Handler:
     async def run(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
+        except StorageUnavailable:
+            raise  # UNAVAILABLE naming storage: an outage, not an internal error
         except StorageError as exc:
             log.error("%s: %s", method.__name__, exc)
             raise InternalError(INTERNAL_ERROR_TEXT) from None
