@@ -47,7 +47,9 @@ def _stored_tasks(platform: Platform, task_ids: list[str]) -> tuple[list[TaskRec
     return asyncio.run(read())
 
 
-def test_restarting_every_service_mid_batch_loses_and_repeats_nothing(fresh_platform: Platform) -> None:
+def test_restarting_every_service_mid_batch_loses_and_repeats_nothing(home_factory) -> None:  # type: ignore[no-untyped-def]
+    # One user keeps the whole batch in flight, above the default per-user limit.
+    fresh_platform = home_factory(extra=f"[management]\nmax_tasks_in_flight_per_user = {BATCH}\n")
     fresh_platform.start(ALL_SERVICES)
     client = _client(fresh_platform)
     function_id = client.register_function("builtin-echo", arguments=["message"])
