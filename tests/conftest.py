@@ -7,6 +7,7 @@ attested TLS, with SQLite storage on disk. Nothing in the trust path is mocked.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -20,9 +21,28 @@ import pytest
 
 from kettle.config import Config, load_config
 from kettle.launcher import Child, spawn, start_platform, stop_all
+from kettle.model.ids import Kind, parse_external_id
+from kettle.model.records import STAGED_TASK_QUEUE, TaskRecord, task_key
 from kettle.provisioning import init_dev_home
+from kettle.services.platform_store import PlatformStore
+from kettle.services.runtime import ServiceRuntime
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+class Clock:
+    """A wall clock the test moves by hand (e.g. the storage backend's, for queue leases)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
 
 
 def free_ports(count: int) -> list[int]:
@@ -192,3 +212,29 @@ def node():  # type: ignore[no-untyped-def]
 
 def reload(config: Config) -> Config:
     return load_config(config.home)
+
+
+def stored_tasks(platform: Platform, task_ids: list[str]) -> tuple[list[TaskRecord], bool, list[bytes]]:
+    """The task records, whether the staged-task queue is empty, and leftover lease keys,
+    read straight from storage as the scheduler would (with the scheduler's identity)."""
+
+    async def read() -> tuple[list[TaskRecord], bool, list[bytes]]:
+        runtime = ServiceRuntime("scheduler", platform.config)
+        await runtime.attest()
+        try:
+            store = PlatformStore(runtime.peers)
+            records = []
+            for task_id in task_ids:
+                bare = parse_external_id(task_id, Kind.TASK)
+                assert bare is not None
+                record = await store.get_task(task_key(bare))
+                assert record is not None
+                records.append(record)
+            queued = await store.dequeue(STAGED_TASK_QUEUE, 1)
+            leases = await store.keys_with_prefix(b"scheduler-lease-")
+            return records, queued is None, leases
+        finally:
+            await runtime.identities.stop()
+            await runtime.peers.close()
+
+    return asyncio.run(read())

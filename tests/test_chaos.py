@@ -16,7 +16,6 @@ death, no process of a sandbox uid survives outside a living node.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import signal
@@ -31,17 +30,14 @@ from typing import TypeVar
 
 import grpc
 import pytest
+from conftest import Platform, make_home, stored_tasks
 
-from conftest import Platform, make_home
 from kettle.errors import KettleError
-from kettle.model.ids import Kind, parse_external_id
-from kettle.model.records import STAGED_TASK_QUEUE, TaskRecord, TaskStatus, task_key
+from kettle.model.records import TaskStatus
 from kettle.platform_status import StatusFile, process_alive
 from kettle.sandbox.zygote import UID_BASE, UIDS_PER_ZYGOTE
 from kettle.sdk import FrontendClient, FunctionOutput
 from kettle.sdk.files import FileKey, decrypt_file
-from kettle.services.platform_store import PlatformStore
-from kettle.services.runtime import ServiceRuntime
 
 READY_LINE = "Kettle is ready"
 KILL_ORDER = ("storage", "authentication", "access_control", "management", "scheduler", "frontend",
@@ -112,7 +108,7 @@ class Load:
                 if not _transient(exc) or time.monotonic() > deadline:
                     raise
                 self.refusals.append(f"{exc.code.name}: {exc.message}")
-            except Exception as exc:  # noqa: BLE001 - the authentication API itself may be restarting
+            except Exception as exc:
                 if time.monotonic() > deadline:
                     raise
                 self.refusals.append(repr(exc))
@@ -218,30 +214,6 @@ def _survivors(uids: set[range], timeout: float) -> list[int]:
         time.sleep(0.2)
 
 
-def _stored(platform: Platform, task_ids: list[str]) -> tuple[list[TaskRecord], bool, list[bytes]]:
-    """The task records, whether the staged-task queue is empty, and leftover leases, read from storage."""
-
-    async def read() -> tuple[list[TaskRecord], bool, list[bytes]]:
-        runtime = ServiceRuntime("scheduler", platform.config)
-        await runtime.attest()
-        try:
-            store = PlatformStore(runtime.peers)
-            records = []
-            for task_id in task_ids:
-                bare = parse_external_id(task_id, Kind.TASK)
-                assert bare is not None
-                record = await store.get_task(task_key(bare))
-                assert record is not None
-                records.append(record)
-            return records, await store.dequeue(STAGED_TASK_QUEUE, 1) is None, \
-                await store.keys_with_prefix(b"scheduler-lease-")
-        finally:
-            await runtime.identities.stop()
-            await runtime.peers.close()
-
-    return asyncio.run(read())
-
-
 @pytest.mark.timeout(600)
 def test_every_service_killed_in_turn_under_load_loses_repeats_and_leaves_nothing(
     tmp_path: Path, _auditor_cache: Path
@@ -318,7 +290,7 @@ def test_every_service_killed_in_turn_under_load_loses_repeats_and_leaves_nothin
                 assert path.with_suffix(".plain").read_bytes() == submitted.message.encode()
         client.close()
 
-        records, queue_empty, leases = _stored(platform, [s.task_id for s in load.invoked])
+        records, queue_empty, leases = stored_tasks(platform, [s.task_id for s in load.invoked])
         assert all(r.status == TaskStatus.FINISHED for r in records)
         # A run cut short by a node's death is run again; nothing runs endlessly.
         assert all(1 <= r.attempts <= 3 for r in records), [r.attempts for r in records]

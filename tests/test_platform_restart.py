@@ -3,15 +3,12 @@ none reported twice, none lost (issue acceptance; the whole platform, through th
 
 from __future__ import annotations
 
-import asyncio
 import time
 
-from conftest import ALL_SERVICES, Platform
-from kettle.model.records import STAGED_TASK_QUEUE, TaskRecord, TaskStatus, task_key
-from kettle.model.ids import Kind, parse_external_id
+from conftest import ALL_SERVICES, Platform, stored_tasks
+
+from kettle.model.records import TaskStatus
 from kettle.sdk import FrontendClient
-from kettle.services.platform_store import PlatformStore
-from kettle.services.runtime import ServiceRuntime
 
 BATCH = 200
 
@@ -19,32 +16,6 @@ BATCH = 200
 def _client(platform: Platform) -> FrontendClient:
     token = platform.auth_client().user_login("admin", "teaclave")
     return FrontendClient(platform.frontend_address, platform.trust(), "admin", token)
-
-
-def _stored_tasks(platform: Platform, task_ids: list[str]) -> tuple[list[TaskRecord], bool, list[bytes]]:
-    """The task records, whether the staged-task queue is empty, and leftover lease keys,
-    read straight from storage as the scheduler would."""
-
-    async def read() -> tuple[list[TaskRecord], bool, list[bytes]]:
-        runtime = ServiceRuntime("scheduler", platform.config)
-        await runtime.attest()
-        try:
-            store = PlatformStore(runtime.peers)
-            records = []
-            for task_id in task_ids:
-                bare = parse_external_id(task_id, Kind.TASK)
-                assert bare is not None
-                record = await store.get_task(task_key(bare))
-                assert record is not None
-                records.append(record)
-            queued = await store.dequeue(STAGED_TASK_QUEUE, 1)
-            leases = await store.keys_with_prefix(b"scheduler-lease-")
-            return records, queued is None, leases
-        finally:
-            await runtime.identities.stop()
-            await runtime.peers.close()
-
-    return asyncio.run(read())
 
 
 def test_restarting_every_service_mid_batch_loses_and_repeats_nothing(home_factory) -> None:  # type: ignore[no-untyped-def]
@@ -73,7 +44,7 @@ def test_restarting_every_service_mid_batch_loses_and_repeats_nothing(home_facto
         assert client.get_task_result(task_id) == f"message {i}".encode()
     client.close()
 
-    records, queue_empty, leases = _stored_tasks(fresh_platform, task_ids)
+    records, queue_empty, leases = stored_tasks(fresh_platform, task_ids)
     assert all(r.status == TaskStatus.FINISHED for r in records)
     # Each task was handed out at most once more than it was run to the end: a run cut
     # short by the restart is re-run, but no result is ever applied twice (the first

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import Clock
 
 from kettle.errors import SealingError
 from kettle.services.storage.sealing import SealedStore, Sealer
@@ -20,20 +21,6 @@ FAILED_AUTHENTICATION = (
     "sealed value failed authentication: wrong sealing key, stored under another key, or tampered with"
 )
 
-
-class Clock:
-    """The backend's wall clock for queue leases, moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import Clock
 
 from kettle.errors import StorageError
 from kettle.services.storage.backend import QueueItem
@@ -23,20 +24,6 @@ NS = "management"
 Q = b"staged-task"
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-
-class Clock:
-    """A wall clock the test moves by hand, so lease expiry is deterministic."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
