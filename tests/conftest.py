@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -46,14 +47,24 @@ def clock() -> Clock:
 
 
 def free_ports(count: int) -> list[int]:
-    sockets = []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
+    """Ports nothing listens on now, for services a test starts a little later.
+
+    They come from below the kernel's ephemeral range: a port from inside it may be
+    handed to some client's outgoing connection (another test's, on the other worker)
+    between this choice and the service binding it, and the service then fails to start.
+    """
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randrange(20_000, ephemeral_low)  # above the defaults (7776-17790) of a developer's platform
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
     return ports
 
 
