@@ -15,6 +15,7 @@ attested TLS; the rest run the authentication core on its own repository port.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -99,14 +100,15 @@ def world(full_platform: Platform) -> Iterator[World]:
         yield World(full_platform, admin)
 
 
-Takeover = Callable[[AuthenticationClient, str, str], object]
-"""One way to become a manager of X: (the caller's client, its id, a data owner of X) -> the attempt."""
+Takeover = Callable[[AuthenticationClient, str, str, str], object]
+"""One way to become a manager of X: (the caller's client, its id, a data owner of X, an unused id)."""
 
 TAKEOVER_PATHS: dict[str, Takeover] = {
-    "register a manager of X": lambda client, me, victim: client.user_register(
-        f"dom-new-{RUN}-{uuid.uuid4().hex[:8]}", "pw", "DataOwnerManager", GROUP_X),
-    "promote X's data owner": lambda client, me, victim: client.user_update(victim, "pw", "DataOwnerManager", GROUP_X),
-    "promote itself": lambda client, me, victim: client.user_update(me, "pw", "DataOwnerManager", GROUP_X),
+    "register a manager of X": lambda client, me, victim, unused: client.user_register(
+        unused, "pw", "DataOwnerManager", GROUP_X),
+    "promote X's data owner": lambda client, me, victim, unused: client.user_update(
+        victim, "pw", "DataOwnerManager", GROUP_X),
+    "promote itself": lambda client, me, victim, unused: client.user_update(me, "pw", "DataOwnerManager", GROUP_X),
 }
 
 
@@ -116,31 +118,33 @@ def test_only_an_admin_makes_a_data_owner_manager(world: World, caller: str) -> 
     a FunctionOwner (the reference let it) is refused at the takeover chain's first step."""
     caller_id, caller_pw = world.create(caller)
     victim, victim_pw = world.create("DO-X")
+    unused = f"dom-new-{RUN}-{uuid.uuid4().hex[:8]}"
     with world.client(caller_id, caller_pw) as client:
         for path, attempt in TAKEOVER_PATHS.items():
-            assert refusal(lambda: attempt(client, caller_id, victim)) == (UNAUTH, "permission denied"), path
+            refused = refusal(functools.partial(attempt, client, caller_id, victim, unused))
+            assert refused == (UNAUTH, "permission denied"), path
     assert world.role_after_login(victim, victim_pw) == role_string("DO-X")
     assert world.role_after_login(caller_id, caller_pw) == role_string(caller)
-    assert [user for user in world.admin.list_users("all") if user.startswith(f"dom-new-{RUN}")] == []
+    assert unused not in world.admin.list_users("all")
 
 
 def test_takeover_refused_on_the_wire(world: World) -> None:
     """The same refusal as Teaclave's clients see it: a raw UserRegister from a FunctionOwner."""
     fo, fo_pw = world.create("FO")
+    unused = f"dom-raw-{RUN}-{uuid.uuid4().hex[:8]}"
     with world.client(fo, fo_pw) as client:
         token = client.user_login(fo, fo_pw)
     endpoint = verify_endpoint(world.platform.auth_address, "authentication", world.platform.trust())
     channel = endpoint.channel(world.platform.trust())
     try:
         stub = pb_grpc.TeaclaveAuthenticationApiStub(channel)
-        request = pb.UserRegisterRequest(id=f"dom-raw-{RUN}", password="pw", role="DataOwnerManager",
-                                         attribute=GROUP_X)
+        request = pb.UserRegisterRequest(id=unused, password="pw", role="DataOwnerManager", attribute=GROUP_X)
         with pytest.raises(grpc.RpcError) as info:
             stub.UserRegister(request, metadata=(("id", fo), ("token", token)), timeout=30)
         assert (info.value.code(), info.value.details()) == (UNAUTH, "permission denied")  # type: ignore[attr-defined]
     finally:
         channel.close()
-    assert f"dom-raw-{RUN}" not in world.admin.list_users("all")
+    assert unused not in world.admin.list_users("all")
 
 
 def test_admin_still_makes_managers(world: World) -> None:
@@ -338,8 +342,8 @@ def test_user_record_generation_roundtrip_and_bounds() -> None:
 
 @pytest.mark.parametrize("generation", ["true", "1.0", "-1", '"1"', "null", str(MAX_GENERATION + 1)])
 def test_malformed_generation_is_refused(generation: str) -> None:
-    raw = ('{"account":"","generation":%s,"id":"a","password_hash":"h","role":"PlatformAdmin","v":2}'
-           % generation).encode()
+    raw = b'{"account":"","generation":' + generation.encode() + b',"id":"a","password_hash":"h",' \
+        b'"role":"PlatformAdmin","v":2}'
     with pytest.raises(ValueError):
         UserRecord.from_bytes(raw)
 
