@@ -257,17 +257,23 @@ def _credentials_path(config: Config) -> Path:
 
 
 def _client(config: Config, authenticated: bool = True) -> Any:
-    from ..errors import AuthenticationError
     from ..sdk.authentication import AuthenticationClient
 
     client = AuthenticationClient(config.endpoint("authentication", api=True).target)
     if authenticated:
-        try:
-            saved = json.loads(_credentials_path(config).read_text())
-        except (FileNotFoundError, ValueError):
-            raise AuthenticationError("not logged in: run `kettle user login ID`") from None
-        client.use_credential(saved["id"], saved["token"])
+        client.use_credential(*_saved_credentials(config))
     return client
+
+
+def _saved_credentials(config: Config) -> tuple[str, str]:
+    """The (id, token) of the last ``kettle user login``."""
+    from ..errors import AuthenticationError
+
+    try:
+        saved = json.loads(_credentials_path(config).read_text())
+    except (FileNotFoundError, ValueError):
+        raise AuthenticationError("not logged in: run `kettle user login ID`") from None
+    return saved["id"], saved["token"]
 
 
 def _password(value: str | None, prompt: str = "Password") -> str:
@@ -283,11 +289,14 @@ def user_login(user_id: str, password: str = typer.Option(None, help="default: $
     """Log in and keep the token in $KETTLE_HOME/credentials.json (mode 0600)."""
     config = load_config()
     token = _client(config, authenticated=False).user_login(user_id, _password(password))
-    path = _credentials_path(config)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    _save_credentials(config, user_id, token)
+    out.print(f"logged in as {user_id}")
+
+
+def _save_credentials(config: Config, user_id: str, token: str) -> None:
+    fd = os.open(_credentials_path(config), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump({"id": user_id, "token": token}, f)
-    out.print(f"logged in as {user_id}")
 
 
 @user_app.command("register")
@@ -319,9 +328,15 @@ def user_update(
 @user_app.command("passwd")
 @one_line_errors
 def user_passwd(password: str = typer.Option(None, help="default: $KETTLE_PASSWORD or a prompt")) -> None:
-    """Change your own password."""
-    _client(load_config()).user_change_password(_password(password, "New password"))
-    out.print("password changed")
+    """Change your own password, then log in again with it: the change ends every
+    token issued before it, the saved one too (docs/users.md)."""
+    config = load_config()
+    client = _client(config)
+    new_password = _password(password, "New password")
+    client.user_change_password(new_password)
+    user_id, _ = _saved_credentials(config)
+    _save_credentials(config, user_id, client.user_login(user_id, new_password))
+    out.print("password changed; logged in again with it")
 
 
 @user_app.command("reset")

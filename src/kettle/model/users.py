@@ -8,7 +8,7 @@ authentication service core applies these rules in the order the spec fixes.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -19,6 +19,7 @@ __all__ = [
     "Role",
     "INVALID_ROLE",
     "UserRecord",
+    "MAX_GENERATION",
     "MAX_USER_ID_LENGTH",
     "validate_user_id",
     "may_register",
@@ -151,8 +152,15 @@ def validate_user_id(user_id: str) -> None:
 
 # --- the stored user ----------------------------------------------------------
 
-_RECORD_VERSION = 1
-_RECORD_FIELDS = frozenset({"v", "id", "role", "password_hash", "account"})
+_RECORD_VERSION = 2
+_RECORD_FIELDS = frozenset({"v", "id", "role", "password_hash", "account", "generation"})
+_V1_RECORD_FIELDS = _RECORD_FIELDS - {"generation"}
+"""Version 1 records predate token generations; they load as generation 0, so an upgrade
+keeps every user and every token issued before it (they carry no generation: 0 too)."""
+
+MAX_GENERATION = 2**53 - 1
+"""Far beyond any number of credential changes; keeps the value exact wherever JSON
+numbers are doubles, and refuses a corrupt record rather than carrying a huge integer."""
 
 
 @dataclass(frozen=True)
@@ -169,36 +177,60 @@ class UserRecord:
     account: str = ""
     """Random per registration, kept through updates: login tokens are bound to it, so a
     deleted user's token stays dead when someone registers the same id again."""
+    generation: int = 0
+    """Moves on at every password or role change; a token carries the generation it was
+    issued at and is valid only while it is the record's (§12 row 23)."""
+
+    def __post_init__(self) -> None:
+        if not _is_generation(self.generation):
+            raise ValueError(f"a token generation is an integer from 0 to {MAX_GENERATION}")
+
+    def with_credentials(self, role: str, password_hash: str) -> UserRecord:
+        """The record after a password or role change: same user and account, and the next
+        generation, so every token issued before the change stops authenticating."""
+        return replace(self, role=role, password_hash=password_hash, generation=self.generation + 1)
 
     def to_bytes(self) -> bytes:
         """Versioned JSON, so a later format can be told apart from this one."""
         document = {"v": _RECORD_VERSION, "id": self.id, "role": self.role,
-                    "password_hash": self.password_hash, "account": self.account}
+                    "password_hash": self.password_hash, "account": self.account,
+                    "generation": self.generation}
         return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UserRecord:
         """Decode strictly: a record that is not exactly what ``to_bytes``
-        writes is corruption or tampering, and must not become a login.
+        writes (or what version 1 wrote) is corruption or tampering, and must
+        not become a login.
 
         Raises ValueError on any deviation (bad JSON, duplicate or unknown
-        keys, wrong types, unknown version, invalid role).
+        keys, wrong types, unknown version, invalid role or generation).
         """
         try:
             document = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"user record is not JSON: {exc}") from None
-        if not isinstance(document, dict) or document.keys() != _RECORD_FIELDS:
+        if not isinstance(document, dict):
             raise ValueError("user record has the wrong fields")
-        version = document["v"]
-        if type(version) is not int or version != _RECORD_VERSION:
+        version = document.get("v")
+        if type(version) is not int or version not in (1, _RECORD_VERSION):
             raise ValueError(f"unsupported user record version {version!r}")
+        if document.keys() != (_V1_RECORD_FIELDS if version == 1 else _RECORD_FIELDS):
+            raise ValueError("user record has the wrong fields")
         fields = (document["id"], document["role"], document["password_hash"], document["account"])
         if not all(isinstance(value, str) for value in fields):
             raise ValueError("user record fields must be strings")
         if not Role.parse(document["role"]).is_valid:
             raise ValueError("user record has an invalid role")
-        return cls(*fields)
+        generation = document.get("generation", 0)
+        if not _is_generation(generation):
+            raise ValueError("user record has an invalid token generation")
+        return cls(*fields, generation=generation)
+
+
+def _is_generation(value: object) -> bool:
+    """A true integer (not a bool, not a float) in range."""
+    return type(value) is int and 0 <= value <= MAX_GENERATION
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -223,20 +255,23 @@ def _manages(caller: Role, role: Role) -> bool:
 
 
 def may_register(caller: Role, new_role: Role) -> bool:
-    """Admins create anyone; function owners create group managers; a
-    manager creates data owners of its own group."""
+    """Admins create anyone; a manager creates data owners of its own group.
+
+    Teaclave also let a FunctionOwner create a DataOwnerManager of any group,
+    who could then reset that group's data owners' passwords and receive them
+    (§12 row 22). Kettle deviates: only a PlatformAdmin creates a manager, and
+    a FunctionOwner creates no one."""
     if not new_role.is_valid:
         return False
     if caller.category is Category.PLATFORM_ADMIN:
         return True
-    if caller.category is Category.FUNCTION_OWNER:
-        return new_role.category is Category.DATA_OWNER_MANAGER
     return _manages(caller, new_role)
 
 
 def may_update(caller: Role, new_role: Role, target_current: Role) -> bool:
-    """Admins update anyone. A manager may only touch its own group's data
-    owners and keep them there: Teaclave did not check the target's current
+    """Admins update anyone, so only they promote to DataOwnerManager (§12 row
+    22). A manager may only touch users whose *stored* role is its group's
+    DataOwner and keep them there: Teaclave did not check the target's current
     role, letting a manager demote an admin into its group (§12 row 2)."""
     if not new_role.is_valid:
         return False
@@ -246,7 +281,9 @@ def may_update(caller: Role, new_role: Role, target_current: Role) -> bool:
 
 
 def may_reset_password(caller: Role, target_role: Role) -> bool:
-    """Admins reset anyone; a manager resets its own group's data owners."""
+    """Admins reset anyone; a manager resets only users whose stored role is its
+    group's DataOwner (never an admin, a function owner, another manager or
+    another group's data owner)."""
     return caller.category is Category.PLATFORM_ADMIN or _manages(caller, target_role)
 
 

@@ -4,12 +4,15 @@ Each operation runs the spec's steps in order and the first failing step
 decides the error, because clients (and Teaclave's tests) see which message
 comes first. The RPC adapter authenticates the caller with :meth:`authenticate`
 and passes the resulting :class:`Claims` in; authorisation then uses the role
-*in those claims*, not the stored one (§2.3, §12 row 4).
+*in those claims*, not the stored one (§2.3, §12 row 4). Those can differ
+only for a moment: a role change moves the user's token generation on, and a
+token of an earlier generation no longer authenticates (§12 row 23).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -31,7 +34,9 @@ from kettle.services.authentication import passwords
 from kettle.services.authentication.throttle import LoginThrottle
 from kettle.services.authentication.tokens import Claims, TokenAuthority
 
-__all__ = ["UserRepository", "AuthenticationCore"]
+__all__ = ["UserRepository", "AuthenticationCore", "REWRITE_ATTEMPTS"]
+
+log = logging.getLogger(__name__)
 
 
 class UserRepository(Protocol):
@@ -51,6 +56,11 @@ class UserRepository(Protocol):
         """Create or replace the record of ``record.id``."""
         ...
 
+    async def replace(self, current: UserRecord, new: UserRecord) -> bool:
+        """Store ``new`` (of the same id) if the stored record is still ``current``;
+        False, writing nothing, if it changed or is gone meanwhile."""
+        ...
+
     async def delete(self, user_id: str) -> None:
         """Remove the record of ``user_id`` (no error if absent)."""
         ...
@@ -60,8 +70,13 @@ class UserRepository(Protocol):
         ...
 
 
-_TargetRule = Callable[[Role, Role], bool]
-"""A permission rule over (caller's role, target's stored role)."""
+_Admission = Callable[[UserRecord | None], str]
+"""Checks the record a credential change read (raising that operation's refusal)
+and returns the role string to store with the new password."""
+
+REWRITE_ATTEMPTS = 5
+"""A credential change that met a concurrent write to the same user is checked and
+tried again on the fresh record, this many times in all before it gives up."""
 
 
 def _failed() -> AuthenticationError:
@@ -123,7 +138,7 @@ class AuthenticationCore:
                 throttle.finish(user_id, source, ok=record is not None)
         if record is None:
             raise _failed()
-        return self._tokens.issue(record.id, record.role, record.account)
+        return self._tokens.issue(record.id, record.role, record.account, record.generation)
 
     async def _check_login(self, user_id: str, password: str) -> UserRecord | None:
         """The user's record if the password is right, else None ("authentication failed")."""
@@ -158,14 +173,15 @@ class AuthenticationCore:
 
     async def _verify(self, user_id: str, token: str) -> Claims:
         """The user must still exist (deletion kills its tokens), then the token
-        must be valid for it (§2.3)."""
+        must be valid for it (§2.3) and of its current token generation, so a
+        password reset, password change or role change kills earlier tokens."""
         if not user_id:
             raise _failed()
         async with _storage_failures():
             record = await self._repo.get(user_id)
         if record is None:
             raise _failed()
-        return self._tokens.validate(user_id, token, record.account)
+        return self._tokens.validate(user_id, token, record.account, record.generation)
 
     # --- user management -----------------------------------------------------
 
@@ -180,49 +196,65 @@ class AuthenticationCore:
             new_role = Role.from_request(role, attribute)
             if not may_register(_role_of(caller), new_role):
                 raise _denied()
-            await self._store(user_id, new_role, password, _new_account())
+            await self._create(user_id, new_role, password)
 
     async def update(
         self, caller: Claims, user_id: str, password: str, role: str, attribute: str
     ) -> None:
-        """UserUpdate: replace an existing user's password and role. Tokens
-        already issued keep their old role until they expire (§2.3)."""
+        """UserUpdate: replace an existing user's password and role. Every
+        token issued before ends with it (Kettle; in Teaclave they lived on with
+        the old role, §2.3, §12 row 23): the request always sets a password."""
         validate_user_id(user_id)
-        async with _storage_failures():
-            target = await self._repo.get(user_id)
+
+        def admit(target: UserRecord | None) -> str:
             if target is None:
                 raise _invalid_user_id()
             new_role = Role.from_request(role, attribute)
             if not may_update(_role_of(caller), new_role, Role.parse(target.role)):
                 raise _denied()
-            await self._store(user_id, new_role, password, target.account)
+            return str(new_role)
+
+        await self._rewrite(user_id, password, admit)
 
     async def change_password(self, caller: Claims, password: str) -> None:
         """UserChangePassword: the caller's own password. Kettle keeps the
         stored role; Teaclave overwrote it with the token's, which could undo a
-        role update made since login (§12 row 3)."""
+        role update made since login (§12 row 3). The caller's token and every
+        other one issued before end with the change: log in again."""
         if not password:
             raise _failed()
-        async with _storage_failures():
-            record = await self._repo.get(caller.sub)
-            if record is None:  # deleted since its token was checked
+
+        def admit(record: UserRecord | None) -> str:
+            # Deleted, or reset or updated since its token was checked: that token is dead now.
+            if record is None or record.generation != caller.gen:
                 raise _failed()
-            await self._store(record.id, Role.parse(record.role), password, record.account)
+            return record.role
+
+        await self._rewrite(caller.sub, password, admit)
 
     async def reset_password(self, caller: Claims, user_id: str) -> str:
         """ResetUserPassword: give the target a fresh random password, keep its
         role, and return the password. An unknown target is "permission
-        denied", as in Teaclave, so it does not reveal which ids exist."""
-        target = await self._managed_target(caller, user_id, may_reset_password)
+        denied", as in Teaclave, so it does not reveal which ids exist. The
+        target's earlier tokens end with the reset (§12 row 23)."""
+        validate_user_id(user_id)
+
+        def admit(target: UserRecord | None) -> str:
+            if target is None or not may_reset_password(_role_of(caller), Role.parse(target.role)):
+                raise _denied()
+            return target.role
+
         password = passwords.generate_password()
-        async with _storage_failures():
-            await self._store(target.id, Role.parse(target.role), password, target.account)
+        await self._rewrite(user_id, password, admit)
         return password
 
     async def delete(self, caller: Claims, user_id: str) -> None:
         """DeleteUser: remove the record; what the user owns elsewhere stays."""
-        target = await self._managed_target(caller, user_id, may_delete)
+        validate_user_id(user_id)
         async with _storage_failures():
+            target = await self._repo.get(user_id)
+            if target is None or not may_delete(_role_of(caller), Role.parse(target.role)):
+                raise _denied()
             await self._repo.delete(target.id)
 
     async def list_users(self, caller: Claims, user_id: str) -> list[str]:
@@ -255,31 +287,49 @@ class AuthenticationCore:
         async with _storage_failures():
             if await self._repo.get(admin_id) is not None:
                 return False
-            await self._store(admin_id, Role(Category.PLATFORM_ADMIN), password, _new_account())
+            await self._create(admin_id, Role(Category.PLATFORM_ADMIN), password)
         return True
 
     # --- helpers -------------------------------------------------------------
-
-    async def _managed_target(self, caller: Claims, user_id: str, rule: _TargetRule) -> UserRecord:
-        """Steps 2-4 shared by reset and delete: a valid id, an existing target,
-        and a caller allowed to manage that target's stored role."""
-        validate_user_id(user_id)
-        async with _storage_failures():
-            target = await self._repo.get(user_id)
-        if target is None or not rule(_role_of(caller), Role.parse(target.role)):
-            raise _denied()
-        return target
 
     async def _ids_with_role(self, ids: list[str], role: Role) -> list[str]:
         records = [await self._repo.get(user_id) for user_id in ids]
         return [r.id for r in records if r is not None and Role.parse(r.role) == role]
 
-    async def _store(self, user_id: str, role: Role, password: str, account: str) -> None:
-        """Write a record with a fresh hash of ``password`` (checked first:
-        over-long passwords are refused before any hashing)."""
-        passwords.check_new_password(password)
-        password_hash = await asyncio.to_thread(passwords.hash_password, password)
-        await self._repo.put(UserRecord(id=user_id, role=str(role), password_hash=password_hash, account=account))
+    async def _create(self, user_id: str, role: Role, password: str) -> None:
+        """Store a new user: a fresh account, token generation 0."""
+        password_hash = await _hash(password)
+        await self._repo.put(UserRecord(id=user_id, role=str(role), password_hash=password_hash,
+                                        account=_new_account()))
+
+    async def _rewrite(self, user_id: str, password: str, admit: _Admission) -> None:
+        """Give ``user_id`` a new password and the role ``admit`` allows, at the next token
+        generation, so every token issued before stops authenticating.
+
+        Compare-and-swap on the record read: a plain read-then-write could let a
+        concurrent change (a reset racing the user's own password change) be
+        overwritten by a record of the *same* generation, and a token issued in
+        between would outlive the change that should have ended it."""
+        password_hash: str | None = None
+        for _ in range(REWRITE_ATTEMPTS):
+            async with _storage_failures():
+                record = await self._repo.get(user_id)
+            role = admit(record)
+            assert record is not None  # every admission refuses a missing user
+            if password_hash is None:  # hashed once, after the first admission (refusals cost no argon2)
+                password_hash = await _hash(password)
+            async with _storage_failures():
+                if await self._repo.replace(record, record.with_credentials(role, password_hash)):
+                    return
+        log.warning("gave up changing the credentials of %r: %d concurrent writes", user_id, REWRITE_ATTEMPTS)
+        raise AuthenticationError("service internal error")
+
+
+async def _hash(password: str) -> str:
+    """A fresh hash of ``password``, checked first: over-long passwords are refused
+    before any hashing."""
+    passwords.check_new_password(password)
+    return await asyncio.to_thread(passwords.hash_password, password)
 
 
 def _new_account() -> str:

@@ -46,6 +46,15 @@ class StorageUserRepository:
     async def put(self, record: UserRecord) -> None:
         await self._store.put(USER_PREFIX + record.id.encode(), record.to_bytes())
 
+    async def replace(self, current: UserRecord, new: UserRecord) -> bool:
+        # Compared on the stored bytes, so a record written meanwhile by another instance is seen.
+        key = USER_PREFIX + current.id.encode()
+        raw = await self._store.get(key)
+        if raw is None or UserRecord.from_bytes(raw) != current:
+            return False
+        applied, _ = await self._store.compare_and_put(key, raw, new.to_bytes())
+        return applied
+
     async def delete(self, user_id: str) -> None:
         await self._store.delete(USER_PREFIX + user_id.encode())
 

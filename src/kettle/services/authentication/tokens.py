@@ -1,6 +1,9 @@
 """Login tokens: Teaclave-compatible JWTs signed with HMAC-SHA512 (``spec/platform.md`` §2.3).
 
 A token proves "the service logged this user in, with this role, until then".
+It also names the user's token generation at login (the extra ``gen`` claim):
+a password or role change moves the stored generation on, and a token whose
+generation is not the stored one no longer authenticates (§12 row 23).
 Validation is deliberately narrow: one algorithm, one issuer, one subject, and
 our own clock, so that no library default (accepted algorithms, leeway, the
 wall clock) silently widens what passes.
@@ -20,7 +23,7 @@ import jwt
 
 from kettle.errors import AuthenticationError
 
-__all__ = ["Claims", "TokenAuthority", "generate_secret", "ISSUER", "MIN_SECRET_BYTES"]
+__all__ = ["Claims", "TokenAuthority", "generate_secret", "ISSUER", "MIN_SECRET_BYTES", "GENERATION_CLAIM"]
 
 ISSUER = "Teaclave"
 """Kept as Teaclave's value so tokens look the same to existing clients."""
@@ -35,15 +38,21 @@ refused before any parsing or HMAC work."""
 _ALGORITHM = "HS512"
 _REQUIRED_CLAIMS = ("sub", "role", "iss", "exp")
 
+GENERATION_CLAIM = "gen"
+"""Kettle's one extra claim. Clients treat tokens as opaque, so Teaclave's SDK is unaffected;
+a token without it (issued before Kettle had generations) is generation 0."""
+
 
 @dataclass(frozen=True)
 class Claims:
-    """What a valid token says: who (``sub``), as what (``role`` string), until when."""
+    """What a valid token says: who (``sub``), as what (``role`` string), until when,
+    and at which of the user's token generations it was issued."""
 
     sub: str
     role: str
     iss: str
     exp: int
+    gen: int = 0
 
 
 def generate_secret() -> bytes:
@@ -80,26 +89,30 @@ class TokenAuthority:
             return self._secret
         return hmac.new(self._secret, b"kettle-account\0" + account.encode(), hashlib.sha512).digest()
 
-    def issue(self, user_id: str, role_string: str, account: str = "") -> str:
+    def issue(self, user_id: str, role_string: str, account: str = "", generation: int = 0) -> str:
         """A token for ``user_id`` acting as ``role_string``, valid from now on
-        for the configured validity. Exactly Teaclave's four claims."""
+        for the configured validity while the user's token generation stays
+        ``generation``. Teaclave's four claims plus the generation."""
         claims = {
             "sub": user_id,
             "role": role_string,
             "iss": ISSUER,
             "exp": int(self._clock()) + self._validity,
+            GENERATION_CLAIM: generation,
         }
         return jwt.encode(claims, self._key(account), algorithm=_ALGORITHM)
 
-    def validate(self, user_id: str, token: str, account: str = "") -> Claims:
-        """The claims of ``token`` if it is ours, unexpired and issued to
-        ``user_id``. Every failure is the same "authentication failed", so a
-        caller learns nothing about which check refused it."""
+    def validate(self, user_id: str, token: str, account: str = "", generation: int = 0) -> Claims:
+        """The claims of ``token`` if it is ours, unexpired, issued to
+        ``user_id`` and at the user's current token ``generation``. Every
+        failure is the same "authentication failed", so a caller learns
+        nothing about which check refused it."""
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise _failed()
         payload = self._decode(token, self._key(account))
         claims = _claims_of(payload)
-        if claims.iss != ISSUER or claims.sub != user_id or claims.exp <= self._clock():
+        if (claims.iss != ISSUER or claims.sub != user_id or claims.exp <= self._clock()
+                or claims.gen != generation):
             raise _failed()
         return claims
 
@@ -129,11 +142,12 @@ class TokenAuthority:
 
 def _claims_of(payload: dict[str, Any]) -> Claims:
     """The typed claims, refusing a payload whose claims have the wrong types
-    (``exp`` must be a true integer, not a bool or a float)."""
+    (``exp`` and ``gen`` must be true integers, not bools or floats)."""
     sub, role, iss, exp = (payload[name] for name in _REQUIRED_CLAIMS)
-    if not all(isinstance(value, str) for value in (sub, role, iss)) or type(exp) is not int:
+    gen = payload.get(GENERATION_CLAIM, 0)
+    if not all(isinstance(value, str) for value in (sub, role, iss)) or type(exp) is not int or type(gen) is not int:
         raise _failed()
-    return Claims(sub=sub, role=role, iss=iss, exp=exp)
+    return Claims(sub=sub, role=role, iss=iss, exp=exp, gen=gen)
 
 
 def _failed() -> AuthenticationError:
