@@ -65,6 +65,15 @@ def _status_text(response: httpx.Response) -> str:
     return f"HTTP {response.status_code} {phrase}".rstrip()
 
 
+def _http_url(text: str) -> httpx.URL:
+    """The URL as httpx reads it. A URL that urlsplit accepted and httpx does not has a host
+    httpx cannot connect to (``0177.0.0.1``, a bad IDNA name...): unreachable, in the same words."""
+    try:
+        return httpx.URL(text)
+    except (httpx.InvalidURL, UnicodeError, ValueError):
+        raise TransferError(UNREACHABLE) from None
+
+
 def _is_transient(status: int) -> bool:
     return status >= 500 or status == HTTPStatus.TOO_MANY_REQUESTS
 
@@ -158,10 +167,7 @@ class HttpTransport:
 
     def _next_hop(self, url: httpx.URL, response: httpx.Response, parsed: ParsedUrl) -> httpx.URL:
         """Where a redirect points; only to http(s), and only where the URL's scheme is allowed."""
-        try:
-            target = url.join(response.headers["Location"])
-        except (httpx.InvalidURL, UnicodeError, ValueError):
-            raise TransferError(f"{parsed.shown} redirects to an invalid URL") from None
+        target = _http_url(str(url.join(_http_url(response.headers["Location"]))))
         if target.scheme not in _DEFAULT_PORTS or target.scheme not in self._allowed:
             raise TransferError(f"{parsed.shown} redirects to a {target.scheme or 'relative'} URL, which is not followed")
         return target
@@ -172,7 +178,7 @@ class HttpTransport:
         with self._client() as client:
 
             def attempt() -> None:
-                url = httpx.URL(parsed.raw)
+                url = _http_url(parsed.raw)
                 for _hop in range(MAX_REDIRECTS + 1):
                     with self._send(client, "GET", url, headers) as response:
                         if response.is_redirect:
@@ -196,7 +202,7 @@ class HttpTransport:
     def store(self, source: Source, parsed: ParsedUrl) -> None:
         """PUT the file with an explicit length; only 200 is success, as in Teaclave."""
         headers = {"Content-Type": "application/x-binary", "Content-Length": str(source.size)}
-        url = httpx.URL(parsed.raw)
+        url = _http_url(parsed.raw)
         # Redirects are not followed: a streamed body cannot be sent a second time.
         with self._client() as client:
 
