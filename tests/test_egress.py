@@ -23,7 +23,13 @@ import pytest
 from kettle.config import FileAgentConfig, parse_config
 from kettle.errors import ConfigError, TransferError
 from kettle.file_agent import UNREACHABLE, FileAgent
-from kettle.file_agent.egress import EgressPolicy, is_internal, is_local_address, parse_host_port, system_resolver
+from kettle.file_agent.egress import (
+    EgressPolicy,
+    is_internal,
+    is_local_address,
+    parse_host_port,
+    system_resolver,
+)
 from kettle.provisioning import DEV_CONFIG
 
 SECRET = b"the node's internal secret"
@@ -49,7 +55,7 @@ class Secrets:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_GET(self) -> None:
                 served.hits[self.path] += 1
                 served.hosts.append(self.headers.get("Host", ""))
                 if self.path.startswith("/to/"):
@@ -57,7 +63,7 @@ class Secrets:
                 else:
                     self._reply(200, SECRET)
 
-            def do_PUT(self) -> None:  # noqa: N802
+            def do_PUT(self) -> None:
                 served.hits[self.path] += 1
                 self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 self._reply(200)
@@ -146,7 +152,7 @@ def test_names_that_do_not_resolve_read_like_a_refusal() -> None:
 
 def test_the_nodes_own_and_the_platforms_addresses_are_refused() -> None:
     public = "93.184.216.34"
-    resolve = lambda host, port: [public]  # noqa: E731 - every name is this public address here
+    resolve = lambda host, port: [public]
     node = EgressPolicy([], resolver=resolve, is_local=lambda a: str(a) == public)
     with pytest.raises(TransferError, match=UNREACHABLE):
         node.addresses("me.example", 8080)
