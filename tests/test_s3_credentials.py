@@ -16,9 +16,9 @@ from typing import Any
 
 import boto3
 import pytest
+from conftest import free_ports
 from moto.server import ThreadedMotoServer
 
-from conftest import free_ports
 from kettle.config import FileAgentConfig
 from kettle.errors import TransferError
 from kettle.file_agent import FileAgent
