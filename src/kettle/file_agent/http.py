@@ -136,10 +136,10 @@ class HttpTransport:
         raise _Transient(UNREACHABLE, counted=False)
 
     def _transport_failure(self, exc: httpx.HTTPError, parsed: ParsedUrl) -> Exception:
-        """Classify an httpx error: transient ones are retried, the rest end the transfer."""
+        """Classify an httpx error: transient ones are retried, the rest end the transfer.
+
+        Connection failures never get here: :meth:`_send` turns them into :data:`UNREACHABLE`."""
         shown = parsed.shown
-        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-            return _Transient(UNREACHABLE, counted=False)
         if isinstance(exc, httpx.TimeoutException):
             return _Transient(f"{shown} sent or accepted nothing for {self._io_timeout} s")
         if isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError)):
