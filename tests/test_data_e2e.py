@@ -3,7 +3,10 @@
 Every party registers and assigns its own encrypted data, approves, one invokes,
 and each decrypts its own output. A platform of its own (module scope) whose
 file agent may use a directory of owner files, a local HTTP server and a local
-S3-compatible server (moto), each started here.
+S3-compatible server (moto), each started here. Both servers are on loopback,
+which the file agent refuses unless allowlisted, so the platform's
+configuration allowlists exactly their ``host:port`` (and lists the one bucket
+it opens with its own credentials).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from kettle.sdk import FrontendClient, FunctionArgument, TaskFailed
 from kettle.sdk.files import FileKey, decrypt_file, encrypt_file
 
 BUCKET = "owners"
+OWN_BUCKET = "alice-own"
+"""A bucket of a data owner's own: the platform has no business opening it with its credentials."""
 MAX_FILE_BYTES = 2_000_000
 
 
@@ -112,11 +117,14 @@ def world(tmp_path_factory: pytest.TempPathFactory, _auditor_cache: Path) -> Ite
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
     s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_port}")
     s3.create_bucket(Bucket=BUCKET)
+    s3.create_bucket(Bucket=OWN_BUCKET)
     extra = "\n".join([
         "[file_agent]",
         'allowed_schemes = ["file", "http", "s3", "fusion", "data"]',
         f'file_roots = ["{owners_dir}"]',
         f's3_endpoint_url = "http://127.0.0.1:{s3_port}"',
+        f's3_node_credential_buckets = ["{BUCKET}"]',
+        f'egress_allowlist = ["127.0.0.1:{http.server_address[1]}", "127.0.0.1:{s3_port}"]',
         f"max_file_bytes = {MAX_FILE_BYTES}",
         "retries = 1",
         "retry_backoff_ms = 50",
@@ -437,7 +445,6 @@ def test_bad_inputs_fail_the_task_with_a_clear_reason(world: World, tmp_path: Pa
     key = FileKey.generate("aes-gcm-128")
     (tmp_path / "plain.txt").write_text("a : 2\n")
     real_cmac = encrypt_file(tmp_path / "plain.txt", world.http_dir / "served.enc", key)
-    (closed_port,) = free_ports(1)
 
     def register(url: str, cmac: bytes = real_cmac) -> str:
         return alice.client.register_input_file(url, key.schema, key.key, key.iv, cmac)
@@ -445,7 +452,6 @@ def test_bad_inputs_fail_the_task_with_a_clear_reason(world: World, tmp_path: Pa
     base = world.http_base
     cases = {
         "wrong-cmac": (register(f"{base}/served.enc", bytes(16)), f"AesGcm128 File, invalid tag: {base}/served.enc"),
-        "unreachable": (register(f"http://127.0.0.1:{closed_port}/in.enc"), "Failed to fetch input input_data1: "),
         "http-404": (register(f"{base}/missing.enc"), "Failed to fetch input input_data1: HTTP 404"),
         "http-500": (register(f"{base}/status/500/in.enc"), "Failed to fetch input input_data1: HTTP 500"),
     }
@@ -468,3 +474,45 @@ def test_bad_inputs_fail_the_task_with_a_clear_reason(world: World, tmp_path: Pa
         with pytest.raises(KettleError, match=text) as caught:
             alice.client.register_input_file(f"{base}/x.enc", schema, key_bytes, iv, bytes(16))
         assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_user_urls_reach_no_internal_host_and_no_unlisted_bucket(world: World, tmp_path: Path) -> None:
+    alice = world.owner("alice")
+    key = FileKey.generate("aes-gcm-128")
+    (tmp_path / "plain.txt").write_text("a : 2\n")
+    cmac = encrypt_file(tmp_path / "plain.txt", world.http_dir / "behind.enc", key)
+    world.s3.upload_file(str(world.http_dir / "behind.enc"), OWN_BUCKET, "behind.enc")
+    http_port = world.http_base.rpartition(":")[2]
+    frontend_port = world.platform.frontend_address.rpartition(":")[2]
+
+    def register(url: str) -> str:
+        return alice.client.register_input_file(url, key.schema, key.key, key.iv, cmac)
+
+    refused = "Failed to fetch input input_data1: the URL's host is not allowed or not reachable"
+    cases = {
+        # The fixture server is allowlisted as 127.0.0.1:port: the same socket by another name is not.
+        "loopback-by-name": (register(f"http://localhost:{http_port}/behind.enc"), refused),
+        "platform-endpoint": (register(f"http://127.0.0.1:{frontend_port}/behind.enc"), refused),
+        "unlisted-bucket": (register(f"s3://{OWN_BUCKET}/behind.enc"),
+                            (f"Failed to fetch input input_data1: s3://{OWN_BUCKET}/behind.enc is in a bucket this "
+                             "platform does not open with its own credentials")),
+    }
+    for label, (data_id, reason) in cases.items():
+        got = one_party_task(world, tmp_path, data_id, label)
+        assert got.startswith(reason), (label, got)
+
+    # The owner's own way in: a presigned URL to the same object, fetched without the node's credentials.
+    presigned = world.s3.generate_presigned_url("get_object", Params={"Bucket": OWN_BUCKET, "Key": "behind.enc"})
+    good = owner_input(world, "alice", tmp_path, "presigned-good.enc", "a : 1\n")
+    out0, key0 = owner_output(world, "alice", "presigned-0.enc")
+    out1, _ = owner_output(world, "alice", "presigned-1.enc")
+    _, info = run_pjc(alice, ["alice"], {"alice": good, "alice2": register(presigned)},
+                      {"alice": out0, "alice2": out1},
+                      input_owners={"input_data0": ["alice"], "input_data1": ["alice"]},
+                      output_owners={"output_data0": ["alice"], "output_data1": ["alice"]},
+                      assigners={n: alice for n in ("input_data0", "input_data1", "output_data0", "output_data1")},
+                      world=world)
+    assert info.status == TaskStatus.FINISHED, info
+    decrypt_file(alice.folder / "presigned-0.enc", tmp_path / "presigned.txt", key0,
+                 cmac=info.outputs_or_raise().tags_map["output_data0"])
+    assert (tmp_path / "presigned.txt").read_text() == "a, 3\n"  # the owner's object was read

@@ -4,6 +4,8 @@ Nothing is mocked: the HTTP cases run against a ``ThreadingHTTPServer`` on a
 loopback port whose handlers misbehave on purpose (errors, flakiness, stalls,
 redirect loops, lying sizes), S3 runs against moto's server, and the local
 schemes against real directories, symlinks and FIFOs in a temporary home.
+Loopback is refused by default, so the agents here allowlist the server's
+``host:port`` (the egress rules themselves: ``test_egress.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pytest
 
 from kettle.config import FileAgentConfig
 from kettle.errors import TransferError
-from kettle.file_agent import FileAgent, display_url, file_name_of
+from kettle.file_agent import UNREACHABLE, FileAgent, display_url, file_name_of
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 17)  # several chunks, not a multiple of the chunk size
 BIG_SIZE = 32 * 1024 * 1024
@@ -60,6 +62,11 @@ class Served:
 
     def url(self, path: str) -> str:
         return self.base + path
+
+    @property
+    def authority(self) -> str:
+        """The server's ``host:port``, as an egress allowlist entry."""
+        return self.base.removeprefix("http://")
 
 
 def _make_handler(served: Served) -> type[BaseHTTPRequestHandler]:
@@ -214,9 +221,14 @@ def http_server() -> Iterator[Served]:
     server.server_close()
 
 
+def served_agent(home: Path, served: Served, **overrides: object) -> FileAgent:
+    """An agent that may reach the test's HTTP server (loopback, so refused unless allowlisted)."""
+    return FileAgent(fast_config(egress_allowlist=(served.authority,), **overrides), home)
+
+
 @pytest.fixture
-def agent(tmp_path: Path) -> FileAgent:
-    return FileAgent(fast_config(), tmp_path)
+def agent(tmp_path: Path, http_server: Served) -> FileAgent:
+    return served_agent(tmp_path, http_server)
 
 
 @pytest.fixture
@@ -274,7 +286,7 @@ def test_http_5xx_twice_then_200_succeeds(agent: FileAgent, http_server: Served,
 
 
 def test_http_retries_are_bounded_by_config(tmp_path: Path, http_server: Served, scratch: Path) -> None:
-    agent = FileAgent(fast_config(retries=1), tmp_path)
+    agent = served_agent(tmp_path, http_server, retries=1)
     with pytest.raises(TransferError, match=r"HTTP 503 Service Unavailable .*gave up after 2 attempts"):
         agent.fetch(http_server.url("/flaky/bounded.enc"), scratch / "in.enc")
     assert http_server.hits["/flaky/bounded.enc"] == 2
@@ -320,7 +332,7 @@ def test_http_redirect_to_a_file_url_is_not_followed(agent: FileAgent, http_serv
 
 
 def test_http_stalled_headers_time_out(http_server: Served, scratch: Path) -> None:
-    agent = FileAgent(fast_config(retries=0), scratch)
+    agent = served_agent(scratch, http_server, retries=0)
     started = time.monotonic()
     with pytest.raises(TransferError, match=r"sent or accepted nothing for 1 s \(gave up after 1 attempt\)"):
         agent.fetch(http_server.url("/stall-headers/in.enc"), scratch / "in.enc")
@@ -329,7 +341,7 @@ def test_http_stalled_headers_time_out(http_server: Served, scratch: Path) -> No
 
 
 def test_http_stalled_body_times_out_and_removes_the_partial_file(http_server: Served, scratch: Path) -> None:
-    agent = FileAgent(fast_config(retries=0), scratch)
+    agent = served_agent(scratch, http_server, retries=0)
     started = time.monotonic()
     with pytest.raises(TransferError, match="sent or accepted nothing"):
         agent.fetch(http_server.url("/stall-body/in.enc"), scratch / "in.enc")
@@ -337,14 +349,13 @@ def test_http_stalled_body_times_out_and_removes_the_partial_file(http_server: S
     assert not (scratch / "in.enc").exists()
 
 
-def test_http_connection_refused_is_retried_and_named(tmp_path: Path, scratch: Path) -> None:
-    agent = FileAgent(fast_config(retries=1), tmp_path)
-    url = f"http://127.0.0.1:{closed_port()}/in.enc"
+def test_http_connection_refused_reads_like_a_refusal(tmp_path: Path, scratch: Path) -> None:
+    # Allowed, and still the same text as a refused host: failures never tell an open port from a closed one.
+    port = closed_port()
+    agent = FileAgent(fast_config(retries=1, egress_allowlist=(f"127.0.0.1:{port}",)), tmp_path)
     with pytest.raises(TransferError) as caught:
-        agent.fetch(url, scratch / "in.enc")
-    message = str(caught.value)
-    assert message.startswith(f"cannot connect to {url}")
-    assert message.endswith("(gave up after 2 attempts)")
+        agent.fetch(f"http://127.0.0.1:{port}/in.enc", scratch / "in.enc")
+    assert str(caught.value) == UNREACHABLE
     assert not (scratch / "in.enc").exists()
 
 
@@ -373,7 +384,7 @@ def test_http_parallel_fetches_share_one_agent(agent: FileAgent, http_server: Se
 def test_http_announced_size_over_the_limit_is_refused_up_front(
     tmp_path: Path, http_server: Served, scratch: Path
 ) -> None:
-    agent = FileAgent(fast_config(max_file_bytes=1024), tmp_path)
+    agent = served_agent(tmp_path, http_server, max_file_bytes=1024)
     url = http_server.url("/big/limit.enc")
     with pytest.raises(TransferError) as caught:
         agent.fetch(url, scratch / "in.enc")
@@ -385,7 +396,7 @@ def test_http_announced_size_over_the_limit_is_refused_up_front(
 def test_http_unannounced_size_over_the_limit_stops_the_stream(
     tmp_path: Path, http_server: Served, scratch: Path
 ) -> None:
-    agent = FileAgent(fast_config(max_file_bytes=100_000), tmp_path)
+    agent = served_agent(tmp_path, http_server, max_file_bytes=100_000)
     url = http_server.url("/unsized/in.enc")
     with pytest.raises(TransferError) as caught:
         agent.fetch(url, scratch / "in.enc")
@@ -482,7 +493,7 @@ def test_http_store_4xx_is_not_retried(agent: FileAgent, http_server: Served, tm
 
 
 def test_http_store_over_the_limit_sends_nothing(tmp_path: Path, http_server: Served) -> None:
-    agent = FileAgent(fast_config(max_file_bytes=10), tmp_path)
+    agent = served_agent(tmp_path, http_server, max_file_bytes=10)
     source = tmp_path / "out.enc"
     source.write_bytes(b"x" * 11)
     url = http_server.url("/put/too-big.enc")
@@ -534,13 +545,12 @@ def test_presigned_url_errors_never_show_the_query(agent: FileAgent, http_server
     assert "deadbeef" not in message and "AKIA" not in message
 
 
-def test_userinfo_never_appears_in_errors(tmp_path: Path, scratch: Path) -> None:
-    agent = FileAgent(fast_config(retries=0), tmp_path)
-    port = closed_port()
+def test_userinfo_never_appears_in_errors(agent: FileAgent, http_server: Served, scratch: Path) -> None:
+    port = http_server.authority.rpartition(":")[2]
     with pytest.raises(TransferError) as caught:
-        agent.fetch(f"http://alice:hunter2secret@127.0.0.1:{port}/in.enc?sig=topsecret", scratch / "in.enc")
+        agent.fetch(f"http://alice:hunter2secret@127.0.0.1:{port}/forbidden/in.enc?sig=topsecret", scratch / "in.enc")
     message = str(caught.value)
-    assert f"http://127.0.0.1:{port}/in.enc" in message
+    assert message == f"HTTP 403 Forbidden from http://127.0.0.1:{port}/forbidden/in.enc"
     assert "hunter2" not in message and "alice" not in message and "topsecret" not in message
 
 
@@ -871,7 +881,11 @@ def s3_endpoint() -> Iterator[str]:
 
 
 def s3_agent(home: Path, endpoint: str, **overrides: object) -> FileAgent:
-    return FileAgent(fast_config(allowed_schemes=("s3",), s3_endpoint_url=endpoint, **overrides), home)
+    """An agent that opens the test buckets with the node's own (environment) credentials."""
+    buckets = ("kettle", "no-such-bucket")
+    config = fast_config(allowed_schemes=("s3",), s3_endpoint_url=endpoint, s3_node_credential_buckets=buckets,
+                         **overrides)
+    return FileAgent(config, home)
 
 
 def test_s3_round_trip_across_agents(s3_endpoint: str, tmp_path: Path, scratch: Path) -> None:

@@ -47,6 +47,8 @@ DEFAULT_DOMAIN = "kettle.internal"
 DEFAULT_ADMIN_PASSWORD = "teaclave"
 
 _IGNORED_TEACLAVE_KEYS = {"algorithm", "url", "key", "spid"}
+_DERIVED = {"file_agent": {"platform_endpoints"}}
+"""Fields filled in from the rest of the configuration, never read from the file."""
 
 
 def kettle_home() -> Path:
@@ -157,6 +159,15 @@ class FileAgentConfig:
     retry_backoff_ms: int = 500
     s3_endpoint_url: str = ""
     """An S3-compatible endpoint instead of AWS (credentials come from the usual AWS settings)."""
+    s3_node_credential_buckets: tuple[str, ...] = ()
+    """The only buckets ``s3://`` URLs may name: the node opens them with its own credentials.
+    Any other bucket needs a presigned ``https://`` URL; the node is no user's deputy."""
+    egress_allowlist: tuple[str, ...] = ()
+    """``host:port`` entries the agent may reach although they are internal (loopback, private,
+    link-local, this node, the platform's own endpoints); the host as URLs write it."""
+    platform_endpoints: tuple[str, ...] = ()
+    """Not a setting: the platform's own ``host:port`` endpoints, filled in from the rest of the
+    configuration when it is loaded, which the agent refuses unless ``egress_allowlist`` names them."""
 
 
 @dataclass(frozen=True)
@@ -282,7 +293,7 @@ def _section(cls: type, data: Any, name: str) -> Any:
     for key, value in data.items():
         if key in _IGNORED_TEACLAVE_KEYS and name == "attestation":
             continue
-        if key not in known:
+        if key not in known or key in _DERIVED.get(name, ()):
             raise ConfigError(f"unknown setting {name}.{key}")
         default = getattr(cls(), key)
         if isinstance(default, tuple):
@@ -336,6 +347,27 @@ def _teaclave_audit(value: Any) -> Any:
     return audit
 
 
+def _check_file_agent(agent: FileAgentConfig) -> None:
+    from .file_agent.egress import parse_host_port
+
+    for entry in agent.egress_allowlist:
+        try:
+            parse_host_port(entry)
+        except ValueError as exc:
+            raise ConfigError(f"file_agent.egress_allowlist: {exc}") from None
+    for bucket in agent.s3_node_credential_buckets:
+        if not bucket or "/" in bucket or any(c.isspace() for c in bucket):
+            raise ConfigError(f"file_agent.s3_node_credential_buckets: {bucket!r} is not a bucket name")
+
+
+def _platform_endpoints(config: Config) -> tuple[str, ...]:
+    """Every ``host:port`` the platform's services listen on or are reached at."""
+    addresses = [config.attestation.listen_address, config.attestation.service_url.split("://", 1)[-1].rstrip("/")]
+    for endpoint in (*config.api_endpoints.values(), *config.internal_endpoints.values()):
+        addresses += [endpoint.listen_address, endpoint.target]
+    return tuple(dict.fromkeys(addresses))
+
+
 def parse_config(text: str, home: Path) -> Config:
     """Build a :class:`Config` from TOML text; unknown settings are errors (typos should not pass)."""
     try:
@@ -386,6 +418,8 @@ def parse_config(text: str, home: Path) -> Config:
                 config = replace(config, file_agent=replace(config.file_agent, fusion_dir=fusion))
         else:
             raise ConfigError(f"unknown configuration section [{key}]")
+    _check_file_agent(config.file_agent)
+    config = replace(config, file_agent=replace(config.file_agent, platform_endpoints=_platform_endpoints(config)))
     if config.attestation.validity_secs < 4:
         raise ConfigError("attestation.validity_secs must be at least 4")
     for name in ("handshake_timeout_secs", "request_timeout_secs", "max_connections"):

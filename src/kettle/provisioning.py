@@ -48,6 +48,11 @@ unsafe_allow_simulation = true
 [storage]
 backend = "sqlite"
 path = "storage/kettle.db"
+
+[file_agent]
+# Development only: where Teaclave's examples serve their fixture files. Nothing
+# else on this machine or its network is reachable from a task's URLs.
+egress_allowlist = ["localhost:6789", "127.0.0.1:6789"]
 """
 
 

@@ -10,6 +10,11 @@ anything; it only moves bytes, and it is careful about three things:
 - **who reads the errors**: the message of a :class:`~kettle.errors.TransferError`
   becomes the task's failure reason, seen by every participant, so it only ever
   shows :func:`display_url` (no userinfo, query string or fragment);
+- **where it connects**: a URL's host is resolved once and refused when it is
+  internal (loopback, private, link-local, the node itself, the platform's own
+  endpoints...) unless ``egress_allowlist`` names it (``egress.py``); and
+  ``s3://`` uses the node's own credentials only for the buckets the operator
+  listed (``s3_node_credential_buckets``), so the node is nobody's deputy;
 - **resources**: everything is streamed a chunk at a time, bounded by
   ``max_file_bytes``, with connect and per-read timeouts, and a failed fetch
   never leaves a partial file behind.
@@ -30,6 +35,7 @@ from typing import TYPE_CHECKING
 from ..config import FileAgentConfig
 from ..errors import TransferError
 from .budget import StagingBudget
+from .egress import UNREACHABLE, EgressPolicy, Resolver, system_resolver
 from .local import LocalFiles
 from .streams import Sink, Source, open_exclusive
 from .urls import ParsedUrl, display_url, file_name_of, parse_url, scrub
@@ -38,7 +44,7 @@ if TYPE_CHECKING:
     from .http import HttpTransport
     from .objects import GenericStore, S3Store
 
-__all__ = ["FileAgent", "StagingBudget", "display_url", "file_name_of"]
+__all__ = ["UNREACHABLE", "FileAgent", "StagingBudget", "display_url", "file_name_of"]
 
 
 def _unexpected(exc: Exception, parsed: ParsedUrl, verb: str) -> TransferError:
@@ -58,10 +64,12 @@ class FileAgent:
     in parallel); it holds no connections between transfers.
     """
 
-    def __init__(self, config: FileAgentConfig, home: pathlib.Path) -> None:
-        """``home`` anchors the relative paths of ``config`` (``fusion_dir``, ``file_roots``)."""
+    def __init__(self, config: FileAgentConfig, home: pathlib.Path, resolver: Resolver = system_resolver) -> None:
+        """``home`` anchors the relative paths of ``config`` (``fusion_dir``, ``file_roots``);
+        ``resolver`` turns host names into addresses (the system's, or a test's own names)."""
         self._config = config
         self._allowed = tuple(scheme.lower() for scheme in config.allowed_schemes)
+        self._egress = EgressPolicy(config.egress_allowlist, config.platform_endpoints, resolver)
         roots = tuple(home / root for root in config.file_roots)
         self._local = LocalFiles(roots, home / config.fusion_dir)
 
@@ -77,7 +85,7 @@ class FileAgent:
     def _http(self) -> HttpTransport:
         from .http import HttpTransport
 
-        return HttpTransport(self._config)
+        return HttpTransport(self._config, self._egress, self._allowed)
 
     @functools.cached_property
     def _s3(self) -> S3Store:

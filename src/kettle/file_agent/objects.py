@@ -5,6 +5,13 @@ bounded by one chunk plus the store's block buffer whatever the object size. A
 failed upload is discarded (an S3 multipart upload is aborted), never committed
 half-written.
 
+``s3://`` is read and written with the execution node's own credentials, so
+only for the buckets the operator listed in ``s3_node_credential_buckets``: for
+any other bucket the node would be the user's deputy, reading or writing what
+the node may but the user may not. Such a URL is refused before anything is
+sent; the data owner gives a presigned ``https://`` URL instead (the
+reference's own model), which the HTTP transport fetches under the egress policy.
+
 fsspec caches filesystem instances and directory listings between calls; an
 execution node serves many tasks, so the agent opts out of both
 (``skip_instance_cache``, ``use_listings_cache=False``): a fetch must see the
@@ -89,6 +96,7 @@ class S3Store:
 
     def __init__(self, config: FileAgentConfig) -> None:
         self._config = config
+        self._buckets = frozenset(config.s3_node_credential_buckets)
         self._lock = threading.Lock()
         self._fs: Any = None
 
@@ -113,8 +121,8 @@ class S3Store:
                 self._fs.retries = max(0, config.retries) + 1
             return self._fs
 
-    @staticmethod
-    def _path(parsed: ParsedUrl) -> str:
+    def _path(self, parsed: ParsedUrl) -> str:
+        """The bucket/key of the URL, refused unless the node may use its own credentials on the bucket."""
         parts = parsed.parts
         if "@" in parts.netloc:
             raise TransferError(f"s3 URLs must not carry credentials: {parsed.shown}")
@@ -125,6 +133,11 @@ class S3Store:
             raise TransferError(f"{parsed.shown} names no bucket")
         if not key or key.endswith("/"):
             raise TransferError(f"{parsed.shown} names no object")
+        if parts.netloc not in self._buckets:
+            raise TransferError(
+                f"{parsed.shown} is in a bucket this platform does not open with its own credentials "
+                "(file_agent.s3_node_credential_buckets); register a presigned https URL instead"
+            )
         return f"{parts.netloc}/{key}"
 
     def fetch(self, parsed: ParsedUrl, sink: Sink) -> None:
