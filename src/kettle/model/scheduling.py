@@ -33,6 +33,7 @@ from enum import Enum
 import grpc
 
 from ..errors import InvalidArgument, KettleError
+from .receipts import MAX_RECEIPT_BYTES
 from .records import FileRecord, TaskOutputs, TaskRecord, TaskResult, TaskStatus, truncate_reason
 
 LEASE_PREFIX = b"scheduler-lease-"
@@ -297,6 +298,8 @@ def apply_result(task: TaskRecord, result: TaskResult | None) -> tuple[TaskRecor
     if len(layers) > MAX_SANDBOX_LAYERS or not all(0 < len(name) <= MAX_LAYER_NAME_CHARS for name in layers):
         raise InvalidArgument(f"sandbox_layers must be at most {MAX_SANDBOX_LAYERS} names of 1 to "
                               f"{MAX_LAYER_NAME_CHARS} characters")
+    if len(result.receipt) > MAX_RECEIPT_BYTES:
+        raise InvalidArgument(f"the receipt must be at most {MAX_RECEIPT_BYTES} bytes")
     if result.outputs is not None:
         outputs = _tagged_outputs(task, result.outputs)
         assigned = dict(task.assigned_outputs)
@@ -304,7 +307,7 @@ def apply_result(task: TaskRecord, result: TaskResult | None) -> tuple[TaskRecor
         finished = replace(task, status=TaskStatus.FINISHED, result=result, assigned_outputs=assigned)
         return finished, tuple(record for _, record in outputs)
     if result.failure is not None:
-        failed = TaskResult(failure=truncate_reason(result.failure), sandbox_layers=layers)
+        failed = TaskResult(failure=truncate_reason(result.failure), sandbox_layers=layers, receipt=result.receipt)
         return replace(task, status=TaskStatus.FAILED, result=failed), ()
     return replace(task, status=TaskStatus.FINISHED, result=TaskResult()), ()
 

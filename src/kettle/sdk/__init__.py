@@ -33,6 +33,7 @@ from .frontend import (
     TaskWaitTimeout,
 )
 from .objects import AsyncFunction, AsyncTask, Function, Task
+from .receipts import examine_receipt, verify_receipt
 
 __all__ = [
     "AsyncAuthenticationClient",
@@ -73,6 +74,8 @@ __all__ = [
     "builtin_functions",
     "decrypt_file",
     "encrypt_file",
+    "examine_receipt",
     "file_cmac",
     "verify_endpoint",
+    "verify_receipt",
 ]

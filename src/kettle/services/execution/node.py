@@ -13,6 +13,10 @@ naming the task), so the scheduler can tell a busy node from a lost one.
   lease then runs out and the scheduler re-queues or fails the task, so nothing
   stays Running forever.
 - A result the scheduler refuses as malformed is replaced by an ``Err`` saying so.
+- Every result the node reports carries its **execution receipt**
+  (:mod:`kettle.model.receipts`): what ran, on which data and consent, when, and a
+  digest of the result, signed with the node's attested key. The receipt is signed
+  for the exact result sent, so a replaced result gets a new one.
 """
 
 from __future__ import annotations
@@ -21,15 +25,19 @@ import asyncio
 import contextlib
 import logging
 import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 
+from ...attestation.identity import Identity
 from ...config import ExecutionConfig, FileAgentConfig, SandboxConfig
+from ...errors import AttestationError
 from ...executors.job import WorkerJob
-from ...model.records import StagedTask, TaskResult
+from ...model.receipts import build_receipt, sign_receipt
+from ...model.records import StagedTask, TaskResult, truncate_reason
 from ...rpc.channel import PeerChannels
 from ...sandbox.host import SandboxHost
 from ...sandbox.layers import Layers
@@ -64,17 +72,51 @@ def _text(value: str) -> str:
     return value.encode("utf-8", errors="replace").decode("utf-8")
 
 
+def as_reported(result: TaskResult) -> TaskResult:
+    """The result exactly as the scheduler will keep it (valid UTF-8, the reason cut to
+    1 KiB), so the digest a receipt signs is the digest of what readers get."""
+    if result.outputs is not None:
+        return replace(result, outputs=replace(result.outputs, log=tuple(_text(line) for line in result.outputs.log)))
+    if result.failure is not None:
+        return replace(result, failure=truncate_reason(_text(result.failure)))
+    return result
+
+
 def result_to_proto(result: TaskResult) -> common_pb.TaskResult:
     if result.outputs is not None:
         o = result.outputs
         return common_pb.TaskResult(Ok=common_pb.TaskOutputs(
             return_value=o.return_value, tags_map=dict(o.tags_map), log=[_text(line) for line in o.log],
-            sandbox_layers=result.sandbox_layers,
+            sandbox_layers=result.sandbox_layers, receipt=result.receipt,
         ))
     if result.failure is not None:
         return common_pb.TaskResult(Err=common_pb.TaskFailure(reason=_text(result.failure),
-                                                              sandbox_layers=result.sandbox_layers))
+                                                              sandbox_layers=result.sandbox_layers,
+                                                              receipt=result.receipt))
     return common_pb.TaskResult()
+
+
+@dataclass(frozen=True)
+class ReceiptSigner:
+    """Signs each reported result's receipt with the node's current attested identity."""
+
+    identity: Callable[[], Identity]
+    """The identity in force now (key and certificate of one generation; rotation swaps both)."""
+    executor_id: str
+
+    def attach(self, staged: StagedTask, attempt: int, result: TaskResult, started_at: datetime,
+               ended_at: datetime, *, canceled: bool = False) -> TaskResult:
+        result = as_reported(result)
+        body = build_receipt(staged, result, attempt=attempt, executor_id=self.executor_id,
+                             started_at=started_at, ended_at=ended_at, canceled=canceled)
+        try:
+            receipt = sign_receipt(body, self.identity())
+        except AttestationError as exc:
+            # Only when the node's own certificate has lapsed (rotation kept failing); it
+            # then cannot reach the scheduler either, and the result is retried later.
+            log.error("cannot sign the receipt of task %s: %s", staged.task_id, exc.reason)
+            return result
+        return replace(result, receipt=receipt.to_bytes())
 
 
 class SchedulerClient:
@@ -165,11 +207,22 @@ class Workspace:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class Run:
+    """One finished run of a staged task, before its result is reported."""
+
+    staged: StagedTask
+    started_at: datetime
+    ended_at: datetime
+
+
 class ExecutionNode:
-    def __init__(self, client: SchedulerClient, workers: WorkerPool, workspace: Workspace) -> None:
+    def __init__(self, client: SchedulerClient, workers: WorkerPool, workspace: Workspace,
+                 receipts: ReceiptSigner) -> None:
         self._client = client
         self._workers = workers
         self._workspace = workspace
+        self._receipts = receipts
         self._current: CurrentTask | None = None
 
     @property
@@ -232,13 +285,14 @@ class ExecutionNode:
             log.info("running task %s (attempt %d)", current.task_id, attempt)
             if not await self._confirm_running(current):
                 return
+            started_at = datetime.now(UTC)
             with self._workspace.task_dir(current.task_id, attempt) as workdir:
                 job = self._workspace.job(staged, workdir)
                 result = await self._run_in_worker(current, job.to_bytes())
             if result is None:
                 log.info("task %s stopped; its worker was killed", current.task_id)
                 return
-            await self._report(current, result)
+            await self._report(current, Run(staged, started_at, datetime.now(UTC)), result)
         finally:
             self._current = None
 
@@ -277,8 +331,9 @@ class ExecutionNode:
                 await worker.kill()  # the run then ends by itself, its output discarded
             await asyncio.gather(run, stopped, return_exceptions=True)
 
-    async def _report(self, current: CurrentTask, result: TaskResult) -> None:
+    async def _report(self, current: CurrentTask, run: Run, result: TaskResult) -> None:
         backoff, refusals, warned = Backoff(), 0, False
+        result = self._receipts.attach(run.staged, current.attempt, result, run.started_at, run.ended_at)
         while not current.stop.is_set():
             try:
                 await self._client.update_result(current.task_id, result)
@@ -292,7 +347,9 @@ class ExecutionNode:
                     return
                 if code == grpc.StatusCode.INVALID_ARGUMENT and result.failure is None:
                     log.error("the scheduler refused the result of task %s: %s", current.task_id, exc.details())
-                    result = TaskResult(failure=f"Runtime Error: invalid task result: {exc.details()}")
+                    result = self._receipts.attach(
+                        run.staged, current.attempt, TaskResult(failure=f"Runtime Error: invalid task result: {exc.details()}"),
+                        run.started_at, run.ended_at)
                     continue
                 if code not in TRANSIENT:
                     refusals += 1

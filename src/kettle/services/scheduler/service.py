@@ -58,10 +58,10 @@ def result_from_proto(request: pb.UpdateTaskResultRequest) -> TaskResult | None:
     if which == "Ok":
         ok = request.result.Ok
         return TaskResult(outputs=TaskOutputs(bytes(ok.return_value), dict(ok.tags_map), tuple(ok.log)),
-                          sandbox_layers=tuple(ok.sandbox_layers))
+                          sandbox_layers=tuple(ok.sandbox_layers), receipt=bytes(ok.receipt))
     if which == "Err":
         err = request.result.Err
-        return TaskResult(failure=err.reason, sandbox_layers=tuple(err.sandbox_layers))
+        return TaskResult(failure=err.reason, sandbox_layers=tuple(err.sandbox_layers), receipt=bytes(err.receipt))
     return TaskResult()
 
 
