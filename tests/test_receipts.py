@@ -43,7 +43,8 @@ from kettle.model.records import (
     TaskStatus,
 )
 
-TASK_ID = "0b6c3b1e-4f0a-4d53-9d8e-2f1c6a9b7e01"
+BARE_TASK_ID = "0b6c3b1e-4f0a-4d53-9d8e-2f1c6a9b7e01"
+TASK_ID = f"task-{BARE_TASK_ID}"
 NODE_ID = "5a1f0c2e-7d3b-4e8a-b6c9-0d2e4f6a8b10"
 TAGS = {"output_result1": bytes(range(16)), "output_result2": bytes(range(16, 32))}
 
@@ -51,7 +52,7 @@ TAGS = {"output_result1": bytes(range(16)), "output_result2": bytes(range(16, 32
 def staged_task() -> StagedTask:
     crypto = CryptoInfo("aes-gcm-128", b"k" * 16, b"i" * 12)
     return StagedTask(
-        task_id=TASK_ID, function_id="f1e2d3c4-b5a6-4978-8877-665544332211", user_id="alice",
+        task_id=BARE_TASK_ID, function_id="f1e2d3c4-b5a6-4978-8877-665544332211", user_id="alice",
         executor="builtin", executor_type="builtin", function_name="builtin-ordered-set-intersect",
         function_arguments='{"order":"ascending"}', function_payload=b"",
         input_data={"input_data1": FileRecord("in-a", "file:///a", crypto, ("alice",), b"\x01" * 16),
@@ -102,10 +103,11 @@ def test_a_receipt_states_the_run_and_verifies(home: AttestedHome, receipt: byte
     assert verdict.signer.service == "execution"
     body = json.loads(receipt)["receipt"]
     assert body["outcome"] == "Finished" and body["task_id"] == TASK_ID and body["executor_id"] == NODE_ID
-    assert body["inputs"] == {"input_data1": {"file_id": "in-a", "cmac": "01" * 16},
-                              "input_data2": {"file_id": "in-b", "cmac": "02" * 16}}
-    assert body["outputs"] == {"output_result1": {"file_id": "out-a", "tag": TAGS["output_result1"].hex()},
-                               "output_result2": {"file_id": "out-b", "tag": TAGS["output_result2"].hex()}}
+    assert body["function_id"] == "function-f1e2d3c4-b5a6-4978-8877-665544332211"
+    assert body["inputs"] == {"input_data1": {"file_id": "input-in-a", "cmac": "01" * 16},
+                              "input_data2": {"file_id": "input-in-b", "cmac": "02" * 16}}
+    assert body["outputs"] == {"output_result1": {"file_id": "output-out-a", "tag": TAGS["output_result1"].hex()},
+                               "output_result2": {"file_id": "output-out-b", "tag": TAGS["output_result2"].hex()}}
     assert body["result_digest"] == result_digest(Outcome.FINISHED, return_value=b"3 common lines", tags_map=TAGS)
     assert body["payload_sha256"] == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
@@ -270,7 +272,7 @@ def test_garbage_and_oversized_files_are_refused(home: AttestedHome, now: float)
 
 
 def running_task() -> TaskRecord:
-    return TaskRecord(uuid=TASK_ID, creator="alice", function_id="f", function_owner="publisher",
+    return TaskRecord(uuid=BARE_TASK_ID, creator="alice", function_id="f", function_owner="publisher",
                       function_arguments="{}", executor="builtin", inputs_ownership={}, outputs_ownership={},
                       participants=("alice",), status=TaskStatus.RUNNING, attempts=1)
 

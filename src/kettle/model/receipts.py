@@ -14,7 +14,9 @@ ASCII only (:func:`canonical`). The body holds:
 
 ========================  ===========================================================
 ``format``                ``kettle-receipt-v1``
-``task_id``, ``attempt``  the task and which run of it (a lost node's task is re-run)
+``task_id``, ``attempt``  the task and which run of it (a lost node's task is re-run);
+                          ids are the ones clients see (``task-…``, ``function-…``,
+                          ``input-…``, ``output-…``)
 ``executor_id``           the execution node (its id for this process's life)
 ``outcome``               ``Finished`` (Ok), ``Failed`` (Err) or ``Canceled`` (stopped)
 ``task_digest``           what the approvals covered; ``function_digest``: the pinned
@@ -58,6 +60,7 @@ from ..attestation.signed import (
 )
 from ..attestation.verifier import AttestedPeer, Check, Verifier
 from ..errors import AttestationError
+from .ids import Kind, external_id
 from .records import StagedTask, TaskResult
 
 RECEIPT_FORMAT = "kettle-receipt-v1"
@@ -289,20 +292,20 @@ def build_receipt(
     outcome = outcome_of(result, canceled=canceled)
     tags = result.outputs.tags_map if result.outputs is not None and not canceled else {}
     return ReceiptBody(
-        task_id=staged.task_id,
+        task_id=external_id(Kind.TASK, staged.task_id),
         attempt=attempt,
         executor_id=executor_id,
         outcome=outcome,
         task_digest=getattr(staged, "task_digest", ""),
-        function_id=staged.function_id,
+        function_id=external_id(Kind.FUNCTION, staged.function_id),
         function_digest=getattr(staged, "function_digest", ""),
         function_name=staged.function_name,
         executor_type=staged.executor_type,
         executor=staged.executor,
         payload_sha256=hashlib.sha256(staged.function_payload).hexdigest(),
-        inputs={n: ReceiptFile(f.uuid, None if f.cmac is None else f.cmac.hex())
+        inputs={n: ReceiptFile(external_id(Kind.INPUT, f.uuid), None if f.cmac is None else f.cmac.hex())
                 for n, f in staged.input_data.items()},
-        outputs={n: ReceiptFile(f.uuid, tags[n].hex() if n in tags else None)
+        outputs={n: ReceiptFile(external_id(Kind.OUTPUT, f.uuid), tags[n].hex() if n in tags else None)
                  for n, f in staged.output_data.items()},
         approvals=tuple(ReceiptApproval(a.user_id, a.task_digest, a.approved_at, a.expires_at)
                         for a in sorted(getattr(staged, "approvals", ()), key=lambda a: a.user_id)),
