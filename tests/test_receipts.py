@@ -288,3 +288,24 @@ def test_the_record_keeps_the_receipt_with_either_outcome(receipt: bytes) -> Non
 def test_an_oversized_receipt_is_refused_before_anything_is_written() -> None:
     with pytest.raises(InvalidArgument, match="the receipt must be at most 65536 bytes"):
         rules.apply_result(running_task(), TaskResult(failure="x", receipt=b"r" * (MAX_RECEIPT_BYTES + 1)))
+
+
+def test_only_the_executor_that_ran_a_canceled_task_may_add_its_receipt_once(receipt: bytes) -> None:
+    runs = rules.CanceledRuns()
+    runs.add(BARE_TASK_ID, NODE_ID)
+    assert not runs.take(BARE_TASK_ID, "another-node")
+    assert runs.take(BARE_TASK_ID, NODE_ID) and not runs.take(BARE_TASK_ID, NODE_ID)
+    canceled = rules.cancel(running_task())
+    kept = rules.attach_cancel_receipt(canceled, receipt)
+    assert kept.result.receipt == receipt and kept.result.failure == rules.CANCELED_BY_USER
+    assert rules.attach_cancel_receipt(kept, b"{}") == kept  # the first one counts
+    assert rules.attach_cancel_receipt(running_task(), receipt) == running_task()  # only for a Canceled task
+    with pytest.raises(InvalidArgument, match="a canceled run's receipt must be 1 to 65536 bytes"):
+        rules.attach_cancel_receipt(canceled, b"")
+
+
+def test_the_canceled_runs_table_is_bounded() -> None:
+    runs = rules.CanceledRuns()
+    for i in range(rules.CanceledRuns.LIMIT + 10):
+        runs.add(f"task{i}", NODE_ID)
+    assert not runs.take("task0", NODE_ID) and runs.take(f"task{rules.CanceledRuns.LIMIT + 9}", NODE_ID)

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +34,8 @@ def digest_lines(values: list[str]) -> bytes:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, _auditor_cache: Path) -> Iterator[World]:
-    with task_world.world(tmp_path_factory.mktemp("receipts-e2e"), _auditor_cache) as started:
+    config = "[sandbox]\ncpu_time_secs = 60\nwall_time_secs = 120\n"
+    with task_world.world(tmp_path_factory.mktemp("receipts-e2e"), _auditor_cache, config) as started:
         yield started
 
 
@@ -119,3 +121,31 @@ def test_a_failed_task_receipt_says_failed_and_verifies(world: World, psi: str, 
     with pytest.raises(AttestationError, match="the receipt is for task"):
         verify_receipt(task.receipt, offline_trust(verifier_home),
                        task=type(other)(**{**other.__dict__, "task_id": "another-task"}))
+
+
+LOOP = "def entrypoint(argv):\n    while True:\n        pass\n"
+
+
+def test_a_task_canceled_while_running_gets_the_nodes_canceled_receipt(world: World, verifier_home: Path) -> None:
+    task_id, _ = world.start(world.function("python", LOOP.encode()), {})
+    world.cancel_once_running(task_id)
+    deadline = time.monotonic() + 60  # the node reports right after it killed the worker
+    while not (task := world.alice.get_task(task_id)).receipt:
+        assert time.monotonic() < deadline, "the canceled run's receipt never arrived"
+        time.sleep(0.1)
+    assert task.status is TaskStatus.CANCELED
+    body = verify_receipt(task.receipt, offline_trust(verifier_home), task=task).body
+    assert body.outcome is Outcome.CANCELED and body.executor_type == "python"
+    assert body.payload_sha256 == hashlib.sha256(LOOP.encode()).hexdigest()
+    assert body.started_at < body.ended_at
+
+
+def test_a_task_canceled_before_any_node_ran_it_has_no_receipt(world: World, psi: str) -> None:
+    task_id = world.alice.create_task(psi, {"order": "ascending"}, "builtin",
+                                      inputs_ownership={"input_data1": ["alice"], "input_data2": ["bob"]},
+                                      outputs_ownership={"output_result1": ["alice"], "output_result2": ["bob"]})
+    world.alice.cancel_task(task_id)
+    task = world.alice.get_task(task_id)
+    assert task.status is TaskStatus.CANCELED and task.receipt == b""
+    with pytest.raises(AttestationError, match="has no receipt: no execution node ran it"):
+        verify_receipt(task.receipt, task=task)

@@ -268,6 +268,40 @@ def cancel(task: TaskRecord) -> TaskRecord:
     return replace(task, status=TaskStatus.CANCELED, result=TaskResult(failure=CANCELED_BY_USER))
 
 
+def attach_cancel_receipt(task: TaskRecord, receipt: bytes) -> TaskRecord:
+    """The node that was running a task when it was canceled reports the run's receipt
+    (outcome Canceled); it goes with the Canceled result. Only the first one counts."""
+    if not receipt or len(receipt) > MAX_RECEIPT_BYTES:
+        raise InvalidArgument(f"a canceled run's receipt must be 1 to {MAX_RECEIPT_BYTES} bytes")
+    if task.status != TaskStatus.CANCELED or task.result.receipt:
+        return task
+    return replace(task, result=replace(task.result, receipt=receipt))
+
+
+class CanceledRuns:
+    """Which executor was running each task canceled lately (in memory, bounded): the one
+    whose Canceled receipt is accepted after its lease ended. A scheduler restart in the
+    moment between the cancel and the report loses that receipt (the task stays Canceled)."""
+
+    LIMIT = 1024
+
+    def __init__(self) -> None:
+        self._runs: dict[str, str] = {}
+
+    def add(self, task_id: str, executor_id: str) -> None:
+        self._runs.pop(task_id, None)
+        self._runs[task_id] = executor_id
+        while len(self._runs) > self.LIMIT:
+            del self._runs[next(iter(self._runs))]
+
+    def take(self, task_id: str, executor_id: str) -> bool:
+        """True once, for the executor that was running ``task_id`` when it was canceled."""
+        if self._runs.get(task_id) != executor_id:
+            return False
+        del self._runs[task_id]
+        return True
+
+
 def executor_lost(task: TaskRecord, max_attempts: int) -> tuple[TaskRecord, bool]:
     """The node running the task is gone. Returns the new record and whether to re-queue it.
 

@@ -16,7 +16,8 @@ naming the task), so the scheduler can tell a busy node from a lost one.
 - Every result the node reports carries its **execution receipt**
   (:mod:`kettle.model.receipts`): what ran, on which data and consent, when, and a
   digest of the result, signed with the node's attested key. The receipt is signed
-  for the exact result sent, so a replaced result gets a new one.
+  for the exact result sent, so a replaced result gets a new one. A run stopped by a
+  cancel is reported too, with a receipt whose outcome is Canceled.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ...config import ExecutionConfig, FileAgentConfig, SandboxConfig
 from ...errors import AttestationError
 from ...executors.job import WorkerJob
 from ...model.receipts import build_receipt, sign_receipt
+from ...model.scheduling import CANCELED_BY_USER
 from ...model.records import StagedTask, TaskResult, truncate_reason
 from ...rpc.channel import PeerChannels
 from ...sandbox.host import SandboxHost
@@ -55,6 +57,7 @@ CALL_TIMEOUT_SECS = 15.0
 RETRY_FIRST_SECS = 0.2
 RETRY_MAX_SECS = 2.0
 MAX_REFUSALS = 10
+CANCELED_RECEIPT_TRIES = 5
 """Answers other than "try again" after which a report is given up (the lease then expires)."""
 
 TRANSIENT = frozenset({
@@ -129,14 +132,15 @@ class SchedulerClient:
     def _stub(self) -> pb_grpc.KettleSchedulerStub:
         return pb_grpc.KettleSchedulerStub(self._peers.channel("scheduler"))
 
-    async def heartbeat(self, task_id: str | None) -> bool:
-        """True when the scheduler says to stop the task."""
+    async def heartbeat(self, task_id: str | None) -> tuple[bool, bool]:
+        """(stop, canceled): whether the scheduler says to stop the task, and whether because it was canceled."""
         status = common_pb.Executing if task_id else common_pb.Idle
         response = await self._stub().Heartbeat(
             pb.HeartbeatRequest(executor_id=self.executor_id, status=status, task_id=task_id or ""),
             timeout=HEARTBEAT_TIMEOUT_SECS, wait_for_ready=True,
         )
-        return bool(response.command == common_pb.Stop)
+        stop = response.command == common_pb.Stop
+        return stop, stop and response.canceled
 
     async def pull(self, wait_ms: int) -> pb.PullTaskResponse:
         return await self._stub().PullTask(
@@ -162,6 +166,8 @@ class CurrentTask:
     task_id: str
     attempt: int
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    canceled: bool = False
+    """The stop was a cancel: the run's receipt says Canceled."""
 
 
 class Backoff:
@@ -257,12 +263,13 @@ class ExecutionNode:
         while True:
             current = self._current
             try:
-                stop = await self._client.heartbeat(current.task_id if current else None)
+                stop, canceled = await self._client.heartbeat(current.task_id if current else None)
                 if failing:
                     log.info("heartbeats reach the scheduler again")
                 failing = False
                 if stop and current is not None and current is self._current and not current.stop.is_set():
-                    log.info("the scheduler stopped task %s", current.task_id)
+                    log.info("the scheduler %s task %s", "canceled" if canceled else "stopped", current.task_id)
+                    current.canceled = canceled
                     current.stop.set()
             except grpc.RpcError as exc:
                 if not failing:
@@ -289,10 +296,14 @@ class ExecutionNode:
             with self._workspace.task_dir(current.task_id, attempt) as workdir:
                 job = self._workspace.job(staged, workdir)
                 result = await self._run_in_worker(current, job.to_bytes())
+            run = Run(staged, started_at, datetime.now(UTC))
+            if current.canceled:
+                await self._report_canceled(current, run)
+                return
             if result is None:
                 log.info("task %s stopped; its worker was killed", current.task_id)
                 return
-            await self._report(current, Run(staged, started_at, datetime.now(UTC)), result)
+            await self._report(current, run, result)
         finally:
             self._current = None
 
@@ -330,6 +341,25 @@ class ExecutionNode:
             if not run.done():
                 await worker.kill()  # the run then ends by itself, its output discarded
             await asyncio.gather(run, stopped, return_exceptions=True)
+
+    async def _report_canceled(self, current: CurrentTask, run: Run) -> None:
+        """Report the Canceled receipt of a run stopped by a cancel. The task is already
+        Canceled, so this is best effort: a few tries while the scheduler is unreachable."""
+        result = self._receipts.attach(run.staged, current.attempt, TaskResult(failure=CANCELED_BY_USER),
+                                       run.started_at, run.ended_at, canceled=True)
+        backoff = Backoff()
+        for _ in range(CANCELED_RECEIPT_TRIES):
+            try:
+                await self._client.update_result(current.task_id, result)
+                log.info("reported the receipt of canceled task %s", current.task_id)
+                return
+            except grpc.RpcError as exc:
+                if exc.code() not in TRANSIENT:
+                    log.warning("the scheduler refused the receipt of canceled task %s: %s %s",
+                                current.task_id, exc.code().name, exc.details())
+                    return
+                await backoff.wait()
+        log.warning("gave up reporting the receipt of canceled task %s", current.task_id)
 
     async def _report(self, current: CurrentTask, run: Run, result: TaskResult) -> None:
         backoff, refusals, warned = Backoff(), 0, False

@@ -20,6 +20,7 @@ from google.protobuf import empty_pb2
 from ...config import Config
 from ...errors import InvalidArgument, StorageError, Unavailable
 from ...model.records import TaskOutputs, TaskResult
+from ...model.scheduling import HeartbeatAction
 from ...rpc.generated import kettle_scheduler_pb2 as pb
 from ...rpc.generated import kettle_scheduler_pb2_grpc as pb_grpc
 from ...rpc.generated import teaclave_common_pb2 as common_pb
@@ -77,7 +78,8 @@ class SchedulerServicer(pb_grpc.KettleSchedulerServicer):
         stop = await self._scheduler.heartbeat(
             request.executor_id, request.status == common_pb.Executing, request.task_id
         )
-        return pb.HeartbeatResponse(command=common_pb.Stop if stop else common_pb.NoAction)
+        return pb.HeartbeatResponse(command=common_pb.Stop if stop is not None else common_pb.NoAction,
+                                    canceled=stop is HeartbeatAction.CANCEL)
 
     @rpc_method
     @storage_unavailable
