@@ -217,7 +217,7 @@ class TaskOutputs:
     log: tuple[str, ...] = ()
     sandbox_layers: tuple[str, ...] = ()
     """The sandbox layers the function's code ran under (e.g. ``seccomp``); empty for built-ins."""
-    receipt: bytes = field(default=b"", repr=False)
+    receipt: bytes = field(default=b"", repr=False, compare=False)
     """The execution receipt the node signed (``docs/receipts.md``); :func:`kettle.sdk.verify_receipt` checks it."""
 
     @property
@@ -230,7 +230,7 @@ class TaskFailure:
     reason: str
     sandbox_layers: tuple[str, ...] = ()
     """As in :class:`TaskOutputs`."""
-    receipt: bytes = field(default=b"", repr=False)
+    receipt: bytes = field(default=b"", repr=False, compare=False)
     """As in :class:`TaskOutputs`; empty when no node ran the task (canceled before it ran, every node lost)."""
 
 
