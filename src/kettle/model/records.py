@@ -486,6 +486,8 @@ def _task_doc(data: bytes) -> dict[str, Any]:
         if not isinstance(users, list):
             raise ValueError("malformed task record: approved_users")
         doc.update(approvals=[], function_digest="", lapsed={str(u): LEGACY_APPROVAL for u in users})
+        if doc["status"] == TaskStatus.APPROVED:  # waiting for approvals again, which it may now receive
+            doc["status"] = int(TaskStatus.DATA_ASSIGNED)
     return doc
 
 
