@@ -175,10 +175,10 @@ def test_an_update_after_an_approval_voids_every_approval() -> None:
     followed = T.follow_function(task, new)
     assert (followed.approved_users, followed.status) == ((), TaskStatus.DATA_ASSIGNED)
     assert followed.function_digest == F.function_digest(new)
-    assert followed.lapsed["alice"].startswith("lapsed because the function changed after it was given")
+    assert followed.lapsed["alice"].startswith("lapsed because the function changed since the task was created, after the approval was given")
     followed = T.approve_task(followed, BOB, new, now=NOW)
     refused(lambda: T.invoke_task(followed, ALICE, new, USAGE, NOW), FAILED_PRECONDITION,
-            "alice's approval lapsed because the function changed after it was given")
+            "alice's approval lapsed because the function changed since the task was created, after the approval was given")
     again = T.approve_task(followed, ALICE, new, now=NOW)
     assert again.lapsed == {} and T.invoke_task(again, ALICE, new, USAGE, NOW).status == TaskStatus.STAGED
 

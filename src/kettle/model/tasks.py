@@ -466,7 +466,8 @@ def follow_function(task: TaskRecord, function: FunctionRecord | None) -> TaskRe
     if isinstance(refit, str):
         return task
     return _void_if_changed(
-        task, refit, f"lapsed because the function changed after it was given (its digest is now {refit.function_digest})"
+        task, refit, "lapsed because the function changed since the task was created, after the approval was given "
+        f"(its digest is now {refit.function_digest})",
     )
 
 

@@ -17,6 +17,7 @@ Invoked tasks become self-contained staged tasks on the storage queue
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -478,14 +479,17 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         function = await self._get_function(bare_function)
         task = task_rules.create_task(function, caller, task_definition(request), new_uuid())
         await self._quotas.admit_task(caller.user_id, task.uuid)
+        pinned = pinned_task_key(task.function_id, task.uuid)
         try:
             # The index entry goes first, so an update of the function finds every task pinned to it.
-            await self._store.put(pinned_task_key(task.function_id, task.uuid), b"")
+            await self._store.put(pinned, b"")
             applied, _ = await self._store.compare_and_put(task_key(task.uuid), None, task.to_bytes())
             if not applied:  # a UUID v4 collision: never overwrite someone's task
                 raise InternalError(INTERNAL_ERROR_TEXT)
         except BaseException:
             await self._quotas.forget_task(caller.user_id, task.uuid)
+            with contextlib.suppress(KettleError):  # else the next update of the function drops it
+                await self._store.delete(pinned)
             raise
         return fpb.CreateTaskResponse(task_id=external_id(Kind.TASK, task.uuid))
 
