@@ -21,8 +21,8 @@ from typing import Any
 
 import grpc
 import pytest
-
 from conftest import Platform
+
 from kettle.errors import KettleError
 from kettle.model.records import TaskStatus
 from kettle.sdk import FrontendClient, FunctionInput
@@ -35,6 +35,7 @@ COUNT_ROWS = (
     "    rows = teaclave_open('a', 'rb').read().count(b'\\n') + teaclave_open('b', 'rb').read().count(b'\\n')\n"
     "    return 'rows: %d' % rows\n"
 )
+LAPSED = "lapsed because the function changed since the task was created, after the approval was given"
 LEAK_ROWS = (
     "def entrypoint(argv):\n"
     "    return (teaclave_open('a', 'rb').read() + teaclave_open('b', 'rb').read()).decode()\n"
@@ -116,8 +117,8 @@ def test_the_swap_attack_is_refused_and_nothing_runs(parties: Parties) -> None:
     bob.approve_task(task_id)
     assert alice.get_task(task_id).status == TaskStatus.APPROVED
     parties.swap(function_id, LEAK_ROWS)
-    refused(lambda: alice.invoke_task(task_id), "the function changed since the task was created, after the approval was given",
-            f"{parties.names['alice']}'s approval", f"{parties.names['bob']}'s approval")
+    refused(lambda: alice.invoke_task(task_id), f"{parties.names['alice']}'s approval {LAPSED}",
+            f"{parties.names['bob']}'s approval {LAPSED}")
     task = alice.get_task(task_id)
     assert (task.status, task.approved_users, task.result) == (TaskStatus.DATA_ASSIGNED, (), None)
     assert parties.uses(function_id) == 0  # nothing was staged, nothing ran
@@ -149,13 +150,12 @@ def test_an_update_after_one_approval_voids_it(parties: Parties) -> None:
     assert (after.approved_users, after.approvals, after.status) == ((), (), TaskStatus.DATA_ASSIGNED)
     assert after.task_digest != before.task_digest
     bob.approve_task(task_id)
-    refused(lambda: alice.invoke_task(task_id),
-            f"{parties.names['alice']}'s approval lapsed because the function changed since the task was created, after the approval was given")
+    refused(lambda: alice.invoke_task(task_id), f"{parties.names['alice']}'s approval {LAPSED}")
     assert parties.uses(function_id) == 0
 
 
 def test_approving_with_a_wrong_expected_digest_is_refused_and_records_nothing(parties: Parties) -> None:
-    alice, bob = parties.alice, parties.bob
+    bob = parties.bob
     task_id = parties.task(parties.function())
     task = bob.get_task(task_id)
     wrong = "0" * 64
@@ -209,3 +209,31 @@ def test_an_update_of_an_assigned_file_leaves_the_approved_task_alone(parties: P
     assert moved != before.assigned_inputs["a"]
     assert (after.task_digest, after.approvals, after.assigned_inputs) == (
         before.task_digest, before.approvals, before.assigned_inputs)
+
+
+def test_the_cli_shows_what_an_approval_covers_and_approves_only_that(
+    parties: Parties, full_platform: Platform
+) -> None:
+    task_id = parties.task(parties.function())
+    alice = parties.names["alice"]
+
+    def kettle(*args: str) -> Any:
+        return full_platform.kettle(*args, env={"KETTLE_PASSWORD": "pw"})
+
+    assert kettle("user", "login", alice).returncode == 0
+    shown = kettle("task", "show", task_id)
+    digest = parties.alice.get_task(task_id).task_digest
+    assert shown.returncode == 0, shown.stderr
+    assert f"task digest:     {digest}" in shown.stdout and '"digest": "kettle-task-digest-v1"' in shown.stdout
+    assert f"kettle task approve {task_id} --expect-digest {digest}" in shown.stdout
+    wrong = kettle("task", "approve", task_id, "--expect-digest", "0" * 64)
+    assert wrong.returncode == 1
+    last_line = wrong.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"error: the task's digest is now {digest}, not the expected")
+    assert kettle("task", "approve", task_id, "--expect-digest", digest, "--expires-in", "2h").returncode == 0
+    (approval,) = parties.alice.get_task(task_id).approvals
+    assert (approval.user_id, approval.expires_at) == (alice, approval.approved_at + 7200)
+    assert kettle("task", "revoke", task_id).returncode == 0
+    assert parties.alice.get_task(task_id).approvals == ()
+    bad = kettle("task", "approve", task_id, "--expires-in", "0")
+    assert bad.returncode != 0 and "--expires-in must be a positive duration" in bad.stderr

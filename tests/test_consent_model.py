@@ -45,6 +45,7 @@ IN_B = "44444444-4444-4444-8444-444444444444"
 ALICE = Caller("alice", Role.parse("DataOwner-bank"))
 BOB = Caller("bob", Role.parse("DataOwner-bank"))
 USAGE = UsageRecord(FN_UUID, 0)
+LAPSED = "lapsed because the function changed since the task was created, after the approval was given"
 PAYLOAD = b"def entrypoint(argv):\n    return 'rows'\n"
 
 
@@ -141,8 +142,8 @@ def test_task_digest_is_the_documented_encoding() -> None:
     })
     assert C.task_manifest(task) == expected
     assert C.task_digest(task) == sha(expected)
-    unassigned = T.create_task(function(), ALICE, T.TaskDefinition('{"limit": 3}', "mesapy", (("a", ("alice",)),
-                                                                                            ("b", ("bob",)))), TASK_UUID)
+    ownership = (("a", ("alice",)), ("b", ("bob",)))
+    unassigned = T.create_task(function(), ALICE, T.TaskDefinition('{"limit": 3}', "mesapy", ownership), TASK_UUID)
     assert json.loads(C.task_manifest(unassigned))["inputs"]["a"] == {"owners": ["alice"], "file": None}
 
 
@@ -175,10 +176,10 @@ def test_an_update_after_an_approval_voids_every_approval() -> None:
     followed = T.follow_function(task, new)
     assert (followed.approved_users, followed.status) == ((), TaskStatus.DATA_ASSIGNED)
     assert followed.function_digest == F.function_digest(new)
-    assert followed.lapsed["alice"].startswith("lapsed because the function changed since the task was created, after the approval was given")
+    assert followed.lapsed["alice"].startswith(LAPSED)
     followed = T.approve_task(followed, BOB, new, now=NOW)
     refused(lambda: T.invoke_task(followed, ALICE, new, USAGE, NOW), FAILED_PRECONDITION,
-            "alice's approval lapsed because the function changed since the task was created, after the approval was given")
+            f"alice's approval {LAPSED}")
     again = T.approve_task(followed, ALICE, new, now=NOW)
     assert again.lapsed == {} and T.invoke_task(again, ALICE, new, USAGE, NOW).status == TaskStatus.STAGED
 
@@ -320,7 +321,8 @@ def test_a_staged_task_carries_what_the_consent_covered() -> None:
 @pytest.mark.parametrize(("tamper", "reason"), [
     (lambda s: replace(s, function_payload=b"def entrypoint(argv):\n    return 'leak'\n"),
      "the function payload does not match the digest pinned when the task was created"),
-    (lambda s: replace(s, function_name="other"), "the function name or executor type does not match the pinned function digest"),
+    (lambda s: replace(s, function_name="other"),
+     "the function name or executor type does not match the pinned function digest"),
     (lambda s: replace(s, function_manifest=s.function_manifest.replace("count-rows", "x")),
      "the function description does not match the pinned function digest"),
     (lambda s: replace(s, function_arguments='{"limit":99,"mode":"fast"}'),
@@ -345,3 +347,21 @@ def test_a_staged_task_queued_before_pins_decodes_and_is_refused() -> None:
         del doc[key]
     old = StagedTask.from_bytes(json.dumps(doc).encode())
     assert C.staged_refusal(old) == "the staged task carries no pinned digest"
+
+
+# --- the CLI's parsing ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("15m", 900), ("12h", 43200), ("7d", 604800)])
+def test_durations(text: str, seconds: int) -> None:
+    from kettle.cli.tasks import parse_duration
+
+    assert parse_duration(text, "--expires-in") == seconds
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "1.5h", "h", "", "5w", "١٢"])
+def test_bad_durations(text: str) -> None:
+    from kettle.cli.tasks import parse_duration
+
+    with pytest.raises(ValueError, match="--expires-in must be a positive duration"):
+        parse_duration(text, "--expires-in")

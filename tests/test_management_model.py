@@ -17,13 +17,13 @@ import pytest
 from kettle.errors import KettleError
 from kettle.model import functions as F
 from kettle.model import tasks as T
+from kettle.model.consent import task_digest
 from kettle.model.functions import (
     Caller,
     FunctionDefinition,
     FunctionIndex,
     UsageRecord,
 )
-from kettle.model.consent import task_digest
 from kettle.model.records import (
     Approval,
     CryptoInfo,

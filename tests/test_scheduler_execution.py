@@ -28,6 +28,7 @@ from conftest import Platform, make_home
 
 from kettle.config import Config
 from kettle.launcher import Child, spawn, stop_all
+from kettle.model.functions import function_digest
 from kettle.model.records import (
     STAGED_SIGNAL_KEY,
     STAGED_TASK_QUEUE,
@@ -43,7 +44,6 @@ from kettle.model.records import (
     output_key,
     task_key,
 )
-from kettle.model.functions import function_digest
 from kettle.model.scheduling import lease_key
 from kettle.model.tasks import build_staged_task
 from kettle.rpc.generated import kettle_scheduler_pb2 as pb
@@ -300,11 +300,13 @@ def test_the_node_runs_only_what_the_digests_pin(shared: Platform) -> None:
     async def body() -> None:
         async with Management(shared.config) as m:
             swapped = await m.stage({"message": "hi"}, tamper=lambda s: replace(s, function_payload=b"other code"))
-            altered = await m.stage({"message": "hi"}, tamper=lambda s: replace(s, function_arguments='{"message":"x"}'))
+            altered = await m.stage({"message": "hi"},
+                                    tamper=lambda s: replace(s, function_arguments='{"message":"x"}'))
             honest = await m.stage({"message": "hi"})
             payload = "the function payload does not match the digest pinned when the task was created"
             assert (await m.wait(swapped, ended_as(TaskStatus.FAILED, refused + payload))).result.outputs is None
-            await m.wait(altered, ended_as(TaskStatus.FAILED, refused + "the staged task is not the task its digest describes"))
+            other = "the staged task is not the task its digest describes"
+            await m.wait(altered, ended_as(TaskStatus.FAILED, refused + other))
             done = await m.ended(honest)
             assert done.result.outputs is not None and done.result.outputs.return_value == b"hi"
 

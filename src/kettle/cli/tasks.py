@@ -11,6 +11,7 @@ moves; the result is printed as soon as it exists.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -73,7 +74,7 @@ DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def parse_duration(text: str, option: str) -> int:
     """``90``, ``90s``, ``15m``, ``12h`` or ``7d`` as a positive number of seconds."""
     number, unit = (text[:-1], text[-1]) if text[-1:] in DURATION_UNITS else (text, "s")
-    if not number.isdigit() or int(number) <= 0:
+    if not re.fullmatch(r"[0-9]{1,12}", number) or int(number) <= 0:
         raise ValueError(f"{option} must be a positive duration such as 3600, 90m, 12h or 7d, not {text!r}")
     return int(number) * DURATION_UNITS[unit]
 
@@ -260,7 +261,8 @@ def approve(
     task_id: str,
     expect_digest: str = typer.Option(None, "--expect-digest",
                                       help="approve only if the task digest is this one (see `kettle task show`)"),
-    expires_in: str = typer.Option(None, "--expires-in", help="the approval lapses after this long: 3600, 90m, 12h, 7d"),
+    expires_in: str = typer.Option(None, "--expires-in",
+                                   help="the approval lapses after this long: 3600, 90m, 12h, 7d"),
 ) -> None:
     """Approve a task you participate in."""
     seconds = None if expires_in is None else parse_duration(expires_in, "--expires-in")

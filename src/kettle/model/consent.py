@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .functions import canonical_json, sha256_hex
@@ -43,7 +43,7 @@ TASK_MANIFEST_VERSION = "kettle-task-digest-v1"
 
 def iso_time(seconds: float) -> str:
     """A Unix time as people read it in error messages (UTC, to the second)."""
-    return datetime.fromtimestamp(int(seconds), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def crypto_info_digest(info: CryptoInfo) -> str:
@@ -70,7 +70,9 @@ def file_entry(owners: tuple[str, ...], file: FileRecord | None, *, output: bool
     return entry
 
 
-def _files(ownership: Mapping[str, tuple[str, ...]], assigned: Mapping[str, FileRecord], *, output: bool) -> dict[str, Any]:
+def _files(
+    ownership: Mapping[str, tuple[str, ...]], assigned: Mapping[str, FileRecord], *, output: bool
+) -> dict[str, Any]:
     return {name: file_entry(owners, assigned.get(name), output=output) for name, owners in ownership.items()}
 
 

@@ -21,7 +21,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..errors import CatalogueError, ConsentError, InvalidArgument, KettleError, PermissionDenied
+from ..errors import (
+    CatalogueError,
+    ConsentError,
+    InvalidArgument,
+    KettleError,
+    PermissionDenied,
+)
 from .consent import consent_problems, iso_time, task_digest, task_manifest
 from .files import assigned_file_id, check_assignable
 from .functions import (
