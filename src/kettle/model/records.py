@@ -9,7 +9,8 @@ Storage keys (platform partition, ``spec/platform.md`` §8): ``function-<uuid>``
 ``usage-<uuid>``, ``user-<uuid5 of user id>``, ``task-<uuid>``, ``input-<uuid>``,
 ``output-<uuid>``, ``cancel-request-<uuid>``; the queue ``staged-task``. Kettle
 adds ``payload-<uuid>``: a function's payload, as raw bytes (see
-:class:`FunctionRecord`).
+:class:`FunctionRecord`), and ``pinned-task-<function uuid>-<task uuid>``: the tasks
+pinned to a function (see :func:`pinned_task_key`).
 """
 
 from __future__ import annotations
