@@ -34,6 +34,7 @@ from kettle.model.receipts import (
     verify_receipt,
 )
 from kettle.model.records import (
+    Approval,
     CryptoInfo,
     FileRecord,
     StagedTask,
@@ -46,6 +47,8 @@ from kettle.model.records import (
 BARE_TASK_ID = "0b6c3b1e-4f0a-4d53-9d8e-2f1c6a9b7e01"
 TASK_ID = f"task-{BARE_TASK_ID}"
 NODE_ID = "5a1f0c2e-7d3b-4e8a-b6c9-0d2e4f6a8b10"
+FUNCTION_DIGEST = "fd" * 32
+TASK_DIGEST = "7d" * 32
 TAGS = {"output_result1": bytes(range(16)), "output_result2": bytes(range(16, 32))}
 
 
@@ -59,6 +62,8 @@ def staged_task() -> StagedTask:
                     "input_data2": FileRecord("in-b", "file:///b", crypto, ("bob",), b"\x02" * 16)},
         output_data={"output_result1": FileRecord("out-a", "file:///oa", crypto, ("alice",)),
                      "output_result2": FileRecord("out-b", "file:///ob", crypto, ("bob",))},
+        function_digest=FUNCTION_DIGEST, task_digest=TASK_DIGEST,
+        approvals=(Approval("bob", TASK_DIGEST, 1_800_000_100, 1_800_003_600), Approval("alice", TASK_DIGEST, 1_800_000_000)),
     )
 
 
@@ -110,6 +115,10 @@ def test_a_receipt_states_the_run_and_verifies(home: AttestedHome, receipt: byte
                                "output_result2": {"file_id": "output-out-b", "tag": TAGS["output_result2"].hex()}}
     assert body["result_digest"] == result_digest(Outcome.FINISHED, return_value=b"3 common lines", tags_map=TAGS)
     assert body["payload_sha256"] == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert (body["task_digest"], body["function_digest"]) == (TASK_DIGEST, FUNCTION_DIGEST)
+    assert body["approvals"] == [
+        {"user_id": "alice", "task_digest": TASK_DIGEST, "approved_at": 1_800_000_000, "expires_at": None},
+        {"user_id": "bob", "task_digest": TASK_DIGEST, "approved_at": 1_800_000_100, "expires_at": 1_800_003_600}]
 
 
 def test_receipts_stay_verifiable_after_the_certificate_expired(home: AttestedHome, receipt: bytes, now: float) -> None:
@@ -124,6 +133,9 @@ def test_the_reader_holds_it_against_the_task_it_saw(home: AttestedHome, receipt
         f"the receipt is for task {TASK_ID}, not another"
     assert refusal(home, receipt, now + 60, replace(good, outcome=Outcome.FAILED)) == \
         "the receipt says Finished, the task says Failed"
+    assert refusal(home, receipt, now + 60, replace(good, task_digest="ab" * 32)) == \
+        f"the node ran task digest {TASK_DIGEST}, the task's approvals cover {'ab' * 32}"
+    verify_receipt(receipt, home.verifier(now + 60), replace(good, task_digest=TASK_DIGEST))
     swapped = result_digest(Outcome.FINISHED, return_value=b"4 common lines", tags_map=TAGS)
     assert refusal(home, receipt, now + 60, replace(good, result_digest=swapped)) == \
         "the task's result is not the one the node signed"

@@ -87,6 +87,11 @@ def test_a_two_party_psi_receipt_verifies_offline_with_only_the_trust_files(
         assert body.inputs[name].digest == owner.get_input_file(file_id).cmac.hex()
     assert {name: f.digest for name, f in body.outputs.items()} == \
         {name: tag.hex() for name, tag in task.outputs_or_raise().tags_map.items()}
+    # The consent it ran on: the pinned digests and both owners' approvals of exactly that task digest.
+    assert len(task.task_digest) == 64 and (body.task_digest, body.function_digest) == (task.task_digest,
+                                                                                        task.function_digest)
+    assert [(a.user_id, a.task_digest) for a in body.approvals] == [("alice", task.task_digest),
+                                                                    ("bob", task.task_digest)]
 
     # The CLI: a participant saves the receipt; anyone verifies the file with the trust files alone.
     assert world.platform.kettle("user", "login", "bob", env={"KETTLE_PASSWORD": "secret"}).returncode == 0

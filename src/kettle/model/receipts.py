@@ -296,9 +296,9 @@ def build_receipt(
         attempt=attempt,
         executor_id=executor_id,
         outcome=outcome,
-        task_digest=getattr(staged, "task_digest", ""),
+        task_digest=staged.task_digest,
         function_id=external_id(Kind.FUNCTION, staged.function_id),
-        function_digest=getattr(staged, "function_digest", ""),
+        function_digest=staged.function_digest,
         function_name=staged.function_name,
         executor_type=staged.executor_type,
         executor=staged.executor,
@@ -308,7 +308,7 @@ def build_receipt(
         outputs={n: ReceiptFile(external_id(Kind.OUTPUT, f.uuid), tags[n].hex() if n in tags else None)
                  for n, f in staged.output_data.items()},
         approvals=tuple(ReceiptApproval(a.user_id, a.task_digest, a.approved_at, a.expires_at)
-                        for a in sorted(getattr(staged, "approvals", ()), key=lambda a: a.user_id)),
+                        for a in sorted(staged.approvals, key=lambda a: a.user_id)),
         started_at=started_at,
         ended_at=ended_at,
         result_digest=digest_of_result(result, outcome),
@@ -349,6 +349,8 @@ class ExpectedResult:
     task_id: str | None = None
     outcome: Outcome | None = None
     result_digest: str | None = None
+    task_digest: str | None = None
+    """What the task's approvals covered, as the platform shows it (GetTask)."""
 
 
 @dataclass
@@ -389,6 +391,11 @@ def examine_receipt(data: bytes, verifier: Verifier, expected: ExpectedResult = 
         ok = body.task_id == expected.task_id
         verdict.checks.append(Check("task", ok, body.task_id if ok else
                                     f"the receipt is for task {body.task_id}, not {expected.task_id}"))
+    if expected.task_digest is not None:
+        ok = body.task_digest == expected.task_digest
+        verdict.checks.append(Check("consent", ok, f"ran what the approvals covered ({body.task_digest})" if ok else
+                                    f"the node ran task digest {body.task_digest or '(none)'}, "
+                                    f"the task's approvals cover {expected.task_digest}"))
     if expected.outcome is not None:
         ok = body.outcome is expected.outcome
         verdict.checks.append(Check("outcome", ok, body.outcome.value if ok else

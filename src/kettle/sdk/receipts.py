@@ -3,8 +3,9 @@
 A receipt is checked with nothing but what a client already trusts, the AS root
 and the auditor-signed enclave info (:class:`~kettle.sdk.attested.ClientTrust`):
 no platform call is made. Given the :class:`~kettle.sdk.frontend.TaskInfo` the
-platform returned, the receipt is also held against it: same task, same outcome,
-and the result (return value or reason, and output tags) the node signed.
+platform returned, the receipt is also held against it: same task, the task digest
+its approvals cover, same outcome, and the result (return value or reason, and
+output tags) the node signed.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ def expected_from_task(task: TaskInfo) -> ExpectedResult:
         outcome = Outcome.CANCELED if task.status is TaskStatus.CANCELED else Outcome.FAILED
         digest = result_digest(outcome, reason=result.reason)
     else:
-        return ExpectedResult(task_id=task.task_id)
-    return ExpectedResult(task_id=task.task_id, outcome=outcome, result_digest=digest)
+        return ExpectedResult(task_id=task.task_id, task_digest=task.task_digest or None)
+    return ExpectedResult(task_id=task.task_id, outcome=outcome, result_digest=digest,
+                          task_digest=task.task_digest or None)
 
 
 def examine_receipt(receipt: bytes, trust: ClientTrust | None = None, *, task: TaskInfo | None = None) -> ReceiptVerdict:

@@ -13,11 +13,15 @@ naming the task), so the scheduler can tell a busy node from a lost one.
   lease then runs out and the scheduler re-queues or fails the task, so nothing
   stays Running forever.
 - A result the scheduler refuses as malformed is replaced by an ``Err`` saying so.
+- A staged task whose payload, function or data is not what its pinned digests and
+  approvals cover is never run: it ends Failed with the reason
+  (:func:`kettle.model.consent.staged_refusal`).
 - Every result the node reports carries its **execution receipt**
   (:mod:`kettle.model.receipts`): what ran, on which data and consent, when, and a
   digest of the result, signed with the node's attested key. The receipt is signed
   for the exact result sent, so a replaced result gets a new one. A run stopped by a
-  cancel is reported too, with a receipt whose outcome is Canceled.
+  cancel is reported too, with a receipt whose outcome is Canceled; a refused staged
+  task gets a Failed receipt that says nothing ran (start and end are the refusal).
 """
 
 from __future__ import annotations
@@ -37,9 +41,10 @@ from ...attestation.identity import Identity
 from ...config import ExecutionConfig, FileAgentConfig, SandboxConfig
 from ...errors import AttestationError
 from ...executors.job import WorkerJob
+from ...model.consent import staged_refusal
 from ...model.receipts import build_receipt, sign_receipt
-from ...model.scheduling import CANCELED_BY_USER
 from ...model.records import StagedTask, TaskResult, truncate_reason
+from ...model.scheduling import CANCELED_BY_USER
 from ...rpc.channel import PeerChannels
 from ...sandbox.host import SandboxHost
 from ...sandbox.layers import Layers
@@ -56,6 +61,8 @@ PULL_WAIT_MS = 10_000
 CALL_TIMEOUT_SECS = 15.0
 RETRY_FIRST_SECS = 0.2
 RETRY_MAX_SECS = 2.0
+REFUSED_PREFIX = "Runtime Error: refused to run: "
+"""The failure reason of a staged task the node will not run, before the check's own sentence."""
 MAX_REFUSALS = 10
 CANCELED_RECEIPT_TRIES = 5
 """Answers other than "try again" after which a report is given up (the lease then expires)."""
@@ -293,6 +300,12 @@ class ExecutionNode:
             if not await self._confirm_running(current):
                 return
             started_at = datetime.now(UTC)
+            refusal = staged_refusal(staged)
+            if refusal is not None:
+                log.error("refusing to run task %s: %s", current.task_id, refusal)
+                await self._report(current, Run(staged, started_at, datetime.now(UTC)),
+                                   TaskResult(failure=f"{REFUSED_PREFIX}{refusal}"))
+                return
             with self._workspace.task_dir(current.task_id, attempt) as workdir:
                 job = self._workspace.job(staged, workdir)
                 result = await self._run_in_worker(current, job.to_bytes())

@@ -17,10 +17,12 @@ Invoked tasks become self-contained staged tasks on the storage queue
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,6 +40,7 @@ from ...errors import (
     StorageError,
     StorageUnavailable,
 )
+from ...model import consent
 from ...model import files as file_rules
 from ...model import functions as fn_rules
 from ...model import tasks as task_rules
@@ -59,6 +62,8 @@ from ...model.records import (
     cancel_request_key,
     input_key,
     output_key,
+    pinned_task_key,
+    pinned_tasks_prefix,
     task_key,
     usage_key,
     user_index_key,
@@ -228,6 +233,14 @@ def task_response(task: TaskRecord) -> fpb.GetTaskResponse:
             fpb.DataMap(data_name=k, data_id=external_id(Kind.OUTPUT, f.uuid)) for k, f in task.assigned_outputs.items()
         ],
         status=int(task.status),
+        function_digest=task.function_digest,
+        task_digest=consent.task_digest(task),
+        task_manifest=consent.task_manifest(task),
+        approvals=[
+            fpb.TaskApproval(user_id=a.user_id, task_digest=a.task_digest, approved_at=a.approved_at,
+                             expires_at=a.expires_at or 0)
+            for a in task.approvals
+        ],
     )
     response.result.CopyFrom(result_message(task.result))
     response.result.SetInParent()
@@ -239,9 +252,15 @@ def task_response(task: TaskRecord) -> fpb.GetTaskResponse:
 
 class KettleManagementServicer(pb_grpc.KettleManagementServicer):
     def __init__(
-        self, store: PlatformStore, limits: ManagementConfig = ManagementConfig(), url_policy: UrlPolicy = STRICT_URLS
+        self,
+        store: PlatformStore,
+        limits: ManagementConfig = ManagementConfig(),
+        url_policy: UrlPolicy = STRICT_URLS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._clock = clock
+        """Wall-clock Unix seconds: approvals are stamped with it and expire by it."""
         self._urls = url_policy
         self._audit: Any = None
         self._quotas = UserQuotas(store, limits)
@@ -369,6 +388,33 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
             *(self._change_index(u, lambda index: index.with_allowed(function_id), create=True) for u in added),
             *(self._change_index(u, lambda index: index.without_allowed(function_id), create=False) for u in removed),
         )
+        if fn_rules.function_digest(before) != fn_rules.function_digest(after):
+            await self._follow_function(after)
+
+    async def _follow_function(self, function: FunctionRecord) -> None:
+        """Every task pinned to the function and not yet invoked follows the update: approvals
+        given to the old code lapse at once (``task_rules.follow_function``). Best effort: a
+        task missed here (created concurrently, or a storage failure) still cannot run the new
+        code on old consent, since InvokeTask and the node check the pin."""
+        prefix = pinned_tasks_prefix(function.uuid)
+        for key in await self._store.keys_with_prefix(prefix):
+            bare = key[len(prefix):].decode(errors="replace")
+            if await self._store.get(task_key(bare)) is None:  # its CreateTask failed after the entry
+                await self._store.delete(key)
+                continue
+            done = False
+
+            def follow(task: TaskRecord) -> TaskRecord:
+                nonlocal done
+                done = task_rules.invoked(task)
+                return _unless_same(task, task_rules.follow_function(task, function))
+
+            try:
+                await self._store.update_task(task_key(bare), follow)
+                if done:  # invoked or over: it never follows again
+                    await self._store.delete(key)
+            except KettleError as exc:
+                log.error("task %s did not follow the update of function %s: %s", bare, function.uuid, exc)
 
     @management_rpc
     async def DeleteFunction(
@@ -435,12 +481,17 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         function = await self._get_function(bare_function)
         task = task_rules.create_task(function, caller, task_definition(request), new_uuid())
         await self._quotas.admit_task(caller.user_id, task.uuid)
+        pinned = pinned_task_key(task.function_id, task.uuid)
         try:
+            # The index entry goes first, so an update of the function finds every task pinned to it.
+            await self._store.put(pinned, b"")
             applied, _ = await self._store.compare_and_put(task_key(task.uuid), None, task.to_bytes())
             if not applied:  # a UUID v4 collision: never overwrite someone's task
                 raise InternalError(INTERNAL_ERROR_TEXT)
         except BaseException:
             await self._quotas.forget_task(caller.user_id, task.uuid)
+            with contextlib.suppress(KettleError):  # else the next update of the function drops it
+                await self._store.delete(pinned)
             raise
         return fpb.CreateTaskResponse(task_id=external_id(Kind.TASK, task.uuid))
 
@@ -503,10 +554,28 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
     ) -> empty_pb2.Empty:
         caller = caller_of(context)
         bare = task_rules.parse_task_id(request.task_id)
+        task = await self._get_task(bare)
+        function = await self._get_function(task.function_id)
+        now = int(self._clock())
+
+        def approve(current: TaskRecord) -> TaskRecord:
+            return _unless_same(current, task_rules.approve_task(
+                current, caller, function, now=now, expect_digest=request.expect_digest,
+                valid_for_secs=request.valid_for_secs,
+            ))
+
+        await self._store.update_task(task_key(bare), approve)
+        return empty_pb2.Empty()
+
+    @management_rpc
+    async def RevokeApproval(
+        self, request: pb.RevokeApprovalRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        caller = caller_of(context)
+        bare = task_rules.parse_task_id(request.task_id)
         await self._get_task(bare)
-        await self._store.update_task(
-            task_key(bare), lambda task: _unless_same(task, task_rules.approve_task(task, caller))
-        )
+        now = int(self._clock())
+        await self._store.update_task(task_key(bare), lambda task: task_rules.revoke_approval(task, caller, now))
         return empty_pb2.Empty()
 
     @management_rpc
@@ -516,14 +585,15 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         task = await self._get_task(bare)
         function = await self._get_function(task.function_id)
         usage = await self._get_usage(task.function_id)
+        now = self._clock()
         # Every check of §6.5 in its order, on what we read; repeated below under compare-and-put.
-        task_rules.invoke_task(task, caller, function, usage)
+        task_rules.invoke_task(task, caller, function, usage, now)
         assert function is not None
         # Shielded: once the quota is reserved, staging must run to its end or be undone.
-        await asyncio.shield(self._invoke(bare, caller, function))
+        await asyncio.shield(self._invoke(bare, caller, function, now))
         return empty_pb2.Empty()
 
-    async def _invoke(self, bare: str, caller: Caller, function: FunctionRecord) -> None:
+    async def _invoke(self, bare: str, caller: Caller, function: FunctionRecord, now: float) -> None:
         """Reserve one use, stage the task, enqueue it, wake the scheduler.
 
         The use is counted *before* the task is staged, with the quota re-checked
@@ -535,7 +605,9 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         staging: dict[str, Any] = {}
 
         def stage(task: TaskRecord) -> TaskRecord:
-            staged_record = task_rules.stage_task(task_rules.check_invoker(task, caller))
+            task_rules.check_invoker(task, caller)
+            task_rules.check_pinned(task, function)
+            staged_record = task_rules.stage_task(task, now)
             staging["prior"], staging["record"] = task, staged_record
             staging["staged"] = task_rules.build_staged_task(staged_record, function)
             return staged_record
