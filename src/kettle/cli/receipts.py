@@ -39,9 +39,15 @@ def _describe(body: ReceiptBody) -> list[tuple[str, str]]:
     ]
     rows += [(f"input {name}", f"{f.file_id} cmac {f.digest or '-'}") for name, f in sorted(body.inputs.items())]
     rows += [(f"output {name}", f"{f.file_id} tag {f.digest or '-'}") for name, f in sorted(body.outputs.items())]
-    rows += [("approval", f"{a.user_id} at {a.approved_at} of {a.task_digest}"
-              + (f" until {a.expires_at}" if a.expires_at is not None else "")) for a in body.approvals]
+    rows += [("approval", f"{a.user_id} at {_unix(a.approved_at)} of {a.task_digest}"
+              + (f" until {_unix(a.expires_at)}" if a.expires_at is not None else "")) for a in body.approvals]
     return rows
+
+
+def _unix(seconds: int) -> str:
+    from datetime import UTC, datetime
+
+    return f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 @app.command("verify")
