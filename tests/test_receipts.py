@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from attested_identities import AttestedHome, attested_home
+
 from kettle.attestation.signed import sign
 from kettle.errors import AttestationError, InvalidArgument
 from kettle.model import scheduling as rules
@@ -25,7 +25,6 @@ from kettle.model.receipts import (
     RECEIPT_PURPOSE,
     ExpectedResult,
     Outcome,
-    Receipt,
     build_receipt,
     canonical,
     examine_receipt,

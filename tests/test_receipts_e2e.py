@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +19,10 @@ import pytest
 import task_world
 from task_world import World
 
+from kettle.errors import AttestationError
 from kettle.model.receipts import Outcome, canonical
 from kettle.model.records import TaskStatus
 from kettle.sdk import ClientTrust, builtin_function, verify_receipt
-from kettle.errors import AttestationError
 
 PSI = "builtin-ordered-set-intersect"
 OWNERS = {"input_data1": "alice", "input_data2": "bob", "output_result1": "alice", "output_result2": "bob"}
