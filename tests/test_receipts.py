@@ -20,6 +20,7 @@ from attested_identities import AttestedHome, attested_home
 from kettle.attestation.signed import sign
 from kettle.errors import AttestationError, InvalidArgument
 from kettle.model import scheduling as rules
+from kettle.services.execution.node import ReceiptSigner
 from kettle.model.receipts import (
     MAX_RECEIPT_BYTES,
     RECEIPT_PURPOSE,
@@ -276,7 +277,7 @@ def test_malformed_receipts_are_refused_with_the_reason(home: AttestedHome, rece
 
 def test_garbage_and_oversized_files_are_refused(home: AttestedHome, now: float) -> None:
     assert refusal(home, b"\xff\x00", now) == "the receipt is not JSON"
-    assert refusal(home, b" " * (MAX_RECEIPT_BYTES + 1), now).startswith("a receipt is at most 65536 bytes")
+    assert refusal(home, b" " * (MAX_RECEIPT_BYTES + 1), now).startswith(f"a receipt is at most {MAX_RECEIPT_BYTES} bytes")
 
 
 # --- the scheduler keeps the receipt with the result --------------------------------------
@@ -297,7 +298,7 @@ def test_the_record_keeps_the_receipt_with_either_outcome(receipt: bytes) -> Non
 
 
 def test_an_oversized_receipt_is_refused_before_anything_is_written() -> None:
-    with pytest.raises(InvalidArgument, match="the receipt must be at most 65536 bytes"):
+    with pytest.raises(InvalidArgument, match=f"the receipt must be at most {MAX_RECEIPT_BYTES} bytes"):
         rules.apply_result(running_task(), TaskResult(failure="x", receipt=b"r" * (MAX_RECEIPT_BYTES + 1)))
 
 
@@ -311,7 +312,7 @@ def test_only_the_executor_that_ran_a_canceled_task_may_add_its_receipt_once(rec
     assert kept.result.receipt == receipt and kept.result.failure == rules.CANCELED_BY_USER
     assert rules.attach_cancel_receipt(kept, b"{}") == kept  # the first one counts
     assert rules.attach_cancel_receipt(running_task(), receipt) == running_task()  # only for a Canceled task
-    with pytest.raises(InvalidArgument, match="a canceled run's receipt must be 1 to 65536 bytes"):
+    with pytest.raises(InvalidArgument, match=f"a canceled run's receipt must be 1 to {MAX_RECEIPT_BYTES} bytes"):
         rules.attach_cancel_receipt(canceled, b"")
 
 
@@ -320,3 +321,25 @@ def test_the_canceled_runs_table_is_bounded() -> None:
     for i in range(rules.CanceledRuns.LIMIT + 10):
         runs.add(f"task{i}", NODE_ID)
     assert not runs.take("task0", NODE_ID) and runs.take(f"task{rules.CanceledRuns.LIMIT + 9}", NODE_ID)
+
+
+# --- the node's signing glue ------------------------------------------------------------
+
+
+def test_the_node_signs_the_result_exactly_as_the_scheduler_keeps_it(home: AttestedHome, now: float) -> None:
+    """A reason with a lone surrogate and over 1 KiB is signed as stored: valid UTF-8, cut to 1 KiB."""
+    signer = ReceiptSigner(lambda: home.identity("execution", now), NODE_ID)
+    start = datetime.fromtimestamp(now + 1, UTC)
+    sent = signer.attach(staged_task(), 1, TaskResult(failure="\ud800" + "x" * 2000), start, start)
+    kept, _ = rules.apply_result(running_task(), sent)
+    assert kept.result.failure == sent.failure and len((sent.failure or "").encode()) == 1024
+    expected = ExpectedResult(TASK_ID, Outcome.FAILED, result_digest(Outcome.FAILED, reason=kept.result.failure))
+    verify_receipt(kept.result.receipt, home.verifier(now + 60), expected)
+
+
+def test_a_receipt_too_large_to_be_kept_is_not_sent(home: AttestedHome, now: float) -> None:
+    crowd = tuple(Approval(f"user{i:05}", TASK_DIGEST, 1_800_000_000) for i in range(8000))
+    signer = ReceiptSigner(lambda: home.identity("execution", now), NODE_ID)
+    start = datetime.fromtimestamp(now + 1, UTC)
+    sent = signer.attach(replace(staged_task(), approvals=crowd), 1, OK, start, start)
+    assert sent.receipt == b"" and sent.outputs == OK.outputs

@@ -68,8 +68,10 @@ RECEIPT_PURPOSE = "kettle execution receipt v1"
 """The purpose of a receipt signature: a node's key signs nothing else under it."""
 SIGNER_SERVICE = "execution"
 """Only an attested execution node signs receipts: it is the one service that runs tasks."""
-MAX_RECEIPT_BYTES = 64 * 1024
-"""A receipt is a few kilobytes (mostly the certificate chain); anything larger is refused."""
+MAX_RECEIPT_BYTES = 1024 * 1024
+"""A receipt is a few kilobytes (mostly the certificate chain) plus about 150 bytes per
+file and per approval; a task at the limits of 256 inputs and 256 outputs stays far
+below this. Anything larger is refused (and a node does not send one, see the node)."""
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX = re.compile(r"(?:[0-9a-f]{2})*")

@@ -42,7 +42,7 @@ from ...config import ExecutionConfig, FileAgentConfig, SandboxConfig
 from ...errors import AttestationError
 from ...executors.job import WorkerJob
 from ...model.consent import staged_refusal
-from ...model.receipts import build_receipt, sign_receipt
+from ...model.receipts import MAX_RECEIPT_BYTES, build_receipt, sign_receipt
 from ...model.records import StagedTask, TaskResult, truncate_reason
 from ...model.scheduling import CANCELED_BY_USER
 from ...rpc.channel import PeerChannels
@@ -126,7 +126,14 @@ class ReceiptSigner:
             # then cannot reach the scheduler either, and the result is retried later.
             log.error("cannot sign the receipt of task %s: %s", staged.task_id, exc.reason)
             return result
-        return replace(result, receipt=receipt.to_bytes())
+        data = receipt.to_bytes()
+        if len(data) > MAX_RECEIPT_BYTES:
+            # The scheduler would refuse the result, and every replacement, for it: the
+            # result goes without a receipt rather than never.
+            log.error("the receipt of task %s is %d bytes, more than %d: reported without it",
+                      staged.task_id, len(data), MAX_RECEIPT_BYTES)
+            return result
+        return replace(result, receipt=data)
 
 
 class SchedulerClient:
