@@ -534,7 +534,7 @@ def _moto_auth(world: World, unauthenticated_requests: str) -> None:
 
 def _raw_response(client: FrontendClient, rpc: str, request: Any) -> bytes:
     """What the frontend sends back, as bytes on the wire (not what the SDK chooses to keep of it)."""
-    return client._invoke(_Call(rpc, request, lambda response: response.SerializeToString()))  # noqa: SLF001
+    return client._invoke(_Call(rpc, request, lambda response: response.SerializeToString()))
 
 
 def _audit_until(admin: FrontendClient, query: str, count: int) -> list[Any]:

@@ -39,7 +39,13 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ..config import FileAgentConfig
 from ..errors import TransferError
-from ..model.object_store import MAX_SINGLE_PUT_BYTES, credentials_problem, region_of, request_url, s3_location
+from ..model.object_store import (
+    MAX_SINGLE_PUT_BYTES,
+    credentials_problem,
+    region_of,
+    request_url,
+    s3_location,
+)
 from ..model.records import ObjectStoreCredentials
 from .streams import CHUNK, Sink, Source
 from .urls import ParsedUrl, scrub
@@ -170,7 +176,9 @@ def _signed_headers(method: str, url: str, credentials: ObjectStoreCredentials) 
 
     The payload is declared unsigned (``UNSIGNED-PAYLOAD``): uploads are streamed, and
     the body's integrity is the file's own cmac, checked by whoever reads it."""
-    from botocore.auth import S3SigV4Auth  # imported on first use: botocore is slow to import
+    from botocore.auth import (
+        S3SigV4Auth,  # imported on first use: botocore is slow to import
+    )
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 

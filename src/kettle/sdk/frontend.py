@@ -222,7 +222,7 @@ class S3Credentials:
         ``endpoint_url`` and ``region`` (all text); ValueError naming what is wrong, never a value."""
         names = [f.name for f in dataclasses.fields(cls)]
         if not isinstance(doc, dict):
-            raise ValueError("s3 credentials must be a JSON object")
+            raise ValueError("s3 credentials must be a JSON object")  # noqa: TRY004 - a malformed file, like the rest
         unknown = sorted(set(doc) - set(names))
         if unknown:
             raise ValueError(f"s3 credentials: unknown fields {', '.join(map(repr, unknown))} (known: {', '.join(names)})")
