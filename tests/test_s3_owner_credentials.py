@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +231,35 @@ def test_unusable_requests_are_refused_before_anything_is_sent(store: Store, tmp
         big_agent.store(huge, f"s3://{OWN}/huge.enc", store.owner)
     assert store.server.requests[before:] == []
     os.unlink(huge)
+
+
+def test_a_signed_request_follows_no_redirect(store: Store, tmp_path: Path) -> None:
+    """The owner's signed headers go to the host they were signed for and nowhere else."""
+    store.node.put_object(Bucket=OWN, Key="moved.enc", Body=b"moved")
+    target = f"{store.endpoint}/{OWN}/moved.enc"
+
+    class Redirect(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(307)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    redirector = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=redirector.serve_forever, daemon=True).start()
+    try:
+        authority = f"127.0.0.1:{redirector.server_address[1]}"
+        config = FileAgentConfig(allowed_schemes=("s3", "http"), egress_allowlist=(store.authority, authority),
+                                 retries=0, connect_timeout_secs=2, io_timeout_secs=5)
+        before = len(store.server.requests)
+        with pytest.raises(TransferError) as caught:
+            FileAgent(config, tmp_path).fetch(f"s3://{OWN}/moved.enc", tmp_path / "in.enc",
+                                              credentials=replace(store.owner, endpoint_url=f"http://{authority}"))
+        assert str(caught.value) == f"HTTP 307 Temporary Redirect from s3://{OWN}/moved.enc"
+        assert store.server.requests[before:] == []
+    finally:
+        redirector.shutdown()
+        redirector.server_close()
