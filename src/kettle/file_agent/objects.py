@@ -176,9 +176,8 @@ def _signed_headers(method: str, url: str, credentials: ObjectStoreCredentials) 
 
     The payload is declared unsigned (``UNSIGNED-PAYLOAD``): uploads are streamed, and
     the body's integrity is the file's own cmac, checked by whoever reads it."""
-    from botocore.auth import (
-        S3SigV4Auth,  # imported on first use: botocore is slow to import
-    )
+    # Imported on first use: botocore is slow to import. Only its signer is used, never a session.
+    from botocore.auth import S3SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
