@@ -93,7 +93,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
                 patch.delenv(name, raising=False)
             _set_auth(endpoint, "0")
             try:
-                node = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+                # A session of its own: boto3's default one keeps whatever credentials it resolved first
+                # (another test module's, in the same process).
+                node = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1")
                 owner = ObjectStoreCredentials(keys["owner"]["AccessKeyId"], keys["owner"]["SecretAccessKey"],
                                                endpoint_url=endpoint)
                 yield Store(server, endpoint, node, owner)
