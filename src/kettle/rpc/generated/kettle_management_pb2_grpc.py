@@ -156,6 +156,11 @@ class KettleManagementStub:
                 request_serializer=kettle__management__pb2.WaitTaskRequest.SerializeToString,
                 response_deserializer=teaclave__frontend__service__pb2.GetTaskResponse.FromString,
                 _registered_method=True)
+        self.ListMyTrail = channel.unary_unary(
+                '/kettle_management_proto.KettleManagement/ListMyTrail',
+                request_serializer=kettle__management__pb2.ListMyTrailRequest.SerializeToString,
+                response_deserializer=kettle__management__pb2.ListMyTrailResponse.FromString,
+                _registered_method=True)
 
 
 class KettleManagementServicer:
@@ -305,6 +310,12 @@ class KettleManagementServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMyTrail(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KettleManagementServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -427,6 +438,11 @@ def add_KettleManagementServicer_to_server(servicer, server):
                     servicer.WaitTask,
                     request_deserializer=kettle__management__pb2.WaitTaskRequest.FromString,
                     response_serializer=teaclave__frontend__service__pb2.GetTaskResponse.SerializeToString,
+            ),
+            'ListMyTrail': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMyTrail,
+                    request_deserializer=kettle__management__pb2.ListMyTrailRequest.FromString,
+                    response_serializer=kettle__management__pb2.ListMyTrailResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1077,6 +1093,33 @@ class KettleManagement:
             '/kettle_management_proto.KettleManagement/WaitTask',
             kettle__management__pb2.WaitTaskRequest.SerializeToString,
             teaclave__frontend__service__pb2.GetTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMyTrail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kettle_management_proto.KettleManagement/ListMyTrail',
+            kettle__management__pb2.ListMyTrailRequest.SerializeToString,
+            kettle__management__pb2.ListMyTrailResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,7 +6,7 @@ token's role category is checked against the call's policy name by the access
 control service, and the unchanged request is forwarded to the management
 service with ``id``, ``token`` and ``role`` metadata. Management's answer, or its
 error status, goes back unchanged. Every call leaves an audit entry (§9).
-Kettle's own ``KettleFrontend.WaitTask`` is gated the same way as GetTask.
+Kettle's own ``KettleFrontend.WaitTask`` and ``ListMyTrail`` are gated the same way as GetTask.
 
 A dependency that is down is answered UNAVAILABLE with a sentence naming it
 ("the access control service is unavailable; try again later") within the peer
@@ -56,6 +56,8 @@ FORWARD_TIMEOUT_SECS = INTERNAL_TIMEOUT_SECS + 60
 """Management's calls may be slow once connected (WaitTask waits for a task to end)."""
 AUDIT_FLUSH_SECS = 1.0
 WAIT_TASK_POLICY = "get_task"
+LIST_MY_TRAIL_POLICY = "get_task"
+"""Whoever may read tasks may read its own trail (the roles that own data and approve)."""
 
 
 def policy_name(rpc: str) -> str:
@@ -178,7 +180,9 @@ FRONTEND_RPCS = {
     for method in frontend_pb.DESCRIPTOR.services_by_name["TeaclaveFrontend"].methods
 }
 FrontendServicer = _servicer(frontend_grpc.TeaclaveFrontendServicer, FRONTEND_RPCS)
-KettleFrontendServicer = _servicer(kettle_frontend_grpc.KettleFrontendServicer, {"WaitTask": WAIT_TASK_POLICY})
+KettleFrontendServicer = _servicer(
+    kettle_frontend_grpc.KettleFrontendServicer, {"WaitTask": WAIT_TASK_POLICY, "ListMyTrail": LIST_MY_TRAIL_POLICY}
+)
 
 
 async def main(config: Config) -> None:

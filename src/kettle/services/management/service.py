@@ -21,6 +21,7 @@ import functools
 import logging
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,6 +42,7 @@ from ...errors import (
 from ...model import files as file_rules
 from ...model import functions as fn_rules
 from ...model import tasks as task_rules
+from ...model import trail as trail_rules
 from ...model.audit import AuditError, check_limit, parse_query
 from ...model.files import STRICT_URLS, UrlPolicy
 from ...model.functions import Caller, FunctionDefinition, FunctionIndex, UsageRecord
@@ -71,6 +73,7 @@ from ...rpc.status import INTERNAL_ERROR_TEXT, rpc_method
 from ..platform_store import MAX_UPDATE_ATTEMPTS, NoChange, PlatformStore
 from ..runtime import ServiceRuntime
 from .quotas import UserQuotas, warn_if_off
+from .trail import PAGE_ENTRIES, TrailBook, TrailDamaged
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,10 @@ def _decode(cls: Any, raw: bytes | None) -> Any:
 def _size(record: FunctionRecord | None) -> int:
     """What a function counts on its owner's storage quota: its record and its payload (stored apart)."""
     return 0 if record is None else len(record.to_bytes()) + len(record.payload)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _unless_same(old: TaskRecord, new: TaskRecord) -> TaskRecord:
@@ -237,12 +244,19 @@ def task_response(task: TaskRecord) -> fpb.GetTaskResponse:
 
 class KettleManagementServicer(pb_grpc.KettleManagementServicer):
     def __init__(
-        self, store: PlatformStore, limits: ManagementConfig = ManagementConfig(), url_policy: UrlPolicy = STRICT_URLS
+        self,
+        store: PlatformStore,
+        limits: ManagementConfig = ManagementConfig(),
+        url_policy: UrlPolicy = STRICT_URLS,
+        trail: TrailBook | None = None,
     ) -> None:
+        """``trail`` appends the parties' trail events (None: they stay pending, e.g. in
+        tests of other parts; the running service always has one)."""
         self._store = store
         self._urls = url_policy
         self._audit: Any = None
         self._quotas = UserQuotas(store, limits)
+        self._trail = trail
 
     # --- record helpers (compare-and-put loops) ---
 
@@ -503,9 +517,44 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         bare = task_rules.parse_task_id(request.task_id)
         await self._get_task(bare)
         await self._store.update_task(
-            task_key(bare), lambda task: _unless_same(task, task_rules.approve_task(task, caller))
+            task_key(bare),
+            lambda task: _unless_same(task, task_rules.approve_task(task, caller)),
+            also=lambda task: self._trail_event(task, caller, trail_rules.EventKind.APPROVAL),
         )
+        await self._append_trail(caller.user_id)
         return empty_pb2.Empty()
+
+    # --- the parties' trails ---
+
+    @staticmethod
+    def _trail_event(task: TaskRecord, caller: Caller, kind: trail_rules.EventKind) -> list[tuple[bytes, bytes | None]]:
+        """The pending trail event of an approval (or its withdrawal), written with it."""
+        event = trail_rules.approval_event(task, caller.user_id, kind, _now_ms(), new_uuid())
+        return trail_rules.pending_writes([event], os.urandom(STAGED_SIGNAL_BYTES))
+
+    async def _append_trail(self, party: str) -> None:
+        """Append the party's pending events now, so its next listing needs no wait; a
+        failure here is only logged: the event is pending and the append loop retries it."""
+        if self._trail is None:
+            return
+        try:
+            await self._trail.append_pending(party)
+        except TrailDamaged as exc:
+            log.error("not appending to a damaged trail: %s", exc.message)
+        except StorageError as exc:
+            log.warning("trail event of %s stays pending: %s", party, exc.message)
+
+    @management_rpc
+    async def ListMyTrail(
+        self, request: pb.ListMyTrailRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListMyTrailResponse:
+        caller = caller_of(context)
+        if self._trail is None:
+            raise InternalError(INTERNAL_ERROR_TEXT)
+        limit = PAGE_ENTRIES if request.limit == 0 else min(request.limit, PAGE_ENTRIES)
+        listing = await self._trail.listing(caller.user_id, request.after_sequence, limit)
+        return pb.ListMyTrailResponse(entries=listing.entries, signed_head=listing.signed_head,
+                                      last_sequence=listing.last_sequence, more=listing.more)
 
     @management_rpc
     async def InvokeTask(self, request: fpb.InvokeTaskRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
