@@ -9,8 +9,22 @@ from dataclasses import replace
 import pytest
 
 from kettle.model import trail
-from kettle.model.records import CryptoInfo, FileRecord, TaskOutputs, TaskRecord, TaskResult, TaskStatus
-from kettle.model.trail import EventKind, SignedHead, TrailEntry, TrailError, TrailEvent, TrailHead
+from kettle.model.records import (
+    CryptoInfo,
+    FileRecord,
+    TaskOutputs,
+    TaskRecord,
+    TaskResult,
+    TaskStatus,
+)
+from kettle.model.trail import (
+    EventKind,
+    SignedHead,
+    TrailEntry,
+    TrailError,
+    TrailEvent,
+    TrailHead,
+)
 
 PARTY = "alice-the-owner"
 

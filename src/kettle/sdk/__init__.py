@@ -33,6 +33,7 @@ from .frontend import (
     TaskWaitTimeout,
 )
 from .objects import AsyncFunction, AsyncTask, Function, Task
+from .trail import Trail, TrailVerdict, verify_trail
 
 __all__ = [
     "AsyncAuthenticationClient",
@@ -69,10 +70,13 @@ __all__ = [
     "TaskOutputs",
     "TaskStatus",
     "TaskWaitTimeout",
+    "Trail",
+    "TrailVerdict",
     "builtin_function",
     "builtin_functions",
     "decrypt_file",
     "encrypt_file",
     "file_cmac",
     "verify_endpoint",
+    "verify_trail",
 ]
