@@ -16,6 +16,7 @@ reference's clients (``spec/attestation.md`` §1.5, §7.6, §7.9):
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Collection
@@ -183,6 +184,15 @@ class Verifier:
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
+
+    def at(self, moment: datetime) -> Verifier:
+        """The same trust and policy, judging as of ``moment``: a signature made with a
+        certificate is checked against the certificate's validity when it signed, so
+        it stays verifiable after the short-lived certificate expired."""
+        pinned = copy.copy(self)
+        timestamp = moment.timestamp()
+        pinned._clock = lambda: timestamp
+        return pinned
 
     def verify(
         self,
