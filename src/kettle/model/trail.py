@@ -42,9 +42,9 @@ GENESIS = "0" * 64
 """The ``previous`` hash of a party's first entry."""
 FORMAT = 1
 """Version of the entry and head encodings (both carry it)."""
-HEAD_PURPOSE = "kettle-trail-head"
-"""Signed heads name their purpose, so management's signature on a head can never be
-taken for its signature on anything else."""
+HEAD_PURPOSE = "kettle trail head v1"
+"""Heads name their purpose, and management signs them for it: its signature on a head
+can never be taken for its signature on anything else (a receipt, say)."""
 TRAIL_SIGNAL_KEY = b"trail-signal"
 """Rewritten (any new value) with every pending event, so management can Watch it."""
 SEQUENCE_DIGITS = 20
@@ -118,11 +118,15 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _load(data: bytes, names: set[str], what: str) -> dict[str, Any]:
+def decode_json(data: bytes, what: str) -> Any:
     try:
-        doc = json.loads(data)
+        return json.loads(data)
     except ValueError as exc:
         raise TrailError(f"{what} is not JSON: {exc}") from None
+
+
+def _load(data: bytes, names: set[str], what: str) -> dict[str, Any]:
+    doc = decode_json(data, what)
     if not isinstance(doc, dict) or set(doc) != names:
         raise TrailError(f"{what} has the wrong fields")
     if canonical(doc) != data:

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidArgument
+from ..attestation.signed import AttestedSignature, examine_signature
+from ..errors import AttestationError, InvalidArgument
 from ..model import trail as rules
-from ..model.trail import Check, SignedHead, TrailEntry, TrailError
+from ..model.trail import HEAD_PURPOSE, Check, SignedHead, TrailEntry, TrailError
+from .attested import ClientTrust
+
+SIGNER = "management"
+"""The only service whose signature makes a head: the one that keeps the trails."""
 
 
 @dataclass(frozen=True)
@@ -47,11 +51,11 @@ class Trail:
 
     @classmethod
     def from_json(cls, doc: Any) -> Trail:
+        if not isinstance(doc, dict) or set(doc) != {"party", "entries", "signed_head"}:
+            raise InvalidArgument("not a saved trail: expected the fields party, entries and signed_head")
+        if not isinstance(doc["party"], str) or not isinstance(doc["entries"], list):
+            raise InvalidArgument("not a saved trail: party must be text and entries a list")
         try:
-            if not isinstance(doc, dict) or set(doc) != {"party", "entries", "signed_head"}:
-                raise ValueError("expected the fields party, entries and signed_head")
-            if not isinstance(doc["party"], str) or not isinstance(doc["entries"], list):
-                raise ValueError("party must be text and entries a list")
             return cls(doc["party"], tuple(base64.b64decode(e, validate=True) for e in doc["entries"]),
                        base64.b64decode(doc["signed_head"], validate=True))
         except (ValueError, TypeError, binascii.Error) as exc:
@@ -85,5 +89,30 @@ def chain_checks(trail: Trail) -> list[Check]:
     return rules.verify_chain(trail.party, trail.entries, head)
 
 
-def verdict(checks: Sequence[Check]) -> TrailVerdict:
+def signature_checks(signed_head: bytes, trust: ClientTrust) -> list[Check]:
+    """Management's attested signature on the head's exact bytes, each check of it named
+    ``head signature: …`` (purpose, signing time, certificate, report, measurement, signature)."""
+    if not signed_head:
+        return [Check("head signature", False, "there is no signed head")]
+    try:
+        head = SignedHead.from_bytes(signed_head)
+        signed = AttestedSignature.from_json(rules.decode_json(head.signature, "head signature"))
+    except (TrailError, AttestationError) as exc:
+        return [Check("head signature", False, f"the head's signature does not decode: {exc}")]
+    examined = examine_signature(signed, head.head, purpose=HEAD_PURPOSE, expected_service=SIGNER,
+                                 verifier=trust.verifier)
+    checks = [Check(f"head signature: {c.name}", c.ok, c.detail) for c in examined.checks]
+    if not examined.ok and all(c.ok for c in checks):
+        # The examination stopped before judging the signer (a chain it could not follow).
+        checks.append(Check("head signature", False, examined.reason))
+    return checks
+
+
+def verify_trail(trail: Trail, trust: ClientTrust) -> TrailVerdict:
+    """Every check of ``trail``, offline: its chain, and that the head was signed by the
+    attested management service (``trust``: the AS root and the auditor-signed enclave info).
+    An empty trail without a head has nothing to sign and verifies on its chain alone."""
+    checks = chain_checks(trail)
+    if trail.signed_head or trail.entries:
+        checks += signature_checks(trail.signed_head, trust)
     return TrailVerdict(tuple(checks))

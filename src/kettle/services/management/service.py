@@ -73,7 +73,7 @@ from ...rpc.status import INTERNAL_ERROR_TEXT, rpc_method
 from ..platform_store import MAX_UPDATE_ATTEMPTS, NoChange, PlatformStore
 from ..runtime import ServiceRuntime
 from .quotas import UserQuotas, warn_if_off
-from .trail import PAGE_ENTRIES, TrailBook, TrailDamaged
+from .trail import PAGE_ENTRIES, TrailBook, TrailDamaged, attested_signer
 
 log = logging.getLogger(__name__)
 
@@ -541,7 +541,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
             await self._trail.append_pending(party)
         except TrailDamaged as exc:
             log.error("not appending to a damaged trail: %s", exc.message)
-        except StorageError as exc:
+        except KettleError as exc:
             log.warning("trail event of %s stays pending: %s", party, exc.message)
 
     @management_rpc
@@ -812,6 +812,14 @@ async def main(config: Config) -> None:
     warn_if_off(config.management)
     urls = UrlPolicy.from_config(config.file_agent, config.home)
     log.info("registration accepts URL schemes %s", ", ".join(sorted(urls.schemes)))
-    servicer = KettleManagementServicer(PlatformStore(runtime.peers), config.management, urls)
+    store = PlatformStore(runtime.peers)
+    trail = TrailBook(store, attested_signer(runtime.identities))
+    servicer = KettleManagementServicer(store, config.management, urls, trail)
     runtime.internal_server(lambda server: pb_grpc.add_KettleManagementServicer_to_server(servicer, server))
-    await runtime.serve()
+    # Events recorded while management was down (task endings) are appended at start.
+    appender = asyncio.create_task(trail.run_forever())
+    try:
+        await runtime.serve()
+    finally:
+        appender.cancel()
+        await asyncio.gather(appender, return_exceptions=True)

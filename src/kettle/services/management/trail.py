@@ -23,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from ...attestation.identity import IdentityManager
+from ...attestation.signed import sign as attested_signature
 from ...errors import KettleError, StorageError
 from ...model import trail as rules
 from ...model.trail import SignedHead, TrailError, TrailEvent, TrailHead
@@ -33,7 +35,7 @@ from ..platform_store import MAX_UPDATE_ATTEMPTS, PlatformStore
 
 log = logging.getLogger(__name__)
 
-Sign = Callable[[bytes], Awaitable[bytes]]
+Sign = Callable[[bytes], bytes]
 """Signs a head's exact bytes with management's attested identity; returns the envelope."""
 
 WATCH_MS = 30_000
@@ -113,7 +115,7 @@ class TrailBook:
             entry_bytes = entry.to_bytes()
             new_head = rules.head_after(entry_bytes, entry, self._clock_ms())
             head_bytes = new_head.to_bytes()
-            signed = SignedHead(head_bytes, await self._sign(head_bytes)).to_bytes()
+            signed = SignedHead(head_bytes, self._sign(head_bytes)).to_bytes()
             applied, _ = await self._store.compare_and_put(
                 rules.head_key(party), head_raw, signed,
                 also=[(rules.entry_key(party, entry.sequence), entry_bytes),
@@ -161,8 +163,8 @@ class TrailBook:
                 signal = await self._store.get(rules.TRAIL_SIGNAL_KEY)
                 await self.append_all()
                 await self._store.watch(rules.TRAIL_SIGNAL_KEY, signal, WATCH_MS)
-            except StorageError as exc:
-                log.warning("trail appends wait for storage: %s", exc.message)
+            except KettleError as exc:  # storage down, or no valid identity to sign with yet
+                log.warning("trail appends wait: %s", exc.message)
                 await asyncio.sleep(RETRY_SECS)
 
     # --- listing -----------------------------------------------------------------------------
@@ -174,6 +176,9 @@ class TrailBook:
             await self.append_pending(party)
         except TrailDamaged as exc:
             log.error("listing a damaged trail: %s", exc.message)
+        except KettleError as exc:
+            # Listed as it stands; the pending events follow in a later listing.
+            log.warning("trail of %s listed before its pending events: %s", party, exc.message)
         head_raw = await self._store.get(rules.head_key(party)) or b""
         # Entries appended after the head was read are left for the next listing, so that
         # a listing is consistent with its head. A missing or undecodable head bounds
@@ -195,3 +200,13 @@ class TrailBook:
         entries = [raw for raw in raws if raw is not None]
         return Listing(entries, head_raw, page[-1] if page else after, len(positions) > limit)
 
+
+
+def attested_signer(identities: IdentityManager) -> Sign:
+    """Sign with the identity in force (certificates rotate; each signature bundles its chain)."""
+
+    def sign_head(head: bytes) -> bytes:
+        signed = attested_signature(identities.current, rules.HEAD_PURPOSE, head)
+        return rules.canonical(signed.to_json())
+
+    return sign_head
