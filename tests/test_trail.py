@@ -206,6 +206,12 @@ def failures(report: dict[str, Any]) -> dict[str, str]:
     return {c["check"]: c["reason"] for c in report["checks"] if not c["ok"]}
 
 
+def verify_sdk(world: World, party: str) -> tuple[int, dict[str, Any]]:
+    """As :func:`verify_cli`, through the SDK (in-process: no CLI start-up per check)."""
+    verdict = world.clients[party].verify_my_trail()
+    return int(not verdict.ok), verdict.to_json()
+
+
 def test_removed_reordered_or_altered_entries_and_foreign_heads_fail_verification(ran: World, tmp_path: Path) -> None:
     party = "alice"
     saved = tmp_path / "alice-trail.json"
@@ -230,7 +236,7 @@ def test_removed_reordered_or_altered_entries_and_foreign_heads_fail_verificatio
 
     def restore() -> None:
         tamper(ran, party, lambda _: dict(original))
-        assert verify_cli(ran)[0] == 0
+        assert verify_sdk(ran, party)[0] == 0
 
     tamper(ran, party, lambda _: {entry[1]: None})
     code, report = verify_cli(ran)
@@ -238,7 +244,7 @@ def test_removed_reordered_or_altered_entries_and_foreign_heads_fail_verificatio
     restore()
 
     tamper(ran, party, lambda r: {entry[1]: r[entry[2]], entry[2]: r[entry[1]]})
-    code, report = verify_cli(ran)
+    code, report = verify_sdk(ran, party)
     assert code == 1 and failures(report)["sequence"] == "entries are out of order (position 2 holds entry 3)"
     restore()
 
@@ -248,12 +254,12 @@ def test_removed_reordered_or_altered_entries_and_foreign_heads_fail_verificatio
         return {entry[1]: rules.canonical(doc)}
 
     tamper(ran, party, alter)
-    code, report = verify_cli(ran)
+    code, report = verify_sdk(ran, party)
     assert code == 1 and "entry 3 does not follow" in failures(report)["links"]
     restore()
 
     tamper(ran, party, lambda _: {entry[3]: None})  # the last entry: only the head knows
-    code, report = verify_cli(ran)
+    code, report = verify_sdk(ran, party)
     assert code == 1 and set(failures(report)) == {"head"}
     restore()
 
@@ -270,7 +276,7 @@ def test_removed_reordered_or_altered_entries_and_foreign_heads_fail_verificatio
             await runtime.peers.close()
 
     ran.scheduler_storage(resign)
-    code, report = verify_cli(ran)
+    code, report = verify_sdk(ran, party)
     assert code == 1 and set(failures(report)) == {"head signature: measurement"}, report
     restore()
 
@@ -281,7 +287,7 @@ def test_removed_reordered_or_altered_entries_and_foreign_heads_fail_verificatio
         return {head: SignedHead(signed.head, rules.canonical(envelope)).to_bytes()}
 
     tamper(ran, party, garbled)
-    code, report = verify_cli(ran)
+    code, report = verify_sdk(ran, party)
     assert code == 1 and any(name.startswith("head signature") for name in failures(report)), report
     restore()
     # The saved copy still verifies offline: it is what the platform held when it was saved.
