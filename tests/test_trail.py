@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-
 from conftest import ALL_SERVICES, Platform, make_home
+
 from kettle.attestation.signed import sign as attested_sign
 from kettle.model import trail as rules
 from kettle.model.trail import SignedHead

@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
-
 from conftest import Platform
+
 from kettle.model import trail as rules
 from kettle.model.trail import EventKind, TrailEntry, TrailEvent
 from kettle.sdk.trail import Trail, verify_trail
