@@ -12,6 +12,10 @@ never overwrite someone's record.
 
 Invoked tasks become self-contained staged tasks on the storage queue
 ``staged-task``; a fresh value under ``staged-task-signal`` wakes the scheduler.
+
+Each party's trail (``docs/trail.md``): an approval writes its pending trail
+event in the same compare-and-put as the task record; :mod:`.trail` appends it
+to the party's signed chain, and ``ListMyTrail`` lists the caller's own.
 """
 
 from __future__ import annotations
