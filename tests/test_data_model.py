@@ -470,7 +470,8 @@ class TestAssignData:
     def test_staged_task_carries_the_snapshots(self) -> None:
         task = assign(assign(TASK, ALICE, [("in_a", f"input-{U1}"), ("in_opt", f"input-{U1}")],
                              [("out_a", f"output-{U3}")]), BOB, [("in_b", f"input-{U2}")], [("out_fused", f"output-{U4}")])
-        staged = T.build_staged_task(T.stage_task(T.approve_task(T.approve_task(task, ALICE), BOB)), FN)
+        approved = T.approve_task(T.approve_task(task, ALICE, FN, now=1), BOB, FN, now=1)
+        staged = T.build_staged_task(T.stage_task(approved, 1), FN)
         assert staged.input_data == {"in_a": IN_A, "in_b": IN_B, "in_opt": IN_A}
         assert staged.output_data == {"out_a": OUT_A, "out_fused": FUSED}
 

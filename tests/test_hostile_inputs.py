@@ -39,6 +39,7 @@ from kettle.services.runtime import ServiceRuntime
 
 Code = grpc.StatusCode
 INVALID, DENIED, UNAUTH, UNKNOWN = Code.INVALID_ARGUMENT, Code.PERMISSION_DENIED, Code.UNAUTHENTICATED, Code.UNKNOWN
+PRECONDITION = Code.FAILED_PRECONDITION
 
 CANCEL_FAILED = "failed to cancel task, reason: task has already been canceled"
 CANCEL_FINISHED = "failed to cancel task, reason: task has already finished"
@@ -49,7 +50,8 @@ GCM = cpb.FileCryptoInfo(schema="aes-gcm-128", key=KEY16, iv=IV12)
 MAX_DETAILS = 300
 """No refusal may be longer: echoed input is bounded (64 characters and an ellipsis)."""
 LEAKS = ("Traceback", 'File "/', ".py", "object at 0x", "grpc.", "Exception")
-STATE_PREFIXES = (b"function-", b"usage-", b"user-", b"task-", b"input-", b"output-", b"cancel-request-")
+STATE_PREFIXES = (b"function-", b"usage-", b"user-", b"task-", b"input-", b"output-", b"cancel-request-",
+                  b"pinned-task-")
 """Every record a management RPC can write; audit records change with every call, by design."""
 
 
@@ -344,6 +346,7 @@ def build_cases(w: World) -> list[Case]:
         (fe, "CancelTask"): fpb.CancelTaskRequest(task_id=w.task_bob),
         (fe, "QueryAuditLogs"): fpb.QueryAuditLogsRequest(query="", limit=10),
         ("kettle", "WaitTask"): kpb.WaitTaskRequest(task_id=w.task_files, timeout_ms=0),
+        ("kettle", "RevokeApproval"): kpb.RevokeApprovalRequest(task_id=w.task_bob),
         ("auth", "UserRegister"): apb.UserRegisterRequest(id="newcomer", password="pw", role="PlatformAdmin"),
         ("auth", "UserUpdate"): apb.UserUpdateRequest(id=w.alice, password="pw", role="PlatformAdmin"),
         ("auth", "UserChangePassword"): apb.UserChangePasswordRequest(password="new"),
@@ -391,6 +394,7 @@ def build_cases(w: World) -> list[Case]:
         text = "invalid task id"
         add("GetTask", fpb.GetTaskRequest(task_id=bad), w.alice, INVALID, text)
         add("WaitTask", kpb.WaitTaskRequest(task_id=bad, timeout_ms=1), w.alice, INVALID, text, api="kettle")
+        add("RevokeApproval", kpb.RevokeApprovalRequest(task_id=bad), w.alice, INVALID, text, api="kettle")
         add("AssignData", fpb.AssignDataRequest(task_id=bad), w.alice, INVALID, text)
         add("ApproveTask", fpb.ApproveTaskRequest(task_id=bad), w.alice, INVALID, text)
         add("InvokeTask", fpb.InvokeTaskRequest(task_id=bad), w.alice, INVALID, text)
@@ -529,6 +533,12 @@ def build_cases(w: World) -> list[Case]:
         (w.task_finished, UNKNOWN, "failed to invoke task"), (w.task_bob, DENIED, "permission denied"),
     ):
         add("InvokeTask", fpb.InvokeTaskRequest(task_id=task_id), w.alice, code, text)
+    for task_id, code, text in (
+        (w.task_files, PRECONDITION, f"{w.alice} has no approval of this task to revoke"),
+        (w.task_finished, PRECONDITION, "the task is finished: an approval can be revoked only before the task is invoked"),
+        (w.task_bob, DENIED, "permission denied"),
+    ):
+        add("RevokeApproval", kpb.RevokeApprovalRequest(task_id=task_id), w.alice, code, text, api="kettle")
     add("CancelTask", fpb.CancelTaskRequest(task_id=w.task_canceled), w.alice, UNKNOWN, CANCEL_FAILED)
     add("CancelTask", fpb.CancelTaskRequest(task_id=w.task_finished), w.alice, UNKNOWN, CANCEL_FINISHED)
     add("CancelTask", fpb.CancelTaskRequest(task_id=w.task_bob), w.alice, DENIED, "permission denied")

@@ -17,6 +17,7 @@ import pytest
 from kettle.errors import KettleError
 from kettle.model import functions as F
 from kettle.model import tasks as T
+from kettle.model.consent import task_digest
 from kettle.model.functions import (
     Caller,
     FunctionDefinition,
@@ -24,6 +25,7 @@ from kettle.model.functions import (
     UsageRecord,
 )
 from kettle.model.records import (
+    Approval,
     CryptoInfo,
     FileRecord,
     FunctionArgument,
@@ -41,6 +43,8 @@ UNKNOWN, INVALID, DENIED = (
     grpc.StatusCode.PERMISSION_DENIED,
 )
 
+NOW = 1_800_000_000
+"""A fixed wall-clock time (Unix seconds) for approvals and invocations."""
 FN_UUID = "11111111-1111-4111-8111-111111111111"
 TASK_UUID = "22222222-2222-4222-8222-222222222222"
 
@@ -644,6 +648,11 @@ def at(task: TaskRecord, status: TaskStatus, **changes: Any) -> TaskRecord:
     return replace(task, status=status, **changes)
 
 
+def approved_by(task: TaskRecord, *users: str) -> TaskRecord:
+    """The task with an approval of each user on its current digest."""
+    return replace(task, approvals=tuple(Approval(u, task_digest(task), NOW) for u in users))
+
+
 class TestAssignData:
     def test_no_files_completes_at_once(self) -> None:
         assert T.assign_data(SOLO, ALICE, [], []).status == TaskStatus.DATA_ASSIGNED
@@ -680,28 +689,28 @@ BOB_OWNER = caller("bob", "DataOwner-bank")
 class TestApproveTask:
     @pytest.mark.parametrize("status", [TaskStatus.CREATED, TaskStatus.DATA_ASSIGNED])
     def test_single_participant_is_approved_at_once(self, status: TaskStatus) -> None:
-        approved = T.approve_task(at(SOLO, status), ALICE)
+        approved = T.approve_task(at(SOLO, status), ALICE, None, now=NOW)
         assert (approved.status, approved.approved_users) == (TaskStatus.APPROVED, ("alice",))
 
     def test_every_participant_must_approve(self) -> None:
-        first = T.approve_task(DUO, ALICE)
+        first = T.approve_task(DUO, ALICE, None, now=NOW)
         assert (first.status, first.approved_users) == (TaskStatus.DATA_ASSIGNED, ("alice",))
-        again = T.approve_task(first, ALICE)  # idempotent
+        again = T.approve_task(first, ALICE, None, now=NOW)  # idempotent
         assert again == first
-        second = T.approve_task(first, OWNER)
+        second = T.approve_task(first, OWNER, None, now=NOW)
         assert (second.status, second.approved_users) == (TaskStatus.APPROVED, ("alice", "fo"))
 
     @pytest.mark.parametrize("status", [TaskStatus.APPROVED, *SCHEDULED, *TERMINAL])
     def test_wrong_state(self, status: TaskStatus) -> None:
-        refused(lambda: T.approve_task(at(SOLO, status), ALICE), UNKNOWN, "failed to approve task")
+        refused(lambda: T.approve_task(at(SOLO, status), ALICE, None, now=NOW), UNKNOWN, "failed to approve task")
 
     def test_data_missing(self) -> None:
-        refused(lambda: T.approve_task(WITH_FILES, ALICE), UNKNOWN, "failed to approve task")
+        refused(lambda: T.approve_task(WITH_FILES, ALICE, None, now=NOW), UNKNOWN, "failed to approve task")
 
     def test_state_is_checked_before_participation(self) -> None:
-        refused(lambda: T.approve_task(WITH_FILES, CAROL), UNKNOWN, "failed to approve task")
-        refused(lambda: T.approve_task(SOLO, CAROL), DENIED, "permission denied")
-        refused(lambda: T.approve_task(SOLO, ADMIN), DENIED, "permission denied")
+        refused(lambda: T.approve_task(WITH_FILES, CAROL, None, now=NOW), UNKNOWN, "failed to approve task")
+        refused(lambda: T.approve_task(SOLO, CAROL, None, now=NOW), DENIED, "permission denied")
+        refused(lambda: T.approve_task(SOLO, ADMIN, None, now=NOW), DENIED, "permission denied")
 
 
 USAGE = UsageRecord(FN_UUID, 0)
@@ -712,21 +721,22 @@ class TestInvokeTask:
         SOLO,  # Created, single participant, no files: straight to Staged
         at(SOLO, TaskStatus.DATA_ASSIGNED),
         at(SOLO, TaskStatus.APPROVED),
-        at(DUO, TaskStatus.APPROVED, approved_users=("alice", "fo")),
-        at(DUO, TaskStatus.DATA_ASSIGNED, approved_users=("alice", "fo")),
+        approved_by(at(DUO, TaskStatus.APPROVED), "alice", "fo"),
+        approved_by(at(DUO, TaskStatus.DATA_ASSIGNED), "alice", "fo"),
     ])
     def test_staged(self, task: TaskRecord) -> None:
         fn = PRIVATE_FN if task.participants == DUO.participants else function()
-        assert T.invoke_task(task, ALICE, fn, USAGE) == at(task, TaskStatus.STAGED)
+        assert T.invoke_task(task, ALICE, fn, USAGE, NOW) == at(task, TaskStatus.STAGED)
 
     @pytest.mark.parametrize("task", [
         DUO,  # approvals missing
-        at(DUO, TaskStatus.DATA_ASSIGNED, approved_users=("alice",)),
+        approved_by(at(DUO, TaskStatus.DATA_ASSIGNED), "alice"),
         WITH_FILES,  # data missing
         *(at(SOLO, s) for s in [*SCHEDULED, *TERMINAL]),
     ])
     def test_not_ready(self, task: TaskRecord) -> None:
-        refused(lambda: T.invoke_task(task, ALICE, function(), USAGE), UNKNOWN, "failed to invoke task")
+        fn = next(f for f in (function(), PRIVATE_FN, FILES_FN) if F.function_digest(f) == task.function_digest)
+        refused(lambda: T.invoke_task(task, ALICE, fn, USAGE, NOW), UNKNOWN, "failed to invoke task")
 
     @pytest.mark.parametrize(("task", "who", "fn", "usage", "code", "message"), [
         # 2. the creator only (admins included), before anything else
@@ -744,17 +754,22 @@ class TestInvokeTask:
         self, task: TaskRecord, who: Caller, fn: FunctionRecord | None, usage: UsageRecord | None,
         code: grpc.StatusCode, message: str,
     ) -> None:
-        refused(lambda: T.invoke_task(task, who, fn, usage), code, message)
+        refused(lambda: T.invoke_task(task, who, fn, usage, NOW), code, message)
 
-    def test_staged_task_comes_from_the_current_function(self) -> None:
-        updated = function(name="builtin-other", executor_type="python", payload=b"def entrypoint(argv): pass")
-        staged = T.build_staged_task(at(SOLO, TaskStatus.STAGED), updated)
+    def test_staged_task_comes_from_the_pinned_function(self) -> None:
+        staged = T.build_staged_task(at(SOLO, TaskStatus.STAGED), function())
         assert (staged.task_id, staged.function_id, staged.user_id, staged.executor) == (
             TASK_UUID, FN_UUID, "alice", "builtin")
         assert (staged.executor_type, staged.function_name, staged.function_payload) == (
-            "python", "builtin-other", b"def entrypoint(argv): pass")
+            "builtin", function().name, function().payload)
         assert staged.function_arguments == SOLO.function_arguments == '{"message":"hi"}'
         assert (staged.input_data, staged.output_data) == ({}, {})
+        # Kettle deviates from §6.5 step 6: another function than the pinned one is never staged
+        updated = function(name="builtin-other", executor_type="python", payload=b"def entrypoint(argv): pass")
+        with pytest.raises(KettleError) as info:
+            T.build_staged_task(at(SOLO, TaskStatus.STAGED), updated)
+        assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "the function changed since the task was created" in info.value.message
 
     def test_staged_task_carries_file_snapshots(self) -> None:
         task = at(WITH_FILES, TaskStatus.STAGED, assigned_inputs={"in1": file_record("i")},
@@ -764,10 +779,11 @@ class TestInvokeTask:
 
     def test_too_large_to_stage(self) -> None:
         big = function(payload=b"x" * F.MAX_PAYLOAD_BYTES)
-        assert T.build_staged_task(at(SOLO, TaskStatus.STAGED), big).function_payload == big.payload
+        pinned = at(SOLO, TaskStatus.STAGED, function_digest=F.function_digest(big))
+        assert T.build_staged_task(pinned, big).function_payload == big.payload
         bigger = function(payload=b"x" * (F.MAX_STAGED_BYTES * 3 // 4))  # no longer registrable
         with pytest.raises(KettleError) as info:
-            T.build_staged_task(at(SOLO, TaskStatus.STAGED), bigger)
+            T.build_staged_task(at(SOLO, TaskStatus.STAGED, function_digest=F.function_digest(bigger)), bigger)
         assert info.value.code == INVALID and "too large to stage" in info.value.message
 
 
@@ -808,12 +824,12 @@ def test_full_path_of_a_task_without_files() -> None:
     task = DUO
     task = T.assign_data(task, ALICE, [], [])
     assert task.status == TaskStatus.DATA_ASSIGNED
-    task = T.approve_task(task, OWNER)
+    task = T.approve_task(task, OWNER, None, now=NOW)
     assert task.status == TaskStatus.DATA_ASSIGNED
-    refused(lambda: T.invoke_task(task, ALICE, PRIVATE_FN, USAGE), UNKNOWN, "failed to invoke task")
-    task = T.approve_task(task, ALICE)
+    refused(lambda: T.invoke_task(task, ALICE, PRIVATE_FN, USAGE, NOW), UNKNOWN, "failed to invoke task")
+    task = T.approve_task(task, ALICE, None, now=NOW)
     assert task.status == TaskStatus.APPROVED
-    task = T.invoke_task(task, ALICE, PRIVATE_FN, USAGE)
+    task = T.invoke_task(task, ALICE, PRIVATE_FN, USAGE, NOW)
     assert task.status == TaskStatus.STAGED
     assert T.cancel_task(task, ALICE) is None
     assert TaskRecord.from_bytes(task.to_bytes()) == task

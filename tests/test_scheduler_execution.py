@@ -18,6 +18,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +28,7 @@ from conftest import Platform, make_home
 
 from kettle.config import Config
 from kettle.launcher import Child, spawn, stop_all
+from kettle.model.functions import function_digest
 from kettle.model.records import (
     STAGED_SIGNAL_KEY,
     STAGED_TASK_QUEUE,
@@ -43,6 +45,7 @@ from kettle.model.records import (
     task_key,
 )
 from kettle.model.scheduling import lease_key
+from kettle.model.tasks import build_staged_task
 from kettle.rpc.generated import kettle_scheduler_pb2 as pb
 from kettle.rpc.generated import kettle_scheduler_pb2_grpc as pb_grpc
 from kettle.rpc.generated import teaclave_common_pb2 as common_pb
@@ -89,26 +92,26 @@ class Management:
     async def stage(
         self, arguments: dict[str, Any], name: str = "builtin-echo", executor_type: str = "builtin",
         executor: str = "builtin", outputs: dict[str, FileRecord] | None = None, cancel_first: bool = False,
+        tamper: Callable[[StagedTask], StagedTask] = lambda staged: staged,
     ) -> str:
+        """Store a Staged task pinned to the function and queue its staged task (after ``tamper``)."""
         function = await self.function(name, executor_type)
         args_text = json.dumps(arguments, sort_keys=True, separators=(",", ":"))
         task = TaskRecord(
             uuid=str(uuid.uuid4()), creator="alice", function_id=function.uuid, function_owner="bob",
             function_arguments=args_text, executor=executor, inputs_ownership={},
             outputs_ownership={n: ("alice",) for n in outputs or {}}, participants=("alice",),
-            approved_users=("alice",), assigned_outputs=outputs or {}, status=TaskStatus.STAGED,
+            assigned_outputs=outputs or {}, status=TaskStatus.STAGED, function_digest=function_digest(function),
         )
         await self.store.put(task_key(task.uuid), task.to_bytes())
         if cancel_first:
             await self.cancel(task.uuid)
-        staged = StagedTask(
-            task_id=task.uuid, function_id=function.uuid, user_id="alice", executor=executor,
-            executor_type=executor_type, function_name=name, function_arguments=args_text,
-            function_payload=function.payload, input_data={}, output_data=outputs or {},
-        )
+        await self.enqueue(tamper(build_staged_task(task, function)))
+        return task.uuid
+
+    async def enqueue(self, staged: StagedTask) -> None:
         await self.store.enqueue(STAGED_TASK_QUEUE, staged.to_bytes())
         await self.store.put(STAGED_SIGNAL_KEY, uuid.uuid4().bytes)
-        return task.uuid
 
     async def cancel(self, task_id: str) -> None:
         await self.store.put(cancel_request_key(task_id), task_id.encode())
@@ -285,6 +288,27 @@ def test_function_errors_end_failed_with_the_reason(shared: Platform) -> None:
             for task_id, reason in cases.items():
                 done = await m.ended(task_id)
                 assert (done.status, done.result.failure) == (TaskStatus.FAILED, reason)
+
+    run(body)
+
+
+def test_the_node_runs_only_what_the_digests_pin(shared: Platform) -> None:
+    """The node checks the staged task against the digests the task pinned before it runs
+    anything: other code, or other arguments, end the task Failed with the reason."""
+    refused = "Runtime Error: refused to run: "
+
+    async def body() -> None:
+        async with Management(shared.config) as m:
+            swapped = await m.stage({"message": "hi"}, tamper=lambda s: replace(s, function_payload=b"other code"))
+            altered = await m.stage({"message": "hi"},
+                                    tamper=lambda s: replace(s, function_arguments='{"message":"x"}'))
+            honest = await m.stage({"message": "hi"})
+            payload = "the function payload does not match the digest pinned when the task was created"
+            assert (await m.wait(swapped, ended_as(TaskStatus.FAILED, refused + payload))).result.outputs is None
+            other = "the staged task is not the task its digest describes"
+            await m.wait(altered, ended_as(TaskStatus.FAILED, refused + other))
+            done = await m.ended(honest)
+            assert done.result.outputs is not None and done.result.outputs.return_value == b"hi"
 
     run(body)
 

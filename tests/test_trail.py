@@ -46,6 +46,8 @@ class World:
     tasks: dict[str, str] = field(default_factory=dict)
     files: dict[str, list[str]] = field(default_factory=dict)
     """The files each party registered for the tasks, by task label: (inputs, outputs) ids."""
+    digests: dict[str, str] = field(default_factory=dict)
+    """Each task's digest, as GetTask reports it, by task label."""
 
     def connect(self) -> None:
         for client in (*self.clients.values(), *([self.publisher] if self.publisher else [])):
@@ -111,9 +113,10 @@ def psi_output(world: World, party: str, name: str) -> str:
     return world.clients[party].register_output_file(url, key.schema, key.key, key.iv)
 
 
-def run_psi(world: World, label: str, creator: str, owners: tuple[str, str]) -> None:
+def run_psi(world: World, label: str, creator: str, owners: tuple[str, str], second_thoughts: str = "") -> None:
     """A PSI whose input/output 1 belong to ``owners[0]`` and 2 to ``owners[1]``, created
-    and invoked by ``creator``; every participant approves."""
+    and invoked by ``creator``; every participant approves (``second_thoughts`` approves,
+    revokes and approves again)."""
     assert world.publisher is not None
     function_id = world.publisher.register_function(
         "builtin-ordered-set-intersect", "psi", "builtin", arguments=[FunctionArgument("order")],
@@ -128,8 +131,12 @@ def run_psi(world: World, label: str, creator: str, owners: tuple[str, str]) -> 
         world.clients[owner].assign_data(task_id, inputs={f"input_data{n}": data_in},
                                          outputs={f"output_result{n}": data_out})
         world.files.setdefault(f"{label}/{owner}", []).extend([data_in, data_out])
+    world.digests[label] = world.clients[creator].get_task(task_id).task_digest
+    if second_thoughts:
+        world.clients[second_thoughts].approve_task(task_id)
+        world.clients[second_thoughts].revoke_approval(task_id)
     for party in sorted({creator, *owners}):
-        world.clients[party].approve_task(task_id)
+        world.clients[party].approve_task(task_id, expect_digest=world.digests[label])
     world.clients[creator].invoke_task(task_id)
     world.clients[creator].wait_task(task_id, timeout=120).outputs_or_raise()
     world.tasks[label] = task_id
@@ -138,27 +145,31 @@ def run_psi(world: World, label: str, creator: str, owners: tuple[str, str]) -> 
 @pytest.fixture(scope="module")
 def ran(world: World) -> World:
     run_psi(world, "alice-only", "alice", ("alice", "alice"))
-    run_psi(world, "alice-bob", "carol", ("alice", "bob"))
+    run_psi(world, "alice-bob", "carol", ("alice", "bob"), second_thoughts="bob")
     run_psi(world, "carol-only", "carol", ("carol", "carol"))
     return world
 
 
 def summary(trail: Trail) -> list[tuple[Any, ...]]:
-    """(kind, task, files read, files written) of each entry, in order."""
-    return [(e["kind"], e["task_id"], tuple(e["files_read"]), tuple(e["files_written"])) for e in trail.described()]
+    """(kind, task, task digest, files read, files written) of each entry, in order."""
+    return [(e["kind"], e["task_id"], e["task_digest"], tuple(e["files_read"]), tuple(e["files_written"]))
+            for e in trail.described()]
 
 
 def expected(world: World, party: str) -> list[tuple[Any, ...]]:
     t = world.tasks
     approvals = {"alice": ["alice-only", "alice-bob"], "bob": ["alice-bob"], "carol": ["alice-bob", "carol-only"]}
     ended = {"alice": ["alice-only", "alice-bob"], "bob": ["alice-bob"], "carol": ["carol-only"]}
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for label in ("alice-only", "alice-bob", "carol-only"):
+        digest = world.digests[label]
+        if label == "alice-bob" and party == "bob":  # its second thoughts
+            rows += [("approval", t[label], digest, (), ()), ("revocation", t[label], digest, (), ())]
         if label in approvals[party]:
-            rows.append(("approval", t[label], (), ()))
+            rows.append(("approval", t[label], digest, (), ()))
         if label in ended[party]:
             files = world.files[f"{label}/{party}"]
-            rows.append(("task-ended", t[label], tuple(sorted(files[0::2])), tuple(sorted(files[1::2]))))
+            rows.append(("task-ended", t[label], digest, tuple(sorted(files[0::2])), tuple(sorted(files[1::2]))))
     return rows
 
 
@@ -306,10 +317,11 @@ def test_the_trail_survives_a_restart_and_goes_on(ran: World) -> None:
     run_psi(ran, "bob-after-restart", "bob", ("bob", "bob"))
     trail = ran.clients["bob"].my_trail()
     assert trail.entries[:len(before["bob"].entries)] == before["bob"].entries
+    label = "bob-after-restart"
+    files = ran.files[f"{label}/bob"]
     assert summary(trail)[len(before["bob"].entries):] == [
-        ("approval", ran.tasks["bob-after-restart"], (), ()),
-        ("task-ended", ran.tasks["bob-after-restart"], *(tuple(sorted(f)) for f in (
-            ran.files["bob-after-restart/bob"][0::2], ran.files["bob-after-restart/bob"][1::2]))),
+        ("approval", ran.tasks[label], ran.digests[label], (), ()),
+        ("task-ended", ran.tasks[label], ran.digests[label], tuple(sorted(files[0::2])), tuple(sorted(files[1::2]))),
     ]
     verdict = ran.clients["bob"].verify_my_trail()
     assert verdict.ok, verdict.reason

@@ -8,8 +8,9 @@ from dataclasses import replace
 
 import pytest
 
-from kettle.model import trail
+from kettle.model import consent, trail
 from kettle.model.records import (
+    Approval,
     CryptoInfo,
     FileRecord,
     TaskOutputs,
@@ -155,7 +156,8 @@ def ended_task(status: TaskStatus, attempts: int = 1) -> TaskRecord:
         uuid=str(uuid.uuid4()), creator="alice", function_id=str(uuid.uuid4()), function_owner="fo",
         function_arguments="{}", executor="builtin",
         inputs_ownership={"a": ("alice",), "b": ("bob",)}, outputs_ownership={"out": ("alice", "carol")},
-        participants=("alice", "bob", "carol"), approved_users=("alice", "bob", "carol"),
+        participants=("alice", "bob", "carol"),
+        approvals=tuple(Approval(p, "cd" * 32, 1_700_000_000) for p in ("alice", "bob", "carol")),
         assigned_inputs={"a": alice_in, "b": bob_in}, assigned_outputs={"out": shared_out},
         status=status, result=TaskResult(outputs=outputs, failure=None if outputs else "boom"), attempts=attempts,
     )
@@ -171,8 +173,9 @@ def test_a_finished_task_gives_each_party_the_files_of_its_own_it_read_and_wrote
     assert (events["bob"].files_read, events["bob"].files_written) == ((b_in,), ())
     assert (events["carol"].files_read, events["carol"].files_written) == ((), (out,))
     for e in events.values():
-        assert (e.kind, e.outcome, e.task_id, e.receipt, e.event_id) == (
-            EventKind.TASK_ENDED, "Finished", f"task-{task.uuid}", b"receipt", f"ended-{task.uuid}")
+        assert (e.kind, e.outcome, e.task_id, e.receipt, e.event_id, e.task_digest) == (
+            EventKind.TASK_ENDED, "Finished", f"task-{task.uuid}", b"receipt", f"ended-{task.uuid}",
+            consent.task_digest(task))
 
 
 def test_a_failed_task_wrote_nothing_and_a_task_that_never_ran_is_in_no_trail() -> None:

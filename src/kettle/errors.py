@@ -77,6 +77,14 @@ class ResourceExhausted(KettleError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class ConsentError(KettleError):
+    """A task's consent does not hold for what would run: its function changed since it was
+    pinned, an approval is missing, revoked, expired or covers another digest, or a party's
+    expected digest is not the task's (``docs/tasks.md`` "Consent"). The message says which."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 def unavailable_message(service: str) -> str:
     """The sentence a caller sees when the platform service ``service`` cannot be reached."""
     return f"the {service.replace('_', ' ')} service is unavailable; try again later"

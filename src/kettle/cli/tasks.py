@@ -1,4 +1,7 @@
-"""``kettle task create|assign|approve|invoke|cancel|get|wait`` (frontend API).
+"""``kettle task create|assign|show|approve|revoke|invoke|cancel|get|wait`` (frontend API).
+
+``task show`` prints exactly what an approval covers (the task's canonical
+description and its digest); ``task approve --expect-digest`` approves only that.
 
 ``task wait`` waits on the frontend's WaitTask, which answers the moment the
 task ends, in short slices so the live display can show the task's status as it
@@ -8,6 +11,7 @@ moves; the result is printed as soon as it exists.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -27,7 +31,7 @@ from . import functions  # noqa: E402  (a module, not its names: it may still be
 from .main import err, one_line_errors, out  # noqa: E402
 
 if TYPE_CHECKING:
-    from ..sdk.frontend import TaskInfo
+    from ..sdk.frontend import TaskApproval, TaskInfo
 
 STATUS_REFRESH_SECS = 2.0
 """Longest WaitTask slice of ``task wait``; only the display's status depends on it,
@@ -62,6 +66,17 @@ def parse_assignment(spec: str, option: str) -> tuple[str, str]:
     if not name or not sep or not data_id:
         raise ValueError(f"{option} must be NAME=DATA_ID, not {spec!r}")
     return name, data_id
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, option: str) -> int:
+    """``90``, ``90s``, ``15m``, ``12h`` or ``7d`` as a positive number of seconds."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in DURATION_UNITS else (text, "s")
+    if not re.fullmatch(r"[0-9]{1,12}", number) or int(number) <= 0:
+        raise ValueError(f"{option} must be a positive duration such as 3600, 90m, 12h or 7d, not {text!r}")
+    return int(number) * DURATION_UNITS[unit]
 
 
 def _mapping(pairs: list[tuple[str, Any]], option: str) -> dict[str, Any]:
@@ -116,6 +131,11 @@ def _task_table(info: TaskInfo) -> Table:
     table.add_row("assigned outputs", escape(assigned(info.assigned_outputs)))
     table.add_row("participants", escape(", ".join(info.participants)) or "-")
     table.add_row("approved by", escape(", ".join(info.approved_users)) or "-")
+    for approval in info.approvals:
+        table.add_row(f"approval of {escape(approval.user_id)}", escape(_approval_text(approval)))
+    if info.task_digest:
+        table.add_row("function digest", info.function_digest or "-")
+        table.add_row("task digest", info.task_digest)
     table.add_row("result", escape(_result_text(info)))
     from ..sdk.frontend import TaskFailure, TaskOutputs
 
@@ -127,6 +147,36 @@ def _task_table(info: TaskInfo) -> Table:
         for line in info.result.log:
             table.add_row("log", escape(line))
     return table
+
+
+def _time_text(seconds: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _approval_text(approval: TaskApproval) -> str:
+    expiry = "no expiry" if approval.expires_at is None else f"expires {_time_text(approval.expires_at)}"
+    return f"{_time_text(approval.approved_at)}, {expiry}, digest {approval.task_digest}"
+
+
+def consent_text(info: TaskInfo) -> str:
+    """What ``task show`` prints: the description an approval covers, its digest, the approvals."""
+    if not info.task_manifest:
+        return "this frontend does not bind approvals to a task digest (not a Kettle platform)"
+    manifest = json.dumps(json.loads(info.task_manifest), indent=2, sort_keys=True, ensure_ascii=False)
+    lines = [
+        f"An approval of {info.task_id} covers exactly this description (canonical JSON; its SHA-256 is the",
+        "task digest). URLs and crypto infos appear as SHA-256 digests, so each owner can check its own.",
+        "",
+        manifest,
+        "",
+        f"function digest: {info.function_digest}",
+        f"task digest:     {info.task_digest}",
+    ]
+    lines += [f"approval of {a.user_id}: {_approval_text(a)}" for a in info.approvals]
+    lines += ["", f"approve exactly this: kettle task approve {info.task_id} --expect-digest {info.task_digest}"]
+    return "\n".join(lines)
 
 
 class _WaitDisplay:
@@ -192,12 +242,40 @@ def assign(
     out.print(f"assigned {len(inputs) + len(outputs)} file(s) to {task_id}", highlight=False)
 
 
+@app.command("show")
+@one_line_errors
+def show(task_id: str, as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """Show exactly what an approval of the task covers, and its digest."""
+    info = functions.frontend_client().get_task(task_id)
+    if as_json:
+        data = info.to_json()
+        out.print_json(data={k: data[k] for k in ("task_id", "function_digest", "task_digest", "task_manifest",
+                                                  "approvals")})
+    else:
+        out.print(consent_text(info), highlight=False, markup=False)
+
+
 @app.command("approve")
 @one_line_errors
-def approve(task_id: str) -> None:
+def approve(
+    task_id: str,
+    expect_digest: str = typer.Option(None, "--expect-digest",
+                                      help="approve only if the task digest is this one (see `kettle task show`)"),
+    expires_in: str = typer.Option(None, "--expires-in",
+                                   help="the approval lapses after this long: 3600, 90m, 12h, 7d"),
+) -> None:
     """Approve a task you participate in."""
-    functions.frontend_client().approve_task(task_id)
-    out.print(f"approved {task_id}", highlight=False)
+    seconds = None if expires_in is None else parse_duration(expires_in, "--expires-in")
+    functions.frontend_client().approve_task(task_id, expect_digest=expect_digest, expires_in=seconds)
+    out.print(f"approved {task_id}" + ("" if seconds is None else f" for {seconds} s"), highlight=False)
+
+
+@app.command("revoke")
+@one_line_errors
+def revoke(task_id: str) -> None:
+    """Withdraw your approval of a task that is not invoked yet."""
+    functions.frontend_client().revoke_approval(task_id)
+    out.print(f"revoked your approval of {task_id}", highlight=False)
 
 
 @app.command("invoke")

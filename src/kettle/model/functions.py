@@ -21,6 +21,7 @@ declared once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, replace
 from typing import Any
@@ -53,7 +54,9 @@ __all__ = [
     "check_owner",
     "check_quota",
     "disable_function",
+    "function_digest",
     "function_ids_from_keys",
+    "function_manifest",
     "function_view",
     "list_functions",
     "parse_function_id",
@@ -464,6 +467,53 @@ def function_ids_from_keys(keys: list[bytes]) -> list[str]:
         if bare is not None:
             ids.append(external_id(Kind.FUNCTION, bare))
     return sorted(ids)
+
+
+# --- content digest ------------------------------------------------------------------------
+
+FUNCTION_MANIFEST_VERSION = "kettle-function-digest-v1"
+
+
+def canonical_json(doc: Any) -> str:
+    """The one canonical JSON text Kettle hashes: keys sorted at every level, no spaces,
+    non-ASCII kept as is (hashed as UTF-8). Python's ``json.dumps(doc, sort_keys=True,
+    separators=(",", ":"), ensure_ascii=False)`` produces it."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_hex(text: str | bytes) -> str:
+    return hashlib.sha256(text.encode("utf-8") if isinstance(text, str) else text).hexdigest()
+
+
+def function_manifest(function: FunctionRecord) -> str:
+    """What a task pins of its function: everything that decides what runs, nothing else.
+
+    The payload (by its SHA-256), the executor type, the name (for a built-in the name
+    *is* the code), every declared argument (key, default, overwritable) and every
+    declared input and output (name, optional), in canonical JSON (``docs/tasks.md``
+    "Consent"). Descriptions, the allowlist, the quota, ``public`` and ``disabled`` are
+    left out: they do not change what runs (``public`` changes who takes part, which
+    the task digest covers)."""
+    return canonical_json({
+        "digest": FUNCTION_MANIFEST_VERSION,
+        "name": function.name,
+        "executor_type": function.executor_type,
+        "payload_sha256": function.payload_sha256,
+        "arguments": sorted(
+            ({"key": a.key, "default_value": a.default_value, "allow_overwrite": a.allow_overwrite}
+             for a in function.arguments),
+            key=lambda a: str(a["key"]),
+        ),
+        "inputs": sorted(({"name": f.name, "optional": f.optional} for f in function.inputs),
+                         key=lambda f: str(f["name"])),
+        "outputs": sorted(({"name": f.name, "optional": f.optional} for f in function.outputs),
+                          key=lambda f: str(f["name"])),
+    })
+
+
+def function_digest(function: FunctionRecord) -> str:
+    """SHA-256 (hex) of :func:`function_manifest`: the function's content digest."""
+    return sha256_hex(function_manifest(function))
 
 
 # --- use in tasks ------------------------------------------------------------------------

@@ -9,7 +9,8 @@ Storage keys (platform partition, ``spec/platform.md`` §8): ``function-<uuid>``
 ``usage-<uuid>``, ``user-<uuid5 of user id>``, ``task-<uuid>``, ``input-<uuid>``,
 ``output-<uuid>``, ``cancel-request-<uuid>``; the queue ``staged-task``. Kettle
 adds ``payload-<uuid>``: a function's payload, as raw bytes (see
-:class:`FunctionRecord`).
+:class:`FunctionRecord`), and ``pinned-task-<function uuid>-<task uuid>``: the tasks
+pinned to a function (see :func:`pinned_task_key`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from enum import IntEnum
-from typing import Any, TypeVar
+from typing import Any
 
 STAGED_TASK_QUEUE = b"staged-task"
 
@@ -63,6 +64,19 @@ def task_key(bare: str) -> bytes:
     return f"task-{bare}".encode()
 
 
+PINNED_TASK_PREFIX = "pinned-task-"
+
+
+def pinned_tasks_prefix(function_bare: str) -> bytes:
+    """Keys ``pinned-task-<function uuid>-<task uuid>`` (empty values): the tasks pinned to a
+    function, so an update of the function can make them follow it (Kettle)."""
+    return f"{PINNED_TASK_PREFIX}{function_bare}-".encode()
+
+
+def pinned_task_key(function_bare: str, task_bare: str) -> bytes:
+    return pinned_tasks_prefix(function_bare) + task_bare.encode()
+
+
 def input_key(bare: str) -> bytes:
     return f"input-{bare}".encode()
 
@@ -79,20 +93,6 @@ def _unb64(text: Any) -> bytes:
     if not isinstance(text, str):
         raise ValueError("expected base64 text")
     return base64.b64decode(text, validate=True)
-
-
-R = TypeVar("R")
-
-
-def _strict_load(cls: type[R], data: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except ValueError as exc:
-        raise ValueError(f"{cls.__name__} record is not JSON: {exc}") from None
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    if not isinstance(doc, dict) or set(doc) != names:
-        raise ValueError(f"{cls.__name__} record has the wrong fields")
-    return doc
 
 
 def _dump(doc: dict[str, Any]) -> bytes:
@@ -338,6 +338,48 @@ class TaskResult:
         raise ValueError("malformed task result")
 
 
+MAX_APPROVAL_SECS = 10 * 366 * 24 * 3600
+"""Longest validity an approval may ask for (``valid_for_secs``): about ten years, so
+an expiry always fits every integer type it travels in."""
+
+
+@dataclass(frozen=True)
+class Approval:
+    """One participant's consent to a task (Kettle, ``spec/platform.md`` §12 row 21).
+
+    It covers exactly the task digest it names (:mod:`kettle.model.consent`): when
+    anything the digest covers changes, the approval lapses. Times are Unix seconds.
+    """
+
+    user_id: str
+    task_digest: str
+    """SHA-256 (hex) of the task's canonical description when the approval was given."""
+    approved_at: int
+    expires_at: int | None = None
+    """None = until the task runs or the approval is revoked."""
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+    def to_json(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "task_digest": self.task_digest, "approved_at": self.approved_at,
+                "expires_at": self.expires_at}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Approval:
+        if not isinstance(doc, dict) or set(doc) != {"user_id", "task_digest", "approved_at", "expires_at"}:
+            raise ValueError("malformed approval")
+        user_id, digest, at, expires = doc["user_id"], doc["task_digest"], doc["approved_at"], doc["expires_at"]
+        if not (isinstance(user_id, str) and isinstance(digest, str) and _is_int(at)
+                and (expires is None or _is_int(expires))):
+            raise ValueError("malformed approval")
+        return cls(user_id, digest, at, expires)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 @dataclass(frozen=True)
 class TaskRecord:
     """A task (``spec/platform.md`` §6.1). Sets are kept as sorted tuples; maps as dicts."""
@@ -353,13 +395,29 @@ class TaskRecord:
     inputs_ownership: dict[str, tuple[str, ...]]
     outputs_ownership: dict[str, tuple[str, ...]]
     participants: tuple[str, ...]
-    approved_users: tuple[str, ...] = ()
+    approvals: tuple[Approval, ...] = ()
+    """The approvals in force, one per participant at most, sorted by user (Kettle: each
+    bound to a task digest, possibly expiring)."""
     assigned_inputs: dict[str, FileRecord] = field(default_factory=dict)
     assigned_outputs: dict[str, FileRecord] = field(default_factory=dict)
     status: TaskStatus = TaskStatus.CREATED
     result: TaskResult = TaskResult()
     attempts: int = 0
     """How many times an execution node started it (Kettle: bounded re-runs after a lost node)."""
+    function_digest: str = ""
+    """The function's content digest pinned at CreateTask (:func:`kettle.model.functions.function_digest`);
+    empty only for a task stored before Kettle pinned functions."""
+    lapsed: dict[str, str] = field(default_factory=dict)
+    """User ID → why that participant's approval lapsed (revoked, or voided by a change): kept until
+    the participant approves again, so a refused InvokeTask can say whose consent is missing and why."""
+
+    @property
+    def approved_users(self) -> tuple[str, ...]:
+        """Teaclave's ``approved_users``: who has an approval recorded."""
+        return tuple(a.user_id for a in self.approvals)
+
+    def approval_of(self, user_id: str) -> Approval | None:
+        return next((a for a in self.approvals if a.user_id == user_id), None)
 
     def to_bytes(self) -> bytes:
         return _dump({
@@ -372,7 +430,9 @@ class TaskRecord:
             "inputs_ownership": {k: sorted(v) for k, v in self.inputs_ownership.items()},
             "outputs_ownership": {k: sorted(v) for k, v in self.outputs_ownership.items()},
             "participants": sorted(self.participants),
-            "approved_users": sorted(self.approved_users),
+            "approvals": [a.to_json() for a in sorted(self.approvals, key=lambda a: a.user_id)],
+            "function_digest": self.function_digest,
+            "lapsed": dict(self.lapsed),
             "assigned_inputs": {k: v.to_json() for k, v in self.assigned_inputs.items()},
             "assigned_outputs": {k: v.to_json() for k, v in self.assigned_outputs.items()},
             "status": int(self.status),
@@ -382,7 +442,7 @@ class TaskRecord:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TaskRecord:
-        doc = _strict_load(cls, data)
+        doc = _task_doc(data)
         try:
             return cls(
                 uuid=doc["uuid"],
@@ -394,15 +454,42 @@ class TaskRecord:
                 inputs_ownership={k: tuple(v) for k, v in doc["inputs_ownership"].items()},
                 outputs_ownership={k: tuple(v) for k, v in doc["outputs_ownership"].items()},
                 participants=tuple(doc["participants"]),
-                approved_users=tuple(doc["approved_users"]),
+                approvals=tuple(Approval.from_json(a) for a in doc["approvals"]),
                 assigned_inputs={k: FileRecord.from_json(v) for k, v in doc["assigned_inputs"].items()},
                 assigned_outputs={k: FileRecord.from_json(v) for k, v in doc["assigned_outputs"].items()},
                 status=TaskStatus(doc["status"]),
                 result=TaskResult.from_json(doc["result"]),
                 attempts=int(doc["attempts"]),
+                function_digest=str(doc["function_digest"]),
+                lapsed={str(k): str(v) for k, v in doc["lapsed"].items()},
             )
         except (TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"malformed task record: {exc}") from None
+
+
+LEGACY_APPROVAL = "was given before approvals were bound to a task digest"
+
+
+def _task_doc(data: bytes) -> dict[str, Any]:
+    """A stored task's fields. A record written before approvals were bound to digests
+    (``approved_users``, no pin) still loads: no pinned digest, and each former approval
+    recorded as lapsed, so such a task is never invoked on consent nobody gave to a digest."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise ValueError(f"TaskRecord record is not JSON: {exc}") from None
+    current = {f.name for f in fields(TaskRecord)}
+    legacy = current - {"approvals", "function_digest", "lapsed"} | {"approved_users"}
+    if not isinstance(doc, dict) or set(doc) not in (current, legacy):
+        raise ValueError("TaskRecord record has the wrong fields")
+    if "approved_users" in doc:
+        users = doc.pop("approved_users")
+        if not isinstance(users, list):
+            raise ValueError("malformed task record: approved_users")
+        doc.update(approvals=[], function_digest="", lapsed={str(u): LEGACY_APPROVAL for u in users})
+        if doc["status"] == TaskStatus.APPROVED:  # waiting for approvals again, which it may now receive
+            doc["status"] = int(TaskStatus.DATA_ASSIGNED)
+    return doc
 
 
 @dataclass(frozen=True)
@@ -419,6 +506,17 @@ class StagedTask:
     function_payload: bytes
     input_data: dict[str, FileRecord]
     output_data: dict[str, FileRecord]
+    function_digest: str = ""
+    """The digest pinned in the task (SHA-256 hex of ``function_manifest``)."""
+    function_manifest: str = ""
+    """The canonical description of the function whose SHA-256 is ``function_digest``: the node
+    checks the payload, name and executor type it runs against it (:mod:`kettle.model.consent`)."""
+    task_digest: str = ""
+    """The digest of everything the approvals covered (SHA-256 hex of ``task_manifest``)."""
+    task_manifest: str = ""
+    """The canonical description the approvals covered; the node checks it describes what it runs."""
+    approvals: tuple[Approval, ...] = ()
+    """The approvals the task was invoked on (user, time, digest, expiry), sorted by user."""
 
     def to_bytes(self) -> bytes:
         return _dump({
@@ -432,11 +530,16 @@ class StagedTask:
             "function_payload": _b64(self.function_payload),
             "input_data": {k: v.to_json() for k, v in self.input_data.items()},
             "output_data": {k: v.to_json() for k, v in self.output_data.items()},
+            "function_digest": self.function_digest,
+            "function_manifest": self.function_manifest,
+            "task_digest": self.task_digest,
+            "task_manifest": self.task_manifest,
+            "approvals": [a.to_json() for a in self.approvals],
         })
 
     @classmethod
     def from_bytes(cls, data: bytes) -> StagedTask:
-        doc = _strict_load(cls, data)
+        doc = _staged_doc(data)
         try:
             return cls(
                 task_id=doc["task_id"],
@@ -449,9 +552,31 @@ class StagedTask:
                 function_payload=_unb64(doc["function_payload"]),
                 input_data={k: FileRecord.from_json(v) for k, v in doc["input_data"].items()},
                 output_data={k: FileRecord.from_json(v) for k, v in doc["output_data"].items()},
+                function_digest=str(doc["function_digest"]),
+                function_manifest=str(doc["function_manifest"]),
+                task_digest=str(doc["task_digest"]),
+                task_manifest=str(doc["task_manifest"]),
+                approvals=tuple(Approval.from_json(a) for a in doc["approvals"]),
             )
         except (TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"malformed staged task: {exc}") from None
+
+
+_CONSENT_FIELDS = {"function_digest": "", "function_manifest": "", "task_digest": "", "task_manifest": "",
+                   "approvals": []}
+
+
+def _staged_doc(data: bytes) -> dict[str, Any]:
+    """A staged task's fields; one queued before staged tasks carried their pins decodes with
+    empty ones, which the execution node refuses to run (a clear failure, not a lost task)."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise ValueError(f"StagedTask record is not JSON: {exc}") from None
+    names = {f.name for f in fields(StagedTask)}
+    if not isinstance(doc, dict) or set(doc) not in (names, names - set(_CONSENT_FIELDS)):
+        raise ValueError("StagedTask record has the wrong fields")
+    return {**_CONSENT_FIELDS, **doc}
 
 
 def cancel_request_key(bare: str) -> bytes:

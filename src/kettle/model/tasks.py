@@ -21,7 +21,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..errors import CatalogueError, InvalidArgument, KettleError, PermissionDenied
+from ..errors import (
+    CatalogueError,
+    ConsentError,
+    InvalidArgument,
+    KettleError,
+    PermissionDenied,
+)
+from .consent import consent_problems, iso_time, task_digest, task_manifest
 from .files import assigned_file_id, check_assignable
 from .functions import (
     INVALID_FUNCTION_ID,
@@ -34,10 +41,14 @@ from .functions import (
     UsageRecord,
     check_may_create_task,
     check_quota,
+    function_digest,
+    function_manifest,
     shown,
 )
 from .ids import Kind, parse_external_id
 from .records import (
+    MAX_APPROVAL_SECS,
+    Approval,
     FileRecord,
     FunctionRecord,
     StagedTask,
@@ -67,15 +78,19 @@ __all__ = [
     "check_may_assign",
     "check_may_read_task",
     "check_participant",
+    "check_pinned",
     "create_task",
     "data_complete",
     "files_to_read",
+    "follow_function",
     "invoke_task",
+    "invoked",
     "merge_arguments",
     "ownership_map",
     "parse_arguments",
     "parse_task_id",
     "participants_of",
+    "revoke_approval",
     "stage_task",
     "validate_executor",
 ]
@@ -263,6 +278,7 @@ def create_task(
         inputs_ownership=inputs,
         outputs_ownership=outputs,
         participants=participants_of(caller.user_id, function, inputs, outputs),
+        function_digest=function_digest(function),
     )
     size = len(task.to_bytes())
     if size > MAX_RECORD_BYTES:
@@ -396,6 +412,8 @@ def assign_data(
     check_may_assign(task, caller)
     assigned_inputs = _assign(task, caller, inputs, Kind.INPUT, input_files or {})
     assigned_outputs = _assign(task, caller, outputs, Kind.OUTPUT, output_files or {})
+    # Only a Created task takes data, and a task leaves Created at its first approval, so
+    # no assignment ever changes what an approval covered.
     updated = replace(task, assigned_inputs=assigned_inputs, assigned_outputs=assigned_outputs)
     if data_complete(updated):
         updated = replace(updated, status=TaskStatus.DATA_ASSIGNED)
@@ -405,16 +423,135 @@ def assign_data(
     return updated
 
 
-def approve_task(task: TaskRecord, caller: Caller) -> TaskRecord:
+def _void_if_changed(before: TaskRecord, after: TaskRecord, why: str) -> TaskRecord:
+    """Kettle: a change to anything the task digest covers voids every approval recorded
+    on the old digest; the task goes back to waiting for approvals, and each voided
+    participant is remembered with ``why`` (for InvokeTask's refusal)."""
+    if not before.approvals or task_digest(before) == task_digest(after):
+        return after
+    lapsed = {**after.lapsed, **{a.user_id: why for a in before.approvals}}
+    status = TaskStatus.DATA_ASSIGNED if after.status == TaskStatus.APPROVED else after.status
+    return replace(after, approvals=(), lapsed=lapsed, status=status)
+
+
+def _refit(task: TaskRecord, function: FunctionRecord) -> TaskRecord | str:
+    """The task rebuilt on the changed ``function`` as CreateTask would have built it from the
+    same request, or why it cannot be (the request no longer fits the function)."""
+    try:
+        check_executor_pair(task.executor, function.executor_type)
+        merged = parse_arguments(task.function_arguments)
+        if set(merged) != {a.key for a in function.arguments}:
+            return "its arguments are not the function's arguments any more"
+        requested = {a.key: merged[a.key] for a in function.arguments if a.allow_overwrite}
+        if not _files_match(function.inputs, task.inputs_ownership) or not _files_match(
+            function.outputs, task.outputs_ownership
+        ):
+            return "its inputs or outputs are not the function's any more"
+        arguments = merge_arguments(function, requested)
+        if function.executor_type == "builtin":
+            check_builtin_task(function.name, arguments, task.inputs_ownership, task.outputs_ownership)
+    except KettleError as exc:
+        return exc.message
+    return replace(
+        task,
+        function_digest=function_digest(function),
+        function_arguments=arguments,
+        function_owner=function.owner,
+        participants=participants_of(task.creator, function, task.inputs_ownership, task.outputs_ownership),
+    )
+
+
+def follow_function(task: TaskRecord, function: FunctionRecord | None) -> TaskRecord:
+    """Kettle: a task not yet invoked follows an update of its function, when the task still
+    fits it: it pins the new digest, and every approval given to the old one lapses (an update
+    before any approval is therefore harmless). A task that no longer fits keeps its old pin,
+    so InvokeTask refuses it. Invoked and finished tasks never change."""
+    if task.status not in _PRE_STAGED or function is None or function_digest(function) == task.function_digest:
+        return task
+    refit = _refit(task, function)
+    if isinstance(refit, str):
+        return task
+    return _void_if_changed(
+        task, refit, "lapsed because the function changed since the task was created, after the approval was given "
+        f"(its digest is now {refit.function_digest})",
+    )
+
+
+def _function_changed(task: TaskRecord, function: FunctionRecord) -> str:
+    if not task.function_digest:
+        return "the task was created before Kettle pinned functions to tasks"
+    return (f"the function changed since the task was created (the task pinned digest {task.function_digest}, "
+            f"the function's is now {function_digest(function)})")
+
+
+def check_approval_request(valid_for_secs: int) -> None:
+    if not 0 <= valid_for_secs <= MAX_APPROVAL_SECS:
+        raise InvalidArgument(f"valid_for_secs must be between 0 (no expiry) and {MAX_APPROVAL_SECS}")
+
+
+def approve_task(
+    task: TaskRecord,
+    caller: Caller,
+    function: FunctionRecord | None,
+    *,
+    now: int,
+    expect_digest: str = "",
+    valid_for_secs: int = 0,
+) -> TaskRecord:
     """§6.4: the state is checked before participation; approving is idempotent;
-    Approved once everyone approved (or single participant), else DataAssigned."""
+    Approved once everyone approved (or single participant), else DataAssigned.
+
+    Kettle: the task first follows its (current) ``function`` (:func:`follow_function`);
+    if it cannot, approving is refused (FAILED_PRECONDITION). The approval is recorded
+    against the task digest, at ``now`` (Unix seconds), expiring ``valid_for_secs``
+    later (0: no expiry). With ``expect_digest``, a different current digest is refused
+    and nothing is recorded: a party approves exactly what it reviewed. Approving again
+    renews the approval (same digest, no expiry asked: unchanged)."""
     ready = task.status == TaskStatus.DATA_ASSIGNED or (task.status == TaskStatus.CREATED and data_complete(task))
     if not ready:
         raise CatalogueError(APPROVE_FAILED)
     check_participant(task, caller)
-    approved = replace(task, approved_users=tuple(sorted({*task.approved_users, caller.user_id})))
-    status = TaskStatus.APPROVED if approvals_complete(approved) else TaskStatus.DATA_ASSIGNED
-    return replace(approved, status=status)
+    check_approval_request(valid_for_secs)
+    followed = follow_function(task, function)
+    if function is not None and function_digest(function) != followed.function_digest:
+        raise ConsentError(f"{_function_changed(task, function)}, and the task no longer fits it "
+                           f"({_refit(task, function)}); create a new task")
+    task = followed
+    digest = task_digest(task)
+    if expect_digest and expect_digest != digest:
+        raise ConsentError(f"the task's digest is now {digest}, not the expected {expect_digest}: the task changed "
+                           "since it was reviewed; nothing was approved")
+    expires_at = now + valid_for_secs if valid_for_secs else None
+    existing = task.approval_of(caller.user_id)
+    if existing is None or existing.task_digest != digest or existing.expired(now) or expires_at is not None \
+            or existing.expires_at is not None:
+        approval = Approval(caller.user_id, digest, now, expires_at)
+        others = [a for a in task.approvals if a.user_id != caller.user_id]
+        lapsed = {user: why for user, why in task.lapsed.items() if user != caller.user_id}
+        task = replace(task, approvals=tuple(sorted([*others, approval], key=lambda a: a.user_id)), lapsed=lapsed)
+    status = TaskStatus.APPROVED if approvals_complete(task) else TaskStatus.DATA_ASSIGNED
+    return replace(task, status=status)
+
+
+def revoke_approval(task: TaskRecord, caller: Caller, now: int) -> TaskRecord:
+    """Kettle: a participant withdraws its approval, until the task is invoked. An Approved
+    task goes back to DataAssigned; InvokeTask then names who revoked (FAILED_PRECONDITION)."""
+    if task.status not in _PRE_STAGED:
+        raise ConsentError(
+            f"the task is {task.status.name.lower()}: an approval can be revoked only before the task is invoked"
+        )
+    check_participant(task, caller)
+    if task.approval_of(caller.user_id) is None:
+        raise ConsentError(f"{caller.user_id} has no approval of this task to revoke")
+    approvals = tuple(a for a in task.approvals if a.user_id != caller.user_id)
+    status = TaskStatus.DATA_ASSIGNED if task.status == TaskStatus.APPROVED else task.status
+    lapsed = {**task.lapsed, caller.user_id: f"was revoked at {iso_time(now)}"}
+    return replace(task, approvals=approvals, lapsed=lapsed, status=status)
+
+
+def invoked(task: TaskRecord) -> bool:
+    """Staged, running or over: nothing about its consent changes any more."""
+    return task.status not in _PRE_STAGED
 
 
 def check_invoker(task: TaskRecord, caller: Caller) -> TaskRecord:
@@ -424,31 +561,59 @@ def check_invoker(task: TaskRecord, caller: Caller) -> TaskRecord:
     return task
 
 
-def stage_task(task: TaskRecord) -> TaskRecord:
+def stage_task(task: TaskRecord, now: float) -> TaskRecord:
     """§6.5 step 5 and the status of step 7: Approved, or Created/DataAssigned whose
-    data and approvals are complete (promoted on the fly) → Staged."""
-    ready = task.status == TaskStatus.APPROVED or (
-        task.status in (TaskStatus.CREATED, TaskStatus.DATA_ASSIGNED) and data_complete(task) and approvals_complete(task)
+    data and approvals are complete (promoted on the fly) → Staged.
+
+    Kettle: with more than one participant, every approval must be in force at ``now``
+    (not expired, covering the current task digest); an approval that lapsed (revoked,
+    expired, voided by a change) is refused with FAILED_PRECONDITION naming whose and
+    why. Approvals that were simply never given keep the reference's refusal."""
+    data_ready = task.status == TaskStatus.APPROVED or (
+        task.status in (TaskStatus.CREATED, TaskStatus.DATA_ASSIGNED) and data_complete(task)
     )
-    if not ready:
+    if not data_ready:
         raise CatalogueError(INVOKE_FAILED)
+    if len(task.participants) > 1:
+        problems, never = consent_problems(task, now)
+        if problems:
+            missing = f"; {', '.join(never)} never approved it" if never else ""
+            raise ConsentError(f"the task cannot run: {'; '.join(problems)}{missing}")
+        if never:
+            raise CatalogueError(INVOKE_FAILED)
     return replace(task, status=TaskStatus.STAGED)
 
 
 def invoke_task(
-    task: TaskRecord, caller: Caller, function: FunctionRecord | None, usage: UsageRecord | None
+    task: TaskRecord, caller: Caller, function: FunctionRecord | None, usage: UsageRecord | None, now: float
 ) -> TaskRecord:
-    """§6.5 steps 2–5 in order: creator, function and usage record exist, quota, state."""
+    """§6.5 steps 2–5 in order: creator, function and usage record exist, quota, state.
+
+    Kettle, after the quota: the function's current digest must be the one the task
+    pinned (else FAILED_PRECONDITION: the function changed since the task was created);
+    then the approvals must hold at ``now`` (:func:`stage_task`)."""
     check_invoker(task, caller)
     if function is None or usage is None:
         raise InvalidArgument(INVALID_FUNCTION_ID)
     check_quota(function, usage)
-    return stage_task(task)
+    if task.status in _PRE_STAGED:
+        check_pinned(task, function)
+    return stage_task(task, now)
+
+
+def check_pinned(task: TaskRecord, function: FunctionRecord) -> None:
+    """The function must still be the one the task pinned; checked again when staging."""
+    if function_digest(function) != task.function_digest:
+        raise ConsentError(f"{_function_changed(task, function)}; nothing ran. Each party must approve the task "
+                           "again on the new function, or the task must be created again")
 
 
 def build_staged_task(task: TaskRecord, function: FunctionRecord) -> StagedTask:
     """The self-contained staged task (§6.9): code, name and executor type from the
-    *current* function record, arguments and file snapshots from the task."""
+    function record (Kettle: the one the task pinned), arguments and file snapshots from
+    the task; and what the consent covered: both digests, the canonical descriptions
+    they hash, and the approvals (for the node's check and the task's receipt)."""
+    check_pinned(task, function)
     staged = StagedTask(
         task_id=task.uuid,
         function_id=function.uuid,
@@ -460,6 +625,11 @@ def build_staged_task(task: TaskRecord, function: FunctionRecord) -> StagedTask:
         function_payload=function.payload,
         input_data=dict(task.assigned_inputs),
         output_data=dict(task.assigned_outputs),
+        function_digest=task.function_digest,
+        function_manifest=function_manifest(function),
+        task_digest=task_digest(task),
+        task_manifest=task_manifest(task),
+        approvals=tuple(sorted(task.approvals, key=lambda a: a.user_id)),
     )
     size = len(staged.to_bytes())
     if size > MAX_STAGED_BYTES:

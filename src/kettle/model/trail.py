@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from . import consent
 from .ids import Kind, external_id
 from .records import TaskRecord, TaskStatus
 
@@ -326,7 +327,7 @@ def _owned(files: Iterable[tuple[str, str, tuple[str, ...]]], party: str) -> tup
     return tuple(sorted({data_id for data_id, _, owners in files if party in owners}))
 
 
-def task_ended_events(task: TaskRecord, time_ms: int, receipt: bytes = b"", task_digest: str = "") -> list[TrailEvent]:
+def task_ended_events(task: TaskRecord, time_ms: int, receipt: bytes = b"") -> list[TrailEvent]:
     """One event per party whose files an ended task was given, if it was ever handed to an
     execution node (``attempts`` > 0): a task that never started received no file.
 
@@ -339,6 +340,7 @@ def task_ended_events(task: TaskRecord, time_ms: int, receipt: bytes = b"", task
     outputs = [(external_id(Kind.OUTPUT, f.uuid), name, f.owner) for name, f in task.assigned_outputs.items()]
     parties = sorted({owner for _, _, owners in inputs + outputs for owner in owners})
     task_id = external_id(Kind.TASK, task.uuid)
+    digest = consent.task_digest(task)
     return [
         TrailEvent(
             event_id=f"ended-{task.uuid}",
@@ -346,7 +348,7 @@ def task_ended_events(task: TaskRecord, time_ms: int, receipt: bytes = b"", task
             party=party,
             task_id=task_id,
             time_ms=time_ms,
-            task_digest=task_digest,
+            task_digest=digest,
             outcome=task.status.name.capitalize(),
             files_read=_owned(inputs, party),
             files_written=_owned([o for o in outputs if o[1] in written], party),

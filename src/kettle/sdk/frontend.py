@@ -232,8 +232,27 @@ class TaskFailure:
 
 
 @dataclass(frozen=True)
+class TaskApproval:
+    """One participant's approval of a task (Kettle): the task digest it covers, when it was
+    given and when it expires (Unix seconds; None: no expiry)."""
+
+    user_id: str
+    task_digest: str
+    approved_at: int
+    expires_at: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "task_digest": self.task_digest, "approved_at": self.approved_at,
+                "expires_at": self.expires_at}
+
+
+@dataclass(frozen=True)
 class TaskInfo:
-    """A task as GetTask/WaitTask show it; ``result`` is None until the task ends."""
+    """A task as GetTask/WaitTask show it; ``result`` is None until the task ends.
+
+    Kettle adds what an approval covers: ``task_manifest`` (the canonical description
+    whose SHA-256 is ``task_digest``), the pinned ``function_digest``, and each recorded
+    approval. Against a plain Teaclave frontend they stay empty."""
 
     task_id: str
     creator: str
@@ -248,6 +267,10 @@ class TaskInfo:
     assigned_outputs: Mapping[str, str] = field(hash=False)
     status: TaskStatus
     result: TaskOutputs | TaskFailure | None
+    function_digest: str = ""
+    task_digest: str = ""
+    task_manifest: str = ""
+    approvals: tuple[TaskApproval, ...] = ()
 
     @property
     def terminal(self) -> bool:
@@ -307,6 +330,10 @@ class TaskInfo:
             "status": status_name(self.status),
             "status_code": int(self.status),
             "result": result,
+            "function_digest": self.function_digest,
+            "task_digest": self.task_digest,
+            "task_manifest": json.loads(self.task_manifest) if self.task_manifest else None,
+            "approvals": [a.to_json() for a in self.approvals],
         }
 
 
@@ -433,6 +460,13 @@ def parse_task(r: pb.GetTaskResponse) -> TaskInfo:
         assigned_outputs={d.data_name: d.data_id for d in r.assigned_outputs},
         status=status,
         result=result,
+        function_digest=r.function_digest,
+        task_digest=r.task_digest,
+        task_manifest=r.task_manifest,
+        approvals=tuple(
+            TaskApproval(a.user_id, a.task_digest, a.approved_at, a.expires_at or None)
+            for a in sorted(r.approvals, key=lambda a: a.user_id)
+        ),
     )
 
 
@@ -671,8 +705,17 @@ class _FrontendCore:
         return _Call("AssignData", request, _none)
 
     @staticmethod
-    def approve_task(task_id: str) -> _Call[None]:
-        return _Call("ApproveTask", pb.ApproveTaskRequest(task_id=task_id), _none)
+    def approve_task(task_id: str, expect_digest: str | None = None, expires_in: int | None = None) -> _Call[None]:
+        if expires_in is not None and (isinstance(expires_in, bool) or not isinstance(expires_in, int)
+                                       or expires_in <= 0):
+            raise ValueError("expires_in must be a positive number of seconds")
+        request = pb.ApproveTaskRequest(task_id=task_id, expect_digest=expect_digest or "",
+                                        valid_for_secs=expires_in or 0)
+        return _Call("ApproveTask", request, _none)
+
+    @staticmethod
+    def revoke_approval(task_id: str) -> _Call[None]:
+        return _Call("RevokeApproval", kettle_pb.RevokeApprovalRequest(task_id=task_id), _none, service="kettle")
 
     @staticmethod
     def invoke_task(task_id: str) -> _Call[None]:
@@ -935,8 +978,15 @@ class FrontendClient:
     def assign_data(self, task_id: str, inputs: Assignment = (), outputs: Assignment = ()) -> None:
         self._invoke(self._core.assign_data(task_id, inputs, outputs))
 
-    def approve_task(self, task_id: str) -> None:
-        self._invoke(self._core.approve_task(task_id))
+    def approve_task(self, task_id: str, expect_digest: str | None = None, expires_in: int | None = None) -> None:
+        """Approve the task. Kettle: with ``expect_digest`` (the ``task_digest`` the caller
+        reviewed), a task that changed since is refused and nothing is recorded; with
+        ``expires_in`` (seconds) the approval lapses then unless the task was invoked."""
+        self._invoke(self._core.approve_task(task_id, expect_digest, expires_in))
+
+    def revoke_approval(self, task_id: str) -> None:
+        """Withdraw the caller's approval of a task not yet invoked (Kettle)."""
+        self._invoke(self._core.revoke_approval(task_id))
 
     def invoke_task(self, task_id: str) -> None:
         self._invoke(self._core.invoke_task(task_id))
@@ -1147,8 +1197,15 @@ class AsyncFrontendClient:
     async def assign_data(self, task_id: str, inputs: Assignment = (), outputs: Assignment = ()) -> None:
         await self._invoke(self._core.assign_data(task_id, inputs, outputs))
 
-    async def approve_task(self, task_id: str) -> None:
-        await self._invoke(self._core.approve_task(task_id))
+    async def approve_task(
+        self, task_id: str, expect_digest: str | None = None, expires_in: int | None = None
+    ) -> None:
+        """As :meth:`FrontendClient.approve_task`."""
+        await self._invoke(self._core.approve_task(task_id, expect_digest, expires_in))
+
+    async def revoke_approval(self, task_id: str) -> None:
+        """As :meth:`FrontendClient.revoke_approval`."""
+        await self._invoke(self._core.revoke_approval(task_id))
 
     async def invoke_task(self, task_id: str) -> None:
         await self._invoke(self._core.invoke_task(task_id))

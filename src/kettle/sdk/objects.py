@@ -115,8 +115,11 @@ class Task:
     def assign(self, inputs: Assignment = (), outputs: Assignment = ()) -> None:
         self.client.assign_data(self.id, inputs, outputs)
 
-    def approve(self) -> None:
-        self.client.approve_task(self.id)
+    def approve(self, expect_digest: str | None = None, expires_in: int | None = None) -> None:
+        self.client.approve_task(self.id, expect_digest, expires_in)
+
+    def revoke(self) -> None:
+        self.client.revoke_approval(self.id)
 
     def invoke(self) -> None:
         self.client.invoke_task(self.id)
@@ -206,8 +209,11 @@ class AsyncTask:
     async def assign(self, inputs: Assignment = (), outputs: Assignment = ()) -> None:
         await self.client.assign_data(self.id, inputs, outputs)
 
-    async def approve(self) -> None:
-        await self.client.approve_task(self.id)
+    async def approve(self, expect_digest: str | None = None, expires_in: int | None = None) -> None:
+        await self.client.approve_task(self.id, expect_digest, expires_in)
+
+    async def revoke(self) -> None:
+        await self.client.revoke_approval(self.id)
 
     async def invoke(self) -> None:
         await self.client.invoke_task(self.id)

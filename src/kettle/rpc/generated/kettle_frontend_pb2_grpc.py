@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from . import kettle_management_pb2 as kettle__management__pb2
 from . import teaclave_frontend_service_pb2 as teaclave__frontend__service__pb2
 
@@ -40,6 +41,11 @@ class KettleFrontendStub:
                 request_serializer=kettle__management__pb2.WaitTaskRequest.SerializeToString,
                 response_deserializer=teaclave__frontend__service__pb2.GetTaskResponse.FromString,
                 _registered_method=True)
+        self.RevokeApproval = channel.unary_unary(
+                '/kettle_frontend_proto.KettleFrontend/RevokeApproval',
+                request_serializer=kettle__management__pb2.RevokeApprovalRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
         self.ListMyTrail = channel.unary_unary(
                 '/kettle_frontend_proto.KettleFrontend/ListMyTrail',
                 request_serializer=kettle__management__pb2.ListMyTrailRequest.SerializeToString,
@@ -54,6 +60,14 @@ class KettleFrontendServicer:
         """Returns as soon as the task reaches Finished, Canceled or Failed (or the
         timeout passes), with the same content and rules as GetTask: a client
         waits without polling.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApproval(self, request, context):
+        """A participant withdraws its approval of a task, until the task is invoked; gated
+        like ApproveTask (docs/tasks.md "Consent").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -74,6 +88,11 @@ def add_KettleFrontendServicer_to_server(servicer, server):
                     servicer.WaitTask,
                     request_deserializer=kettle__management__pb2.WaitTaskRequest.FromString,
                     response_serializer=teaclave__frontend__service__pb2.GetTaskResponse.SerializeToString,
+            ),
+            'RevokeApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApproval,
+                    request_deserializer=kettle__management__pb2.RevokeApprovalRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'ListMyTrail': grpc.unary_unary_rpc_method_handler(
                     servicer.ListMyTrail,
@@ -108,6 +127,33 @@ class KettleFrontend:
             '/kettle_frontend_proto.KettleFrontend/WaitTask',
             kettle__management__pb2.WaitTaskRequest.SerializeToString,
             teaclave__frontend__service__pb2.GetTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kettle_frontend_proto.KettleFrontend/RevokeApproval',
+            kettle__management__pb2.RevokeApprovalRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

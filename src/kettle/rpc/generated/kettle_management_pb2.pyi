@@ -23,6 +23,12 @@ class WaitTaskRequest(_message.Message):
     timeout_ms: int
     def __init__(self, task_id: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
+class RevokeApprovalRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
 class ListMyTrailRequest(_message.Message):
     __slots__ = ("after_sequence", "limit")
     AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]

@@ -156,6 +156,11 @@ class KettleManagementStub:
                 request_serializer=kettle__management__pb2.WaitTaskRequest.SerializeToString,
                 response_deserializer=teaclave__frontend__service__pb2.GetTaskResponse.FromString,
                 _registered_method=True)
+        self.RevokeApproval = channel.unary_unary(
+                '/kettle_management_proto.KettleManagement/RevokeApproval',
+                request_serializer=kettle__management__pb2.RevokeApprovalRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
         self.ListMyTrail = channel.unary_unary(
                 '/kettle_management_proto.KettleManagement/ListMyTrail',
                 request_serializer=kettle__management__pb2.ListMyTrailRequest.SerializeToString,
@@ -310,6 +315,12 @@ class KettleManagementServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeApproval(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListMyTrail(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -438,6 +449,11 @@ def add_KettleManagementServicer_to_server(servicer, server):
                     servicer.WaitTask,
                     request_deserializer=kettle__management__pb2.WaitTaskRequest.FromString,
                     response_serializer=teaclave__frontend__service__pb2.GetTaskResponse.SerializeToString,
+            ),
+            'RevokeApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApproval,
+                    request_deserializer=kettle__management__pb2.RevokeApprovalRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'ListMyTrail': grpc.unary_unary_rpc_method_handler(
                     servicer.ListMyTrail,
@@ -1093,6 +1109,33 @@ class KettleManagement:
             '/kettle_management_proto.KettleManagement/WaitTask',
             kettle__management__pb2.WaitTaskRequest.SerializeToString,
             teaclave__frontend__service__pb2.GetTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kettle_management_proto.KettleManagement/RevokeApproval',
+            kettle__management__pb2.RevokeApprovalRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -323,7 +323,7 @@ class GetTaskRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
 class GetTaskResponse(_message.Message):
-    __slots__ = ("task_id", "creator", "function_id", "function_owner", "function_arguments", "inputs_ownership", "outputs_ownership", "participants", "approved_users", "assigned_inputs", "assigned_outputs", "status", "result")
+    __slots__ = ("task_id", "creator", "function_id", "function_owner", "function_arguments", "inputs_ownership", "outputs_ownership", "participants", "approved_users", "assigned_inputs", "assigned_outputs", "status", "result", "function_digest", "task_digest", "task_manifest", "approvals")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     CREATOR_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -337,6 +337,10 @@ class GetTaskResponse(_message.Message):
     ASSIGNED_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    TASK_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    TASK_MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    APPROVALS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     creator: str
     function_id: str
@@ -350,7 +354,23 @@ class GetTaskResponse(_message.Message):
     assigned_outputs: _containers.RepeatedCompositeFieldContainer[DataMap]
     status: _teaclave_common_pb2.TaskStatus
     result: _teaclave_common_pb2.TaskResult
-    def __init__(self, task_id: _Optional[str] = ..., creator: _Optional[str] = ..., function_id: _Optional[str] = ..., function_owner: _Optional[str] = ..., function_arguments: _Optional[str] = ..., inputs_ownership: _Optional[_Iterable[_Union[OwnerList, _Mapping]]] = ..., outputs_ownership: _Optional[_Iterable[_Union[OwnerList, _Mapping]]] = ..., participants: _Optional[_Iterable[str]] = ..., approved_users: _Optional[_Iterable[str]] = ..., assigned_inputs: _Optional[_Iterable[_Union[DataMap, _Mapping]]] = ..., assigned_outputs: _Optional[_Iterable[_Union[DataMap, _Mapping]]] = ..., status: _Optional[_Union[_teaclave_common_pb2.TaskStatus, str]] = ..., result: _Optional[_Union[_teaclave_common_pb2.TaskResult, _Mapping]] = ...) -> None: ...
+    function_digest: str
+    task_digest: str
+    task_manifest: str
+    approvals: _containers.RepeatedCompositeFieldContainer[TaskApproval]
+    def __init__(self, task_id: _Optional[str] = ..., creator: _Optional[str] = ..., function_id: _Optional[str] = ..., function_owner: _Optional[str] = ..., function_arguments: _Optional[str] = ..., inputs_ownership: _Optional[_Iterable[_Union[OwnerList, _Mapping]]] = ..., outputs_ownership: _Optional[_Iterable[_Union[OwnerList, _Mapping]]] = ..., participants: _Optional[_Iterable[str]] = ..., approved_users: _Optional[_Iterable[str]] = ..., assigned_inputs: _Optional[_Iterable[_Union[DataMap, _Mapping]]] = ..., assigned_outputs: _Optional[_Iterable[_Union[DataMap, _Mapping]]] = ..., status: _Optional[_Union[_teaclave_common_pb2.TaskStatus, str]] = ..., result: _Optional[_Union[_teaclave_common_pb2.TaskResult, _Mapping]] = ..., function_digest: _Optional[str] = ..., task_digest: _Optional[str] = ..., task_manifest: _Optional[str] = ..., approvals: _Optional[_Iterable[_Union[TaskApproval, _Mapping]]] = ...) -> None: ...
+
+class TaskApproval(_message.Message):
+    __slots__ = ("user_id", "task_digest", "approved_at", "expires_at")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    APPROVED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    task_digest: str
+    approved_at: int
+    expires_at: int
+    def __init__(self, user_id: _Optional[str] = ..., task_digest: _Optional[str] = ..., approved_at: _Optional[int] = ..., expires_at: _Optional[int] = ...) -> None: ...
 
 class AssignDataRequest(_message.Message):
     __slots__ = ("task_id", "inputs", "outputs")
@@ -363,10 +383,14 @@ class AssignDataRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[DataMap, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[DataMap, _Mapping]]] = ...) -> None: ...
 
 class ApproveTaskRequest(_message.Message):
-    __slots__ = ("task_id",)
+    __slots__ = ("task_id", "expect_digest", "valid_for_secs")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    VALID_FOR_SECS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
-    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+    expect_digest: str
+    valid_for_secs: int
+    def __init__(self, task_id: _Optional[str] = ..., expect_digest: _Optional[str] = ..., valid_for_secs: _Optional[int] = ...) -> None: ...
 
 class InvokeTaskRequest(_message.Message):
     __slots__ = ("task_id",)

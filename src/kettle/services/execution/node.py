@@ -13,6 +13,9 @@ naming the task), so the scheduler can tell a busy node from a lost one.
   lease then runs out and the scheduler re-queues or fails the task, so nothing
   stays Running forever.
 - A result the scheduler refuses as malformed is replaced by an ``Err`` saying so.
+- A staged task whose payload, function or data is not what its pinned digests and
+  approvals cover is never run: it ends Failed with the reason
+  (:func:`kettle.model.consent.staged_refusal`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import grpc
 
 from ...config import ExecutionConfig, FileAgentConfig, SandboxConfig
 from ...executors.job import WorkerJob
+from ...model.consent import staged_refusal
 from ...model.records import StagedTask, TaskResult
 from ...rpc.channel import PeerChannels
 from ...sandbox.host import SandboxHost
@@ -46,6 +50,8 @@ PULL_WAIT_MS = 10_000
 CALL_TIMEOUT_SECS = 15.0
 RETRY_FIRST_SECS = 0.2
 RETRY_MAX_SECS = 2.0
+REFUSED_PREFIX = "Runtime Error: refused to run: "
+"""The failure reason of a staged task the node will not run, before the check's own sentence."""
 MAX_REFUSALS = 10
 """Answers other than "try again" after which a report is given up (the lease then expires)."""
 
@@ -231,6 +237,11 @@ class ExecutionNode:
         try:
             log.info("running task %s (attempt %d)", current.task_id, attempt)
             if not await self._confirm_running(current):
+                return
+            refusal = staged_refusal(staged)
+            if refusal is not None:
+                log.error("refusing to run task %s: %s", current.task_id, refusal)
+                await self._report(current, TaskResult(failure=f"{REFUSED_PREFIX}{refusal}"))
                 return
             with self._workspace.task_dir(current.task_id, attempt) as workdir:
                 job = self._workspace.job(staged, workdir)

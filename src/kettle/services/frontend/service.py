@@ -6,7 +6,9 @@ token's role category is checked against the call's policy name by the access
 control service, and the unchanged request is forwarded to the management
 service with ``id``, ``token`` and ``role`` metadata. Management's answer, or its
 error status, goes back unchanged. Every call leaves an audit entry (§9).
-Kettle's own ``KettleFrontend.WaitTask`` and ``ListMyTrail`` are gated the same way as GetTask.
+Kettle's own ``KettleFrontend.WaitTask`` and ``ListMyTrail`` are gated the same way as
+GetTask (ListMyTrail audited under its own name), and ``KettleFrontend.RevokeApproval``
+as ApproveTask (audited under its own name).
 
 A dependency that is down is answered UNAVAILABLE with a sentence naming it
 ("the access control service is unavailable; try again later") within the peer
@@ -56,8 +58,12 @@ FORWARD_TIMEOUT_SECS = INTERNAL_TIMEOUT_SECS + 60
 """Management's calls may be slow once connected (WaitTask waits for a task to end)."""
 AUDIT_FLUSH_SECS = 1.0
 WAIT_TASK_POLICY = "get_task"
+REVOKE_APPROVAL_POLICY = "approve_task"
+"""Whoever may approve a task may withdraw its approval: the same access-control action."""
 LIST_MY_TRAIL_POLICY = "get_task"
 """Whoever may read tasks may read its own trail (the roles that own data and approve)."""
+AUDIT_NAMES = {"RevokeApproval": "revoke_approval", "ListMyTrail": "list_my_trail"}
+"""Kettle RPCs gated by another RPC's policy but audited under their own name."""
 
 
 def policy_name(rpc: str) -> str:
@@ -110,7 +116,8 @@ class Gate:
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "incorrent credential", failed, None) from None
         return user_id, token, response.claims.role
 
-    async def _authorize(self, user: tuple[str, str], policy: str) -> None:
+    async def _authorize(self, user: tuple[str, str], policy: str, name: str) -> None:
+        """Ask access control about ``policy``; refusals and outages are audited as ``name``."""
         role = user[1]
         try:
             stub = ac_grpc.KettleAccessControlStub(await self._peers.ready("access_control"))
@@ -120,24 +127,25 @@ class Gate:
             )
             accepted = response.accept
         except ServiceUnavailable as outage:
-            raise _outage(outage, policy, user) from None
+            raise _outage(outage, name, user) from None
         except grpc.RpcError as exc:
             outage = peer_outage("access_control", exc)
             if outage is not None:
-                raise _outage(outage, policy, user) from None
+                raise _outage(outage, name, user) from None
             log.error("access control service failed: %s %s", exc.code().name, exc.details())
             accepted = False
         if not accepted:
-            raise _Refused(grpc.StatusCode.PERMISSION_DENIED, "permission denied", access_denied_message(policy), None)
+            raise _Refused(grpc.StatusCode.PERMISSION_DENIED, "permission denied", access_denied_message(name), None)
 
     async def handle(
         self, rpc: str, policy: str, request: Any, context: grpc.aio.ServicerContext
     ) -> Any:
         user: tuple[str, str] | None = None
+        name = AUDIT_NAMES.get(rpc, policy)
         try:
-            user_id, token, role = await self._authenticate(context, policy)
+            user_id, token, role = await self._authenticate(context, name)
             user = (user_id, role)
-            await self._authorize(user, policy)
+            await self._authorize(user, policy, name)
         except _Refused as refused:
             self._audit.record(entry_for_call(context.peer(), refused.user, refused.audit_message, False))
             await context.abort(refused.code, refused.message)
@@ -146,16 +154,16 @@ class Gate:
             stub = mgmt_grpc.KettleManagementStub(await self._peers.ready("management"))
             response = await getattr(stub, rpc)(request, metadata=metadata, timeout=FORWARD_TIMEOUT_SECS)
         except ServiceUnavailable as outage:
-            refused = _outage(outage, policy, user)
+            refused = _outage(outage, name, user)
             self._audit.record(entry_for_call(context.peer(), user, refused.audit_message, False))
             await context.abort(refused.code, refused.message)
         except grpc.RpcError as exc:
             outage = peer_outage("management", exc)
             code, details = (outage.code, outage.message) if outage else (exc.code(), exc.details() or "")
-            message = management_error_message(policy, code, details)
+            message = management_error_message(name, code, details)
             self._audit.record(entry_for_call(context.peer(), user, message, False))
             await context.abort(code, details)
-        self._audit.record(entry_for_call(context.peer(), user, success_message(policy), True))
+        self._audit.record(entry_for_call(context.peer(), user, success_message(name), True))
         return response
 
 
@@ -181,7 +189,8 @@ FRONTEND_RPCS = {
 }
 FrontendServicer = _servicer(frontend_grpc.TeaclaveFrontendServicer, FRONTEND_RPCS)
 KettleFrontendServicer = _servicer(
-    kettle_frontend_grpc.KettleFrontendServicer, {"WaitTask": WAIT_TASK_POLICY, "ListMyTrail": LIST_MY_TRAIL_POLICY}
+    kettle_frontend_grpc.KettleFrontendServicer,
+    {"WaitTask": WAIT_TASK_POLICY, "RevokeApproval": REVOKE_APPROVAL_POLICY, "ListMyTrail": LIST_MY_TRAIL_POLICY},
 )
 
 

@@ -21,6 +21,7 @@ to the party's signed chain, and ``ListMyTrail`` lists the caller's own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -43,6 +44,7 @@ from ...errors import (
     StorageError,
     StorageUnavailable,
 )
+from ...model import consent
 from ...model import files as file_rules
 from ...model import functions as fn_rules
 from ...model import tasks as task_rules
@@ -65,6 +67,8 @@ from ...model.records import (
     cancel_request_key,
     input_key,
     output_key,
+    pinned_task_key,
+    pinned_tasks_prefix,
     task_key,
     usage_key,
     user_index_key,
@@ -76,6 +80,7 @@ from ...rpc.generated import teaclave_frontend_service_pb2 as fpb
 from ...rpc.status import INTERNAL_ERROR_TEXT, rpc_method
 from ..platform_store import MAX_UPDATE_ATTEMPTS, NoChange, PlatformStore
 from ..runtime import ServiceRuntime
+from ..storage.backend import RecordWrite
 from .quotas import UserQuotas, warn_if_off
 from .trail import PAGE_ENTRIES, TrailBook, TrailDamaged, attested_signer
 
@@ -135,10 +140,6 @@ def _decode(cls: Any, raw: bytes | None) -> Any:
 def _size(record: FunctionRecord | None) -> int:
     """What a function counts on its owner's storage quota: its record and its payload (stored apart)."""
     return 0 if record is None else len(record.to_bytes()) + len(record.payload)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _unless_same(old: TaskRecord, new: TaskRecord) -> TaskRecord:
@@ -237,6 +238,14 @@ def task_response(task: TaskRecord) -> fpb.GetTaskResponse:
             fpb.DataMap(data_name=k, data_id=external_id(Kind.OUTPUT, f.uuid)) for k, f in task.assigned_outputs.items()
         ],
         status=int(task.status),
+        function_digest=task.function_digest,
+        task_digest=consent.task_digest(task),
+        task_manifest=consent.task_manifest(task),
+        approvals=[
+            fpb.TaskApproval(user_id=a.user_id, task_digest=a.task_digest, approved_at=a.approved_at,
+                             expires_at=a.expires_at or 0)
+            for a in task.approvals
+        ],
     )
     response.result.CopyFrom(result_message(task.result))
     response.result.SetInParent()
@@ -253,10 +262,13 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         limits: ManagementConfig = ManagementConfig(),
         url_policy: UrlPolicy = STRICT_URLS,
         trail: TrailBook | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """``trail`` appends the parties' trail events (None: they stay pending, e.g. in
         tests of other parts; the running service always has one)."""
         self._store = store
+        self._clock = clock
+        """Wall-clock Unix seconds: approvals are stamped with it and expire by it."""
         self._urls = url_policy
         self._audit: Any = None
         self._quotas = UserQuotas(store, limits)
@@ -385,6 +397,33 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
             *(self._change_index(u, lambda index: index.with_allowed(function_id), create=True) for u in added),
             *(self._change_index(u, lambda index: index.without_allowed(function_id), create=False) for u in removed),
         )
+        if fn_rules.function_digest(before) != fn_rules.function_digest(after):
+            await self._follow_function(after)
+
+    async def _follow_function(self, function: FunctionRecord) -> None:
+        """Every task pinned to the function and not yet invoked follows the update: approvals
+        given to the old code lapse at once (``task_rules.follow_function``). Best effort: a
+        task missed here (created concurrently, or a storage failure) still cannot run the new
+        code on old consent, since InvokeTask and the node check the pin."""
+        prefix = pinned_tasks_prefix(function.uuid)
+        for key in await self._store.keys_with_prefix(prefix):
+            bare = key[len(prefix):].decode(errors="replace")
+            if await self._store.get(task_key(bare)) is None:  # its CreateTask failed after the entry
+                await self._store.delete(key)
+                continue
+            done = False
+
+            def follow(task: TaskRecord) -> TaskRecord:
+                nonlocal done
+                done = task_rules.invoked(task)
+                return _unless_same(task, task_rules.follow_function(task, function))
+
+            try:
+                await self._store.update_task(task_key(bare), follow)
+                if done:  # invoked or over: it never follows again
+                    await self._store.delete(key)
+            except KettleError as exc:
+                log.error("task %s did not follow the update of function %s: %s", bare, function.uuid, exc)
 
     @management_rpc
     async def DeleteFunction(
@@ -451,12 +490,17 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         function = await self._get_function(bare_function)
         task = task_rules.create_task(function, caller, task_definition(request), new_uuid())
         await self._quotas.admit_task(caller.user_id, task.uuid)
+        pinned = pinned_task_key(task.function_id, task.uuid)
         try:
+            # The index entry goes first, so an update of the function finds every task pinned to it.
+            await self._store.put(pinned, b"")
             applied, _ = await self._store.compare_and_put(task_key(task.uuid), None, task.to_bytes())
             if not applied:  # a UUID v4 collision: never overwrite someone's task
                 raise InternalError(INTERNAL_ERROR_TEXT)
         except BaseException:
             await self._quotas.forget_task(caller.user_id, task.uuid)
+            with contextlib.suppress(KettleError):  # else the next update of the function drops it
+                await self._store.delete(pinned)
             raise
         return fpb.CreateTaskResponse(task_id=external_id(Kind.TASK, task.uuid))
 
@@ -519,21 +563,55 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
     ) -> empty_pb2.Empty:
         caller = caller_of(context)
         bare = task_rules.parse_task_id(request.task_id)
+        task = await self._get_task(bare)
+        function = await self._get_function(task.function_id)
+        now = int(self._clock())
+
+        def approve(current: TaskRecord) -> TaskRecord:
+            return _unless_same(current, task_rules.approve_task(
+                current, caller, function, now=now, expect_digest=request.expect_digest,
+                valid_for_secs=request.valid_for_secs,
+            ))
+
+        def given(task: TaskRecord) -> list[RecordWrite]:
+            approval = task.approval_of(caller.user_id)  # approve_task recorded it (or refused)
+            digest = "" if approval is None else approval.task_digest
+            return self._trail_event(task, caller, trail_rules.EventKind.APPROVAL, digest)
+
+        await self._store.update_task(task_key(bare), approve, also=given)
+        await self._append_trail(caller.user_id)
+        return empty_pb2.Empty()
+
+    @management_rpc
+    async def RevokeApproval(
+        self, request: pb.RevokeApprovalRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        caller = caller_of(context)
+        bare = task_rules.parse_task_id(request.task_id)
         await self._get_task(bare)
+        now = int(self._clock())
+        revoked: dict[str, str] = {}
+
+        def revoke(task: TaskRecord) -> TaskRecord:
+            approval = task.approval_of(caller.user_id)
+            revoked["digest"] = "" if approval is None else approval.task_digest
+            return task_rules.revoke_approval(task, caller, now)
+
         await self._store.update_task(
-            task_key(bare),
-            lambda task: _unless_same(task, task_rules.approve_task(task, caller)),
-            also=lambda task: self._trail_event(task, caller, trail_rules.EventKind.APPROVAL),
+            task_key(bare), revoke,
+            also=lambda task: self._trail_event(task, caller, trail_rules.EventKind.REVOCATION, revoked["digest"]),
         )
         await self._append_trail(caller.user_id)
         return empty_pb2.Empty()
 
     # --- the parties' trails ---
 
-    @staticmethod
-    def _trail_event(task: TaskRecord, caller: Caller, kind: trail_rules.EventKind) -> list[tuple[bytes, bytes | None]]:
-        """The pending trail event of an approval (or its withdrawal), written with it."""
-        event = trail_rules.approval_event(task, caller.user_id, kind, _now_ms(), new_uuid())
+    def _trail_event(
+        self, task: TaskRecord, caller: Caller, kind: trail_rules.EventKind, digest: str
+    ) -> list[RecordWrite]:
+        """The pending trail event of an approval (or its withdrawal) of the task digest
+        ``digest``, written in the same transaction as the task record."""
+        event = trail_rules.approval_event(task, caller.user_id, kind, int(self._clock() * 1000), new_uuid(), digest)
         return trail_rules.pending_writes([event], os.urandom(STAGED_SIGNAL_BYTES))
 
     async def _append_trail(self, party: str) -> None:
@@ -567,14 +645,15 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         task = await self._get_task(bare)
         function = await self._get_function(task.function_id)
         usage = await self._get_usage(task.function_id)
+        now = self._clock()
         # Every check of §6.5 in its order, on what we read; repeated below under compare-and-put.
-        task_rules.invoke_task(task, caller, function, usage)
+        task_rules.invoke_task(task, caller, function, usage, now)
         assert function is not None
         # Shielded: once the quota is reserved, staging must run to its end or be undone.
-        await asyncio.shield(self._invoke(bare, caller, function))
+        await asyncio.shield(self._invoke(bare, caller, function, now))
         return empty_pb2.Empty()
 
-    async def _invoke(self, bare: str, caller: Caller, function: FunctionRecord) -> None:
+    async def _invoke(self, bare: str, caller: Caller, function: FunctionRecord, now: float) -> None:
         """Reserve one use, stage the task, enqueue it, wake the scheduler.
 
         The use is counted *before* the task is staged, with the quota re-checked
@@ -586,7 +665,9 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         staging: dict[str, Any] = {}
 
         def stage(task: TaskRecord) -> TaskRecord:
-            staged_record = task_rules.stage_task(task_rules.check_invoker(task, caller))
+            task_rules.check_invoker(task, caller)
+            task_rules.check_pinned(task, function)
+            staged_record = task_rules.stage_task(task, now)
             staging["prior"], staging["record"] = task, staged_record
             staging["staged"] = task_rules.build_staged_task(staged_record, function)
             return staged_record
@@ -818,7 +899,7 @@ async def main(config: Config) -> None:
     log.info("registration accepts URL schemes %s", ", ".join(sorted(urls.schemes)))
     store = PlatformStore(runtime.peers)
     trail = TrailBook(store, attested_signer(runtime.identities))
-    servicer = KettleManagementServicer(store, config.management, urls, trail)
+    servicer = KettleManagementServicer(store, config.management, urls, trail=trail)
     runtime.internal_server(lambda server: pb_grpc.add_KettleManagementServicer_to_server(servicer, server))
     # Events recorded while management was down (task endings) are appended at start.
     appender = asyncio.create_task(trail.run_forever())
