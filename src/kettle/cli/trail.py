@@ -16,7 +16,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .functions import frontend_client
 from .main import audit_app, one_line_errors, out
 
 
@@ -44,6 +43,8 @@ def audit_mine(
     output: Path = typer.Option(None, "--out", help="also save the trail, as stored, for `verify-trail FILE`"),
 ) -> None:
     """List your trail: the approvals you gave and every task given your files, oldest first."""
+    from .functions import frontend_client  # here: kettle.cli.functions imports kettle.cli.main, which imports us
+
     with frontend_client() as client:
         trail = client.my_trail()
     if output is not None:
@@ -77,6 +78,7 @@ def audit_verify_trail(
     from ..config import load_config
     from ..sdk.attested import ClientTrust
     from ..sdk.trail import Trail, verify_trail
+    from .functions import frontend_client
 
     if saved is None:
         with frontend_client() as client:
