@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from conftest import make_home
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import make_home
 from kettle.attestation.backends import SimulationBackend, load_simulation_platform_key
 from kettle.attestation.build import BuildConfig
 from kettle.attestation.certificates import report_data_for
@@ -25,7 +25,7 @@ from kettle.attestation.measurement import SIMULATION_MR_SIGNER
 from kettle.attestation.trust import service_enclave_info
 from kettle.attestation.verifier import Verifier
 from kettle.attestation_service.authority import Authority, load_authority
-from kettle.attestation_service.issuer import IssueRequest, Issuer
+from kettle.attestation_service.issuer import Issuer, IssueRequest
 from kettle.config import Config
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from attested_identities import AttestedHome, attested_home
+
 from kettle.attestation.enclave_info import EnclaveInfo
 from kettle.attestation.signed import (
     AttestedSignature,

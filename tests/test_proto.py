@@ -374,8 +374,8 @@ def service_descriptor(stem: str, service: str) -> ServiceDescriptor:
 # skip them as unknown fields (checked below with a parser that knows only the spec's fields).
 KETTLE_FIELD_BASE = 100
 KETTLE_EXTENSIONS: dict[tuple[str, str], list[tuple[str, int, str]]] = {
-    ("teaclave_common", "TaskOutputs"): [("sandbox_layers", 100, "repeated string")],
-    ("teaclave_common", "TaskFailure"): [("sandbox_layers", 100, "repeated string")],
+    ("teaclave_common", "TaskOutputs"): [("sandbox_layers", 100, "repeated string"), ("receipt", 101, "bytes")],
+    ("teaclave_common", "TaskFailure"): [("sandbox_layers", 100, "repeated string"), ("receipt", 101, "bytes")],
     ("teaclave_frontend_service", "GetTaskResponse"): [
         ("function_digest", 100, "string"),
         ("task_digest", 101, "string"),
@@ -508,11 +508,11 @@ def test_teaclave_clients_read_results_with_kettle_fields() -> None:
     ours = pb2("teaclave_common")
     theirs = _teaclave_only_common()
     ok = ours.TaskResult(Ok=ours.TaskOutputs(return_value=b"42", tags_map={"out": b"t" * 16}, log=["line"],
-                                             sandbox_layers=["seccomp", "landlock"]))
+                                             sandbox_layers=["seccomp", "landlock"], receipt=b"{}" * 2000))
     parsed = theirs.TaskResult.FromString(ok.SerializeToString())
     assert (parsed.Ok.return_value, dict(parsed.Ok.tags_map), list(parsed.Ok.log)) == (b"42", {"out": b"t" * 16}, ["line"])
-    assert not hasattr(parsed.Ok, "sandbox_layers")
-    err = ours.TaskResult(Err=ours.TaskFailure(reason="CPUTimeExceeded", sandbox_layers=["seccomp"]))
+    assert not hasattr(parsed.Ok, "sandbox_layers") and not hasattr(parsed.Ok, "receipt")
+    err = ours.TaskResult(Err=ours.TaskFailure(reason="CPUTimeExceeded", sandbox_layers=["seccomp"], receipt=b"{}"))
     assert theirs.TaskResult.FromString(err.SerializeToString()).Err.reason == "CPUTimeExceeded"
     # and the other way: a Teaclave result reads back with no layers
     plain = theirs.TaskResult(Err=theirs.TaskFailure(reason="boom")).SerializeToString()

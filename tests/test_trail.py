@@ -15,6 +15,7 @@ service, with another platform service's attested identity (the scheduler's).
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Iterator
@@ -28,7 +29,7 @@ from conftest import ALL_SERVICES, Platform, make_home
 from kettle.attestation.signed import sign as attested_sign
 from kettle.model import trail as rules
 from kettle.model.trail import SignedHead
-from kettle.sdk import FrontendClient, FunctionArgument, Trail
+from kettle.sdk import FrontendClient, FunctionArgument, Trail, verify_receipt
 from kettle.sdk.files import FileKey, encrypt_file
 from kettle.services.platform_store import PlatformStore
 from kettle.services.runtime import ServiceRuntime
@@ -48,6 +49,8 @@ class World:
     """The files each party registered for the tasks, by task label: (inputs, outputs) ids."""
     digests: dict[str, str] = field(default_factory=dict)
     """Each task's digest, as GetTask reports it, by task label."""
+    receipts: dict[str, bytes] = field(default_factory=dict)
+    """Each task's receipt, as its result carries it, by task id."""
 
     def connect(self) -> None:
         for client in (*self.clients.values(), *([self.publisher] if self.publisher else [])):
@@ -138,8 +141,11 @@ def run_psi(world: World, label: str, creator: str, owners: tuple[str, str], sec
     for party in sorted({creator, *owners}):
         world.clients[party].approve_task(task_id, expect_digest=world.digests[label])
     world.clients[creator].invoke_task(task_id)
-    world.clients[creator].wait_task(task_id, timeout=120).outputs_or_raise()
+    info = world.clients[creator].wait_task(task_id, timeout=120)
+    info.outputs_or_raise()
+    assert info.receipt
     world.tasks[label] = task_id
+    world.receipts[task_id] = info.receipt
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +186,12 @@ def test_each_party_lists_exactly_its_approvals_and_the_tasks_given_its_files(ra
         assert summary(trail) == expected(ran, party), party
         entries = trail.described()
         assert [e["sequence"] for e in entries] == list(range(1, len(entries) + 1))
-        assert {e["outcome"] for e in entries if e["kind"] == "task-ended"} == {"Finished"}
+        ended = [e for e in entries if e["kind"] == "task-ended"]
+        assert {e["outcome"] for e in ended} == {"Finished"}
+        for e in ended:  # the receipt the result carried, which verifies offline on its own
+            receipt = base64.b64decode(e["receipt"])
+            assert receipt == ran.receipts[e["task_id"]]
+            assert verify_receipt(receipt, ran.platform.trust()).body.task_id == e["task_id"]
         verdict = ran.clients[party].verify_my_trail()
         assert verdict.ok, verdict.reason
         names = [c.name for c in verdict.checks]

@@ -159,13 +159,14 @@ def ended_task(status: TaskStatus, attempts: int = 1) -> TaskRecord:
         participants=("alice", "bob", "carol"),
         approvals=tuple(Approval(p, "cd" * 32, 1_700_000_000) for p in ("alice", "bob", "carol")),
         assigned_inputs={"a": alice_in, "b": bob_in}, assigned_outputs={"out": shared_out},
-        status=status, result=TaskResult(outputs=outputs, failure=None if outputs else "boom"), attempts=attempts,
+        status=status, result=TaskResult(outputs=outputs, failure=None if outputs else "boom", receipt=b"receipt"),
+        attempts=attempts,
     )
 
 
 def test_a_finished_task_gives_each_party_the_files_of_its_own_it_read_and_wrote() -> None:
     task = ended_task(TaskStatus.FINISHED)
-    events = {e.party: e for e in trail.task_ended_events(task, 5, receipt=b"receipt")}
+    events = {e.party: e for e in trail.task_ended_events(task, 5)}
     assert sorted(events) == ["alice", "bob", "carol"]
     a_in, b_in, out = (f"input-{task.assigned_inputs['a'].uuid}", f"input-{task.assigned_inputs['b'].uuid}",
                        f"output-{task.assigned_outputs['out'].uuid}")

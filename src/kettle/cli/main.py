@@ -378,6 +378,7 @@ def user_list(
 from .data import app as data_app  # noqa: E402
 from .files import app as file_app  # noqa: E402
 from .functions import app as function_app  # noqa: E402  (at the end: they import from this module)
+from .receipts import app as receipt_app  # noqa: E402
 from .sandbox import app as sandbox_app  # noqa: E402
 from .storage import app as storage_app  # noqa: E402
 from .tasks import app as task_app  # noqa: E402
@@ -388,4 +389,5 @@ app.add_typer(data_app, name="data")
 app.add_typer(task_app, name="task")
 app.add_typer(file_app, name="file")
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(receipt_app, name="receipt")
 app.add_typer(storage_app, name="storage")

@@ -14,6 +14,7 @@ import json
 import re
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -141,6 +142,10 @@ def _task_table(info: TaskInfo) -> Table:
 
     if isinstance(info.result, TaskOutputs | TaskFailure) and info.result.sandbox_layers:
         table.add_row("sandbox layers", escape(", ".join(info.result.sandbox_layers)))
+    if info.receipt:
+        table.add_row("receipt", f"signed by the execution node (kettle task receipt {info.task_id} --out FILE)")
+    elif info.terminal:
+        table.add_row("receipt", "none: no execution node ran this task")
     if isinstance(info.result, TaskOutputs):
         for name, tag in sorted(info.result.tags_map.items()):
             table.add_row(f"output {escape(name)} cmac", tag.hex())
@@ -303,6 +308,27 @@ def get(task_id: str, as_json: bool = typer.Option(False, "--json", help="machin
         out.print_json(data=info.to_json())
     else:
         out.print(_task_table(info))
+
+
+@app.command("receipt")
+@one_line_errors
+def receipt(
+    task_id: str,
+    output: Path = typer.Option(..., "--out", help="file to write the receipt to"),
+) -> None:
+    """Save a finished task's execution receipt, after checking it against the task's result.
+
+    ``kettle receipt verify FILE`` checks the saved file later, offline."""
+    from ..sdk.receipts import verify_receipt
+
+    info = functions.frontend_client().get_task(task_id)
+    if not info.terminal:
+        raise ValueError(f"task {task_id} has not ended yet; its receipt comes with its result")
+    signed = verify_receipt(info.receipt, task=info)
+    output.write_bytes(info.receipt)
+    out.print(f"wrote {escape(str(output))}: {signed.body.outcome.value}, signed by execution node "
+              f"{signed.body.executor_id} at {signed.signature.to_json()['signed_at']}; it matches the task's result",
+              highlight=False)
 
 
 @app.command("wait")

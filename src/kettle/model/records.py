@@ -293,11 +293,16 @@ class TaskResult:
     ``sandbox_layers`` (Kettle) names the sandbox layers in force while the task's
     user code ran, with either outcome; empty for built-ins and for results that
     did not come from a run (not ready, canceled, lost).
+
+    ``receipt`` (Kettle) is the execution receipt the node that ran the task signed
+    (:mod:`kettle.model.receipts`), with either outcome; empty for results no node
+    produced (not ready, canceled before a node ran it, every node lost).
     """
 
     outputs: TaskOutputs | None = None
     failure: str | None = None
     sandbox_layers: tuple[str, ...] = ()
+    receipt: bytes = b""
 
     @property
     def ready(self) -> bool:
@@ -314,6 +319,8 @@ class TaskResult:
             return None
         if self.sandbox_layers:
             doc["sandbox_layers"] = list(self.sandbox_layers)
+        if self.receipt:
+            doc["receipt"] = _b64(self.receipt)
         return doc
 
     @classmethod
@@ -322,19 +329,20 @@ class TaskResult:
             return cls()
         if not isinstance(doc, dict):
             raise ValueError("malformed task result")
-        outcome = set(doc) - {"sandbox_layers"}
+        outcome = set(doc) - {"sandbox_layers", "receipt"}
         layers = doc.get("sandbox_layers", [])
         if not isinstance(layers, list) or not all(isinstance(name, str) for name in layers):
             raise ValueError("malformed task result")
+        receipt = _unb64(doc.get("receipt", ""))
         if outcome == {"err"} and isinstance(doc["err"], str):
-            return cls(failure=doc["err"], sandbox_layers=tuple(layers))
+            return cls(failure=doc["err"], sandbox_layers=tuple(layers), receipt=receipt)
         if outcome == {"ok"} and isinstance(doc["ok"], dict):
             ok = doc["ok"]
             return cls(outputs=TaskOutputs(
                 return_value=_unb64(ok["return_value"]),
                 tags_map={str(k): _unb64(v) for k, v in ok["tags_map"].items()},
                 log=tuple(str(line) for line in ok["log"]),
-            ), sandbox_layers=tuple(layers))
+            ), sandbox_layers=tuple(layers), receipt=receipt)
         raise ValueError("malformed task result")
 
 

@@ -33,6 +33,7 @@ from enum import Enum
 import grpc
 
 from ..errors import InvalidArgument, KettleError
+from .receipts import MAX_RECEIPT_BYTES
 from .records import FileRecord, TaskOutputs, TaskRecord, TaskResult, TaskStatus, truncate_reason
 
 LEASE_PREFIX = b"scheduler-lease-"
@@ -267,6 +268,40 @@ def cancel(task: TaskRecord) -> TaskRecord:
     return replace(task, status=TaskStatus.CANCELED, result=TaskResult(failure=CANCELED_BY_USER))
 
 
+def attach_cancel_receipt(task: TaskRecord, receipt: bytes) -> TaskRecord:
+    """The node that was running a task when it was canceled reports the run's receipt
+    (outcome Canceled); it goes with the Canceled result. Only the first one counts."""
+    if not receipt or len(receipt) > MAX_RECEIPT_BYTES:
+        raise InvalidArgument(f"a canceled run's receipt must be 1 to {MAX_RECEIPT_BYTES} bytes")
+    if task.status != TaskStatus.CANCELED or task.result.receipt:
+        return task
+    return replace(task, result=replace(task.result, receipt=receipt))
+
+
+class CanceledRuns:
+    """Which executor was running each task canceled lately (in memory, bounded): the one
+    whose Canceled receipt is accepted after its lease ended. A scheduler restart in the
+    moment between the cancel and the report loses that receipt (the task stays Canceled)."""
+
+    LIMIT = 1024
+
+    def __init__(self) -> None:
+        self._runs: dict[str, str] = {}
+
+    def add(self, task_id: str, executor_id: str) -> None:
+        self._runs.pop(task_id, None)
+        self._runs[task_id] = executor_id
+        while len(self._runs) > self.LIMIT:
+            del self._runs[next(iter(self._runs))]
+
+    def take(self, task_id: str, executor_id: str) -> bool:
+        """True once, for the executor that was running ``task_id`` when it was canceled."""
+        if self._runs.get(task_id) != executor_id:
+            return False
+        del self._runs[task_id]
+        return True
+
+
 def executor_lost(task: TaskRecord, max_attempts: int) -> tuple[TaskRecord, bool]:
     """The node running the task is gone. Returns the new record and whether to re-queue it.
 
@@ -297,6 +332,8 @@ def apply_result(task: TaskRecord, result: TaskResult | None) -> tuple[TaskRecor
     if len(layers) > MAX_SANDBOX_LAYERS or not all(0 < len(name) <= MAX_LAYER_NAME_CHARS for name in layers):
         raise InvalidArgument(f"sandbox_layers must be at most {MAX_SANDBOX_LAYERS} names of 1 to "
                               f"{MAX_LAYER_NAME_CHARS} characters")
+    if len(result.receipt) > MAX_RECEIPT_BYTES:
+        raise InvalidArgument(f"the receipt must be at most {MAX_RECEIPT_BYTES} bytes")
     if result.outputs is not None:
         outputs = _tagged_outputs(task, result.outputs)
         assigned = dict(task.assigned_outputs)
@@ -304,7 +341,7 @@ def apply_result(task: TaskRecord, result: TaskResult | None) -> tuple[TaskRecor
         finished = replace(task, status=TaskStatus.FINISHED, result=result, assigned_outputs=assigned)
         return finished, tuple(record for _, record in outputs)
     if result.failure is not None:
-        failed = TaskResult(failure=truncate_reason(result.failure), sandbox_layers=layers)
+        failed = TaskResult(failure=truncate_reason(result.failure), sandbox_layers=layers, receipt=result.receipt)
         return replace(task, status=TaskStatus.FAILED, result=failed), ()
     return replace(task, status=TaskStatus.FINISHED, result=TaskResult()), ()
 

@@ -327,12 +327,13 @@ def _owned(files: Iterable[tuple[str, str, tuple[str, ...]]], party: str) -> tup
     return tuple(sorted({data_id for data_id, _, owners in files if party in owners}))
 
 
-def task_ended_events(task: TaskRecord, time_ms: int, receipt: bytes = b"") -> list[TrailEvent]:
+def task_ended_events(task: TaskRecord, time_ms: int) -> list[TrailEvent]:
     """One event per party whose files an ended task was given, if it was ever handed to an
     execution node (``attempts`` > 0): a task that never started received no file.
 
     ``files_written`` lists the outputs the result wrote (Finished tasks only: only then
-    are outputs recorded)."""
+    are outputs recorded); ``receipt`` is the receipt the result carries (``docs/receipts.md``),
+    kept as opaque bytes."""
     if not task.status.terminal or task.attempts == 0:
         return []
     inputs = [(external_id(Kind.INPUT, f.uuid), name, f.owner) for name, f in task.assigned_inputs.items()]
@@ -352,7 +353,7 @@ def task_ended_events(task: TaskRecord, time_ms: int, receipt: bytes = b"") -> l
             outcome=task.status.name.capitalize(),
             files_read=_owned(inputs, party),
             files_written=_owned([o for o in outputs if o[1] in written], party),
-            receipt=receipt,
+            receipt=task.result.receipt,
         )
         for party in parties
     ]

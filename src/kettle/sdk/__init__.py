@@ -34,6 +34,7 @@ from .frontend import (
     TaskWaitTimeout,
 )
 from .objects import AsyncFunction, AsyncTask, Function, Task
+from .receipts import examine_receipt, verify_receipt
 from .trail import Trail, TrailVerdict, verify_trail
 
 __all__ = [
@@ -78,7 +79,9 @@ __all__ = [
     "builtin_functions",
     "decrypt_file",
     "encrypt_file",
+    "examine_receipt",
     "file_cmac",
     "verify_endpoint",
+    "verify_receipt",
     "verify_trail",
 ]

@@ -218,6 +218,8 @@ class TaskOutputs:
     log: tuple[str, ...] = ()
     sandbox_layers: tuple[str, ...] = ()
     """The sandbox layers the function's code ran under (e.g. ``seccomp``); empty for built-ins."""
+    receipt: bytes = field(default=b"", repr=False, compare=False)
+    """The execution receipt the node signed (``docs/receipts.md``); :func:`kettle.sdk.verify_receipt` checks it."""
 
     @property
     def text(self) -> str:
@@ -229,6 +231,8 @@ class TaskFailure:
     reason: str
     sandbox_layers: tuple[str, ...] = ()
     """As in :class:`TaskOutputs`."""
+    receipt: bytes = field(default=b"", repr=False, compare=False)
+    """As in :class:`TaskOutputs`; empty when no node ran the task (canceled before it ran, every node lost)."""
 
 
 @dataclass(frozen=True)
@@ -275,6 +279,11 @@ class TaskInfo:
     @property
     def terminal(self) -> bool:
         return self.status.terminal
+
+    @property
+    def receipt(self) -> bytes:
+        """The signed execution receipt of the task's run; empty until it ends, and when no node ran it."""
+        return self.result.receipt if self.result is not None else b""
 
     @property
     def succeeded(self) -> bool:
@@ -441,9 +450,10 @@ def parse_task(r: pb.GetTaskResponse) -> TaskInfo:
     if which == "Ok":
         ok = r.result.Ok
         result = TaskOutputs(bytes(ok.return_value), {k: bytes(v) for k, v in ok.tags_map.items()}, tuple(ok.log),
-                             tuple(ok.sandbox_layers))
+                             tuple(ok.sandbox_layers), bytes(ok.receipt))
     elif which == "Err":
-        result = TaskFailure(r.result.Err.reason, tuple(r.result.Err.sandbox_layers))
+        err = r.result.Err
+        result = TaskFailure(err.reason, tuple(err.sandbox_layers), bytes(err.receipt))
     else:
         result = None
     return TaskInfo(

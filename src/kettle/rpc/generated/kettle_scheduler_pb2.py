@@ -26,7 +26,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from . import teaclave_common_pb2 as teaclave__common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kettle_scheduler.proto\x12\x16kettle_scheduler_proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x15teaclave_common.proto\"o\n\x10HeartbeatRequest\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x35\n\x06status\x18\x02 \x01(\x0e\x32%.teaclave_common_proto.ExecutorStatus\x12\x0f\n\x07task_id\x18\x03 \x01(\t\"L\n\x11HeartbeatResponse\x12\x37\n\x07\x63ommand\x18\x01 \x01(\x0e\x32&.teaclave_common_proto.ExecutorCommand\"7\n\x0fPullTaskRequest\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"G\n\x10PullTaskResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x13\n\x0bstaged_task\x18\x02 \x01(\x0c\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\"w\n\x17UpdateTaskStatusRequest\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x36\n\x0btask_status\x18\x03 \x01(\x0e\x32!.teaclave_common_proto.TaskStatus\"r\n\x17UpdateTaskResultRequest\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x31\n\x06result\x18\x03 \x01(\x0b\x32!.teaclave_common_proto.TaskResult2\x8c\x03\n\x0fKettleScheduler\x12`\n\tHeartbeat\x12(.kettle_scheduler_proto.HeartbeatRequest\x1a).kettle_scheduler_proto.HeartbeatResponse\x12]\n\x08PullTask\x12\'.kettle_scheduler_proto.PullTaskRequest\x1a(.kettle_scheduler_proto.PullTaskResponse\x12[\n\x10UpdateTaskStatus\x12/.kettle_scheduler_proto.UpdateTaskStatusRequest\x1a\x16.google.protobuf.Empty\x12[\n\x10UpdateTaskResult\x12/.kettle_scheduler_proto.UpdateTaskResultRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kettle_scheduler.proto\x12\x16kettle_scheduler_proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x15teaclave_common.proto\"o\n\x10HeartbeatRequest\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x35\n\x06status\x18\x02 \x01(\x0e\x32%.teaclave_common_proto.ExecutorStatus\x12\x0f\n\x07task_id\x18\x03 \x01(\t\"^\n\x11HeartbeatResponse\x12\x37\n\x07\x63ommand\x18\x01 \x01(\x0e\x32&.teaclave_common_proto.ExecutorCommand\x12\x10\n\x08\x63\x61nceled\x18\x02 \x01(\x08\"7\n\x0fPullTaskRequest\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"G\n\x10PullTaskResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x13\n\x0bstaged_task\x18\x02 \x01(\x0c\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\"w\n\x17UpdateTaskStatusRequest\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x36\n\x0btask_status\x18\x03 \x01(\x0e\x32!.teaclave_common_proto.TaskStatus\"r\n\x17UpdateTaskResultRequest\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x31\n\x06result\x18\x03 \x01(\x0b\x32!.teaclave_common_proto.TaskResult2\x8c\x03\n\x0fKettleScheduler\x12`\n\tHeartbeat\x12(.kettle_scheduler_proto.HeartbeatRequest\x1a).kettle_scheduler_proto.HeartbeatResponse\x12]\n\x08PullTask\x12\'.kettle_scheduler_proto.PullTaskRequest\x1a(.kettle_scheduler_proto.PullTaskResponse\x12[\n\x10UpdateTaskStatus\x12/.kettle_scheduler_proto.UpdateTaskStatusRequest\x1a\x16.google.protobuf.Empty\x12[\n\x10UpdateTaskResult\x12/.kettle_scheduler_proto.UpdateTaskResultRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,15 +36,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATREQUEST']._serialized_start=102
   _globals['_HEARTBEATREQUEST']._serialized_end=213
   _globals['_HEARTBEATRESPONSE']._serialized_start=215
-  _globals['_HEARTBEATRESPONSE']._serialized_end=291
-  _globals['_PULLTASKREQUEST']._serialized_start=293
-  _globals['_PULLTASKREQUEST']._serialized_end=348
-  _globals['_PULLTASKRESPONSE']._serialized_start=350
-  _globals['_PULLTASKRESPONSE']._serialized_end=421
-  _globals['_UPDATETASKSTATUSREQUEST']._serialized_start=423
-  _globals['_UPDATETASKSTATUSREQUEST']._serialized_end=542
-  _globals['_UPDATETASKRESULTREQUEST']._serialized_start=544
-  _globals['_UPDATETASKRESULTREQUEST']._serialized_end=658
-  _globals['_KETTLESCHEDULER']._serialized_start=661
-  _globals['_KETTLESCHEDULER']._serialized_end=1057
+  _globals['_HEARTBEATRESPONSE']._serialized_end=309
+  _globals['_PULLTASKREQUEST']._serialized_start=311
+  _globals['_PULLTASKREQUEST']._serialized_end=366
+  _globals['_PULLTASKRESPONSE']._serialized_start=368
+  _globals['_PULLTASKRESPONSE']._serialized_end=439
+  _globals['_UPDATETASKSTATUSREQUEST']._serialized_start=441
+  _globals['_UPDATETASKSTATUSREQUEST']._serialized_end=560
+  _globals['_UPDATETASKRESULTREQUEST']._serialized_start=562
+  _globals['_UPDATETASKRESULTREQUEST']._serialized_end=676
+  _globals['_KETTLESCHEDULER']._serialized_start=679
+  _globals['_KETTLESCHEDULER']._serialized_end=1075
 # @@protoc_insertion_point(module_scope)

@@ -18,10 +18,12 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, executor_id: _Optional[str] = ..., status: _Optional[_Union[_teaclave_common_pb2.ExecutorStatus, str]] = ..., task_id: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("command",)
+    __slots__ = ("command", "canceled")
     COMMAND_FIELD_NUMBER: _ClassVar[int]
+    CANCELED_FIELD_NUMBER: _ClassVar[int]
     command: _teaclave_common_pb2.ExecutorCommand
-    def __init__(self, command: _Optional[_Union[_teaclave_common_pb2.ExecutorCommand, str]] = ...) -> None: ...
+    canceled: bool
+    def __init__(self, command: _Optional[_Union[_teaclave_common_pb2.ExecutorCommand, str]] = ..., canceled: _Optional[bool] = ...) -> None: ...
 
 class PullTaskRequest(_message.Message):
     __slots__ = ("executor_id", "wait_ms")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15teaclave_common.proto\x12\x15teaclave_common_proto\"+\n\x0eUserCredential\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"9\n\x0e\x46ileCryptoInfo\x12\x0e\n\x06schema\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\n\n\x02iv\x18\x03 \x01(\x0c\"\xbb\x01\n\x0bTaskOutputs\x12\x14\n\x0creturn_value\x18\x01 \x01(\x0c\x12\x41\n\x08tags_map\x18\x02 \x03(\x0b\x32/.teaclave_common_proto.TaskOutputs.TagsMapEntry\x12\x0b\n\x03log\x18\x03 \x03(\t\x12\x16\n\x0esandbox_layers\x18\x64 \x03(\t\x1a.\n\x0cTagsMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"5\n\x0bTaskFailure\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x16\n\x0esandbox_layers\x18\x64 \x03(\t\"{\n\nTaskResult\x12\x30\n\x02Ok\x18\x01 \x01(\x0b\x32\".teaclave_common_proto.TaskOutputsH\x00\x12\x31\n\x03\x45rr\x18\x02 \x01(\x0b\x32\".teaclave_common_proto.TaskFailureH\x00\x42\x08\n\x06result\"W\n\x05\x45ntry\x12\x13\n\x0bmicrosecond\x18\x01 \x01(\x03\x12\n\n\x02ip\x18\x02 \x01(\x0c\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0e\n\x06result\x18\x05 \x01(\x08*z\n\nTaskStatus\x12\x0b\n\x07\x43reated\x10\x00\x12\x10\n\x0c\x44\x61taAssigned\x10\x01\x12\x0c\n\x08\x41pproved\x10\x02\x12\n\n\x06Staged\x10\x03\x12\x0b\n\x07Running\x10\x04\x12\x0c\n\x08\x46inished\x10\n\x12\x0c\n\x08\x43\x61nceled\x10\x14\x12\n\n\x06\x46\x61iled\x10\x63*)\n\x0e\x45xecutorStatus\x12\x08\n\x04Idle\x10\x00\x12\r\n\tExecuting\x10\x01*6\n\x0f\x45xecutorCommand\x12\x0c\n\x08NoAction\x10\x00\x12\x08\n\x04Stop\x10\x01\x12\x0b\n\x07NewTask\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15teaclave_common.proto\x12\x15teaclave_common_proto\"+\n\x0eUserCredential\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"9\n\x0e\x46ileCryptoInfo\x12\x0e\n\x06schema\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\n\n\x02iv\x18\x03 \x01(\x0c\"\xcc\x01\n\x0bTaskOutputs\x12\x14\n\x0creturn_value\x18\x01 \x01(\x0c\x12\x41\n\x08tags_map\x18\x02 \x03(\x0b\x32/.teaclave_common_proto.TaskOutputs.TagsMapEntry\x12\x0b\n\x03log\x18\x03 \x03(\t\x12\x16\n\x0esandbox_layers\x18\x64 \x03(\t\x12\x0f\n\x07receipt\x18\x65 \x01(\x0c\x1a.\n\x0cTagsMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"F\n\x0bTaskFailure\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x16\n\x0esandbox_layers\x18\x64 \x03(\t\x12\x0f\n\x07receipt\x18\x65 \x01(\x0c\"{\n\nTaskResult\x12\x30\n\x02Ok\x18\x01 \x01(\x0b\x32\".teaclave_common_proto.TaskOutputsH\x00\x12\x31\n\x03\x45rr\x18\x02 \x01(\x0b\x32\".teaclave_common_proto.TaskFailureH\x00\x42\x08\n\x06result\"W\n\x05\x45ntry\x12\x13\n\x0bmicrosecond\x18\x01 \x01(\x03\x12\n\n\x02ip\x18\x02 \x01(\x0c\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0e\n\x06result\x18\x05 \x01(\x08*z\n\nTaskStatus\x12\x0b\n\x07\x43reated\x10\x00\x12\x10\n\x0c\x44\x61taAssigned\x10\x01\x12\x0c\n\x08\x41pproved\x10\x02\x12\n\n\x06Staged\x10\x03\x12\x0b\n\x07Running\x10\x04\x12\x0c\n\x08\x46inished\x10\n\x12\x0c\n\x08\x43\x61nceled\x10\x14\x12\n\n\x06\x46\x61iled\x10\x63*)\n\x0e\x45xecutorStatus\x12\x08\n\x04Idle\x10\x00\x12\r\n\tExecuting\x10\x01*6\n\x0f\x45xecutorCommand\x12\x0c\n\x08NoAction\x10\x00\x12\x08\n\x04Stop\x10\x01\x12\x0b\n\x07NewTask\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,24 +33,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TASKOUTPUTS_TAGSMAPENTRY']._loaded_options = None
   _globals['_TASKOUTPUTS_TAGSMAPENTRY']._serialized_options = b'8\001'
-  _globals['_TASKSTATUS']._serialized_start=611
-  _globals['_TASKSTATUS']._serialized_end=733
-  _globals['_EXECUTORSTATUS']._serialized_start=735
-  _globals['_EXECUTORSTATUS']._serialized_end=776
-  _globals['_EXECUTORCOMMAND']._serialized_start=778
-  _globals['_EXECUTORCOMMAND']._serialized_end=832
+  _globals['_TASKSTATUS']._serialized_start=645
+  _globals['_TASKSTATUS']._serialized_end=767
+  _globals['_EXECUTORSTATUS']._serialized_start=769
+  _globals['_EXECUTORSTATUS']._serialized_end=810
+  _globals['_EXECUTORCOMMAND']._serialized_start=812
+  _globals['_EXECUTORCOMMAND']._serialized_end=866
   _globals['_USERCREDENTIAL']._serialized_start=48
   _globals['_USERCREDENTIAL']._serialized_end=91
   _globals['_FILECRYPTOINFO']._serialized_start=93
   _globals['_FILECRYPTOINFO']._serialized_end=150
   _globals['_TASKOUTPUTS']._serialized_start=153
-  _globals['_TASKOUTPUTS']._serialized_end=340
-  _globals['_TASKOUTPUTS_TAGSMAPENTRY']._serialized_start=294
-  _globals['_TASKOUTPUTS_TAGSMAPENTRY']._serialized_end=340
-  _globals['_TASKFAILURE']._serialized_start=342
-  _globals['_TASKFAILURE']._serialized_end=395
-  _globals['_TASKRESULT']._serialized_start=397
-  _globals['_TASKRESULT']._serialized_end=520
-  _globals['_ENTRY']._serialized_start=522
-  _globals['_ENTRY']._serialized_end=609
+  _globals['_TASKOUTPUTS']._serialized_end=357
+  _globals['_TASKOUTPUTS_TAGSMAPENTRY']._serialized_start=311
+  _globals['_TASKOUTPUTS_TAGSMAPENTRY']._serialized_end=357
+  _globals['_TASKFAILURE']._serialized_start=359
+  _globals['_TASKFAILURE']._serialized_end=429
+  _globals['_TASKRESULT']._serialized_start=431
+  _globals['_TASKRESULT']._serialized_end=554
+  _globals['_ENTRY']._serialized_start=556
+  _globals['_ENTRY']._serialized_end=643
 # @@protoc_insertion_point(module_scope)

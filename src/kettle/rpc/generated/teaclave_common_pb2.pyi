@@ -61,7 +61,7 @@ class FileCryptoInfo(_message.Message):
     def __init__(self, schema: _Optional[str] = ..., key: _Optional[bytes] = ..., iv: _Optional[bytes] = ...) -> None: ...
 
 class TaskOutputs(_message.Message):
-    __slots__ = ("return_value", "tags_map", "log", "sandbox_layers")
+    __slots__ = ("return_value", "tags_map", "log", "sandbox_layers", "receipt")
     class TagsMapEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -73,19 +73,23 @@ class TaskOutputs(_message.Message):
     TAGS_MAP_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
     return_value: bytes
     tags_map: _containers.ScalarMap[str, bytes]
     log: _containers.RepeatedScalarFieldContainer[str]
     sandbox_layers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, return_value: _Optional[bytes] = ..., tags_map: _Optional[_Mapping[str, bytes]] = ..., log: _Optional[_Iterable[str]] = ..., sandbox_layers: _Optional[_Iterable[str]] = ...) -> None: ...
+    receipt: bytes
+    def __init__(self, return_value: _Optional[bytes] = ..., tags_map: _Optional[_Mapping[str, bytes]] = ..., log: _Optional[_Iterable[str]] = ..., sandbox_layers: _Optional[_Iterable[str]] = ..., receipt: _Optional[bytes] = ...) -> None: ...
 
 class TaskFailure(_message.Message):
-    __slots__ = ("reason", "sandbox_layers")
+    __slots__ = ("reason", "sandbox_layers", "receipt")
     REASON_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
     reason: str
     sandbox_layers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, reason: _Optional[str] = ..., sandbox_layers: _Optional[_Iterable[str]] = ...) -> None: ...
+    receipt: bytes
+    def __init__(self, reason: _Optional[str] = ..., sandbox_layers: _Optional[_Iterable[str]] = ..., receipt: _Optional[bytes] = ...) -> None: ...
 
 class TaskResult(_message.Message):
     __slots__ = ("Ok", "Err")

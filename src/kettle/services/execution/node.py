@@ -16,6 +16,12 @@ naming the task), so the scheduler can tell a busy node from a lost one.
 - A staged task whose payload, function or data is not what its pinned digests and
   approvals cover is never run: it ends Failed with the reason
   (:func:`kettle.model.consent.staged_refusal`).
+- Every result the node reports carries its **execution receipt**
+  (:mod:`kettle.model.receipts`): what ran, on which data and consent, when, and a
+  digest of the result, signed with the node's attested key. The receipt is signed
+  for the exact result sent, so a replaced result gets a new one. A run stopped by a
+  cancel is reported too, with a receipt whose outcome is Canceled; a refused staged
+  task gets a Failed receipt that says nothing ran (start and end are the refusal).
 """
 
 from __future__ import annotations
@@ -24,16 +30,21 @@ import asyncio
 import contextlib
 import logging
 import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 
+from ...attestation.identity import Identity
 from ...config import ExecutionConfig, FileAgentConfig, SandboxConfig
+from ...errors import AttestationError
 from ...executors.job import WorkerJob
 from ...model.consent import staged_refusal
-from ...model.records import StagedTask, TaskResult
+from ...model.receipts import MAX_RECEIPT_BYTES, build_receipt, sign_receipt
+from ...model.records import StagedTask, TaskResult, truncate_reason
+from ...model.scheduling import CANCELED_BY_USER
 from ...rpc.channel import PeerChannels
 from ...sandbox.host import SandboxHost
 from ...sandbox.layers import Layers
@@ -53,6 +64,7 @@ RETRY_MAX_SECS = 2.0
 REFUSED_PREFIX = "Runtime Error: refused to run: "
 """The failure reason of a staged task the node will not run, before the check's own sentence."""
 MAX_REFUSALS = 10
+CANCELED_RECEIPT_TRIES = 5
 """Answers other than "try again" after which a report is given up (the lease then expires)."""
 
 TRANSIENT = frozenset({
@@ -70,17 +82,58 @@ def _text(value: str) -> str:
     return value.encode("utf-8", errors="replace").decode("utf-8")
 
 
+def as_reported(result: TaskResult) -> TaskResult:
+    """The result exactly as the scheduler will keep it (valid UTF-8, the reason cut to
+    1 KiB), so the digest a receipt signs is the digest of what readers get."""
+    if result.outputs is not None:
+        return replace(result, outputs=replace(result.outputs, log=tuple(_text(line) for line in result.outputs.log)))
+    if result.failure is not None:
+        return replace(result, failure=truncate_reason(_text(result.failure)))
+    return result
+
+
 def result_to_proto(result: TaskResult) -> common_pb.TaskResult:
     if result.outputs is not None:
         o = result.outputs
         return common_pb.TaskResult(Ok=common_pb.TaskOutputs(
             return_value=o.return_value, tags_map=dict(o.tags_map), log=[_text(line) for line in o.log],
-            sandbox_layers=result.sandbox_layers,
+            sandbox_layers=result.sandbox_layers, receipt=result.receipt,
         ))
     if result.failure is not None:
         return common_pb.TaskResult(Err=common_pb.TaskFailure(reason=_text(result.failure),
-                                                              sandbox_layers=result.sandbox_layers))
+                                                              sandbox_layers=result.sandbox_layers,
+                                                              receipt=result.receipt))
     return common_pb.TaskResult()
+
+
+@dataclass(frozen=True)
+class ReceiptSigner:
+    """Signs each reported result's receipt with the node's current attested identity."""
+
+    identity: Callable[[], Identity]
+    """The identity in force now (key and certificate of one generation; rotation swaps both)."""
+    executor_id: str
+
+    def attach(self, staged: StagedTask, attempt: int, result: TaskResult, started_at: datetime,
+               ended_at: datetime, *, canceled: bool = False) -> TaskResult:
+        result = as_reported(result)
+        body = build_receipt(staged, result, attempt=attempt, executor_id=self.executor_id,
+                             started_at=started_at, ended_at=ended_at, canceled=canceled)
+        try:
+            receipt = sign_receipt(body, self.identity())
+        except AttestationError as exc:
+            # Only when the node's own certificate has lapsed (rotation kept failing); it
+            # then cannot reach the scheduler either, and the result is retried later.
+            log.error("cannot sign the receipt of task %s: %s", staged.task_id, exc.reason)
+            return result
+        data = receipt.to_bytes()
+        if len(data) > MAX_RECEIPT_BYTES:
+            # The scheduler would refuse the result, and every replacement, for it: the
+            # result goes without a receipt rather than never.
+            log.error("the receipt of task %s is %d bytes, more than %d: reported without it",
+                      staged.task_id, len(data), MAX_RECEIPT_BYTES)
+            return result
+        return replace(result, receipt=data)
 
 
 class SchedulerClient:
@@ -93,14 +146,15 @@ class SchedulerClient:
     def _stub(self) -> pb_grpc.KettleSchedulerStub:
         return pb_grpc.KettleSchedulerStub(self._peers.channel("scheduler"))
 
-    async def heartbeat(self, task_id: str | None) -> bool:
-        """True when the scheduler says to stop the task."""
+    async def heartbeat(self, task_id: str | None) -> tuple[bool, bool]:
+        """(stop, canceled): whether the scheduler says to stop the task, and whether because it was canceled."""
         status = common_pb.Executing if task_id else common_pb.Idle
         response = await self._stub().Heartbeat(
             pb.HeartbeatRequest(executor_id=self.executor_id, status=status, task_id=task_id or ""),
             timeout=HEARTBEAT_TIMEOUT_SECS, wait_for_ready=True,
         )
-        return bool(response.command == common_pb.Stop)
+        stop = response.command == common_pb.Stop
+        return stop, stop and response.canceled
 
     async def pull(self, wait_ms: int) -> pb.PullTaskResponse:
         return await self._stub().PullTask(
@@ -126,6 +180,8 @@ class CurrentTask:
     task_id: str
     attempt: int
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    canceled: bool = False
+    """The stop was a cancel: the run's receipt says Canceled."""
 
 
 class Backoff:
@@ -171,11 +227,22 @@ class Workspace:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class Run:
+    """One finished run of a staged task, before its result is reported."""
+
+    staged: StagedTask
+    started_at: datetime
+    ended_at: datetime
+
+
 class ExecutionNode:
-    def __init__(self, client: SchedulerClient, workers: WorkerPool, workspace: Workspace) -> None:
+    def __init__(self, client: SchedulerClient, workers: WorkerPool, workspace: Workspace,
+                 receipts: ReceiptSigner) -> None:
         self._client = client
         self._workers = workers
         self._workspace = workspace
+        self._receipts = receipts
         self._current: CurrentTask | None = None
 
     @property
@@ -210,12 +277,13 @@ class ExecutionNode:
         while True:
             current = self._current
             try:
-                stop = await self._client.heartbeat(current.task_id if current else None)
+                stop, canceled = await self._client.heartbeat(current.task_id if current else None)
                 if failing:
                     log.info("heartbeats reach the scheduler again")
                 failing = False
                 if stop and current is not None and current is self._current and not current.stop.is_set():
-                    log.info("the scheduler stopped task %s", current.task_id)
+                    log.info("the scheduler %s task %s", "canceled" if canceled else "stopped", current.task_id)
+                    current.canceled = canceled
                     current.stop.set()
             except grpc.RpcError as exc:
                 if not failing:
@@ -238,18 +306,24 @@ class ExecutionNode:
             log.info("running task %s (attempt %d)", current.task_id, attempt)
             if not await self._confirm_running(current):
                 return
+            started_at = datetime.now(UTC)
             refusal = staged_refusal(staged)
             if refusal is not None:
                 log.error("refusing to run task %s: %s", current.task_id, refusal)
-                await self._report(current, TaskResult(failure=f"{REFUSED_PREFIX}{refusal}"))
+                await self._report(current, Run(staged, started_at, datetime.now(UTC)),
+                                   TaskResult(failure=f"{REFUSED_PREFIX}{refusal}"))
                 return
             with self._workspace.task_dir(current.task_id, attempt) as workdir:
                 job = self._workspace.job(staged, workdir)
                 result = await self._run_in_worker(current, job.to_bytes())
+            run = Run(staged, started_at, datetime.now(UTC))
+            if current.canceled:
+                await self._report_canceled(current, run)
+                return
             if result is None:
                 log.info("task %s stopped; its worker was killed", current.task_id)
                 return
-            await self._report(current, result)
+            await self._report(current, run, result)
         finally:
             self._current = None
 
@@ -288,8 +362,28 @@ class ExecutionNode:
                 await worker.kill()  # the run then ends by itself, its output discarded
             await asyncio.gather(run, stopped, return_exceptions=True)
 
-    async def _report(self, current: CurrentTask, result: TaskResult) -> None:
+    async def _report_canceled(self, current: CurrentTask, run: Run) -> None:
+        """Report the Canceled receipt of a run stopped by a cancel. The task is already
+        Canceled, so this is best effort: a few tries while the scheduler is unreachable."""
+        result = self._receipts.attach(run.staged, current.attempt, TaskResult(failure=CANCELED_BY_USER),
+                                       run.started_at, run.ended_at, canceled=True)
+        backoff = Backoff()
+        for _ in range(CANCELED_RECEIPT_TRIES):
+            try:
+                await self._client.update_result(current.task_id, result)
+                log.info("reported the receipt of canceled task %s", current.task_id)
+                return
+            except grpc.RpcError as exc:
+                if exc.code() not in TRANSIENT:
+                    log.warning("the scheduler refused the receipt of canceled task %s: %s %s",
+                                current.task_id, exc.code().name, exc.details())
+                    return
+                await backoff.wait()
+        log.warning("gave up reporting the receipt of canceled task %s", current.task_id)
+
+    async def _report(self, current: CurrentTask, run: Run, result: TaskResult) -> None:
         backoff, refusals, warned = Backoff(), 0, False
+        result = self._receipts.attach(run.staged, current.attempt, result, run.started_at, run.ended_at)
         while not current.stop.is_set():
             try:
                 await self._client.update_result(current.task_id, result)
@@ -303,7 +397,9 @@ class ExecutionNode:
                     return
                 if code == grpc.StatusCode.INVALID_ARGUMENT and result.failure is None:
                     log.error("the scheduler refused the result of task %s: %s", current.task_id, exc.details())
-                    result = TaskResult(failure=f"Runtime Error: invalid task result: {exc.details()}")
+                    result = self._receipts.attach(
+                        run.staged, current.attempt, TaskResult(failure=f"Runtime Error: invalid task result: {exc.details()}"),
+                        run.started_at, run.ended_at)
                     continue
                 if code not in TRANSIENT:
                     refusals += 1

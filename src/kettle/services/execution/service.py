@@ -16,7 +16,7 @@ import uuid
 
 from ...config import Config
 from ..runtime import ServiceRuntime, signal_ready
-from .node import ExecutionNode, SchedulerClient, Workspace
+from .node import ExecutionNode, ReceiptSigner, SchedulerClient, Workspace
 from .scratch import NodeScratch
 from .workers import WorkerPool
 from ...sandbox.host import SandboxHost, SandboxUnavailable
@@ -47,7 +47,9 @@ async def main(config: Config) -> None:
     )
     workers = WorkerPool(sandbox)
     await workers.start()
-    node = ExecutionNode(SchedulerClient(runtime.peers, executor_id), workers, workspace)
+    identities = runtime.identities
+    receipts = ReceiptSigner(lambda: identities.current, executor_id)
+    node = ExecutionNode(SchedulerClient(runtime.peers, executor_id), workers, workspace, receipts)
     log.info("execution node %s is running", executor_id)
 
     stop = asyncio.Event()

@@ -212,9 +212,11 @@ def result_message(result: TaskResult) -> common_pb.TaskResult:
             message.Ok.tags_map[name] = tag
         message.Ok.log.extend(result.outputs.log)
         message.Ok.sandbox_layers.extend(result.sandbox_layers)
+        message.Ok.receipt = result.receipt
     elif result.failure is not None:
         message.Err.reason = result.failure
         message.Err.sandbox_layers.extend(result.sandbox_layers)
+        message.Err.receipt = result.receipt
     return message
 
 

@@ -143,6 +143,7 @@ class Scheduler:
         self._settings = settings
         self._clock = clock
         self._leases = LeaseTable(settings.lease_secs)
+        self._canceled_runs = rules.CanceledRuns()
         self._locks = KeyedLocks()
         self._lease_added = asyncio.Event()
 
@@ -302,11 +303,12 @@ class Scheduler:
 
     # --- Heartbeat, UpdateTaskStatus, UpdateTaskResult --------------------------------------
 
-    async def heartbeat(self, executor_id: str, executing: bool, task_id: str) -> bool:
-        """Returns True when the node must stop the task it runs."""
+    async def heartbeat(self, executor_id: str, executing: bool, task_id: str) -> HeartbeatAction | None:
+        """None, or why the node must stop the task it runs: STOP (not its task any more)
+        or CANCEL (canceled: the node then reports the run's Canceled receipt)."""
         _check_uuid(executor_id, "executor id")
         if not executing or not task_id:
-            return False
+            return None
         _check_uuid(task_id, "task id")
         async with self._locks.hold(task_id):
             lease = self._leases.get(task_id)
@@ -317,14 +319,15 @@ class Scheduler:
             action = rules.on_heartbeat(lease, executor_id, task_id, executing=executing, cancel_pending=pending)
             if action is HeartbeatAction.STOP:
                 log.info("telling executor %s to stop task %s, which it does not hold", executor_id, task_id)
-                return True
+                return action
             if action is HeartbeatAction.CANCEL:
                 assert lease is not None
                 await self._update(task_key(task_id), rules.cancel)
                 await self._close(lease)
+                self._canceled_runs.add(task_id, executor_id)
                 log.info("task %s canceled while running on executor %s", task_id, executor_id)
-                return True
-            return False
+                return action
+            return None
 
     async def update_status(self, executor_id: str, task_id: str) -> None:
         _check_uuid(executor_id, "executor id")
@@ -340,6 +343,12 @@ class Scheduler:
             raise InvalidArgument("task result is missing")
         async with self._locks.hold(task_id):
             lease = self._leases.get(task_id)
+            if lease is None and self._canceled_runs.take(task_id, executor_id):
+                # The run this executor stopped for a cancel: keep its Canceled receipt.
+                await self._store.update_task(
+                    task_key(task_id), _change(lambda t: rules.attach_cancel_receipt(t, result.receipt)))
+                log.info("kept the receipt of canceled task %s from executor %s", task_id, executor_id)
+                return
             if lease is None or lease.executor_id != executor_id:
                 # Canceled, re-queued after a lost node, or already recorded (a retry
                 # whose answer was lost): a late result is discarded, never applied.

@@ -20,6 +20,7 @@ from google.protobuf import empty_pb2
 from ...config import Config
 from ...errors import InvalidArgument, StorageError, Unavailable
 from ...model.records import TaskOutputs, TaskResult
+from ...model.scheduling import HeartbeatAction
 from ...rpc.generated import kettle_scheduler_pb2 as pb
 from ...rpc.generated import kettle_scheduler_pb2_grpc as pb_grpc
 from ...rpc.generated import teaclave_common_pb2 as common_pb
@@ -58,10 +59,10 @@ def result_from_proto(request: pb.UpdateTaskResultRequest) -> TaskResult | None:
     if which == "Ok":
         ok = request.result.Ok
         return TaskResult(outputs=TaskOutputs(bytes(ok.return_value), dict(ok.tags_map), tuple(ok.log)),
-                          sandbox_layers=tuple(ok.sandbox_layers))
+                          sandbox_layers=tuple(ok.sandbox_layers), receipt=bytes(ok.receipt))
     if which == "Err":
         err = request.result.Err
-        return TaskResult(failure=err.reason, sandbox_layers=tuple(err.sandbox_layers))
+        return TaskResult(failure=err.reason, sandbox_layers=tuple(err.sandbox_layers), receipt=bytes(err.receipt))
     return TaskResult()
 
 
@@ -77,7 +78,8 @@ class SchedulerServicer(pb_grpc.KettleSchedulerServicer):
         stop = await self._scheduler.heartbeat(
             request.executor_id, request.status == common_pb.Executing, request.task_id
         )
-        return pb.HeartbeatResponse(command=common_pb.Stop if stop else common_pb.NoAction)
+        return pb.HeartbeatResponse(command=common_pb.Stop if stop is not None else common_pb.NoAction,
+                                    canceled=stop is HeartbeatAction.CANCEL)
 
     @rpc_method
     @storage_unavailable
