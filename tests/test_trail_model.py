@@ -193,3 +193,17 @@ def test_pending_writes_carry_the_events_and_the_signal() -> None:
     assert writes.pop(trail.TRAIL_SIGNAL_KEY) == b"signal"
     assert {TrailEvent.from_bytes(v) for v in writes.values() if v is not None} == set(events)
     assert trail.pending_writes([], b"signal") == []
+
+
+def test_a_canceled_runs_late_receipt_follows_the_end_to_the_same_parties() -> None:
+    canceled = replace(ended_task(TaskStatus.CANCELED), result=TaskResult(failure="canceled"))
+    ended = trail.task_ended_events(canceled, 5)
+    assert {e.party for e in ended} == {"alice", "bob", "carol"} and all(e.receipt == b"" for e in ended)
+    assert trail.late_receipt_events(canceled, 6) == []
+    with_receipt = replace(canceled, result=replace(canceled.result, receipt=b"late receipt"))
+    late = trail.late_receipt_events(with_receipt, 6)
+    assert [(e.party, e.kind, e.outcome, e.receipt) for e in late] == [
+        (p, EventKind.RECEIPT, "Canceled", b"late receipt") for p in ("alice", "bob", "carol")]
+    assert [e.files_read for e in late] == [e.files_read for e in ended]
+    assert {e.event_id for e in late} == {f"receipt-{canceled.uuid}"}  # distinct from the end's event
+    assert trail.late_receipt_events(ended_task(TaskStatus.FINISHED), 6) == []

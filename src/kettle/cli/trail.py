@@ -24,7 +24,7 @@ def _time(ms: Any) -> str:
 
 
 def _what(entry: dict[str, Any]) -> str:
-    if entry["kind"] == "task-ended":
+    if entry["kind"] in ("task-ended", "receipt"):
         parts = [entry["outcome"]]
         if entry["files_read"]:
             parts.append("read " + ", ".join(entry["files_read"]))

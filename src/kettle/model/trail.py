@@ -59,6 +59,8 @@ class EventKind(str, Enum):
     APPROVAL = "approval"
     REVOCATION = "revocation"
     TASK_ENDED = "task-ended"
+    RECEIPT = "receipt"
+    """A canceled run's receipt: the node reports it after the task ended Canceled."""
 
 
 # --- keys -------------------------------------------------------------------------------
@@ -334,6 +336,18 @@ def task_ended_events(task: TaskRecord, time_ms: int) -> list[TrailEvent]:
     ``files_written`` lists the outputs the result wrote (Finished tasks only: only then
     are outputs recorded); ``receipt`` is the receipt the result carries (``docs/receipts.md``),
     kept as opaque bytes."""
+    return _ending_events(task, time_ms, EventKind.TASK_ENDED)
+
+
+def late_receipt_events(task: TaskRecord, time_ms: int) -> list[TrailEvent]:
+    """The receipt of a canceled run, which its node reports after the task ended: to the
+    same parties as the task's end, with the same files."""
+    if task.status != TaskStatus.CANCELED or not task.result.receipt:
+        return []
+    return _ending_events(task, time_ms, EventKind.RECEIPT)
+
+
+def _ending_events(task: TaskRecord, time_ms: int, kind: EventKind) -> list[TrailEvent]:
     if not task.status.terminal or task.attempts == 0:
         return []
     inputs = [(external_id(Kind.INPUT, f.uuid), name, f.owner) for name, f in task.assigned_inputs.items()]
@@ -342,10 +356,11 @@ def task_ended_events(task: TaskRecord, time_ms: int) -> list[TrailEvent]:
     parties = sorted({owner for _, _, owners in inputs + outputs for owner in owners})
     task_id = external_id(Kind.TASK, task.uuid)
     digest = consent.task_digest(task)
+    prefix = "ended" if kind == EventKind.TASK_ENDED else kind.value
     return [
         TrailEvent(
-            event_id=f"ended-{task.uuid}",
-            kind=EventKind.TASK_ENDED,
+            event_id=f"{prefix}-{task.uuid}",
+            kind=kind,
             party=party,
             task_id=task_id,
             time_ms=time_ms,

@@ -123,6 +123,13 @@ def _ending_writes(task: TaskRecord) -> list[RecordWrite]:
     return [*_output_writes(task), *trail_rules.pending_writes(events, uuid.uuid4().bytes)]
 
 
+def _late_receipt_writes(task: TaskRecord) -> list[RecordWrite]:
+    """A canceled run's receipt arrives after the task ended: it follows the task's end
+    into its parties' trails, in the same transaction that keeps it."""
+    events = trail_rules.late_receipt_events(task, int(time.time() * 1000))
+    return trail_rules.pending_writes(events, uuid.uuid4().bytes)
+
+
 def _change(transition: Callable[[TaskRecord], TaskRecord]) -> Callable[[TaskRecord], TaskRecord]:
     """Adapt a pure transition to ``PlatformStore.update_task``: no change means no write."""
 
@@ -346,7 +353,8 @@ class Scheduler:
             if lease is None and self._canceled_runs.take(task_id, executor_id):
                 # The run this executor stopped for a cancel: keep its Canceled receipt.
                 await self._store.update_task(
-                    task_key(task_id), _change(lambda t: rules.attach_cancel_receipt(t, result.receipt)))
+                    task_key(task_id), _change(lambda t: rules.attach_cancel_receipt(t, result.receipt)),
+                    also=_late_receipt_writes)
                 log.info("kept the receipt of canceled task %s from executor %s", task_id, executor_id)
                 return
             if lease is None or lease.executor_id != executor_id:
