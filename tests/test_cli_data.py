@@ -13,6 +13,7 @@ from conftest import Platform
 from kettle.cli.data import parse_cmac
 from kettle.cli.files import file_key
 from kettle.crypto.recipes import FileKey
+from kettle.model.records import ObjectStoreCredentials
 from test_data_api import Storage
 
 CMAC = bytes(range(16))
@@ -114,9 +115,44 @@ def test_data_commands(full_platform: Platform, tmp_path: Path) -> None:
     assert error("data", "get-input", output_id) == "error: invalid data id"
     assert error("data", "get-output", "output-not-a-uuid") == "error: invalid data id"
 
-    # a written output becomes an input (the scheduler records the cmac when a task finishes)
+    # an s3:// file in the owner's own bucket, with the owner's credentials from a file: stored with
+    # the record (read back from storage, since the platform never returns them) and never printed
+    secret = "owner-secret-" + suffix
+    creds_file = tmp_path / "s3.json"
+    creds_file.write_text(json.dumps({"access_key_id": "AKIAOWNER", "secret_access_key": secret,
+                                      "endpoint_url": "https://minio.example:9000", "region": "eu-west-1"}))
+    s3_url = f"s3://{alice}-bucket/in.enc"
+    s3_args = ("--key-file", str(key_file), "--s3-credentials-file", str(creds_file))
+    s3_input = ok("data", "register-input", s3_url, *s3_args, "--cmac-hex", CMAC.hex()).strip()
+    s3_output = ok("data", "register-output", f"s3://{alice}-bucket/out.enc", *s3_args).strip()
+    s3_moved = ok("data", "update-input", s3_input, f"s3://{alice}-bucket/moved.enc").strip()
+    s3_rotated = ok("data", "update-output", s3_output, f"s3://{alice}-bucket/out.enc",
+                    "--s3-credentials-file", str(creds_file)).strip()
+    wrong_file = tmp_path / "wrong.json"
+    wrong_file.write_text(json.dumps({"access_key_id": "AKIAOWNER", "secret": secret}))
+    assert error("data", "register-input", s3_url, "--key-file", str(key_file), "--cmac-hex", CMAC.hex(),
+                 "--s3-credentials-file", str(wrong_file)) == (
+        "error: s3 credentials: unknown fields 'secret' (known: access_key_id, secret_access_key, session_token, "
+        "endpoint_url, region)")
+    wrong_file.write_text(json.dumps({"access_key_id": "AKIAOWNER", "secret_access_key": f"{secret} x"}))
+    assert error("data", "register-input", s3_url, "--key-file", str(key_file), "--cmac-hex", CMAC.hex(),
+                 "--s3-credentials-file", str(wrong_file)) == (
+        "error: s3 credentials: secret_access_key must be 1 to 256 printable ASCII characters without spaces")
+    assert error("data", "register-input", url, "--key-file", str(key_file), "--cmac-hex", CMAC.hex(),
+                 "--s3-credentials-file", str(creds_file)) == "error: s3 credentials are only for s3:// URLs"
+
     storage = Storage(full_platform)
     try:
+        def stored(data_id: str) -> ObjectStoreCredentials | None:
+            kind, bare = data_id.split("-", 1)
+            record = storage.file(f"{kind}-{bare}".encode())
+            assert record is not None
+            return record.s3_credentials
+
+        owners = ObjectStoreCredentials("AKIAOWNER", secret, "", "https://minio.example:9000", "eu-west-1")
+        assert [stored(i) for i in (s3_input, s3_output, s3_moved, s3_rotated)] == [owners, owners, None, owners]
+        assert secret not in ok("data", "get-input", s3_input, "--json") + ok("data", "get-output", s3_output)
+        # a written output becomes an input (the scheduler records the cmac when a task finishes)
         storage.finish_output(output_id, CMAC)
     finally:
         storage.close()

@@ -12,8 +12,10 @@ it opens with its own credentials).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,14 +24,17 @@ from typing import Any
 
 import boto3
 import grpc
+import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
 from conftest import ALL_SERVICES, Platform, free_ports, make_home
 from kettle.errors import KettleError
 from kettle.model.records import TaskStatus
-from kettle.sdk import FrontendClient, FunctionArgument, TaskFailed
+from kettle.rpc.generated import teaclave_frontend_service_pb2 as pb
+from kettle.sdk import FrontendClient, FunctionArgument, S3Credentials, TaskFailed
 from kettle.sdk.files import FileKey, decrypt_file, encrypt_file
+from kettle.sdk.frontend import _Call
 
 BUCKET = "owners"
 OWN_BUCKET = "alice-own"
@@ -516,3 +521,98 @@ def test_user_urls_reach_no_internal_host_and_no_unlisted_bucket(world: World, t
     decrypt_file(alice.folder / "presigned-0.enc", tmp_path / "presigned.txt", key0,
                  cmac=info.outputs_or_raise().tags_map["output_data0"])
     assert (tmp_path / "presigned.txt").read_text() == "a, 3\n"  # the owner's object was read
+
+
+# --- s3 with the owner's own credentials ----------------------------------------------------
+
+
+def _moto_auth(world: World, unauthenticated_requests: str) -> None:
+    """moto's IAM switch (process-wide): after this many requests every one must be signed by a known key."""
+    endpoint = world.s3.meta.endpoint_url
+    httpx.post(f"{endpoint}/moto-api/reset-auth", content=unauthenticated_requests.encode()).raise_for_status()
+
+
+def _raw_response(client: FrontendClient, rpc: str, request: Any) -> bytes:
+    """What the frontend sends back, as bytes on the wire (not what the SDK chooses to keep of it)."""
+    return client._invoke(_Call(rpc, request, lambda response: response.SerializeToString()))
+
+
+def _audit_until(admin: FrontendClient, query: str, count: int) -> list[Any]:
+    """The frontend flushes its audit entries about once a second; generous under load."""
+    deadline = time.monotonic() + 30
+    while True:
+        entries = admin.query_audit_logs(query, 100)
+        if len(entries) >= count or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.3)
+
+
+def test_owner_credentials_read_and_write_the_owners_own_bucket_and_stay_secret(world: World, tmp_path: Path) -> None:
+    """A task reads an input from and writes an output to the owner's own bucket with the owner's
+    keys, while moto verifies every signature and holds each key to its policy (the node's own
+    AWS identity is not even known there). The secret never comes back: not from GetInputFile /
+    GetOutputFile, not in the audit log, not in a failed task's reason or a refusal, and not
+    in any file of the platform's home (logs, sealed storage)."""
+    alice = world.owner("alice")
+    endpoint = world.s3.meta.endpoint_url
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1")
+    iam.create_user(UserName="alice-s3")
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*",
+              "Resource": [f"arn:aws:s3:::{OWN_BUCKET}", f"arn:aws:s3:::{OWN_BUCKET}/*"]}]}
+    iam.put_user_policy(UserName="alice-s3", PolicyName="own", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="alice-s3")["AccessKey"]
+    mine = S3Credentials(key["AccessKeyId"], key["SecretAccessKey"], endpoint_url=endpoint)
+    wrong = S3Credentials(key["AccessKeyId"], "a-wrong-secret-1234567890", endpoint_url=endpoint)
+    secrets = [mine.secret_access_key, wrong.secret_access_key]
+
+    in_key = FileKey.generate("aes-gcm-128")
+    (tmp_path / "own.txt").write_text("a : 2\n")
+    cmac = encrypt_file(tmp_path / "own.txt", tmp_path / "own.enc", in_key)
+    world.s3.upload_file(str(tmp_path / "own.enc"), OWN_BUCKET, "creds/in.enc")
+    s3_input = alice.client.register_input_file(f"s3://{OWN_BUCKET}/creds/in.enc", in_key.schema, in_key.key,
+                                                in_key.iv, cmac, s3_credentials=mine)
+    out_key = FileKey.generate("aes-gcm-128")
+    s3_output = alice.client.register_output_file(f"s3://{OWN_BUCKET}/creds/out.enc", out_key.schema, out_key.key,
+                                                  out_key.iv, s3_credentials=mine)
+    wrong_input = alice.client.register_input_file(f"s3://{OWN_BUCKET}/creds/in.enc", in_key.schema, in_key.key,
+                                                   in_key.iv, cmac, s3_credentials=wrong)
+    with pytest.raises(KettleError) as refused:
+        alice.client.register_input_file(f"{world.http_base}/in.enc", in_key.schema, in_key.key,
+                                          in_key.iv, cmac, s3_credentials=mine)
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.message == "s3 credentials are only for s3:// URLs"
+    pjc = {"input_owners": {"input_data0": ["alice"], "input_data1": ["alice"]},
+           "output_owners": {"output_data0": ["alice"], "output_data1": ["alice"]},
+           "assigners": {n: alice for n in ("input_data0", "input_data1", "output_data0", "output_data1")}}
+    _moto_auth(world, "0")
+    try:
+        good = owner_input(world, "alice", tmp_path, "creds-good.enc", "a : 1\n")
+        other_out, _ = owner_output(world, "alice", "creds-1.enc")
+        _, info = run_pjc(alice, ["alice"], {"alice": good, "alice2": s3_input}, {"alice": s3_output, "alice2": other_out},
+                          world=world, **pjc)
+        assert info.status == TaskStatus.FINISHED, info
+        spare_out, _ = owner_output(world, "alice", "creds-2.enc")
+        spare_out2, _ = owner_output(world, "alice", "creds-3.enc")
+        _, failed = run_pjc(alice, ["alice"], {"alice": good, "alice2": wrong_input},
+                            {"alice": spare_out, "alice2": spare_out2}, world=world, **pjc)
+    finally:
+        _moto_auth(world, "inf")
+    assert failed.status == TaskStatus.FAILED
+    reason = failed.result.reason  # type: ignore[union-attr]
+    assert reason == f"Failed to fetch input input_data1: HTTP 403 Forbidden from s3://{OWN_BUCKET}/creds/in.enc"
+    world.s3.download_file(OWN_BUCKET, "creds/out.enc", str(tmp_path / "out.enc"))
+    decrypt_file(tmp_path / "out.enc", tmp_path / "out.txt", out_key, cmac=info.outputs_or_raise().tags_map["output_data0"])
+    assert (tmp_path / "out.txt").read_text() == "a, 3\n"  # read from, and written to, the owner's bucket
+
+    answers = [_raw_response(alice.client, "GetInputFile", pb.GetInputFileRequest(data_id=s3_input)),
+               _raw_response(alice.client, "GetOutputFile", pb.GetOutputFileRequest(data_id=s3_output)),
+               _raw_response(alice.client, "GetInputFile", pb.GetInputFileRequest(data_id=wrong_input))]
+    admin_token = world.platform.auth_client().user_login("admin", "teaclave")
+    with FrontendClient(world.platform.frontend_address, world.platform.trust(), "admin", admin_token) as admin:
+        audit = _audit_until(admin, "user:alice AND message:register_input_file", 3)
+    assert any("s3 credentials are only for s3:// URLs" in e.message for e in audit)
+    texts = [*answers, *(e.message.encode() for e in audit), reason.encode(), refused.value.message.encode()]
+    stored = [p.read_bytes() for p in world.platform.home.rglob("*") if p.is_file()]
+    for secret in secrets:
+        assert not [t for t in texts if secret.encode() in t]
+        assert not [s for s in stored if secret.encode() in s]

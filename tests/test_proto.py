@@ -382,6 +382,9 @@ KETTLE_EXTENSIONS: dict[tuple[str, str], list[tuple[str, int, str]]] = {
         ("task_manifest", 102, "string"),
         ("approvals", 103, f"repeated {FRONT}TaskApproval"),
     ],
+    **{("teaclave_frontend_service", request): [("s3_credentials", 100, f"{FRONT}ObjectStoreCredentials")]
+       for request in ("RegisterInputFileRequest", "RegisterOutputFileRequest", "UpdateInputFileRequest",
+                       "UpdateOutputFileRequest")},
     ("teaclave_frontend_service", "ApproveTaskRequest"): [
         ("expect_digest", 100, "string"),
         ("valid_for_secs", 101, "uint64"),
@@ -395,6 +398,13 @@ KETTLE_MESSAGES: dict[str, dict[str, list[tuple[str, int, str]]]] = {
             ("task_digest", 2, "string"),
             ("approved_at", 3, "uint64"),
             ("expires_at", 4, "uint64"),
+        ],
+        "ObjectStoreCredentials": [
+            ("access_key_id", 1, "string"),
+            ("secret_access_key", 2, "string"),
+            ("session_token", 3, "string"),
+            ("endpoint_url", 4, "string"),
+            ("region", 5, "string"),
         ],
     },
 }

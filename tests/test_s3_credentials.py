@@ -17,39 +17,13 @@ from typing import Any
 import boto3
 import pytest
 from conftest import free_ports
-from moto.server import ThreadedMotoServer
+from moto_counting import CountingMotoServer
 
 from kettle.config import FileAgentConfig
 from kettle.errors import TransferError
 from kettle.file_agent import FileAgent
 
 LISTED, UNLISTED = "platform-data", "someone-elses"
-
-
-class CountingMotoServer(ThreadedMotoServer):
-    """moto's own server, with every request it is sent counted before moto sees it."""
-
-    def __init__(self, port: int) -> None:
-        super().__init__(ip_address="127.0.0.1", port=port, verbose=False)
-        self.requests: list[str] = []
-
-    def _server_entry(self) -> None:
-        import moto.moto_server.threaded_moto_server as threaded
-
-        make_server = threaded.make_server
-
-        def counting_make_server(host: str, port: int, app: Any, *args: Any, **kwargs: Any) -> Any:
-            def counted(environ: dict[str, Any], start_response: Any) -> Any:
-                self.requests.append(f"{environ['REQUEST_METHOD']} {environ.get('PATH_INFO', '')}")
-                return app(environ, start_response)
-
-            return make_server(host, port, counted, *args, **kwargs)
-
-        threaded.make_server = counting_make_server
-        try:
-            super()._server_entry()
-        finally:
-            threaded.make_server = make_server
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,10 @@ or inline (``--schema S --key-hex H --iv-hex H``) and is checked with the
 platform's own rules before anything is sent. Data IDs are printed plain (one
 line, for scripts) or with ``--json``; cmacs are shown in hex. The platform never
 returns a file's URL or key, so neither does this command.
+
+An ``s3://`` file in a bucket of the owner's own takes the owner's credentials from
+``--s3-credentials-file F`` (JSON: ``access_key_id``, ``secret_access_key``, and
+optionally ``session_token``, ``endpoint_url``, ``region``); they are never printed.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from .files import file_key  # noqa: E402
 from .main import one_line_errors, out  # noqa: E402
 
 if TYPE_CHECKING:
-    from ..sdk.frontend import FileInfo
+    from ..sdk.frontend import FileInfo, S3Credentials
 
 
 # --- option parsing (pure) -------------------------------------------------------------
@@ -40,6 +44,15 @@ def parse_cmac(text: str) -> bytes:
     except ValueError:
         raise ValueError(f"--cmac-hex is not hex text: {text[:64]!r}") from None
     return check_cmac(cmac)
+
+
+def s3_credentials(path: Path | None) -> S3Credentials | None:
+    """``--s3-credentials-file``: the owner's credentials, checked for shape before anything is sent."""
+    if path is None:
+        return None
+    from ..sdk.frontend import S3Credentials
+
+    return S3Credentials.load(path)
 
 
 # --- rendering ------------------------------------------------------------------------------
@@ -70,6 +83,11 @@ Schema = typer.Option(None, "--schema", help="with --key-hex/--iv-hex: aes-gcm-1
 KeyHex = typer.Option(None, "--key-hex", help="the key in hex")
 IvHex = typer.Option(None, "--iv-hex", help="the iv in hex (aes-gcm: 12 bytes; teaclave-file-128: none)")
 Json = typer.Option(False, "--json", help="machine-readable output")
+S3CredentialsFile = typer.Option(
+    None, "--s3-credentials-file",
+    help="JSON with your own access_key_id, secret_access_key (and optional session_token, endpoint_url, region) "
+         "for an s3:// URL in your own bucket; used only by the node running a task on this file",
+)
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -84,12 +102,15 @@ def register_input(
     schema: str = Schema,
     key_hex: str = KeyHex,
     iv_hex: str = IvHex,
+    s3_credentials_file: Path = S3CredentialsFile,
     as_json: bool = Json,
 ) -> None:
     """Register an encrypted input file and print its data id (input-…)."""
     key = file_key(key_file, schema, key_hex, iv_hex)
     cmac = parse_cmac(cmac_hex)
-    _print_id(functions.frontend_client().register_input_file(url, key.schema, key.key, key.iv, cmac), as_json)
+    credentials = s3_credentials(s3_credentials_file)
+    client = functions.frontend_client()
+    _print_id(client.register_input_file(url, key.schema, key.key, key.iv, cmac, credentials), as_json)
 
 
 @app.command("register-output")
@@ -100,11 +121,13 @@ def register_output(
     schema: str = Schema,
     key_hex: str = KeyHex,
     iv_hex: str = IvHex,
+    s3_credentials_file: Path = S3CredentialsFile,
     as_json: bool = Json,
 ) -> None:
     """Register an output file (encrypted with your key) and print its data id (output-…)."""
     key = file_key(key_file, schema, key_hex, iv_hex)
-    _print_id(functions.frontend_client().register_output_file(url, key.schema, key.key, key.iv), as_json)
+    credentials = s3_credentials(s3_credentials_file)
+    _print_id(functions.frontend_client().register_output_file(url, key.schema, key.key, key.iv, credentials), as_json)
 
 
 @app.command("update-input")
@@ -112,10 +135,13 @@ def register_output(
 def update_input(
     data_id: str = typer.Argument(..., help="an input you alone own"),
     url: str = typer.Argument(..., help="the new URL"),
+    s3_credentials_file: Path = S3CredentialsFile,
     as_json: bool = Json,
 ) -> None:
-    """Register a copy of an input at a new URL (same key, cmac and owner); print the new id."""
-    _print_id(functions.frontend_client().update_input_file(data_id, url), as_json, previous=data_id)
+    """Register a copy of an input at a new URL (same key, cmac and owner; s3 credentials only
+    if given again); print the new id."""
+    credentials = s3_credentials(s3_credentials_file)
+    _print_id(functions.frontend_client().update_input_file(data_id, url, credentials), as_json, previous=data_id)
 
 
 @app.command("update-output")
@@ -123,10 +149,13 @@ def update_input(
 def update_output(
     data_id: str = typer.Argument(..., help="an output you alone own"),
     url: str = typer.Argument(..., help="the new URL"),
+    s3_credentials_file: Path = S3CredentialsFile,
     as_json: bool = Json,
 ) -> None:
-    """Register a copy of an output at a new URL (same key and owner, not written yet); print the new id."""
-    _print_id(functions.frontend_client().update_output_file(data_id, url), as_json, previous=data_id)
+    """Register a copy of an output at a new URL (same key and owner, not written yet; s3 credentials
+    only if given again); print the new id."""
+    credentials = s3_credentials(s3_credentials_file)
+    _print_id(functions.frontend_client().update_output_file(data_id, url, credentials), as_json, previous=data_id)
 
 
 @app.command("register-fusion-output")

@@ -270,7 +270,8 @@ class TaskFiles:
             return targets
 
         def fetch(name: str) -> None:
-            plane.agent.fetch(self._inputs[name].url, targets[name], self._budget)
+            record = self._inputs[name]
+            plane.agent.fetch(record.url, targets[name], self._budget, record.s3_credentials)
 
         with ThreadPoolExecutor(max_workers=min(_MAX_PARALLEL_FETCHES, len(targets))) as pool:
             futures = {name: pool.submit(fetch, name) for name in sorted(targets)}
@@ -359,7 +360,7 @@ class TaskFiles:
             tags[name] = output.writer.cmac
         for name, output in sorted(self._outputs.items()):
             try:
-                self._require_plane().agent.store(output.path, output.record.url)
+                self._require_plane().agent.store(output.path, output.record.url, output.record.s3_credentials)
             except TransferError as exc:
                 raise TaskFileError(f"Failed to upload output {name}: {exc}") from None
         return tags

@@ -14,7 +14,9 @@ anything; it only moves bytes, and it is careful about three things:
   internal (loopback, private, link-local, the node itself, the platform's own
   endpoints...) unless ``egress_allowlist`` names it (``egress.py``); and
   ``s3://`` uses the node's own credentials only for the buckets the operator
-  listed (``s3_node_credential_buckets``), so the node is nobody's deputy;
+  listed (``s3_node_credential_buckets``), so the node is nobody's deputy; a
+  file whose owner registered credentials of its own is opened with exactly
+  those, through the HTTP transport and its egress policy (``objects.py``);
 - **resources**: everything is streamed a chunk at a time, bounded by
   ``max_file_bytes``, with connect and per-read timeouts, and a failed fetch
   never leaves a partial file behind.
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from ..config import FileAgentConfig
 from ..errors import TransferError
+from ..model.records import ObjectStoreCredentials
 from .budget import StagingBudget
 from .egress import UNREACHABLE, EgressPolicy, Resolver, system_resolver
 from .local import LocalFiles
@@ -42,7 +45,7 @@ from .urls import ParsedUrl, display_url, file_name_of, parse_url, scrub
 
 if TYPE_CHECKING:
     from .http import HttpTransport
-    from .objects import GenericStore, S3Store
+    from .objects import GenericStore, OwnerS3Store, S3Store
 
 __all__ = ["UNREACHABLE", "FileAgent", "StagingBudget", "display_url", "file_name_of"]
 
@@ -55,6 +58,13 @@ def _unexpected(exc: Exception, parsed: ParsedUrl, verb: str) -> TransferError:
         return TransferError(f"{verb} {parsed.shown} failed: {exc.strerror}")
     detail = scrub(str(exc), parsed.raw) or type(exc).__name__
     return TransferError(f"{verb} {parsed.shown} failed: {detail}")
+
+
+def _s3_only(parsed: ParsedUrl) -> ParsedUrl:
+    """Owner credentials open ``s3://`` URLs and nothing else (registration refuses the rest)."""
+    if parsed.scheme != "s3":
+        raise TransferError(f"s3 credentials are only for s3:// URLs: {parsed.shown}")
+    return parsed
 
 
 class FileAgent:
@@ -94,15 +104,28 @@ class FileAgent:
         return S3Store(self._config)
 
     @functools.cached_property
+    def _owner_s3(self) -> OwnerS3Store:
+        from .objects import OwnerS3Store
+
+        return OwnerS3Store(self._http, self._allowed)
+
+    @functools.cached_property
     def _generic(self) -> GenericStore:
         from .objects import GenericStore
 
         return GenericStore()
 
-    def fetch(self, url: str, target: pathlib.Path, budget: StagingBudget | None = None) -> int:
+    def fetch(
+        self,
+        url: str,
+        target: pathlib.Path,
+        budget: StagingBudget | None = None,
+        credentials: ObjectStoreCredentials | None = None,
+    ) -> int:
         """Stream the bytes at ``url`` into the new file ``target`` and return how many there were.
 
         Every byte is also taken from ``budget`` (the task's share of the node's disk), if given.
+        ``credentials``: the ones the file's owner registered for this ``s3://`` URL, if any.
 
         ``target`` must not exist (it is created exclusively, so a fetch can never
         clobber or be redirected through an existing file) and its directory must.
@@ -113,7 +136,7 @@ class FileAgent:
         sink = Sink(file, self._config.max_file_bytes, parsed.shown, budget)
         try:
             with file:
-                self._fetch(parsed, sink)
+                self._fetch(parsed, sink, credentials)
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 target.unlink(missing_ok=True)
@@ -122,9 +145,11 @@ class FileAgent:
             raise
         return sink.count
 
-    def _fetch(self, parsed: ParsedUrl, sink: Sink) -> None:
+    def _fetch(self, parsed: ParsedUrl, sink: Sink, credentials: ObjectStoreCredentials | None) -> None:
         scheme = parsed.scheme
-        if scheme in ("http", "https"):
+        if credentials is not None:
+            self._owner_s3.fetch(_s3_only(parsed), sink, credentials)
+        elif scheme in ("http", "https"):
             self._http.fetch(parsed, sink)
         elif scheme == "s3":
             self._s3.fetch(parsed, sink)
@@ -137,8 +162,8 @@ class FileAgent:
         else:
             self._generic.fetch(parsed, sink)
 
-    def store(self, source: pathlib.Path, url: str) -> None:
-        """Upload the local file ``source`` to ``url``.
+    def store(self, source: pathlib.Path, url: str, credentials: ObjectStoreCredentials | None = None) -> None:
+        """Upload the local file ``source`` to ``url`` (with the owner's ``credentials``, if any).
 
         A source over ``max_file_bytes`` is refused before anything is sent.
         Local targets (``file``, ``fusion``) are never overwritten; remote ones
@@ -149,13 +174,15 @@ class FileAgent:
             raise TransferError(f"cannot store to a data URL: {parsed.shown}")
         resolved_source = Source(source, self._config.max_file_bytes, parsed.shown)
         try:
-            self._store(resolved_source, parsed)
+            self._store(resolved_source, parsed, credentials)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a redacted TransferError
             raise _unexpected(exc, parsed, "storing") from None
 
-    def _store(self, source: Source, parsed: ParsedUrl) -> None:
+    def _store(self, source: Source, parsed: ParsedUrl, credentials: ObjectStoreCredentials | None) -> None:
         scheme = parsed.scheme
-        if scheme in ("http", "https"):
+        if credentials is not None:
+            self._owner_s3.store(source, _s3_only(parsed), credentials)
+        elif scheme in ("http", "https"):
             self._http.store(source, parsed)
         elif scheme == "s3":
             self._s3.store(source, parsed)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
 from typing import Final, TypeVar
 
@@ -172,16 +172,19 @@ class HttpTransport:
             raise TransferError(f"{parsed.shown} redirects to a {target.scheme or 'relative'} URL, which is not followed")
         return target
 
-    def fetch(self, parsed: ParsedUrl, sink: Sink) -> None:
-        """GET the URL into ``sink``; any 2xx is success (redirects followed, each hop checked, bounded)."""
-        headers = {"Accept-Encoding": "identity"}
+    def fetch(self, parsed: ParsedUrl, sink: Sink, signed: Mapping[str, str] | None = None) -> None:
+        """GET the URL into ``sink``; any 2xx is success (redirects followed, each hop checked, bounded).
+
+        ``signed``: authorization headers for exactly this URL (an owner-credential s3 request);
+        such a request follows no redirect, so they never go to another host."""
+        headers = {"Accept-Encoding": "identity", **(signed or {})}
         with self._client() as client:
 
             def attempt() -> None:
                 url = _http_url(parsed.raw)
                 for _hop in range(MAX_REDIRECTS + 1):
                     with self._send(client, "GET", url, headers) as response:
-                        if response.is_redirect:
+                        if response.is_redirect and signed is None:
                             url = self._next_hop(url, response, parsed)
                             continue
                         if not response.is_success:
@@ -199,9 +202,11 @@ class HttpTransport:
 
             self._with_retries(parsed, attempt, sink.reset)
 
-    def store(self, source: Source, parsed: ParsedUrl) -> None:
-        """PUT the file with an explicit length; only 200 is success, as in Teaclave."""
-        headers = {"Content-Type": "application/x-binary", "Content-Length": str(source.size)}
+    def store(self, source: Source, parsed: ParsedUrl, signed: Mapping[str, str] | None = None) -> None:
+        """PUT the file with an explicit length; only 200 is success, as in Teaclave.
+
+        ``signed``: authorization headers for exactly this URL, as for :meth:`fetch`."""
+        headers = {"Content-Type": "application/x-binary", "Content-Length": str(source.size), **(signed or {})}
         url = _http_url(parsed.raw)
         # Redirects are not followed: a streamed body cannot be sent a second time.
         with self._client() as client:

@@ -10,7 +10,16 @@ only for the buckets the operator listed in ``s3_node_credential_buckets``: for
 any other bucket the node would be the user's deputy, reading or writing what
 the node may but the user may not. Such a URL is refused before anything is
 sent; the data owner gives a presigned ``https://`` URL instead (the
-reference's own model), which the HTTP transport fetches under the egress policy.
+reference's own model), which the HTTP transport fetches under the egress policy,
+or registers credentials of its own with the file (:class:`OwnerS3Store`).
+
+With owner credentials nothing ambient takes part: the request is signed here
+(AWS Signature V4, botocore's signer given exactly those keys, no botocore
+session, so no environment variable, ``~/.aws`` file or instance metadata is
+ever consulted) and sent by the HTTP transport, which resolves the store's host
+once, applies the egress policy to it like to any URL (an owner's endpoint may
+not make the node reach an internal store unless the operator allowlists it),
+ignores proxy settings, and follows no redirect for it.
 
 fsspec caches filesystem instances and directory listings between calls; an
 execution node serves many tasks, so the agent opts out of both
@@ -22,18 +31,29 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Final
-from urllib.parse import unquote
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote, urlsplit
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ..config import FileAgentConfig
 from ..errors import TransferError
+from ..model.object_store import (
+    MAX_SINGLE_PUT_BYTES,
+    credentials_problem,
+    region_of,
+    request_url,
+    s3_location,
+)
+from ..model.records import ObjectStoreCredentials
 from .streams import CHUNK, Sink, Source
 from .urls import ParsedUrl, scrub
 
-__all__ = ["GenericStore", "S3Store"]
+if TYPE_CHECKING:
+    from .http import HttpTransport
+
+__all__ = ["GenericStore", "OwnerS3Store", "S3Store"]
 
 _READ_BLOCK: Final = 4 * CHUNK
 """Read-ahead of a fetched object: a few chunks per request instead of one request per chunk."""
@@ -149,6 +169,63 @@ class S3Store:
     def store(self, source: Source, parsed: ParsedUrl) -> None:
         path = self._path(parsed)
         _store(self._filesystem(), path, source, parsed, _WRITE_BLOCK)
+
+
+def _signed_headers(method: str, url: str, credentials: ObjectStoreCredentials) -> dict[str, str]:
+    """AWS Signature V4 headers for one request, computed from ``credentials`` alone.
+
+    The payload is declared unsigned (``UNSIGNED-PAYLOAD``): uploads are streamed, and
+    the body's integrity is the file's own cmac, checked by whoever reads it."""
+    # Imported on first use: botocore is slow to import. Only its signer is used, never a session.
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    class UnsignedPayload(S3SigV4Auth):
+        def _should_sha256_sign_payload(self, request: Any) -> bool:
+            return False
+
+    request = AWSRequest(method=method, url=url)
+    keys = Credentials(credentials.access_key_id, credentials.secret_access_key, credentials.session_token or None)
+    UnsignedPayload(keys, "s3", region_of(credentials)).add_auth(request)
+    return {str(name): str(value) for name, value in request.headers.items()}
+
+
+class OwnerS3Store:
+    """``s3://bucket/key`` with credentials the file's owner registered: signed here, sent over HTTP(S)."""
+
+    def __init__(self, http: HttpTransport, allowed_schemes: tuple[str, ...]) -> None:
+        self._http = http
+        self._allowed = allowed_schemes
+
+    def _request(self, method: str, parsed: ParsedUrl, credentials: ObjectStoreCredentials) -> tuple[ParsedUrl, dict[str, str]]:
+        """The HTTP(S) request for the object, shown as the s3:// URL, and its signed headers."""
+        problem = credentials_problem(credentials)
+        if problem is not None:
+            raise TransferError(f"{problem}: {parsed.shown}")
+        try:
+            bucket, key = s3_location(parsed.raw)
+        except ValueError as exc:
+            raise TransferError(f"{exc}: {parsed.shown}") from None
+        url = request_url(credentials, bucket, key)
+        parts = urlsplit(url)
+        if parts.scheme not in self._allowed:
+            allowed = ", ".join(sorted(self._allowed))
+            raise TransferError(f"URL scheme not allowed: {parts.scheme} (allowed: {allowed}), for the store of {parsed.shown}")
+        return ParsedUrl(raw=url, scheme=parts.scheme, parts=parts, shown=parsed.shown), _signed_headers(method, url, credentials)
+
+    def fetch(self, parsed: ParsedUrl, sink: Sink, credentials: ObjectStoreCredentials) -> None:
+        target, headers = self._request("GET", parsed, credentials)
+        self._http.fetch(target, sink, signed=headers)
+
+    def store(self, source: Source, parsed: ParsedUrl, credentials: ObjectStoreCredentials) -> None:
+        if source.size > MAX_SINGLE_PUT_BYTES:
+            raise TransferError(
+                f"{parsed.shown}: an upload with the owner's s3 credentials is one PUT, at most "
+                f"{MAX_SINGLE_PUT_BYTES} bytes; this output has {source.size}"
+            )
+        target, headers = self._request("PUT", parsed, credentials)
+        self._http.store(source, target, signed=headers)
 
 
 class GenericStore:

@@ -29,6 +29,10 @@ Kettle's choices where the spec leaves room:
 - ``raw`` crypto info is stored without key and iv (Teaclave's ``Raw`` has none).
 - A fusion output needs at least two *distinct*, non-empty owner IDs; Teaclave
   only counts raw list entries, so ``["alice", "alice"]`` would pass there.
+- An ``s3://`` file may carry credentials its owner registers with it
+  (:func:`check_s3_credentials`); they stay with that record: RegisterInputFromOutput
+  keeps them (same URL, same owner), an update takes them again or has none
+  (``docs/data.md``).
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ from ..crypto.schemas import (
 from ..errors import InvalidArgument, PermissionDenied
 from .functions import MAX_ITEMS, MAX_NAME_CHARS, PERMISSION_DENIED, Caller, shown
 from .ids import Kind, parse_bare_uuid
-from .records import CryptoInfo, FileRecord
+from .object_store import credentials_problem, s3_location
+from .records import CryptoInfo, FileRecord, ObjectStoreCredentials
 
 __all__ = [
     "FUSION_KEY_BYTES",
@@ -69,6 +74,7 @@ __all__ = [
     "check_assignable",
     "check_crypto_info",
     "check_file_cmac",
+    "check_s3_credentials",
     "check_url",
     "file_view",
     "fusion_url",
@@ -293,6 +299,28 @@ def check_crypto_info(crypto_info: CryptoInfo | None) -> CryptoInfo:
     return CryptoInfo(RAW) if crypto_info.schema == RAW else crypto_info
 
 
+def check_s3_credentials(
+    url: str, credentials: ObjectStoreCredentials | None, policy: UrlPolicy = STRICT_URLS
+) -> ObjectStoreCredentials | None:
+    """Owner credentials for the (already checked) ``url``: only for an ``s3://BUCKET/KEY``
+    URL, each field well-formed, an endpoint only with a scheme the nodes may use; else
+    INVALID_ARGUMENT with a sentence that quotes none of them (``model/object_store.py``)."""
+    if credentials is None:
+        return None
+    try:
+        s3_location(url)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
+    problem = credentials_problem(credentials)
+    if problem is not None:
+        raise InvalidArgument(problem)
+    scheme = urlsplit(credentials.endpoint_url).scheme
+    if credentials.endpoint_url and scheme not in policy.schemes:
+        allowed = ", ".join(sorted(policy.schemes))
+        raise InvalidArgument(f"s3 credentials: endpoint_url scheme not allowed: {scheme} (allowed: {allowed})")
+    return credentials
+
+
 def register_input_file(
     caller: Caller,
     url: str,
@@ -300,23 +328,33 @@ def register_input_file(
     crypto_info: CryptoInfo | None,
     bare_uuid: str,
     policy: UrlPolicy = STRICT_URLS,
+    s3_credentials: ObjectStoreCredentials | None = None,
 ) -> FileRecord:
-    """RegisterInputFile (§5.3): url, then cmac, then crypto info; owned by the caller."""
+    """RegisterInputFile (§5.3): url, then cmac, then crypto info, then (Kettle) the
+    owner's s3 credentials; owned by the caller."""
     url = check_url(url, policy)
     cmac = check_file_cmac(cmac)
     crypto_info = check_crypto_info(crypto_info)
-    return FileRecord(bare_uuid, url, crypto_info, (caller.user_id,), cmac)
+    credentials = check_s3_credentials(url, s3_credentials, policy)
+    return FileRecord(bare_uuid, url, crypto_info, (caller.user_id,), cmac, credentials)
 
 
 def register_output_file(
-    caller: Caller, url: str, crypto_info: CryptoInfo | None, bare_uuid: str, policy: UrlPolicy = STRICT_URLS
+    caller: Caller,
+    url: str,
+    crypto_info: CryptoInfo | None,
+    bare_uuid: str,
+    policy: UrlPolicy = STRICT_URLS,
+    s3_credentials: ObjectStoreCredentials | None = None,
 ) -> FileRecord:
-    """RegisterOutputFile (§5.3): url, then crypto info; owned by the caller, no cmac yet.
+    """RegisterOutputFile (§5.3): url, then crypto info, then (Kettle) the owner's s3
+    credentials; owned by the caller, no cmac yet.
 
     ``raw`` is accepted here, as in Teaclave; such an output fails when a task uploads it."""
     url = check_url(url, policy, output=True)
     crypto_info = check_crypto_info(crypto_info)
-    return FileRecord(bare_uuid, url, crypto_info, (caller.user_id,), None)
+    credentials = check_s3_credentials(url, s3_credentials, policy)
+    return FileRecord(bare_uuid, url, crypto_info, (caller.user_id,), None, credentials)
 
 
 # --- reading and changing files -------------------------------------------------------------
@@ -342,18 +380,25 @@ def update_file(
     *,
     output: bool,
     policy: UrlPolicy = STRICT_URLS,
+    s3_credentials: ObjectStoreCredentials | None = None,
 ) -> FileRecord:
     """UpdateInputFile / UpdateOutputFile (§5.3 steps 2–5).
 
     Not found → "invalid data id"; owners ≠ {caller} → PERMISSION_DENIED (so
-    multi-owner files cannot be updated); bad URL → INVALID_ARGUMENT. The result is a
-    *new* record (``bare_uuid``) with the new URL and the old crypto info and
-    owners; an input keeps its cmac, an output copy has none."""
+    multi-owner files cannot be updated); bad URL or credentials → INVALID_ARGUMENT.
+    The result is a *new* record (``bare_uuid``) with the new URL and the old crypto
+    info and owners; an input keeps its cmac, an output copy has none.
+
+    Kettle: the old record's s3 credentials do **not** carry over; the new record has
+    those given with the update, or none. An update names a new location, and
+    credentials registered for one URL must not silently open another; it is also how
+    an owner rotates them (same URL, new credentials, new data id)."""
     record = _found(record)
     if record.owner != (caller.user_id,):
         raise PermissionDenied(PERMISSION_DENIED)
     url = check_url(url, policy, output=output)
-    return FileRecord(bare_uuid, url, record.crypto_info, record.owner, None if output else record.cmac)
+    credentials = check_s3_credentials(url, s3_credentials, policy)
+    return FileRecord(bare_uuid, url, record.crypto_info, record.owner, None if output else record.cmac, credentials)
 
 
 def fusion_url(path_uuid: str) -> str:
@@ -385,11 +430,12 @@ def register_fusion_output(
 
 def input_from_output(output: FileRecord | None, caller: Caller) -> FileRecord:
     """RegisterInputFromOutput (§5.3 steps 1–4): found, caller an owner, cmac set
-    ("invalid output file" before a task wrote it); the input has the same UUID."""
+    ("invalid output file" before a task wrote it); the input has the same UUID, and
+    (Kettle) the output's s3 credentials: the same owners read the same URL."""
     output = _check_owner(_found(output), caller)
     if output.cmac is None:
         raise InvalidArgument(INVALID_OUTPUT_FILE)
-    return FileRecord(output.uuid, output.url, output.crypto_info, output.owner, output.cmac)
+    return FileRecord(output.uuid, output.url, output.crypto_info, output.owner, output.cmac, output.s3_credentials)
 
 
 FileView = tuple[tuple[str, ...], bytes]

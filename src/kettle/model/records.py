@@ -116,27 +116,73 @@ class CryptoInfo:
 
 
 @dataclass(frozen=True)
+class ObjectStoreCredentials:
+    """Credentials a data owner registered with an ``s3://`` file (Kettle, ``docs/data.md``).
+
+    Stored only inside the file's record (sealed like every record), copied into the
+    tasks the file is assigned to and into their staged tasks (sealed, and sent to the
+    execution node over attested TLS), and used there for that one URL. Never returned
+    by any RPC and never part of a task digest. ``repr`` leaves the secret and the
+    session token out, so a record in a log line or a traceback shows neither.
+    ``endpoint_url`` empty: AWS S3 itself; ``region`` empty: ``us-east-1``.
+    """
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str = field(default="", repr=False)
+    endpoint_url: str = ""
+    region: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "access_key_id": self.access_key_id,
+            "secret_access_key": self.secret_access_key,
+            "session_token": self.session_token,
+            "endpoint_url": self.endpoint_url,
+            "region": self.region,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> ObjectStoreCredentials:
+        names = {f.name for f in fields(cls)}
+        if not isinstance(doc, dict) or set(doc) != names or not all(isinstance(doc[n], str) for n in names):
+            raise ValueError("malformed object store credentials")
+        return cls(**doc)
+
+
+_FILE_FIELDS = frozenset({"uuid", "url", "crypto_info", "owner", "cmac"})
+
+
+@dataclass(frozen=True)
 class FileRecord:
-    """An input or output file (``spec/platform.md`` §5.2); ``cmac`` None = not yet written."""
+    """An input or output file (``spec/platform.md`` §5.2); ``cmac`` None = not yet written.
+
+    ``s3_credentials`` (Kettle): what the owner registered for an ``s3://`` URL, or None.
+    The encoding has the ``s3_credentials`` key only when there are some, so records
+    without them are byte for byte what they were before owners could register any."""
 
     uuid: str
     url: str
     crypto_info: CryptoInfo
     owner: tuple[str, ...]
     cmac: bytes | None = None
+    s3_credentials: ObjectStoreCredentials | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "uuid": self.uuid,
             "url": self.url,
             "crypto_info": self.crypto_info.to_json(),
             "owner": sorted(self.owner),
             "cmac": None if self.cmac is None else _b64(self.cmac),
         }
+        if self.s3_credentials is not None:
+            doc["s3_credentials"] = self.s3_credentials.to_json()
+        return doc
 
     @classmethod
     def from_json(cls, doc: Any) -> FileRecord:
-        if not isinstance(doc, dict) or set(doc) != {"uuid", "url", "crypto_info", "owner", "cmac"}:
+        if not isinstance(doc, dict) or set(doc) not in (_FILE_FIELDS, _FILE_FIELDS | {"s3_credentials"}):
             raise ValueError("malformed file record")
         owner = doc["owner"]
         if not isinstance(owner, list) or not all(isinstance(o, str) for o in owner):
@@ -147,6 +193,7 @@ class FileRecord:
             crypto_info=CryptoInfo.from_json(doc["crypto_info"]),
             owner=tuple(sorted(owner)),
             cmac=None if doc["cmac"] is None else _unb64(doc["cmac"]),
+            s3_credentials=ObjectStoreCredentials.from_json(doc["s3_credentials"]) if "s3_credentials" in doc else None,
         )
 
     def to_bytes(self) -> bytes:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
 import grpc
@@ -198,6 +199,64 @@ class FunctionList:
 
     def to_json(self) -> dict[str, Any]:
         return {"registered_functions": list(self.registered_functions), "allowed_functions": list(self.allowed_functions)}
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    """Kettle: credentials of a data owner's own for an ``s3://`` file (``docs/data.md``).
+
+    Registered with the file, sealed with its record, and used only by the execution
+    node running a task that uses the file, for that URL alone; the platform never
+    returns them. ``endpoint_url``: an S3-compatible store (path-style requests), empty
+    for AWS S3; ``region``: empty for ``us-east-1``. ``repr`` leaves the secret and the
+    session token out."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str = field(default="", repr=False)
+    endpoint_url: str = ""
+    region: str = ""
+
+    @classmethod
+    def from_json(cls, doc: Any) -> S3Credentials:
+        """From ``{"access_key_id": …, "secret_access_key": …}`` with optional ``session_token``,
+        ``endpoint_url`` and ``region`` (all text); ValueError naming what is wrong, never a value."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(doc, dict):
+            raise ValueError("s3 credentials must be a JSON object")  # noqa: TRY004 - a malformed file, like the rest
+        unknown = sorted(set(doc) - set(names))
+        if unknown:
+            raise ValueError(f"s3 credentials: unknown fields {', '.join(map(repr, unknown))} (known: {', '.join(names)})")
+        for required in names[:2]:
+            if not doc.get(required):
+                raise ValueError(f"s3 credentials: {required} is missing")
+        wrong = [name for name in names if name in doc and not isinstance(doc[name], str)]
+        if wrong:
+            raise ValueError(f"s3 credentials: {', '.join(wrong)} must be text")
+        return cls(**{name: doc[name] for name in names if name in doc})
+
+    @classmethod
+    def load(cls, path: str | Path) -> S3Credentials:
+        """From a JSON file (see :meth:`from_json`)."""
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read s3 credentials file {str(path)!r}: {exc.strerror or exc}") from None
+        except ValueError:
+            raise ValueError(f"s3 credentials file {str(path)!r} is not JSON") from None
+        return cls.from_json(doc)
+
+    def to_message(self) -> pb.ObjectStoreCredentials:
+        return pb.ObjectStoreCredentials(
+            access_key_id=self.access_key_id, secret_access_key=self.secret_access_key,
+            session_token=self.session_token, endpoint_url=self.endpoint_url, region=self.region,
+        )
+
+
+def _with_credentials(request: Any, credentials: S3Credentials | None) -> Any:
+    if credentials is not None:
+        request.s3_credentials.CopyFrom(credentials.to_message())
+    return request
 
 
 @dataclass(frozen=True)
@@ -561,23 +620,30 @@ class _FrontendCore:
     # data
 
     @staticmethod
-    def register_input_file(url: str, schema: str, key: BytesLike, iv: BytesLike, cmac: BytesLike) -> _Call[str]:
+    def register_input_file(
+        url: str, schema: str, key: BytesLike, iv: BytesLike, cmac: BytesLike, s3_credentials: S3Credentials | None = None
+    ) -> _Call[str]:
         crypto = common_pb.FileCryptoInfo(schema=schema, key=_bytes(key, "key"), iv=_bytes(iv, "iv"))
         request = pb.RegisterInputFileRequest(url=url, cmac=_bytes(cmac, "cmac"), crypto_info=crypto)
-        return _Call("RegisterInputFile", request, _data_id)
+        return _Call("RegisterInputFile", _with_credentials(request, s3_credentials), _data_id)
 
     @staticmethod
-    def register_output_file(url: str, schema: str, key: BytesLike, iv: BytesLike) -> _Call[str]:
+    def register_output_file(
+        url: str, schema: str, key: BytesLike, iv: BytesLike, s3_credentials: S3Credentials | None = None
+    ) -> _Call[str]:
         crypto = common_pb.FileCryptoInfo(schema=schema, key=_bytes(key, "key"), iv=_bytes(iv, "iv"))
-        return _Call("RegisterOutputFile", pb.RegisterOutputFileRequest(url=url, crypto_info=crypto), _data_id)
+        request = pb.RegisterOutputFileRequest(url=url, crypto_info=crypto)
+        return _Call("RegisterOutputFile", _with_credentials(request, s3_credentials), _data_id)
 
     @staticmethod
-    def update_input_file(data_id: str, url: str) -> _Call[str]:
-        return _Call("UpdateInputFile", pb.UpdateInputFileRequest(data_id=data_id, url=url), _data_id)
+    def update_input_file(data_id: str, url: str, s3_credentials: S3Credentials | None = None) -> _Call[str]:
+        request = pb.UpdateInputFileRequest(data_id=data_id, url=url)
+        return _Call("UpdateInputFile", _with_credentials(request, s3_credentials), _data_id)
 
     @staticmethod
-    def update_output_file(data_id: str, url: str) -> _Call[str]:
-        return _Call("UpdateOutputFile", pb.UpdateOutputFileRequest(data_id=data_id, url=url), _data_id)
+    def update_output_file(data_id: str, url: str, s3_credentials: S3Credentials | None = None) -> _Call[str]:
+        request = pb.UpdateOutputFileRequest(data_id=data_id, url=url)
+        return _Call("UpdateOutputFile", _with_credentials(request, s3_credentials), _data_id)
 
     @staticmethod
     def register_fusion_output(owners: Iterable[str]) -> _Call[str]:
@@ -893,17 +959,26 @@ class FrontendClient:
 
     # data
 
-    def register_input_file(self, url: str, schema: str, key: BytesLike, iv: BytesLike, cmac: BytesLike) -> str:
-        return self._invoke(self._core.register_input_file(url, schema, key, iv, cmac))
+    def register_input_file(
+        self, url: str, schema: str, key: BytesLike, iv: BytesLike, cmac: BytesLike,
+        s3_credentials: S3Credentials | None = None,
+    ) -> str:
+        """Register an encrypted input; Kettle: ``s3_credentials`` for an ``s3://`` URL in a bucket of your own."""
+        return self._invoke(self._core.register_input_file(url, schema, key, iv, cmac, s3_credentials))
 
-    def register_output_file(self, url: str, schema: str, key: BytesLike, iv: BytesLike) -> str:
-        return self._invoke(self._core.register_output_file(url, schema, key, iv))
+    def register_output_file(
+        self, url: str, schema: str, key: BytesLike, iv: BytesLike, s3_credentials: S3Credentials | None = None
+    ) -> str:
+        """Register an output; Kettle: ``s3_credentials`` for an ``s3://`` URL in a bucket of your own."""
+        return self._invoke(self._core.register_output_file(url, schema, key, iv, s3_credentials))
 
-    def update_input_file(self, data_id: str, url: str) -> str:
-        return self._invoke(self._core.update_input_file(data_id, url))
+    def update_input_file(self, data_id: str, url: str, s3_credentials: S3Credentials | None = None) -> str:
+        """A copy at ``url``; Kettle: the old s3 credentials do not carry over, give them again if needed."""
+        return self._invoke(self._core.update_input_file(data_id, url, s3_credentials))
 
-    def update_output_file(self, data_id: str, url: str) -> str:
-        return self._invoke(self._core.update_output_file(data_id, url))
+    def update_output_file(self, data_id: str, url: str, s3_credentials: S3Credentials | None = None) -> str:
+        """A copy at ``url``; Kettle: the old s3 credentials do not carry over, give them again if needed."""
+        return self._invoke(self._core.update_output_file(data_id, url, s3_credentials))
 
     def register_fusion_output(self, owners: Iterable[str]) -> str:
         return self._invoke(self._core.register_fusion_output(owners))
@@ -1116,17 +1191,22 @@ class AsyncFrontendClient:
 
     # data
 
-    async def register_input_file(self, url: str, schema: str, key: BytesLike, iv: BytesLike, cmac: BytesLike) -> str:
-        return await self._invoke(self._core.register_input_file(url, schema, key, iv, cmac))
+    async def register_input_file(
+        self, url: str, schema: str, key: BytesLike, iv: BytesLike, cmac: BytesLike,
+        s3_credentials: S3Credentials | None = None,
+    ) -> str:
+        return await self._invoke(self._core.register_input_file(url, schema, key, iv, cmac, s3_credentials))
 
-    async def register_output_file(self, url: str, schema: str, key: BytesLike, iv: BytesLike) -> str:
-        return await self._invoke(self._core.register_output_file(url, schema, key, iv))
+    async def register_output_file(
+        self, url: str, schema: str, key: BytesLike, iv: BytesLike, s3_credentials: S3Credentials | None = None
+    ) -> str:
+        return await self._invoke(self._core.register_output_file(url, schema, key, iv, s3_credentials))
 
-    async def update_input_file(self, data_id: str, url: str) -> str:
-        return await self._invoke(self._core.update_input_file(data_id, url))
+    async def update_input_file(self, data_id: str, url: str, s3_credentials: S3Credentials | None = None) -> str:
+        return await self._invoke(self._core.update_input_file(data_id, url, s3_credentials))
 
-    async def update_output_file(self, data_id: str, url: str) -> str:
-        return await self._invoke(self._core.update_output_file(data_id, url))
+    async def update_output_file(self, data_id: str, url: str, s3_credentials: S3Credentials | None = None) -> str:
+        return await self._invoke(self._core.update_output_file(data_id, url, s3_credentials))
 
     async def register_fusion_output(self, owners: Iterable[str]) -> str:
         return await self._invoke(self._core.register_fusion_output(owners))

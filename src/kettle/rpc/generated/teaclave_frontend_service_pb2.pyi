@@ -9,14 +9,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterInputFileRequest(_message.Message):
-    __slots__ = ("url", "cmac", "crypto_info")
+    __slots__ = ("url", "cmac", "crypto_info", "s3_credentials")
     URL_FIELD_NUMBER: _ClassVar[int]
     CMAC_FIELD_NUMBER: _ClassVar[int]
     CRYPTO_INFO_FIELD_NUMBER: _ClassVar[int]
+    S3_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     url: str
     cmac: bytes
     crypto_info: _teaclave_common_pb2.FileCryptoInfo
-    def __init__(self, url: _Optional[str] = ..., cmac: _Optional[bytes] = ..., crypto_info: _Optional[_Union[_teaclave_common_pb2.FileCryptoInfo, _Mapping]] = ...) -> None: ...
+    s3_credentials: ObjectStoreCredentials
+    def __init__(self, url: _Optional[str] = ..., cmac: _Optional[bytes] = ..., crypto_info: _Optional[_Union[_teaclave_common_pb2.FileCryptoInfo, _Mapping]] = ..., s3_credentials: _Optional[_Union[ObjectStoreCredentials, _Mapping]] = ...) -> None: ...
+
+class ObjectStoreCredentials(_message.Message):
+    __slots__ = ("access_key_id", "secret_access_key", "session_token", "endpoint_url", "region")
+    ACCESS_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SECRET_ACCESS_KEY_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_URL_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    access_key_id: str
+    secret_access_key: str
+    session_token: str
+    endpoint_url: str
+    region: str
+    def __init__(self, access_key_id: _Optional[str] = ..., secret_access_key: _Optional[str] = ..., session_token: _Optional[str] = ..., endpoint_url: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
 
 class RegisterInputFileResponse(_message.Message):
     __slots__ = ("data_id",)
@@ -25,12 +41,14 @@ class RegisterInputFileResponse(_message.Message):
     def __init__(self, data_id: _Optional[str] = ...) -> None: ...
 
 class UpdateInputFileRequest(_message.Message):
-    __slots__ = ("data_id", "url")
+    __slots__ = ("data_id", "url", "s3_credentials")
     DATA_ID_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
+    S3_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     data_id: str
     url: str
-    def __init__(self, data_id: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
+    s3_credentials: ObjectStoreCredentials
+    def __init__(self, data_id: _Optional[str] = ..., url: _Optional[str] = ..., s3_credentials: _Optional[_Union[ObjectStoreCredentials, _Mapping]] = ...) -> None: ...
 
 class UpdateInputFileResponse(_message.Message):
     __slots__ = ("data_id",)
@@ -39,12 +57,14 @@ class UpdateInputFileResponse(_message.Message):
     def __init__(self, data_id: _Optional[str] = ...) -> None: ...
 
 class RegisterOutputFileRequest(_message.Message):
-    __slots__ = ("url", "crypto_info")
+    __slots__ = ("url", "crypto_info", "s3_credentials")
     URL_FIELD_NUMBER: _ClassVar[int]
     CRYPTO_INFO_FIELD_NUMBER: _ClassVar[int]
+    S3_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     url: str
     crypto_info: _teaclave_common_pb2.FileCryptoInfo
-    def __init__(self, url: _Optional[str] = ..., crypto_info: _Optional[_Union[_teaclave_common_pb2.FileCryptoInfo, _Mapping]] = ...) -> None: ...
+    s3_credentials: ObjectStoreCredentials
+    def __init__(self, url: _Optional[str] = ..., crypto_info: _Optional[_Union[_teaclave_common_pb2.FileCryptoInfo, _Mapping]] = ..., s3_credentials: _Optional[_Union[ObjectStoreCredentials, _Mapping]] = ...) -> None: ...
 
 class RegisterOutputFileResponse(_message.Message):
     __slots__ = ("data_id",)
@@ -53,12 +73,14 @@ class RegisterOutputFileResponse(_message.Message):
     def __init__(self, data_id: _Optional[str] = ...) -> None: ...
 
 class UpdateOutputFileRequest(_message.Message):
-    __slots__ = ("data_id", "url")
+    __slots__ = ("data_id", "url", "s3_credentials")
     DATA_ID_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
+    S3_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     data_id: str
     url: str
-    def __init__(self, data_id: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
+    s3_credentials: ObjectStoreCredentials
+    def __init__(self, data_id: _Optional[str] = ..., url: _Optional[str] = ..., s3_credentials: _Optional[_Union[ObjectStoreCredentials, _Mapping]] = ...) -> None: ...
 
 class UpdateOutputFileResponse(_message.Message):
     __slots__ = ("data_id",)

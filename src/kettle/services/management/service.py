@@ -61,6 +61,7 @@ from ...model.records import (
     FunctionArgument,
     FunctionFile,
     FunctionRecord,
+    ObjectStoreCredentials,
     StagedTask,
     TaskRecord,
     TaskResult,
@@ -193,6 +194,15 @@ def crypto_info_of(request: fpb.RegisterInputFileRequest | fpb.RegisterOutputFil
         return None
     info = request.crypto_info
     return CryptoInfo(info.schema, bytes(info.key), bytes(info.iv))
+
+
+def s3_credentials_of(request: Any) -> ObjectStoreCredentials | None:
+    """The owner's s3 credentials of a file request (Kettle field 100), None when absent."""
+    if not request.HasField("s3_credentials"):
+        return None
+    given = request.s3_credentials
+    return ObjectStoreCredentials(given.access_key_id, given.secret_access_key, given.session_token,
+                                  given.endpoint_url, given.region)
 
 
 def task_definition(request: fpb.CreateTaskRequest) -> task_rules.TaskDefinition:
@@ -769,7 +779,8 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
     ) -> fpb.RegisterInputFileResponse:
         caller = caller_of(context)
         record = file_rules.register_input_file(
-            caller, request.url, request.cmac, crypto_info_of(request), new_uuid(), self._urls
+            caller, request.url, request.cmac, crypto_info_of(request), new_uuid(), self._urls,
+            s3_credentials_of(request),
         )
         await self._create_file(input_key(record.uuid), record, caller)
         return fpb.RegisterInputFileResponse(data_id=external_id(Kind.INPUT, record.uuid))
@@ -779,7 +790,9 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         self, request: fpb.RegisterOutputFileRequest, context: grpc.aio.ServicerContext
     ) -> fpb.RegisterOutputFileResponse:
         caller = caller_of(context)
-        record = file_rules.register_output_file(caller, request.url, crypto_info_of(request), new_uuid(), self._urls)
+        record = file_rules.register_output_file(
+            caller, request.url, crypto_info_of(request), new_uuid(), self._urls, s3_credentials_of(request)
+        )
         await self._create_file(output_key(record.uuid), record, caller)
         return fpb.RegisterOutputFileResponse(data_id=external_id(Kind.OUTPUT, record.uuid))
 
@@ -789,7 +802,8 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
     ) -> fpb.UpdateInputFileResponse:
         caller = caller_of(context)
         old = await self._get_input(request.data_id)
-        record = file_rules.update_file(old, caller, request.url, new_uuid(), output=False, policy=self._urls)
+        record = file_rules.update_file(old, caller, request.url, new_uuid(), output=False, policy=self._urls,
+                                        s3_credentials=s3_credentials_of(request))
         await self._create_file(input_key(record.uuid), record, caller)
         return fpb.UpdateInputFileResponse(data_id=external_id(Kind.INPUT, record.uuid))
 
@@ -799,7 +813,8 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
     ) -> fpb.UpdateOutputFileResponse:
         caller = caller_of(context)
         old = await self._get_output(request.data_id)
-        record = file_rules.update_file(old, caller, request.url, new_uuid(), output=True, policy=self._urls)
+        record = file_rules.update_file(old, caller, request.url, new_uuid(), output=True, policy=self._urls,
+                                        s3_credentials=s3_credentials_of(request))
         await self._create_file(output_key(record.uuid), record, caller)
         return fpb.UpdateOutputFileResponse(data_id=external_id(Kind.OUTPUT, record.uuid))
 
