@@ -80,7 +80,7 @@ class TrailBook:
         """Append ``party``'s pending events (oldest first); returns how many were appended."""
         async with self._lock(party):
             keys = await self._store.keys_with_prefix(rules.pending_prefix(party))
-            events: list[tuple[TrailEvent, bytes]] = []
+            events: list[TrailEvent] = []
             for key in keys:
                 raw = await self._store.get(key)
                 if raw is None:
@@ -93,13 +93,12 @@ class TrailBook:
                 if event.party != party:
                     log.error("pending trail event %r names party %r; left in place", key, event.party)
                     continue
-                events.append((event, raw))
-            events.sort(key=lambda pair: (pair[0].time_ms, pair[0].event_id))
-            for event, raw in events:
-                await self._append(event, raw)
-            return len(events)
+                events.append(event)
+            events.sort(key=lambda e: (e.time_ms, e.event_id))
+            return sum([await self._append(event) for event in events])
 
-    async def _append(self, event: TrailEvent, raw_event: bytes) -> None:
+    async def _append(self, event: TrailEvent) -> bool:
+        """Append one event; False when it was appended before (its pending record is dropped)."""
         party = event.party
         pending = rules.pending_key(party, event.event_id)
         for _ in range(MAX_UPDATE_ATTEMPTS):
@@ -108,7 +107,7 @@ class TrailBook:
             if await self._store.get(rules.done_key(party, event.event_id)) is not None:
                 # Appended before (a crash between the append and our reading of the pending record).
                 await self._store.delete(pending)
-                return
+                return False
             entry = rules.next_entry(head, event)
             if await self._store.get(rules.entry_key(party, entry.sequence)) is not None:
                 raise TrailDamaged(f"the trail of {party!r} holds an entry {entry.sequence} past its head")
@@ -123,7 +122,7 @@ class TrailBook:
                       (pending, None)],
             )
             if applied:
-                return
+                return True
         raise StorageError(f"the trail head of {party!r} is being updated too often")
 
     async def _checked_head(self, party: str, head_raw: bytes | None) -> TrailHead | None:
