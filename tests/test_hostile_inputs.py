@@ -347,6 +347,7 @@ def build_cases(w: World) -> list[Case]:
         (fe, "QueryAuditLogs"): fpb.QueryAuditLogsRequest(query="", limit=10),
         ("kettle", "WaitTask"): kpb.WaitTaskRequest(task_id=w.task_files, timeout_ms=0),
         ("kettle", "RevokeApproval"): kpb.RevokeApprovalRequest(task_id=w.task_bob),
+        ("kettle", "ListMyTrail"): kpb.ListMyTrailRequest(),
         ("auth", "UserRegister"): apb.UserRegisterRequest(id="newcomer", password="pw", role="PlatformAdmin"),
         ("auth", "UserUpdate"): apb.UserUpdateRequest(id=w.alice, password="pw", role="PlatformAdmin"),
         ("auth", "UserChangePassword"): apb.UserChangePasswordRequest(password="new"),
@@ -545,6 +546,10 @@ def build_cases(w: World) -> list[Case]:
     add("GetTask", fpb.GetTaskRequest(task_id=w.task_bob), w.alice, DENIED, "permission denied")
     add("WaitTask", kpb.WaitTaskRequest(task_id=w.task_bob, timeout_ms=1), w.alice, DENIED, "permission denied", api="kettle")
     add("WaitTask", kpb.WaitTaskRequest(task_id=w.task_files, timeout_ms=1), w.carol, DENIED, "permission denied", api="kettle")
+    # One's own trail only, and only for the roles that read tasks; absurd paging is an empty page.
+    add("ListMyTrail", kpb.ListMyTrailRequest(), w.fo, DENIED, "permission denied", api="kettle")
+    add("ListMyTrail", kpb.ListMyTrailRequest(after_sequence=2**64 - 1, limit=2**32 - 1), w.alice, Code.OK,
+        api="kettle")
     for query, limit in (("", 0), ("user:x", 0), ("(((", 10), ("user:", 10), ("NOT", 10), ("nosuchfield:x", 10),
                          ("x" * 100_000, 10)):
         add("QueryAuditLogs", fpb.QueryAuditLogsRequest(query=query, limit=limit), w.admin, INVALID,

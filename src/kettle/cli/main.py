@@ -24,7 +24,9 @@ from ..config import Config, load_config
 from ..errors import KettleError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Kettle: attested secure computing on private data.")
-audit_app = typer.Typer(no_args_is_help=True, help="Auditors: sign and verify enclave info.")
+audit_app = typer.Typer(
+    no_args_is_help=True, help="Auditors: sign and verify enclave info. Parties: list and verify your own trail."
+)
 user_app = typer.Typer(no_args_is_help=True, help="Users of the platform (authentication API).")
 app.add_typer(audit_app, name="audit")
 app.add_typer(user_app, name="user")
@@ -380,6 +382,7 @@ from .receipts import app as receipt_app  # noqa: E402
 from .sandbox import app as sandbox_app  # noqa: E402
 from .storage import app as storage_app  # noqa: E402
 from .tasks import app as task_app  # noqa: E402
+from .trail import audit_mine  # noqa: E402, F401  (registers `audit mine` and `audit verify-trail`)
 
 app.add_typer(function_app, name="function")
 app.add_typer(data_app, name="data")

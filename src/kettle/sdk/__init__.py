@@ -36,6 +36,7 @@ from .frontend import (
 )
 from .objects import AsyncFunction, AsyncTask, Function, Task
 from .receipts import examine_receipt, verify_receipt
+from .trail import Trail, TrailVerdict, verify_trail
 
 __all__ = [
     "AsyncAuthenticationClient",
@@ -74,6 +75,8 @@ __all__ = [
     "TaskOutputs",
     "TaskStatus",
     "TaskWaitTimeout",
+    "Trail",
+    "TrailVerdict",
     "builtin_function",
     "builtin_functions",
     "decrypt_file",
@@ -82,4 +85,5 @@ __all__ = [
     "file_cmac",
     "verify_endpoint",
     "verify_receipt",
+    "verify_trail",
 ]

@@ -43,6 +43,7 @@ from ..rpc.generated import teaclave_frontend_service_pb2 as pb
 from ..rpc.generated import teaclave_frontend_service_pb2_grpc as pb_grpc
 from ..rpc.status import error_from_rpc
 from .attested import ClientTrust, verify_endpoint
+from .trail import Trail, TrailVerdict, verify_trail
 
 if TYPE_CHECKING:
     from .objects import AsyncFunction, AsyncTask, Function, Task
@@ -815,7 +816,25 @@ class _FrontendCore:
         request = pb.QueryAuditLogsRequest(query=query, limit=limit)
         return _Call("QueryAuditLogs", request, lambda r: [_audit_entry(e) for e in r.logs])
 
+    @staticmethod
+    def my_trail_page(after_sequence: int) -> _Call[kettle_pb.ListMyTrailResponse]:
+        request = kettle_pb.ListMyTrailRequest(after_sequence=after_sequence)
+        return _Call("ListMyTrail", request, lambda r: r, service="kettle")
+
     # plans: calls of several round trips
+
+    def my_trail(self) -> Plan[Trail]:
+        """Every page of the caller's trail; the head of the last page (it bounds that page)."""
+        if self.user_id is None:
+            raise AuthenticationError("no credentials: log in and call use_credential(user_id, token) first")
+        entries: list[bytes] = []
+        after = 0
+        while True:
+            page: kettle_pb.ListMyTrailResponse = yield self.my_trail_page(after)
+            entries.extend(bytes(e) for e in page.entries)
+            if not page.more or page.last_sequence <= after:
+                return Trail(self.user_id, tuple(entries), bytes(page.signed_head))
+            after = page.last_sequence
 
     def wait_task(self, task_id: str, timeout: float | None) -> Plan[TaskInfo]:
         """Until the task ends or ``timeout`` seconds pass (None: no limit); the last state.
@@ -1079,6 +1098,15 @@ class FrontendClient:
     def query_audit_logs(self, query: str, limit: int = 100) -> list[AuditEntry]:
         return self._invoke(self._core.query_audit_logs(query, limit))
 
+    def my_trail(self) -> Trail:
+        """Your trail: the approvals you gave and the tasks given your files, as stored
+        (``docs/trail.md``); :meth:`verify_my_trail` or :func:`kettle.sdk.verify_trail` checks it."""
+        return self._run(self._core.my_trail())
+
+    def verify_my_trail(self) -> TrailVerdict:
+        """Fetch your trail and verify it against this client's trust anchors (each check with its reason)."""
+        return verify_trail(self.my_trail(), self.trust)
+
     # objects
 
     def function(self, function_id: str) -> Function:
@@ -1289,6 +1317,12 @@ class AsyncFrontendClient:
 
     async def query_audit_logs(self, query: str, limit: int = 100) -> list[AuditEntry]:
         return await self._invoke(self._core.query_audit_logs(query, limit))
+
+    async def my_trail(self) -> Trail:
+        return await self._run(self._core.my_trail())
+
+    async def verify_my_trail(self) -> TrailVerdict:
+        return await asyncio.to_thread(verify_trail, await self.my_trail(), self.trust)
 
     # objects
 

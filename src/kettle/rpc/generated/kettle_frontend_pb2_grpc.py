@@ -46,6 +46,11 @@ class KettleFrontendStub:
                 request_serializer=kettle__management__pb2.RevokeApprovalRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ListMyTrail = channel.unary_unary(
+                '/kettle_frontend_proto.KettleFrontend/ListMyTrail',
+                request_serializer=kettle__management__pb2.ListMyTrailRequest.SerializeToString,
+                response_deserializer=kettle__management__pb2.ListMyTrailResponse.FromString,
+                _registered_method=True)
 
 
 class KettleFrontendServicer:
@@ -68,6 +73,14 @@ class KettleFrontendServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMyTrail(self, request, context):
+        """The caller's own trail: the approvals it gave and the tasks that were given its
+        files, hash-chained, with management's signed head (docs/trail.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KettleFrontendServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +93,11 @@ def add_KettleFrontendServicer_to_server(servicer, server):
                     servicer.RevokeApproval,
                     request_deserializer=kettle__management__pb2.RevokeApprovalRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListMyTrail': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMyTrail,
+                    request_deserializer=kettle__management__pb2.ListMyTrailRequest.FromString,
+                    response_serializer=kettle__management__pb2.ListMyTrailResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,6 +154,33 @@ class KettleFrontend:
             '/kettle_frontend_proto.KettleFrontend/RevokeApproval',
             kettle__management__pb2.RevokeApprovalRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMyTrail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kettle_frontend_proto.KettleFrontend/ListMyTrail',
+            kettle__management__pb2.ListMyTrailRequest.SerializeToString,
+            kettle__management__pb2.ListMyTrailResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,3 +28,23 @@ class RevokeApprovalRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class ListMyTrailRequest(_message.Message):
+    __slots__ = ("after_sequence", "limit")
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    after_sequence: int
+    limit: int
+    def __init__(self, after_sequence: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListMyTrailResponse(_message.Message):
+    __slots__ = ("entries", "signed_head", "last_sequence", "more")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_HEAD_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedScalarFieldContainer[bytes]
+    signed_head: bytes
+    last_sequence: int
+    more: bool
+    def __init__(self, entries: _Optional[_Iterable[bytes]] = ..., signed_head: _Optional[bytes] = ..., last_sequence: _Optional[int] = ..., more: _Optional[bool] = ...) -> None: ...

@@ -161,6 +161,11 @@ class KettleManagementStub:
                 request_serializer=kettle__management__pb2.RevokeApprovalRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ListMyTrail = channel.unary_unary(
+                '/kettle_management_proto.KettleManagement/ListMyTrail',
+                request_serializer=kettle__management__pb2.ListMyTrailRequest.SerializeToString,
+                response_deserializer=kettle__management__pb2.ListMyTrailResponse.FromString,
+                _registered_method=True)
 
 
 class KettleManagementServicer:
@@ -316,6 +321,12 @@ class KettleManagementServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMyTrail(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KettleManagementServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -443,6 +454,11 @@ def add_KettleManagementServicer_to_server(servicer, server):
                     servicer.RevokeApproval,
                     request_deserializer=kettle__management__pb2.RevokeApprovalRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListMyTrail': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMyTrail,
+                    request_deserializer=kettle__management__pb2.ListMyTrailRequest.FromString,
+                    response_serializer=kettle__management__pb2.ListMyTrailResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1120,6 +1136,33 @@ class KettleManagement:
             '/kettle_management_proto.KettleManagement/RevokeApproval',
             kettle__management__pb2.RevokeApprovalRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMyTrail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kettle_management_proto.KettleManagement/ListMyTrail',
+            kettle__management__pb2.ListMyTrailRequest.SerializeToString,
+            kettle__management__pb2.ListMyTrailResponse.FromString,
             options,
             channel_credentials,
             insecure,

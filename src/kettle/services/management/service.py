@@ -12,6 +12,10 @@ never overwrite someone's record.
 
 Invoked tasks become self-contained staged tasks on the storage queue
 ``staged-task``; a fresh value under ``staged-task-signal`` wakes the scheduler.
+
+Each party's trail (``docs/trail.md``): an approval writes its pending trail
+event in the same compare-and-put as the task record; :mod:`.trail` appends it
+to the party's signed chain, and ``ListMyTrail`` lists the caller's own.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from ...model import consent
 from ...model import files as file_rules
 from ...model import functions as fn_rules
 from ...model import tasks as task_rules
+from ...model import trail as trail_rules
 from ...model.audit import AuditError, check_limit, parse_query
 from ...model.files import STRICT_URLS, UrlPolicy
 from ...model.functions import Caller, FunctionDefinition, FunctionIndex, UsageRecord
@@ -76,7 +81,9 @@ from ...rpc.generated import teaclave_frontend_service_pb2 as fpb
 from ...rpc.status import INTERNAL_ERROR_TEXT, rpc_method
 from ..platform_store import MAX_UPDATE_ATTEMPTS, NoChange, PlatformStore
 from ..runtime import ServiceRuntime
+from ..storage.backend import RecordWrite
 from .quotas import UserQuotas, warn_if_off
+from .trail import PAGE_ENTRIES, TrailBook, TrailDamaged, attested_signer
 
 log = logging.getLogger(__name__)
 
@@ -266,14 +273,18 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         store: PlatformStore,
         limits: ManagementConfig = ManagementConfig(),
         url_policy: UrlPolicy = STRICT_URLS,
+        trail: TrailBook | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``trail`` appends the parties' trail events (None: they stay pending, e.g. in
+        tests of other parts; the running service always has one)."""
         self._store = store
         self._clock = clock
         """Wall-clock Unix seconds: approvals are stamped with it and expire by it."""
         self._urls = url_policy
         self._audit: Any = None
         self._quotas = UserQuotas(store, limits)
+        self._trail = trail
 
     # --- record helpers (compare-and-put loops) ---
 
@@ -574,7 +585,13 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
                 valid_for_secs=request.valid_for_secs,
             ))
 
-        await self._store.update_task(task_key(bare), approve)
+        def given(task: TaskRecord) -> list[RecordWrite]:
+            approval = task.approval_of(caller.user_id)  # approve_task recorded it (or refused)
+            digest = "" if approval is None else approval.task_digest
+            return self._trail_event(task, caller, trail_rules.EventKind.APPROVAL, digest)
+
+        await self._store.update_task(task_key(bare), approve, also=given)
+        await self._append_trail(caller.user_id)
         return empty_pb2.Empty()
 
     @management_rpc
@@ -585,8 +602,53 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         bare = task_rules.parse_task_id(request.task_id)
         await self._get_task(bare)
         now = int(self._clock())
-        await self._store.update_task(task_key(bare), lambda task: task_rules.revoke_approval(task, caller, now))
+        revoked: dict[str, str] = {}
+
+        def revoke(task: TaskRecord) -> TaskRecord:
+            approval = task.approval_of(caller.user_id)
+            revoked["digest"] = "" if approval is None else approval.task_digest
+            return task_rules.revoke_approval(task, caller, now)
+
+        await self._store.update_task(
+            task_key(bare), revoke,
+            also=lambda task: self._trail_event(task, caller, trail_rules.EventKind.REVOCATION, revoked["digest"]),
+        )
+        await self._append_trail(caller.user_id)
         return empty_pb2.Empty()
+
+    # --- the parties' trails ---
+
+    def _trail_event(
+        self, task: TaskRecord, caller: Caller, kind: trail_rules.EventKind, digest: str
+    ) -> list[RecordWrite]:
+        """The pending trail event of an approval (or its withdrawal) of the task digest
+        ``digest``, written in the same transaction as the task record."""
+        event = trail_rules.approval_event(task, caller.user_id, kind, int(self._clock() * 1000), new_uuid(), digest)
+        return trail_rules.pending_writes([event], os.urandom(STAGED_SIGNAL_BYTES))
+
+    async def _append_trail(self, party: str) -> None:
+        """Append the party's pending events now, so its next listing needs no wait; a
+        failure here is only logged: the event is pending and the append loop retries it."""
+        if self._trail is None:
+            return
+        try:
+            await self._trail.append_pending(party)
+        except TrailDamaged as exc:
+            log.error("not appending to a damaged trail: %s", exc.message)
+        except KettleError as exc:
+            log.warning("trail event of %s stays pending: %s", party, exc.message)
+
+    @management_rpc
+    async def ListMyTrail(
+        self, request: pb.ListMyTrailRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListMyTrailResponse:
+        caller = caller_of(context)
+        if self._trail is None:
+            raise InternalError(INTERNAL_ERROR_TEXT)
+        limit = PAGE_ENTRIES if request.limit == 0 else min(request.limit, PAGE_ENTRIES)
+        listing = await self._trail.listing(caller.user_id, request.after_sequence, limit)
+        return pb.ListMyTrailResponse(entries=listing.entries, signed_head=listing.signed_head,
+                                      last_sequence=listing.last_sequence, more=listing.more)
 
     @management_rpc
     async def InvokeTask(self, request: fpb.InvokeTaskRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
@@ -852,6 +914,14 @@ async def main(config: Config) -> None:
     warn_if_off(config.management)
     urls = UrlPolicy.from_config(config.file_agent, config.home)
     log.info("registration accepts URL schemes %s", ", ".join(sorted(urls.schemes)))
-    servicer = KettleManagementServicer(PlatformStore(runtime.peers), config.management, urls)
+    store = PlatformStore(runtime.peers)
+    trail = TrailBook(store, attested_signer(runtime.identities))
+    servicer = KettleManagementServicer(store, config.management, urls, trail=trail)
     runtime.internal_server(lambda server: pb_grpc.add_KettleManagementServicer_to_server(servicer, server))
-    await runtime.serve()
+    # Events recorded while management was down (task endings) are appended at start.
+    appender = asyncio.create_task(trail.run_forever())
+    try:
+        await runtime.serve()
+    finally:
+        appender.cancel()
+        await asyncio.gather(appender, return_exceptions=True)

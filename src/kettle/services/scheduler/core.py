@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from ...errors import InvalidArgument
 from ...model import scheduling as rules
+from ...model import trail as trail_rules
 from ...model.records import (
     STAGED_SIGNAL_KEY,
     STAGED_TASK_QUEUE,
@@ -109,6 +110,24 @@ def _check_uuid(text: str, what: str) -> str:
 def _output_writes(task: TaskRecord) -> list[RecordWrite]:
     """The output file records a Finished task carries, as writes that go with it."""
     return [(output_key(record.uuid), record.to_bytes()) for record in rules.finished_outputs(task)]
+
+
+def _ending_writes(task: TaskRecord) -> list[RecordWrite]:
+    """What is written with a task record that ends: a Finished task's output records, and
+    the trail event of each party whose files it was given (``docs/trail.md``). Every
+    task change of the scheduler goes through :meth:`Scheduler._update`, so a task's end
+    is recorded in its parties' trails exactly once, in the same transaction."""
+    if not task.status.terminal:
+        return []
+    events = trail_rules.task_ended_events(task, int(time.time() * 1000))
+    return [*_output_writes(task), *trail_rules.pending_writes(events, uuid.uuid4().bytes)]
+
+
+def _late_receipt_writes(task: TaskRecord) -> list[RecordWrite]:
+    """A canceled run's receipt arrives after the task ended: it follows the task's end
+    into its parties' trails, in the same transaction that keeps it."""
+    events = trail_rules.late_receipt_events(task, int(time.time() * 1000))
+    return trail_rules.pending_writes(events, uuid.uuid4().bytes)
 
 
 def _change(transition: Callable[[TaskRecord], TaskRecord]) -> Callable[[TaskRecord], TaskRecord]:
@@ -219,8 +238,7 @@ class Scheduler:
                          executor_id, held.task_id, held.attempt)
                 self._leases.renew(held.task_id, executor_id, self._clock())
                 # The first hand-out may have died between the lease and the attempt count.
-                await self._store.update_task(task_key(held.task_id),
-                                              _change(lambda t: rules.start_attempt(t, held.attempt)))
+                await self._update(task_key(held.task_id), lambda t: rules.start_attempt(t, held.attempt))
                 return HandOut(held.staged_task, held.attempt)
             log.warning("executor %s abandoned task %s (attempt %d)", executor_id, held.task_id, held.attempt)
             await self._release_lost(held)
@@ -259,21 +277,21 @@ class Scheduler:
                 return None
             assert task is not None
             if decision is Admission.CANCEL:
-                await self._store.update_task(key, _change(rules.cancel))
+                await self._update(key, rules.cancel)
                 await self._store.ack(STAGED_TASK_QUEUE, item_id)
                 await self._store.delete(cancel_request_key(staged.task_id))
                 log.info("task %s canceled before it ran", staged.task_id)
                 return None
             if decision is Admission.EXHAUSTED:
                 max_attempts = self._settings.max_attempts
-                await self._store.update_task(key, _change(lambda t: rules.executor_lost(t, max_attempts)[0]))
+                await self._update(key, lambda t: rules.executor_lost(t, max_attempts)[0])
                 await self._store.ack(STAGED_TASK_QUEUE, item_id)
                 return None
             lease = Lease(staged.task_id, executor_id, task.attempts + 1, value)
             # Order matters for crash safety: lease first (a redelivered item then
             # counts as a duplicate), then the attempt, then the acknowledgement.
             await self._store.put(rules.lease_key(lease.task_id), lease.to_bytes())
-            await self._store.update_task(key, _change(lambda t: rules.start_attempt(t, lease.attempt)))
+            await self._update(key, lambda t: rules.start_attempt(t, lease.attempt))
             await self._store.ack(STAGED_TASK_QUEUE, item_id)
             self._leases.add(lease, self._clock())
             self._lease_added.set()
@@ -311,7 +329,7 @@ class Scheduler:
                 return action
             if action is HeartbeatAction.CANCEL:
                 assert lease is not None
-                await self._store.update_task(task_key(task_id), _change(rules.cancel))
+                await self._update(task_key(task_id), rules.cancel)
                 await self._close(lease)
                 self._canceled_runs.add(task_id, executor_id)
                 log.info("task %s canceled while running on executor %s", task_id, executor_id)
@@ -323,7 +341,7 @@ class Scheduler:
         _check_uuid(task_id, "task id")
         async with self._locks.hold(task_id):
             self._require_holder(task_id, executor_id)
-            await self._store.update_task(task_key(task_id), _change(rules.begin_running))
+            await self._update(task_key(task_id), rules.begin_running)
 
     async def update_result(self, executor_id: str, task_id: str, result: TaskResult | None) -> None:
         _check_uuid(executor_id, "executor id")
@@ -335,7 +353,8 @@ class Scheduler:
             if lease is None and self._canceled_runs.take(task_id, executor_id):
                 # The run this executor stopped for a cancel: keep its Canceled receipt.
                 await self._store.update_task(
-                    task_key(task_id), _change(lambda t: rules.attach_cancel_receipt(t, result.receipt)))
+                    task_key(task_id), _change(lambda t: rules.attach_cancel_receipt(t, result.receipt)),
+                    also=_late_receipt_writes)
                 log.info("kept the receipt of canceled task %s from executor %s", task_id, executor_id)
                 return
             if lease is None or lease.executor_id != executor_id:
@@ -353,13 +372,16 @@ class Scheduler:
             rules.apply_result(task, result)  # refuse a malformed result before writing anything
             # One storage transaction: whoever sees the task ended sees every output
             # record with its new tag (and the reverse), never one without the other.
-            finished = await self._store.update_task(
-                key, _change(lambda t: rules.apply_result(t, result)[0]), also=_output_writes
-            )
+            finished = await self._update(key, lambda t: rules.apply_result(t, result)[0])
             await self._close(lease)
             log.info("task %s %s (attempt %d, executor %s)", task_id, finished.status.name, lease.attempt, executor_id)
 
     # --- helpers ------------------------------------------------------------------------
+
+    async def _update(self, key: bytes, transition: Callable[[TaskRecord], TaskRecord]) -> TaskRecord:
+        """Every task change of the scheduler: the pure transition under compare-and-put,
+        with what an ending writes alongside (:func:`_ending_writes`)."""
+        return await self._store.update_task(key, _change(transition), also=_ending_writes)
 
     def _require_holder(self, task_id: str, executor_id: str) -> Lease:
         lease = self._leases.get(task_id)
@@ -397,11 +419,11 @@ class Scheduler:
         task = await self._store.get_task(key)
         if task is not None and not task.status.terminal:
             if await self._cancel_pending(lease.task_id):
-                task = await self._store.update_task(key, _change(rules.cancel))
+                task = await self._update(key, rules.cancel)
                 log.info("task %s canceled (its node was lost)", lease.task_id)
             else:
                 max_attempts = self._settings.max_attempts
-                task = await self._store.update_task(key, _change(lambda t: rules.executor_lost(t, max_attempts)[0]))
+                task = await self._update(key, lambda t: rules.executor_lost(t, max_attempts)[0])
                 if task.status == TaskStatus.STAGED:
                     await self._store.enqueue(STAGED_TASK_QUEUE, lease.staged_task)
                     await self._store.put(STAGED_SIGNAL_KEY, uuid.uuid4().bytes)
