@@ -37,7 +37,7 @@ from typing import NamedTuple
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import SignatureAlgorithmOID
 
@@ -360,7 +360,8 @@ def snp_certificate_info(cert: x509.Certificate, product: str) -> SnpCertificate
             value = cert.extensions.get_extension_for_oid(oid).value
         except x509.ExtensionNotFound:
             return None
-        assert isinstance(value, x509.UnrecognizedExtension)
+        if not isinstance(value, x509.UnrecognizedExtension):
+            raise AttestationError(f"the certificate's extension {oid.dotted_string} is not AMD's raw encoding")
         return value.value
 
     def component(oid: x509.ObjectIdentifier, label: str) -> int:
