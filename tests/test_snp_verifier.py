@@ -69,7 +69,7 @@ def test_real_vcek_report_gets_its_stated_verdict() -> None:
     assert verdict.ok, verdict.reason
     assert [c.name for c in verdict.checks] == [
         "report format", "reserved fields", "signature algorithm", "signing key", "certificate chain",
-        "report signature", "tcb", "chip id", "debug", "migration agent", "vmpl", "report data", "measurement",
+        "certificate validity", "report signature", "tcb", "chip id", "debug", "migration agent", "vmpl", "report data", "measurement",
     ]
     assert verdict.product == "Milan"
     report = verdict.report
@@ -77,7 +77,7 @@ def test_real_vcek_report_gets_its_stated_verdict() -> None:
     assert (report.version, report.policy, report.vmpl, report.signing_key_name) == (2, 0x3001F, 0, "VCEK")
     assert report.reported_tcb.hex() == "0300000000000873"
     assert report.measurement == VCEK_MEASUREMENT
-    assert "bootloader 3, tee 0, snp 8, microcode 115" in verdict.checks[6].detail
+    assert "bootloader 3, tee 0, snp 8, microcode 115" in verdict.checks[7].detail
 
 
 def test_real_vlek_report_gets_its_stated_verdict() -> None:
@@ -86,7 +86,7 @@ def test_real_vlek_report_gets_its_stated_verdict() -> None:
     )
     assert verdict.ok, verdict.reason
     assert verdict.report is not None and verdict.report.signing_key_name == "VLEK"
-    assert "SEV-VLEK-Milan (ASVK)" in next(c.detail for c in verdict.checks if c.name == "certificate chain")
+    assert "VLEK ← SEV-VLEK-Milan ← ARK-Milan" in next(c.detail for c in verdict.checks if c.name == "certificate chain")
     # The default policy allows VMPL 0 only: the same report is refused for that alone.
     strict = examine_snp_report(VLEK_REPORT, certificate=VLEK, at=AT)
     assert failed(strict) == ["vmpl"]
@@ -106,7 +106,7 @@ def test_real_report_is_refused_outside_its_certificate_window(
 ) -> None:
     verdict = examine_snp_report(report, certificate=certificate, at=at, policy=policy)
     assert not verdict.ok
-    assert failed(verdict) == ["certificate chain"]
+    assert failed(verdict) == ["certificate validity"]
     assert verdict.reason == reason
 
 

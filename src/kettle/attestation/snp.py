@@ -442,36 +442,38 @@ def _signature_problem(report: SnpReport, cert: x509.Certificate) -> str | None:
     return None
 
 
-def _chain(cert: x509.Certificate, signing_key: int, roots: SnpRoots, at: datetime) -> tuple[str | None, str]:
-    """(product, detail): the product whose pinned ARK the certificate chains to, or None and why not."""
+class _Chain(NamedTuple):
+    product: str
+    intermediate: x509.Certificate
+    ark: x509.Certificate
+
+
+def _chain(cert: x509.Certificate, signing_key: int, roots: SnpRoots) -> _Chain | str:
+    """The pinned chain ``cert`` belongs to (by the report's signing key), or why there is none."""
     wanted, other = ("ask", "asvk") if signing_key == SIGNING_KEY_VCEK else ("asvk", "ask")
     kind = SIGNING_KEY_NAMES[signing_key]
+    found = None
     for product, pinned in roots.items():
-        intermediate: x509.Certificate = getattr(pinned, wanted)
-        if _rsa_pss_issued_by(cert, intermediate) is None:
+        if _rsa_pss_issued_by(cert, getattr(pinned, wanted)) is None:
+            found = _Chain(product, getattr(pinned, wanted), pinned.ark)
             break
-        if _rsa_pss_issued_by(cert, getattr(pinned, other)) is None:
-            return None, (
+        crossed: x509.Certificate = getattr(pinned, other)
+        if _rsa_pss_issued_by(cert, crossed) is None:
+            return (
                 f"the report is signed by a {kind}, but its certificate is issued by "
-                f"{_common_name(getattr(pinned, other))} ({other.upper()}); a {kind} must be issued by the {wanted.upper()}"
+                f"{_common_name(crossed)} ({other.upper()}); a {kind} must be issued by the {wanted.upper()}"
             )
-    else:
-        names = ", ".join(roots) or "none"
-        return None, f"the {kind} certificate is not issued by a pinned AMD {wanted.upper()} (products: {names})"
-    if product not in PRODUCT_FAMILIES:
-        return None, f"pinned product {product} is not one of {', '.join(PRODUCT_FAMILIES)}"
-    for upper, lower in ((pinned.ark, intermediate), (pinned.ark, pinned.ark)):
-        problem = _rsa_pss_issued_by(lower, upper)
+    if found is None:
+        return f"the {kind} certificate is not issued by a pinned AMD {wanted.upper()} (products: {', '.join(roots) or 'none'})"
+    if found.product not in PRODUCT_FAMILIES:
+        return f"pinned product {found.product} is not one of {', '.join(PRODUCT_FAMILIES)}"
+    # Roots may be handed in (tests, unsafe_test_roots): the intermediate must still be its
+    # own product's, which refuses an ASK or ASVK presented under another product's ARK.
+    for lower in (found.intermediate, found.ark):
+        problem = _rsa_pss_issued_by(lower, found.ark)
         if problem:
-            return None, f"{problem} (the pinned {product} ARK)"
-    for link in (cert, intermediate, pinned.ark):
-        problem = _valid_at_problem(link, at)
-        if problem:
-            return None, problem
-    return product, (
-        f"{kind} ← {_common_name(intermediate)} ({wanted.upper()}) ← {_common_name(pinned.ark)} "
-        f"(pinned {product} root), RSA-PSS / SHA-384, valid at {at:%Y-%m-%d %H:%M:%S} UTC"
-    )
+            return f"{problem} (the pinned {found.product} ARK)"
+    return found
 
 
 def examine_snp_report(
@@ -519,10 +521,19 @@ def examine_snp_report(
         cert = load_snp_certificate(certificate)
     except AttestationError as exc:
         return fail("certificate", exc.reason)
-    product, detail = _chain(cert, parsed.signing_key, pinned, at)
-    if product is None:
-        return fail("certificate chain", detail)
-    checks.append(Check("certificate chain", True, detail))
+    chain = _chain(cert, parsed.signing_key, pinned)
+    if isinstance(chain, str):
+        return fail("certificate chain", chain)
+    product = chain.product
+    checks.append(Check("certificate chain", True, (
+        f"{parsed.signing_key_name} ← {_common_name(chain.intermediate)} ← {_common_name(chain.ark)} "
+        f"(pinned {product} root), RSA-PSS / SHA-384"
+    )))
+    for link in (cert, chain.intermediate, chain.ark):
+        problem = _valid_at_problem(link, at)
+        if problem:
+            return fail("certificate validity", problem)
+    checks.append(Check("certificate validity", True, f"{_common_name(cert)} valid at {at:%Y-%m-%d %H:%M:%S} UTC, until {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"))
     if parsed.cpuid_family is not None and parsed.cpuid_family != PRODUCT_FAMILIES[product]:
         return fail("product", f"the report's CPU family {parsed.cpuid_family:#x} is not {product}'s ({PRODUCT_FAMILIES[product]:#x})")
 
