@@ -349,3 +349,23 @@ def test_malformed_inputs_are_refused_with_a_reason(milan: SnpTestHardware) -> N
         parse_snp_report(b"")
     with pytest.raises(ValueError, match="timezone-aware"):
         examine_snp_report(VCEK_REPORT, certificate=VCEK, at=datetime(2025, 6, 1))
+
+
+def test_root_files_that_are_not_one_products_chain_are_refused(milan: SnpTestHardware, tmp_path: Path) -> None:
+    amd = amd_roots()
+    mixed = b"".join(
+        c.public_bytes(serialization.Encoding.PEM) for c in (amd["Milan"].ask, amd["Genoa"].ark, amd["Milan"].asvk)
+    )
+    (tmp_path / "genoa_ask_ark_asvk.pem").write_bytes(mixed)
+    with pytest.raises(AttestationError, match="Genoa: SEV-Milan is not issued by ARK-Genoa"):
+        load_snp_roots(tmp_path)
+    (tmp_path / "genoa_ask_ark_asvk.pem").write_bytes(amd["Genoa"].ark.public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(AttestationError, match="one ARK, one ASK and one ASVK"):
+        load_snp_roots(tmp_path)
+    (tmp_path / "genoa_ask_ark_asvk.pem").unlink()
+    with pytest.raises(AttestationError, match="no AMD root chains"):
+        load_snp_roots(tmp_path)
+    # Handed in directly under a product name this verifier has no layout for.
+    unknown = examine_snp_report(milan.report(), certificate=milan.vcek, at=INSIDE, roots={"Venice": milan.chain})
+    assert failed(unknown) == ["certificate chain"]
+    assert unknown.reason == "pinned product Venice is not one of Milan, Genoa, Turin"

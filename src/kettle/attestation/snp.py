@@ -452,7 +452,7 @@ def _chain(cert: x509.Certificate, signing_key: int, roots: SnpRoots) -> _Chain 
     """The pinned chain ``cert`` belongs to (by the report's signing key), or why there is none."""
     wanted, other = ("ask", "asvk") if signing_key == SIGNING_KEY_VCEK else ("asvk", "ask")
     kind = SIGNING_KEY_NAMES[signing_key]
-    found = None
+    found: _Chain | None = None
     for product, pinned in roots.items():
         if _rsa_pss_issued_by(cert, getattr(pinned, wanted)) is None:
             found = _Chain(product, getattr(pinned, wanted), pinned.ark)
