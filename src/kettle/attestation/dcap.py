@@ -306,6 +306,9 @@ def _parse_pem_chain(data: bytes) -> tuple[x509.Certificate, ...]:
     text = data[:-1] if data.endswith(b"\0") else data
     try:
         certs = tuple(x509.load_pem_x509_certificates(text))
+        for cert in certs:  # names are decoded lazily: a malformed one must fail here, not later
+            cert.subject.rfc4514_string()
+            cert.issuer.rfc4514_string()
     except ValueError:
         raise AttestationError("PCK certificate chain is not a valid PEM certificate chain") from None
     if b"".join(c.public_bytes(Encoding.PEM) for c in certs) != text:
@@ -471,6 +474,8 @@ def examine_dcap_quote(
         checks.append(Check("trust anchor", True, f"UNSAFE test root {fingerprint}, not Intel's"))
     if parsed.pck_chain[-1].public_bytes(Encoding.DER) != root:
         return fail("PCK chain", "the quote's PCK certificate chain does not end in the trusted root")
+    leaf = parsed.pck_chain[0].subject.rfc4514_string()
+    checks.append(Check("PCK chain", True, f"{leaf}, {len(parsed.pck_chain)} certificates ending in the trusted root"))
 
     try:
         loaded = dcap_qvl.QuoteCollateralV3.from_json(collateral.decode("utf-8"))
