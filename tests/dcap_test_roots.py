@@ -208,9 +208,9 @@ class DcapTestRoots:
         signature_data = _raw_signature(self.attestation_key, signed) + attestation_key + qe_data
         return signed + struct.pack("<I", len(signature_data)) + signature_data
 
-    def collateral(self, *, issued: datetime, next_update: datetime) -> bytes:
+    def collateral(self, *, issued: datetime, next_update: datetime, revoke_pck: bool = False) -> bytes:
         """Collateral (TCB info, QE identity, CRLs) for the template's platform, valid from ``issued``
-        to ``next_update``."""
+        to ``next_update``; ``revoke_pck`` lists the PCK certificate in the PCK CRL."""
         real = json.loads((VECTORS / f"{self.template}_collateral.json").read_text())
         tcb_info = json.loads(real["tcb_info"])
         tcb_info.update(issueDate=_iso(issued), nextUpdate=_iso(next_update))
@@ -222,7 +222,7 @@ class DcapTestRoots:
             {
                 "pck_crl_issuer_chain": _pem(self.pck_ca.cert, self.root.cert),
                 "root_ca_crl": self._crl(self.root, issued, next_update).hex(),
-                "pck_crl": self._crl(self.pck_ca, issued, next_update).hex(),
+                "pck_crl": self._crl(self.pck_ca, issued, next_update, self.pck.cert if revoke_pck else None).hex(),
                 "tcb_info_issuer_chain": _pem(self.tcb_signing.cert, self.root.cert),
                 "tcb_info": tcb_text,
                 "tcb_info_signature": _raw_signature(self.tcb_signing.key, tcb_text.encode()).hex(),
@@ -233,9 +233,13 @@ class DcapTestRoots:
         ).encode()
 
     @staticmethod
-    def _crl(issuer: _Issued, issued: datetime, next_update: datetime) -> bytes:
+    def _crl(issuer: _Issued, issued: datetime, next_update: datetime, revoked: x509.Certificate | None = None) -> bytes:
+        builder = x509.CertificateRevocationListBuilder()
+        if revoked is not None:
+            entry = x509.RevokedCertificateBuilder().serial_number(revoked.serial_number).revocation_date(issued)
+            builder = builder.add_revoked_certificate(entry.build())
         crl = (
-            x509.CertificateRevocationListBuilder()
+            builder
             .issuer_name(issuer.cert.subject)
             .last_update(issued)
             .next_update(next_update)

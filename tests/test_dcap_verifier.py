@@ -348,7 +348,7 @@ def test_a_quote_of_the_test_roots_is_refused_under_intels_real_root(
         dcap_qvl.verify(quote, collateral, int(NOW.timestamp()))  # dcap-qvl's own Intel root refuses it too
 
 
-def test_test_root_quotes_refused_for_debug_expired_collateral_and_another_root(
+def test_test_root_quotes_refused_for_debug_expired_collateral_revoked_pck_and_another_root(
     tdx_roots: DcapTestRoots, tdx_collateral: bytes
 ) -> None:
     def examine(quote: bytes, collateral: bytes = tdx_collateral, at: datetime = NOW) -> DcapVerdict:
@@ -359,6 +359,8 @@ def test_test_root_quotes_refused_for_debug_expired_collateral_and_another_root(
     assert "debug" in examine(tdx_roots.tdx_quote(td_attributes=bytes(debug))).reason.lower()
     expired = tdx_roots.collateral(issued=NOW - timedelta(days=31), next_update=NOW - timedelta(days=1))
     assert "expired" in examine(tdx_roots.tdx_quote(), collateral=expired).reason.lower()
+    revoked = tdx_roots.collateral(issued=NOW - timedelta(hours=1), next_update=NOW + timedelta(days=30), revoke_pck=True)
+    assert "revoked" in examine(tdx_roots.tdx_quote(), collateral=revoked).reason.lower()
     others = DcapTestRoots.make(NOW - timedelta(days=1), "tdx_quote")
     verdict = examine_dcap_quote(
         others.tdx_quote(), collateral=tdx_collateral, at=NOW, root_ca_der=tdx_roots.root_ca_der
