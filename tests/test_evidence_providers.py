@@ -22,7 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+import tee_fs
+from typer.testing import CliRunner, Result
 
 from kettle.attestation.backends import SIMULATION
 from kettle.attestation.providers import (
@@ -38,12 +39,9 @@ from kettle.attestation.providers import (
     probe_backends,
 )
 from kettle.cli.main import app
-from kettle.config import parse_config
+from kettle.config import Config, parse_config
 from kettle.errors import AttestationError, ConfigError
 from kettle.services.runtime import evidence_provider, resolve_backend
-
-sys.path.insert(0, str(Path(__file__).parent))
-import tee_fs  # noqa: E402
 
 EMULATOR = Path(__file__).parent / "tee_fs.py"
 MOUNT_DEADLINE_SECS = 30.0  # generous: two cores shared by many test processes
@@ -168,9 +166,10 @@ def test_report_data_must_be_64_bytes(tmp_path: Path) -> None:
 
 
 def test_sealing_keys_are_refused_not_faked(tmp_path: Path) -> None:
-    with mounted(tmp_path / "tsm", "tsm", "--provider", "tdx_guest") as root:
-        with pytest.raises(AttestationError, match="not available yet for the tdx backend"):
-            ConfigfsTsmProvider(TDX, root).sealing_key("storage")
+    with mounted(tmp_path / "tsm", "tsm", "--provider", "tdx_guest") as root, pytest.raises(
+        AttestationError, match="not available yet for the tdx backend"
+    ):
+        ConfigfsTsmProvider(TDX, root).sealing_key("storage")
 
 
 # --- the certificate table ----------------------------------------------------------------
@@ -202,15 +201,16 @@ def test_gramine_quote_carries_exactly_our_report_data(tmp_path: Path) -> None:
 
 
 def test_gramine_without_dcap_is_refused(tmp_path: Path) -> None:
-    with mounted(tmp_path / "attestation", "gramine", "--attestation-type", "none") as root:
-        with pytest.raises(ConfigError, match="attestation type .* is 'none', not 'dcap'"):
-            GramineProvider(root)
+    with mounted(tmp_path / "attestation", "gramine", "--attestation-type", "none") as root, pytest.raises(
+        ConfigError, match="attestation type .* is 'none', not 'dcap'"
+    ):
+        GramineProvider(root)
 
 
 # --- auto and the backend setting ----------------------------------------------------------
 
 
-def _config(home: Path, tsm: Path, gramine: Path, backend: str = "auto", allow_simulation: bool = False):  # type: ignore[no-untyped-def]
+def _config(home: Path, tsm: Path, gramine: Path, backend: str = "auto", allow_simulation: bool = False) -> Config:
     return parse_config(
         f'[attestation]\nbackend = "{backend}"\nconfigfs_tsm_path = "{tsm}"\n'
         f'gramine_attestation_path = "{gramine}"\nunsafe_allow_simulation = {str(allow_simulation).lower()}\n',
@@ -261,7 +261,7 @@ def test_backend_setting_is_checked(tmp_path: Path) -> None:
 # --- kettle attest --local ------------------------------------------------------------------
 
 
-def _attest_local(home: Path, text: str, *args: str):  # type: ignore[no-untyped-def]
+def _attest_local(home: Path, text: str, *args: str) -> Result:
     (home / "kettle.toml").write_text(text)
     return CliRunner().invoke(app, ["attest", "--local", *args], env={"KETTLE_HOME": str(home), "KETTLE_CONFIG": ""})
 

@@ -72,7 +72,10 @@ def resolve_backend(config: Config) -> str:
         Path(settings.configfs_tsm_path), Path(settings.gramine_attestation_path), settings.unsafe_allow_simulation
     )
     backend = choose_backend(probes)
-    log.info("attestation.backend = auto chose %s", backend)
+    if backend == SIMULATION:
+        log.warning("attestation.backend = auto found no TEE and fell back to SIMULATION (unsafe_allow_simulation is on)")
+    else:
+        log.info("attestation.backend = auto chose %s", backend)
     return backend
 
 
