@@ -74,6 +74,13 @@ class Endpoint:
 @dataclass(frozen=True)
 class AttestationConfig:
     backend: str = "simulation"
+    """``simulation``, ``sev-snp``, ``tdx``, ``gramine-sgx``, or ``auto`` (whatever the machine offers)."""
+    configfs_tsm_path: str = "/sys/kernel/config/tsm/report"
+    """Where configfs-tsm's report directory is (``sev-snp`` and ``tdx``)."""
+    gramine_attestation_path: str = "/dev/attestation"
+    """Where Gramine's attestation pseudo-files are (``gramine-sgx``)."""
+    snp_privlevel: int = -1
+    """The VMPL an SNP report is requested at (0..3); unset (-1) leaves the kernel's default."""
     service_url: str = f"https://localhost:{ATTESTATION_SERVICE_PORT}"
     listen_address: str = f"127.0.0.1:{ATTESTATION_SERVICE_PORT}"
     validity_secs: int = 3600
@@ -420,6 +427,12 @@ def parse_config(text: str, home: Path) -> Config:
             raise ConfigError(f"unknown configuration section [{key}]")
     _check_file_agent(config.file_agent)
     config = replace(config, file_agent=replace(config.file_agent, platform_endpoints=_platform_endpoints(config)))
+    from .attestation.providers import BACKENDS
+
+    if config.attestation.backend not in BACKENDS:
+        raise ConfigError(f"attestation.backend must be one of {', '.join(BACKENDS)}, not {config.attestation.backend!r}")
+    if not -1 <= config.attestation.snp_privlevel <= 3:
+        raise ConfigError("attestation.snp_privlevel must be between 0 and 3")
     if config.attestation.validity_secs < 4:
         raise ConfigError("attestation.validity_secs must be at least 4")
     for name in ("handshake_timeout_secs", "request_timeout_secs", "max_connections"):

@@ -4,7 +4,8 @@ Every backend implements :class:`EvidenceProvider`. ``simulation`` is the only o
 that can run on machines without TEE hardware; it is loudly labelled everywhere
 and verifiers refuse it unless simulation is explicitly allowed. The real
 backends (Gramine-SGX ``/dev/attestation``, Linux configfs-tsm for TDX and
-SEV-SNP, ``spec/attestation.md`` §6) implement the same interface.
+SEV-SNP, ``spec/attestation.md`` §6) implement the same interface in
+:mod:`kettle.attestation.providers`.
 """
 
 from __future__ import annotations
@@ -30,9 +31,22 @@ SIMULATION = "simulation"
 
 
 @dataclass(frozen=True)
+class SnpCertificate:
+    """One certificate the host supplied with an SNP report (``vcek``, ``vlek``, ``ask``, ``ark``)."""
+
+    kind: str
+    der: bytes
+
+
+@dataclass(frozen=True)
 class Evidence:
     tee_type: str
+    """The evidence kind: ``simulation``, ``sev-snp`` (an SNP report), ``tdx`` or ``sgx`` (DCAP quotes)."""
     quote: bytes
+    source: str = SIMULATION
+    """Which interface produced it (``configfs-tsm /sys/kernel/config/tsm/report``, ``gramine /dev/attestation``)."""
+    certificates: tuple[SnpCertificate, ...] = ()
+    """Certificates the host supplied alongside (the SNP certificate table); empty when it supplied none."""
 
 
 class EvidenceProvider(Protocol):

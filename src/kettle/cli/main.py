@@ -174,11 +174,19 @@ def service(name: str = typer.Argument(..., help="attestation, or a platform ser
 @app.command()
 @one_line_errors
 def attest(
-    address: str = typer.Argument(..., help="HOST:PORT of a Kettle API endpoint"),
+    address: str = typer.Argument(None, help="HOST:PORT of a Kettle API endpoint"),
     service_name: str = typer.Option(None, "--service", help="the service expected there (default: any in enclave info)"),
+    local: bool = typer.Option(False, "--local", help="instead: which TEE backends this machine offers, and why not the others"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """Show a service's attestation evidence and whether it verifies, with reasons."""
+    """Show a service's attestation evidence and whether it verifies, with reasons (or, with --local, this machine's TEEs)."""
+    if local:
+        if address is not None:
+            raise typer.BadParameter("--local takes no address")
+        _attest_local(as_json)
+        return
+    if address is None:
+        raise typer.BadParameter("give HOST:PORT of an endpoint, or --local")
     from ..sdk.attested import ClientTrust, examine_endpoint
 
     trust = ClientTrust.from_config()
@@ -212,6 +220,40 @@ def attest(
             out.print(f"  {mark} {check.name}: {check.detail}", highlight=False)
         out.print("[bold green]verified[/bold green]" if verdict.ok else f"[bold red]NOT verified[/bold red]: {verdict.reason}")
     if not verdict.ok:
+        raise typer.Exit(1)
+
+
+def _attest_local(as_json: bool) -> None:
+    """Probe every backend; exit 1 when the configured one could not start here."""
+    from ..attestation.providers import AUTO, choose_backend, probe_backends
+
+    settings = load_config().attestation
+    probes = probe_backends(
+        Path(settings.configfs_tsm_path), Path(settings.gramine_attestation_path), settings.unsafe_allow_simulation
+    )
+    try:
+        chosen: str | None = choose_backend(probes)
+        refusal = None
+    except KettleError as exc:
+        chosen, refusal = None, exc.message
+    usable = {p.backend for p in probes if p.usable}
+    configured_ok = chosen is not None if settings.backend == AUTO else settings.backend in usable
+    if as_json:
+        out.print_json(data={
+            "configured": settings.backend,
+            "configured_usable": configured_ok,
+            "auto_choice": chosen,
+            "auto_refusal": refusal,
+            "backends": [{"backend": p.backend, "usable": p.usable, "detail": p.detail} for p in probes],
+        })
+    else:
+        for probe in probes:
+            mark = "[green]found[/green]" if probe.usable else "[red]no[/red]   "
+            out.print(f"  {mark} {probe.backend}: {escape(probe.detail)}", highlight=False)
+        out.print(f"auto would choose: {chosen}" if chosen else f"auto would refuse: {escape(refusal or '')}", highlight=False)
+        state = "[green]usable here[/green]" if configured_ok else "[bold red]NOT usable here[/bold red]"
+        out.print(f"configured backend: {settings.backend} ({state})", highlight=False)
+    if not configured_ok:
         raise typer.Exit(1)
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,6 +24,15 @@ from ..attestation.build import BuildConfig
 from ..attestation.enclave_info import EnclaveInfo
 from ..attestation.identity import IdentityManager
 from ..attestation.measurement import SIMULATION_MR_SIGNER, measure_service
+from ..attestation.providers import (
+    AUTO,
+    GRAMINE_SGX,
+    TSM_PROVIDERS,
+    ConfigfsTsmProvider,
+    GramineProvider,
+    choose_backend,
+    probe_backends,
+)
 from ..attestation.trust import service_enclave_info, verifier_for
 from ..attestation.verifier import Verifier
 from ..config import Config
@@ -37,10 +47,36 @@ READY_FD_ENV = "KETTLE_READY_FD"
 
 
 def evidence_provider(config: Config, service: str, mr_enclave: bytes) -> EvidenceProvider:
-    backend = config.attestation.backend
+    settings = config.attestation
+    backend = resolve_backend(config)
     if backend == SIMULATION:
         return SimulationBackend(config.home, mr_enclave, SIMULATION_MR_SIGNER, service)
-    raise ConfigError(f"TEE backend {backend!r} is not available on this machine (known: simulation)")
+    provider: ConfigfsTsmProvider | GramineProvider
+    if backend in TSM_PROVIDERS:
+        privlevel = settings.snp_privlevel if settings.snp_privlevel >= 0 else None
+        provider = ConfigfsTsmProvider(backend, Path(settings.configfs_tsm_path), privlevel)
+    elif backend == GRAMINE_SGX:
+        provider = GramineProvider(Path(settings.gramine_attestation_path))
+    else:
+        raise ConfigError(f"unknown TEE backend {backend!r}")
+    log.info("%s gets its evidence from the %s backend (%s)", service, backend, provider.source)
+    return provider
+
+
+def resolve_backend(config: Config) -> str:
+    """The configured backend, with ``auto`` replaced by what this machine offers (or refused)."""
+    settings = config.attestation
+    if settings.backend != AUTO:
+        return settings.backend
+    probes = probe_backends(
+        Path(settings.configfs_tsm_path), Path(settings.gramine_attestation_path), settings.unsafe_allow_simulation
+    )
+    backend = choose_backend(probes)
+    if backend == SIMULATION:
+        log.warning("attestation.backend = auto found no TEE and fell back to SIMULATION (unsafe_allow_simulation is on)")
+    else:
+        log.info("attestation.backend = auto chose %s", backend)
+    return backend
 
 
 class ServiceRuntime:

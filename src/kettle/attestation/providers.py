@@ -1,0 +1,323 @@
+"""Evidence from real TEEs: Linux configfs-tsm (SEV-SNP, TDX) and Gramine-SGX ``/dev/attestation``.
+
+Both are file ABIs (``spec/attestation.md`` §6.1, §6.2), so the providers only
+open, write, read and remove files; their roots are settings so that tests can
+drive them through an emulation of the same ABI. ``backend = "auto"`` probes
+what the machine offers (:func:`probe_backends`) and picks the first usable one.
+
+The providers do not verify their own evidence (that is the attestation
+service's job), but they do check that what they got is evidence for exactly the
+report data they asked for, so a concurrent writer or a confused kernel never
+makes a service present someone else's report.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import struct
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import AttestationError, ConfigError
+from .backends import SIMULATION, Evidence, SnpCertificate
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+SEV_SNP = "sev-snp"
+TDX = "tdx"
+GRAMINE_SGX = "gramine-sgx"
+BACKENDS = (AUTO, SEV_SNP, TDX, GRAMINE_SGX, SIMULATION)
+"""Every value ``[attestation] backend`` accepts."""
+
+SGX = "sgx"
+"""The evidence kind (``Evidence.tee_type``) of the ``gramine-sgx`` backend: an SGX DCAP quote."""
+
+TSM_PROVIDERS = {SEV_SNP: "sev_guest", TDX: "tdx_guest"}
+"""configfs-tsm ``provider`` file content per backend."""
+GUEST_DEVICES = {SEV_SNP: Path("/dev/sev-guest"), TDX: Path("/dev/tdx_guest")}
+"""The ioctl interfaces that predate configfs-tsm; only reported, never used."""
+CONFIGFS_TSM_KERNEL = "Linux 6.7 or later, CONFIG_TSM_REPORTS, configfs mounted at /sys/kernel/config"
+
+TSM_ATTEMPTS = 3
+"""Reports a configfs-tsm provider asks for before giving up on an entry another writer keeps changing."""
+REPORT_DATA_SIZE = 64
+
+SNP_REPORT_SIZE = 0x4A0
+SNP_REPORT_DATA_OFFSET = 0x50
+TDX_QUOTE_V4_REPORT_DATA_OFFSET = 568
+TDX_QUOTE_V5_REPORT_DATA_OFFSET = 574  # v5 inserts a 2-byte body type and a 4-byte body size after the header
+SGX_QUOTE_REPORT_DATA_OFFSET = 368  # 48-byte header + report body offset 320
+QUOTE_VERSION_OFFSET = 0
+
+SNP_CERT_GUIDS = {
+    uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd"): "vcek",
+    uuid.UUID("a8074bc2-a25a-483e-aae6-39c045a0b8a1"): "vlek",
+    uuid.UUID("4ab7b379-bbac-4fe4-a02f-05aef327c782"): "ask",
+    uuid.UUID("c0b406a4-a803-4952-9743-3fb6014cd0ae"): "ark",
+}
+"""The certificate table's GUIDs (SNP GHCB specification, certificate table format)."""
+_CERT_ENTRY = struct.Struct("<16sII")
+
+
+def parse_snp_certificate_table(blob: bytes) -> tuple[SnpCertificate, ...]:
+    """The certificates of an SNP certificate table (``auxblob``): 24-byte entries of GUID
+    (RFC 4122 byte order), offset and length from the table's start, ended by an all-zero entry.
+
+    An empty blob (the host supplies no certificates) is an empty table. Entries
+    with GUIDs this module does not know are kept under their GUID string, since
+    the table is extensible.
+    """
+    certificates: list[SnpCertificate] = []
+    position = 0
+    while True:
+        if position + _CERT_ENTRY.size > len(blob):
+            if not blob:
+                return ()
+            raise AttestationError("SNP certificate table is not terminated by an all-zero entry")
+        raw_guid, offset, length = _CERT_ENTRY.unpack_from(blob, position)
+        position += _CERT_ENTRY.size
+        if raw_guid == bytes(16) and offset == 0 and length == 0:
+            return tuple(certificates)
+        guid = uuid.UUID(bytes=raw_guid)
+        if offset < position or offset + length > len(blob) or length == 0:
+            raise AttestationError(
+                f"SNP certificate table entry {guid} points outside the table (offset {offset}, length {length})"
+            )
+        kind = SNP_CERT_GUIDS.get(guid, str(guid))
+        certificates.append(SnpCertificate(kind, blob[offset:offset + length]))
+
+
+def report_data_of(tee_type: str, evidence: bytes) -> bytes:
+    """The 64 report-data bytes inside raw evidence of this kind (SNP report, TDX or SGX quote)."""
+    if tee_type == SEV_SNP:
+        if len(evidence) < SNP_REPORT_SIZE:
+            raise AttestationError(f"SNP report is {len(evidence)} bytes, expected {SNP_REPORT_SIZE}")
+        offset = SNP_REPORT_DATA_OFFSET
+    elif tee_type == TDX:
+        if len(evidence) < 2:
+            raise AttestationError("TDX quote is truncated")
+        (version,) = struct.unpack_from("<H", evidence, QUOTE_VERSION_OFFSET)
+        if version == 4:
+            offset = TDX_QUOTE_V4_REPORT_DATA_OFFSET
+        elif version == 5:
+            offset = TDX_QUOTE_V5_REPORT_DATA_OFFSET
+        else:
+            raise AttestationError(f"TDX quote version {version} is not supported (4 or 5)")
+    elif tee_type == SGX:
+        offset = SGX_QUOTE_REPORT_DATA_OFFSET
+    else:
+        raise AttestationError(f"no report-data layout for evidence kind {tee_type!r}")
+    if len(evidence) < offset + REPORT_DATA_SIZE:
+        raise AttestationError(f"{tee_type} evidence is truncated ({len(evidence)} bytes)")
+    return evidence[offset:offset + REPORT_DATA_SIZE]
+
+
+def _read_text(path: Path) -> str:
+    return path.read_bytes().decode("ascii", "replace").strip()
+
+
+def _write(path: Path, data: bytes) -> None:
+    # One write and a close: configfs commits a binary attribute when the file is closed.
+    with open(path, "wb", buffering=0) as f:
+        f.write(data)
+
+
+def _no_sealing(backend: str) -> AttestationError:
+    return AttestationError(
+        f"TEE-derived sealing keys are not available yet for the {backend} backend; "
+        "storage sealing needs the simulation backend until they are"
+    )
+
+
+class ConfigfsTsmProvider:
+    """SEV-SNP or TDX evidence through configfs-tsm: one fresh report entry per request."""
+
+    def __init__(
+        self, backend: str, root: Path, privlevel: int | None = None, device: Path | None = None
+    ) -> None:
+        if backend not in TSM_PROVIDERS:
+            raise ConfigError(f"configfs-tsm serves sev-snp and tdx, not {backend!r}")
+        if not root.is_dir():
+            raise ConfigError(f"{backend}: {_configfs_absent(root, device or GUEST_DEVICES[backend])}")
+        self.backend = backend
+        self.tee_type = backend
+        self._root = root
+        self._privlevel = privlevel if backend == SEV_SNP else None
+        self.source = f"configfs-tsm {root}"
+
+    def evidence(self, report_data: bytes) -> Evidence:
+        if len(report_data) != REPORT_DATA_SIZE:
+            raise ValueError("report data must be exactly 64 bytes")
+        entry = self._root / f"kettle-{os.getpid()}-{secrets.token_hex(8)}"
+        try:
+            entry.mkdir()
+        except OSError as exc:
+            raise AttestationError(f"cannot create a configfs-tsm report entry in {self._root}: {exc.strerror}") from None
+        try:
+            quote, aux = self._report(entry, report_data)
+        finally:
+            try:
+                entry.rmdir()
+            except OSError as exc:
+                log.warning("could not remove configfs-tsm entry %s: %s", entry, exc.strerror)
+        certificates = parse_snp_certificate_table(aux) if self.backend == SEV_SNP else ()
+        return Evidence(self.tee_type, quote, source=self.source, certificates=certificates)
+
+    def _report(self, entry: Path, report_data: bytes) -> tuple[bytes, bytes]:
+        expected = TSM_PROVIDERS[self.backend]
+        provider = _read_text(entry / "provider")
+        if provider != expected:
+            raise AttestationError(
+                f"configfs-tsm at {self._root} is provided by {provider!r}, not {expected!r} ({self.backend})"
+            )
+        if self._privlevel is not None:
+            _write(entry / "privlevel", f"{self._privlevel}\n".encode())
+        for attempt in range(1, TSM_ATTEMPTS + 1):
+            before = int(_read_text(entry / "generation"))
+            _write(entry / "inblob", report_data)
+            try:
+                quote = (entry / "outblob").read_bytes()
+            except OSError as exc:
+                raise AttestationError(f"configfs-tsm refused the report ({errno.errorcode.get(exc.errno or 0, exc.errno)}: {exc.strerror})") from None
+            aux = b""
+            if self.backend == SEV_SNP and (entry / "auxblob").exists():
+                aux = (entry / "auxblob").read_bytes()
+            after = int(_read_text(entry / "generation"))
+            # Our own write moved the counter by exactly one; anything more is another writer
+            # in our entry, and the report may be for its data.
+            if after == before + 1 and report_data_of(self.tee_type, quote) == report_data:
+                return quote, aux
+            log.warning(
+                "configfs-tsm entry %s changed under us (generation %d -> %d, attempt %d of %d)",
+                entry.name, before, after, attempt, TSM_ATTEMPTS,
+            )
+        raise AttestationError(
+            f"configfs-tsm entry {entry} changed during each of {TSM_ATTEMPTS} attempts (its generation moved "
+            "between our write and read, or the report carried other report data); refusing a report that may not be ours"
+        )
+
+    def sealing_key(self, purpose: str) -> bytes:
+        raise _no_sealing(self.backend)
+
+
+class GramineProvider:
+    """SGX DCAP quotes through Gramine's ``/dev/attestation`` pseudo-files."""
+
+    backend = GRAMINE_SGX
+    tee_type = SGX
+
+    def __init__(self, root: Path) -> None:
+        attestation_type = _read_gramine_type(root)
+        if attestation_type != "dcap":
+            raise ConfigError(
+                f"Gramine attestation type at {root} is {attestation_type!r}, not 'dcap' "
+                '(set sgx.remote_attestation = "dcap" in the manifest)'
+            )
+        self._root = root
+        self.source = f"gramine {root}"
+
+    def evidence(self, report_data: bytes) -> Evidence:
+        if len(report_data) != REPORT_DATA_SIZE:
+            raise ValueError("report data must be exactly 64 bytes")
+        try:
+            _write(self._root / "user_report_data", report_data)
+            quote = (self._root / "quote").read_bytes()
+        except OSError as exc:
+            raise AttestationError(f"Gramine refused the quote ({exc.strerror})") from None
+        if report_data_of(SGX, quote) != report_data:
+            raise AttestationError("Gramine returned a quote for other report data than was written")
+        return Evidence(SGX, quote, source=self.source)
+
+    def sealing_key(self, purpose: str) -> bytes:
+        raise _no_sealing(GRAMINE_SGX)
+
+
+def _read_gramine_type(root: Path) -> str:
+    try:
+        return _read_text(root / "attestation_type")
+    except FileNotFoundError:
+        raise ConfigError(f"{root}/attestation_type does not exist (not running under gramine-sgx)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {root}/attestation_type: {exc.strerror}") from None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What probing found for one backend."""
+
+    backend: str
+    usable: bool
+    detail: str
+
+
+def _configfs_absent(root: Path, device: Path) -> str:
+    detail = f"{root} does not exist (configfs-tsm needs {CONFIGFS_TSM_KERNEL})"
+    if device.exists():
+        # The ioctl interface is the older path; one file ABI is less to get wrong.
+        detail += f"; {device} exists, but Kettle does not use its ioctl interface: configfs-tsm is required"
+    return detail
+
+
+def _probe_configfs(root: Path) -> tuple[str | None, str]:
+    """The configfs-tsm provider name (None if unusable) and what was found."""
+    if not root.is_dir():
+        return None, f"{root} does not exist"
+    entry = root / f"kettle-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        entry.mkdir()
+    except OSError as exc:
+        return None, f"cannot create an entry in {root}: {exc.strerror}"
+    try:
+        return _read_text(entry / "provider"), f"{root}"
+    except OSError as exc:
+        return None, f"cannot read {entry}/provider: {exc.strerror}"
+    finally:
+        try:
+            entry.rmdir()
+        except OSError as exc:
+            log.warning("could not remove configfs-tsm probe entry %s: %s", entry, exc.strerror)
+
+
+def probe_backends(
+    tsm_root: Path, gramine_root: Path, allow_simulation: bool, devices: Mapping[str, Path] = GUEST_DEVICES
+) -> list[Probe]:
+    """Every backend, in the order ``auto`` prefers them, with whether it is usable here and why."""
+    provider, where = _probe_configfs(tsm_root)
+    probes: list[Probe] = []
+    for backend, name in TSM_PROVIDERS.items():
+        if provider == name:
+            probes.append(Probe(backend, True, f"configfs-tsm provider {name} at {where}"))
+        elif provider is not None:
+            probes.append(Probe(backend, False, f"configfs-tsm is provided by {provider!r}, not {name!r}"))
+        elif not tsm_root.is_dir():
+            probes.append(Probe(backend, False, _configfs_absent(tsm_root, devices[backend])))
+        else:
+            probes.append(Probe(backend, False, where))
+    try:
+        attestation_type = _read_gramine_type(gramine_root)
+        if attestation_type == "dcap":
+            probes.append(Probe(GRAMINE_SGX, True, f"Gramine DCAP attestation at {gramine_root}"))
+        else:
+            probes.append(Probe(GRAMINE_SGX, False, f"Gramine attestation type is {attestation_type!r}, not 'dcap'"))
+    except ConfigError as exc:
+        probes.append(Probe(GRAMINE_SGX, False, exc.message))
+    if allow_simulation:
+        probes.append(Probe(SIMULATION, True, "UNSAFE: software simulation, allowed by attestation.unsafe_allow_simulation"))
+    else:
+        probes.append(Probe(SIMULATION, False, "no hardware protection; needs attestation.unsafe_allow_simulation = true"))
+    return probes
+
+
+def choose_backend(probes: list[Probe]) -> str:
+    """``auto``: the first usable backend, or a refusal that lists what was probed and why each failed."""
+    for probe in probes:
+        if probe.usable:
+            return probe.backend
+    reasons = "; ".join(f"{p.backend}: {p.detail}" for p in probes)
+    raise ConfigError(f"attestation.backend = \"auto\" found no usable TEE backend ({reasons})")
