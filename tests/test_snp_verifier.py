@@ -1,6 +1,6 @@
 """The SEV-SNP verifier against real captured evidence and against fresh test hardware.
 
-Real evidence (``tests/data/snp``, see its README) is judged at a time inside its
+Real evidence (``tests/data/tee/snp``, see its README) is judged at a time inside its
 certificate's window, never by the wall clock. Fresh test roots (``snp_test_roots``)
 sign reports shaped as the policy cases need.
 """
@@ -34,7 +34,7 @@ from kettle.attestation.snp import (
 )
 from kettle.errors import AttestationError
 
-DATA = Path(__file__).parent / "data" / "snp"
+DATA = Path(__file__).parent / "data" / "tee" / "snp"
 VCEK_REPORT = (DATA / "test-report.bin").read_bytes()
 VCEK = (DATA / "test-vcek.der").read_bytes()
 VLEK_REPORT = (DATA / "test-vlek-report.bin").read_bytes()

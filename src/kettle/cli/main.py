@@ -168,95 +168,6 @@ def service(name: str = typer.Argument(..., help="attestation, or a platform ser
     run_service(name, load_config())
 
 
-# --- attestation --------------------------------------------------------------
-
-
-@app.command()
-@one_line_errors
-def attest(
-    address: str = typer.Argument(None, help="HOST:PORT of a Kettle API endpoint"),
-    service_name: str = typer.Option(None, "--service", help="the service expected there (default: any in enclave info)"),
-    local: bool = typer.Option(False, "--local", help="instead: which TEE backends this machine offers, and why not the others"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
-) -> None:
-    """Show a service's attestation evidence and whether it verifies, with reasons (or, with --local, this machine's TEEs)."""
-    if local:
-        if address is not None:
-            raise typer.BadParameter("--local takes no address")
-        _attest_local(as_json)
-        return
-    if address is None:
-        raise typer.BadParameter("give HOST:PORT of an endpoint, or --local")
-    from ..sdk.attested import ClientTrust, examine_endpoint
-
-    trust = ClientTrust.from_config()
-    verdict, cert = examine_endpoint(address, service_name, trust)
-    peer = verdict.peer
-    if as_json:
-        out.print_json(
-            data={
-                "address": address,
-                "verified": verdict.ok,
-                "reason": verdict.reason,
-                "service": peer.service if peer else None,
-                "mr_enclave": peer.mr_enclave.hex() if peer else None,
-                "mr_signer": peer.mr_signer.hex() if peer else None,
-                "tee_type": peer.tee_type if peer else None,
-                "simulation": peer.simulation if peer else None,
-                "certificate_not_after": cert.not_valid_after_utc.isoformat(),
-                "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in verdict.checks],
-            }
-        )
-    else:
-        out.print(f"[bold]{address}[/bold]  certificate: {cert.subject.rfc4514_string()}", highlight=False)
-        if peer:
-            out.print(f"  service     {peer.service or '(unknown)'}")
-            out.print(f"  tee         {peer.tee_type}{'  [bold yellow]SIMULATION (not a TEE)[/bold yellow]' if peer.simulation else ''}")
-            out.print(f"  mr_enclave  {peer.mr_enclave.hex()}")
-            out.print(f"  mr_signer   {peer.mr_signer.hex()}")
-            out.print(f"  status      {peer.status}, report time {peer.report_time:%Y-%m-%d %H:%M:%S} UTC")
-        for check in verdict.checks:
-            mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
-            out.print(f"  {mark} {check.name}: {check.detail}", highlight=False)
-        out.print("[bold green]verified[/bold green]" if verdict.ok else f"[bold red]NOT verified[/bold red]: {verdict.reason}")
-    if not verdict.ok:
-        raise typer.Exit(1)
-
-
-def _attest_local(as_json: bool) -> None:
-    """Probe every backend; exit 1 when the configured one could not start here."""
-    from ..attestation.providers import AUTO, choose_backend, probe_backends
-
-    settings = load_config().attestation
-    probes = probe_backends(
-        Path(settings.configfs_tsm_path), Path(settings.gramine_attestation_path), settings.unsafe_allow_simulation
-    )
-    try:
-        chosen: str | None = choose_backend(probes)
-        refusal = None
-    except KettleError as exc:
-        chosen, refusal = None, exc.message
-    usable = {p.backend for p in probes if p.usable}
-    configured_ok = chosen is not None if settings.backend == AUTO else settings.backend in usable
-    if as_json:
-        out.print_json(data={
-            "configured": settings.backend,
-            "configured_usable": configured_ok,
-            "auto_choice": chosen,
-            "auto_refusal": refusal,
-            "backends": [{"backend": p.backend, "usable": p.usable, "detail": p.detail} for p in probes],
-        })
-    else:
-        for probe in probes:
-            mark = "[green]found[/green]" if probe.usable else "[red]no[/red]   "
-            out.print(f"  {mark} {probe.backend}: {escape(probe.detail)}", highlight=False)
-        out.print(f"auto would choose: {chosen}" if chosen else f"auto would refuse: {escape(refusal or '')}", highlight=False)
-        state = "[green]usable here[/green]" if configured_ok else "[bold red]NOT usable here[/bold red]"
-        out.print(f"configured backend: {settings.backend} ({state})", highlight=False)
-    if not configured_ok:
-        raise typer.Exit(1)
-
-
 @audit_app.command("sign")
 @one_line_errors
 def audit_sign(
@@ -417,6 +328,7 @@ def user_list(
             out.print(user_id, highlight=False)
 
 
+from .attest import app as attest_app  # noqa: E402
 from .data import app as data_app  # noqa: E402
 from .files import app as file_app  # noqa: E402
 from .functions import app as function_app  # noqa: E402  (at the end: they import from this module)
@@ -426,6 +338,7 @@ from .storage import app as storage_app  # noqa: E402
 from .tasks import app as task_app  # noqa: E402
 from .trail import audit_mine  # noqa: E402, F401  (registers `audit mine` and `audit verify-trail`)
 
+app.add_typer(attest_app, name="attest")
 app.add_typer(function_app, name="function")
 app.add_typer(data_app, name="data")
 app.add_typer(task_app, name="task")

@@ -1,0 +1,246 @@
+"""``kettle attest``: a service's attestation, this machine's TEEs, and TEE evidence by hand.
+
+- ``kettle attest HOST:PORT`` (the ``endpoint`` command, the default) shows a running
+  service's evidence and whether it verifies; ``kettle attest --local`` which TEE
+  backends this machine offers.
+- ``kettle attest evidence FILE --kind sev-snp|tdx|sgx`` verifies a standalone SEV-SNP
+  report or DCAP quote offline against the vendor roots shipped with the package, for
+  auditors and operators (``docs/attestation.md``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from ..config import load_config
+from ..errors import KettleError
+from .main import one_line_errors, out
+
+DEFAULT_COMMAND = "endpoint"
+EVIDENCE_KINDS = ("sev-snp", "tdx", "sgx")
+
+
+class _AttestGroup(TyperGroup):
+    """Subcommands beside the historical form: whatever is not a subcommand's name
+    (``HOST:PORT``, ``--local``, ``--json``) goes to :data:`DEFAULT_COMMAND`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = [DEFAULT_COMMAND, *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=_AttestGroup, no_args_is_help=True,
+    help="Attestation: a service's (HOST:PORT), this machine's TEEs (--local), or a TEE report or quote (evidence FILE).",
+)
+
+
+@app.command("endpoint")
+@one_line_errors
+def attest_endpoint(
+    address: str = typer.Argument(None, help="HOST:PORT of a Kettle API endpoint"),
+    service_name: str = typer.Option(None, "--service", help="the service expected there (default: any in enclave info)"),
+    local: bool = typer.Option(False, "--local", help="instead: which TEE backends this machine offers, and why not the others"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Show a service's attestation evidence and whether it verifies, with reasons (or, with --local, this machine's TEEs).
+
+    The default: ``kettle attest HOST:PORT`` and ``kettle attest --local`` run this.
+    """
+    if local:
+        if address is not None:
+            raise typer.BadParameter("--local takes no address")
+        _attest_local(as_json)
+        return
+    if address is None:
+        raise typer.BadParameter("give HOST:PORT of an endpoint, or --local")
+    from ..sdk.attested import ClientTrust, examine_endpoint
+
+    trust = ClientTrust.from_config()
+    verdict, cert = examine_endpoint(address, service_name, trust)
+    peer = verdict.peer
+    if as_json:
+        out.print_json(
+            data={
+                "address": address,
+                "verified": verdict.ok,
+                "reason": verdict.reason,
+                "service": peer.service if peer else None,
+                "mr_enclave": peer.mr_enclave.hex() if peer else None,
+                "mr_signer": peer.mr_signer.hex() if peer else None,
+                "tee_type": peer.tee_type if peer else None,
+                "simulation": peer.simulation if peer else None,
+                "certificate_not_after": cert.not_valid_after_utc.isoformat(),
+                "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in verdict.checks],
+            }
+        )
+    else:
+        out.print(f"[bold]{address}[/bold]  certificate: {cert.subject.rfc4514_string()}", highlight=False)
+        if peer:
+            out.print(f"  service     {peer.service or '(unknown)'}")
+            out.print(f"  tee         {peer.tee_type}{'  [bold yellow]SIMULATION (not a TEE)[/bold yellow]' if peer.simulation else ''}")
+            out.print(f"  mr_enclave  {peer.mr_enclave.hex()}")
+            out.print(f"  mr_signer   {peer.mr_signer.hex()}")
+            out.print(f"  status      {peer.status}, report time {peer.report_time:%Y-%m-%d %H:%M:%S} UTC")
+        for check in verdict.checks:
+            mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
+            out.print(f"  {mark} {check.name}: {check.detail}", highlight=False)
+        out.print("[bold green]verified[/bold green]" if verdict.ok else f"[bold red]NOT verified[/bold red]: {verdict.reason}")
+    if not verdict.ok:
+        raise typer.Exit(1)
+
+
+def _attest_local(as_json: bool) -> None:
+    """Probe every backend; exit 1 when the configured one could not start here."""
+    from ..attestation.providers import AUTO, choose_backend, probe_backends
+
+    settings = load_config().attestation
+    probes = probe_backends(
+        Path(settings.configfs_tsm_path), Path(settings.gramine_attestation_path), settings.unsafe_allow_simulation
+    )
+    try:
+        chosen: str | None = choose_backend(probes)
+        refusal = None
+    except KettleError as exc:
+        chosen, refusal = None, exc.message
+    usable = {p.backend for p in probes if p.usable}
+    configured_ok = chosen is not None if settings.backend == AUTO else settings.backend in usable
+    if as_json:
+        out.print_json(data={
+            "configured": settings.backend,
+            "configured_usable": configured_ok,
+            "auto_choice": chosen,
+            "auto_refusal": refusal,
+            "backends": [{"backend": p.backend, "usable": p.usable, "detail": p.detail} for p in probes],
+        })
+    else:
+        for probe in probes:
+            mark = "[green]found[/green]" if probe.usable else "[red]no[/red]   "
+            out.print(f"  {mark} {probe.backend}: {escape(probe.detail)}", highlight=False)
+        out.print(f"auto would choose: {chosen}" if chosen else f"auto would refuse: {escape(refusal or '')}", highlight=False)
+        state = "[green]usable here[/green]" if configured_ok else "[bold red]NOT usable here[/bold red]"
+        out.print(f"configured backend: {settings.backend} ({state})", highlight=False)
+    if not configured_ok:
+        raise typer.Exit(1)
+
+
+@app.command("evidence")
+@one_line_errors
+def attest_evidence(
+    file: Path = typer.Argument(..., help="the report (SEV-SNP, 1184 bytes) or quote (TDX, SGX), raw bytes"),
+    kind: str = typer.Option(..., "--kind", help="sev-snp, tdx or sgx"),
+    cert: Path = typer.Option(None, "--cert", help="sev-snp: the VCEK or VLEK that signed the report (DER or PEM)"),
+    collateral: Path = typer.Option(None, "--collateral", help="tdx, sgx: Intel's collateral (JSON, as dcap-qvl reads it)"),
+    at: str = typer.Option(None, "--at", help="judge as of this time (ISO-8601; default: now)"),
+    allow_status: list[str] = typer.Option(
+        [], "--allow-status",
+        help="tdx, sgx: also accept this TCB status, with the advisories it may carry: STATUS[:ADVISORY,ADVISORY...]",
+    ),
+    enclave_info: Path = typer.Option(
+        None, "--enclave-info", help="check the measurement against this auditor-signed enclave info (keys beside it)"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Verify a TEE report or quote offline against the vendor roots shipped with Kettle; exit 0 accepted, 1 refused."""
+    if kind not in EVIDENCE_KINDS:
+        raise typer.BadParameter(f"--kind must be one of {', '.join(EVIDENCE_KINDS)}")
+    when = _parse_time(at)
+    evidence = file.read_bytes()
+    if kind == "sev-snp":
+        if cert is None:
+            raise typer.BadParameter("sev-snp evidence needs --cert (the VCEK or VLEK that signed it)")
+        if allow_status or collateral is not None:
+            raise typer.BadParameter("--allow-status and --collateral are for tdx and sgx quotes")
+        verdict, subject = _examine_snp(evidence, cert.read_bytes(), when, enclave_info)
+    else:
+        if collateral is None:
+            raise typer.BadParameter(f"{kind} evidence needs --collateral (Intel's collateral, JSON)")
+        if cert is not None:
+            raise typer.BadParameter("--cert is for sev-snp reports")
+        verdict, subject = _examine_dcap(evidence, kind, collateral.read_bytes(), when, allow_status, enclave_info)
+    if as_json:
+        out.print_json(data={
+            "file": str(file), "kind": kind, "at": when.isoformat(), "accepted": verdict.ok,
+            "reason": None if verdict.ok else verdict.reason, "evidence": subject,
+            "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in verdict.checks],
+        })
+    else:
+        out.print(f"[bold]{escape(str(file))}[/bold]  {kind} evidence, judged as of {when:%Y-%m-%d %H:%M:%S} UTC",
+                  highlight=False)
+        for name, value in subject.items():
+            out.print(f"  {name:<12}{escape(str(value))}", highlight=False)
+        for check in verdict.checks:
+            mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
+            out.print(f"  {mark} {check.name}: {escape(check.detail)}", highlight=False)
+        out.print("[bold green]accepted[/bold green]" if verdict.ok
+                  else f"[bold red]refused[/bold red]: {escape(verdict.reason)}", highlight=False)
+    if not verdict.ok:
+        raise typer.Exit(1)
+
+
+def _parse_time(text: str | None) -> datetime:
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"--at is not an ISO-8601 time: {text!r}") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)  # a time without a zone is UTC
+
+
+def _signed_measurements(path: Path) -> list[tuple[bytes, bytes]]:
+    """(mr_enclave, mr_signer) of every service in auditor-signed enclave info (every key beside it must sign)."""
+    from ..attestation.trust import client_enclave_info
+
+    info = client_enclave_info(path)
+    return [(m.mr_enclave, m.mr_signer) for m in info.services.values()]
+
+
+def _examine_snp(report: bytes, certificate: bytes, when: datetime, enclave_info: Path | None) -> tuple[Any, dict[str, Any]]:
+    from ..attestation.snp import examine_snp_report, parse_snp_report
+
+    if enclave_info is not None:
+        # Enclave info lists each service's 32-byte SGX-shaped measurement; an SNP launch
+        # measurement is 48 bytes, and enclave info has no entries of that kind yet.
+        raise KettleError("enclave info lists no SEV-SNP measurements; verify without --enclave-info")
+    verdict = examine_snp_report(report, certificate=certificate, at=when)
+    subject: dict[str, Any] = {}
+    if verdict.report is not None:
+        parsed = parse_snp_report(report)
+        subject = {"product": verdict.product, "version": parsed.version, "vmpl": parsed.vmpl,
+                   "policy": f"{parsed.policy:#x}", "measurement": parsed.measurement.hex(),
+                   "report data": parsed.report_data.hex()}
+    return verdict, subject
+
+
+def _examine_dcap(quote: bytes, kind: str, collateral: bytes, when: datetime, allow_status: list[str],
+                  enclave_info: Path | None) -> tuple[Any, dict[str, Any]]:
+    from ..attestation.dcap import DcapMeasurements, DcapPolicy, examine_dcap_quote
+
+    allowed: dict[str, frozenset[str]] = {}
+    for entry in allow_status:
+        status, _, advisories = entry.partition(":")
+        allowed[status] = frozenset(a for a in advisories.split(",") if a)
+    measurements = None
+    if enclave_info is not None:
+        if kind == "tdx":
+            raise KettleError("enclave info lists no TDX measurements (MRTD, RTMRs); verify without --enclave-info")
+        pairs = _signed_measurements(enclave_info)
+        measurements = DcapMeasurements(mr_enclave=frozenset(e for e, _ in pairs), mr_signer=frozenset(s for _, s in pairs))
+    verdict = examine_dcap_quote(quote, collateral=collateral, at=when, policy=DcapPolicy(allowed=allowed),
+                                 measurements=measurements)
+    subject: dict[str, Any] = {}
+    if verdict.quote is not None:
+        if verdict.quote.kind != kind:
+            raise KettleError(f"the file is a {verdict.quote.kind} quote, not {kind}")
+        subject = {"quote": verdict.quote.describe(), "tcb status": verdict.tcb_status,
+                   "advisories": ", ".join(verdict.advisory_ids) or "none"}
+    return verdict, subject
