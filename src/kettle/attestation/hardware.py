@@ -1,0 +1,383 @@
+"""Verifying a service's TEE hardware evidence directly, without the operator's attestation service.
+
+An attested certificate normally proves a service's measurement through a report the
+attestation service (AS) signed, so a client trusts the operator's AS. The AS also embeds
+the service's raw evidence (an SEV-SNP report with its certificates, or a TDX or SGX DCAP
+quote) in the server certificate, in the extension :data:`EVIDENCE_EXTENSION_OID`: its
+value holds compact JSON
+``{"v":1,"kind":"sev-snp"|"tdx"|"sgx","evidence":"<base64>","certificates":[{"kind":"vcek"|"vlek"|"ask"|"ark","der":"<base64>"}]}``.
+:func:`examine_hardware` checks that evidence against the VENDOR roots (AMD's, Intel's)
+and the auditors' measurements, so a party that distrusts the operator still gets a sound
+verdict:
+
+* the extension parses strictly (size bound, exact keys, strict base64, known kinds);
+* the evidence verifies under the pinned vendor roots (:mod:`kettle.attestation.snp`,
+  :mod:`kettle.attestation.dcap`); certificates carried with it are never trust anchors;
+* its report data is the certificate key's binding (``X || Y``), so evidence copied
+  from another certificate or made for another key is refused;
+* its measurement is one the auditors list for the expected service.
+
+Pure: no network, no clock; the time and the collateral are passed in.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from cryptography import x509
+
+from ..errors import AttestationError, KettleError
+from .dcap import (
+    DcapMeasurements,
+    DcapPolicy,
+    DcapVerdict,
+    TdReport,
+    examine_dcap_quote,
+)
+from .snp import (
+    SIGNING_KEY_VLEK,
+    SnpPolicy,
+    SnpRoots,
+    SnpVerdict,
+    examine_snp_report,
+    load_snp_certificate,
+    parse_snp_report,
+)
+from .verifier import Check, Verdict, leaf_report_data
+
+log = logging.getLogger(__name__)
+
+EVIDENCE_EXTENSION_OID = x509.ObjectIdentifier("2.25.76742224459063709497501859148858346874")
+EVIDENCE_VERSION = 1
+EVIDENCE_KINDS = ("sev-snp", "tdx", "sgx")
+CERTIFICATE_KINDS = ("vcek", "vlek", "ask", "ark")
+# A TDX quote with its PCK chain is about 5 KiB, an SNP report with VCEK, ASK and ARK about
+# 7 KiB; base64 adds a third. Anything much larger is not evidence.
+MAX_EXTENSION_BYTES = 32 * 1024
+
+# Both frozen: shared defaults nobody can change.
+STRICT_SNP_POLICY = SnpPolicy()
+STRICT_DCAP_POLICY = DcapPolicy()
+
+NO_EVIDENCE = (
+    "this service presents no hardware evidence: it runs in simulation, or its attestation "
+    "service does not embed evidence, so only the attestation service vouches for it"
+)
+
+
+@dataclass(frozen=True)
+class RawEvidence:
+    """The evidence a service certificate carries: a report or quote and the certificates sent with it."""
+
+    kind: str
+    evidence: bytes
+    certificates: tuple[tuple[str, bytes], ...] = ()
+
+    def certificate(self, kind: str) -> bytes | None:
+        return next((der for k, der in self.certificates if k == kind), None)
+
+    def to_extension_value(self) -> bytes:
+        doc = {
+            "v": EVIDENCE_VERSION,
+            "kind": self.kind,
+            "evidence": base64.b64encode(self.evidence).decode(),
+            "certificates": [{"kind": k, "der": base64.b64encode(der).decode()} for k, der in self.certificates],
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _strict_base64(value: object, what: str) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise AttestationError(f"evidence extension: {what} must be a non-empty base64 string")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise AttestationError(f"evidence extension: {what} is not valid base64") from None
+    # One encoding per value: no padding tricks or non-zero trailing bits.
+    if base64.b64encode(data).decode() != value:
+        raise AttestationError(f"evidence extension: {what} is not canonical base64")
+    return data
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise AttestationError("evidence extension: a JSON key appears twice")
+    return dict(pairs)
+
+
+def _exact_keys(doc: object, keys: set[str], what: str) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise AttestationError(f"evidence extension: {what} must be a JSON object")
+    if set(doc) != keys:
+        raise AttestationError(f"evidence extension: {what} must have exactly the keys {', '.join(sorted(keys))}")
+    return doc
+
+
+def parse_evidence_value(value: bytes) -> RawEvidence:
+    """The evidence in an extension value; raises :class:`AttestationError` with the reason."""
+    if len(value) > MAX_EXTENSION_BYTES:
+        raise AttestationError(f"evidence extension is {len(value)} bytes, more than {MAX_EXTENSION_BYTES}")
+    try:
+        doc = json.loads(value.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError):
+        raise AttestationError("evidence extension is not JSON") from None
+    doc = _exact_keys(doc, {"v", "kind", "evidence", "certificates"}, "the extension")
+    if type(doc["v"]) is not int or doc["v"] != EVIDENCE_VERSION:
+        raise AttestationError(f"evidence extension: version {doc['v']!r} is not {EVIDENCE_VERSION}")
+    kind = doc["kind"]
+    if kind not in EVIDENCE_KINDS:
+        raise AttestationError(f"evidence extension: kind {kind!r} is not one of {', '.join(EVIDENCE_KINDS)}")
+    evidence = _strict_base64(doc["evidence"], "evidence")
+    entries = doc["certificates"]
+    if not isinstance(entries, list):
+        raise AttestationError("evidence extension: certificates must be a list")
+    if kind != "sev-snp" and entries:
+        # A DCAP quote carries its PCK chain itself; certificates beside it would be unused bytes.
+        raise AttestationError(f"evidence extension: a {kind} quote carries no separate certificates")
+    certificates = []
+    for index, entry in enumerate(entries):
+        entry = _exact_keys(entry, {"kind", "der"}, f"certificate {index}")
+        cert_kind = entry["kind"]
+        if cert_kind not in CERTIFICATE_KINDS:
+            raise AttestationError(f"evidence extension: certificate kind {cert_kind!r} is not one of {', '.join(CERTIFICATE_KINDS)}")
+        if any(k == cert_kind for k, _ in certificates):
+            raise AttestationError(f"evidence extension: two {cert_kind} certificates")
+        der = _strict_base64(entry["der"], f"certificate {cert_kind}")
+        # DER only (AMD's KDS form); load_snp_certificate quiets the warning AMD's serial 0 raises.
+        if der.lstrip().startswith(b"-----BEGIN"):
+            raise AttestationError(f"evidence extension: certificate {cert_kind} is not a DER certificate")
+        try:
+            load_snp_certificate(der)
+        except AttestationError:
+            raise AttestationError(f"evidence extension: certificate {cert_kind} is not a DER certificate") from None
+        certificates.append((cert_kind, der))
+    return RawEvidence(kind, evidence, tuple(certificates))
+
+
+def parse_evidence_extension(cert: x509.Certificate) -> RawEvidence | None:
+    """The hardware evidence ``cert`` carries, None if it carries none; AttestationError if it is malformed."""
+    try:
+        extension = cert.extensions.get_extension_for_oid(EVIDENCE_EXTENSION_OID)
+    except x509.ExtensionNotFound:
+        return None
+    except (x509.DuplicateExtension, ValueError) as exc:
+        raise AttestationError(f"certificate extensions cannot be read: {exc}") from None
+    value = extension.value
+    if not isinstance(value, x509.UnrecognizedExtension):  # pragma: no cover - cryptography knows no such OID
+        raise AttestationError("evidence extension has an unexpected type")
+    return parse_evidence_value(value.value)
+
+
+# ---------------------------------------------------------------- what is trusted
+
+
+@dataclass(frozen=True)
+class HardwareMeasurements:
+    """What the auditors accept for one service, per TEE kind; None: nothing accepted of that kind.
+
+    ``snp``: 48-byte SEV-SNP launch measurements; ``dcap``: TDX (MRTD, RTMR0-3) tuples
+    and SGX MRENCLAVE / MRSIGNER (:class:`~kettle.attestation.dcap.DcapMeasurements`).
+    """
+
+    snp: frozenset[bytes] | None = None
+    dcap: DcapMeasurements | None = None
+
+    def __post_init__(self) -> None:
+        if self.snp is not None:
+            object.__setattr__(self, "snp", frozenset(self.snp))
+            if any(len(m) != 48 for m in self.snp):
+                raise AttestationError("SEV-SNP measurements are 48 bytes")
+
+    def has(self, kind: str) -> bool:
+        if kind == "sev-snp":
+            return bool(self.snp)
+        if self.dcap is None:
+            return False
+        if kind == "tdx":
+            return bool(self.dcap.td)
+        return any(v is not None for v in (self.dcap.mr_enclave, self.dcap.mr_signer))
+
+
+class CollateralSource(Protocol):
+    """Where endorsements not carried with the evidence come from (AMD KDS, Intel PCS, or a file)."""
+
+    def snp_certificate(self, report: bytes, supplied: Sequence[tuple[str, bytes]] = ()) -> bytes: ...
+
+    def dcap_collateral(self, quote: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class FixedCollateral:
+    """Collateral given once (a file a party fetched itself): Intel's DCAP collateral JSON
+    and/or an SEV-SNP VCEK or VLEK (DER or PEM)."""
+
+    dcap: bytes | None = None
+    snp: bytes | None = None
+
+    def snp_certificate(self, report: bytes, supplied: Sequence[tuple[str, bytes]] = ()) -> bytes:
+        if self.snp is None:
+            raise AttestationError("no VCEK or VLEK was given for this SEV-SNP report")
+        return self.snp
+
+    def dcap_collateral(self, quote: bytes) -> bytes:
+        if self.dcap is None:
+            raise AttestationError("no DCAP collateral was given for this quote")
+        return self.dcap
+
+
+@dataclass
+class HardwareVerdict(Verdict):
+    """Every hardware check on a certificate; ``ok`` needs authenticated evidence and every check passed."""
+
+    evidence: RawEvidence | None = None
+    vendor: SnpVerdict | DcapVerdict | None = None
+    measurement: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.vendor is not None and self.vendor.ok and bool(self.checks) and all(c.ok for c in self.checks)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """What the evidence says, for display."""
+        if self.evidence is None:
+            return {}
+        info: dict[str, Any] = {"kind": self.evidence.kind}
+        if isinstance(self.vendor, SnpVerdict) and self.vendor.report is not None:
+            info.update(product=self.vendor.product, measurement=self.vendor.report.measurement.hex(),
+                        vmpl=self.vendor.report.vmpl)
+        elif isinstance(self.vendor, DcapVerdict) and self.vendor.quote is not None:
+            info.update(quote=self.vendor.quote.describe(), tcb_status=self.vendor.tcb_status,
+                        advisories=list(self.vendor.advisory_ids))
+        return info
+
+
+def examine_hardware(
+    cert: x509.Certificate,
+    *,
+    measurements: HardwareMeasurements,
+    service: str,
+    at: datetime,
+    snp_roots: SnpRoots | None = None,
+    intel_root_der: bytes | None = None,
+    collateral: CollateralSource | None = None,
+    snp_policy: SnpPolicy = STRICT_SNP_POLICY,
+    dcap_policy: DcapPolicy = STRICT_DCAP_POLICY,
+) -> HardwareVerdict:
+    """Run every hardware check on ``cert`` as of ``at`` (timezone-aware) for ``service``.
+
+    ``snp_roots`` and ``intel_root_der`` None pin AMD's and Intel's roots shipped with the
+    package; others are test roots (``unsafe_test_roots``), reported as UNSAFE. ``collateral``
+    supplies Intel's collateral and a VCEK the certificate does not carry.
+    """
+    if at.tzinfo is None:
+        raise ValueError("the verification time must be timezone-aware")
+    verdict = HardwareVerdict()
+    checks = verdict.checks
+
+    def fail(name: str, detail: str) -> HardwareVerdict:
+        checks.append(Check(name, False, detail))
+        return verdict
+
+    try:
+        raw = parse_evidence_extension(cert)
+    except AttestationError as exc:
+        return fail("hardware evidence", exc.reason)
+    if raw is None:
+        return fail("hardware evidence", NO_EVIDENCE)
+    verdict.evidence = raw
+    carried = f", with {', '.join(k.upper() for k, _ in raw.certificates)}" if raw.certificates else ""
+    checks.append(Check("hardware evidence", True, f"{raw.kind} evidence, {len(raw.evidence)} bytes{carried}"))
+
+    binding = leaf_report_data(cert)
+    if binding is None:
+        return fail("report data", "the certificate key is not an ECDSA P-256 key, so no report data can bind it")
+    if not measurements.has(raw.kind):
+        # Checked before the vendor verification so the verdict says what is missing even
+        # when the evidence itself is fine: without a measurement there is nothing to accept.
+        return fail("measurement", f"enclave info lists no {raw.kind} measurement for {service}")
+
+    try:
+        if raw.kind == "sev-snp":
+            vendor: SnpVerdict | DcapVerdict = _examine_snp(raw, binding, measurements, at, snp_roots, collateral, snp_policy, checks)
+        else:
+            vendor = _examine_dcap(raw, binding, measurements, at, intel_root_der, collateral, dcap_policy)
+    except KettleError as exc:
+        return fail("collateral", exc.message)
+    verdict.vendor = vendor
+    checks.extend(vendor.checks)
+    if isinstance(vendor, DcapVerdict) and vendor.quote is not None and vendor.quote.kind != raw.kind:
+        return fail("kind", f"the extension says {raw.kind}, the evidence is a {vendor.quote.kind} quote")
+    if vendor.ok:
+        verdict.measurement = _measurement_of(vendor)
+        checks.append(Check("service", True, f"{service}'s audited measurement, verified under the vendor roots"))
+    return verdict
+
+
+def _examine_snp(
+    raw: RawEvidence,
+    binding: bytes,
+    measurements: HardwareMeasurements,
+    at: datetime,
+    roots: SnpRoots | None,
+    collateral: CollateralSource | None,
+    policy: SnpPolicy,
+    checks: list[Check],
+) -> SnpVerdict:
+    if roots is not None:
+        log.warning("UNSAFE: SEV-SNP evidence is verified under test roots, not AMD's")
+        checks.append(Check("trust anchor", True, f"UNSAFE test roots ({', '.join(roots)}), not AMD's"))
+    else:
+        checks.append(Check("trust anchor", True, "AMD roots (pinned, shipped with Kettle)"))
+    try:
+        signing_key = parse_snp_report(raw.evidence).signing_key
+    except AttestationError:
+        signing_key = None  # examine_snp_report refuses the format with its reason
+    certificate = b""
+    if signing_key is not None:
+        wanted = "vlek" if signing_key == SIGNING_KEY_VLEK else "vcek"
+        certificate = raw.certificate(wanted) or b""
+        if not certificate:
+            if collateral is None:
+                raise AttestationError(f"the evidence carries no {wanted.upper()} and no collateral source is configured")
+            certificate = collateral.snp_certificate(raw.evidence, raw.certificates)
+    assert measurements.snp is not None
+    return examine_snp_report(
+        raw.evidence, certificate=certificate, at=at, policy=policy, roots=roots,
+        expected_report_data=binding, measurements=measurements.snp,
+    )
+
+
+def _examine_dcap(
+    raw: RawEvidence,
+    binding: bytes,
+    measurements: HardwareMeasurements,
+    at: datetime,
+    root: bytes | None,
+    collateral: CollateralSource | None,
+    policy: DcapPolicy,
+) -> DcapVerdict:
+    if collateral is None:
+        raise AttestationError(f"{raw.kind} evidence needs Intel's collateral and no collateral source is configured")
+    return examine_dcap_quote(
+        raw.evidence, collateral=collateral.dcap_collateral(raw.evidence), at=at, policy=policy,
+        root_ca_der=root, expected_report_data=binding, measurements=measurements.dcap,
+    )
+
+
+def _measurement_of(vendor: SnpVerdict | DcapVerdict) -> str | None:
+    if isinstance(vendor, SnpVerdict):
+        return vendor.report.measurement.hex() if vendor.report else None
+    if vendor.quote is None:
+        return None
+    report = vendor.quote.report
+    return report.mr_td.hex() if isinstance(report, TdReport) else report.mr_enclave.hex()
+
