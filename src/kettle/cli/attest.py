@@ -12,16 +12,22 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import typer
+from cryptography import x509
 from rich.markup import escape
 from typer.core import TyperGroup
 
 from ..config import load_config
 from ..errors import KettleError
 from .main import one_line_errors, out
+
+if TYPE_CHECKING:
+    from ..attestation.hardware import HardwareVerdict
+    from ..attestation.verifier import Check, Verdict
+    from ..sdk.attested import HardwareTrust
 
 DEFAULT_COMMAND = "endpoint"
 EVIDENCE_KINDS = ("sev-snp", "tdx", "sgx")
@@ -49,11 +55,27 @@ def attest_endpoint(
     address: str = typer.Argument(None, help="HOST:PORT of a Kettle API endpoint"),
     service_name: str = typer.Option(None, "--service", help="the service expected there (default: any in enclave info)"),
     local: bool = typer.Option(False, "--local", help="instead: which TEE backends this machine offers, and why not the others"),
+    hardware: bool = typer.Option(
+        False, "--hardware", help="also verify the service's TEE evidence yourself, against AMD's and Intel's roots"
+    ),
+    without_as: bool = typer.Option(
+        False, "--without-as", help="verify only the TEE evidence: trust neither the AS root nor its report (needs --service)"
+    ),
+    collateral: Path = typer.Option(None, "--collateral", help="--hardware, tdx/sgx: Intel's collateral (JSON, as dcap-qvl reads it)"),
+    vcek: Path = typer.Option(None, "--vcek", help="--hardware, sev-snp: the VCEK or VLEK, when the certificate carries none"),
+    allow_status: list[str] = typer.Option(
+        [], "--allow-status", help="--hardware, tdx/sgx: also accept this TCB status: STATUS[:ADVISORY,ADVISORY...]"
+    ),
+    unsafe_test_roots: Path = typer.Option(
+        None, "--unsafe-test-roots", help="--hardware: test hardware roots instead of AMD's and Intel's (proves nothing)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Show a service's attestation evidence and whether it verifies, with reasons (or, with --local, this machine's TEEs).
 
     The default: ``kettle attest HOST:PORT`` and ``kettle attest --local`` run this.
+    With ``--hardware`` the TEE evidence in the certificate is also checked against the
+    vendor roots; with ``--without-as`` only that. Exit status 1 when anything is refused.
     """
     if local:
         if address is not None:
@@ -62,40 +84,116 @@ def attest_endpoint(
         return
     if address is None:
         raise typer.BadParameter("give HOST:PORT of an endpoint, or --local")
-    from ..sdk.attested import ClientTrust, examine_endpoint
+    hardware = hardware or without_as
+    if not hardware and (collateral or vcek or allow_status or unsafe_test_roots):
+        raise typer.BadParameter("--collateral, --vcek, --allow-status and --unsafe-test-roots go with --hardware")
+    if without_as and not service_name:
+        # The AS report names the service otherwise; without it the caller says which one it expects.
+        raise typer.BadParameter("--without-as needs --service (which service's measurements to expect)")
+    from ..attestation.trust import client_enclave_info
+    from ..sdk.attested import examine_endpoint, fetch_certificate
 
-    trust = ClientTrust.from_config()
-    verdict, cert = examine_endpoint(address, service_name, trust)
-    peer = verdict.peer
-    if as_json:
-        out.print_json(
-            data={
-                "address": address,
-                "verified": verdict.ok,
-                "reason": verdict.reason,
-                "service": peer.service if peer else None,
-                "mr_enclave": peer.mr_enclave.hex() if peer else None,
-                "mr_signer": peer.mr_signer.hex() if peer else None,
-                "tee_type": peer.tee_type if peer else None,
-                "simulation": peer.simulation if peer else None,
-                "certificate_not_after": cert.not_valid_after_utc.isoformat(),
-                "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in verdict.checks],
-            }
-        )
+    hardware_trust = _hardware_trust(collateral, vcek, allow_status, unsafe_test_roots) if hardware else None
+    verdict = None
+    if without_as:
+        config = load_config()
+        enclave_info = client_enclave_info(config.enclave_info_path, config.audit.threshold)
+        cert = x509.load_der_x509_certificate(fetch_certificate(address, None))
     else:
-        out.print(f"[bold]{address}[/bold]  certificate: {cert.subject.rfc4514_string()}", highlight=False)
-        if peer:
-            out.print(f"  service     {peer.service or '(unknown)'}")
-            out.print(f"  tee         {peer.tee_type}{'  [bold yellow]SIMULATION (not a TEE)[/bold yellow]' if peer.simulation else ''}")
-            out.print(f"  mr_enclave  {peer.mr_enclave.hex()}")
-            out.print(f"  mr_signer   {peer.mr_signer.hex()}")
-            out.print(f"  status      {peer.status}, report time {peer.report_time:%Y-%m-%d %H:%M:%S} UTC")
-        for check in verdict.checks:
-            mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
-            out.print(f"  {mark} {check.name}: {check.detail}", highlight=False)
-        out.print("[bold green]verified[/bold green]" if verdict.ok else f"[bold red]NOT verified[/bold red]: {verdict.reason}")
-    if not verdict.ok:
+        from ..sdk.attested import ClientTrust
+
+        trust = ClientTrust.from_config()
+        verdict, cert = examine_endpoint(address, service_name, trust)
+        enclave_info = trust.enclave_info
+    hardware_verdict = None
+    if hardware_trust is not None:
+        service = service_name or (verdict.peer.service if verdict and verdict.peer else "")
+        if not service:
+            raise KettleError("the attestation service's report names no service of enclave info; give --service")
+        hardware_verdict = hardware_trust.examine(cert, enclave_info, service, datetime.now(UTC))
+    ok = (verdict is None or verdict.ok) and (hardware_verdict is None or hardware_verdict.ok)
+    if as_json:
+        data: dict[str, Any] = {"address": address, "verified": ok,
+                                "certificate_not_after": cert.not_valid_after_utc.isoformat()}
+        if verdict is not None:
+            data.update(_as_verdict_json(verdict))
+        if hardware_verdict is not None:
+            data["hardware"] = _hardware_json(hardware_verdict)
+        out.print_json(data=data)
+    else:
+        out.print(f"[bold]{address}[/bold]  certificate: {escape(cert.subject.rfc4514_string())}", highlight=False)
+        if verdict is not None:
+            _print_as_verdict(verdict)
+        if hardware_verdict is not None:
+            _print_hardware_verdict(hardware_verdict)
+        reason = next((v.reason for v in (verdict, hardware_verdict) if v is not None and not v.ok), "")
+        out.print("[bold green]verified[/bold green]" if ok else f"[bold red]NOT verified[/bold red]: {escape(reason)}",
+                  highlight=False)
+    if not ok:
         raise typer.Exit(1)
+
+
+def _as_verdict_json(verdict: Verdict) -> dict[str, Any]:
+    peer = verdict.peer
+    return {
+        "reason": verdict.reason,
+        "service": peer.service if peer else None,
+        "mr_enclave": peer.mr_enclave.hex() if peer else None,
+        "mr_signer": peer.mr_signer.hex() if peer else None,
+        "tee_type": peer.tee_type if peer else None,
+        "simulation": peer.simulation if peer else None,
+        "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in verdict.checks],
+    }
+
+
+def _hardware_json(verdict: HardwareVerdict) -> dict[str, Any]:
+    return {
+        "verified": verdict.ok,
+        "reason": verdict.reason,
+        "evidence": verdict.summary,
+        "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in verdict.checks],
+    }
+
+
+def _print_checks(checks: list[Check]) -> None:
+    for check in checks:
+        mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
+        out.print(f"  {mark} {check.name}: {escape(check.detail)}", highlight=False)
+
+
+def _print_as_verdict(verdict: Verdict) -> None:
+    peer = verdict.peer
+    out.print("[bold]attestation service[/bold] (pinned AS root)")
+    if peer:
+        out.print(f"  service     {peer.service or '(unknown)'}")
+        out.print(f"  tee         {peer.tee_type}{'  [bold yellow]SIMULATION (not a TEE)[/bold yellow]' if peer.simulation else ''}")
+        out.print(f"  mr_enclave  {peer.mr_enclave.hex()}")
+        out.print(f"  mr_signer   {peer.mr_signer.hex()}")
+        out.print(f"  status      {peer.status}, report time {peer.report_time:%Y-%m-%d %H:%M:%S} UTC")
+    _print_checks(verdict.checks)
+
+
+def _print_hardware_verdict(verdict: HardwareVerdict) -> None:
+    out.print("[bold]hardware[/bold] (vendor roots, not the attestation service)")
+    for name, value in verdict.summary.items():
+        out.print(f"  {name:<12}{escape(str(value))}", highlight=False)
+    _print_checks(verdict.checks)
+
+
+def _hardware_trust(collateral: Path | None, vcek: Path | None, allow_status: list[str],
+                    unsafe_test_roots: Path | None) -> HardwareTrust:
+    from ..attestation.dcap import DcapPolicy
+    from ..attestation.hardware import FixedCollateral
+    from ..sdk.attested import HardwareTrust
+
+    source = None
+    if collateral is not None or vcek is not None:
+        source = FixedCollateral(dcap=collateral.read_bytes() if collateral else None,
+                                 snp=vcek.read_bytes() if vcek else None)
+    policy = DcapPolicy(allowed=_allowed_statuses(allow_status))
+    if unsafe_test_roots is not None:
+        return HardwareTrust.unsafe_test_roots(unsafe_test_roots, collateral=source, dcap_policy=policy)
+    return HardwareTrust(collateral=source, dcap_policy=policy)
 
 
 def _attest_local(as_json: bool) -> None:
@@ -225,10 +323,7 @@ def _examine_dcap(quote: bytes, kind: str, collateral: bytes, when: datetime, al
                   enclave_info: Path | None) -> tuple[Any, dict[str, Any]]:
     from ..attestation.dcap import DcapMeasurements, DcapPolicy, examine_dcap_quote
 
-    allowed: dict[str, frozenset[str]] = {}
-    for entry in allow_status:
-        status, _, advisories = entry.partition(":")
-        allowed[status] = frozenset(a for a in advisories.split(",") if a)
+    allowed = _allowed_statuses(allow_status)
     measurements = None
     if enclave_info is not None:
         if kind == "tdx":
@@ -244,3 +339,12 @@ def _examine_dcap(quote: bytes, kind: str, collateral: bytes, when: datetime, al
         subject = {"quote": verdict.quote.describe(), "tcb status": verdict.tcb_status,
                    "advisories": ", ".join(verdict.advisory_ids) or "none"}
     return verdict, subject
+
+
+def _allowed_statuses(allow_status: list[str]) -> dict[str, frozenset[str]]:
+    """``STATUS[:ADVISORY,ADVISORY...]`` options as a DcapPolicy's ``allowed``."""
+    allowed: dict[str, frozenset[str]] = {}
+    for entry in allow_status:
+        status, _, advisories = entry.partition(":")
+        allowed[status] = frozenset(a for a in advisories.split(",") if a)
+    return allowed

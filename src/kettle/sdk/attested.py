@@ -6,27 +6,88 @@ two steps: a TLS handshake with Python's ``ssl`` fetches the certificate, which
 channel trusts only the AS root and pins the verified measurement through its
 TLS target name (``<h>.<h>.mre.<domain>``), a name the AS writes only into
 certificates for evidence with exactly that measurement.
+
+A party that does not trust the operator's AS asks for the hardware too
+(``ClientTrust.from_files(..., verify_hardware=True)``): the certificate's raw TEE
+evidence must then verify against the vendor roots and the auditors' measurements
+(:mod:`kettle.attestation.hardware`), and the grpc channel trusts exactly the verified
+certificate instead of the AS root, so no certificate the AS issues later can take its
+place. Such a channel holds until the service rotates its certificate; a new
+connection after that is refused, and the client verifies again.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
+from ..attestation.dcap import DcapPolicy
 from ..attestation.enclave_info import EnclaveInfo
+from ..attestation.hardware import (
+    STRICT_DCAP_POLICY,
+    STRICT_SNP_POLICY,
+    CollateralSource,
+    HardwareVerdict,
+    examine_hardware,
+    measurements_for,
+)
+from ..attestation.snp import CHAIN_FILE_SUFFIX, SnpPolicy, SnpRoots, load_snp_roots
 from ..attestation.trust import client_enclave_info, load_as_root
 from ..attestation.verifier import AttestedPeer, Verdict, Verifier
 from ..config import Config, load_config
-from ..errors import AttestationError, Unavailable
+from ..errors import AttestationError, ConfigError, Unavailable
 from ..rpc.channel import channel_options
 
 HANDSHAKE_TIMEOUT_SECS = 10.0
+# The file name of Intel's root in a test-roots folder, as it ships under vendor_roots/intel.
+INTEL_ROOT_FILE = "intel_sgx_root_ca.der"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HardwareTrust:
+    """What a party trusts to verify a service's TEE itself, instead of the operator's AS:
+    AMD's and Intel's roots shipped with Kettle (None), where collateral comes from, and the
+    TEE policies. The measurements are the auditors' (enclave info)."""
+
+    snp_roots: SnpRoots | None = None
+    intel_root_der: bytes | None = None
+    collateral: CollateralSource | None = None
+    snp_policy: SnpPolicy = STRICT_SNP_POLICY
+    dcap_policy: DcapPolicy = STRICT_DCAP_POLICY
+
+    @classmethod
+    def unsafe_test_roots(cls, folder: Path | str, **kwargs: object) -> HardwareTrust:
+        """Test hardware roots instead of the vendors': AMD's ``<product>_ask_ark_asvk.pem`` form
+        and/or Intel's root as ``intel_sgx_root_ca.der``. Evidence they accept proves nothing
+        about real hardware; for tests and test platforms only."""
+        folder = Path(folder)
+        has_snp = any(folder.glob(f"*{CHAIN_FILE_SUFFIX}"))
+        intel = folder / INTEL_ROOT_FILE
+        if not has_snp and not intel.is_file():
+            raise ConfigError(f"{folder} holds no test roots (*{CHAIN_FILE_SUFFIX} or {INTEL_ROOT_FILE})")
+        log.warning("UNSAFE: hardware evidence is verified under test roots from %s, not AMD's and Intel's", folder)
+        return cls(
+            snp_roots=load_snp_roots(folder) if has_snp else {},
+            intel_root_der=intel.read_bytes() if intel.is_file() else None,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def examine(self, cert: x509.Certificate, enclave_info: EnclaveInfo, service: str, at: datetime) -> HardwareVerdict:
+        return examine_hardware(
+            cert, measurements=measurements_for(enclave_info, service), service=service, at=at,
+            snp_roots=self.snp_roots, intel_root_der=self.intel_root_der, collateral=self.collateral,
+            snp_policy=self.snp_policy, dcap_policy=self.dcap_policy,
+        )
 
 
 @dataclass(frozen=True)
@@ -36,6 +97,8 @@ class ClientTrust:
     as_root_path: Path
     enclave_info: EnclaveInfo
     verifier: Verifier
+    hardware: HardwareTrust | None = None
+    """Set: every endpoint's hardware evidence must also verify (``verify_hardware``)."""
 
     @classmethod
     def from_files(
@@ -47,7 +110,11 @@ class ClientTrust:
         unsafe_allow_simulation: bool = False,
         accepted_statuses: tuple[str, ...] = ("OK",),
         max_report_age: timedelta = timedelta(hours=1),
+        verify_hardware: bool = False,
+        hardware: HardwareTrust | None = None,
     ) -> ClientTrust:
+        """``verify_hardware``: also verify each service's TEE evidence against the vendor
+        roots (``hardware``, default AMD's and Intel's), for a party that distrusts the operator."""
         as_root_path = Path(as_root_path)
         info = client_enclave_info(Path(enclave_info_path), auditor_threshold)
         verifier = Verifier(
@@ -57,10 +124,14 @@ class ClientTrust:
             accepted_statuses=accepted_statuses,
             max_report_age=max_report_age,
         )
-        return cls(as_root_path, info, verifier)
+        if hardware is not None and not verify_hardware:
+            raise ConfigError("hardware trust is given but verify_hardware is off")
+        return cls(as_root_path, info, verifier, (hardware or HardwareTrust()) if verify_hardware else None)
 
     @classmethod
-    def from_config(cls, config: Config | None = None) -> ClientTrust:
+    def from_config(
+        cls, config: Config | None = None, *, verify_hardware: bool = False, hardware: HardwareTrust | None = None
+    ) -> ClientTrust:
         """The trust files of a Kettle home (``$KETTLE_HOME/trust``) and its attestation policy."""
         config = config or load_config()
         return cls.from_files(
@@ -70,6 +141,8 @@ class ClientTrust:
             unsafe_allow_simulation=config.attestation.unsafe_allow_simulation,
             accepted_statuses=config.attestation.accepted_statuses,
             max_report_age=timedelta(seconds=config.attestation.validity_secs),
+            verify_hardware=verify_hardware,
+            hardware=hardware,
         )
 
     @property
@@ -82,6 +155,9 @@ class AttestedEndpoint:
     address: str
     peer: AttestedPeer
     target_name: str
+    hardware: HardwareVerdict | None = None
+    pinned_certificate: bytes | None = None
+    """PEM of the verified certificate when the hardware was verified: the channel's only anchor."""
 
     def channel(self, trust: ClientTrust) -> grpc.Channel:
         return grpc.secure_channel(self.address, self._credentials(trust), options=channel_options(self.target_name))
@@ -89,9 +165,10 @@ class AttestedEndpoint:
     def aio_channel(self, trust: ClientTrust) -> grpc.aio.Channel:
         return grpc.aio.secure_channel(self.address, self._credentials(trust), options=channel_options(self.target_name))
 
-    @staticmethod
-    def _credentials(trust: ClientTrust) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(root_certificates=trust.as_root_pem)
+    def _credentials(self, trust: ClientTrust) -> grpc.ChannelCredentials:
+        # grpc's TLS accepts a trusted leaf as the whole chain; trusting only the certificate
+        # whose evidence was verified keeps the AS from slipping in another one for the channel.
+        return grpc.ssl_channel_credentials(root_certificates=self.pinned_certificate or trust.as_root_pem)
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -101,12 +178,19 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]") or "localhost", int(port)
 
 
-def fetch_certificate(address: str, as_root_path: Path, timeout: float = HANDSHAKE_TIMEOUT_SECS) -> bytes:
-    """The server's leaf certificate (DER), after a TLS handshake that chains it to the AS root."""
+def fetch_certificate(address: str, as_root_path: Path | None, timeout: float = HANDSHAKE_TIMEOUT_SECS) -> bytes:
+    """The server's leaf certificate (DER), after a TLS handshake that chains it to the AS root.
+
+    ``as_root_path`` None: no chain is checked, for a party that trusts only the hardware
+    evidence in the certificate. The handshake still proves the server holds the
+    certificate's key (it signs the handshake with it), which the evidence binds.
+    """
     host, port = split_address(address)
-    context = ssl.create_default_context(cafile=str(as_root_path))
+    context = ssl.create_default_context(cafile=None if as_root_path is None else str(as_root_path))
     # Identity comes from the attestation report (measurement), not from a host name.
     context.check_hostname = False
+    if as_root_path is None:
+        context.verify_mode = ssl.CERT_NONE
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["h2"])
     try:
@@ -129,12 +213,21 @@ def examine_endpoint(address: str, service: str | None, trust: ClientTrust) -> t
 
 
 def verify_endpoint(address: str, service: str, trust: ClientTrust) -> AttestedEndpoint:
-    """Verify the service at ``address`` is ``service``'s audited code; raise AttestationError otherwise."""
+    """Verify the service at ``address`` is ``service``'s audited code; raise AttestationError otherwise.
+
+    With ``trust.hardware`` its TEE evidence must also verify against the vendor roots.
+    """
     verdict, cert = examine_endpoint(address, service, trust)
     if not verdict.ok:
         raise AttestationError(f"{address}: {verdict.reason}")
     assert verdict.peer is not None
-    return AttestedEndpoint(address, verdict.peer, measurement_name_of(cert, verdict.peer))
+    target = measurement_name_of(cert, verdict.peer)
+    if trust.hardware is None:
+        return AttestedEndpoint(address, verdict.peer, target)
+    hardware = trust.hardware.examine(cert, trust.enclave_info, service, datetime.now(UTC))
+    if not hardware.ok:
+        raise AttestationError(f"{address}: hardware: {hardware.reason}")
+    return AttestedEndpoint(address, verdict.peer, target, hardware, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def measurement_name_of(cert: x509.Certificate, peer: AttestedPeer) -> str:
