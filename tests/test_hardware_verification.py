@@ -30,6 +30,7 @@ from kettle.attestation.hardware import (
     HardwareMeasurements,
     HardwareVerdict,
     RawEvidence,
+    der_octet_string,
     examine_hardware,
     parse_evidence_extension,
     parse_evidence_value,
@@ -274,23 +275,31 @@ def test_a_certificate_without_the_extension_says_so(milan: SnpTestHardware) -> 
 def test_the_extension_round_trips() -> None:
     raw = RawEvidence("sev-snp", b"\x01" * 1184, ())
     assert parse_evidence_value(raw.to_extension_value()) == raw
-    assert json.loads(raw.to_extension_value()) == {"v": 1, "kind": "sev-snp", "evidence": base64.b64encode(b"\x01" * 1184).decode(), "certificates": []}
+    value = raw.to_extension_value()
+    assert value[:4] == bytes([0x04, 0x82]) + (len(value) - 4).to_bytes(2, "big")  # a DER OCTET STRING
+    assert json.loads(value[4:]) == {"v": 1, "kind": "sev-snp", "evidence": base64.b64encode(b"\x01" * 1184).decode(), "certificates": []}
 
 
 def _doc(**changes: object) -> bytes:
     doc: dict[str, object] = {"v": 1, "kind": "tdx", "evidence": base64.b64encode(b"quote").decode(), "certificates": []}
     doc.update(changes)
-    return json.dumps({k: v for k, v in doc.items() if v is not ...}).encode()
+    return der_octet_string(json.dumps({k: v for k, v in doc.items() if v is not ...}).encode())
 
 
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
-        (b"", "evidence extension is not JSON"),
-        (b"\xff\xfe garbage", "evidence extension is not JSON"),
-        (_doc()[:-7], "evidence extension is not JSON"),
-        (b"[1, 2]", "the extension must be a JSON object"),
-        (b" " * (MAX_EXTENSION_BYTES + 1), f"more than {MAX_EXTENSION_BYTES}"),
+        (b"", "is not a DER OCTET STRING"),
+        (b'{"v":1,"kind":"tdx","evidence":"cXVvdGU=","certificates":[]}', "is not a DER OCTET STRING"),
+        (_doc()[:-7], "does not match its content (truncated or padded)"),
+        (_doc() + b"\x00", "does not match its content (truncated or padded)"),
+        (b"\x04\x81\x05hello", "non-minimal DER length"),
+        (b"\x04\x85\x00\x00\x00\x00\x05hello", "malformed DER length"),
+        (b"\x04\x80", "malformed DER length"),
+        (der_octet_string(b""), "evidence extension is not JSON"),
+        (der_octet_string(b"\xff\xfe garbage"), "evidence extension is not JSON"),
+        (der_octet_string(b"[1, 2]"), "the extension must be a JSON object"),
+        (der_octet_string(b" " * MAX_EXTENSION_BYTES), f"more than {MAX_EXTENSION_BYTES}"),
         (_doc(v=2), "version 2 is not 1"),
         (_doc(v=True), "version True is not 1"),
         (_doc(v=...), "exactly the keys certificates, evidence, kind, v"),
@@ -307,7 +316,7 @@ def _doc(**changes: object) -> bytes:
         (_doc(kind="sev-snp", certificates=[{"kind": "vcek"}]), "certificate 0 must have exactly the keys der, kind"),
         (_doc(kind="sev-snp", certificates=["vcek"]), "certificate 0 must be a JSON object"),
         (_doc(kind="sev-snp", certificates=[{"kind": "vcek", "der": "AAAA"}]), "certificate vcek is not a DER certificate"),
-        (b'{"v":1,"v":1,"kind":"tdx","evidence":"cXVvdGU=","certificates":[]}', "a JSON key appears twice"),
+        (der_octet_string(b'{"v":1,"v":1,"kind":"tdx","evidence":"cXVvdGU=","certificates":[]}'), "a JSON key appears twice"),
     ],
 )
 def test_malformed_extensions_are_refused_with_the_reason(value: bytes, reason: str) -> None:

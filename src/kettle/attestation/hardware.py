@@ -4,7 +4,7 @@ An attested certificate normally proves a service's measurement through a report
 attestation service (AS) signed, so a client trusts the operator's AS. The AS also embeds
 the service's raw evidence (an SEV-SNP report with its certificates, or a TDX or SGX DCAP
 quote) in the server certificate, in the extension :data:`EVIDENCE_EXTENSION_OID`: its
-value holds compact JSON
+value is a DER OCTET STRING holding compact JSON
 ``{"v":1,"kind":"sev-snp"|"tdx"|"sgx","evidence":"<base64>","certificates":[{"kind":"vcek"|"vlek"|"ask"|"ark","der":"<base64>"}]}``.
 :func:`examine_hardware` checks that evidence against the VENDOR roots (AMD's, Intel's)
 and the auditors' measurements, so a party that distrusts the operator still gets a sound
@@ -91,7 +91,34 @@ class RawEvidence:
             "evidence": base64.b64encode(self.evidence).decode(),
             "certificates": [{"kind": k, "der": base64.b64encode(der).decode()} for k, der in self.certificates],
         }
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return der_octet_string(json.dumps(doc, separators=(",", ":")).encode())
+
+
+def der_octet_string(content: bytes) -> bytes:
+    size = len(content)
+    if size < 0x80:
+        return bytes([0x04, size]) + content
+    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([0x04, 0x80 | len(length)]) + length + content
+
+
+def _octet_string_content(value: bytes) -> bytes:
+    """The content of exactly one DER OCTET STRING (minimal definite length, nothing after it)."""
+    if len(value) < 2 or value[0] != 0x04:
+        raise AttestationError("evidence extension is not a DER OCTET STRING")
+    first = value[1]
+    if first < 0x80:
+        start, size = 2, first
+    else:
+        count = first & 0x7F
+        if not 1 <= count <= 4 or len(value) < 2 + count or value[2] == 0:
+            raise AttestationError("evidence extension has a malformed DER length")
+        start, size = 2 + count, int.from_bytes(value[2 : 2 + count], "big")
+        if size < 0x80:
+            raise AttestationError("evidence extension has a non-minimal DER length")
+    if len(value) != start + size:
+        raise AttestationError("evidence extension's DER length does not match its content (truncated or padded)")
+    return value[start:]
 
 
 def _strict_base64(value: object, what: str) -> bytes:
@@ -126,8 +153,9 @@ def parse_evidence_value(value: bytes) -> RawEvidence:
     """The evidence in an extension value; raises :class:`AttestationError` with the reason."""
     if len(value) > MAX_EXTENSION_BYTES:
         raise AttestationError(f"evidence extension is {len(value)} bytes, more than {MAX_EXTENSION_BYTES}")
+    content = _octet_string_content(value)
     try:
-        doc = json.loads(value.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        doc = json.loads(content.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
     except (UnicodeDecodeError, ValueError):
         raise AttestationError("evidence extension is not JSON") from None
     doc = _exact_keys(doc, {"v", "kind", "evidence", "certificates"}, "the extension")
