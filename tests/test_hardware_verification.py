@@ -20,6 +20,7 @@ from cryptography.x509.oid import NameOID
 from dcap_test_roots import DcapTestRoots
 from snp_test_roots import INSIDE, SnpTestHardware
 
+from kettle.attestation.backends import SnpCertificate
 from kettle.attestation.certificates import report_data_for
 from kettle.attestation.dcap import DcapMeasurements, DcapPolicy
 from kettle.attestation.hardware import (
@@ -100,7 +101,7 @@ def snp_certificate(milan: SnpTestHardware, key: ec.EllipticCurvePrivateKey, **r
     report.setdefault("measurement", MEASUREMENT)
     # The ASK travels too, as a host supplies it; only the pinned roots are trusted.
     ask = milan.chain.ask.public_bytes(serialization.Encoding.DER)
-    raw = RawEvidence("sev-snp", milan.report(**report), (("vcek", milan.vcek), ("ask", ask)))
+    raw = RawEvidence("sev-snp", milan.report(**report), (SnpCertificate("vcek", milan.vcek), SnpCertificate("ask", ask)))
     return service_certificate(key, raw.to_extension_value())
 
 
@@ -170,7 +171,7 @@ def test_real_amd_report_verifies_under_amds_roots_but_binds_another_key() -> No
     """AMD's real report and VCEK, carried in a certificate: the chain to AMD's shipped roots and
     the signature verify, but its report data is not this certificate's key, so it is refused."""
     report = (SNP_VECTORS / "test-report.bin").read_bytes()
-    raw = RawEvidence("sev-snp", report, (("vcek", (SNP_VECTORS / "test-vcek.der").read_bytes()),))
+    raw = RawEvidence("sev-snp", report, (SnpCertificate("vcek", (SNP_VECTORS / "test-vcek.der").read_bytes()),))
     cert = service_certificate(ec.generate_private_key(ec.SECP256R1()), raw.to_extension_value())
     measurements = HardwareMeasurements(snp=frozenset({parse_snp_report(report).measurement}))
     at = datetime(2025, 6, 1, tzinfo=UTC)
@@ -194,7 +195,7 @@ def test_snp_evidence_signed_by_another_chip_is_refused(milan: SnpTestHardware) 
     other = SnpTestHardware.make("Milan")
     key = ec.generate_private_key(ec.SECP256R1())
     forged = other.report(report_data=binding(key), measurement=MEASUREMENT)
-    raw = RawEvidence("sev-snp", forged, (("vcek", milan.vcek),))
+    raw = RawEvidence("sev-snp", forged, (SnpCertificate("vcek", milan.vcek),))
     verdict = examine_snp(service_certificate(key, raw.to_extension_value()), milan)
     assert not verdict.ok
     assert failed(verdict) == ["report signature"]
@@ -335,7 +336,7 @@ def test_duplicate_certificates_and_truncated_evidence_are_refused(milan: SnpTes
         parse_evidence_value(_doc(kind="sev-snp", certificates=[{"kind": "vcek", "der": der}] * 2))
     key = ec.generate_private_key(ec.SECP256R1())
     report = milan.report(report_data=binding(key), measurement=MEASUREMENT)
-    truncated = RawEvidence("sev-snp", report[:-1], (("vcek", milan.vcek),))
+    truncated = RawEvidence("sev-snp", report[:-1], (SnpCertificate("vcek", milan.vcek),))
     verdict = examine_snp(service_certificate(key, truncated.to_extension_value()), milan)
     assert failed(verdict) == ["report format"]
     assert "1184 bytes, this is 1183" in verdict.reason
@@ -343,7 +344,7 @@ def test_duplicate_certificates_and_truncated_evidence_are_refused(milan: SnpTes
 
 def test_a_certificate_key_that_is_not_p256_is_refused(milan: SnpTestHardware) -> None:
     key = ec.generate_private_key(ec.SECP384R1())
-    raw = RawEvidence("sev-snp", milan.report(measurement=MEASUREMENT), (("vcek", milan.vcek),))
+    raw = RawEvidence("sev-snp", milan.report(measurement=MEASUREMENT), (SnpCertificate("vcek", milan.vcek),))
     issuer = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
     cert = (

@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 from snp_test_roots import SnpTestHardware
 from typer.testing import CliRunner, Result
 
+from kettle.attestation.backends import SnpCertificate
 from kettle.attestation.certificates import report_data_for
 from kettle.attestation.hardware import EVIDENCE_EXTENSION_OID, NO_EVIDENCE, RawEvidence
 from kettle.attestation.identity import Identity
@@ -70,7 +71,7 @@ def with_evidence(home: AttestedHome, identity: Identity, value: bytes) -> x509.
 
 def snp_evidence(milan: SnpTestHardware, key: ec.EllipticCurvePrivateKey, measurement: bytes = MEASUREMENT) -> bytes:
     report = milan.report(report_data=report_data_for(key.public_key()), measurement=measurement)
-    return RawEvidence("sev-snp", report, (("vcek", milan.vcek),)).to_extension_value()
+    return RawEvidence("sev-snp", report, (SnpCertificate("vcek", milan.vcek),)).to_extension_value()
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from cryptography import x509
 
 from ..errors import AttestationError, KettleError
+from .backends import SnpCertificate
 from .dcap import (
     DcapMeasurements,
     DcapPolicy,
@@ -79,17 +80,17 @@ class RawEvidence:
 
     kind: str
     evidence: bytes
-    certificates: tuple[tuple[str, bytes], ...] = ()
+    certificates: tuple[SnpCertificate, ...] = ()
 
     def certificate(self, kind: str) -> bytes | None:
-        return next((der for k, der in self.certificates if k == kind), None)
+        return next((c.der for c in self.certificates if c.kind == kind), None)
 
     def to_extension_value(self) -> bytes:
         doc = {
             "v": EVIDENCE_VERSION,
             "kind": self.kind,
             "evidence": base64.b64encode(self.evidence).decode(),
-            "certificates": [{"kind": k, "der": base64.b64encode(der).decode()} for k, der in self.certificates],
+            "certificates": [{"kind": c.kind, "der": base64.b64encode(c.der).decode()} for c in self.certificates],
         }
         return der_octet_string(json.dumps(doc, separators=(",", ":")).encode())
 
@@ -171,13 +172,13 @@ def parse_evidence_value(value: bytes) -> RawEvidence:
     if kind != "sev-snp" and entries:
         # A DCAP quote carries its PCK chain itself; certificates beside it would be unused bytes.
         raise AttestationError(f"evidence extension: a {kind} quote carries no separate certificates")
-    certificates = []
+    certificates: list[SnpCertificate] = []
     for index, entry in enumerate(entries):
         entry = _exact_keys(entry, {"kind", "der"}, f"certificate {index}")
         cert_kind = entry["kind"]
         if cert_kind not in CERTIFICATE_KINDS:
             raise AttestationError(f"evidence extension: certificate kind {cert_kind!r} is not one of {', '.join(CERTIFICATE_KINDS)}")
-        if any(k == cert_kind for k, _ in certificates):
+        if any(c.kind == cert_kind for c in certificates):
             raise AttestationError(f"evidence extension: two {cert_kind} certificates")
         der = _strict_base64(entry["der"], f"certificate {cert_kind}")
         # DER only (AMD's KDS form); load_snp_certificate quiets the warning AMD's serial 0 raises.
@@ -187,7 +188,7 @@ def parse_evidence_value(value: bytes) -> RawEvidence:
             load_snp_certificate(der)
         except AttestationError:
             raise AttestationError(f"evidence extension: certificate {cert_kind} is not a DER certificate") from None
-        certificates.append((cert_kind, der))
+        certificates.append(SnpCertificate(cert_kind, der))
     return RawEvidence(kind, evidence, tuple(certificates))
 
 
@@ -244,7 +245,7 @@ def measurements_for(info: EnclaveInfo, service: str) -> HardwareMeasurements:
 class CollateralSource(Protocol):
     """Where endorsements not carried with the evidence come from (AMD KDS, Intel PCS, or a file)."""
 
-    def snp_certificate(self, report: bytes, supplied: Sequence[tuple[str, bytes]] = ()) -> bytes: ...
+    def snp_certificate(self, report: bytes, supplied: Sequence[SnpCertificate] = ()) -> bytes: ...
 
     def dcap_collateral(self, quote: bytes) -> bytes: ...
 
@@ -257,7 +258,7 @@ class FixedCollateral:
     dcap: bytes | None = None
     snp: bytes | None = None
 
-    def snp_certificate(self, report: bytes, supplied: Sequence[tuple[str, bytes]] = ()) -> bytes:
+    def snp_certificate(self, report: bytes, supplied: Sequence[SnpCertificate] = ()) -> bytes:
         if self.snp is None:
             raise AttestationError("no VCEK or VLEK was given for this SEV-SNP report")
         return self.snp
@@ -329,7 +330,7 @@ def examine_hardware(
     if raw is None:
         return fail("hardware evidence", NO_EVIDENCE)
     verdict.evidence = raw
-    carried = f", with {', '.join(k.upper() for k, _ in raw.certificates)}" if raw.certificates else ""
+    carried = f", with {', '.join(c.kind.upper() for c in raw.certificates)}" if raw.certificates else ""
     checks.append(Check("hardware evidence", True, f"{raw.kind} evidence, {len(raw.evidence)} bytes{carried}"))
 
     binding = leaf_report_data(cert)
