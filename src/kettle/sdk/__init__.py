@@ -3,10 +3,12 @@
 Every client verifies the service it talks to before its first request: chain to
 the pinned AS root only, the report's signature, report data bound to the TLS
 key, the measurement against auditor-signed enclave info, report status and age.
+With ``verify_hardware=True`` it also verifies the service's TEE evidence against
+AMD's and Intel's roots itself, for a party that does not trust the operator.
 """
 
 from ..model.records import TaskStatus
-from .attested import AttestedEndpoint, ClientTrust, verify_endpoint
+from .attested import AttestedEndpoint, ClientTrust, HardwareTrust, verify_endpoint
 from .authentication import AsyncAuthenticationClient, AuthenticationClient
 from .builtins import BuiltinArgument, BuiltinSpec, builtin_function, builtin_functions
 from .files import RAW_CMAC, FileCryptoError, FileKey, decrypt_file, encrypt_file, file_cmac
@@ -49,6 +51,7 @@ __all__ = [
     "BuiltinArgument",
     "BuiltinSpec",
     "ClientTrust",
+    "HardwareTrust",
     "DataMap",
     "FileCryptoError",
     "FileInfo",
