@@ -79,6 +79,8 @@ INTEL_PCS_URL = "https://api.trustedservices.intel.com"
 FETCH_TIMEOUT_SECS = 10.0
 MAX_RESPONSE_BYTES = 4 << 20  # Intel's largest PCK CRLs are a few hundred KiB
 REFRESH_AT = 0.8  # an entry is renewed once 80% of its life (fetched .. expires) has passed
+RETRY_SECS = 60.0  # after a failed renewal; doubled after each further failure
+MAX_RETRY_SECS = 3600.0
 ENTRY_FORMAT = 1
 
 KIND_VCEK = "vcek"
@@ -501,6 +503,9 @@ class CollateralCache:
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self.fetches = 0  # HTTP requests made, for status and tests
+        self._retry: dict[tuple[str, str], tuple[int, datetime]] = {}  # failures so far, next attempt
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
         if unsafe_allow_expired_collateral:
             log.warning("UNSAFE: expired attestation collateral is accepted (unsafe_allow_expired_collateral): revoked platforms and certificates may pass")
 
@@ -720,6 +725,68 @@ class CollateralCache:
             if not url.startswith(("https://", "http://")):
                 raise AttestationError(f"the root's CRL distribution point {url} is not an http(s) URL") from None
             return _crl_der(self._fetch(url), "root CA CRL")
+
+    # -- background refresh
+
+    def refresh(self, kind: str, key: str) -> CollateralEntry:
+        """Fetch the entry for ``kind`` and ``key`` again (one fetch at a time per key)."""
+        with self._lock(kind, key):
+            if kind == KIND_VCEK:
+                product, chip_hex, tcb_hex = key.split("/")
+                return self.refresh_vcek(product, bytes.fromhex(chip_hex), bytes.fromhex(tcb_hex))
+            fmspc, ca = key.split("/")
+            return self.refresh_intel(kind, fmspc, ca)
+
+    def refresh_due(self) -> list[CollateralEntry]:
+        """Renew every entry past its refresh point (80% of its life) whose back-off allows a
+        try now; a failure is logged and retried after 60 s, doubling up to an hour. Returns
+        the entries renewed. Nothing is fetched in offline mode."""
+        if self.offline:
+            return []
+        renewed = []
+        for entry in list(self.entries()):
+            now = self.clock()
+            slot = (entry.kind, entry.key)
+            failures, next_try = self._retry.get(slot, (0, now))
+            if now < entry.refresh_at or now < next_try:
+                continue
+            try:
+                renewed.append(self.refresh(entry.kind, entry.key))
+                self._retry.pop(slot, None)
+            except AttestationError as exc:
+                delay = min(RETRY_SECS * 2**failures, MAX_RETRY_SECS)
+                self._retry[slot] = (failures + 1, self.clock() + timedelta(seconds=delay))
+                state = entry.state(self.clock())
+                log.warning("renewing the %s collateral %s (%s, expires %s) failed, next try in %d s: %s",
+                            entry.kind, entry.key, state, _iso(entry.expires), delay, exc.reason)
+        return renewed
+
+    def start_refresh(self, poll_secs: float = 60.0) -> None:
+        """Renew entries in a daemon thread, checking every ``poll_secs``, until :meth:`stop`."""
+        if self.offline:
+            log.info("collateral is offline: entries are not renewed in the background")
+            return
+        if self._refresher is not None:
+            return
+        self._stop.clear()
+
+        def run() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.refresh_due()
+                except Exception:  # the thread must outlive any one bad entry or disk error
+                    log.exception("collateral refresh pass failed")
+                self._stop.wait(poll_secs)
+
+        self._refresher = threading.Thread(target=run, name="collateral-refresh", daemon=True)
+        self._refresher.start()
+
+    def stop(self) -> None:
+        """Stop the background refresh and wait for its current pass to end."""
+        self._stop.set()
+        if self._refresher is not None:
+            self._refresher.join()
+            self._refresher = None
 
     # -- import and export
 
