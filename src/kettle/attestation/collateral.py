@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dcap_qvl
 from cryptography import x509
@@ -71,6 +71,9 @@ from .snp import (
     parse_snp_report,
     snp_certificate_info,
 )
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 log = logging.getLogger(__name__)
 
@@ -841,3 +844,23 @@ class CollateralCache:
     def export_bytes(self) -> bytes:
         """Every entry as one JSON bundle, which ``import_bytes`` reads on another machine."""
         return json.dumps({"kettle_collateral": 1, "entries": [e.to_json() for e in self.entries()]}, indent=1).encode()
+
+
+def collateral_cache(
+    config: Config,
+    *,
+    offline: bool | None = None,
+    snp_roots: SnpRoots | None = None,
+    intel_root_der: bytes | None = None,
+) -> CollateralCache:
+    """The cache the ``[attestation]`` settings describe; ``offline`` overrides ``collateral_offline``."""
+    attestation = config.attestation
+    return CollateralCache(
+        config.path(attestation.collateral_dir),
+        amd_kds_url=attestation.amd_kds_url,
+        intel_pcs_url=attestation.intel_pcs_url,
+        offline=attestation.collateral_offline if offline is None else offline,
+        unsafe_allow_expired_collateral=attestation.unsafe_allow_expired_collateral,
+        snp_roots=snp_roots,
+        intel_root_der=intel_root_der,
+    )
