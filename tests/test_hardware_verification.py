@@ -22,13 +22,19 @@ from snp_test_roots import INSIDE, SnpTestHardware
 
 from kettle.attestation.backends import SnpCertificate
 from kettle.attestation.certificates import report_data_for
-from kettle.attestation.dcap import DcapMeasurements, DcapPolicy
+from kettle.attestation.dcap import DcapPolicy
+from kettle.attestation.enclave_info import (
+    EnclaveInfo,
+    Measurement,
+    SgxMeasurement,
+    TeeMeasurements,
+    tee_digest,
+)
 from kettle.attestation.hardware import (
     EVIDENCE_EXTENSION_OID,
     MAX_EXTENSION_BYTES,
     NO_EVIDENCE,
     FixedCollateral,
-    HardwareMeasurements,
     HardwareVerdict,
     RawEvidence,
     der_octet_string,
@@ -43,9 +49,16 @@ SNP_VECTORS = Path(__file__).parent / "data" / "tee" / "snp"
 MEASUREMENT = bytes(range(48))
 TD = (b"\x31" * 48, b"\x32" * 48, b"\x33" * 48, b"\x34" * 48, b"\x35" * 48)
 MR_ENCLAVE, MR_SIGNER = b"\x41" * 32, b"\x42" * 32
-SNP_ONLY = HardwareMeasurements(snp=frozenset({MEASUREMENT}))
-TDX_ONLY = HardwareMeasurements(dcap=DcapMeasurements(td=frozenset({TD})))
-SGX_ONLY = HardwareMeasurements(dcap=DcapMeasurements(mr_enclave=frozenset({MR_ENCLAVE}), mr_signer=frozenset({MR_SIGNER})))
+
+
+def listing(tee: TeeMeasurements) -> EnclaveInfo:
+    """Enclave info listing ``tee`` for the frontend, as ``kettle audit add-measurement`` writes it."""
+    return EnclaveInfo({"frontend": Measurement(tee_digest("frontend", tee), b"\x01" * 32, tee)})
+
+
+SNP_ONLY = listing(TeeMeasurements(sev_snp=frozenset({MEASUREMENT})))
+TDX_ONLY = listing(TeeMeasurements(tdx=frozenset({TD})))
+SGX_ONLY = listing(TeeMeasurements(sgx=SgxMeasurement(mr_enclave=frozenset({MR_ENCLAVE}), mr_signer=frozenset({MR_SIGNER}))))
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
 
@@ -106,9 +119,10 @@ def snp_certificate(milan: SnpTestHardware, key: ec.EllipticCurvePrivateKey, **r
 
 
 def examine_snp(cert: x509.Certificate, milan: SnpTestHardware, **kwargs: object) -> HardwareVerdict:
-    kwargs.setdefault("measurements", SNP_ONLY)
+    kwargs.setdefault("enclave_info", SNP_ONLY)
     kwargs.setdefault("snp_roots", milan.roots)
-    return examine_hardware(cert, service="frontend", at=INSIDE, **kwargs)  # type: ignore[arg-type]
+    kwargs.setdefault("service", "frontend")
+    return examine_hardware(cert, at=INSIDE, **kwargs)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- SEV-SNP
@@ -147,9 +161,12 @@ def test_snp_measurement_not_listed_for_the_service_is_refused(milan: SnpTestHar
     key = ec.generate_private_key(ec.SECP256R1())
     verdict = examine_snp(snp_certificate(milan, key, measurement=b"\x66" * 48), milan)
     assert failed(verdict) == ["measurement"]
-    nothing = examine_snp(snp_certificate(milan, key), milan, measurements=TDX_ONLY)
+    nothing = examine_snp(snp_certificate(milan, key), milan, enclave_info=TDX_ONLY)
     assert failed(nothing) == ["measurement"]
-    assert nothing.reason == "enclave info lists no sev-snp measurement for frontend"
+    assert nothing.reason == "enclave info lists no sev-snp measurements for frontend (no [teaclave_frontend_service.sev_snp])"
+    other_service = examine_snp(snp_certificate(milan, key), milan, service="storage")
+    assert failed(other_service) == ["measurement"]
+    assert other_service.reason == "enclave info has no entry for service 'storage'"
 
 
 def test_snp_evidence_under_test_roots_is_refused_when_pinning_amds_roots(milan: SnpTestHardware) -> None:
@@ -173,9 +190,9 @@ def test_real_amd_report_verifies_under_amds_roots_but_binds_another_key() -> No
     report = (SNP_VECTORS / "test-report.bin").read_bytes()
     raw = RawEvidence("sev-snp", report, (SnpCertificate("vcek", (SNP_VECTORS / "test-vcek.der").read_bytes()),))
     cert = service_certificate(ec.generate_private_key(ec.SECP256R1()), raw.to_extension_value())
-    measurements = HardwareMeasurements(snp=frozenset({parse_snp_report(report).measurement}))
+    info = listing(TeeMeasurements(sev_snp=frozenset({parse_snp_report(report).measurement})))
     at = datetime(2025, 6, 1, tzinfo=UTC)
-    verdict = examine_hardware(cert, measurements=measurements, service="frontend", at=at)
+    verdict = examine_hardware(cert, enclave_info=info, service="frontend", at=at)
     assert failed(verdict) == ["report data"]
     assert next(c for c in verdict.checks if c.name == "certificate chain").ok
 
@@ -208,18 +225,18 @@ def test_tdx_quote_bound_to_the_certificate_key_verifies_under_its_root(tdx_root
     key = ec.generate_private_key(ec.SECP256R1())
     quote = tdx_roots.tdx_quote(report_data=binding(key), mr_td=TD[0], rtmrs=TD[1:])
     cert = service_certificate(key, RawEvidence("tdx", quote).to_extension_value())
-    verdict = examine_hardware(cert, measurements=TDX_ONLY, service="frontend", at=NOW,
+    verdict = examine_hardware(cert, enclave_info=TDX_ONLY, service="frontend", at=NOW,
                                intel_root_der=tdx_roots.root_ca_der, collateral=collateral_of(tdx_roots))
     assert verdict.ok, verdict.reason
     assert "UNSAFE test root" in next(c.detail for c in verdict.checks if c.name == "trust anchor")
     assert verdict.measurement == TD[0].hex()
     assert verdict.summary["tcb_status"] == "UpToDate"
     # Pinning Intel's root, the same evidence is refused.
-    pinned = examine_hardware(cert, measurements=TDX_ONLY, service="frontend", at=NOW, collateral=collateral_of(tdx_roots))
+    pinned = examine_hardware(cert, enclave_info=TDX_ONLY, service="frontend", at=NOW, collateral=collateral_of(tdx_roots))
     assert failed(pinned) == ["PCK chain"]
     # Another RTMR: another measurement.
-    other = HardwareMeasurements(dcap=DcapMeasurements(td=frozenset({(TD[0], TD[1], TD[2], TD[3], bytes(48))})))
-    refused = examine_hardware(cert, measurements=other, service="frontend", at=NOW,
+    other = listing(TeeMeasurements(tdx=frozenset({(TD[0], TD[1], TD[2], TD[3], bytes(48))})))
+    refused = examine_hardware(cert, enclave_info=other, service="frontend", at=NOW,
                                intel_root_der=tdx_roots.root_ca_der, collateral=collateral_of(tdx_roots))
     assert failed(refused) == ["measurement"]
 
@@ -228,13 +245,13 @@ def test_tdx_quote_for_another_key_and_without_collateral_are_refused(tdx_roots:
     key = ec.generate_private_key(ec.SECP256R1())
     quote = tdx_roots.tdx_quote(report_data=binding(ec.generate_private_key(ec.SECP256R1())), mr_td=TD[0], rtmrs=TD[1:])
     cert = service_certificate(key, RawEvidence("tdx", quote).to_extension_value())
-    verdict = examine_hardware(cert, measurements=TDX_ONLY, service="frontend", at=NOW,
+    verdict = examine_hardware(cert, enclave_info=TDX_ONLY, service="frontend", at=NOW,
                                intel_root_der=tdx_roots.root_ca_der, collateral=collateral_of(tdx_roots))
     assert failed(verdict) == ["report data"]
-    bare = examine_hardware(cert, measurements=TDX_ONLY, service="frontend", at=NOW, intel_root_der=tdx_roots.root_ca_der)
+    bare = examine_hardware(cert, enclave_info=TDX_ONLY, service="frontend", at=NOW, intel_root_der=tdx_roots.root_ca_der)
     assert failed(bare) == ["collateral"] and "no collateral source" in bare.reason
     expired = FixedCollateral(dcap=tdx_roots.collateral(issued=NOW - timedelta(days=31), next_update=NOW - timedelta(days=1)))
-    stale = examine_hardware(cert, measurements=TDX_ONLY, service="frontend", at=NOW,
+    stale = examine_hardware(cert, enclave_info=TDX_ONLY, service="frontend", at=NOW,
                              intel_root_der=tdx_roots.root_ca_der, collateral=expired)
     assert failed(stale) == ["quote verification"]
 
@@ -242,22 +259,22 @@ def test_tdx_quote_for_another_key_and_without_collateral_are_refused(tdx_roots:
 def test_sgx_quote_under_the_wrong_kind_is_refused(sgx_roots: DcapTestRoots) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     quote = sgx_roots.sgx_quote(report_data=binding(key), mr_enclave=MR_ENCLAVE, mr_signer=MR_SIGNER)
-    both = HardwareMeasurements(dcap=DcapMeasurements(td=frozenset({TD}), mr_enclave=frozenset({MR_ENCLAVE}),
-                                                      mr_signer=frozenset({MR_SIGNER})))
+    both = listing(TeeMeasurements(tdx=frozenset({TD}), sgx=SgxMeasurement(mr_enclave=frozenset({MR_ENCLAVE}),
+                                                                            mr_signer=frozenset({MR_SIGNER}))))
     # The SGX template platform's TCB status needs its advisories named.
     policy = DcapPolicy(allowed={"ConfigurationAndSWHardeningNeeded": frozenset({"INTEL-SA-00289", "INTEL-SA-00615"})})
     kwargs = {"service": "frontend", "at": NOW, "intel_root_der": sgx_roots.root_ca_der, "collateral": collateral_of(sgx_roots),
                   "dcap_policy": policy}
     right = examine_hardware(service_certificate(key, RawEvidence("sgx", quote).to_extension_value()),
-                             measurements=SGX_ONLY, **kwargs)  # type: ignore[arg-type]
+                             enclave_info=SGX_ONLY, **kwargs)  # type: ignore[arg-type]
     assert right.ok, right.reason
     assert right.measurement == MR_ENCLAVE.hex()
     wrong = examine_hardware(service_certificate(key, RawEvidence("tdx", quote).to_extension_value()),
-                             measurements=both, **kwargs)  # type: ignore[arg-type]
+                             enclave_info=both, **kwargs)  # type: ignore[arg-type]
     assert failed(wrong) == ["kind"]
     assert wrong.reason == "the extension says tdx, the evidence is a sgx quote"
     snp = examine_hardware(service_certificate(key, RawEvidence("sev-snp", quote).to_extension_value()),
-                           measurements=SNP_ONLY, **kwargs)  # type: ignore[arg-type]
+                           enclave_info=SNP_ONLY, **kwargs)  # type: ignore[arg-type]
     assert failed(snp) == ["report format"]
 
 
@@ -325,7 +342,7 @@ def test_malformed_extensions_are_refused_with_the_reason(value: bytes, reason: 
         parse_evidence_value(value)
     assert reason in info.value.reason
     cert = service_certificate(ec.generate_private_key(ec.SECP256R1()), value)
-    verdict = examine_hardware(cert, measurements=SNP_ONLY, service="frontend", at=INSIDE)
+    verdict = examine_hardware(cert, enclave_info=SNP_ONLY, service="frontend", at=INSIDE)
     assert failed(verdict) == ["hardware evidence"]
     assert reason in verdict.reason
 

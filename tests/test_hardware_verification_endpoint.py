@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 from attested_identities import AttestedHome, attested_home
+from conftest import make_home
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,11 +28,23 @@ from typer.testing import CliRunner, Result
 
 from kettle.attestation.backends import SnpCertificate
 from kettle.attestation.certificates import report_data_for
+from kettle.attestation.enclave_info import (
+    EnclaveInfo,
+    TeeMeasurements,
+    with_tee_measurement,
+)
 from kettle.attestation.hardware import EVIDENCE_EXTENSION_OID, NO_EVIDENCE, RawEvidence
 from kettle.attestation.identity import Identity
+from kettle.attestation.verifier import Verifier
 from kettle.cli.main import app
-from kettle.errors import AttestationError
-from kettle.sdk.attested import ClientTrust, HardwareTrust, verify_endpoint
+from kettle.errors import AttestationError, ConfigError
+from kettle.provisioning import publish_enclave_info
+from kettle.sdk.attested import (
+    ClientTrust,
+    HardwareTrust,
+    load_test_roots,
+    verify_endpoint,
+)
 
 MEASUREMENT = bytes(range(48))
 
@@ -80,6 +93,15 @@ def home(tmp_path_factory: pytest.TempPathFactory, _auditor_cache: Path) -> Atte
 
 
 @pytest.fixture(scope="module")
+def snp_home(tmp_path_factory: pytest.TempPathFactory, _auditor_cache: Path) -> Path:
+    """A home whose auditor-signed enclave info lists the frontend's SEV-SNP launch measurement."""
+    config = make_home(tmp_path_factory.mktemp("snp-home"), _auditor_cache)
+    info = EnclaveInfo.parse(config.enclave_info_path.read_bytes())
+    publish_enclave_info(config.home, with_tee_measurement(info, "frontend", sev_snp=MEASUREMENT), config)
+    return config.home
+
+
+@pytest.fixture(scope="module")
 def milan() -> SnpTestHardware:
     return SnpTestHardware.make("Milan")
 
@@ -117,8 +139,9 @@ def trust(home: AttestedHome, **kwargs: object) -> ClientTrust:
                                   unsafe_allow_simulation=True, **kwargs)  # type: ignore[arg-type]
 
 
-def kettle(home: AttestedHome, *args: str | Path) -> Result:
-    return CliRunner().invoke(app, ["attest", *map(str, args)], env={"KETTLE_HOME": str(home.home)})
+def kettle(home: AttestedHome | Path, *args: str | Path) -> Result:
+    path = home.home if isinstance(home, AttestedHome) else home
+    return CliRunner().invoke(app, ["attest", *map(str, args)], env={"KETTLE_HOME": str(path)})
 
 
 # ---------------------------------------------------------------- SDK
@@ -136,24 +159,47 @@ def test_sdk_requiring_hardware_refuses_a_service_without_evidence(home: Atteste
     assert info.value.reason == f"{plain.address}: hardware: {NO_EVIDENCE}"
 
 
-def test_sdk_refuses_hardware_evidence_under_test_roots_when_pinning_amds(home: AttestedHome, hardware_served: Served) -> None:
-    with pytest.raises(AttestationError) as info:
-        verify_endpoint(hardware_served.address, "frontend", trust(home, verify_hardware=True))
-    assert info.value.reason.startswith(f"{hardware_served.address}: hardware: ")
+def test_sdk_verifies_the_hardware_and_pins_the_verified_certificate(
+    home: AttestedHome, identity: Identity, hardware_served: Served, milan: SnpTestHardware
+) -> None:
+    # The client's view: the AS reports the simulation measurement it knows, and the auditors
+    # also list the frontend's SEV-SNP launch measurement.
+    listed = home.info.measurement("frontend")
+    info = EnclaveInfo({"frontend": replace(listed, tee=TeeMeasurements(sev_snp=frozenset({MEASUREMENT})))})
+    verifier = Verifier(home.authority.root, info, unsafe_allow_simulation=True)
+    test_hardware = HardwareTrust(snp_roots=milan.roots)
+    client = ClientTrust(home.config.as_root_path, info, verifier, test_hardware)
+    endpoint = verify_endpoint(hardware_served.address, "frontend", client)
+    assert endpoint.hardware is not None and endpoint.hardware.ok
+    assert endpoint.hardware.measurement == MEASUREMENT.hex()
+    served = x509.load_pem_x509_certificate(endpoint.pinned_certificate or b"")
+    assert served.public_key() == identity.key.public_key()
+    assert served.extensions.get_extension_for_oid(EVIDENCE_EXTENSION_OID)
+    # The same service under AMD's pinned roots: its test-hardware evidence is refused.
+    amd = replace(client, hardware=HardwareTrust())
+    with pytest.raises(AttestationError, match="hardware: the VCEK certificate is not issued by a pinned AMD ASK"):
+        verify_endpoint(hardware_served.address, "frontend", amd)
+    # Another SNP measurement listed: refused, whatever the AS says.
+    moved = EnclaveInfo({"frontend": replace(listed, tee=TeeMeasurements(sev_snp=frozenset({bytes(48)})))})
+    with pytest.raises(AttestationError, match="hardware: measurement .* is not an accepted measurement"):
+        verify_endpoint(hardware_served.address, "frontend", replace(client, enclave_info=moved))
 
 
-def test_hardware_trust_needs_verify_hardware_and_real_test_roots(home: AttestedHome, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with pytest.raises(Exception, match="verify_hardware is off"):
+def test_hardware_trust_needs_verify_hardware_and_real_test_roots(home: AttestedHome, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="verify_hardware is off"):
         trust(home, hardware=HardwareTrust())
-    with pytest.raises(Exception, match="holds no test roots"):
-        HardwareTrust.unsafe_test_roots(tmp_path)
+    with pytest.raises(ConfigError, match="holds no test roots"):
+        load_test_roots(tmp_path)
 
 
-def test_test_roots_are_loud(roots: Path, caplog: pytest.LogCaptureFixture) -> None:
-    hardware = HardwareTrust.unsafe_test_roots(roots)
+def test_test_roots_are_loud(home: AttestedHome, roots: Path, caplog: pytest.LogCaptureFixture) -> None:
+    hardware = HardwareTrust.for_config(home.config, unsafe_test_roots=roots)
     assert hardware.snp_roots is not None and set(hardware.snp_roots) == {"Milan"}
     assert hardware.intel_root_der is None  # Intel's stays pinned
     assert "UNSAFE" in caplog.text
+    default = ClientTrust.from_config(home.config, verify_hardware=True).hardware
+    assert default is not None and default.snp_roots is None and default.intel_root_der is None
+    assert default.collateral is not None  # the home's collateral cache
 
 
 # ---------------------------------------------------------------- kettle attest
@@ -172,7 +218,9 @@ def test_cli_hardware_on_a_service_without_evidence_says_so_and_exits_1(home: At
     assert "presents no hardware" in text.stdout
 
 
-def test_cli_without_as_does_not_need_the_as_certificate_chain(home: AttestedHome, roots: Path, milan: SnpTestHardware) -> None:
+def test_cli_without_as_trusts_only_the_hardware(
+    home: AttestedHome, snp_home: Path, roots: Path, milan: SnpTestHardware
+) -> None:
     """A certificate no AS issued: the AS root plays no part, the hardware evidence decides."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "teaclave_frontend_service")])
@@ -186,16 +234,28 @@ def test_cli_without_as_does_not_need_the_as_certificate_chain(home: AttestedHom
     )
     served = Served(key, [cert])
     try:
-        as_mode = kettle(home, served.address, "--json")
+        as_mode = kettle(snp_home, served.address, "--json")
         assert as_mode.exit_code == 1  # the AS root refuses a certificate it did not issue
-        result = kettle(home, served.address, "--without-as", "--service", "frontend",
-                        "--unsafe-test-roots", roots, "--json")
-        assert result.exit_code == 1, result.output
+        args = (served.address, "--without-as", "--service", "frontend", "--unsafe-test-roots", roots)
+        result = kettle(snp_home, *args, "--json")
+        assert result.exit_code == 0, result.output
         doc = json.loads(result.stdout)
-        assert "checks" not in doc  # no AS checks at all
+        assert doc["verified"] is True and "checks" not in doc  # no AS checks at all
+        assert doc["hardware"]["evidence"] == {"kind": "sev-snp", "product": "Milan", "measurement": MEASUREMENT.hex(), "vmpl": 0}
         checks = {c["check"]: c for c in doc["hardware"]["checks"]}
-        assert checks["hardware evidence"]["ok"]
-        assert doc["hardware"]["reason"] == "enclave info lists no sev-snp measurement for frontend"
+        assert "UNSAFE test roots" in checks["trust anchor"]["detail"]
+        assert checks["report data"]["ok"] and checks["measurement"]["ok"]
+        text = kettle(snp_home, *args)
+        assert text.exit_code == 0 and "hardware (vendor roots" in text.stdout and "verified" in text.stdout
+        # Pinning AMD's roots, or in a home whose enclave info lists no SNP measurement: refused.
+        amd = kettle(snp_home, served.address, "--without-as", "--service", "frontend", "--json")
+        assert amd.exit_code == 1
+        assert "not issued by a pinned AMD ASK" in json.loads(amd.stdout)["hardware"]["reason"]
+        unlisted = kettle(home.home, *args, "--json")
+        assert unlisted.exit_code == 1
+        assert json.loads(unlisted.stdout)["hardware"]["reason"] == (
+            "enclave info lists no sev-snp measurements for frontend (no [teaclave_frontend_service.sev_snp])"
+        )
     finally:
         served.stop()
 

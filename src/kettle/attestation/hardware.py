@@ -36,13 +36,13 @@ from cryptography import x509
 from ..errors import AttestationError, KettleError
 from .backends import SnpCertificate
 from .dcap import (
-    DcapMeasurements,
     DcapPolicy,
     DcapVerdict,
     TdReport,
     examine_dcap_quote,
+    parse_quote,
 )
-from .enclave_info import EnclaveInfo
+from .enclave_info import EnclaveInfo, TeeMeasurements
 from .snp import (
     SIGNING_KEY_VLEK,
     SnpPolicy,
@@ -209,39 +209,6 @@ def parse_evidence_extension(cert: x509.Certificate) -> RawEvidence | None:
 # ---------------------------------------------------------------- what is trusted
 
 
-@dataclass(frozen=True)
-class HardwareMeasurements:
-    """What the auditors accept for one service, per TEE kind; None: nothing accepted of that kind.
-
-    ``snp``: 48-byte SEV-SNP launch measurements; ``dcap``: TDX (MRTD, RTMR0-3) tuples
-    and SGX MRENCLAVE / MRSIGNER (:class:`~kettle.attestation.dcap.DcapMeasurements`).
-    """
-
-    snp: frozenset[bytes] | None = None
-    dcap: DcapMeasurements | None = None
-
-    def __post_init__(self) -> None:
-        if self.snp is not None:
-            object.__setattr__(self, "snp", frozenset(self.snp))
-            if any(len(m) != 48 for m in self.snp):
-                raise AttestationError("SEV-SNP measurements are 48 bytes")
-
-    def has(self, kind: str) -> bool:
-        if kind == "sev-snp":
-            return bool(self.snp)
-        if self.dcap is None:
-            return False
-        if kind == "tdx":
-            return bool(self.dcap.td)
-        return any(v is not None for v in (self.dcap.mr_enclave, self.dcap.mr_signer))
-
-
-def measurements_for(info: EnclaveInfo, service: str) -> HardwareMeasurements:
-    """The TEE measurements the auditors list for ``service`` in enclave info."""
-    info.measurement(service)  # a service enclave info does not list is refused by name
-    return HardwareMeasurements()
-
-
 class CollateralSource(Protocol):
     """Where endorsements not carried with the evidence come from (AMD KDS, Intel PCS, or a file)."""
 
@@ -299,7 +266,7 @@ class HardwareVerdict(Verdict):
 def examine_hardware(
     cert: x509.Certificate,
     *,
-    measurements: HardwareMeasurements,
+    enclave_info: EnclaveInfo,
     service: str,
     at: datetime,
     snp_roots: SnpRoots | None = None,
@@ -308,7 +275,8 @@ def examine_hardware(
     snp_policy: SnpPolicy = STRICT_SNP_POLICY,
     dcap_policy: DcapPolicy = STRICT_DCAP_POLICY,
 ) -> HardwareVerdict:
-    """Run every hardware check on ``cert`` as of ``at`` (timezone-aware) for ``service``.
+    """Run every hardware check on ``cert`` as of ``at`` (timezone-aware) for ``service``,
+    whose measurements of the evidence's kind ``enclave_info`` must list.
 
     ``snp_roots`` and ``intel_root_der`` None pin AMD's and Intel's roots shipped with the
     package; others are test roots (``unsafe_test_roots``), reported as UNSAFE. ``collateral``
@@ -336,10 +304,19 @@ def examine_hardware(
     binding = leaf_report_data(cert)
     if binding is None:
         return fail("report data", "the certificate key is not an ECDSA P-256 key, so no report data can bind it")
-    if not measurements.has(raw.kind):
+    if raw.kind != "sev-snp":
+        try:
+            quote_kind = parse_quote(raw.evidence).kind
+        except AttestationError:
+            quote_kind = raw.kind  # not a quote at all: the verification below says why
+        if quote_kind != raw.kind:
+            return fail("kind", f"the extension says {raw.kind}, the evidence is a {quote_kind} quote")
+    try:
+        measurements = enclave_info.tee_measurements(service, raw.kind)
+    except AttestationError as exc:
         # Checked before the vendor verification so the verdict says what is missing even
         # when the evidence itself is fine: without a measurement there is nothing to accept.
-        return fail("measurement", f"enclave info lists no {raw.kind} measurement for {service}")
+        return fail("measurement", exc.reason)
 
     try:
         if raw.kind == "sev-snp":
@@ -350,8 +327,6 @@ def examine_hardware(
         return fail("collateral", exc.message)
     verdict.vendor = vendor
     checks.extend(vendor.checks)
-    if isinstance(vendor, DcapVerdict) and vendor.quote is not None and vendor.quote.kind != raw.kind:
-        return fail("kind", f"the extension says {raw.kind}, the evidence is a {vendor.quote.kind} quote")
     if vendor.ok:
         verdict.measurement = _measurement_of(vendor)
         checks.append(Check("service", True, f"{service}'s audited measurement, verified under the vendor roots"))
@@ -361,7 +336,7 @@ def examine_hardware(
 def _examine_snp(
     raw: RawEvidence,
     binding: bytes,
-    measurements: HardwareMeasurements,
+    measurements: TeeMeasurements,
     at: datetime,
     roots: SnpRoots | None,
     collateral: CollateralSource | None,
@@ -385,17 +360,16 @@ def _examine_snp(
             if collateral is None:
                 raise AttestationError(f"the evidence carries no {wanted.upper()} and no collateral source is configured")
             certificate = collateral.snp_certificate(raw.evidence, raw.certificates)
-    assert measurements.snp is not None
     return examine_snp_report(
         raw.evidence, certificate=certificate, at=at, policy=policy, roots=roots,
-        expected_report_data=binding, measurements=measurements.snp,
+        expected_report_data=binding, measurements=measurements.sev_snp,
     )
 
 
 def _examine_dcap(
     raw: RawEvidence,
     binding: bytes,
-    measurements: HardwareMeasurements,
+    measurements: TeeMeasurements,
     at: datetime,
     root: bytes | None,
     collateral: CollateralSource | None,
@@ -405,7 +379,7 @@ def _examine_dcap(
         raise AttestationError(f"{raw.kind} evidence needs Intel's collateral and no collateral source is configured")
     return examine_dcap_quote(
         raw.evidence, collateral=collateral.dcap_collateral(raw.evidence), at=at, policy=policy,
-        root_ca_der=root, expected_report_data=binding, measurements=measurements.dcap,
+        root_ca_der=root, expected_report_data=binding, measurements=measurements.dcap(raw.kind),
     )
 
 

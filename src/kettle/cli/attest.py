@@ -182,6 +182,7 @@ def _print_hardware_verdict(verdict: HardwareVerdict) -> None:
 
 def _hardware_trust(collateral: Path | None, vcek: Path | None, allow_status: list[str],
                     unsafe_test_roots: Path | None) -> HardwareTrust:
+    """The vendor roots (or test roots); collateral from the given files, else the home's collateral cache."""
     from ..attestation.dcap import DcapPolicy
     from ..attestation.hardware import FixedCollateral
     from ..sdk.attested import HardwareTrust
@@ -190,10 +191,8 @@ def _hardware_trust(collateral: Path | None, vcek: Path | None, allow_status: li
     if collateral is not None or vcek is not None:
         source = FixedCollateral(dcap=collateral.read_bytes() if collateral else None,
                                  snp=vcek.read_bytes() if vcek else None)
-    policy = DcapPolicy(allowed=_allowed_statuses(allow_status))
-    if unsafe_test_roots is not None:
-        return HardwareTrust.unsafe_test_roots(unsafe_test_roots, collateral=source, dcap_policy=policy)
-    return HardwareTrust(collateral=source, dcap_policy=policy)
+    return HardwareTrust.for_config(load_config(), unsafe_test_roots=unsafe_test_roots, collateral=source,
+                                    dcap_policy=DcapPolicy(allowed=_allowed_statuses(allow_status)))
 
 
 def _attest_local(as_json: bool) -> None:

@@ -37,7 +37,6 @@ from ..attestation.hardware import (
     CollateralSource,
     HardwareVerdict,
     examine_hardware,
-    measurements_for,
 )
 from ..attestation.snp import CHAIN_FILE_SUFFIX, SnpPolicy, SnpRoots, load_snp_roots
 from ..attestation.trust import client_enclave_info, load_as_root
@@ -53,6 +52,19 @@ INTEL_ROOT_FILE = "intel_sgx_root_ca.der"
 log = logging.getLogger(__name__)
 
 
+def load_test_roots(folder: Path) -> tuple[SnpRoots | None, bytes | None]:
+    """Test hardware roots instead of the vendors' (``unsafe_test_roots``): AMD's
+    ``<product>_ask_ark_asvk.pem`` form and/or Intel's root as ``intel_sgx_root_ca.der``;
+    a kind without test roots keeps its vendor's. Evidence they accept proves nothing
+    about real hardware: for tests and test platforms only."""
+    has_snp = any(folder.glob(f"*{CHAIN_FILE_SUFFIX}"))
+    intel = folder / INTEL_ROOT_FILE
+    if not has_snp and not intel.is_file():
+        raise ConfigError(f"{folder} holds no test roots (*{CHAIN_FILE_SUFFIX} or {INTEL_ROOT_FILE})")
+    log.warning("UNSAFE: hardware evidence is verified under test roots from %s, not AMD's and Intel's", folder)
+    return (load_snp_roots(folder) if has_snp else None), (intel.read_bytes() if intel.is_file() else None)
+
+
 @dataclass(frozen=True)
 class HardwareTrust:
     """What a party trusts to verify a service's TEE itself, instead of the operator's AS:
@@ -66,25 +78,28 @@ class HardwareTrust:
     dcap_policy: DcapPolicy = STRICT_DCAP_POLICY
 
     @classmethod
-    def unsafe_test_roots(cls, folder: Path | str, **kwargs: object) -> HardwareTrust:
-        """Test hardware roots instead of the vendors': AMD's ``<product>_ask_ark_asvk.pem`` form
-        and/or Intel's root as ``intel_sgx_root_ca.der``. Evidence they accept proves nothing
-        about real hardware; for tests and test platforms only."""
-        folder = Path(folder)
-        has_snp = any(folder.glob(f"*{CHAIN_FILE_SUFFIX}"))
-        intel = folder / INTEL_ROOT_FILE
-        if not has_snp and not intel.is_file():
-            raise ConfigError(f"{folder} holds no test roots (*{CHAIN_FILE_SUFFIX} or {INTEL_ROOT_FILE})")
-        log.warning("UNSAFE: hardware evidence is verified under test roots from %s, not AMD's and Intel's", folder)
-        return cls(
-            snp_roots=load_snp_roots(folder) if has_snp else {},
-            intel_root_der=intel.read_bytes() if intel.is_file() else None,
-            **kwargs,  # type: ignore[arg-type]
-        )
+    def for_config(
+        cls,
+        config: Config,
+        *,
+        unsafe_test_roots: Path | None = None,
+        collateral: CollateralSource | None = None,
+        snp_policy: SnpPolicy = STRICT_SNP_POLICY,
+        dcap_policy: DcapPolicy = STRICT_DCAP_POLICY,
+    ) -> HardwareTrust:
+        """The vendor roots (or test roots) and, unless ``collateral`` is given, the Kettle
+        home's collateral cache (``[attestation] collateral_dir``, fetching from AMD KDS and
+        Intel PCS unless ``collateral_offline``), whose fetched items verify under the same roots."""
+        snp_roots, intel_root_der = load_test_roots(unsafe_test_roots) if unsafe_test_roots else (None, None)
+        if collateral is None:
+            from ..attestation.collateral import collateral_cache
+
+            collateral = collateral_cache(config, snp_roots=snp_roots, intel_root_der=intel_root_der)
+        return cls(snp_roots, intel_root_der, collateral, snp_policy, dcap_policy)
 
     def examine(self, cert: x509.Certificate, enclave_info: EnclaveInfo, service: str, at: datetime) -> HardwareVerdict:
         return examine_hardware(
-            cert, measurements=measurements_for(enclave_info, service), service=service, at=at,
+            cert, enclave_info=enclave_info, service=service, at=at,
             snp_roots=self.snp_roots, intel_root_der=self.intel_root_der, collateral=self.collateral,
             snp_policy=self.snp_policy, dcap_policy=self.dcap_policy,
         )
@@ -134,6 +149,8 @@ class ClientTrust:
     ) -> ClientTrust:
         """The trust files of a Kettle home (``$KETTLE_HOME/trust``) and its attestation policy."""
         config = config or load_config()
+        if verify_hardware and hardware is None:
+            hardware = HardwareTrust.for_config(config)
         return cls.from_files(
             config.as_root_path,
             config.enclave_info_path,
