@@ -849,14 +849,18 @@ class CollateralCache:
 def collateral_cache(
     config: Config,
     *,
+    directory: Path | None = None,
     offline: bool | None = None,
+    clock: Callable[[], datetime] = _now,
     snp_roots: SnpRoots | None = None,
     intel_root_der: bytes | None = None,
 ) -> CollateralCache:
-    """The cache the ``[attestation]`` settings describe; ``offline`` overrides ``collateral_offline``."""
+    """The cache the ``[attestation]`` settings describe; ``directory`` and ``offline``
+    override ``collateral_dir`` and ``collateral_offline``."""
     attestation = config.attestation
     return CollateralCache(
-        config.path(attestation.collateral_dir),
+        directory or config.path(attestation.collateral_dir),
+        clock=clock,
         amd_kds_url=attestation.amd_kds_url,
         intel_pcs_url=attestation.intel_pcs_url,
         offline=attestation.collateral_offline if offline is None else offline,
