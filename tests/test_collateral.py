@@ -6,6 +6,7 @@ certificates and collateral; every fetched item must verify with the real verifi
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -308,6 +309,10 @@ def test_intel_hostile_answers(tmp_path, server, tdx_roots):
     # Collateral already expired when served.
     serve_tdx(server, tdx_roots, issued=ISSUED - timedelta(days=40))
     refused("served collateral that expired")
+    # No root CA CRL at the PCCS, and the test root names no distribution point to get it from.
+    serve_tdx(server, tdx_roots)
+    del server.routes["/sgx/certification/v4/rootcacrl"]
+    refused("rootcacrl failed: HTTP 404, and the trusted root names no CRL distribution point")
 
 
 def test_concurrent_callers_make_one_intel_fetch(tmp_path, server, tdx_roots):
@@ -343,11 +348,24 @@ def test_export_import_seeds_an_offline_cache(tmp_path, server, milan, tdx_roots
     assert offline.dcap_collateral(tdx_roots.tdx_quote())
     # A bundle whose VCEK was swapped for another chip's is refused, and adds nothing.
     tampered = json.loads(bundle)
-    tampered["entries"][0]["data"] = __import__("base64").b64encode(milan.endorsement("vcek", issuer="ask", hwid=bytes(64))).decode()
+    tampered["entries"][0]["data"] = base64.b64encode(milan.endorsement("vcek", issuer="ask", hwid=bytes(64))).decode()
     fresh = CollateralCache(tmp_path / "c", clock=clock, offline=True, snp_roots=milan.roots, intel_root_der=tdx_roots.root_ca_der)
-    with pytest.raises(AttestationError, match="another chip"):
+    with pytest.raises(AttestationError, match="the vcek entry Milan/.* is refused: .*another chip"):
         fresh.import_bytes(json.dumps(tampered).encode())
-    assert list(fresh.entries()) == []
+    # The good VCEK with collateral whose TCB info was changed: neither is added.
+    tampered = json.loads(bundle)
+    collateral = json.loads(base64.b64decode(tampered["entries"][1]["data"]))
+    collateral["tcb_info"] = collateral["tcb_info"].replace('"tcbEvaluationDataNumber":17', '"tcbEvaluationDataNumber":18')
+    tampered["entries"][1]["data"] = base64.b64encode(json.dumps(collateral).encode()).decode()
+    with pytest.raises(AttestationError, match="the tdx entry B0C06F000000/platform is refused: the TCB info signature does not verify"):
+        fresh.import_bytes(json.dumps(tampered).encode())
+    # A stated expiry later than the data's own is not believed.
+    stretched = json.loads(bundle)
+    stretched["entries"][1]["expires"] = "2099-01-01T00:00:00Z"
+    fresh.import_bytes(json.dumps(stretched).encode())
+    assert [e.expires for e in fresh.entries() if e.kind == "tdx"] == [ISSUED + timedelta(days=30)]
+    with pytest.raises(AttestationError, match="malformed"):
+        fresh.import_bytes(json.dumps({**stretched["entries"][0], "key": "Milan/zz/00"}).encode())
 
 
 def test_import_raw_vcek_and_collateral_json(tmp_path, milan, tdx_roots):

@@ -40,7 +40,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -505,7 +505,6 @@ class CollateralCache:
         self.timeout = timeout
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self.fetches = 0  # HTTP requests made, for status and tests
         self._retry: dict[tuple[str, str], tuple[int, datetime]] = {}  # failures so far, next attempt
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
@@ -635,7 +634,6 @@ class CollateralCache:
         """Fetch the VCEK from KDS, check it is the one asked for, and cache it."""
         tcb = SnpTcb.from_bytes(reported_tcb, product)
         url = vcek_url(self.amd_kds_url, product, chip_id, tcb)
-        self.fetches += 1
         response = _get(url, self.timeout)
         now = self.clock()
         try:
@@ -710,7 +708,6 @@ class CollateralCache:
         return entry
 
     def _fetch(self, url: str) -> _Response:
-        self.fetches += 1
         return _get(url, self.timeout)
 
     def _root_ca_crl(self, sgx_base: str) -> bytes:
@@ -807,39 +804,49 @@ class CollateralCache:
             items = text["entries"]
             if not isinstance(items, list):
                 raise AttestationError("the bundle's entries are not a list")
-            added = []
-            for item in items:
-                added += self._import_entry(CollateralEntry.from_json(item), now)
-            return added
-        if isinstance(text, dict) and "format" in text:
-            return self._import_entry(CollateralEntry.from_json(text), now)
-        if isinstance(text, dict):
+            # Every entry is checked before any is written: a bundle with one bad entry adds nothing.
+            checked = [self._checked(CollateralEntry.from_json(item), now) for item in items]
+        elif isinstance(text, dict) and "format" in text:
+            checked = [self._checked(CollateralEntry.from_json(text), now)]
+        elif isinstance(text, dict):
             tee, fmspc, ca = collateral_platform(data)
             expires = check_intel_collateral(data, tee, fmspc, ca, self.intel_root_der, now)
-            entry = CollateralEntry(tee, f"{fmspc}/{ca}", data, now, expires, source)
+            checked = [self._unexpired(CollateralEntry(tee, f"{fmspc}/{ca}", data, now, expires, source), now)]
         else:
             product, chip_id, tcb = vcek_entry_key(data, self.snp_roots)
             expires = check_vcek(data, product, chip_id, tcb, self.snp_roots, now)
             der = load_snp_certificate(data).public_bytes(Encoding.DER)
-            entry = CollateralEntry(KIND_VCEK, _vcek_key(product, chip_id, tcb), der, now, expires, source)
-        return self._import_entry(entry, now, checked=True)
+            checked = [self._unexpired(CollateralEntry(KIND_VCEK, _vcek_key(product, chip_id, tcb), der, now, expires, source), now)]
+        added = []
+        for entry in checked:
+            current = self.get(entry.kind, entry.key)
+            if current is not None and current.expires > entry.expires:
+                continue  # what the cache holds lasts longer
+            self.put(entry)
+            added.append(entry)
+        return added
 
-    def _import_entry(self, entry: CollateralEntry, now: datetime, *, checked: bool = False) -> list[CollateralEntry]:
-        if not checked:  # an entry from a bundle: its data is checked again, its stated expiry is not trusted
+    def _checked(self, entry: CollateralEntry, now: datetime) -> CollateralEntry:
+        """A bundle's entry with its data checked again; its stated expiry is not trusted either."""
+        try:
             if entry.kind == KIND_VCEK:
                 product, chip_hex, tcb_hex = entry.key.split("/")
+                if product not in self.snp_roots:
+                    raise AttestationError(f"no {product} root is pinned")
                 expires = check_vcek(entry.data, product, bytes.fromhex(chip_hex), bytes.fromhex(tcb_hex), self.snp_roots, now)
             else:
                 fmspc, ca = entry.key.split("/")
                 expires = check_intel_collateral(entry.data, entry.kind, fmspc, ca, self.intel_root_der, now)
-            entry = CollateralEntry(entry.kind, entry.key, entry.data, entry.fetched, min(expires, entry.expires), entry.source)
+        except ValueError:
+            raise AttestationError(f"the {entry.kind} entry's key {entry.key!r} is malformed") from None
+        except AttestationError as exc:
+            raise AttestationError(f"the {entry.kind} entry {entry.key[:40]} is refused: {exc.reason}") from None
+        return self._unexpired(replace(entry, expires=min(expires, entry.expires)), now)
+
+    def _unexpired(self, entry: CollateralEntry, now: datetime) -> CollateralEntry:
         if now >= entry.expires and not self.unsafe_allow_expired_collateral:
-            raise AttestationError(f"the {entry.kind} entry {entry.key} expired at {_iso(entry.expires)}")
-        current = self.get(entry.kind, entry.key)
-        if current is not None and current.expires > entry.expires:
-            return []  # what the cache holds lasts longer
-        self.put(entry)
-        return [entry]
+            raise AttestationError(f"the {entry.kind} entry {entry.key[:40]} expired at {_iso(entry.expires)}")
+        return entry
 
     def export_bytes(self) -> bytes:
         """Every entry as one JSON bundle, which ``import_bytes`` reads on another machine."""
