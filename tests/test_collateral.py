@@ -106,6 +106,18 @@ def test_v2_report_falls_through_to_the_next_product(tmp_path, server, milan):
     assert [r.split("/")[3] for r in server.requests] == ["Milan", "Genoa"]
 
 
+def test_product_follows_cpuid_and_needs_a_pinned_root(tmp_path, server, milan):
+    cache = snp_cache(tmp_path, server, milan)
+    with pytest.raises(AttestationError, match="from a Genoa CPU, and no Genoa root is pinned"):
+        cache.snp_certificate(milan.report(patch={0x189: bytes([0x11])}))
+    with pytest.raises(AttestationError, match="CPU family 0x17 model 0x1 is not an SEV-SNP product"):
+        cache.snp_certificate(milan.report(cpuid_family=0x17))
+    turin_only = CollateralCache(tmp_path, clock=Clock(INSIDE), snp_roots=SnpTestHardware.make("Turin").roots)
+    with pytest.raises(AttestationError, match="version 2.*neither root is pinned"):
+        turin_only.snp_certificate(milan.report(version=2))
+    assert server.requests == []
+
+
 def test_turin_url_has_eight_byte_hwid_and_fmc(tmp_path, server):
     turin = SnpTestHardware.make("Turin")
     path = server.serve_vcek("Turin", turin.chip_id, turin.tcb, turin.vcek)

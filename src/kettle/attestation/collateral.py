@@ -186,7 +186,10 @@ def snp_products(report: SnpReport, roots: SnpRoots) -> list[str]:
     is Turin. A version 2 report does not say: Milan and Genoa are tried in turn (Turin
     only produces version 3 and later)."""
     if report.cpuid_family is None:
-        return [p for p in ("Milan", "Genoa") if p in roots]
+        products = [p for p in ("Milan", "Genoa") if p in roots]
+        if not products:
+            raise AttestationError("the report (version 2) is from a Milan or Genoa CPU, and neither root is pinned")
+        return products
     family, model = report.cpuid_family, report.cpuid_model or 0
     product = None
     if family == PRODUCT_FAMILIES["Milan"] and model <= 0x0F:
