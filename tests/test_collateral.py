@@ -163,6 +163,19 @@ def test_kds_down(tmp_path, milan):
         cache.snp_certificate(milan.report())
 
 
+def test_kds_too_slow_or_cut_short(tmp_path, server, milan):
+    path = server.serve_vcek("Milan", milan.chip_id, milan.tcb, milan.vcek)
+    cache = snp_cache(tmp_path, server, milan, timeout=0.3)
+    server.delay.clear()
+    with pytest.raises(AttestationError, match="/vcek/v1/Milan/.* failed: timed out"):
+        cache.snp_certificate(milan.report())
+    server.delay.set()
+    server.routes[path] = Route(200, milan.vcek[:100], {"Content-Length": str(len(milan.vcek))})
+    with pytest.raises(AttestationError, match=r"/vcek/v1/Milan/.* failed: the answer was cut short \(100 of \d+ bytes\)"):
+        cache.snp_certificate(milan.report())
+    assert list(cache.entries()) == []
+
+
 def test_a_vcek_for_another_chip_or_tcb_is_refused_and_not_cached(tmp_path, server, milan):
     other_chip = milan.endorsement("vcek", issuer="ask", hwid=bytes(64))
     path = server.serve_vcek("Milan", milan.chip_id, milan.tcb, other_chip)

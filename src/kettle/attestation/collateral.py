@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -262,7 +263,9 @@ def _pem_chain(text: str, what: str) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(text.encode())
     except ValueError:
-        raise AttestationError(f"the {what} issuer chain is not PEM certificates") from None
+        certs = []
+    if not certs:
+        raise AttestationError(f"the {what} issuer chain is not PEM certificates")
     return certs
 
 
@@ -336,10 +339,16 @@ def check_intel_collateral(
         raise AttestationError("the QE identity signature does not verify")
     pck_crl = _crl(fields["pck_crl"], "PCK CRL")
     root_crl = _crl(fields["root_ca_crl"], "root CA CRL")
-    if not pck_crl.is_signature_valid(pck_chain[0].public_key()):  # type: ignore[arg-type]
-        raise AttestationError("the PCK CRL signature does not verify")
-    if not root_crl.is_signature_valid(root.public_key()):  # type: ignore[arg-type]
-        raise AttestationError("the root CA CRL is not signed by the trusted Intel root")
+    for crl, signer, problem in (
+        (pck_crl, pck_chain[0], "the PCK CRL signature does not verify"),
+        (root_crl, root, "the root CA CRL is not signed by the trusted Intel root"),
+    ):
+        try:
+            valid = crl.is_signature_valid(signer.public_key())  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise AttestationError(problem)
     issuer = pck_crl.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not issuer or ca.lower() not in str(issuer[0].value).lower():
         raise AttestationError(f"the PCK CRL is not the {ca} CA's")
@@ -446,11 +455,14 @@ def _get(url: str, timeout: float) -> _Response:
         exc.close()
         error = _NotFound if exc.code == 404 else AttestationError
         raise error(f"fetching {url} failed: HTTP {exc.code}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc) or exc.__class__.__name__
         raise AttestationError(f"fetching {url} failed: {reason}") from None
     if len(body) > MAX_RESPONSE_BYTES:
         raise AttestationError(f"fetching {url} failed: the answer is larger than {MAX_RESPONSE_BYTES} bytes")
+    stated = headers.get("content-length", "")
+    if stated.isdigit() and int(stated) != len(body):
+        raise AttestationError(f"fetching {url} failed: the answer was cut short ({len(body)} of {stated} bytes)")
     return _Response(url, body, headers)
 
 
