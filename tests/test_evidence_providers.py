@@ -165,13 +165,6 @@ def test_report_data_must_be_64_bytes(tmp_path: Path) -> None:
         assert os.listdir(root) == []
 
 
-def test_sealing_keys_are_refused_not_faked(tmp_path: Path) -> None:
-    with mounted(tmp_path / "tsm", "tsm", "--provider", "tdx_guest") as root, pytest.raises(
-        AttestationError, match="not available yet for the tdx backend"
-    ):
-        ConfigfsTsmProvider(TDX, root).sealing_key("storage")
-
-
 # --- the certificate table ----------------------------------------------------------------
 
 
