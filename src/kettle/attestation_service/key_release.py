@@ -18,6 +18,7 @@ The release root never leaves this process in the clear: on disk it is sealed
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -71,11 +72,21 @@ RATE_LIMIT_WINDOW_SECS = 60.0
 legitimate need, and low enough that nobody can use the endpoint to grind on anything."""
 
 
+def check_name(what: str, value: object) -> str:
+    """A service or purpose name as the release takes it: a short string without NUL (NUL separates fields)."""
+    if not isinstance(value, str):
+        raise InvalidArgument("service and purpose are required strings")
+    if len(value.encode()) > MAX_NAME_BYTES:
+        raise InvalidArgument(f"service and purpose are at most {MAX_NAME_BYTES} bytes")
+    if not value or "\0" in value:
+        raise InvalidArgument(f"{what} must be a non-empty name without NUL characters")
+    return value
+
+
 def released_key(root: bytes, service: str, measurement: bytes, purpose: str) -> bytes:
-    """The sealing key of ``service`` at ``measurement`` for ``purpose``."""
-    for what, value in (("service", service), ("purpose", purpose)):
-        if not value or "\0" in value:
-            raise InvalidArgument(f"{what} must be a non-empty name without NUL characters")
+    """The sealing key of ``service`` at ``measurement`` (a fixed-size digest) for ``purpose``."""
+    check_name("service", service)
+    check_name("purpose", purpose)
     info = RELEASE_DOMAIN + service.encode() + b"\0" + measurement + purpose.encode()
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(root)
 
@@ -128,7 +139,7 @@ class RateLimiter:
             while times and times[0] <= now - self._window:
                 times.popleft()
             if len(times) >= self._limit:
-                retry = int(times[0] + self._window - now) + 1
+                retry = max(1, math.ceil(times[0] + self._window - now))
                 raise ResourceExhausted(
                     f"too many sealing-key requests from {client} ({self._limit} per {int(self._window)} s); "
                     f"retry in {retry} s"
@@ -183,11 +194,8 @@ class KeyRelease:
     def release(self, client: str, peer_certificate: bytes | None, body: dict[str, object]) -> bytes:
         """The key for ``body``'s service and purpose, or a refusal that says why."""
         self._limiter.admit(client)
-        service, purpose = body.get("service"), body.get("purpose")
-        if not isinstance(service, str) or not isinstance(purpose, str):
-            raise InvalidArgument("service and purpose are required strings")
-        if len(service.encode()) > MAX_NAME_BYTES or len(purpose.encode()) > MAX_NAME_BYTES:
-            raise InvalidArgument(f"service and purpose are at most {MAX_NAME_BYTES} bytes")
+        service = check_name("service", body.get("service"))
+        purpose = check_name("purpose", body.get("purpose"))
         if peer_certificate is None:
             raise PermissionDenied(
                 "sealing keys are released only to attested services: present the client certificate "
@@ -208,8 +216,9 @@ class KeyRelease:
             raise PermissionDenied(f"the caller is refused: {verdict.reason}")
         if self._root is None:
             raise Unavailable(f"key release is unavailable: {self._unavailable}")
+        key = released_key(self._root, service, peer.mr_enclave, purpose)
         log.info("released the %r sealing key of %s to measurement %s", purpose, service, peer.mr_enclave.hex())
-        return released_key(self._root, service, peer.mr_enclave, purpose)
+        return key
 
 
 def own_sealing_key(config: Config) -> bytes:
