@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import tee_fs
+from conftest import make_home, reload
 
 from kettle.attestation.providers import SEV_SNP, TDX, ConfigfsTsmProvider, GramineProvider
 from kettle.attestation.sealing import (
@@ -33,8 +34,11 @@ from kettle.attestation.sealing import (
     purpose_key,
     snp_derived_key,
 )
-from kettle.errors import AttestationError, SealingError
+from kettle.config import Config
+from kettle.errors import AttestationError, ConfigError, SealingError
+from kettle.services.runtime import ServiceRuntime
 from kettle.services.storage.sealing import Sealer
+from kettle.services.storage.service import open_store
 
 TESTS = Path(__file__).parent
 MOUNT_DEADLINE_SECS = 30.0
@@ -187,3 +191,39 @@ def test_gramine_without_sealing_keys_is_refused(tmp_path: Path) -> None:
     assert refused.value.reason == (
         f"{root}/keys/_sgx_mrsigner does not exist (Gramine 1.4 or later exposes SGX sealing keys there)"
     )
+
+
+# --- the storage service on SEV-SNP ------------------------------------------------------
+
+
+def test_storage_on_snp_refuses_data_sealed_by_other_code(tmp_path: Path, _auditor_cache: Path) -> None:
+    """Configuration to provider to ioctl to storage: a code update on SNP cannot open the old data."""
+    config = make_home(tmp_path / "home", _auditor_cache)
+    (tmp_path / "tsm").mkdir()
+    settings = config.home / "kettle.toml"
+    simulation = settings.read_text()
+
+    def storage_on(device: Path) -> Config:
+        settings.write_text(simulation.replace('backend = "simulation"', (
+            f'backend = "sev-snp"\nconfigfs_tsm_path = "{tmp_path / "tsm"}"\nsnp_guest_device = "{device}"'
+        )))
+        return reload(config)
+
+    with sev_guest(tmp_path / "v1", MEASUREMENT_A) as device:
+        snp = storage_on(device)
+        store = open_store(snp, ServiceRuntime("storage", snp))
+        store.put("authentication", b"secret/jwt-hs512", b"token-signing secret")
+        store.close()
+    with sev_guest(tmp_path / "v2", MEASUREMENT_B) as device:
+        snp = storage_on(device)
+        with pytest.raises(ConfigError) as refused:
+            open_store(snp, ServiceRuntime("storage", snp))
+    assert refused.value.message.startswith(
+        f"{snp.path(snp.storage.path)} was sealed under another sealing key, so this storage service cannot open it"
+    )
+    assert b"token-signing secret" not in snp.path(snp.storage.path).read_bytes()
+    with sev_guest(tmp_path / "v1-again", MEASUREMENT_A) as device:
+        snp = storage_on(device)
+        store = open_store(snp, ServiceRuntime("storage", snp))
+        assert store.get("authentication", b"secret/jwt-hs512") == b"token-signing secret"
+        store.close()
