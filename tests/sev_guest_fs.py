@@ -10,7 +10,8 @@ mounts a directory holding one file, ``sev-guest``, that answers the ioctl as
 - the request (``struct snp_derived_key_req``, 32 bytes) is read from the caller's
   memory at ``req_data`` and the 64-byte ``MSG_KEY_RSP`` written to ``resp_data``,
   as the driver's ``copy_from_user`` / ``copy_to_user`` do (here through
-  ``/proc/PID/mem`` of the calling process);
+  ``/proc/PID/mem`` of the calling process, which needs ptrace access to it: run
+  as root, as CI does, or with Yama's ``ptrace_scope`` at 0);
 - like the firmware, it answers status 0x16 (invalid parameters) for a root key
   other than VCEK (0) or VMRK (1), non-zero reserved bits, unknown field bits, a
   VMPL below the guest's (``--vmpl``), a guest SVN or TCB above the guest's;

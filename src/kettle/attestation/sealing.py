@@ -213,15 +213,16 @@ class KeyReleaseClient:
     timeout: float = 10.0
 
     def fetch(self, service: str, purpose: str, provider: EvidenceProvider) -> bytes:
-        for attempt in range(self.attempts):
+        attempt = 1
+        while True:
             try:
                 identity = request_certificate(self.service_url, self.as_root, service, provider, 0, self.timeout)
                 return self._release(identity, purpose)
             except Unavailable:
-                if attempt == self.attempts - 1:
+                if attempt >= self.attempts:
                     raise
+                attempt += 1
                 time.sleep(self.delay)
-        raise AssertionError("unreachable")
 
     def _release(self, identity: Identity, purpose: str) -> bytes:
         url = urllib.parse.urlsplit(self.service_url)

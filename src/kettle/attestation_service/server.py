@@ -281,7 +281,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.client_address[0], self.connection.getpeercert(binary_form=True), body
             )
         except (InvalidArgument, PermissionDenied, ResourceExhausted, Unavailable) as exc:
-            log.warning("refused a sealing key to %s: %s", self.client_address[0], exc.message)
+            # Past the rate limit, a flood of requests must not become a flood of log lines.
+            level = logging.DEBUG if isinstance(exc, ResourceExhausted) else logging.WARNING
+            log.log(level, "refused a sealing key to %s: %s", self.client_address[0], exc.message)
             self._error(RELEASE_REFUSAL_STATUS[type(exc)], exc.message)
             return
         self._reply(200, json.dumps({"key": base64.b64encode(key).decode()}).encode())
