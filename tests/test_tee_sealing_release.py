@@ -217,3 +217,26 @@ def test_the_sealed_root_opens_only_with_the_key_that_sealed_it(tmp_path: Path) 
     path.write_bytes(path.read_bytes()[:-1])
     with pytest.raises(AttestationError, match="is not a sealed key-release root"):
         load_or_create_root(path, b"\x01" * 32)
+
+
+def test_the_key_survives_an_as_restart_and_a_broken_root_stops_only_the_release(
+    fresh_platform: Platform, tmp_path: Path
+) -> None:
+    storage = simulated(fresh_platform, "storage")  # the service's backend, made while the platform is whole
+    fresh_platform.start(services=())
+    key = client(fresh_platform).fetch("storage", "storage", storage)
+    fresh_platform.stop()
+    fresh_platform.start(services=())
+    assert client(fresh_platform).fetch("storage", "storage", storage) == key  # the sealed root was reopened
+    fresh_platform.stop()
+    sealed = authority_dir(fresh_platform.home) / ROOT_FILE
+    sealed.write_bytes(sealed.read_bytes()[:-1] + bytes([sealed.read_bytes()[-1] ^ 1]))  # tampered at rest
+    fresh_platform.start(services=())
+    caller = request_certificate(  # certificates are still issued
+        fresh_platform.config.attestation.service_url, fresh_platform.config.as_root_path, "storage", storage, 0
+    )
+    status, body = post(fresh_platform, {"service": "storage", "purpose": "storage"}, tmp_path, caller)
+    assert (status, body["error"]) == (503, (
+        f"key release is unavailable: {sealed} does not open with this attestation service's sealing key "
+        "(sealed by another platform or code identity, or tampered with); keys released before cannot be released again"
+    ))
