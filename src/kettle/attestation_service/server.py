@@ -327,8 +327,8 @@ class AttestationHTTPServer(ThreadingHTTPServer):
     """
 
     daemon_threads = True
-    request_queue_size = 128
-    key_release: KeyRelease | None = None  # connections the kernel holds while the serve loop accepts
+    request_queue_size = 128  # connections the kernel holds while the serve loop accepts
+    key_release: KeyRelease | None = None
 
     def __init__(
         self, address: tuple[str, int], issuer: Issuer, context: ssl.SSLContext, limits: AttestationConfig
