@@ -33,7 +33,6 @@ from kettle.attestation.snp import SnpPolicy, SnpTcb  # noqa: E402
 from kettle.attestation.verifier import Verifier  # noqa: E402
 from kettle.attestation_service.authority import Authority, load_authority  # noqa: E402
 from kettle.attestation_service.issuer import (  # noqa: E402
-    HostSuppliedCollateral,
     IssueRequest,
     Issuer,
     TeePolicy,
@@ -54,7 +53,7 @@ class Collateral:
     dcap: bytes
 
     def snp_certificate(self, report: bytes, supplied: Sequence[SnpCertificate] = ()) -> bytes:
-        return HostSuppliedCollateral().snp_certificate(report, supplied)
+        return next(c.der for c in supplied if c.kind == "vcek")
 
     def dcap_collateral(self, quote: bytes) -> bytes:
         return self.dcap
@@ -191,8 +190,6 @@ def test_snp_minimum_tcb_and_missing_entries(world: World) -> None:
     with pytest.raises(AttestationError, match=r"enclave info lists no sev-snp measurements for management \(no \[teaclave_management_service.sev_snp\]\)"):
         issuer(world).issue(request)
     request, _ = snp_request(world)
-    with pytest.raises(AttestationError, match="the host supplied no VCEK or VLEK"):
-        issuer(world).issue(replace(request, certificates=()))
     with pytest.raises(AttestationError, match="TEE type 'sev_snp' is not supported"):
         issuer(world).issue(replace(request, tee_type="sev_snp"))
 

@@ -68,19 +68,6 @@ class CollateralSource(Protocol):
         ...
 
 
-class HostSuppliedCollateral:
-    """SEV-SNP with the VCEK or VLEK the host supplied in the report's certificate table; nothing else."""
-
-    def snp_certificate(self, report: bytes, supplied: Sequence[SnpCertificate] = ()) -> bytes:
-        for certificate in supplied:
-            if certificate.kind in ("vcek", "vlek"):
-                return certificate.der
-        raise AttestationError("the host supplied no VCEK or VLEK with the SEV-SNP report")
-
-    def dcap_collateral(self, quote: bytes) -> bytes:
-        raise AttestationError("no Intel collateral is available to this attestation service")
-
-
 @dataclass(frozen=True)
 class TeePolicy:
     """How real evidence is judged: vendor policies and the roots (None: the vendors' pinned roots)."""

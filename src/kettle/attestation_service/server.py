@@ -43,12 +43,13 @@ from ..attestation.backends import SIMULATION, SnpCertificate, load_simulation_p
 from ..attestation.build import BuildConfig
 from ..attestation.enclave_info import SIGNATURE_SUFFIX, EnclaveInfo, verify_enclave_info
 from ..attestation.evidence_extension import CERTIFICATE_KINDS
+from ..attestation.collateral import CollateralCache, collateral_cache
 from ..attestation.dcap import DcapPolicy
 from ..attestation.snp import CHAIN_FILE_SUFFIX, SnpPolicy, SnpRoots, SnpTcb, load_snp_roots
 from ..config import AttestationConfig, Config, parse_allowed_tcb_status, parse_snp_minimum_tcb
 from ..errors import AttestationError, ConfigError
 from .authority import authority_dir, load_authority
-from .issuer import HostSuppliedCollateral, IssueRequest, Issuer, TeePolicy
+from .issuer import IssueRequest, Issuer, TeePolicy
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,12 @@ def tee_policy(settings: AttestationConfig) -> TeePolicy:
     return TeePolicy(snp, dcap, snp_roots, intel_root)
 
 
-def build_issuer(config: Config) -> Issuer:
+def build_issuer(config: Config, collateral: CollateralCache | None = None) -> Issuer:
+    """The issuer ``[attestation]`` describes; real evidence takes its collateral from ``collateral``
+    (default: the cache of the settings, under the same roots as the verifiers)."""
+    policy = tee_policy(config.attestation)
+    if collateral is None:
+        collateral = collateral_cache(config, snp_roots=policy.snp_roots, intel_root_der=policy.intel_root_der)
     enclave_info = EnclaveInfoSource(config.enclave_info_path, BuildConfig.path_in(config.home))
     enclave_info()  # refuse to start on unsigned or malformed enclave info
     allow = config.attestation.unsafe_allow_simulation
@@ -170,8 +176,8 @@ def build_issuer(config: Config) -> Issuer:
         domain=config.domain,
         validity=timedelta(seconds=config.attestation.validity_secs),
         issued_log=authority_dir(config.home) / "issued.jsonl",
-        collateral=HostSuppliedCollateral(),
-        tee_policy=tee_policy(config.attestation),
+        collateral=collateral,
+        tee_policy=policy,
     )
 
 
@@ -429,13 +435,17 @@ def tls_context(home: Path) -> ssl.SSLContext:
 
 def serve(config: Config, ready: threading.Event | None = None) -> None:
     """Run the attestation service until interrupted."""
-    issuer = build_issuer(config)
+    policy = tee_policy(config.attestation)
+    collateral = collateral_cache(config, snp_roots=policy.snp_roots, intel_root_der=policy.intel_root_der)
+    issuer = build_issuer(config, collateral)
     host, port = config.attestation.listen_address.rsplit(":", 1)
     server = AttestationHTTPServer((host, int(port)), issuer, tls_context(config.home), config.attestation)
     log.info("attestation service listening on %s (pid %d)", config.attestation.listen_address, os.getpid())
     if ready is not None:
         ready.set()
+    collateral.start_refresh()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
+        collateral.stop()
         server.server_close()
