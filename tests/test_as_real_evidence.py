@@ -290,3 +290,61 @@ def test_evidence_extension_round_trip_long_form() -> None:
     doc = json.loads(carried.to_json())
     assert doc == {"v": 1, "kind": "sev-snp", "evidence": base64.b64encode(b"\x00" * 1184).decode(),
                    "certificates": [{"kind": "vcek", "der": base64.b64encode(b"\x30" * 1300).decode()}]}
+
+
+# --- settings -----------------------------------------------------------------------------
+
+
+def test_tee_policy_from_settings(tmp_path: Path, world: World, caplog: pytest.LogCaptureFixture) -> None:
+    from kettle.attestation_service.server import tee_policy
+    from kettle.config import AttestationConfig
+
+    policy = tee_policy(AttestationConfig(
+        snp_max_vmpl=2, snp_allow_migration_agent=True, snp_minimum_tcb="bootloader=4,tee=0,snp=24,microcode=217",
+        allowed_tcb_status=("SWHardeningNeeded:INTEL-SA-00615",),
+    ))
+    assert policy.snp == SnpPolicy(max_vmpl=2, allow_migration_agent=True, minimum_tcb=SnpTcb(4, 0, 24, 217))
+    assert policy.dcap.allowed == {"SWHardeningNeeded": frozenset({"INTEL-SA-00615"})}
+    assert policy.snp_roots is None and policy.intel_root_der is None
+    world.snp.write_roots(tmp_path)
+    (tmp_path / "intel_sgx_root_ca.der").write_bytes(world.tdx.root_ca_der)
+    with caplog.at_level("WARNING"):
+        policy = tee_policy(AttestationConfig(unsafe_test_roots=str(tmp_path)))
+    assert policy.snp_roots is not None and set(policy.snp_roots) == {"Milan"}
+    assert policy.intel_root_der == world.tdx.root_ca_der
+    assert "UNSAFE: real TEE evidence is verified under TEST roots" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("settings", "reason"),
+    [
+        ("snp_minimum_tcb = 'bootloader=4'", "attestation.snp_minimum_tcb lacks tee, snp, microcode"),
+        ("snp_minimum_tcb = 'bootloader=4,tee=0,snp=24,microcode=x'", "is comma-separated NAME=NUMBER"),
+        ("snp_minimum_tcb = 'bootloader=400,tee=0,snp=24,microcode=1'", "components are 0..255"),
+        ("snp_max_vmpl = 4", "attestation.snp_max_vmpl must be between 0 and 3"),
+        ("allowed_tcb_status = ['Revoked']", "TCB status Revoked can never be accepted"),
+        ("allowed_tcb_status = ['Fine']", "unknown TCB status 'Fine'"),
+        ("allowed_tcb_status = ['OutOfDate:A', 'OutOfDate:B']", "each status once"),
+    ],
+)
+def test_bad_settings_are_refused_at_load(tmp_path: Path, settings: str, reason: str) -> None:
+    from kettle.config import load_config
+    from kettle.errors import ConfigError
+
+    (tmp_path / "kettle.toml").write_text(f"[attestation]\n{settings}\n")
+    with pytest.raises(ConfigError, match=reason):
+        load_config(tmp_path)
+
+
+def test_unsafe_test_roots_must_hold_roots(tmp_path: Path) -> None:
+    from kettle.attestation_service.server import tee_policy
+    from kettle.config import AttestationConfig
+    from kettle.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="is not a folder"):
+        tee_policy(AttestationConfig(unsafe_test_roots=str(tmp_path / "missing")))
+    with pytest.raises(ConfigError, match="holds neither \\*_ask_ark_asvk.pem nor intel_sgx_root_ca.der"):
+        tee_policy(AttestationConfig(unsafe_test_roots=str(tmp_path)))
+    (tmp_path / "milan_ask_ark_asvk.pem").write_text("not pem")
+    with pytest.raises(AttestationError, match="Milan: the AMD chain is not PEM certificates"):
+        tee_policy(AttestationConfig(unsafe_test_roots=str(tmp_path)))

@@ -348,3 +348,24 @@ def test_tdx_outdated_tcb_and_expired_collateral_are_refused(tdx: TeePlatform) -
     reason = _refusal(tdx, "storage", evidence, key, ())
     assert f"no TDX collateral for FMSPC {EXPIRED_FMSPC} (platform CA) is cached" in reason
     assert f"{tdx.pccs.url} served collateral that expired at" in reason  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("certificates", "reason"),
+    [
+        ("vcek", 'certificates must be a list of {"kind": "vcek"|"vlek"|"ask"|"ark", "der": base64}'),
+        ([{"kind": "vcek"}], "certificates must be a list of"),
+        ([{"kind": "pck", "der": ""}], "certificates must be a list of"),
+        ([{"kind": "vcek", "der": "not base64!"}], "certificates must be a list of"),
+        ([{"kind": "ask", "der": "AA=="}] * 5, "at most 4 evidence certificates are accepted"),
+        ([{"kind": "vcek", "der": "MAA="}], "SEV-SNP evidence refused: "),
+    ],
+)
+def test_hostile_certificate_fields_get_a_specific_answer(snp: TeePlatform, certificates: object, reason: str) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    evidence, _ = make_evidence(snp, report_data_for(key.public_key()))
+    body = request_body("storage", SEV_SNP, evidence, key)
+    body["certificates"] = certificates
+    status, answer = snp.post(body)
+    assert status == 400 and str(answer["error"]).startswith(reason), answer
+    assert snp.identity("storage").service == "storage"  # and the service goes on issuing
