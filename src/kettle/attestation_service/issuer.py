@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 
 from ..attestation.backends import SIMULATION, SnpCertificate, verify_simulation_quote
 from ..attestation.certificates import issue_service_certificate, report_data_for
-from ..attestation.dcap import DcapPolicy, examine_dcap_quote, parse_quote
+from ..attestation.dcap import DcapPolicy, SgxReport, examine_dcap_quote, parse_quote
 from ..attestation.enclave_info import EnclaveInfo
 from ..attestation.evidence_extension import EVIDENCE_EXTENSION_OID, CarriedEvidence
 from ..attestation.quote import QuoteBody
@@ -207,9 +207,8 @@ class Issuer:
             if dcap.advisory_ids:
                 fields["advisoryIDs"] = list(dcap.advisory_ids)
             carried = CarriedEvidence(tee_type, evidence)
-            sgx_report = dcap.quote.report
-            isv_prod_id = getattr(sgx_report, "isv_prod_id", 0)
-            isv_svn = getattr(sgx_report, "isv_svn", 0)
+            body = dcap.quote.report
+            isv_prod_id, isv_svn = (body.isv_prod_id, body.isv_svn) if isinstance(body, SgxReport) else (0, 0)
         if policy.unsafe_roots(tee_type):
             log.warning("UNSAFE: %s evidence of %s accepted under test roots (unsafe_test_roots)", tee_type, service)
             fields["kettleUnsafeTestRoots"] = True
@@ -304,10 +303,10 @@ class Issuer:
             )
             for compact in (False, True)
         )
-        self._record(request.service, certificate, quote, evidence_digest)
+        self._record(request.service, request.tee_type, certificate, quote, evidence_digest)
         return Issued(certificate, client_certificate, [self._authority.ca_cert])
 
-    def _record(self, service: str, cert: x509.Certificate, quote: QuoteBody, evidence_digest: str) -> None:
+    def _record(self, service: str, tee_type: str, cert: x509.Certificate, quote: QuoteBody, evidence_digest: str) -> None:
         """Append-only log of every issued certificate, for audit (``spec/attestation.md`` §7.9)."""
         line = json.dumps(
             {
@@ -315,6 +314,7 @@ class Issuer:
                 "service": service,
                 "serial": format(cert.serial_number, "x"),
                 "not_after": cert.not_valid_after_utc.isoformat(),
+                "tee_type": tee_type,
                 "mr_enclave": quote.mr_enclave.hex(),
                 "evidence_sha256": evidence_digest,
             }
