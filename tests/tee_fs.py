@@ -30,10 +30,15 @@ launch measurement ``--measurement HEX`` (SNP: 48 bytes; TDX: MRTD then RTMR0-3,
 bytes). The attestation service verifies them under the kit's roots
 (``unsafe_test_roots``); nothing real ever verifies them.
 
-``python tests/tee_fs.py MOUNTPOINT gramine [--attestation-type dcap]`` mounts
-Gramine's ``/dev/attestation``: ``attestation_type``, ``user_report_data`` (64
-bytes; shorter writes zero-padded, longer ones truncated) and ``quote`` (an SGX
-v3 quote whose report data, at 368, is the current ``user_report_data``).
+``python tests/tee_fs.py MOUNTPOINT gramine [--attestation-type dcap]
+[--mrenclave HEX] [--mrsigner HEX] [--no-keys]`` mounts Gramine's ``/dev/attestation``:
+``attestation_type``, ``user_report_data`` (64 bytes; shorter writes zero-padded,
+longer ones truncated), ``quote`` (an SGX v3 quote whose report data, at 368, is
+the current ``user_report_data``) and ``keys/`` with the SGX sealing keys
+``_sgx_mrenclave`` and ``_sgx_mrsigner``: 16 bytes each, derived (HMAC of an
+emulated CPU secret) from the emulated MRENCLAVE or MRSIGNER alone, as EGETKEY
+derives them from the identity its key policy names. ``--no-keys`` plays a
+Gramine older than 1.4, which has no ``keys/``.
 
 Without a kit, evidence is shaped like the real thing but signed by nothing: the
 providers under test do not verify evidence, the attestation service does. Every file is
@@ -46,14 +51,15 @@ import argparse
 import base64
 import errno
 import hashlib
+import hmac
 import json
-from collections.abc import Callable
-from datetime import datetime
 import stat
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -406,26 +412,44 @@ class TsmReport(_Base):
             return 0
 
 
+SGX_CPU_SECRET = b"emulated SGX CPU secret"
+
+
+def sgx_sealing_key(policy: str, identity: bytes) -> bytes:
+    """The emulated EGETKEY seal key for ``policy`` (``mrenclave`` or ``mrsigner``) and that identity."""
+    return hmac.new(SGX_CPU_SECRET, policy.encode() + b"\0" + identity, hashlib.sha256).digest()[:16]
+
+
 class GramineAttestation(_Base):
     """Gramine's ``/dev/attestation`` (the subset the provider uses)."""
 
     FILES: ClassVar[dict[str, int]] = {"attestation_type": 0o444, "user_report_data": 0o644, "quote": 0o444}
 
-    def __init__(self, attestation_type: str) -> None:
+    def __init__(self, attestation_type: str, mrenclave: bytes, mrsigner: bytes, keys: bool) -> None:
         super().__init__()
         self.attestation_type = attestation_type
         self.user_report_data = bytes(64)
+        self.keys = {
+            "_sgx_mrenclave": sgx_sealing_key("mrenclave", mrenclave),
+            "_sgx_mrsigner": sgx_sealing_key("mrsigner", mrsigner),
+        } if keys else None
 
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
         if path == "/":
             return self._stat(stat.S_IFDIR | 0o755)
         name = path.strip("/")
+        if self.keys is not None and name == "keys":
+            return self._stat(stat.S_IFDIR | 0o755)
+        if self.keys is not None and name.removeprefix("keys/") in self.keys:
+            return self._stat(stat.S_IFREG | 0o444, 16)
         if name not in self.FILES or (name == "quote" and self.attestation_type == "none"):
             raise fuse.FuseOSError(errno.ENOENT)
         return self._stat(stat.S_IFREG | self.FILES[name])
 
     def readdir(self, path: str, fh: Any) -> list[str]:
-        return [".", "..", *self.FILES]
+        if path.strip("/") == "keys" and self.keys is not None:
+            return [".", "..", *self.keys]
+        return [".", "..", *self.FILES, *(["keys"] if self.keys is not None else [])]
 
     def open(self, path: str, fi: Any) -> int:
         self.getattr(path)
@@ -444,6 +468,9 @@ class GramineAttestation(_Base):
                     handle.content = f"{self.attestation_type}\n".encode()
                 elif name == "user_report_data":
                     handle.content = self.user_report_data
+                elif name.startswith("keys/"):
+                    assert self.keys is not None  # open() found the file
+                    handle.content = self.keys[name.removeprefix("keys/")]
                 else:
                     handle.content = sgx_quote(self.user_report_data)
             return handle.content[offset:offset + size]
@@ -481,6 +508,9 @@ def main() -> None:
     parser.add_argument("--test-hardware", default="", help="tsm: sign reports with this kit (save_snp_hardware / save_dcap_roots)")
     parser.add_argument("--measurement", default="", help="tsm with --test-hardware: the launch measurement (hex)")
     parser.add_argument("--attestation-type", default="dcap")
+    parser.add_argument("--mrenclave", default="11" * 32, help="the emulated enclave's MRENCLAVE (hex)")
+    parser.add_argument("--mrsigner", default="22" * 32, help="the emulated enclave's MRSIGNER (hex)")
+    parser.add_argument("--no-keys", action="store_true", help="no keys/ directory (Gramine before 1.4)")
     args = parser.parse_args()
     operations: fuse.Operations
     if args.kind == "tsm":
@@ -491,7 +521,9 @@ def main() -> None:
             auxblob = auxblob or table
         operations = TsmReport(args.provider, args.interfere, args.interfere_same, auxblob, report)
     else:
-        operations = GramineAttestation(args.attestation_type)
+        operations = GramineAttestation(
+            args.attestation_type, bytes.fromhex(args.mrenclave), bytes.fromhex(args.mrsigner), not args.no_keys
+        )
     fuse.FUSE(operations, args.mountpoint, foreground=True, raw_fi=True, nothreads=True,
               attr_timeout=0, entry_timeout=0, negative_timeout=0)
 

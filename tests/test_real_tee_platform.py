@@ -18,13 +18,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from collateral_servers import CollateralServer, Route
-from conftest import make_home
+from conftest import Platform, make_home
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -32,6 +33,7 @@ from cryptography.x509.oid import NameOID
 from dcap_test_roots import SGX_EXTENSION, DcapTestRoots, _certificate, _raw_signature
 from snp_test_roots import SnpTestHardware
 from test_evidence_providers import mounted
+from test_tee_sealing import sev_guest
 from tee_fs import SNP_GUEST_POLICY, save_dcap_roots, save_snp_hardware
 from test_teaclave_sdk_compat import TeaclaveException, sdk_verify_report
 
@@ -45,7 +47,7 @@ from kettle.attestation.providers import SEV_SNP, TDX, ConfigfsTsmProvider
 from kettle.attestation.trust import client_enclave_info
 from kettle.attestation.verifier import Verifier
 from kettle.config import SERVICES, Config, load_config
-from kettle.launcher import Child, spawn, stop_all
+from kettle.launcher import PLATFORM_SERVICES, Child, instances, spawn, start_platform, stop_all
 from kettle.provisioning import publish_enclave_info
 
 EMULATOR = Path(__file__).parent / "tee_fs.py"
@@ -113,6 +115,20 @@ def request_body(service: str, kind: str, evidence: bytes, key: ec.EllipticCurve
     }
 
 
+@contextmanager
+def environment(**values: str) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def tee_home(path: Path, auditor_cache: Path, settings: str) -> Config:
     """A dev home whose attestation settings are ``settings`` (no simulation anywhere)."""
     config = make_home(path, auditor_cache)
@@ -144,12 +160,16 @@ def snp(tmp_path_factory: pytest.TempPathFactory, _auditor_cache: Path) -> Itera
     kds = CollateralServer()
     kds.serve_vcek(hardware.product, hardware.chip_id, hardware.tcb, hardware.vcek)
     with mounted(base / "tsm", "tsm", "--provider", "sev_guest", "--test-hardware", str(base / "kit.json"),
-                 "--measurement", SNP_MEASUREMENT.hex()) as mount:
-        settings = f'backend = "sev-snp"\nconfigfs_tsm_path = "{mount}"\nunsafe_test_roots = "{roots}"\namd_kds_url = "{kds.url}"'
+                 "--measurement", SNP_MEASUREMENT.hex()) as mount, \
+            sev_guest(base / "sev-guest", SNP_MEASUREMENT) as device:
+        settings = (f'backend = "sev-snp"\nconfigfs_tsm_path = "{mount}"\nsnp_guest_device = "{device}"\n'
+                    f'unsafe_test_roots = "{roots}"\namd_kds_url = "{kds.url}"')
         config = tee_home(base / "home", _auditor_cache, settings)
         publish_tee_enclave_info(config, sev_snp=SNP_MEASUREMENT)
         platform = TeePlatform(SEV_SNP, config, mount, snp=hardware, kds=kds)
-        platform.children = [spawn("attestation", config)]
+        # The whole platform: every service attests with evidence from the emulated SNP guest and
+        # seals with its derived key.
+        platform.children = start_platform(config)
         try:
             yield platform
         finally:
@@ -206,14 +226,23 @@ def tdx(tmp_path_factory: pytest.TempPathFactory, _auditor_cache: Path) -> Itera
         pccs.routes[path] = route
     measurement = b"".join(TD_MEASUREMENT).hex()
     with mounted(base / "tsm", "tsm", "--provider", "tdx_guest", "--test-hardware", str(base / "kit.json"),
-                 "--measurement", measurement) as mount:
+                 "--measurement", measurement) as mount, \
+            sev_guest(base / "as-sev-guest", b"\xa5" * 48) as as_device:
         settings = (f'backend = "tdx"\nconfigfs_tsm_path = "{mount}"\nunsafe_test_roots = "{base / "test-roots"}"\n'
                     f'intel_pcs_url = "{pccs.url}"')
         config = tee_home(base / "home", _auditor_cache, settings)
         publish_tee_enclave_info(config, tdx=TD_MEASUREMENT)
         platform = TeePlatform(TDX, config, mount, dcap=roots, pccs=pccs)
-        platform.children = [spawn("attestation", config)]
+        # TDX has no sealing key: storage gets its key from the attestation service's key release,
+        # which seals its own root with an SEV-SNP derived key, so the AS runs on an SNP machine.
+        as_config = base / "attestation.toml"
+        as_config.write_text((config.home / "kettle.toml").read_text().replace(
+            'backend = "tdx"', f'backend = "sev-snp"\nsnp_guest_device = "{as_device}"'))
         try:
+            with environment(KETTLE_CONFIG=str(as_config)):
+                platform.children.append(spawn("attestation", config))
+            for name, service in instances(config, PLATFORM_SERVICES):
+                platform.children.append(spawn(name, config, service))
             yield platform
         finally:
             stop_all(platform.children)
@@ -369,3 +398,75 @@ def test_hostile_certificate_fields_get_a_specific_answer(snp: TeePlatform, cert
     status, answer = snp.post(body)
     assert status == 400 and str(answer["error"]).startswith(reason), answer
     assert snp.identity("storage").service == "storage"  # and the service goes on issuing
+
+
+# --- the whole platform ------------------------------------------------------------------------
+
+MESSAGE = "Hello from a confidential VM"
+
+
+def test_the_sdk_registers_a_function_and_runs_a_task(platform: TeePlatform) -> None:
+    from kettle.model.records import TaskStatus
+    from kettle.sdk import AuthenticationClient, ClientTrust, FrontendClient
+
+    running = Platform(platform.config)
+    trust = ClientTrust.from_config(platform.config)
+    token = AuthenticationClient(running.auth_address, trust).user_login("admin", "teaclave")
+    client = FrontendClient(running.frontend_address, trust, "admin", token)
+    try:
+        function_id = client.register_function("builtin-echo", arguments=["message"])
+        task_id = client.create_task(function_id, {"message": MESSAGE})
+        client.invoke_task(task_id)
+        task = client.wait_task(task_id, timeout=60)
+    finally:
+        client.close()
+    assert task.status == TaskStatus.FINISHED and task.result.return_value == MESSAGE.encode()  # type: ignore[union-attr]
+
+
+def test_the_cli_verifies_and_runs_a_task(platform: TeePlatform) -> None:
+    running = Platform(platform.config)
+    attest = running.kettle("attest", running.frontend_address)
+    assert attest.returncode == 0 and "verified" in attest.stdout and platform.kind in attest.stdout, attest.stdout + attest.stderr
+
+    def ok(*args: str) -> str:
+        result = running.kettle(*args, env={"KETTLE_PASSWORD": "teaclave"})
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    ok("user", "login", "admin")
+    function_id = json.loads(ok("function", "register", "--name", "builtin-echo", "--executor-type", "builtin",
+                                "--argument", "message", "--json"))["function_id"]
+    task_id = json.loads(ok("task", "create", function_id, "--args", json.dumps({"message": MESSAGE}), "--json"))["task_id"]
+    ok("task", "invoke", task_id)
+    assert ok("task", "wait", task_id, "--timeout", "60") == MESSAGE + "\n"
+
+
+def test_a_teaclave_sdk_client_runs_a_task(platform: TeePlatform, tmp_path: Path) -> None:
+    """Teaclave's Python SDK flow (its attestation, its gRPC stack, no Kettle import) against the platform."""
+    from test_teaclave_sdk_compat import generate_sdk_stubs
+
+    running = Platform(platform.config)
+    stubs = tmp_path / "stubs"
+    generate_sdk_stubs(stubs)
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "test_teaclave_sdk_frontend.py"), str(stubs), running.auth_address,
+         running.frontend_address, str(platform.config.as_root_path), str(platform.config.enclave_info_path)],
+        capture_output=True, text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "SGX_MODE"}, cwd=tmp_path,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["kettle_imported"] is False and out["return_value"] == "Hello, Teaclave!" and out["task"]["status"] == 10
+
+
+def test_a_client_pinning_vendor_roots_refuses_the_platform(platform: TeePlatform) -> None:
+    from kettle.errors import AttestationError
+    from kettle.sdk import ClientTrust
+    from kettle.sdk.attested import verify_endpoint
+
+    running = Platform(platform.config)
+    vendor_pinned = ClientTrust.from_files(platform.config.as_root_path, platform.config.enclave_info_path)
+    with pytest.raises(AttestationError, match="verified under TEST hardware roots"):
+        verify_endpoint(running.frontend_address, "frontend", vendor_pinned)
+    allowing = ClientTrust.from_files(platform.config.as_root_path, platform.config.enclave_info_path,
+                                      unsafe_allow_test_roots=True)
+    assert verify_endpoint(running.frontend_address, "frontend", allowing).peer.tee_type == platform.kind

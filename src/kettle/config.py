@@ -85,6 +85,8 @@ class AttestationConfig:
     """Where Gramine's attestation pseudo-files are (``gramine-sgx``)."""
     snp_privlevel: int = -1
     """The VMPL an SNP report is requested at (0..3); unset (-1) leaves the kernel's default."""
+    snp_guest_device: str = "/dev/sev-guest"
+    """The sev-guest driver's device, whose SNP_GET_DERIVED_KEY ioctl gives ``sev-snp`` sealing keys."""
     service_url: str = f"https://localhost:{ATTESTATION_SERVICE_PORT}"
     listen_address: str = f"127.0.0.1:{ATTESTATION_SERVICE_PORT}"
     validity_secs: int = 3600

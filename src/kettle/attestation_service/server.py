@@ -1,6 +1,6 @@
 """The attestation service's HTTPS endpoint.
 
-Two calls:
+Its calls:
 
 * ``POST /kettle/v1/certificate`` — Kettle's issuance: ``{"service", "csr", "tee_type",
   "evidence"}`` (CSR in PEM, evidence in base64) and optionally ``"certificates":
@@ -8,6 +8,9 @@ Two calls:
   host supplied with the report) → ``{"certificate_chain": PEM,
   "client_certificate_chain": PEM}`` (the server certificate and its compact
   client-authentication twin for the same key).
+* ``POST /kettle/v1/sealing-key`` — a sealing key for a TEE without one (TDX), released to a
+  caller that presents the client certificate this service issued it: ``{"service", "purpose"}``
+  → ``{"key": base64}`` (:mod:`.key_release`).
 * ``POST /sgx/dev/attestation/v4/report`` — the Teaclave DCAP reference AS's report
   call (``spec/attestation.md`` §2.4): ``{"isvEnclaveQuote": base64}`` → the report
   JSON with ``X-DCAPReport-Signature`` and ``X-DCAPReport-Signing-Certificate``.
@@ -42,19 +45,28 @@ from cryptography.hazmat.primitives import serialization
 from ..attestation.backends import SIMULATION, SnpCertificate, load_simulation_platform_key
 from ..attestation.build import BuildConfig
 from ..attestation.enclave_info import SIGNATURE_SUFFIX, EnclaveInfo, verify_enclave_info
-from ..attestation.evidence_extension import CERTIFICATE_KINDS
 from ..attestation.collateral import CollateralCache, collateral_cache
 from ..attestation.dcap import DcapPolicy
+from ..attestation.evidence_extension import CERTIFICATE_KINDS
 from ..attestation.snp import CHAIN_FILE_SUFFIX, SnpPolicy, SnpRoots, SnpTcb, load_snp_roots
 from ..config import AttestationConfig, Config, parse_allowed_tcb_status, parse_snp_minimum_tcb
-from ..errors import AttestationError, ConfigError
+from ..errors import (
+    AttestationError,
+    ConfigError,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
 from .authority import authority_dir, load_authority
 from .issuer import IssueRequest, Issuer, TeePolicy
+from .key_release import RELEASE_PATH, KeyRelease, build_key_release
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 64 * 1024
 REFUSAL_LOG_INTERVAL_SECS = 10.0
+RELEASE_REFUSAL_STATUS = {InvalidArgument: 400, PermissionDenied: 403, ResourceExhausted: 429, Unavailable: 503}
 
 
 class EnclaveInfoSource:
@@ -270,6 +282,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._certificate()
             elif self.path == "/sgx/dev/attestation/v4/report":
                 self._teaclave_report()
+            elif self.path == RELEASE_PATH:
+                self._sealing_key()
             else:
                 self._error(404, "no such endpoint")
         except AttestationError as exc:
@@ -308,6 +322,26 @@ class _Handler(BaseHTTPRequestHandler):
                 }
             ).encode(),
         )
+
+    def _sealing_key(self) -> None:
+        body = self._json_body()
+        if body is None:
+            return
+        if self.server.key_release is None:
+            self._error(503, "key release is not configured on this attestation service")
+            return
+        assert isinstance(self.connection, ssl.SSLSocket)
+        try:
+            key = self.server.key_release.release(
+                self.client_address[0], self.connection.getpeercert(binary_form=True), body
+            )
+        except (InvalidArgument, PermissionDenied, ResourceExhausted, Unavailable) as exc:
+            # Past the rate limit, a flood of requests must not become a flood of log lines.
+            level = logging.DEBUG if isinstance(exc, ResourceExhausted) else logging.WARNING
+            log.log(level, "refused a sealing key to %s: %s", self.client_address[0], exc.message)
+            self._error(RELEASE_REFUSAL_STATUS[type(exc)], exc.message)
+            return
+        self._reply(200, json.dumps({"key": base64.b64encode(key).decode()}).encode())
 
     def _teaclave_report(self) -> None:
         body = self._json_body()
@@ -366,6 +400,7 @@ class AttestationHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     request_queue_size = 128  # connections the kernel holds while the serve loop accepts
+    key_release: KeyRelease | None = None
 
     def __init__(
         self, address: tuple[str, int], issuer: Issuer, context: ssl.SSLContext, limits: AttestationConfig
@@ -430,6 +465,10 @@ def tls_context(home: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(directory / "tls_chain.pem", directory / "tls.key.pem")
+    # Only the sealing-key release needs the caller's attested certificate: ask for one,
+    # verify it under the AS root when given, and let the endpoints decide.
+    context.verify_mode = ssl.CERT_OPTIONAL
+    context.load_verify_locations(directory / "root.pem")
     return context
 
 
@@ -440,6 +479,10 @@ def serve(config: Config, ready: threading.Event | None = None) -> None:
     issuer = build_issuer(config, collateral)
     host, port = config.attestation.listen_address.rsplit(":", 1)
     server = AttestationHTTPServer((host, int(port)), issuer, tls_context(config.home), config.attestation)
+    server.key_release = build_key_release(
+        config, EnclaveInfoSource(config.enclave_info_path, BuildConfig.path_in(config.home)),
+        load_authority(config.home).root,
+    )
     log.info("attestation service listening on %s (pid %d)", config.attestation.listen_address, os.getpid())
     if ready is not None:
         ready.set()
