@@ -3,8 +3,10 @@
 services obtain certificates with evidence their configfs-tsm provider reads from a FUSE
 emulation that signs it (``tests/tee_fs.py --test-hardware``).
 
-One attestation service per backend is started and reused; the refusals post crafted evidence
-to its HTTPS endpoint directly, as a hostile host would.
+One whole platform per backend is started and reused (on ``tdx`` the attestation service runs
+with the ``sev-snp`` backend: it seals its key-release root, and TDX has no sealing key). Kettle's
+SDK, the CLI and Teaclave's SDK run a task on each; the refusals post crafted evidence to the
+attestation service's HTTPS endpoint directly, as a hostile host would.
 """
 
 from __future__ import annotations
