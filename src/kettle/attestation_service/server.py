@@ -169,10 +169,12 @@ def tee_policy(settings: AttestationConfig) -> TeePolicy:
     return TeePolicy(snp, dcap, snp_roots, intel_root)
 
 
-def build_issuer(config: Config, collateral: CollateralCache | None = None) -> Issuer:
+def build_issuer(
+    config: Config, collateral: CollateralCache | None = None, policy: TeePolicy | None = None
+) -> Issuer:
     """The issuer ``[attestation]`` describes; real evidence takes its collateral from ``collateral``
     (default: the cache of the settings, under the same roots as the verifiers)."""
-    policy = tee_policy(config.attestation)
+    policy = policy or tee_policy(config.attestation)
     if collateral is None:
         collateral = collateral_cache(config, snp_roots=policy.snp_roots, intel_root_der=policy.intel_root_der)
     enclave_info = EnclaveInfoSource(config.enclave_info_path, BuildConfig.path_in(config.home))
@@ -476,7 +478,7 @@ def serve(config: Config, ready: threading.Event | None = None) -> None:
     """Run the attestation service until interrupted."""
     policy = tee_policy(config.attestation)
     collateral = collateral_cache(config, snp_roots=policy.snp_roots, intel_root_der=policy.intel_root_der)
-    issuer = build_issuer(config, collateral)
+    issuer = build_issuer(config, collateral, policy)
     host, port = config.attestation.listen_address.rsplit(":", 1)
     server = AttestationHTTPServer((host, int(port)), issuer, tls_context(config.home), config.attestation)
     server.key_release = build_key_release(
