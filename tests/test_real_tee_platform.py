@@ -18,7 +18,6 @@ import os
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -52,8 +51,6 @@ from kettle.config import SERVICES, Config, load_config
 from kettle.launcher import PLATFORM_SERVICES, Child, instances, spawn, start_platform, stop_all
 from kettle.provisioning import publish_enclave_info
 
-EMULATOR = Path(__file__).parent / "tee_fs.py"
-MOUNT_DEADLINE_SECS = 30.0
 SNP_MEASUREMENT = bytes.fromhex("5e" * 48)
 TD_MEASUREMENT = tuple(bytes([0x70 + i]) * 48 for i in range(5))
 
@@ -88,7 +85,7 @@ class TeePlatform:
         )
 
     def post(self, body: dict[str, object]) -> tuple[int, dict[str, object]]:
-        host, port = self.config.attestation.listen_address.rsplit(":", 1)
+        port = self.config.attestation.listen_address.rsplit(":", 1)[1]
         context = ssl.create_default_context(cafile=str(self.config.as_root_path))
         connection = http.client.HTTPSConnection("localhost", int(port), context=context, timeout=30)
         try:
@@ -315,7 +312,7 @@ def test_a_client_pinning_the_vendor_roots_refuses_it(platform: TeePlatform) -> 
 
 def test_an_old_client_request_without_certificates_still_works(platform: TeePlatform) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    evidence, certificates = make_evidence(platform, report_data_for(key.public_key()))
+    evidence, _ = make_evidence(platform, report_data_for(key.public_key()))
     body = request_body("management", platform.kind, evidence, key)
     del body["certificates"]
     status, answer = platform.post(body)
