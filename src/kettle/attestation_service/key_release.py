@@ -155,6 +155,7 @@ class VerifierPolicy:
     accepted_statuses: tuple[str, ...]
     max_report_age: timedelta
     clock_skew: timedelta
+    unsafe_allow_test_roots: bool = False
 
 
 class KeyRelease:
@@ -184,6 +185,7 @@ class KeyRelease:
             verifier = Verifier(
                 self._as_root, info,
                 unsafe_allow_simulation=self._policy.unsafe_allow_simulation,
+                unsafe_allow_test_roots=self._policy.unsafe_allow_test_roots,
                 accepted_statuses=self._policy.accepted_statuses,
                 max_report_age=self._policy.max_report_age,
                 clock_skew=self._policy.clock_skew,
@@ -243,6 +245,8 @@ def build_key_release(config: Config, enclave_info: Callable[[], EnclaveInfo], a
         accepted_statuses=settings.accepted_statuses,
         max_report_age=timedelta(seconds=settings.validity_secs),
         clock_skew=timedelta(seconds=settings.clock_skew_secs),
+        # Callers attested under the AS's own test roots are judged as every service judges them.
+        unsafe_allow_test_roots=bool(settings.unsafe_test_roots),
     )
     root: bytes | None = None
     unavailable = ""

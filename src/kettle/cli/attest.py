@@ -325,22 +325,47 @@ def _parse_time(text: str | None) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)  # a time without a zone is UTC
 
 
-def _signed_measurements(path: Path) -> list[tuple[bytes, bytes]]:
-    """(mr_enclave, mr_signer) of every service in auditor-signed enclave info (every key beside it must sign)."""
+def _measurement_check(kind: str, evidence: Any, path: Path) -> Any:
+    """The measurement check against auditor-signed enclave info (every auditor key beside it must
+    have signed): which services list the evidence's measurement, in their entries of its kind."""
+    from ..attestation.dcap import DcapMeasurements
+    from ..attestation.enclave_info import KIND_TABLES
     from ..attestation.trust import client_enclave_info
+    from ..attestation.verifier import Check
 
     info = client_enclave_info(path)
-    return [(m.mr_enclave, m.mr_signer) for m in info.services.values()]
+    candidates: dict[str, Any] = {}
+    for service, m in sorted(info.services.items()):
+        if kind == "sev-snp" and m.tee is not None and m.tee.sev_snp is not None:
+            candidates[service] = m.tee.sev_snp
+        elif kind == "tdx" and m.tee is not None and m.tee.tdx is not None:
+            candidates[service] = m.tee.dcap("tdx")
+        elif kind == "sgx" and m.tee is not None and m.tee.sgx is not None:
+            candidates[service] = m.tee.dcap("sgx")
+        elif kind == "sgx" and m.tee is None:  # a Teaclave-style table: its pair is the enclave's own
+            candidates[service] = DcapMeasurements(mr_enclave=frozenset({m.mr_enclave}), mr_signer=frozenset({m.mr_signer}))
+    if not candidates:
+        table = KIND_TABLES[kind]
+        raise KettleError(f"enclave info lists no {kind} measurements (no [teaclave_<service>_service.{table}] table)")
+    if kind == "sev-snp":
+        measurement = evidence.measurement
+        matched = [s for s, accepted in candidates.items() if measurement in accepted]
+        if matched:
+            return Check("measurement", True, f"{measurement.hex()}, listed for {', '.join(matched)}")
+        return Check("measurement", False, f"measurement {measurement.hex()} is not listed for any service in enclave info")
+    problems = {s: accepted.problem(evidence) for s, accepted in candidates.items()}
+    matched = [s for s, (why, _) in problems.items() if why is None]
+    if matched:
+        return Check("measurement", True, f"{problems[matched[0]][1]}, listed for {', '.join(matched)}")
+    return Check("measurement", False, next(iter(problems.values()))[0])
 
 
 def _examine_snp(report: bytes, certificate: bytes, when: datetime, enclave_info: Path | None) -> tuple[Any, dict[str, Any]]:
     from ..attestation.snp import examine_snp_report, parse_snp_report
 
-    if enclave_info is not None:
-        # Enclave info lists each service's 32-byte SGX-shaped measurement; an SNP launch
-        # measurement is 48 bytes, and enclave info has no entries of that kind yet.
-        raise KettleError("enclave info lists no SEV-SNP measurements; verify without --enclave-info")
     verdict = examine_snp_report(report, certificate=certificate, at=when)
+    if enclave_info is not None and verdict.report is not None:
+        verdict.checks.append(_measurement_check("sev-snp", verdict.report, enclave_info))
     subject: dict[str, Any] = {}
     if verdict.report is not None:
         parsed = parse_snp_report(report)
@@ -352,20 +377,15 @@ def _examine_snp(report: bytes, certificate: bytes, when: datetime, enclave_info
 
 def _examine_dcap(quote: bytes, kind: str, collateral: bytes, when: datetime, allow_status: list[str],
                   enclave_info: Path | None) -> tuple[Any, dict[str, Any]]:
-    from ..attestation.dcap import DcapMeasurements, DcapPolicy, examine_dcap_quote
+    from ..attestation.dcap import DcapPolicy, examine_dcap_quote
 
     allowed: dict[str, frozenset[str]] = {}
     for entry in allow_status:
         status, _, advisories = entry.partition(":")
         allowed[status] = frozenset(a for a in advisories.split(",") if a)
-    measurements = None
-    if enclave_info is not None:
-        if kind == "tdx":
-            raise KettleError("enclave info lists no TDX measurements (MRTD, RTMRs); verify without --enclave-info")
-        pairs = _signed_measurements(enclave_info)
-        measurements = DcapMeasurements(mr_enclave=frozenset(e for e, _ in pairs), mr_signer=frozenset(s for _, s in pairs))
-    verdict = examine_dcap_quote(quote, collateral=collateral, at=when, policy=DcapPolicy(allowed=allowed),
-                                 measurements=measurements)
+    verdict = examine_dcap_quote(quote, collateral=collateral, at=when, policy=DcapPolicy(allowed=allowed))
+    if enclave_info is not None and verdict.quote is not None and verdict.quote.kind == kind:
+        verdict.checks.append(_measurement_check(kind, verdict.quote, enclave_info))
     subject: dict[str, Any] = {}
     if verdict.quote is not None:
         if verdict.quote.kind != kind:

@@ -123,6 +123,7 @@ class ClientTrust:
         *,
         auditor_threshold: int = 0,
         unsafe_allow_simulation: bool = False,
+        unsafe_allow_test_roots: bool = False,
         accepted_statuses: tuple[str, ...] = ("OK",),
         max_report_age: timedelta = timedelta(hours=1),
         verify_hardware: bool = False,
@@ -136,6 +137,7 @@ class ClientTrust:
             load_as_root(as_root_path),
             info,
             unsafe_allow_simulation=unsafe_allow_simulation,
+            unsafe_allow_test_roots=unsafe_allow_test_roots,
             accepted_statuses=accepted_statuses,
             max_report_age=max_report_age,
         )
@@ -156,6 +158,7 @@ class ClientTrust:
             config.enclave_info_path,
             auditor_threshold=config.audit.threshold,
             unsafe_allow_simulation=config.attestation.unsafe_allow_simulation,
+            unsafe_allow_test_roots=bool(config.attestation.unsafe_test_roots),
             accepted_statuses=config.attestation.accepted_statuses,
             max_report_age=timedelta(seconds=config.attestation.validity_secs),
             verify_hardware=verify_hardware,
