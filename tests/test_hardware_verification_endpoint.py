@@ -39,12 +39,7 @@ from kettle.attestation.verifier import Verifier
 from kettle.cli.main import app
 from kettle.errors import AttestationError, ConfigError
 from kettle.provisioning import publish_enclave_info
-from kettle.sdk.attested import (
-    ClientTrust,
-    HardwareTrust,
-    load_test_roots,
-    verify_endpoint,
-)
+from kettle.sdk.attested import ClientTrust, HardwareTrust, verify_endpoint
 
 MEASUREMENT = bytes(range(48))
 
@@ -188,8 +183,8 @@ def test_sdk_verifies_the_hardware_and_pins_the_verified_certificate(
 def test_hardware_trust_needs_verify_hardware_and_real_test_roots(home: AttestedHome, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="verify_hardware is off"):
         trust(home, hardware=HardwareTrust())
-    with pytest.raises(ConfigError, match="holds no test roots"):
-        load_test_roots(tmp_path)
+    with pytest.raises(ConfigError, match="holds neither"):
+        HardwareTrust.for_config(home.config, unsafe_test_roots=tmp_path)
 
 
 def test_test_roots_are_loud(home: AttestedHome, roots: Path, caplog: pytest.LogCaptureFixture) -> None:

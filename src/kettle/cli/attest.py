@@ -196,8 +196,10 @@ def _hardware_trust(collateral: Path | None, vcek: Path | None, allow_status: li
     if collateral is not None or vcek is not None:
         source = FixedCollateral(dcap=collateral.read_bytes() if collateral else None,
                                  snp=vcek.read_bytes() if vcek else None)
+    # --allow-status replaces the home's allowed_tcb_status; without it the home's setting holds.
+    dcap_policy = DcapPolicy(allowed=_allowed_statuses(allow_status)) if allow_status else None
     return HardwareTrust.for_config(load_config(), unsafe_test_roots=unsafe_test_roots, collateral=source,
-                                    dcap_policy=DcapPolicy(allowed=_allowed_statuses(allow_status)))
+                                    dcap_policy=dcap_policy)
 
 
 def _attest_local(as_json: bool) -> None:

@@ -38,7 +38,7 @@ from ..attestation.hardware import (
     HardwareVerdict,
     examine_hardware,
 )
-from ..attestation.snp import CHAIN_FILE_SUFFIX, SnpPolicy, SnpRoots, load_snp_roots
+from ..attestation.snp import SnpPolicy, SnpRoots
 from ..attestation.trust import client_enclave_info, load_as_root
 from ..attestation.verifier import AttestedPeer, Verdict, Verifier
 from ..config import Config, load_config
@@ -46,23 +46,8 @@ from ..errors import AttestationError, ConfigError, Unavailable
 from ..rpc.channel import channel_options
 
 HANDSHAKE_TIMEOUT_SECS = 10.0
-# The file name of Intel's root in a test-roots folder, as it ships under vendor_roots/intel.
-INTEL_ROOT_FILE = "intel_sgx_root_ca.der"
 
 log = logging.getLogger(__name__)
-
-
-def load_test_roots(folder: Path) -> tuple[SnpRoots | None, bytes | None]:
-    """Test hardware roots instead of the vendors' (``unsafe_test_roots``): AMD's
-    ``<product>_ask_ark_asvk.pem`` form and/or Intel's root as ``intel_sgx_root_ca.der``;
-    a kind without test roots keeps its vendor's. Evidence they accept proves nothing
-    about real hardware: for tests and test platforms only."""
-    has_snp = any(folder.glob(f"*{CHAIN_FILE_SUFFIX}"))
-    intel = folder / INTEL_ROOT_FILE
-    if not has_snp and not intel.is_file():
-        raise ConfigError(f"{folder} holds no test roots (*{CHAIN_FILE_SUFFIX} or {INTEL_ROOT_FILE})")
-    log.warning("UNSAFE: hardware evidence is verified under test roots from %s, not AMD's and Intel's", folder)
-    return (load_snp_roots(folder) if has_snp else None), (intel.read_bytes() if intel.is_file() else None)
 
 
 @dataclass(frozen=True)
@@ -84,18 +69,25 @@ class HardwareTrust:
         *,
         unsafe_test_roots: Path | None = None,
         collateral: CollateralSource | None = None,
-        snp_policy: SnpPolicy = STRICT_SNP_POLICY,
-        dcap_policy: DcapPolicy = STRICT_DCAP_POLICY,
+        snp_policy: SnpPolicy | None = None,
+        dcap_policy: DcapPolicy | None = None,
     ) -> HardwareTrust:
-        """The vendor roots (or test roots) and, unless ``collateral`` is given, the Kettle
-        home's collateral cache (``[attestation] collateral_dir``, fetching from AMD KDS and
-        Intel PCS unless ``collateral_offline``), whose fetched items verify under the same roots."""
-        snp_roots, intel_root_der = load_test_roots(unsafe_test_roots) if unsafe_test_roots else (None, None)
-        if collateral is None:
-            from ..attestation.collateral import collateral_cache
+        """The home's ``[attestation]`` judgement of real evidence (its SNP and DCAP policy
+        settings, and its ``unsafe_test_roots`` if set: the vendor roots otherwise) and, unless
+        ``collateral`` is given, its collateral cache, whose fetched items verify under the
+        same roots. ``unsafe_test_roots``, ``snp_policy`` and ``dcap_policy`` override the home's."""
+        from ..attestation.collateral import collateral_cache
+        from ..attestation_service.server import load_test_roots, tee_policy
 
+        policy = tee_policy(config.attestation)
+        snp_roots, intel_root_der = policy.snp_roots, policy.intel_root_der
+        if unsafe_test_roots is not None:
+            snp_roots, intel_root_der = load_test_roots(unsafe_test_roots)
+        if snp_roots is not None or intel_root_der is not None:
+            log.warning("UNSAFE: hardware evidence is verified under test roots, not AMD's and Intel's")
+        if collateral is None:
             collateral = collateral_cache(config, snp_roots=snp_roots, intel_root_der=intel_root_der)
-        return cls(snp_roots, intel_root_der, collateral, snp_policy, dcap_policy)
+        return cls(snp_roots, intel_root_der, collateral, snp_policy or policy.snp, dcap_policy or policy.dcap)
 
     def examine(self, cert: x509.Certificate, enclave_info: EnclaveInfo, service: str, at: datetime) -> HardwareVerdict:
         return examine_hardware(
