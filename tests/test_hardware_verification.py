@@ -30,6 +30,7 @@ from kettle.attestation.enclave_info import (
     TeeMeasurements,
     tee_digest,
 )
+from kettle.attestation.evidence_extension import CarriedEvidence
 from kettle.attestation.hardware import (
     EVIDENCE_EXTENSION_OID,
     MAX_EXTENSION_BYTES,
@@ -37,7 +38,6 @@ from kettle.attestation.hardware import (
     FixedCollateral,
     HardwareVerdict,
     RawEvidence,
-    der_octet_string,
     examine_hardware,
     parse_evidence_extension,
     parse_evidence_value,
@@ -46,6 +46,7 @@ from kettle.attestation.snp import SnpPolicy, parse_snp_report
 from kettle.errors import AttestationError
 
 SNP_VECTORS = Path(__file__).parent / "data" / "tee" / "snp"
+SNP_VCEK = (SNP_VECTORS / "test-vcek.der").read_bytes()
 MEASUREMENT = bytes(range(48))
 TD = (b"\x31" * 48, b"\x32" * 48, b"\x33" * 48, b"\x34" * 48, b"\x35" * 48)
 MR_ENCLAVE, MR_SIGNER = b"\x41" * 32, b"\x42" * 32
@@ -114,7 +115,7 @@ def snp_certificate(milan: SnpTestHardware, key: ec.EllipticCurvePrivateKey, **r
     report.setdefault("measurement", MEASUREMENT)
     # The ASK travels too, as a host supplies it; only the pinned roots are trusted.
     ask = milan.chain.ask.public_bytes(serialization.Encoding.DER)
-    raw = RawEvidence("sev-snp", milan.report(**report), (SnpCertificate("vcek", milan.vcek), SnpCertificate("ask", ask)))
+    raw = CarriedEvidence("sev-snp", milan.report(**report), (SnpCertificate("vcek", milan.vcek), SnpCertificate("ask", ask)))
     return service_certificate(key, raw.to_extension_value())
 
 
@@ -188,7 +189,7 @@ def test_real_amd_report_verifies_under_amds_roots_but_binds_another_key() -> No
     """AMD's real report and VCEK, carried in a certificate: the chain to AMD's shipped roots and
     the signature verify, but its report data is not this certificate's key, so it is refused."""
     report = (SNP_VECTORS / "test-report.bin").read_bytes()
-    raw = RawEvidence("sev-snp", report, (SnpCertificate("vcek", (SNP_VECTORS / "test-vcek.der").read_bytes()),))
+    raw = CarriedEvidence("sev-snp", report, (SnpCertificate("vcek", (SNP_VECTORS / "test-vcek.der").read_bytes()),))
     cert = service_certificate(ec.generate_private_key(ec.SECP256R1()), raw.to_extension_value())
     info = listing(TeeMeasurements(sev_snp=frozenset({parse_snp_report(report).measurement})))
     at = datetime(2025, 6, 1, tzinfo=UTC)
@@ -199,7 +200,7 @@ def test_real_amd_report_verifies_under_amds_roots_but_binds_another_key() -> No
 
 def test_snp_vcek_not_carried_comes_from_the_collateral_source(milan: SnpTestHardware) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    raw = RawEvidence("sev-snp", milan.report(report_data=binding(key), measurement=MEASUREMENT))
+    raw = CarriedEvidence("sev-snp", milan.report(report_data=binding(key), measurement=MEASUREMENT))
     cert = service_certificate(key, raw.to_extension_value())
     missing = examine_snp(cert, milan)
     assert failed(missing) == ["collateral"]
@@ -212,7 +213,7 @@ def test_snp_evidence_signed_by_another_chip_is_refused(milan: SnpTestHardware) 
     other = SnpTestHardware.make("Milan")
     key = ec.generate_private_key(ec.SECP256R1())
     forged = other.report(report_data=binding(key), measurement=MEASUREMENT)
-    raw = RawEvidence("sev-snp", forged, (SnpCertificate("vcek", milan.vcek),))
+    raw = CarriedEvidence("sev-snp", forged, (SnpCertificate("vcek", milan.vcek),))
     verdict = examine_snp(service_certificate(key, raw.to_extension_value()), milan)
     assert not verdict.ok
     assert failed(verdict) == ["report signature"]
@@ -224,7 +225,7 @@ def test_snp_evidence_signed_by_another_chip_is_refused(milan: SnpTestHardware) 
 def test_tdx_quote_bound_to_the_certificate_key_verifies_under_its_root(tdx_roots: DcapTestRoots) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     quote = tdx_roots.tdx_quote(report_data=binding(key), mr_td=TD[0], rtmrs=TD[1:])
-    cert = service_certificate(key, RawEvidence("tdx", quote).to_extension_value())
+    cert = service_certificate(key, CarriedEvidence("tdx", quote).to_extension_value())
     verdict = examine_hardware(cert, enclave_info=TDX_ONLY, service="frontend", at=NOW,
                                intel_root_der=tdx_roots.root_ca_der, collateral=collateral_of(tdx_roots))
     assert verdict.ok, verdict.reason
@@ -244,7 +245,7 @@ def test_tdx_quote_bound_to_the_certificate_key_verifies_under_its_root(tdx_root
 def test_tdx_quote_for_another_key_and_without_collateral_are_refused(tdx_roots: DcapTestRoots) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     quote = tdx_roots.tdx_quote(report_data=binding(ec.generate_private_key(ec.SECP256R1())), mr_td=TD[0], rtmrs=TD[1:])
-    cert = service_certificate(key, RawEvidence("tdx", quote).to_extension_value())
+    cert = service_certificate(key, CarriedEvidence("tdx", quote).to_extension_value())
     verdict = examine_hardware(cert, enclave_info=TDX_ONLY, service="frontend", at=NOW,
                                intel_root_der=tdx_roots.root_ca_der, collateral=collateral_of(tdx_roots))
     assert failed(verdict) == ["report data"]
@@ -265,15 +266,15 @@ def test_sgx_quote_under_the_wrong_kind_is_refused(sgx_roots: DcapTestRoots) -> 
     policy = DcapPolicy(allowed={"ConfigurationAndSWHardeningNeeded": frozenset({"INTEL-SA-00289", "INTEL-SA-00615"})})
     kwargs = {"service": "frontend", "at": NOW, "intel_root_der": sgx_roots.root_ca_der, "collateral": collateral_of(sgx_roots),
                   "dcap_policy": policy}
-    right = examine_hardware(service_certificate(key, RawEvidence("sgx", quote).to_extension_value()),
+    right = examine_hardware(service_certificate(key, CarriedEvidence("sgx", quote).to_extension_value()),
                              enclave_info=SGX_ONLY, **kwargs)  # type: ignore[arg-type]
     assert right.ok, right.reason
     assert right.measurement == MR_ENCLAVE.hex()
-    wrong = examine_hardware(service_certificate(key, RawEvidence("tdx", quote).to_extension_value()),
+    wrong = examine_hardware(service_certificate(key, CarriedEvidence("tdx", quote).to_extension_value()),
                              enclave_info=both, **kwargs)  # type: ignore[arg-type]
     assert failed(wrong) == ["kind"]
     assert wrong.reason == "the extension says tdx, the evidence is a sgx quote"
-    snp = examine_hardware(service_certificate(key, RawEvidence("sev-snp", quote).to_extension_value()),
+    snp = examine_hardware(service_certificate(key, CarriedEvidence("sev-snp", quote).to_extension_value()),
                            enclave_info=SNP_ONLY, **kwargs)  # type: ignore[arg-type]
     assert failed(snp) == ["report format"]
 
@@ -291,11 +292,21 @@ def test_a_certificate_without_the_extension_says_so(milan: SnpTestHardware) -> 
 
 
 def test_the_extension_round_trips() -> None:
-    raw = RawEvidence("sev-snp", b"\x01" * 1184, ())
-    assert parse_evidence_value(raw.to_extension_value()) == raw
-    value = raw.to_extension_value()
+    written = CarriedEvidence("sev-snp", b"\x01" * 1184, (SnpCertificate("vcek", SNP_VCEK),))
+    value = written.to_extension_value()
+    assert parse_evidence_value(value) == RawEvidence("sev-snp", b"\x01" * 1184, (SnpCertificate("vcek", SNP_VCEK),))
     assert value[:4] == bytes([0x04, 0x82]) + (len(value) - 4).to_bytes(2, "big")  # a DER OCTET STRING
-    assert json.loads(value[4:]) == {"v": 1, "kind": "sev-snp", "evidence": base64.b64encode(b"\x01" * 1184).decode(), "certificates": []}
+    assert json.loads(value[4:]) == {"v": 1, "kind": "sev-snp", "evidence": base64.b64encode(b"\x01" * 1184).decode(),
+                                       "certificates": [{"kind": "vcek", "der": base64.b64encode(SNP_VCEK).decode()}]}
+
+
+def der_octet_string(content: bytes) -> bytes:
+    """A DER OCTET STRING around ``content``, to wrap hostile JSON as the extension value."""
+    size = len(content)
+    if size < 0x80:
+        return bytes([0x04, size]) + content
+    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([0x04, 0x80 | len(length)]) + length + content
 
 
 def _doc(**changes: object) -> bytes:
@@ -353,7 +364,7 @@ def test_duplicate_certificates_and_truncated_evidence_are_refused(milan: SnpTes
         parse_evidence_value(_doc(kind="sev-snp", certificates=[{"kind": "vcek", "der": der}] * 2))
     key = ec.generate_private_key(ec.SECP256R1())
     report = milan.report(report_data=binding(key), measurement=MEASUREMENT)
-    truncated = RawEvidence("sev-snp", report[:-1], (SnpCertificate("vcek", milan.vcek),))
+    truncated = CarriedEvidence("sev-snp", report[:-1], (SnpCertificate("vcek", milan.vcek),))
     verdict = examine_snp(service_certificate(key, truncated.to_extension_value()), milan)
     assert failed(verdict) == ["report format"]
     assert "1184 bytes, this is 1183" in verdict.reason
@@ -361,7 +372,7 @@ def test_duplicate_certificates_and_truncated_evidence_are_refused(milan: SnpTes
 
 def test_a_certificate_key_that_is_not_p256_is_refused(milan: SnpTestHardware) -> None:
     key = ec.generate_private_key(ec.SECP384R1())
-    raw = RawEvidence("sev-snp", milan.report(measurement=MEASUREMENT), (SnpCertificate("vcek", milan.vcek),))
+    raw = CarriedEvidence("sev-snp", milan.report(measurement=MEASUREMENT), (SnpCertificate("vcek", milan.vcek),))
     issuer = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
     cert = (

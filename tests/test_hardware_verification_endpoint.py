@@ -33,7 +33,8 @@ from kettle.attestation.enclave_info import (
     TeeMeasurements,
     with_tee_measurement,
 )
-from kettle.attestation.hardware import EVIDENCE_EXTENSION_OID, NO_EVIDENCE, RawEvidence
+from kettle.attestation.evidence_extension import CarriedEvidence
+from kettle.attestation.hardware import EVIDENCE_EXTENSION_OID, NO_EVIDENCE
 from kettle.attestation.identity import Identity
 from kettle.attestation.verifier import Verifier
 from kettle.cli.main import app
@@ -79,7 +80,7 @@ def with_evidence(home: AttestedHome, identity: Identity, value: bytes) -> x509.
 
 def snp_evidence(milan: SnpTestHardware, key: ec.EllipticCurvePrivateKey, measurement: bytes = MEASUREMENT) -> bytes:
     report = milan.report(report_data=report_data_for(key.public_key()), measurement=measurement)
-    return RawEvidence("sev-snp", report, (SnpCertificate("vcek", milan.vcek),)).to_extension_value()
+    return CarriedEvidence("sev-snp", report, (SnpCertificate("vcek", milan.vcek),)).to_extension_value()
 
 
 @pytest.fixture(scope="module")

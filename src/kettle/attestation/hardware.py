@@ -3,8 +3,8 @@
 An attested certificate normally proves a service's measurement through a report the
 attestation service (AS) signed, so a client trusts the operator's AS. The AS also embeds
 the service's raw evidence (an SEV-SNP report with its certificates, or a TDX or SGX DCAP
-quote) in the server certificate, in the extension :data:`EVIDENCE_EXTENSION_OID`: its
-value is a DER OCTET STRING holding compact JSON
+quote) in the server certificate (:mod:`kettle.attestation.evidence_extension` writes it):
+extension :data:`EVIDENCE_EXTENSION_OID`, value a DER OCTET STRING holding compact JSON
 ``{"v":1,"kind":"sev-snp"|"tdx"|"sgx","evidence":"<base64>","certificates":[{"kind":"vcek"|"vlek"|"ask"|"ark","der":"<base64>"}]}``.
 :func:`examine_hardware` checks that evidence against the VENDOR roots (AMD's, Intel's)
 and the auditors' measurements, so a party that distrusts the operator still gets a sound
@@ -43,6 +43,12 @@ from .dcap import (
     parse_quote,
 )
 from .enclave_info import EnclaveInfo, TeeMeasurements
+from .evidence_extension import (
+    CERTIFICATE_KINDS,
+    EVIDENCE_EXTENSION_OID,
+    FORMAT_VERSION,
+    KINDS,
+)
 from .snp import (
     SIGNING_KEY_VLEK,
     SnpPolicy,
@@ -56,10 +62,6 @@ from .verifier import Check, Verdict, leaf_report_data
 
 log = logging.getLogger(__name__)
 
-EVIDENCE_EXTENSION_OID = x509.ObjectIdentifier("2.25.76742224459063709497501859148858346874")
-EVIDENCE_VERSION = 1
-EVIDENCE_KINDS = ("sev-snp", "tdx", "sgx")
-CERTIFICATE_KINDS = ("vcek", "vlek", "ask", "ark")
 # A TDX quote with its PCK chain is about 5 KiB, an SNP report with VCEK, ASK and ARK about
 # 7 KiB; base64 adds a third. Anything much larger is not evidence.
 MAX_EXTENSION_BYTES = 32 * 1024
@@ -84,23 +86,6 @@ class RawEvidence:
 
     def certificate(self, kind: str) -> bytes | None:
         return next((c.der for c in self.certificates if c.kind == kind), None)
-
-    def to_extension_value(self) -> bytes:
-        doc = {
-            "v": EVIDENCE_VERSION,
-            "kind": self.kind,
-            "evidence": base64.b64encode(self.evidence).decode(),
-            "certificates": [{"kind": c.kind, "der": base64.b64encode(c.der).decode()} for c in self.certificates],
-        }
-        return der_octet_string(json.dumps(doc, separators=(",", ":")).encode())
-
-
-def der_octet_string(content: bytes) -> bytes:
-    size = len(content)
-    if size < 0x80:
-        return bytes([0x04, size]) + content
-    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes([0x04, 0x80 | len(length)]) + length + content
 
 
 def _octet_string_content(value: bytes) -> bytes:
@@ -160,11 +145,11 @@ def parse_evidence_value(value: bytes) -> RawEvidence:
     except (UnicodeDecodeError, ValueError):
         raise AttestationError("evidence extension is not JSON") from None
     doc = _exact_keys(doc, {"v", "kind", "evidence", "certificates"}, "the extension")
-    if type(doc["v"]) is not int or doc["v"] != EVIDENCE_VERSION:
-        raise AttestationError(f"evidence extension: version {doc['v']!r} is not {EVIDENCE_VERSION}")
+    if type(doc["v"]) is not int or doc["v"] != FORMAT_VERSION:
+        raise AttestationError(f"evidence extension: version {doc['v']!r} is not {FORMAT_VERSION}")
     kind = doc["kind"]
-    if kind not in EVIDENCE_KINDS:
-        raise AttestationError(f"evidence extension: kind {kind!r} is not one of {', '.join(EVIDENCE_KINDS)}")
+    if kind not in KINDS:
+        raise AttestationError(f"evidence extension: kind {kind!r} is not one of {', '.join(KINDS)}")
     evidence = _strict_base64(doc["evidence"], "evidence")
     entries = doc["certificates"]
     if not isinstance(entries, list):
