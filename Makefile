@@ -48,5 +48,5 @@ $(TEE)/kernel/vmlinuz: $(TEE)/kernel/linux-image.deb
 	dpkg-deb --fsys-tarfile $< | tar x -O --wildcards './boot/vmlinuz-*' > $@.tmp
 	mv $@.tmp $@
 
-$(TEE)/initrd/kettle-initrd.img: $(STAMP) $(TEE)/kernel/linux-image.deb $(KETTLE_SOURCES) deploy/tee/build-initrd.sh deploy/tee/init deploy/tee/udhcpc.sh deploy/tee/kettle.toml
+$(TEE)/initrd/kettle-initrd.img: $(STAMP) $(TEE)/kernel/linux-image.deb $(KETTLE_SOURCES) deploy/tee/build-initrd.sh deploy/tee/init deploy/tee/udhcpc.sh $(wildcard deploy/tee/home/*)
 	PYTHON=$(BIN)/python deploy/tee/build-initrd.sh $(TEE)/initrd $(TEE)/kernel/linux-image.deb

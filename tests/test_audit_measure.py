@@ -469,3 +469,38 @@ def test_sigstruct_copied_with_only_the_enclave_hash_changed_is_refused(sgx_key,
     result = kettle("--kind", "sgx", "--sigstruct", path)
     assert result.exit_code == 1
     assert "does not verify" in result.output
+
+
+# --- the Gramine manifest template -----------------------------------------------------
+
+
+def test_gramine_manifest_template_renders_to_a_strict_manifest():
+    import jinja2
+
+    class Gramine:  # what gramine-manifest passes to the template
+        libos = "/usr/lib/x86_64-linux-gnu/gramine/libsysdb.so"
+
+        @staticmethod
+        def runtimedir() -> str:
+            return "/usr/lib/x86_64-linux-gnu/gramine/runtime/glibc"
+
+    template = (REPO / "deploy" / "gramine" / "kettle.manifest.template").read_text()
+    rendered = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template).render(
+        gramine=Gramine, service="storage", arch_libdir="/lib/x86_64-linux-gnu", site="/opt/kettle/site"
+    )
+    manifest = tomllib.loads(rendered)
+    sgx = manifest["sgx"]
+    assert sgx["remote_attestation"] == "dcap"
+    assert sgx["debug"] is False
+    assert manifest["loader"]["argv"] == ["/usr/bin/python3.11", "-m", "kettle", "service", "storage"]
+    # Code and the measured home are trusted (hashed into MRENCLAVE); only enclave info is not.
+    for measured in ("file:/opt/kettle/site/", "file:/usr/lib/python3.11/", "file:/usr/bin/python3.11",
+                     "file:/etc/kettle/home/"):
+        assert measured in sgx["trusted_files"]
+    assert sgx["allowed_files"] == ["file:/etc/kettle/enclave-info/"]
+    mounts = {m["path"]: m for m in manifest["fs"]["mounts"]}
+    assert mounts["/var/lib/kettle"]["type"] == "encrypted"
+    assert mounts["/var/lib/kettle"]["key_name"] == "_sgx_mrenclave"
+    home = tomllib.loads((REPO / "deploy" / "gramine" / "home" / "kettle.toml").read_text())
+    assert home["attestation"]["backend"] == "gramine-sgx"
+    assert home["audit"]["enclave_info"].startswith("/etc/kettle/enclave-info/")

@@ -5,7 +5,7 @@ case "$1" in
     ip addr flush dev "$interface"
     ip addr add "$ip/${mask:-24}" dev "$interface"
     [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
-    : > /etc/resolv.conf
-    for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+    : > /run/resolv.conf  # /etc/resolv.conf links here: the verity root is read-only
+    for d in $dns; do echo "nameserver $d" >> /run/resolv.conf; done
     ;;
 esac
