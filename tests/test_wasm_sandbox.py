@@ -100,7 +100,10 @@ HOSTILE = {
 def test_hostile_modules_are_contained_with_their_reason(node: Node, tmp_path: Path, case: str) -> None:
     wasm, reason = HOSTILE[case]
     (tmp_path / "in").write_bytes(b"data")
-    outcome = node.run_wasm(wasm, [], {"in": tmp_path / "in"}, {"out": tmp_path / "out"}, fuel=10**8)
+    # Each case must be stopped by its own limit, so the CPU limit is roomy: filling 256 MiB takes
+    # about 0.7 s of CPU here, and a loaded machine pushed it past the default 1 s.
+    roomy = replace(LIMITS, cpu_time_secs=10, wall_time_secs=20)
+    outcome = node.run_wasm(wasm, [], {"in": tmp_path / "in"}, {"out": tmp_path / "out"}, limits=roomy, fuel=10**8)
     assert outcome.failure is not None and outcome.failure.startswith(reason), outcome
     healthy(node)
 

@@ -14,13 +14,17 @@ algorithm, SPID) are accepted and ignored so existing files load; ``[mount]``'s
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SERVICES = (
     "authentication",
@@ -93,6 +97,16 @@ class AttestationConfig:
     """...and one that has not sent its whole request this long after the handshake."""
     max_connections: int = 64
     """Connections the attestation service serves at once; one more is closed as soon as it is accepted."""
+    collateral_dir: str = "attestation/collateral"
+    """The collateral cache (VCEKs, Intel collateral), relative to ``KETTLE_HOME`` unless absolute."""
+    amd_kds_url: str = "https://kdsintf.amd.com"
+    """AMD's Key Distribution Service, where VCEKs are fetched."""
+    intel_pcs_url: str = "https://api.trustedservices.intel.com"
+    """Intel's PCS, or a PCCS, serving the API v4 collateral of DCAP quotes."""
+    collateral_offline: bool = False
+    """Never fetch collateral: only what was imported into the cache is used."""
+    unsafe_allow_expired_collateral: bool = False
+    """Accept expired collateral and CRLs (revoked platforms may pass)."""
 
 
 @dataclass(frozen=True)
@@ -438,6 +452,7 @@ def parse_config(text: str, home: Path) -> Config:
     for name in ("handshake_timeout_secs", "request_timeout_secs", "max_connections"):
         if getattr(config.attestation, name) < 1:
             raise ConfigError(f"attestation.{name} must be at least 1")
+    _check_collateral(config.attestation)
     auth = config.authentication
     if auth.login_failure_window_secs < 1 or not 1 <= auth.login_lockout_secs <= auth.login_max_lockout_secs:
         raise ConfigError(
@@ -455,6 +470,20 @@ def parse_config(text: str, home: Path) -> Config:
     if config.supervisor.max_restart_backoff_ms < config.supervisor.restart_backoff_ms:
         raise ConfigError("supervisor.max_restart_backoff_ms must not be below supervisor.restart_backoff_ms")
     return config
+
+
+def _check_collateral(attestation: AttestationConfig) -> None:
+    for name in ("amd_kds_url", "intel_pcs_url"):
+        url = getattr(attestation, name)
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ConfigError(f"attestation.{name} must be an http:// or https:// URL without query, not {url!r}")
+        if parts.scheme == "http":
+            log.warning("attestation.%s is plain http (%s): collateral is still verified, but anyone on the path can withhold it", name, url)
+    if not attestation.collateral_dir:
+        raise ConfigError("attestation.collateral_dir must not be empty")
+    if attestation.unsafe_allow_expired_collateral:
+        log.warning("UNSAFE: attestation.unsafe_allow_expired_collateral is on: expired collateral and CRLs are accepted, so revoked platforms may pass")
 
 
 def config_path(home: Path | None = None) -> Path:

@@ -200,8 +200,69 @@ def audit_verify(
     path = enclave_info or load_config().enclave_info_path
     info = client_enclave_info(path, threshold)
     for name, measurement in sorted(info.services.items()):
-        out.print(f"{name:15} mr_enclave {measurement.mr_enclave.hex()}  mr_signer {measurement.mr_signer.hex()}")
+        kinds = f"  ({', '.join(measurement.tee.kinds)})" if measurement.tee else ""
+        out.print(f"{name:15} mr_enclave {measurement.mr_enclave.hex()}  mr_signer {measurement.mr_signer.hex()}{kinds}")
     out.print("[bold green]enclave info verified[/bold green]")
+
+
+def _hex_option(value: str | None, size: int, what: str) -> bytes | None:
+    from ..errors import InvalidArgument
+
+    if value is None:
+        return None
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raw = b""
+    if len(raw) != size:
+        raise InvalidArgument(f"{what} must be {size * 2} hex characters")
+    return raw
+
+
+@audit_app.command("add-measurement")
+@one_line_errors
+def audit_add_measurement(
+    service: str = typer.Argument(..., help="service name, e.g. storage"),
+    enclave_info: Path = typer.Option(None, "--enclave-info", help="enclave_info.toml (default: the home's)"),
+    sev_snp: str = typer.Option(None, "--sev-snp", help="an SNP launch measurement (96 hex)"),
+    tdx: str = typer.Option(None, "--tdx", help="a TDX measurement: MRTD,RTMR0,RTMR1,RTMR2,RTMR3 (96 hex each)"),
+    sgx_mr_enclave: list[str] = typer.Option(None, "--sgx-mr-enclave", help="an accepted SGX MRENCLAVE (64 hex; repeatable)"),
+    sgx_mr_signer: list[str] = typer.Option(None, "--sgx-mr-signer", help="an accepted SGX MRSIGNER (64 hex; repeatable)"),
+    isv_prod_id: int = typer.Option(None, "--isv-prod-id", help="the SGX ISV product id"),
+    min_isv_svn: int = typer.Option(None, "--min-isv-svn", help="the lowest SGX ISV SVN accepted"),
+    mr_signer: str = typer.Option(None, "--mr-signer", help="the table's mr_signer (64 hex; needed for a new entry)"),
+) -> None:
+    """Add a TEE measurement to a service's enclave info entry and recompute its mr_enclave digest.
+
+    The file is rewritten, so every auditor signature on it must be made again.
+    """
+    from ..attestation.enclave_info import EnclaveInfo, SgxMeasurement, with_tee_measurement
+    from ..errors import InvalidArgument
+
+    path = enclave_info or load_config().enclave_info_path
+    info = EnclaveInfo.parse(path.read_bytes()) if path.exists() else EnclaveInfo({})
+    sgx = None
+    if sgx_mr_enclave or sgx_mr_signer or isv_prod_id is not None or min_isv_svn is not None:
+        sgx = SgxMeasurement(
+            mr_enclave=frozenset(_hex_option(v, 32, "--sgx-mr-enclave") or b"" for v in sgx_mr_enclave) or None,
+            mr_signer=frozenset(_hex_option(v, 32, "--sgx-mr-signer") or b"" for v in sgx_mr_signer) or None,
+            isv_prod_id=isv_prod_id,
+            min_isv_svn=min_isv_svn,
+        )
+    td = None
+    if tdx is not None:
+        values = tdx.split(",")
+        if len(values) != 5:
+            raise InvalidArgument("--tdx is MRTD,RTMR0,RTMR1,RTMR2,RTMR3")
+        a, b, c, d, e = (_hex_option(v.strip(), 48, "each --tdx value") or b"" for v in values)
+        td = (a, b, c, d, e)
+    updated = with_tee_measurement(
+        info, service, sev_snp=_hex_option(sev_snp, 48, "--sev-snp"), tdx=td, sgx=sgx,
+        mr_signer=_hex_option(mr_signer, 32, "--mr-signer"),
+    )
+    path.write_bytes(updated.render())
+    out.print(f"{service}: mr_enclave {updated.services[service].mr_enclave.hex()}")
+    out.print(f"wrote {path}; every auditor must sign it again (kettle audit sign)")
 
 
 # --- users --------------------------------------------------------------------

@@ -1,0 +1,129 @@
+"""Enclave info per TEE kind: strict parsing, the Teaclave-compatible digest, the auditor tool."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from kettle.attestation.enclave_info import (
+    EnclaveInfo,
+    Measurement,
+    SgxMeasurement,
+    TeeMeasurements,
+    tee_digest,
+    with_tee_measurement,
+)
+from kettle.errors import AttestationError
+
+SNP = bytes.fromhex("aa" * 48)
+TD = (bytes.fromhex("01" * 48), bytes.fromhex("02" * 48), bytes.fromhex("03" * 48), bytes.fromhex("04" * 48), bytes.fromhex("05" * 48))
+SIGNER = bytes.fromhex("22" * 32)
+
+
+def full_info() -> EnclaveInfo:
+    info = EnclaveInfo({"frontend": Measurement(bytes.fromhex("11" * 32), SIGNER)})
+    info = with_tee_measurement(info, "storage", sev_snp=SNP, mr_signer=SIGNER)
+    info = with_tee_measurement(info, "storage", tdx=TD)
+    return with_tee_measurement(
+        info, "storage", sgx=SgxMeasurement(mr_enclave=frozenset({b"\x33" * 32}), isv_prod_id=7, min_isv_svn=2)
+    )
+
+
+def test_round_trip_and_accessors() -> None:
+    info = full_info()
+    data = info.render()
+    parsed = EnclaveInfo.parse(data)
+    assert parsed == info and parsed.render() == data
+    storage = parsed.measurement("storage")
+    assert storage.tee is not None and storage.tee.kinds == ["sev-snp", "tdx", "sgx"]
+    assert storage.mr_enclave == tee_digest("storage", storage.tee)
+    assert parsed.tee_measurements("storage", "sev-snp").sev_snp == {SNP}
+    dcap = storage.tee.dcap("tdx")
+    assert dcap is not None and dcap.td == {TD}
+    sgx = storage.tee.dcap("sgx")
+    assert sgx is not None and sgx.isv_prod_id == 7 and sgx.min_isv_svn == 2 and sgx.mr_signer is None
+    with pytest.raises(AttestationError, match=r"lists no tdx measurements for frontend \(no \[teaclave_frontend_service.tdx\]\)"):
+        parsed.tee_measurements("frontend", "tdx")
+    # What Teaclave's SDK reads is still a flat string pair per service.
+    doc = tomllib.loads(data.decode())
+    assert doc["teaclave_storage_service"]["mr_enclave"] == storage.mr_enclave.hex()
+
+
+def test_digest_is_domain_separated_and_names_service_and_every_field() -> None:
+    tee = TeeMeasurements(sev_snp=frozenset({SNP}))
+    base = tee_digest("storage", tee)
+    assert len(base) == 32
+    assert tee_digest("frontend", tee) != base  # one VM image, two services: still told apart
+    assert tee_digest("storage", TeeMeasurements(sev_snp=frozenset({SNP, b"\x01" * 48}))) != base
+    assert tee_digest("storage", TeeMeasurements(tdx=frozenset({TD}))) != tee_digest(
+        "storage", TeeMeasurements(tdx=frozenset({(TD[0], TD[1], TD[2], TD[3], b"\x06" * 48)}))
+    )
+    # Order in the file does not matter: the canonical form sorts.
+    two = [SNP, b"\x01" * 48]
+    assert tee_digest("storage", TeeMeasurements(sev_snp=frozenset(two))) == tee_digest(
+        "storage", TeeMeasurements(sev_snp=frozenset(reversed(two)))
+    )
+
+
+def _table(extra: str, service: str = "storage", mr_enclave: str | None = None) -> bytes:
+    tee = TeeMeasurements(sev_snp=frozenset({SNP}))
+    mre = mr_enclave or tee_digest(service, tee).hex()
+    return (
+        f'[teaclave_{service}_service]\nmr_enclave = "{mre}"\nmr_signer = "{SIGNER.hex()}"\n'
+        f'[teaclave_{service}_service.sev_snp]\nmeasurements = ["{SNP.hex()}"]\n{extra}'
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (_table("", mr_enclave="11" * 32), r"\[teaclave_storage_service\] mr_enclave is not the digest of its TEE measurements \([0-9a-f]{64}\)"),
+        # The digest of another service's identical entries is refused too (replay across services).
+        (_table("", mr_enclave=tee_digest("frontend", TeeMeasurements(sev_snp=frozenset({SNP}))).hex()), "is not the digest"),
+        (_table("colour = 1\n"), r"\[teaclave_storage_service.sev_snp\] has unknown key\(s\) colour \(allowed: measurements\)"),
+        (_table("[teaclave_storage_service.sev]\nx = 1\n"), r"\[teaclave_storage_service\] has unknown key\(s\) sev \(allowed: mr_enclave, mr_signer, sev_snp, tdx, sgx\)"),
+        (b'[teaclave_x_service]\nmr_enclave = "' + b"1" * 64 + b'"\nmr_signer = "' + b"2" * 64 + b'"\nnote = "hi"\n', r"unknown key\(s\) note"),
+        (b'[teaclave_x_service]\nmr_enclave = "' + b"1" * 64 + b'"\nmr_signer = "' + b"2" * 64 + b'"\n[teaclave_x_service.sev_snp]\nmeasurements = []\n', "must be a non-empty list of 96 lowercase hex"),
+        (b'[teaclave_x_service]\nmr_enclave = "' + b"1" * 64 + b'"\nmr_signer = "' + b"2" * 64 + b'"\n[teaclave_x_service.sev_snp]\nmeasurements = ["' + b"A" * 96 + b'"]\n', "96 lowercase hex"),
+        (b'[teaclave_x_service]\nmr_enclave = "' + b"1" * 64 + b'"\nmr_signer = "' + b"2" * 64 + b'"\n[teaclave_x_service.tdx]\naccepted = [{ mrtd = "' + b"1" * 96 + b'" }]\n', "exactly the keys mrtd, rtmr0, rtmr1, rtmr2, rtmr3"),
+        (b'[teaclave_x_service]\nmr_enclave = "' + b"1" * 64 + b'"\nmr_signer = "' + b"2" * 64 + b'"\n[teaclave_x_service.sgx]\n', "must set at least one of"),
+        (b'[teaclave_x_service]\nmr_enclave = "' + b"1" * 64 + b'"\nmr_signer = "' + b"2" * 64 + b'"\n[teaclave_x_service.sgx]\nisv_prod_id = 70000\n', "isv_prod_id must be an integer 0..65535"),
+        (b'[teaclave_x_service]\nmr_enclave = "' + b"1" * 64 + b'"\nmr_signer = "' + b"2" * 64 + b'"\n[teaclave_x_service.sgx]\nmin_isv_svn = true\n', "min_isv_svn must be an integer"),
+        (b'[teaclave_x_service]\nmr_enclave = "' + b"1" * 64 + b'"\nmr_signer = "' + b"2" * 64 + b'"\nsgx = 3\n', r"\[teaclave_x_service.sgx\] must be a table"),
+    ],
+)
+def test_strict_parsing_refuses_with_a_specific_sentence(data: bytes, reason: str) -> None:
+    with pytest.raises(AttestationError, match=reason):
+        EnclaveInfo.parse(data)
+
+
+def test_with_tee_measurement_needs_a_signer_for_a_new_entry() -> None:
+    with pytest.raises(AttestationError, match="no entry for storage: give its mr_signer"):
+        with_tee_measurement(EnclaveInfo({}), "storage", sev_snp=SNP)
+    with pytest.raises(AttestationError, match="exactly one"):
+        with_tee_measurement(EnclaveInfo({}), "storage", mr_signer=SIGNER)
+
+
+def _kettle(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kettle", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_add_measurement_writes_a_verifiable_entry(tmp_path: Path) -> None:
+    path = tmp_path / "enclave_info.toml"
+    path.write_bytes(EnclaveInfo({"frontend": Measurement(b"\x11" * 32, SIGNER)}).render())
+    done = _kettle("audit", "add-measurement", "storage", "--enclave-info", str(path), "--sev-snp", SNP.hex(), "--mr-signer", SIGNER.hex())
+    assert done.returncode == 0, done.stderr
+    done = _kettle("audit", "add-measurement", "storage", "--enclave-info", str(path), "--tdx", ",".join(v.hex() for v in TD))
+    assert done.returncode == 0, done.stderr
+    info = EnclaveInfo.parse(path.read_bytes())
+    tee = info.measurement("storage").tee
+    assert tee is not None and tee.sev_snp == {SNP} and tee.tdx == {TD}
+    assert info.measurement("storage").mr_enclave.hex() in done.stdout
+    assert info.measurement("frontend").mr_enclave == b"\x11" * 32
+    bad = _kettle("audit", "add-measurement", "storage", "--enclave-info", str(path), "--sev-snp", "abcd")
+    assert bad.returncode == 1 and "--sev-snp must be 96 hex characters" in bad.stderr
+    assert EnclaveInfo.parse(path.read_bytes()) == info  # nothing changed
