@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from typer.testing import CliRunner, Result
 
 from kettle.attestation import launch_measure as lm
+from kettle.attestation.enclave_info import EnclaveInfo, tee_digest
 from kettle.cli.main import app
 from kettle.config import SERVICES
 from kettle.errors import AttestationError
@@ -37,6 +38,7 @@ INITRD = TEE / "initrd" / "kettle-initrd.img"
 DEBIAN_OVMF = Path("/usr/share/ovmf/OVMF.fd")
 SEV_SNP_MEASURE = Path(sys.executable).parent / "sev-snp-measure"
 APPEND = "console=ttyS0 kettle.services=all"
+SIGNER = hashlib.sha256(b"kettle deployment signer").hexdigest()
 
 
 def need(path: Path, provider: str) -> Path:
@@ -94,11 +96,42 @@ def test_snp_text_output_prints_the_hex_and_pasteable_tables(real_inputs):
     text = kettle("--kind", "sev-snp", *snp_args(ovmf, kernel, initrd), "--service", "storage")
     assert text.exit_code == 0, text.output
     assert f"measurement  {measurement}" in text.stdout
-    tables = kettle("--kind", "sev-snp", *snp_args(ovmf, kernel, initrd), "--toml")
+    tables = kettle("--kind", "sev-snp", *snp_args(ovmf, kernel, initrd), "--toml", "--mr-signer", SIGNER)
     assert tables.exit_code == 0, tables.output
-    doc = tomllib.loads(tables.stdout)
-    assert sorted(doc) == sorted(f"teaclave_{s}_service" for s in SERVICES)
-    assert all(entry == {"sev_snp": {"measurements": [measurement]}} for entry in doc.values())
+    info = EnclaveInfo.parse(tables.stdout.encode())  # the strict parser the platform uses
+    assert sorted(info.services) == sorted(SERVICES)
+    for name, entry in info.services.items():
+        assert entry.tee.sev_snp == {bytes.fromhex(measurement)}
+        assert entry.mr_enclave == tee_digest(name, entry.tee)
+        assert entry.mr_signer.hex() == SIGNER
+    # SEV-SNP has no signer of its own: tables need one.
+    unsigned = kettle("--kind", "sev-snp", *snp_args(ovmf, kernel, initrd), "--toml")
+    assert unsigned.exit_code == 1
+    assert "give --mr-signer" in unsigned.output
+
+
+def test_measurements_are_added_to_an_enclave_info_file(real_inputs, tmp_path):
+    ovmf, kernel, initrd = real_inputs
+    path = tmp_path / "enclave_info.toml"
+    first = kettle("--kind", "sev-snp", *snp_args(ovmf, kernel, initrd), "--service", "storage",
+                   "--mr-signer", SIGNER, "--enclave-info", path)
+    assert first.exit_code == 0, first.output
+    # A second image (another vCPU count) is accepted too; the table keeps its signer.
+    second = kettle("--kind", "sev-snp", *snp_args(ovmf, kernel, initrd, vcpus=8), "--service", "storage",
+                    "--enclave-info", path)
+    assert second.exit_code == 0, second.output
+    assert "must sign it again" in second.output
+    entry = EnclaveInfo.parse(path.read_bytes()).services["storage"]
+    assert entry.tee.sev_snp == {lm.snp_measurement(ovmf, n, "EPYC-v4", kernel, initrd, APPEND) for n in (4, 8)}
+    assert entry.mr_enclave == tee_digest("storage", entry.tee)
+    assert entry.mr_signer.hex() == SIGNER
+    # A service not yet in the file needs a signer; the file is left as it was.
+    before = path.read_bytes()
+    third = kettle("--kind", "sev-snp", *snp_args(ovmf, kernel, initrd), "--service", "frontend",
+                   "--enclave-info", path)
+    assert third.exit_code == 1
+    assert "no entry for frontend" in third.output
+    assert path.read_bytes() == before
 
 
 def test_one_changed_byte_of_the_initrd_kernel_or_command_line_changes_the_measurement(real_inputs, tmp_path):
@@ -168,6 +201,7 @@ def test_generic_debian_ovmf_cannot_measure_a_kernel():
         (["--kind", "sev"], "unknown kind"),
         (["--kind", "sgx", "--sigstruct", "x", "--service", "nope"], "unknown service(s) nope"),
         (["--kind", "sgx", "--sigstruct", "x", "--toml", "--json"], "exclude each other"),
+        (["--kind", "sgx", "--sigstruct", "x", "--mr-signer", "abcd"], "--mr-signer must be 64 hex"),
     ],
 )
 def test_bad_arguments_are_refused_with_a_reason(args, message):
@@ -315,15 +349,17 @@ def test_rtmrs_replay_the_measured_events_of_a_cc_event_log(tmp_path):
     path = tmp_path / "ccel.bin"
     path.write_bytes(log)
     result = kettle("--kind", "tdx", "--tdvf", need(DEBIAN_OVMF, ".ci/run"), "--event-log", path, "--toml",
-                    "--service", "execution")
+                    "--service", "execution", "--mr-signer", SIGNER)
     assert result.exit_code == 0, result.output
     accepted = tomllib.loads(result.stdout)["teaclave_execution_service"]["tdx"]["accepted"]
     assert accepted == [{"mrtd": lm.mrtd(DEBIAN_OVMF.read_bytes()).hex(),
                          **{f"rtmr{i}": rtmrs[i].hex() for i in range(4)}}]
+    entry = EnclaveInfo.parse(result.stdout.encode()).services["execution"]
+    assert entry.mr_enclave == tee_digest("execution", entry.tee)
 
 
 def test_tdx_without_an_event_log_prints_no_entry_to_sign():
-    result = kettle("--kind", "tdx", "--tdvf", need(DEBIAN_OVMF, ".ci/run"), "--toml")
+    result = kettle("--kind", "tdx", "--tdvf", need(DEBIAN_OVMF, ".ci/run"), "--toml", "--mr-signer", SIGNER)
     assert result.exit_code == 1
     assert "--event-log" in result.output
     summary = kettle("--kind", "tdx", "--tdvf", DEBIAN_OVMF)
@@ -402,9 +438,14 @@ def test_sigstruct_fields_are_read_and_its_signature_checked(sgx_key, tmp_path):
     result = kettle("--kind", "sgx", "--sigstruct", path, "--toml", "--service", "storage", "--service", "frontend")
     assert result.exit_code == 0, result.output
     doc = tomllib.loads(result.stdout)
-    expected = {"sgx": {"mr_enclave": [mr_enclave.hex()], "mr_signer": [s.mr_signer.hex()], "isv_prod_id": 7,
-                        "min_isv_svn": 3}}
-    assert doc == {"teaclave_storage_service": expected, "teaclave_frontend_service": expected}
+    expected = {"mr_enclave": [mr_enclave.hex()], "mr_signer": [s.mr_signer.hex()], "isv_prod_id": 7,
+                "min_isv_svn": 3}
+    assert sorted(doc) == ["teaclave_frontend_service", "teaclave_storage_service"]
+    for name in ("storage", "frontend"):
+        table = doc[f"teaclave_{name}_service"]
+        assert table["sgx"] == expected
+        assert table["mr_signer"] == s.mr_signer.hex()  # an SGX table's signer is the enclave's MRSIGNER
+        assert table["mr_enclave"] == tee_digest(name, EnclaveInfo.parse(result.stdout.encode()).services[name].tee).hex()
     as_json = json.loads(kettle("--kind", "sgx", "--sigstruct", path, "--json").stdout)
     assert as_json["mr_signer"] == s.mr_signer.hex() and as_json["debug"] is False
 

@@ -4,8 +4,10 @@ Added to the ``kettle audit`` group of :mod:`kettle.cli.main`. Auditors run it o
 the image they reviewed (``docs/deploy-tee.md``) and sign enclave info only with
 values it printed: ``--kind sev-snp`` from firmware, kernel, initrd and command
 line; ``--kind tdx`` from the TDVF firmware and a CC event log; ``--kind sgx``
-from Gramine's signed SIGSTRUCT. ``--toml`` prints only the enclave-info tables
-(one per ``--service``), ready to paste; ``--json`` prints everything as JSON.
+from Gramine's signed SIGSTRUCT. The result is an enclave-info entry per ``--service``
+in the format of :mod:`kettle.attestation.enclave_info` (TEE sub-tables, ``mr_enclave``
+their digest): ``--toml`` prints only those tables, ``--enclave-info FILE`` adds the
+measurement to a file as ``kettle audit add-measurement`` does, ``--json`` prints all.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import typer
 
 from ..attestation import launch_measure as lm
+from ..attestation.enclave_info import EnclaveInfo, SgxMeasurement, with_tee_measurement
 from ..config import SERVICES
 from ..errors import AttestationError
 from .main import audit_app, one_line_errors
@@ -38,10 +41,6 @@ def _flag(name: str) -> str:
 
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _toml_string(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
 def _snp(ovmf: Path, kernel: Path | None, initrd: Path | None, append: str | None, vcpus: int, vcpu_type: str,
@@ -94,32 +93,47 @@ def _sgx(sigstruct: Path) -> dict[str, Any]:
     }
 
 
-def enclave_info_tables(result: dict[str, Any], services: list[str]) -> str | None:
-    """The enclave-info sub-tables (``docs/attestation.md``) listing this measurement for each service.
+def _tee_entry(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The measurement as :func:`enclave_info.with_tee_measurement` takes it; None for TDX without RTMRs.
 
-    None for TDX without an event log: MRTD alone does not pin the kernel, initrd
-    or command line, so there is nothing complete to sign.
+    MRTD alone does not pin the kernel, initrd or command line, so there is nothing
+    complete to sign until the event log gives the RTMRs.
     """
     kind = result["kind"]
-    if kind == "tdx" and "rtmr0" not in result:
-        return None
-    blocks = []
+    if kind == "sev-snp":
+        return {"sev_snp": bytes.fromhex(result["measurement"])}
+    if kind == "tdx":
+        if "rtmr0" not in result:
+            return None
+        return {"tdx": tuple(bytes.fromhex(result[k]) for k in ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"))}
+    return {"sgx": SgxMeasurement(
+        mr_enclave=frozenset({bytes.fromhex(result["mr_enclave"])}),
+        mr_signer=frozenset({bytes.fromhex(result["mr_signer"])}),
+        isv_prod_id=result["isv_prod_id"],
+        min_isv_svn=result["isv_svn"],
+    )}
+
+
+def with_measurement(info: EnclaveInfo, result: dict[str, Any], services: list[str],
+                     mr_signer: bytes | None) -> EnclaveInfo:
+    """``info`` with the measured entry added to each service (``docs/attestation.md``).
+
+    Each table's ``mr_enclave`` becomes the digest of its TEE entries. Its ``mr_signer``
+    is ``mr_signer`` when given, else the one the table has, else, for SGX, the
+    enclave's MRSIGNER; SEV-SNP and TDX have no signer of their own, so a new entry
+    needs ``--mr-signer``.
+    """
+    entry = _tee_entry(result)
+    if entry is None:
+        raise AttestationError("no complete TDX entry without RTMRs: give the boot's CC event log with --event-log")
+    if mr_signer is None and result["kind"] == "sgx":
+        mr_signer = bytes.fromhex(result["mr_signer"])
     for service in services:
-        header = f"[teaclave_{service}_service.{kind.replace('-', '_')}]"
-        if kind == "sev-snp":
-            body = f"measurements = [{_toml_string(result['measurement'])}]"
-        elif kind == "tdx":
-            fields = ", ".join(f"{k} = {_toml_string(result[k])}" for k in ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"))
-            body = f"accepted = [{{ {fields} }}]"
-        else:
-            body = "\n".join([
-                f"mr_enclave = [{_toml_string(result['mr_enclave'])}]",
-                f"mr_signer = [{_toml_string(result['mr_signer'])}]",
-                f"isv_prod_id = {result['isv_prod_id']}",
-                f"min_isv_svn = {result['isv_svn']}",
-            ])
-        blocks.append(f"{header}\n{body}\n")
-    return "\n".join(blocks)
+        signer = mr_signer
+        if signer is None and service not in info.services:
+            raise AttestationError(f"enclave info has no entry for {service}: give --mr-signer (64 hex)")
+        info = with_tee_measurement(info, service, mr_signer=signer, **entry)
+    return info
 
 
 def _summary(result: dict[str, Any]) -> list[str]:
@@ -162,6 +176,8 @@ def audit_measure(
     event_log: Path = typer.Option(None, "--event-log", help="tdx: the boot's CC event log (CCEL) for RTMR0-3"),
     sigstruct: Path = typer.Option(None, "--sigstruct", help="sgx: gramine-sgx-sign's .sig (SIGSTRUCT)"),
     service: list[str] = typer.Option(None, "--service", help="enclave-info table(s) to print (default: every service)"),
+    mr_signer: str = typer.Option(None, "--mr-signer", help="the tables' mr_signer (64 hex; SGX default: MRSIGNER)"),
+    enclave_info: Path = typer.Option(None, "--enclave-info", help="add the measurement to this enclave_info.toml"),
     toml: bool = typer.Option(False, "--toml", help="print only the enclave-info tables"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
@@ -180,6 +196,14 @@ def audit_measure(
         raise AttestationError(f"--kind {kind} needs {', '.join(missing)}")
     if toml and as_json:
         raise AttestationError("--toml and --json exclude each other")
+    signer = None
+    if mr_signer is not None:
+        try:
+            signer = bytes.fromhex(mr_signer)
+        except ValueError:
+            signer = b""
+        if len(signer) != 32:
+            raise AttestationError("--mr-signer must be 64 hex characters")
     services = list(service) if service else list(SERVICES)
     unknown = sorted(set(services) - set(SERVICES))
     if unknown:
@@ -195,18 +219,27 @@ def audit_measure(
         result = _tdx(tdvf, event_log)
     else:
         result = _sgx(sigstruct)
-    tables = enclave_info_tables(result, services)
+
+    if enclave_info is not None:
+        info = EnclaveInfo.parse(enclave_info.read_bytes()) if enclave_info.exists() else EnclaveInfo({})
+        enclave_info.write_bytes(with_measurement(info, result, services, signer).render())
+    tables = None
+    if _tee_entry(result) is not None and (signer is not None or kind == "sgx"):
+        tables = with_measurement(EnclaveInfo({}), result, services, signer).render().decode()
 
     if as_json:
         typer.echo(json.dumps({**result, "enclave_info": tables}, indent=1))
-        return
-    if toml:
+    elif toml:
         if tables is None:
-            raise AttestationError("no complete TDX entry without RTMRs: give the boot's CC event log with --event-log")
+            with_measurement(EnclaveInfo({}), result, services, signer)  # raises the reason
         typer.echo(tables, nl=False)
-        return
-    typer.echo("\n".join(_summary(result)))
+    else:
+        typer.echo("\n".join(_summary(result)))
+        if tables is not None:
+            typer.echo("\n# enclave info (review, then sign with `kettle audit sign`):\n" + tables, nl=False)
+        elif kind != "tdx" or "rtmr0" in result:
+            typer.echo("\n(give --mr-signer to print enclave-info tables, or --enclave-info FILE to add the entry)")
     if result.get("debug"):
         typer.echo("WARNING: this SIGSTRUCT signs a debug enclave; verifiers refuse debug enclaves' quotes", err=True)
-    if tables is not None:
-        typer.echo("\n# enclave info (paste, then sign with `kettle audit sign`):\n" + tables, nl=False)
+    if enclave_info is not None:
+        typer.echo(f"added to {enclave_info}; every auditor must sign it again (kettle audit sign)", err=True)
