@@ -131,6 +131,7 @@ for applet in $("$root/bin/busybox" --list); do
     || [ -e "$root/usr/sbin/$applet" ] || ln -s busybox "$root/bin/$applet"
 done
 ln -sf /run/resolv.conf "$root/etc/resolv.conf"
+printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$root/etc/hosts"
 cp "$out/manifest.txt" "$root/etc/kettle/image-manifest.txt"
 
 find "$root" -exec touch -h -d "@$epoch" {} +
