@@ -746,7 +746,10 @@ def refusal(env: Env, case: str, tmp_path: Path) -> tuple[IssueRequest, bool, st
             "evidence is too large"
     if case == "tee type sgx":
         req, _ = request(env, tee_type="sgx")
-        return req, allow, "TEE type 'sgx' is not supported by this attestation service"
+        return req, allow, "sgx evidence is refused: this attestation service has no collateral source"
+    if case == "tee type unknown":
+        req, _ = request(env, tee_type="sev")
+        return req, allow, "TEE type 'sev' is not supported by this attestation service (supported: simulation, sev-snp, tdx, sgx)"
     if case == "simulation not allowed":
         req, _ = request(env)
         return req, False, "simulation evidence is refused: this attestation service does not allow simulation"
@@ -778,7 +781,7 @@ def refusal(env: Env, case: str, tmp_path: Path) -> tuple[IssueRequest, bool, st
     [
         "unknown service", "csr for another key", "wrong measurement", "wrong signer",
         "measurement of another service", "another platform key", "truncated by one byte",
-        "truncated to the body", "empty evidence", "oversized evidence", "tee type sgx",
+        "truncated to the body", "empty evidence", "oversized evidence", "tee type sgx", "tee type unknown",
         "simulation not allowed", "csr not pem", "csr p384", "no debug attribute",
     ],
 )

@@ -6,6 +6,7 @@ certificates and collateral; every fetched item must verify with the real verifi
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -105,6 +106,18 @@ def test_v2_report_falls_through_to_the_next_product(tmp_path, server, milan):
     assert [r.split("/")[3] for r in server.requests] == ["Milan", "Genoa"]
 
 
+def test_product_follows_cpuid_and_needs_a_pinned_root(tmp_path, server, milan):
+    cache = snp_cache(tmp_path, server, milan)
+    with pytest.raises(AttestationError, match="from a Genoa CPU, and no Genoa root is pinned"):
+        cache.snp_certificate(milan.report(patch={0x189: bytes([0x11])}))
+    with pytest.raises(AttestationError, match="CPU family 0x17 model 0x1 is not an SEV-SNP product"):
+        cache.snp_certificate(milan.report(cpuid_family=0x17))
+    turin_only = CollateralCache(tmp_path, clock=Clock(INSIDE), snp_roots=SnpTestHardware.make("Turin").roots)
+    with pytest.raises(AttestationError, match="version 2.*neither root is pinned"):
+        turin_only.snp_certificate(milan.report(version=2))
+    assert server.requests == []
+
+
 def test_turin_url_has_eight_byte_hwid_and_fmc(tmp_path, server):
     turin = SnpTestHardware.make("Turin")
     path = server.serve_vcek("Turin", turin.chip_id, turin.tcb, turin.vcek)
@@ -148,6 +161,19 @@ def test_kds_down(tmp_path, milan):
     cache = snp_cache(tmp_path, down, milan)
     with pytest.raises(AttestationError, match=r"no VCEK .* is cached .* fetching http://127\.0\.0\.1:\d+/vcek/v1/Milan/.* failed"):
         cache.snp_certificate(milan.report())
+
+
+def test_kds_too_slow_or_cut_short(tmp_path, server, milan):
+    path = server.serve_vcek("Milan", milan.chip_id, milan.tcb, milan.vcek)
+    cache = snp_cache(tmp_path, server, milan, timeout=0.3)
+    server.delay.clear()
+    with pytest.raises(AttestationError, match="/vcek/v1/Milan/.* failed: timed out"):
+        cache.snp_certificate(milan.report())
+    server.delay.set()
+    server.routes[path] = Route(200, milan.vcek[:100], {"Content-Length": str(len(milan.vcek))})
+    with pytest.raises(AttestationError, match=r"/vcek/v1/Milan/.* failed: the answer was cut short \(100 of \d+ bytes\)"):
+        cache.snp_certificate(milan.report())
+    assert list(cache.entries()) == []
 
 
 def test_a_vcek_for_another_chip_or_tcb_is_refused_and_not_cached(tmp_path, server, milan):
@@ -308,6 +334,10 @@ def test_intel_hostile_answers(tmp_path, server, tdx_roots):
     # Collateral already expired when served.
     serve_tdx(server, tdx_roots, issued=ISSUED - timedelta(days=40))
     refused("served collateral that expired")
+    # No root CA CRL at the PCCS, and the test root names no distribution point to get it from.
+    serve_tdx(server, tdx_roots)
+    del server.routes["/sgx/certification/v4/rootcacrl"]
+    refused("rootcacrl failed: HTTP 404, and the trusted root names no CRL distribution point")
 
 
 def test_concurrent_callers_make_one_intel_fetch(tmp_path, server, tdx_roots):
@@ -343,11 +373,24 @@ def test_export_import_seeds_an_offline_cache(tmp_path, server, milan, tdx_roots
     assert offline.dcap_collateral(tdx_roots.tdx_quote())
     # A bundle whose VCEK was swapped for another chip's is refused, and adds nothing.
     tampered = json.loads(bundle)
-    tampered["entries"][0]["data"] = __import__("base64").b64encode(milan.endorsement("vcek", issuer="ask", hwid=bytes(64))).decode()
+    tampered["entries"][0]["data"] = base64.b64encode(milan.endorsement("vcek", issuer="ask", hwid=bytes(64))).decode()
     fresh = CollateralCache(tmp_path / "c", clock=clock, offline=True, snp_roots=milan.roots, intel_root_der=tdx_roots.root_ca_der)
-    with pytest.raises(AttestationError, match="another chip"):
+    with pytest.raises(AttestationError, match="the vcek entry Milan/.* is refused: .*another chip"):
         fresh.import_bytes(json.dumps(tampered).encode())
-    assert list(fresh.entries()) == []
+    # The good VCEK with collateral whose TCB info was changed: neither is added.
+    tampered = json.loads(bundle)
+    collateral = json.loads(base64.b64decode(tampered["entries"][1]["data"]))
+    collateral["tcb_info"] = collateral["tcb_info"].replace('"tcbEvaluationDataNumber":17', '"tcbEvaluationDataNumber":18')
+    tampered["entries"][1]["data"] = base64.b64encode(json.dumps(collateral).encode()).decode()
+    with pytest.raises(AttestationError, match="the tdx entry B0C06F000000/platform is refused: the TCB info signature does not verify"):
+        fresh.import_bytes(json.dumps(tampered).encode())
+    # A stated expiry later than the data's own is not believed.
+    stretched = json.loads(bundle)
+    stretched["entries"][1]["expires"] = "2099-01-01T00:00:00Z"
+    fresh.import_bytes(json.dumps(stretched).encode())
+    assert [e.expires for e in fresh.entries() if e.kind == "tdx"] == [ISSUED + timedelta(days=30)]
+    with pytest.raises(AttestationError, match="malformed"):
+        fresh.import_bytes(json.dumps({**stretched["entries"][0], "key": "Milan/zz/00"}).encode())
 
 
 def test_import_raw_vcek_and_collateral_json(tmp_path, milan, tdx_roots):

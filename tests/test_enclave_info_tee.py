@@ -127,3 +127,66 @@ def test_cli_add_measurement_writes_a_verifiable_entry(tmp_path: Path) -> None:
     bad = _kettle("audit", "add-measurement", "storage", "--enclave-info", str(path), "--sev-snp", "abcd")
     assert bad.returncode == 1 and "--sev-snp must be 96 hex characters" in bad.stderr
     assert EnclaveInfo.parse(path.read_bytes()) == info  # nothing changed
+
+
+# --- kettle attest evidence --enclave-info on the real vectors ---------------------------
+
+DATA = Path(__file__).parent / "data" / "tee"
+
+
+def signed_info(directory: Path, info: EnclaveInfo) -> Path:
+    """``info`` in ``directory`` with one auditor's public key and signature beside it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from kettle.attestation.enclave_info import sign_enclave_info
+
+    key = rsa.generate_private_key(65537, 2048)
+    path = directory / "enclave_info.toml"
+    path.write_bytes(info.render())
+    (directory / "auditor.public.pem").write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1))
+    (directory / "auditor.sign.sha256").write_bytes(sign_enclave_info(path.read_bytes(), key))
+    return path
+
+
+def _attest(*args: str) -> dict:  # type: ignore[type-arg]
+    import json
+
+    done = _kettle("attest", "evidence", *args, "--json")
+    assert done.returncode in (0, 1), done.stderr
+    return json.loads(done.stdout)
+
+
+def test_attest_evidence_checks_snp_and_tdx_entries_of_enclave_info(tmp_path: Path) -> None:
+    from kettle.attestation.dcap import parse_quote
+    from kettle.attestation.snp import parse_snp_report
+
+    report, vcek = DATA / "snp" / "test-report.bin", DATA / "snp" / "test-vcek.der"
+    quote, collateral = DATA / "dcap" / "tdx_quote", DATA / "dcap" / "tdx_quote_collateral.json"
+    snp_measurement = parse_snp_report(report.read_bytes()).measurement
+    td = parse_quote(quote.read_bytes()).report
+    info = with_tee_measurement(EnclaveInfo({}), "storage", sev_snp=snp_measurement, mr_signer=SIGNER)
+    info = with_tee_measurement(info, "frontend", tdx=(td.mr_td, *td.rtmrs), mr_signer=SIGNER)  # type: ignore[union-attr,arg-type]
+    (tmp_path / "good").mkdir()
+    path = signed_info(tmp_path / "good", info)
+    snp_args = (str(report), "--kind", "sev-snp", "--cert", str(vcek), "--at", "2025-06-01T00:00:00Z")
+    tdx_args = (str(quote), "--kind", "tdx", "--collateral", str(collateral), "--at", "2025-06-19T11:16:03Z")
+    doc = _attest(*snp_args, "--enclave-info", str(path))
+    assert doc["accepted"] and doc["checks"][-1] == {"check": "measurement", "ok": True, "detail": f"{snp_measurement.hex()}, listed for storage"}
+    doc = _attest(*tdx_args, "--enclave-info", str(path))
+    assert doc["accepted"] and doc["checks"][-1]["detail"].endswith("listed for frontend")
+    # Another measurement listed: refused, with the evidence's measurement named.
+    other = with_tee_measurement(EnclaveInfo({}), "storage", sev_snp=b"\x01" * 48, mr_signer=SIGNER)
+    other = with_tee_measurement(other, "storage", tdx=(b"\x01" * 48,) * 5)
+    (tmp_path / "other").mkdir()
+    path = signed_info(tmp_path / "other", other)
+    doc = _attest(*snp_args, "--enclave-info", str(path))
+    assert not doc["accepted"] and doc["reason"] == f"measurement {snp_measurement.hex()} is not listed for any service in enclave info"
+    doc = _attest(*tdx_args, "--enclave-info", str(path))
+    assert not doc["accepted"] and doc["reason"].startswith(f"MRTD {td.mr_td.hex()} with these RTMR0-3 is not an accepted")
+    # Enclave info without entries of the kind says so rather than check nothing.
+    (tmp_path / "sim").mkdir()
+    path = signed_info(tmp_path / "sim", EnclaveInfo({"storage": Measurement(b"\x11" * 32, SIGNER)}))
+    done = _kettle("attest", "evidence", *snp_args, "--enclave-info", str(path))
+    assert done.returncode == 1 and "enclave info lists no sev-snp measurements (no [teaclave_<service>_service.sev_snp] table)" in done.stderr

@@ -165,13 +165,6 @@ def test_report_data_must_be_64_bytes(tmp_path: Path) -> None:
         assert os.listdir(root) == []
 
 
-def test_sealing_keys_are_refused_not_faked(tmp_path: Path) -> None:
-    with mounted(tmp_path / "tsm", "tsm", "--provider", "tdx_guest") as root, pytest.raises(
-        AttestationError, match="not available yet for the tdx backend"
-    ):
-        ConfigfsTsmProvider(TDX, root).sealing_key("storage")
-
-
 # --- the certificate table ----------------------------------------------------------------
 
 
@@ -193,8 +186,6 @@ def test_certificate_table_keeps_unknown_guids_and_refuses_entries_outside_it() 
 def test_gramine_quote_carries_exactly_our_report_data(tmp_path: Path) -> None:
     with mounted(tmp_path / "attestation", "gramine") as root:
         evidence = GramineProvider(root).evidence(REPORT_DATA)
-        with pytest.raises(AttestationError, match="not available yet for the gramine-sgx backend"):
-            GramineProvider(root).sealing_key("storage")
     assert evidence.quote == tee_fs.sgx_quote(REPORT_DATA)
     assert evidence.quote[368:432] == REPORT_DATA
     assert (evidence.tee_type, evidence.source) == (SGX, f"gramine {root}")

@@ -85,6 +85,8 @@ class AttestationConfig:
     """Where Gramine's attestation pseudo-files are (``gramine-sgx``)."""
     snp_privlevel: int = -1
     """The VMPL an SNP report is requested at (0..3); unset (-1) leaves the kernel's default."""
+    snp_guest_device: str = "/dev/sev-guest"
+    """The sev-guest driver's device, whose SNP_GET_DERIVED_KEY ioctl gives ``sev-snp`` sealing keys."""
     service_url: str = f"https://localhost:{ATTESTATION_SERVICE_PORT}"
     listen_address: str = f"127.0.0.1:{ATTESTATION_SERVICE_PORT}"
     validity_secs: int = 3600
@@ -97,6 +99,18 @@ class AttestationConfig:
     """...and one that has not sent its whole request this long after the handshake."""
     max_connections: int = 64
     """Connections the attestation service serves at once; one more is closed as soon as it is accepted."""
+    unsafe_test_roots: str = ""
+    """A folder of test hardware roots the attestation service verifies real evidence under
+    instead of the vendors' (``<product>_ask_ark_asvk.pem`` for SEV-SNP, ``intel_sgx_root_ca.der``
+    for DCAP); a client with this set accepts reports that say so. Tests only."""
+    snp_max_vmpl: int = 0
+    """The highest VMPL an SEV-SNP report may come from."""
+    snp_allow_migration_agent: bool = False
+    snp_minimum_tcb: str = ""
+    """The lowest SEV-SNP TCB accepted, e.g. ``"bootloader=4,tee=0,snp=24,microcode=217"`` (unset: any)."""
+    allowed_tcb_status: tuple[str, ...] = ()
+    """DCAP TCB statuses accepted besides UpToDate, each with the advisories it may carry:
+    ``"STATUS:INTEL-SA-00289,INTEL-SA-00615"``."""
     collateral_dir: str = "attestation/collateral"
     """The collateral cache (VCEKs, Intel collateral), relative to ``KETTLE_HOME`` unless absolute."""
     amd_kds_url: str = "https://kdsintf.amd.com"
@@ -447,6 +461,10 @@ def parse_config(text: str, home: Path) -> Config:
         raise ConfigError(f"attestation.backend must be one of {', '.join(BACKENDS)}, not {config.attestation.backend!r}")
     if not -1 <= config.attestation.snp_privlevel <= 3:
         raise ConfigError("attestation.snp_privlevel must be between 0 and 3")
+    if config.attestation.snp_max_vmpl > 3:
+        raise ConfigError("attestation.snp_max_vmpl must be between 0 and 3")
+    parse_snp_minimum_tcb(config.attestation.snp_minimum_tcb)
+    parse_allowed_tcb_status(config.attestation.allowed_tcb_status)
     if config.attestation.validity_secs < 4:
         raise ConfigError("attestation.validity_secs must be at least 4")
     for name in ("handshake_timeout_secs", "request_timeout_secs", "max_connections"):
@@ -501,3 +519,42 @@ def load_config(home: Path | None = None) -> Config:
         raise ConfigError(f"KETTLE_CONFIG names {path}, which does not exist")
     text = path.read_text() if path.exists() else ""
     return parse_config(text, home)
+
+
+SNP_TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")
+
+
+def parse_snp_minimum_tcb(text: str) -> dict[str, int] | None:
+    """``attestation.snp_minimum_tcb`` as SEV-SNP TCB components (None when unset)."""
+    if not text:
+        return None
+    components: dict[str, int] = {}
+    for part in text.split(","):
+        name, _, value = part.strip().partition("=")
+        if name not in SNP_TCB_COMPONENTS or not value.strip().isdigit() or name in components:
+            raise ConfigError(
+                "attestation.snp_minimum_tcb is comma-separated NAME=NUMBER with each of "
+                f"{', '.join(SNP_TCB_COMPONENTS[:4])} (and fmc on Turin) at most once, not {text!r}"
+            )
+        components[name] = int(value)
+    missing = [n for n in SNP_TCB_COMPONENTS[:4] if n not in components]
+    if missing:
+        raise ConfigError(f"attestation.snp_minimum_tcb lacks {', '.join(missing)}")
+    if any(v > 255 for v in components.values()):
+        raise ConfigError("attestation.snp_minimum_tcb components are 0..255")
+    return components
+
+
+def parse_allowed_tcb_status(entries: tuple[str, ...]) -> dict[str, frozenset[str]]:
+    """``attestation.allowed_tcb_status`` as status -> accepted advisory ids."""
+    allowed: dict[str, frozenset[str]] = {}
+    for entry in entries:
+        status, _, advisories = entry.partition(":")
+        ids = frozenset(a.strip() for a in advisories.split(",") if a.strip())
+        if not status or status in allowed:
+            raise ConfigError(f"attestation.allowed_tcb_status entries are 'STATUS[:ADVISORY,...]', each status once, not {entry!r}")
+        allowed[status] = ids
+    from .attestation.dcap import DcapPolicy
+
+    DcapPolicy(allowed=allowed)  # unknown statuses and Revoked are refused here, at load
+    return allowed

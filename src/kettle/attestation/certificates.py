@@ -123,13 +123,15 @@ def issue_service_certificate(
     validity: timedelta,
     *,
     compact: bool = False,
+    extra: tuple[x509.UnrecognizedExtension, ...] = (),
 ) -> x509.Certificate:
     """The short-lived attested certificate of one service instance (profile A).
 
     ``compact`` makes the client-authentication twin, whose report extension uses
     base64 instead of integer arrays (see :meth:`EndorsedReport.to_extension_value`).
+    ``extra`` extensions (non-critical) come last, e.g. the raw TEE evidence.
     """
-    return (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(_name(f"teaclave_{service}_service", simulation))
         .issuer_name(ca_cert.subject)
@@ -160,8 +162,10 @@ def issue_service_certificate(
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
-        .sign(ca_key, hashes.SHA256())
     )
+    for extension in extra:
+        builder = builder.add_extension(extension, critical=False)
+    return builder.sign(ca_key, hashes.SHA256())
 
 
 def report_data_for(public_key: ec.EllipticCurvePublicKey) -> bytes:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,7 +187,10 @@ def snp_products(report: SnpReport, roots: SnpRoots) -> list[str]:
     is Turin. A version 2 report does not say: Milan and Genoa are tried in turn (Turin
     only produces version 3 and later)."""
     if report.cpuid_family is None:
-        return [p for p in ("Milan", "Genoa") if p in roots]
+        products = [p for p in ("Milan", "Genoa") if p in roots]
+        if not products:
+            raise AttestationError("the report (version 2) is from a Milan or Genoa CPU, and neither root is pinned")
+        return products
     family, model = report.cpuid_family, report.cpuid_model or 0
     product = None
     if family == PRODUCT_FAMILIES["Milan"] and model <= 0x0F:
@@ -259,7 +263,9 @@ def _pem_chain(text: str, what: str) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(text.encode())
     except ValueError:
-        raise AttestationError(f"the {what} issuer chain is not PEM certificates") from None
+        certs = []
+    if not certs:
+        raise AttestationError(f"the {what} issuer chain is not PEM certificates")
     return certs
 
 
@@ -333,10 +339,16 @@ def check_intel_collateral(
         raise AttestationError("the QE identity signature does not verify")
     pck_crl = _crl(fields["pck_crl"], "PCK CRL")
     root_crl = _crl(fields["root_ca_crl"], "root CA CRL")
-    if not pck_crl.is_signature_valid(pck_chain[0].public_key()):  # type: ignore[arg-type]
-        raise AttestationError("the PCK CRL signature does not verify")
-    if not root_crl.is_signature_valid(root.public_key()):  # type: ignore[arg-type]
-        raise AttestationError("the root CA CRL is not signed by the trusted Intel root")
+    for crl, signer, problem in (
+        (pck_crl, pck_chain[0], "the PCK CRL signature does not verify"),
+        (root_crl, root, "the root CA CRL is not signed by the trusted Intel root"),
+    ):
+        try:
+            valid = crl.is_signature_valid(signer.public_key())  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise AttestationError(problem)
     issuer = pck_crl.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not issuer or ca.lower() not in str(issuer[0].value).lower():
         raise AttestationError(f"the PCK CRL is not the {ca} CA's")
@@ -443,11 +455,14 @@ def _get(url: str, timeout: float) -> _Response:
         exc.close()
         error = _NotFound if exc.code == 404 else AttestationError
         raise error(f"fetching {url} failed: HTTP {exc.code}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc) or exc.__class__.__name__
         raise AttestationError(f"fetching {url} failed: {reason}") from None
     if len(body) > MAX_RESPONSE_BYTES:
         raise AttestationError(f"fetching {url} failed: the answer is larger than {MAX_RESPONSE_BYTES} bytes")
+    stated = headers.get("content-length", "")
+    if stated.isdigit() and int(stated) != len(body):
+        raise AttestationError(f"fetching {url} failed: the answer was cut short ({len(body)} of {stated} bytes)")
     return _Response(url, body, headers)
 
 
@@ -505,7 +520,6 @@ class CollateralCache:
         self.timeout = timeout
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self.fetches = 0  # HTTP requests made, for status and tests
         self._retry: dict[tuple[str, str], tuple[int, datetime]] = {}  # failures so far, next attempt
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
@@ -635,7 +649,6 @@ class CollateralCache:
         """Fetch the VCEK from KDS, check it is the one asked for, and cache it."""
         tcb = SnpTcb.from_bytes(reported_tcb, product)
         url = vcek_url(self.amd_kds_url, product, chip_id, tcb)
-        self.fetches += 1
         response = _get(url, self.timeout)
         now = self.clock()
         try:
@@ -710,7 +723,6 @@ class CollateralCache:
         return entry
 
     def _fetch(self, url: str) -> _Response:
-        self.fetches += 1
         return _get(url, self.timeout)
 
     def _root_ca_crl(self, sgx_base: str) -> bytes:
@@ -807,39 +819,49 @@ class CollateralCache:
             items = text["entries"]
             if not isinstance(items, list):
                 raise AttestationError("the bundle's entries are not a list")
-            added = []
-            for item in items:
-                added += self._import_entry(CollateralEntry.from_json(item), now)
-            return added
-        if isinstance(text, dict) and "format" in text:
-            return self._import_entry(CollateralEntry.from_json(text), now)
-        if isinstance(text, dict):
+            # Every entry is checked before any is written: a bundle with one bad entry adds nothing.
+            checked = [self._checked(CollateralEntry.from_json(item), now) for item in items]
+        elif isinstance(text, dict) and "format" in text:
+            checked = [self._checked(CollateralEntry.from_json(text), now)]
+        elif isinstance(text, dict):
             tee, fmspc, ca = collateral_platform(data)
             expires = check_intel_collateral(data, tee, fmspc, ca, self.intel_root_der, now)
-            entry = CollateralEntry(tee, f"{fmspc}/{ca}", data, now, expires, source)
+            checked = [self._unexpired(CollateralEntry(tee, f"{fmspc}/{ca}", data, now, expires, source), now)]
         else:
             product, chip_id, tcb = vcek_entry_key(data, self.snp_roots)
             expires = check_vcek(data, product, chip_id, tcb, self.snp_roots, now)
             der = load_snp_certificate(data).public_bytes(Encoding.DER)
-            entry = CollateralEntry(KIND_VCEK, _vcek_key(product, chip_id, tcb), der, now, expires, source)
-        return self._import_entry(entry, now, checked=True)
+            checked = [self._unexpired(CollateralEntry(KIND_VCEK, _vcek_key(product, chip_id, tcb), der, now, expires, source), now)]
+        added = []
+        for entry in checked:
+            current = self.get(entry.kind, entry.key)
+            if current is not None and current.expires > entry.expires:
+                continue  # what the cache holds lasts longer
+            self.put(entry)
+            added.append(entry)
+        return added
 
-    def _import_entry(self, entry: CollateralEntry, now: datetime, *, checked: bool = False) -> list[CollateralEntry]:
-        if not checked:  # an entry from a bundle: its data is checked again, its stated expiry is not trusted
+    def _checked(self, entry: CollateralEntry, now: datetime) -> CollateralEntry:
+        """A bundle's entry with its data checked again; its stated expiry is not trusted either."""
+        try:
             if entry.kind == KIND_VCEK:
                 product, chip_hex, tcb_hex = entry.key.split("/")
+                if product not in self.snp_roots:
+                    raise AttestationError(f"no {product} root is pinned")
                 expires = check_vcek(entry.data, product, bytes.fromhex(chip_hex), bytes.fromhex(tcb_hex), self.snp_roots, now)
             else:
                 fmspc, ca = entry.key.split("/")
                 expires = check_intel_collateral(entry.data, entry.kind, fmspc, ca, self.intel_root_der, now)
-            entry = CollateralEntry(entry.kind, entry.key, entry.data, entry.fetched, min(expires, entry.expires), entry.source)
+        except ValueError:
+            raise AttestationError(f"the {entry.kind} entry's key {entry.key!r} is malformed") from None
+        except AttestationError as exc:
+            raise AttestationError(f"the {entry.kind} entry {entry.key[:40]} is refused: {exc.reason}") from None
+        return self._unexpired(replace(entry, expires=min(expires, entry.expires)), now)
+
+    def _unexpired(self, entry: CollateralEntry, now: datetime) -> CollateralEntry:
         if now >= entry.expires and not self.unsafe_allow_expired_collateral:
-            raise AttestationError(f"the {entry.kind} entry {entry.key} expired at {_iso(entry.expires)}")
-        current = self.get(entry.kind, entry.key)
-        if current is not None and current.expires > entry.expires:
-            return []  # what the cache holds lasts longer
-        self.put(entry)
-        return [entry]
+            raise AttestationError(f"the {entry.kind} entry {entry.key[:40]} expired at {_iso(entry.expires)}")
+        return entry
 
     def export_bytes(self) -> bytes:
         """Every entry as one JSON bundle, which ``import_bytes`` reads on another machine."""
@@ -849,14 +871,18 @@ class CollateralCache:
 def collateral_cache(
     config: Config,
     *,
+    directory: Path | None = None,
     offline: bool | None = None,
+    clock: Callable[[], datetime] = _now,
     snp_roots: SnpRoots | None = None,
     intel_root_der: bytes | None = None,
 ) -> CollateralCache:
-    """The cache the ``[attestation]`` settings describe; ``offline`` overrides ``collateral_offline``."""
+    """The cache the ``[attestation]`` settings describe; ``directory`` and ``offline``
+    override ``collateral_dir`` and ``collateral_offline``."""
     attestation = config.attestation
     return CollateralCache(
-        config.path(attestation.collateral_dir),
+        directory or config.path(attestation.collateral_dir),
+        clock=clock,
         amd_kds_url=attestation.amd_kds_url,
         intel_pcs_url=attestation.intel_pcs_url,
         offline=attestation.collateral_offline if offline is None else offline,

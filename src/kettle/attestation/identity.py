@@ -88,6 +88,8 @@ def request_certificate(
             "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
             "tee_type": evidence.tee_type,
             "evidence": base64.b64encode(evidence.quote).decode(),
+            # The SNP certificate table the host supplied (the VCEK the report is signed with).
+            "certificates": [{"kind": c.kind, "der": base64.b64encode(c.der).decode()} for c in evidence.certificates],
         }
     ).encode()
     url = urllib.parse.urlsplit(service_url)

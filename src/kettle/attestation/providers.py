@@ -25,6 +25,13 @@ from pathlib import Path
 
 from ..errors import AttestationError, ConfigError
 from .backends import SIMULATION, Evidence, SnpCertificate
+from .sealing import (
+    SNP_GUEST_DEVICE,
+    KeyReleaseClient,
+    gramine_sealing_key,
+    purpose_key,
+    snp_derived_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,19 +135,15 @@ def _write(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def _no_sealing(backend: str) -> AttestationError:
-    return AttestationError(
-        f"TEE-derived sealing keys are not available yet for the {backend} backend; "
-        "storage sealing needs the simulation backend until they are"
-    )
-
-
 class ConfigfsTsmProvider:
     """SEV-SNP or TDX evidence through configfs-tsm: one fresh report entry per request."""
 
     def __init__(
-        self, backend: str, root: Path, privlevel: int | None = None, device: Path | None = None
+        self, backend: str, root: Path, privlevel: int | None = None, device: Path | None = None, *,
+        service: str = "", key_release: KeyReleaseClient | None = None,
     ) -> None:
+        """``device`` is the guest device, for SEV-SNP ``/dev/sev-guest``, whose ioctl gives the
+        sealing key; ``key_release`` is where a TDX guest gets its sealing key instead."""
         if backend not in TSM_PROVIDERS:
             raise ConfigError(f"configfs-tsm serves sev-snp and tdx, not {backend!r}")
         if not root.is_dir():
@@ -149,6 +152,10 @@ class ConfigfsTsmProvider:
         self.tee_type = backend
         self._root = root
         self._privlevel = privlevel if backend == SEV_SNP else None
+        self._device = device or (SNP_GUEST_DEVICE if backend == SEV_SNP else None)
+        self._service = service
+        self._key_release = key_release
+        self._released: dict[str, bytes] = {}
         self.source = f"configfs-tsm {root}"
 
     def evidence(self, report_data: bytes) -> Evidence:
@@ -203,7 +210,22 @@ class ConfigfsTsmProvider:
         )
 
     def sealing_key(self, purpose: str) -> bytes:
-        raise _no_sealing(self.backend)
+        if self.backend == SEV_SNP:
+            assert self._device is not None
+            # Requested at the VMPL the reports are (the firmware refuses a VMPL more
+            # privileged than the guest's own); bound to measurement and policy.
+            hardware_key = snp_derived_key(self._device, vmpl=self._privlevel or 0)
+            return purpose_key(hardware_key, SEV_SNP, self._service, purpose)
+        # TDX has no sealing key: the attestation service releases one to this attested
+        # measurement. It is kept in this process's memory only, never written anywhere.
+        if self._key_release is None:
+            raise AttestationError(
+                "a TDX service gets its sealing key from the attestation service's key release, "
+                "which is not configured for this provider"
+            )
+        if purpose not in self._released:
+            self._released[purpose] = self._key_release.fetch(self._service, purpose, self)
+        return self._released[purpose]
 
 
 class GramineProvider:
@@ -212,7 +234,7 @@ class GramineProvider:
     backend = GRAMINE_SGX
     tee_type = SGX
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, service: str = "") -> None:
         attestation_type = _read_gramine_type(root)
         if attestation_type != "dcap":
             raise ConfigError(
@@ -220,6 +242,7 @@ class GramineProvider:
                 '(set sgx.remote_attestation = "dcap" in the manifest)'
             )
         self._root = root
+        self._service = service
         self.source = f"gramine {root}"
 
     def evidence(self, report_data: bytes) -> Evidence:
@@ -235,7 +258,7 @@ class GramineProvider:
         return Evidence(SGX, quote, source=self.source)
 
     def sealing_key(self, purpose: str) -> bytes:
-        raise _no_sealing(GRAMINE_SGX)
+        return purpose_key(gramine_sealing_key(self._root), GRAMINE_SGX, self._service, purpose)
 
 
 def _read_gramine_type(root: Path) -> str:

@@ -45,6 +45,7 @@ def verifier_for(config: Config, enclave_info: EnclaveInfo) -> Verifier:
         load_as_root(config.as_root_path),
         enclave_info,
         unsafe_allow_simulation=config.attestation.unsafe_allow_simulation,
+        unsafe_allow_test_roots=bool(config.attestation.unsafe_test_roots),
         accepted_statuses=config.attestation.accepted_statuses,
         max_report_age=timedelta(seconds=config.attestation.validity_secs),
         clock_skew=timedelta(seconds=config.attestation.clock_skew_secs),

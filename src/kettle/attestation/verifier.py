@@ -11,7 +11,9 @@ reference's clients (``spec/attestation.md`` §1.5, §7.6, §7.9):
 * quote status must be accepted by policy (``OK`` by default), the report must be
   fresh, the leaf must be within its validity, debug enclaves are refused;
 * simulation evidence is refused unless simulation is explicitly allowed
-  (``unsafe_allow_simulation``), which logs loudly.
+  (``unsafe_allow_simulation``), which logs loudly; so is evidence the AS verified
+  under test hardware roots (``kettleUnsafeTestRoots``) unless test roots are
+  explicitly allowed (``unsafe_allow_test_roots``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class AttestedPeer:
     tee_type: str
     simulation: bool
     status: str
+    test_roots: bool
     report_time: datetime
     not_after: datetime
     quote: QuoteBody
@@ -167,6 +170,7 @@ class Verifier:
         enclave_info: EnclaveInfo,
         *,
         unsafe_allow_simulation: bool = False,
+        unsafe_allow_test_roots: bool = False,
         accepted_statuses: Collection[str] = ("OK",),
         max_report_age: timedelta = timedelta(seconds=3600),
         clock_skew: timedelta = timedelta(seconds=60),
@@ -175,12 +179,15 @@ class Verifier:
         self.as_root = as_root
         self.enclave_info = enclave_info
         self.unsafe_allow_simulation = unsafe_allow_simulation
+        self.unsafe_allow_test_roots = unsafe_allow_test_roots
         self.accepted_statuses = frozenset(accepted_statuses)
         self.max_report_age = max_report_age
         self.clock_skew = clock_skew
         self._clock = clock
         if unsafe_allow_simulation:
             log.warning("UNSAFE: simulation evidence is accepted; nothing here runs in a real TEE")
+        if unsafe_allow_test_roots:
+            log.warning("UNSAFE: evidence verified under TEST hardware roots is accepted; it proves nothing about real hardware")
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -277,6 +284,7 @@ class Verifier:
             tee_type=content.tee_type,
             simulation=content.simulation,
             status=content.status,
+            test_roots=content.raw.get("kettleUnsafeTestRoots") is not None,
             report_time=content.timestamp,
             not_after=cert.not_valid_after_utc,
             quote=quote,
@@ -312,6 +320,10 @@ class Verifier:
             checks.append(Check("tee", False, "simulation evidence is not accepted (not a TEE); allow simulation explicitly for development"))
         elif peer.simulation:
             checks.append(Check("tee", True, "SIMULATION (not a TEE), accepted because simulation is explicitly allowed"))
+        elif peer.test_roots and not self.unsafe_allow_test_roots:
+            checks.append(Check("tee", False, f"{peer.tee_type} evidence was verified under TEST hardware roots (unsafe_test_roots), not the vendor's: it proves nothing about real hardware"))
+        elif peer.test_roots:
+            checks.append(Check("tee", True, f"{peer.tee_type} under TEST hardware roots, accepted because test roots are explicitly allowed"))
         else:
             checks.append(Check("tee", True, peer.tee_type))
 

@@ -1,11 +1,16 @@
 """The attestation service's HTTPS endpoint.
 
-Two calls:
+Its calls:
 
 * ``POST /kettle/v1/certificate`` — Kettle's issuance: ``{"service", "csr", "tee_type",
-  "evidence"}`` (CSR in PEM, evidence in base64) → ``{"certificate_chain": PEM,
+  "evidence"}`` (CSR in PEM, evidence in base64) and optionally ``"certificates":
+  [{"kind": "vcek"|"vlek"|"ask"|"ark", "der": base64}]`` (the SNP certificate table the
+  host supplied with the report) → ``{"certificate_chain": PEM,
   "client_certificate_chain": PEM}`` (the server certificate and its compact
   client-authentication twin for the same key).
+* ``POST /kettle/v1/sealing-key`` — a sealing key for a TEE without one (TDX), released to a
+  caller that presents the client certificate this service issued it: ``{"service", "purpose"}``
+  → ``{"key": base64}`` (:mod:`.key_release`).
 * ``POST /sgx/dev/attestation/v4/report`` — the Teaclave DCAP reference AS's report
   call (``spec/attestation.md`` §2.4): ``{"isvEnclaveQuote": base64}`` → the report
   JSON with ``X-DCAPReport-Signature`` and ``X-DCAPReport-Signing-Certificate``.
@@ -37,18 +42,31 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ..attestation.backends import SIMULATION, load_simulation_platform_key
+from ..attestation.backends import SIMULATION, SnpCertificate, load_simulation_platform_key
 from ..attestation.build import BuildConfig
 from ..attestation.enclave_info import SIGNATURE_SUFFIX, EnclaveInfo, verify_enclave_info
-from ..config import AttestationConfig, Config
-from ..errors import AttestationError, ConfigError
+from ..attestation.collateral import CollateralCache, collateral_cache
+from ..attestation.dcap import DcapPolicy
+from ..attestation.evidence_extension import CERTIFICATE_KINDS
+from ..attestation.snp import CHAIN_FILE_SUFFIX, SnpPolicy, SnpRoots, SnpTcb, load_snp_roots
+from ..config import AttestationConfig, Config, parse_allowed_tcb_status, parse_snp_minimum_tcb
+from ..errors import (
+    AttestationError,
+    ConfigError,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
 from .authority import authority_dir, load_authority
-from .issuer import IssueRequest, Issuer
+from .issuer import IssueRequest, Issuer, TeePolicy
+from .key_release import RELEASE_PATH, KeyRelease, build_key_release
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 64 * 1024
 REFUSAL_LOG_INTERVAL_SECS = 10.0
+RELEASE_REFUSAL_STATUS = {InvalidArgument: 400, PermissionDenied: 403, ResourceExhausted: 429, Unavailable: 503}
 
 
 class EnclaveInfoSource:
@@ -113,7 +131,52 @@ class EnclaveInfoSource:
             return self._info
 
 
-def build_issuer(config: Config) -> Issuer:
+INTEL_TEST_ROOT_FILE = "intel_sgx_root_ca.der"
+
+
+def load_test_roots(folder: Path) -> tuple[SnpRoots | None, bytes | None]:
+    """``unsafe_test_roots``: AMD-form ``<product>_ask_ark_asvk.pem`` chains and/or an Intel-form root
+    ``intel_sgx_root_ca.der``; whichever is there replaces that vendor's roots."""
+    if not folder.is_dir():
+        raise ConfigError(f"attestation.unsafe_test_roots {folder} is not a folder")
+    snp_roots = load_snp_roots(folder) if any(folder.glob(f"*{CHAIN_FILE_SUFFIX}")) else None
+    intel = folder / INTEL_TEST_ROOT_FILE
+    intel_root = intel.read_bytes() if intel.is_file() else None
+    if snp_roots is None and intel_root is None:
+        raise ConfigError(
+            f"attestation.unsafe_test_roots {folder} holds neither *{CHAIN_FILE_SUFFIX} nor {INTEL_TEST_ROOT_FILE}"
+        )
+    return snp_roots, intel_root
+
+
+def tee_policy(settings: AttestationConfig) -> TeePolicy:
+    """How this attestation service judges real evidence, from ``[attestation]``."""
+    minimum = parse_snp_minimum_tcb(settings.snp_minimum_tcb)
+    snp = SnpPolicy(
+        max_vmpl=settings.snp_max_vmpl,
+        allow_migration_agent=settings.snp_allow_migration_agent,
+        minimum_tcb=SnpTcb(**minimum) if minimum else None,
+    )
+    dcap = DcapPolicy(allowed=parse_allowed_tcb_status(settings.allowed_tcb_status))
+    if not settings.unsafe_test_roots:
+        return TeePolicy(snp, dcap)
+    snp_roots, intel_root = load_test_roots(Path(settings.unsafe_test_roots))
+    log.warning(
+        "UNSAFE: real TEE evidence is verified under TEST roots from %s (unsafe_test_roots), not AMD's or Intel's; "
+        "it proves nothing about real hardware, and every report says kettleUnsafeTestRoots",
+        settings.unsafe_test_roots,
+    )
+    return TeePolicy(snp, dcap, snp_roots, intel_root)
+
+
+def build_issuer(
+    config: Config, collateral: CollateralCache | None = None, policy: TeePolicy | None = None
+) -> Issuer:
+    """The issuer ``[attestation]`` describes; real evidence takes its collateral from ``collateral``
+    (default: the cache of the settings, under the same roots as the verifiers)."""
+    policy = policy or tee_policy(config.attestation)
+    if collateral is None:
+        collateral = collateral_cache(config, snp_roots=policy.snp_roots, intel_root_der=policy.intel_root_der)
     enclave_info = EnclaveInfoSource(config.enclave_info_path, BuildConfig.path_in(config.home))
     enclave_info()  # refuse to start on unsigned or malformed enclave info
     allow = config.attestation.unsafe_allow_simulation
@@ -127,6 +190,8 @@ def build_issuer(config: Config) -> Issuer:
         domain=config.domain,
         validity=timedelta(seconds=config.attestation.validity_secs),
         issued_log=authority_dir(config.home) / "issued.jsonl",
+        collateral=collateral,
+        tee_policy=policy,
     )
 
 
@@ -219,6 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._certificate()
             elif self.path == "/sgx/dev/attestation/v4/report":
                 self._teaclave_report()
+            elif self.path == RELEASE_PATH:
+                self._sealing_key()
             else:
                 self._error(404, "no such endpoint")
         except AttestationError as exc:
@@ -241,8 +308,12 @@ class _Handler(BaseHTTPRequestHandler):
         except binascii.Error:
             self._error(400, "evidence is not base64")
             return
+        certificates = _evidence_certificates(body.get("certificates", []))
+        if certificates is None:
+            self._error(400, 'certificates must be a list of {"kind": "vcek"|"vlek"|"ask"|"ark", "der": base64}')
+            return
         issued = self.server.issuer.issue(
-            IssueRequest(str(service), str(csr).encode(), str(tee_type), raw_evidence)
+            IssueRequest(str(service), str(csr).encode(), str(tee_type), raw_evidence, certificates)
         )
         self._reply(
             200,
@@ -253,6 +324,26 @@ class _Handler(BaseHTTPRequestHandler):
                 }
             ).encode(),
         )
+
+    def _sealing_key(self) -> None:
+        body = self._json_body()
+        if body is None:
+            return
+        if self.server.key_release is None:
+            self._error(503, "key release is not configured on this attestation service")
+            return
+        assert isinstance(self.connection, ssl.SSLSocket)
+        try:
+            key = self.server.key_release.release(
+                self.client_address[0], self.connection.getpeercert(binary_form=True), body
+            )
+        except (InvalidArgument, PermissionDenied, ResourceExhausted, Unavailable) as exc:
+            # Past the rate limit, a flood of requests must not become a flood of log lines.
+            level = logging.DEBUG if isinstance(exc, ResourceExhausted) else logging.WARNING
+            log.log(level, "refused a sealing key to %s: %s", self.client_address[0], exc.message)
+            self._error(RELEASE_REFUSAL_STATUS[type(exc)], exc.message)
+            return
+        self._reply(200, json.dumps({"key": base64.b64encode(key).decode()}).encode())
 
     def _teaclave_report(self) -> None:
         body = self._json_body()
@@ -267,7 +358,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, "isvEnclaveQuote must be a base64 quote")
             return
         issuer = self.server.issuer
-        endorsed = issuer.endorse(issuer.verify_evidence(SIMULATION, raw), SIMULATION, {})
+        endorsed = issuer.endorse(issuer.verify_evidence(SIMULATION, raw).quote, SIMULATION, {})
         signing_pem = b"".join(
             x509.load_der_x509_certificate(c).public_bytes(serialization.Encoding.PEM) for c in endorsed.certs
         )
@@ -279,6 +370,23 @@ class _Handler(BaseHTTPRequestHandler):
                 "X-DCAPReport-Signing-Certificate": urllib.parse.quote(signing_pem.decode(), safe=""),
             },
         )
+
+
+def _evidence_certificates(value: object) -> tuple[SnpCertificate, ...] | None:
+    """The request's evidence certificates, or None when malformed (old requests have none)."""
+    if not isinstance(value, list):
+        return None
+    certificates = []
+    for entry in value:
+        if not isinstance(entry, dict) or set(entry) != {"kind", "der"} or entry["kind"] not in CERTIFICATE_KINDS:
+            return None
+        if not isinstance(entry["der"], str):
+            return None
+        try:
+            certificates.append(SnpCertificate(entry["kind"], base64.b64decode(entry["der"], validate=True)))
+        except binascii.Error:
+            return None
+    return tuple(certificates)
 
 
 class AttestationHTTPServer(ThreadingHTTPServer):
@@ -294,6 +402,7 @@ class AttestationHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     request_queue_size = 128  # connections the kernel holds while the serve loop accepts
+    key_release: KeyRelease | None = None
 
     def __init__(
         self, address: tuple[str, int], issuer: Issuer, context: ssl.SSLContext, limits: AttestationConfig
@@ -358,18 +467,30 @@ def tls_context(home: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(directory / "tls_chain.pem", directory / "tls.key.pem")
+    # Only the sealing-key release needs the caller's attested certificate: ask for one,
+    # verify it under the AS root when given, and let the endpoints decide.
+    context.verify_mode = ssl.CERT_OPTIONAL
+    context.load_verify_locations(directory / "root.pem")
     return context
 
 
 def serve(config: Config, ready: threading.Event | None = None) -> None:
     """Run the attestation service until interrupted."""
-    issuer = build_issuer(config)
+    policy = tee_policy(config.attestation)
+    collateral = collateral_cache(config, snp_roots=policy.snp_roots, intel_root_der=policy.intel_root_der)
+    issuer = build_issuer(config, collateral, policy)
     host, port = config.attestation.listen_address.rsplit(":", 1)
     server = AttestationHTTPServer((host, int(port)), issuer, tls_context(config.home), config.attestation)
+    server.key_release = build_key_release(
+        config, EnclaveInfoSource(config.enclave_info_path, BuildConfig.path_in(config.home)),
+        load_authority(config.home).root,
+    )
     log.info("attestation service listening on %s (pid %d)", config.attestation.listen_address, os.getpid())
     if ready is not None:
         ready.set()
+    collateral.start_refresh()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
+        collateral.stop()
         server.server_close()

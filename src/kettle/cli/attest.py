@@ -6,13 +6,17 @@
 - ``kettle attest evidence FILE --kind sev-snp|tdx|sgx`` verifies a standalone SEV-SNP
   report or DCAP quote offline against the vendor roots shipped with the package, for
   auditors and operators (``docs/attestation.md``).
+- ``kettle attest collateral import|export|status|fetch`` manages the collateral cache
+  (VCEKs, Intel collateral) that verification uses when none is given by hand.
 """
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import typer
@@ -22,6 +26,9 @@ from typer.core import TyperGroup
 from ..config import load_config
 from ..errors import KettleError
 from .main import one_line_errors, out
+
+if TYPE_CHECKING:
+    from ..attestation.collateral import CollateralCache
 
 DEFAULT_COMMAND = "endpoint"
 EVIDENCE_KINDS = ("sev-snp", "tdx", "sgx")
@@ -147,25 +154,42 @@ def attest_evidence(
     enclave_info: Path = typer.Option(
         None, "--enclave-info", help="check the measurement against this auditor-signed enclave info (keys beside it)"
     ),
+    collateral_dir: Path = typer.Option(
+        None, "--collateral-dir",
+        help="without --cert/--collateral: the collateral cache to take them from (default: attestation.collateral_dir)",
+    ),
+    fetch: bool = typer.Option(False, "--fetch", help="without --cert/--collateral: fetch what the cache lacks (default: offline)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """Verify a TEE report or quote offline against the vendor roots shipped with Kettle; exit 0 accepted, 1 refused."""
+    """Verify a TEE report or quote offline against the vendor roots shipped with Kettle; exit 0 accepted, 1 refused.
+
+    Without --cert (sev-snp) or --collateral (tdx, sgx) the VCEK or Intel collateral comes
+    from the collateral cache, judged as of --at; it is fetched only with --fetch.
+    """
     if kind not in EVIDENCE_KINDS:
         raise typer.BadParameter(f"--kind must be one of {', '.join(EVIDENCE_KINDS)}")
     when = _parse_time(at)
     evidence = file.read_bytes()
+    given = cert if kind == "sev-snp" else collateral
+    if given is not None and (collateral_dir is not None or fetch):
+        raise typer.BadParameter("--collateral-dir and --fetch are for evidence verified without --cert/--collateral")
+
+    def cached() -> CollateralCache:
+        return _cache(collateral_dir, offline=not fetch, clock=lambda: when)
+
     if kind == "sev-snp":
-        if cert is None:
-            raise typer.BadParameter("sev-snp evidence needs --cert (the VCEK or VLEK that signed it)")
         if allow_status or collateral is not None:
             raise typer.BadParameter("--allow-status and --collateral are for tdx and sgx quotes")
-        verdict, subject = _examine_snp(evidence, cert.read_bytes(), when, enclave_info)
+        certificate = cert.read_bytes() if cert is not None else _from_cache(lambda: cached().snp_certificate(evidence), "--cert")
+        verdict, subject = _examine_snp(evidence, certificate, when, enclave_info)
     else:
-        if collateral is None:
-            raise typer.BadParameter(f"{kind} evidence needs --collateral (Intel's collateral, JSON)")
         if cert is not None:
             raise typer.BadParameter("--cert is for sev-snp reports")
-        verdict, subject = _examine_dcap(evidence, kind, collateral.read_bytes(), when, allow_status, enclave_info)
+        collateral_json = (
+            collateral.read_bytes() if collateral is not None
+            else _from_cache(lambda: cached().dcap_collateral(evidence), "--collateral")
+        )
+        verdict, subject = _examine_dcap(evidence, kind, collateral_json, when, allow_status, enclave_info)
     if as_json:
         out.print_json(data={
             "file": str(file), "kind": kind, "at": when.isoformat(), "accepted": verdict.ok,
@@ -186,6 +210,16 @@ def attest_evidence(
         raise typer.Exit(1)
 
 
+def _from_cache(take: Callable[[], bytes], option: str) -> bytes:
+    """What the cache holds for the evidence; its refusal says how else to provide it."""
+    from ..errors import AttestationError
+
+    try:
+        return take()
+    except AttestationError as exc:
+        raise KettleError(f"{exc.reason} (give {option} FILE, or --fetch)") from None
+
+
 def _parse_time(text: str | None) -> datetime:
     if text is None:
         return datetime.now(UTC)
@@ -196,22 +230,47 @@ def _parse_time(text: str | None) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)  # a time without a zone is UTC
 
 
-def _signed_measurements(path: Path) -> list[tuple[bytes, bytes]]:
-    """(mr_enclave, mr_signer) of every service in auditor-signed enclave info (every key beside it must sign)."""
+def _measurement_check(kind: str, evidence: Any, path: Path) -> Any:
+    """The measurement check against auditor-signed enclave info (every auditor key beside it must
+    have signed): which services list the evidence's measurement, in their entries of its kind."""
+    from ..attestation.dcap import DcapMeasurements
+    from ..attestation.enclave_info import KIND_TABLES
     from ..attestation.trust import client_enclave_info
+    from ..attestation.verifier import Check
 
     info = client_enclave_info(path)
-    return [(m.mr_enclave, m.mr_signer) for m in info.services.values()]
+    candidates: dict[str, Any] = {}
+    for service, m in sorted(info.services.items()):
+        if kind == "sev-snp" and m.tee is not None and m.tee.sev_snp is not None:
+            candidates[service] = m.tee.sev_snp
+        elif kind == "tdx" and m.tee is not None and m.tee.tdx is not None:
+            candidates[service] = m.tee.dcap("tdx")
+        elif kind == "sgx" and m.tee is not None and m.tee.sgx is not None:
+            candidates[service] = m.tee.dcap("sgx")
+        elif kind == "sgx" and m.tee is None:  # a Teaclave-style table: its pair is the enclave's own
+            candidates[service] = DcapMeasurements(mr_enclave=frozenset({m.mr_enclave}), mr_signer=frozenset({m.mr_signer}))
+    if not candidates:
+        table = KIND_TABLES[kind]
+        raise KettleError(f"enclave info lists no {kind} measurements (no [teaclave_<service>_service.{table}] table)")
+    if kind == "sev-snp":
+        measurement = evidence.measurement
+        matched = [s for s, accepted in candidates.items() if measurement in accepted]
+        if matched:
+            return Check("measurement", True, f"{measurement.hex()}, listed for {', '.join(matched)}")
+        return Check("measurement", False, f"measurement {measurement.hex()} is not listed for any service in enclave info")
+    problems = {s: accepted.problem(evidence) for s, accepted in candidates.items()}
+    matched = [s for s, (why, _) in problems.items() if why is None]
+    if matched:
+        return Check("measurement", True, f"{problems[matched[0]][1]}, listed for {', '.join(matched)}")
+    return Check("measurement", False, next(iter(problems.values()))[0])
 
 
 def _examine_snp(report: bytes, certificate: bytes, when: datetime, enclave_info: Path | None) -> tuple[Any, dict[str, Any]]:
     from ..attestation.snp import examine_snp_report, parse_snp_report
 
-    if enclave_info is not None:
-        # Enclave info lists each service's 32-byte SGX-shaped measurement; an SNP launch
-        # measurement is 48 bytes, and enclave info has no entries of that kind yet.
-        raise KettleError("enclave info lists no SEV-SNP measurements; verify without --enclave-info")
     verdict = examine_snp_report(report, certificate=certificate, at=when)
+    if enclave_info is not None and verdict.report is not None:
+        verdict.checks.append(_measurement_check("sev-snp", verdict.report, enclave_info))
     subject: dict[str, Any] = {}
     if verdict.report is not None:
         parsed = parse_snp_report(report)
@@ -223,20 +282,15 @@ def _examine_snp(report: bytes, certificate: bytes, when: datetime, enclave_info
 
 def _examine_dcap(quote: bytes, kind: str, collateral: bytes, when: datetime, allow_status: list[str],
                   enclave_info: Path | None) -> tuple[Any, dict[str, Any]]:
-    from ..attestation.dcap import DcapMeasurements, DcapPolicy, examine_dcap_quote
+    from ..attestation.dcap import DcapPolicy, examine_dcap_quote
 
     allowed: dict[str, frozenset[str]] = {}
     for entry in allow_status:
         status, _, advisories = entry.partition(":")
         allowed[status] = frozenset(a for a in advisories.split(",") if a)
-    measurements = None
-    if enclave_info is not None:
-        if kind == "tdx":
-            raise KettleError("enclave info lists no TDX measurements (MRTD, RTMRs); verify without --enclave-info")
-        pairs = _signed_measurements(enclave_info)
-        measurements = DcapMeasurements(mr_enclave=frozenset(e for e, _ in pairs), mr_signer=frozenset(s for _, s in pairs))
-    verdict = examine_dcap_quote(quote, collateral=collateral, at=when, policy=DcapPolicy(allowed=allowed),
-                                 measurements=measurements)
+    verdict = examine_dcap_quote(quote, collateral=collateral, at=when, policy=DcapPolicy(allowed=allowed))
+    if enclave_info is not None and verdict.quote is not None and verdict.quote.kind == kind:
+        verdict.checks.append(_measurement_check(kind, verdict.quote, enclave_info))
     subject: dict[str, Any] = {}
     if verdict.quote is not None:
         if verdict.quote.kind != kind:
@@ -244,3 +298,140 @@ def _examine_dcap(quote: bytes, kind: str, collateral: bytes, when: datetime, al
         subject = {"quote": verdict.quote.describe(), "tcb status": verdict.tcb_status,
                    "advisories": ", ".join(verdict.advisory_ids) or "none"}
     return verdict, subject
+
+
+# ---------------------------------------------------------------- the collateral cache
+
+collateral_app = typer.Typer(
+    no_args_is_help=True,
+    help="The collateral cache: AMD VCEKs and Intel collateral the verifiers use (import, export, status, fetch).",
+)
+app.add_typer(collateral_app, name="collateral")
+
+_DIR_OPTION = typer.Option(None, "--collateral-dir", help="the cache directory (default: attestation.collateral_dir)")
+
+
+def _cache(directory: Path | None, *, offline: bool | None = None, clock: Callable[[], datetime] | None = None) -> CollateralCache:
+    from ..attestation.collateral import collateral_cache
+
+    config = load_config()
+    if clock is None:
+        return collateral_cache(config, directory=directory, offline=offline)
+    return collateral_cache(config, directory=directory, offline=offline, clock=clock)
+
+
+def _short_key(kind: str, key: str) -> str:
+    """Keys for display: a VCEK's 64-byte chip id is shortened to its first 8 bytes."""
+    if kind == "vcek":
+        product, chip, tcb = key.split("/")
+        return f"{product}/{chip[:16]}…/{tcb}"
+    return key
+
+
+def _when(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+@collateral_app.command("import")
+@one_line_errors
+def collateral_import(
+    source: Path = typer.Argument(..., help="an export bundle, a VCEK (DER/PEM), Intel collateral JSON, or a directory of them"),
+    collateral_dir: Path = _DIR_OPTION,
+) -> None:
+    """Check and add collateral (every file of a directory); nothing is added unless every file is usable."""
+    from ..attestation.collateral import CollateralCache
+
+    files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+    if not files:
+        raise KettleError(f"{source} holds no files to import")
+    cache = _cache(collateral_dir)
+    with tempfile.TemporaryDirectory() as staging_dir:
+        # Everything is checked in a staging cache first, so one bad file adds nothing.
+        staging = CollateralCache(
+            Path(staging_dir), offline=True, clock=cache.clock,
+            unsafe_allow_expired_collateral=cache.unsafe_allow_expired_collateral,
+        )
+        problems = []
+        for path in files:
+            try:
+                staging.import_bytes(path.read_bytes(), source=f"import {path.name}")
+            except KettleError as exc:
+                problems.append(f"{path}: {exc.message}")
+            except OSError as exc:
+                problems.append(f"{path}: {exc.strerror}")
+        if problems:
+            raise KettleError("nothing imported: " + "; ".join(problems))
+        added = cache.import_bytes(staging.export_bytes())
+    for entry in added:
+        out.print(f"  added {entry.kind} {_short_key(entry.kind, entry.key)}, expires {_when(entry.expires)}", highlight=False)
+    out.print(f"{len(added)} entr{'y' if len(added) == 1 else 'ies'} imported into {cache.directory}", highlight=False)
+
+
+@collateral_app.command("export")
+@one_line_errors
+def collateral_export(
+    file: Path = typer.Argument(..., help="where to write the bundle (JSON)"),
+    collateral_dir: Path = _DIR_OPTION,
+) -> None:
+    """Write every cached entry into one bundle, which `kettle attest collateral import` reads elsewhere."""
+    cache = _cache(collateral_dir)
+    bundle = cache.export_bytes()
+    file.write_bytes(bundle)
+    count = len(list(cache.entries()))
+    out.print(f"{count} entr{'y' if count == 1 else 'ies'} exported to {file}", highlight=False)
+
+
+@collateral_app.command("status")
+@one_line_errors
+def collateral_status(
+    collateral_dir: Path = _DIR_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Each cached entry: kind, key, when fetched, when it expires, and fresh, expiring or expired."""
+    cache = _cache(collateral_dir)
+    now = cache.clock()
+    entries = list(cache.entries())
+    if as_json:
+        out.print_json(data={"directory": str(cache.directory), "offline": cache.offline, "entries": [
+            {"kind": e.kind, "key": e.key, "fetched": e.fetched.isoformat(), "expires": e.expires.isoformat(),
+             "state": e.state(now), "source": e.source} for e in entries
+        ]})
+        return
+    out.print(f"[bold]{escape(str(cache.directory))}[/bold]{'  (offline)' if cache.offline else ''}", highlight=False)
+    colours = {"fresh": "green", "expiring": "yellow", "expired": "red"}
+    for e in entries:
+        state = e.state(now)
+        out.print(f"  {e.kind:<5} {_short_key(e.kind, e.key):<40} fetched {_when(e.fetched)}  expires {_when(e.expires)}  "
+                  f"[{colours[state]}]{state}[/{colours[state]}]", highlight=False)
+    if not entries:
+        out.print("  (empty)")
+
+
+@collateral_app.command("fetch")
+@one_line_errors
+def collateral_fetch(
+    file: Path = typer.Argument(..., help="the report (SEV-SNP) or quote (TDX, SGX) to fetch collateral for"),
+    kind: str = typer.Option(..., "--kind", help="sev-snp, tdx or sgx"),
+    collateral_dir: Path = _DIR_OPTION,
+) -> None:
+    """Fetch the VCEK or Intel collateral for this evidence into the cache (even when collateral_offline is on)."""
+    from ..attestation.collateral import KIND_VCEK, quote_platform, snp_products
+    from ..attestation.snp import parse_snp_report
+
+    if kind not in EVIDENCE_KINDS:
+        raise typer.BadParameter(f"--kind must be one of {', '.join(EVIDENCE_KINDS)}")
+    evidence = file.read_bytes()
+    cache = _cache(collateral_dir, offline=False)
+    if kind == "sev-snp":
+        report = parse_snp_report(evidence)
+        cache.snp_certificate(evidence)
+        keys = [(KIND_VCEK, f"{p}/{report.chip_id.hex()}/{report.reported_tcb.hex()}") for p in snp_products(report, cache.snp_roots)]
+    else:
+        tee, fmspc, ca = quote_platform(evidence)
+        if tee != kind:
+            raise KettleError(f"{file} is a {tee} quote, not {kind}")
+        cache.dcap_collateral(evidence)
+        keys = [(tee, f"{fmspc}/{ca}")]
+    for entry in filter(None, (cache.get(k, key) for k, key in keys)):
+        out.print(f"{entry.kind} {_short_key(entry.kind, entry.key)}: fetched {_when(entry.fetched)}, "
+                  f"expires {_when(entry.expires)}, from {entry.source}", highlight=False)

@@ -45,6 +45,7 @@ class ClientTrust:
         *,
         auditor_threshold: int = 0,
         unsafe_allow_simulation: bool = False,
+        unsafe_allow_test_roots: bool = False,
         accepted_statuses: tuple[str, ...] = ("OK",),
         max_report_age: timedelta = timedelta(hours=1),
     ) -> ClientTrust:
@@ -54,6 +55,7 @@ class ClientTrust:
             load_as_root(as_root_path),
             info,
             unsafe_allow_simulation=unsafe_allow_simulation,
+            unsafe_allow_test_roots=unsafe_allow_test_roots,
             accepted_statuses=accepted_statuses,
             max_report_age=max_report_age,
         )
@@ -68,6 +70,7 @@ class ClientTrust:
             config.enclave_info_path,
             auditor_threshold=config.audit.threshold,
             unsafe_allow_simulation=config.attestation.unsafe_allow_simulation,
+            unsafe_allow_test_roots=bool(config.attestation.unsafe_test_roots),
             accepted_statuses=config.attestation.accepted_statuses,
             max_report_age=timedelta(seconds=config.attestation.validity_secs),
         )

@@ -27,12 +27,15 @@ from ..attestation.measurement import SIMULATION_MR_SIGNER, measure_service
 from ..attestation.providers import (
     AUTO,
     GRAMINE_SGX,
+    SEV_SNP,
+    TDX,
     TSM_PROVIDERS,
     ConfigfsTsmProvider,
     GramineProvider,
     choose_backend,
     probe_backends,
 )
+from ..attestation.sealing import KeyReleaseClient
 from ..attestation.trust import service_enclave_info, verifier_for
 from ..attestation.verifier import Verifier
 from ..config import Config
@@ -54,9 +57,14 @@ def evidence_provider(config: Config, service: str, mr_enclave: bytes) -> Eviden
     provider: ConfigfsTsmProvider | GramineProvider
     if backend in TSM_PROVIDERS:
         privlevel = settings.snp_privlevel if settings.snp_privlevel >= 0 else None
-        provider = ConfigfsTsmProvider(backend, Path(settings.configfs_tsm_path), privlevel)
+        provider = ConfigfsTsmProvider(
+            backend, Path(settings.configfs_tsm_path), privlevel,
+            Path(settings.snp_guest_device) if backend == SEV_SNP else None,
+            service=service,
+            key_release=KeyReleaseClient(settings.service_url, config.as_root_path) if backend == TDX else None,
+        )
     elif backend == GRAMINE_SGX:
-        provider = GramineProvider(Path(settings.gramine_attestation_path))
+        provider = GramineProvider(Path(settings.gramine_attestation_path), service=service)
     else:
         raise ConfigError(f"unknown TEE backend {backend!r}")
     log.info("%s gets its evidence from the %s backend (%s)", service, backend, provider.source)

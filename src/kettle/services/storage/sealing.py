@@ -29,6 +29,10 @@ _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _MIN_SEALED_BYTES = 1 + _NONCE_BYTES + _TAG_BYTES
 
+KEY_CHECK_NAMESPACE = "storage"
+KEY_CHECK_KEY = b"sealing-key-check"
+KEY_CHECK_VALUE = b"kettle storage sealing key v1"
+
 
 class Sealer:
     """AES-256-GCM with a random nonce per value.
@@ -170,6 +174,17 @@ class SealedStore:
         if applied:
             return True, value
         return False, self.get(namespace, key)
+
+    def check_key(self) -> None:
+        """Refuse (SealingError) a database sealed under another key; mark a new one as ours.
+
+        One marker record, sealed at first start, tells at once whether this key is the
+        one the data was sealed with, instead of each record failing on first read.
+        Its namespace is no caller's, so no service can read or overwrite it.
+        """
+        applied, current = self.compare_and_put(KEY_CHECK_NAMESPACE, KEY_CHECK_KEY, None, KEY_CHECK_VALUE)
+        if not applied and current != KEY_CHECK_VALUE:
+            raise SealingError("the sealing-key marker holds an unexpected value")
 
     def close(self) -> None:
         self._backend.close()

@@ -17,7 +17,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from ...config import Config
-from ...errors import ConfigError, InvalidArgument, NotFound, PermissionDenied
+from ...errors import ConfigError, InvalidArgument, NotFound, PermissionDenied, SealingError
 from ...rpc.generated import kettle_storage_pb2 as pb
 from ...rpc.generated import kettle_storage_pb2_grpc as pb_grpc
 from ...rpc.interceptors import current_peer
@@ -189,8 +189,19 @@ class StorageServicer(pb_grpc.KettleStorageServicer):
 def open_store(config: Config, runtime: ServiceRuntime) -> StorageBackend:
     if config.storage.backend != "sqlite":
         raise ConfigError(f"storage backend {config.storage.backend!r} is not available (known: sqlite)")
-    backend = SQLiteBackend(config.path(config.storage.path))
-    return SealedStore(backend, Sealer(runtime.provider.sealing_key("storage")))
+    path = config.path(config.storage.path)
+    store = SealedStore(SQLiteBackend(path), Sealer(runtime.provider.sealing_key("storage")))
+    try:
+        store.check_key()
+    except SealingError:
+        store.close()
+        raise ConfigError(
+            f"{path} was sealed under another sealing key, so this storage service cannot open it: the code "
+            "identity or platform that sealed it differs from this one (on sev-snp and tdx every code update "
+            "changes the key; docs/attestation.md, 'Sealing keys'). Kettle has no re-seal step yet: run the "
+            "version that sealed the data, or start from new storage"
+        ) from None
+    return store
 
 
 async def main(config: Config) -> None:
