@@ -36,6 +36,7 @@ from kettle.attestation.enclave_info import (
 from kettle.attestation.evidence_extension import CarriedEvidence
 from kettle.attestation.hardware import EVIDENCE_EXTENSION_OID, NO_EVIDENCE
 from kettle.attestation.identity import Identity
+from kettle.attestation.report import REPORT_EXTENSION_OID
 from kettle.attestation.verifier import Verifier
 from kettle.cli.main import app
 from kettle.errors import AttestationError, ConfigError
@@ -63,8 +64,9 @@ class Served:
         self.server.stop(None)
 
 
-def with_evidence(home: AttestedHome, identity: Identity, value: bytes) -> x509.Certificate:
-    """``identity``'s certificate re-issued by the AS's CA with the raw evidence extension added."""
+def with_evidence(home: AttestedHome, identity: Identity, value: bytes, *, drop_report: bool = False) -> x509.Certificate:
+    """``identity``'s certificate re-issued by the AS's CA with the raw evidence extension added
+    (``drop_report``: without the AS report)."""
     cert = identity.certificate
     builder = (
         x509.CertificateBuilder()
@@ -73,7 +75,8 @@ def with_evidence(home: AttestedHome, identity: Identity, value: bytes) -> x509.
         .not_valid_before(cert.not_valid_before_utc).not_valid_after(cert.not_valid_after_utc)
     )
     for extension in cert.extensions:
-        builder = builder.add_extension(extension.value, extension.critical)
+        if not (drop_report and extension.oid == REPORT_EXTENSION_OID):
+            builder = builder.add_extension(extension.value, extension.critical)
     builder = builder.add_extension(x509.UnrecognizedExtension(EVIDENCE_EXTENSION_OID, value), critical=False)
     return builder.sign(home.authority.ca_key, hashes.SHA256())
 
@@ -252,6 +255,21 @@ def test_cli_without_as_trusts_only_the_hardware(
         assert json.loads(unlisted.stdout)["hardware"]["reason"] == (
             "enclave info lists no sev-snp measurements for frontend (no [teaclave_frontend_service.sev_snp])"
         )
+    finally:
+        served.stop()
+
+
+def test_cli_hardware_without_a_service_named_by_the_as_asks_for_one(
+    home: AttestedHome, identity: Identity, milan: SnpTestHardware
+) -> None:
+    cert = with_evidence(home, identity, snp_evidence(milan, identity.key), drop_report=True)
+    served = Served(identity.key, [cert, *identity.chain])
+    try:
+        result = kettle(home, served.address, "--hardware", "--json")
+        assert result.exit_code == 1, result.output
+        doc = json.loads(result.stdout)
+        assert doc["service"] is None and not doc["checks"][-1]["ok"]  # the AS checks say the report is missing
+        assert doc["hardware"]["reason"] == "the attestation service's report names no service of enclave info; give --service"
     finally:
         served.stop()
 
