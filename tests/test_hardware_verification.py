@@ -329,6 +329,8 @@ def _doc(**changes: object) -> bytes:
         (der_octet_string(b"\xff\xfe garbage"), "evidence extension is not JSON"),
         (der_octet_string(b"[1, 2]"), "the extension must be a JSON object"),
         (der_octet_string(b" " * MAX_EXTENSION_BYTES), f"more than {MAX_EXTENSION_BYTES}"),
+        (der_octet_string(b"[" * 30000), "JSON nested too deeply"),
+        (der_octet_string(b'{"v":' * 6000), "JSON nested too deeply"),
         (_doc(v=2), "version 2 is not 1"),
         (_doc(v=True), "version True is not 1"),
         (_doc(v=...), "exactly the keys certificates, evidence, kind, v"),

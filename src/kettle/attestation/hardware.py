@@ -144,6 +144,8 @@ def parse_evidence_value(value: bytes) -> RawEvidence:
         doc = json.loads(content.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
     except (UnicodeDecodeError, ValueError):
         raise AttestationError("evidence extension is not JSON") from None
+    except RecursionError:  # json's decoder recurses once per nesting level
+        raise AttestationError("evidence extension is JSON nested too deeply") from None
     doc = _exact_keys(doc, {"v", "kind", "evidence", "certificates"}, "the extension")
     if type(doc["v"]) is not int or doc["v"] != FORMAT_VERSION:
         raise AttestationError(f"evidence extension: version {doc['v']!r} is not {FORMAT_VERSION}")
