@@ -344,6 +344,21 @@ def test_an_existing_upload_target_is_never_overwritten(tmp_path: Path, function
     assert (world.root / "taken.enc").read_bytes() == b"someone else's"
 
 
+def test_a_rerun_after_a_node_died_past_the_upload_replaces_its_own_earlier_output(tmp_path: Path, function: Any) -> None:
+    """The first attempt stored its output and its node died before reporting; the scheduler
+    runs the task again, and that run must finish, its output replacing the earlier copy."""
+    world = World(tmp_path)
+    out = world.output("out.enc")
+    runs = iter([b"first run", b"second run"])
+    function(lambda runtime: runtime.create_output("out").write(next(runs)) and "ok")
+    first = run_staged_task(task(outputs={"out": out}), world.plane)
+    assert first.failure is None, first.failure
+    second = run_staged_task(task(outputs={"out": out}), world.plane)
+    assert second.failure is None and second.outputs is not None, second.failure
+    content, cmac = world.read_output(out)
+    assert content == b"second run" and second.outputs.tags_map == {"out": cmac}
+
+
 def test_unknown_file_names_get_the_reference_texts(tmp_path: Path, function: Any) -> None:
     world = World(tmp_path)
     function(lambda runtime: runtime.open_input("nope") and "")

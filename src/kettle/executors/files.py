@@ -360,7 +360,10 @@ class TaskFiles:
             tags[name] = output.writer.cmac
         for name, output in sorted(self._outputs.items()):
             try:
-                self._require_plane().agent.store(output.path, output.record.url, output.record.s3_credentials)
+                # Marked with the record's id, so a retry of this task may replace what an earlier
+                # attempt stored before its node died.
+                self._require_plane().agent.store(
+                    output.path, output.record.url, output.record.s3_credentials, mark=output.record.uuid)
             except TransferError as exc:
                 raise TaskFileError(f"Failed to upload output {name}: {exc}") from None
         return tags

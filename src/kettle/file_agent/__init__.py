@@ -162,23 +162,30 @@ class FileAgent:
         else:
             self._generic.fetch(parsed, sink)
 
-    def store(self, source: pathlib.Path, url: str, credentials: ObjectStoreCredentials | None = None) -> None:
+    def store(
+        self, source: pathlib.Path, url: str, credentials: ObjectStoreCredentials | None = None,
+        *, mark: str | None = None,
+    ) -> None:
         """Upload the local file ``source`` to ``url`` (with the owner's ``credentials``, if any).
 
         A source over ``max_file_bytes`` is refused before anything is sent.
-        Local targets (``file``, ``fusion``) are never overwritten; remote ones
-        follow their store's semantics (a presigned PUT replaces the object).
+        Local targets (``file``, ``fusion``) are never overwritten, except a file
+        marked with the same ``mark`` (the output record's id), which an earlier
+        attempt at the same output stored; remote ones follow their store's
+        semantics (a presigned PUT replaces the object).
         """
         parsed = parse_url(url, self._allowed)
         if parsed.scheme == "data":
             raise TransferError(f"cannot store to a data URL: {parsed.shown}")
         resolved_source = Source(source, self._config.max_file_bytes, parsed.shown)
         try:
-            self._store(resolved_source, parsed, credentials)
+            self._store(resolved_source, parsed, credentials, mark)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a redacted TransferError
             raise _unexpected(exc, parsed, "storing") from None
 
-    def _store(self, source: Source, parsed: ParsedUrl, credentials: ObjectStoreCredentials | None) -> None:
+    def _store(
+        self, source: Source, parsed: ParsedUrl, credentials: ObjectStoreCredentials | None, mark: str | None
+    ) -> None:
         scheme = parsed.scheme
         if credentials is not None:
             self._owner_s3.store(source, _s3_only(parsed), credentials)
@@ -187,8 +194,8 @@ class FileAgent:
         elif scheme == "s3":
             self._s3.store(source, parsed)
         elif scheme == "file":
-            self._local.store_file(source, parsed)
+            self._local.store_file(source, parsed, mark)
         elif scheme == "fusion":
-            self._local.store_fusion(source, parsed)
+            self._local.store_fusion(source, parsed, mark)
         else:
             self._generic.store(source, parsed)

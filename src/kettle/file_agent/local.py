@@ -6,7 +6,11 @@ keys, so a path is only used when, with every symlink and ``..`` resolved, it
 lies inside a directory the operator allowed (``file_agent.file_roots``, or the
 fusion directory). The check is made on the path and again on the file actually
 opened (through ``/proc/self/fd``), so a symlink swapped in between cannot win.
-Stored files never overwrite anything: they are created exclusively.
+Stored files never overwrite anything: they are created exclusively. The one
+exception is a copy of the same output that an earlier attempt left behind: the
+node marks each file it stores with the output's record id (extended attribute
+``user.kettle.output``), and a retried task (its first node died after storing,
+before reporting) replaces only a file carrying its own output's mark.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ __all__ = ["DATA_PREFIX", "FUSION_PREFIX", "LocalFiles"]
 FUSION_PREFIX: Final = "/TEACLAVE_FUSION_BASE/"
 DATA_PREFIX: Final = "text/plain;base64,"
 _PROC_FD: Final = Path("/proc/self/fd")
+OUTPUT_MARK_XATTR: Final = "user.kettle.output"
 
 
 def _inside(path: Path, roots: Sequence[Path]) -> bool:
@@ -81,8 +86,40 @@ def _read_fd(path: Path, roots: Sequence[Path], shown: str, refusal: str, missin
     return fd
 
 
-def _write_fd(path: Path, roots: Sequence[Path], shown: str, refusal: str, *, make_parents: bool) -> tuple[int, Path]:
-    """Create a new file for writing, confined to ``roots``; an existing one is never touched."""
+def _marked_for(target: Path, mark: str) -> bool:
+    """Whether ``target`` is a regular file this node stored for the output named ``mark``."""
+    try:
+        # Not following links: a symlink carries no user attribute, so one is never replaced.
+        return os.getxattr(target, OUTPUT_MARK_XATTR, follow_symlinks=False) == mark.encode()
+    except OSError:
+        return False
+
+
+def _create_exclusive(target: Path, shown: str, mark: str | None) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(target, flags, 0o644)
+    except FileExistsError:
+        if mark is None or not _marked_for(target, mark):
+            raise TransferError(f"{shown} already exists; a stored file never replaces one") from None
+    # An earlier attempt at this same output stored it (or part of it) and its node died before
+    # the result was reported: this attempt's file replaces it.
+    try:
+        target.unlink()
+        return os.open(target, flags, 0o644)
+    except FileExistsError:
+        raise TransferError(f"{shown} already exists; a stored file never replaces one") from None
+    except OSError as exc:
+        raise TransferError(f"cannot replace {shown}: {exc.strerror}") from None
+
+
+def _write_fd(
+    path: Path, roots: Sequence[Path], shown: str, refusal: str, *, make_parents: bool, mark: str | None
+) -> tuple[int, Path]:
+    """Create a new file for writing, confined to ``roots``.
+
+    An existing file is never touched, unless it carries ``mark``: then it is an earlier
+    attempt's copy of the same output, and it is replaced."""
     if path.name in ("", ".", ".."):
         raise TransferError(f"{shown} has no file name in its path")
     parent = path.parent.resolve()
@@ -100,9 +137,7 @@ def _write_fd(path: Path, roots: Sequence[Path], shown: str, refusal: str, *, ma
         raise TransferError(f"the directory of {shown} does not exist")
     target = parent / path.name
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except FileExistsError:
-        raise TransferError(f"{shown} already exists; a stored file never replaces one") from None
+        fd = _create_exclusive(target, shown, mark)
     except OSError as exc:
         raise TransferError(f"cannot create {shown}: {exc.strerror}") from None
     real = _opened_path(fd)
@@ -111,6 +146,11 @@ def _write_fd(path: Path, roots: Sequence[Path], shown: str, refusal: str, *, ma
         # Only remove what was created here, at the place the descriptor shows.
         real.unlink(missing_ok=True)
         raise TransferError(refusal)
+    if mark is not None:
+        try:
+            os.setxattr(fd, OUTPUT_MARK_XATTR, mark.encode())
+        except OSError:
+            pass  # a file system without user attributes: a retry then finds the file unmarked and refuses
     return fd, target
 
 
@@ -169,9 +209,9 @@ class LocalFiles:
         fd = _read_fd(path, self._roots, parsed.shown, refusal, f"no file at {parsed.shown}")
         _copy_in(fd, sink)
 
-    def store_file(self, source: Source, parsed: ParsedUrl) -> None:
+    def store_file(self, source: Source, parsed: ParsedUrl, mark: str | None = None) -> None:
         path, refusal = self._file_path(parsed)
-        fd, target = _write_fd(path, self._roots, parsed.shown, refusal, make_parents=False)
+        fd, target = _write_fd(path, self._roots, parsed.shown, refusal, make_parents=False, mark=mark)
         _copy_out(source, fd, target, parsed.shown)
 
     # -- fusion:// -------------------------------------------------------------
@@ -191,9 +231,9 @@ class LocalFiles:
         fd = _read_fd(path, (self._fusion,), parsed.shown, refusal, f"no fusion file at {parsed.shown}")
         _copy_in(fd, sink)
 
-    def store_fusion(self, source: Source, parsed: ParsedUrl) -> None:
+    def store_fusion(self, source: Source, parsed: ParsedUrl, mark: str | None = None) -> None:
         path, refusal = self._fusion_path(parsed)
-        fd, target = _write_fd(path, (self._fusion,), parsed.shown, refusal, make_parents=True)
+        fd, target = _write_fd(path, (self._fusion,), parsed.shown, refusal, make_parents=True, mark=mark)
         _copy_out(source, fd, target, parsed.shown)
 
     # -- data: -----------------------------------------------------------------
