@@ -279,7 +279,7 @@ def test_every_service_killed_in_turn_under_load_loses_repeats_and_leaves_nothin
         deadline = time.monotonic() + 240
         for submitted in load.invoked:
             task = client.wait_task(submitted.task_id, timeout=max(1.0, deadline - time.monotonic()))
-            assert task.status == TaskStatus.FINISHED, (submitted, task)
+            assert task.status == TaskStatus.FINISHED, (submitted.message, task.task_id, task.result)
             outputs = task.outputs_or_raise()
             assert outputs.return_value == submitted.message.encode(), (submitted, task)
             if submitted.output is not None:
