@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -70,6 +71,29 @@ def as_tls_context(as_root: Path) -> ssl.SSLContext:
     return context
 
 
+def post_to_attestation_service(
+    service_url: str, path: str, body: bytes, context: ssl.SSLContext, timeout: float
+) -> tuple[int, dict[str, Any]]:
+    """POST JSON to the attestation service; its status and its JSON object answer ({} if it sent none)."""
+    url = urllib.parse.urlsplit(service_url)
+    if url.scheme != "https" or not url.hostname:
+        raise AttestationError(f"attestation service URL must be https://host:port, not {service_url!r}")
+    connection = http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=timeout, context=context)
+    try:
+        connection.request("POST", path, body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        payload = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise Unavailable(f"attestation service at {service_url} is unreachable: {exc}") from None
+    finally:
+        connection.close()
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError):
+        doc = {}
+    return response.status, doc if isinstance(doc, dict) else {}
+
+
 def request_certificate(
     service_url: str, as_root: Path, service: str, provider: EvidenceProvider, generation: int,
     timeout: float = 10.0,
@@ -92,28 +116,16 @@ def request_certificate(
             "certificates": [{"kind": c.kind, "der": base64.b64encode(c.der).decode()} for c in evidence.certificates],
         }
     ).encode()
-    url = urllib.parse.urlsplit(service_url)
-    if url.scheme != "https" or not url.hostname:
-        raise AttestationError(f"attestation service URL must be https://host:port, not {service_url!r}")
-    connection = http.client.HTTPSConnection(
-        url.hostname, url.port or 443, timeout=timeout, context=as_tls_context(as_root)
+    status, doc = post_to_attestation_service(
+        service_url, "/kettle/v1/certificate", body, as_tls_context(as_root), timeout
     )
+    if status != 200:
+        raise AttestationError(f"attestation service refused {service}: {doc.get('error', status)}")
     try:
-        connection.request("POST", "/kettle/v1/certificate", body, {"Content-Type": "application/json"})
-        response = connection.getresponse()
-        payload = response.read()
-    except (OSError, http.client.HTTPException) as exc:
-        raise Unavailable(f"attestation service at {service_url} is unreachable: {exc}") from None
-    finally:
-        connection.close()
-    try:
-        doc = json.loads(payload)
-    except ValueError:
-        doc = {}
-    if response.status != 200:
-        raise AttestationError(f"attestation service refused {service}: {doc.get('error', response.status)}")
-    certs = x509.load_pem_x509_certificates(doc["certificate_chain"].encode())
-    client_certs = x509.load_pem_x509_certificates(doc["client_certificate_chain"].encode())
+        certs = x509.load_pem_x509_certificates(str(doc["certificate_chain"]).encode())
+        client_certs = x509.load_pem_x509_certificates(str(doc["client_certificate_chain"]).encode())
+    except (KeyError, ValueError):
+        raise AttestationError("attestation service answered without a valid certificate chain") from None
     if certs[0].public_key() != key.public_key() or client_certs[0].public_key() != key.public_key():
         raise AttestationError("attestation service returned a certificate for another key")
     return Identity(service, key, certs[0], client_certs[0], tuple(certs[1:]), generation)

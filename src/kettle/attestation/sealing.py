@@ -26,12 +26,10 @@ import binascii
 import ctypes
 import errno
 import fcntl
-import http.client
 import json
 import os
 import struct
 import time
-import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,7 +40,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import AttestationError, Unavailable
 from .backends import EvidenceProvider
-from .identity import Identity, as_tls_context, request_certificate
+from .identity import (
+    Identity,
+    as_tls_context,
+    post_to_attestation_service,
+    request_certificate,
+)
 
 SEAL_DOMAIN = b"kettle-seal-v1\0"
 KEY_SIZE = 32
@@ -225,32 +228,15 @@ class KeyReleaseClient:
                 time.sleep(self.delay)
 
     def _release(self, identity: Identity, purpose: str) -> bytes:
-        url = urllib.parse.urlsplit(self.service_url)
-        if url.scheme != "https" or not url.hostname:
-            raise AttestationError(f"attestation service URL must be https://host:port, not {self.service_url!r}")
         context = as_tls_context(self.as_root)
         with _memory_file(identity.client_chain_pem) as chain, _memory_file(identity.key_pem) as key:
             context.load_cert_chain(chain, key)
         body = json.dumps({"service": identity.service, "purpose": purpose}).encode()
-        connection = http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=self.timeout, context=context)
-        try:
-            connection.request("POST", RELEASE_PATH, body, {"Content-Type": "application/json"})
-            response = connection.getresponse()
-            payload = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise Unavailable(f"attestation service at {self.service_url} is unreachable: {exc}") from None
-        finally:
-            connection.close()
-        try:
-            doc = json.loads(payload)
-        except ValueError:
-            doc = {}
-        if not isinstance(doc, dict):
-            doc = {}
-        if response.status != 200:
+        status, doc = post_to_attestation_service(self.service_url, RELEASE_PATH, body, context, self.timeout)
+        if status != 200:
             raise AttestationError(
                 f"the attestation service refused the {purpose!r} sealing key of {identity.service}: "
-                f"{doc.get('error', response.status)}"
+                f"{doc.get('error', status)}"
             )
         try:
             released = base64.b64decode(str(doc["key"]), validate=True)
