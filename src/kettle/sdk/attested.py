@@ -12,8 +12,9 @@ A party that does not trust the operator's AS asks for the hardware too
 evidence must then verify against the vendor roots and the auditors' measurements
 (:mod:`kettle.attestation.hardware`), and the grpc channel trusts exactly the verified
 certificate instead of the AS root, so no certificate the AS issues later can take its
-place. Such a channel holds until the service rotates its certificate; a new
-connection after that is refused, and the client verifies again.
+place. When the service presents another certificate (it rotates its certificate at
+half its validity, or restarts with a new key), :class:`RepinningChannel` verifies the
+new one with the same checks before it sends anything there, and re-pins to it.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -46,6 +50,8 @@ from ..errors import AttestationError, ConfigError, Unavailable
 from ..rpc.channel import channel_options
 
 HANDSHAKE_TIMEOUT_SECS = 10.0
+NOT_CONNECTED = "failed to connect to all addresses"
+"""How grpc's status details begin for a call that failed because no connection (handshake) succeeded."""
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +178,14 @@ class AttestedEndpoint:
     """PEM of the verified certificate when the hardware was verified: the channel's only anchor."""
 
     def channel(self, trust: ClientTrust) -> grpc.Channel:
+        """A channel to this endpoint; pinned to the verified certificate, one that re-verifies
+        and re-pins when the service presents another (:class:`RepinningChannel`)."""
+        if self.pinned_certificate is not None:
+            return RepinningChannel(self, trust)
+        return self.fixed_channel(trust)
+
+    def fixed_channel(self, trust: ClientTrust) -> grpc.Channel:
+        """A channel that trusts the AS root, or only the pinned certificate, for good."""
         return grpc.secure_channel(self.address, self._credentials(trust), options=channel_options(self.target_name))
 
     def aio_channel(self, trust: ClientTrust) -> grpc.aio.Channel:
@@ -229,16 +243,28 @@ def verify_endpoint(address: str, service: str, trust: ClientTrust) -> AttestedE
 
     With ``trust.hardware`` its TEE evidence must also verify against the vendor roots.
     """
-    verdict, cert = examine_endpoint(address, service, trust)
+    der = fetch_certificate(address, trust.as_root_path)
+    try:
+        return endpoint_of(address, service, trust, der)
+    except AttestationError as exc:
+        raise AttestationError(f"{address}: {exc.reason}") from None
+
+
+def endpoint_of(address: str, service: str, trust: ClientTrust, der: bytes) -> AttestedEndpoint:
+    """The endpoint ``address`` serving certificate ``der``, if that certificate passes every check."""
+    verdict = trust.verifier.examine(der, expected_services={service})
     if not verdict.ok:
-        raise AttestationError(f"{address}: {verdict.reason}")
+        raise AttestationError(verdict.reason)
     assert verdict.peer is not None
+    cert = x509.load_der_x509_certificate(der)
     target = measurement_name_of(cert, verdict.peer)
     if trust.hardware is None:
         return AttestedEndpoint(address, verdict.peer, target)
     hardware = trust.hardware.examine(cert, trust.enclave_info, service, datetime.now(UTC))
     if not hardware.ok:
-        raise AttestationError(f"{address}: hardware: {hardware.reason}")
+        failed = next((c.name for c in hardware.checks if not c.ok), "hardware evidence")
+        log.warning("%s: certificate refused by the hardware check %r: %s", address, failed, hardware.reason)
+        raise AttestationError(f"hardware: {hardware.reason}")
     return AttestedEndpoint(address, verdict.peer, target, hardware, cert.public_bytes(serialization.Encoding.PEM))
 
 
@@ -253,3 +279,145 @@ def measurement_name_of(cert: x509.Certificate, peer: AttestedPeer) -> str:
         if name.startswith(f"{h[:32]}.{h[32:]}.mre."):
             return name
     raise AttestationError("certificate has no measurement name for its verified measurement")
+
+
+class RepinningChannel(grpc.Channel):
+    """A channel pinned to the verified certificate that follows the service's certificate rotation.
+
+    A blocking unary call that fails UNAVAILABLE makes the channel look at the certificate the
+    service presents now. The same certificate: the failure is the caller's. Another one: it
+    must pass every check the first one passed (AS and hardware) before the channel re-pins to
+    it; a certificate that fails them raises AttestationError with the reason, and nothing is
+    sent to it. The call is then made again, once, if grpc says it never connected (the old
+    pinned channel cannot complete a handshake with another certificate, and servers retire
+    old connections gracefully, so calls in flight on them finish): a call cut off mid-way
+    keeps its error, since the service may have acted on it. Threads failing together wait
+    for one re-verification and then use its channel.
+    """
+
+    def __init__(self, endpoint: AttestedEndpoint, trust: ClientTrust) -> None:
+        if endpoint.pinned_certificate is None:
+            raise ConfigError("a re-pinning channel needs an endpoint whose hardware was verified")
+        self._trust = trust
+        self._lock = threading.Lock()
+        self._endpoint = endpoint
+        self._channel = endpoint.fixed_channel(trust)
+        self._generation = 0
+        # Kept open until close(): calls still in flight on an old connection finish there.
+        self._retired: list[grpc.Channel] = []
+
+    @property
+    def endpoint(self) -> AttestedEndpoint:
+        """The endpoint as last verified; its ``pinned_certificate`` is the one trusted now."""
+        return self._endpoint
+
+    def current(self) -> tuple[int, grpc.Channel]:
+        with self._lock:
+            return self._generation, self._channel
+
+    def repin(self, failed_generation: int) -> bool:
+        """After a call on ``failed_generation`` failed UNAVAILABLE: whether a verified new
+        certificate is pinned now (the call may be made again). Raises AttestationError when
+        the service presents a certificate that fails verification."""
+        with self._lock:
+            if self._generation != failed_generation:
+                return True  # another thread re-verified while this one waited
+            address = self._endpoint.address
+            try:
+                der = fetch_certificate(address, self._trust.as_root_path)
+            except Unavailable:
+                return False  # the service is down: the call's own error says so
+            except AttestationError as exc:
+                raise self._refused(exc) from None
+            pinned = x509.load_pem_x509_certificate(self._endpoint.pinned_certificate or b"")
+            if der == pinned.public_bytes(serialization.Encoding.DER):
+                return False  # still the verified certificate: not a rotation
+            try:
+                endpoint = endpoint_of(address, self._endpoint.peer.service, self._trust, der)
+            except AttestationError as exc:
+                raise self._refused(exc) from None
+            log.info("%s presents a new certificate; it passed the hardware checks and the channel is re-pinned to it",
+                     address)
+            self._retired.append(self._channel)
+            self._endpoint, self._channel = endpoint, endpoint.fixed_channel(self._trust)
+            self._generation += 1
+            return True
+
+    def _refused(self, exc: AttestationError) -> AttestationError:
+        return AttestationError(
+            f"{self._endpoint.address} presents a new certificate that fails verification, so nothing is "
+            f"sent to it ({exc.reason}); verify the service again once it presents a verifiable certificate"
+        )
+
+    def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                    _registered_method: bool | None = False) -> grpc.UnaryUnaryMultiCallable:
+        return _RepinningUnaryUnary(self, lambda c: c.unary_unary(method, request_serializer, response_deserializer))
+
+    def unary_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                     _registered_method: bool | None = False) -> grpc.UnaryStreamMultiCallable:
+        return _OnCurrent(self, lambda c: c.unary_stream(method, request_serializer, response_deserializer))  # type: ignore[return-value]
+
+    def stream_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                     _registered_method: bool | None = False) -> grpc.StreamUnaryMultiCallable:
+        return _OnCurrent(self, lambda c: c.stream_unary(method, request_serializer, response_deserializer))  # type: ignore[return-value]
+
+    def stream_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                      _registered_method: bool | None = False) -> grpc.StreamStreamMultiCallable:
+        return _OnCurrent(self, lambda c: c.stream_stream(method, request_serializer, response_deserializer))  # type: ignore[return-value]
+
+    def subscribe(self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False) -> None:
+        self.current()[1].subscribe(callback, try_to_connect)
+
+    def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        self.current()[1].unsubscribe(callback)
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in (*self._retired, self._channel):
+                channel.close()
+            self._retired.clear()
+
+    def __enter__(self) -> RepinningChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _OnCurrent:
+    """A streaming call on the channel pinned now; re-pinning follows the next unary call."""
+
+    def __init__(self, channel: RepinningChannel, callable_on: Callable[[grpc.Channel], Any]) -> None:
+        self._channel, self._callable_on = channel, callable_on
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._callable_on(self._channel.current()[1])(*args, **kwargs)
+
+
+class _RepinningUnaryUnary(grpc.UnaryUnaryMultiCallable):
+    def __init__(self, channel: RepinningChannel, callable_on: Callable[[grpc.Channel], Any]) -> None:
+        self._channel, self._callable_on = channel, callable_on
+
+    def _made_again(self, call: Callable[[grpc.UnaryUnaryMultiCallable], Any]) -> Any:
+        generation, channel = self._channel.current()
+        try:
+            return call(self._callable_on(channel))
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+                raise
+            # Made again only when grpc never connected, so never sent it: a call cut off on a
+            # connection (a service restarting with a new key mid-call) may have taken effect.
+            never_sent = (exc.details() or "").startswith(NOT_CONNECTED)  # type: ignore[attr-defined]
+            if not self._channel.repin(generation) or not never_sent:
+                raise
+        return call(self._callable_on(self._channel.current()[1]))
+
+    def __call__(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._made_again(lambda c: c(request, *args, **kwargs))
+
+    def with_call(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._made_again(lambda c: c.with_call(request, *args, **kwargs))
+
+    def future(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        # A future's failure arrives after this returns: it cannot be made again here.
+        return self._callable_on(self._channel.current()[1]).future(request, *args, **kwargs)
