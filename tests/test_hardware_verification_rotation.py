@@ -29,7 +29,12 @@ from kettle.attestation.hardware import NO_EVIDENCE
 from kettle.attestation.identity import Identity
 from kettle.attestation.verifier import Verifier
 from kettle.errors import AttestationError
-from kettle.sdk.attested import ClientTrust, HardwareTrust, RepinningChannel, verify_endpoint
+from kettle.sdk.attested import (
+    ClientTrust,
+    HardwareTrust,
+    RepinningChannel,
+    verify_endpoint,
+)
 
 ECHO = "/kettle.test.Echo/Echo"
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import grpc
 from cryptography import x509
@@ -377,7 +377,7 @@ class RepinningChannel(grpc.Channel):
                 channel.close()
             self._retired.clear()
 
-    def __enter__(self) -> RepinningChannel:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
