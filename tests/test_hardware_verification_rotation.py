@@ -9,6 +9,7 @@ restart makes new handshakes meet a new certificate). The client is the SDK chan
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from kettle.attestation.identity import Identity
 from kettle.attestation.verifier import Verifier
 from kettle.errors import AttestationError
 from kettle.sdk.attested import (
+    AioRepinningChannel,
     ClientTrust,
     HardwareTrust,
     RepinningChannel,
@@ -222,3 +224,33 @@ def test_an_outage_or_the_same_certificate_is_not_a_rotation(
     assert pinned(channel) == before
     assert not any("re-pinned" in r.message for r in caplog.records)
     assert server.received == [b"before", b"back"]
+
+
+def test_an_asyncio_channel_follows_a_verified_rotation_and_refuses_a_failing_one(
+    home: AttestedHome, milan: SnpTestHardware, client: ClientTrust, server: RotatingServer,
+    same: tuple[Identity, list[x509.Certificate]],
+) -> None:
+    first, chain = same
+    server.serve(key_pem(first), chain)
+    endpoint = verify_endpoint(server.address, "frontend", client)
+    rotated, refused = fresh(home), fresh(home)
+
+    async def scenario() -> None:
+        channel = endpoint.aio_channel(client)
+        assert isinstance(channel, AioRepinningChannel)
+        async with channel:
+            echo = channel.unary_unary(ECHO)
+            assert await echo(b"before", timeout=10) == b"before"
+            server.serve(key_pem(rotated), certified(home, rotated, snp_evidence(milan, rotated.key)))
+            answers = await asyncio.gather(*(echo(bytes([n]), timeout=10) for n in range(4)))
+            assert answers == [bytes([n]) for n in range(4)]
+            assert x509.load_pem_x509_certificate(channel.endpoint.pinned_certificate or b"").public_key() == (
+                rotated.key.public_key()
+            )
+            wrong = snp_evidence(milan, refused.key, measurement=bytes(48))
+            server.serve(key_pem(refused), certified(home, refused, wrong))
+            with pytest.raises(AttestationError, match=r"fails verification, so nothing is sent to it \(hardware: measurement"):
+                await echo(b"secret", timeout=10)
+
+    asyncio.run(scenario())
+    assert sorted(server.received) == sorted([b"before", *(bytes([n]) for n in range(4))])
