@@ -15,18 +15,19 @@ import threading
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 from attested_identities import AttestedHome, attested_home
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 from snp_test_roots import SnpTestHardware
 from test_hardware_verification_endpoint import MEASUREMENT, snp_evidence, with_evidence
 
 from kettle.attestation.enclave_info import EnclaveInfo, TeeMeasurements
-from kettle.attestation.hardware import NO_EVIDENCE
+from kettle.attestation.hardware import EVIDENCE_EXTENSION_OID, NO_EVIDENCE
 from kettle.attestation.identity import Identity
 from kettle.attestation.verifier import Verifier
 from kettle.errors import AttestationError
@@ -160,19 +161,38 @@ def test_a_rotation_to_verified_evidence_is_followed_and_pinned(
     assert sum("re-pinned" in r.message for r in caplog.records) == 1
 
 
-@pytest.mark.parametrize("rotation", ["another measurement", "another key's report data", "no evidence"])
-def test_a_rotation_to_evidence_that_fails_is_refused_and_nothing_is_sent(
+def not_from_the_as(identity: Identity, evidence: bytes) -> list[x509.Certificate]:
+    """A certificate with valid hardware evidence for its key that the AS did not issue."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "teaclave_frontend_service")])
+    now = datetime.now(UTC)
+    return [
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(identity.key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.UnrecognizedExtension(EVIDENCE_EXTENSION_OID, evidence), critical=False)
+        .sign(identity.key, hashes.SHA256())
+    ]
+
+
+@pytest.mark.parametrize(
+    "rotation", ["another measurement", "another key's report data", "no evidence", "not issued by the AS"]
+)
+def test_a_rotation_to_a_certificate_that_fails_is_refused_and_nothing_is_sent(
     home: AttestedHome, milan: SnpTestHardware, server: RotatingServer, channel: RepinningChannel, rotation: str
 ) -> None:
     before = pinned(channel)
     rotated = fresh(home)
-    evidence, reason = {
-        "another measurement": (snp_evidence(milan, rotated.key, measurement=bytes(48)),
+    chain, reason = {
+        "another measurement": (certified(home, rotated, snp_evidence(milan, rotated.key, measurement=bytes(48))),
                                 "hardware: measurement 0000"),
-        "another key's report data": (snp_evidence(milan, fresh(home).key), "hardware: report data "),
-        "no evidence": (None, f"hardware: {NO_EVIDENCE}"),
+        "another key's report data": (certified(home, rotated, snp_evidence(milan, fresh(home).key)),
+                                      "hardware: report data "),
+        "no evidence": (certified(home, rotated, None), f"hardware: {NO_EVIDENCE}"),
+        # Hardware evidence alone never replaces the AS checks the client asked for.
+        "not issued by the AS": (not_from_the_as(rotated, snp_evidence(milan, rotated.key)),
+                                 f"{server.address}: TLS certificate does not chain to the pinned AS root"),
     }[rotation]
-    server.serve(key_pem(rotated), certified(home, rotated, evidence))
+    server.serve(key_pem(rotated), chain)
     call = channel.unary_unary(ECHO)
     for _ in range(2):  # refused every time, never sent
         with pytest.raises(AttestationError) as info:
