@@ -13,8 +13,9 @@ evidence must then verify against the vendor roots and the auditors' measurement
 (:mod:`kettle.attestation.hardware`), and the grpc channel trusts exactly the verified
 certificate instead of the AS root, so no certificate the AS issues later can take its
 place. When the service presents another certificate (it rotates its certificate at
-half its validity, or restarts with a new key), :class:`RepinningChannel` verifies the
-new one with the same checks before it sends anything there, and re-pins to it.
+half its validity, or restarts with a new key), :class:`RepinningChannel` (and
+:class:`AioRepinningChannel`) verifies the new one with the same checks before it sends
+anything there, and re-pins to it.
 """
 
 from __future__ import annotations
