@@ -159,6 +159,9 @@ def test_a_rotation_to_verified_evidence_is_followed_and_pinned(
     assert channel.endpoint.hardware is not None and channel.endpoint.hardware.measurement == MEASUREMENT.hex()
     assert server.received == [b"before", b"after"]
     assert sum("re-pinned" in r.message for r in caplog.records) == 1
+    channel.close()
+    with pytest.raises(ValueError, match="closed"):
+        channel.unary_unary(ECHO)(b"closed", timeout=10)
 
 
 def not_from_the_as(identity: Identity, evidence: bytes) -> list[x509.Certificate]:

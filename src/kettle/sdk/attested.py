@@ -315,6 +315,7 @@ class _Pin(Generic[C]):
         # and kept open until the channel closes: calls in flight on an old connection finish there.
         self._made: dict[int, C] = {}
         self._making = threading.Lock()
+        self._closed = False
 
     @property
     def endpoint(self) -> AttestedEndpoint:
@@ -324,6 +325,8 @@ class _Pin(Generic[C]):
         """The generation of the pin and its channel."""
         generation, endpoint = self._state
         with self._making:
+            if self._closed:
+                raise ValueError("the channel is closed")  # as grpc says of a closed channel
             channel = self._made.get(generation)
             if channel is None:
                 channel = self._made[generation] = self._make(endpoint)
@@ -362,11 +365,12 @@ class _Pin(Generic[C]):
             f"({exc.reason}); verify the service again once it presents a verifiable certificate"
         )
 
-    def channels(self) -> list[C]:
-        """Every channel made, for closing; none is used afterwards."""
+    def close(self) -> list[C]:
+        """Every channel made, to close; no call is made afterwards."""
         with self._making:
             made = list(self._made.values())
             self._made.clear()
+            self._closed = True
         return made
 
 
@@ -421,7 +425,7 @@ class RepinningChannel(grpc.Channel):
         self._pin.current()[1].unsubscribe(callback)
 
     def close(self) -> None:
-        for channel in self._pin.channels():
+        for channel in self._pin.close():
             channel.close()
 
     def __enter__(self) -> Self:
@@ -503,7 +507,7 @@ class AioRepinningChannel(grpc.aio.Channel):
         await self._pin.current()[1].channel_ready()
 
     async def close(self, grace: float | None = None) -> None:
-        for channel in self._pin.channels():
+        for channel in self._pin.close():
             await channel.close(grace)
 
     async def __aenter__(self) -> Self:
