@@ -365,6 +365,10 @@ class _Pin(Generic[C]):
             f"({exc.reason}); verify the service again once it presents a verifiable certificate"
         )
 
+    def made(self) -> list[C]:
+        with self._making:
+            return list(self._made.values())
+
     def close(self) -> list[C]:
         """Every channel made, to close; no call is made afterwards."""
         with self._making:
@@ -422,7 +426,10 @@ class RepinningChannel(grpc.Channel):
         self._pin.current()[1].subscribe(callback, try_to_connect)
 
     def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
-        self._pin.current()[1].unsubscribe(callback)
+        # From whichever pin it subscribed to; nothing once closed (grpc's channel_ready_future
+        # unsubscribes when collected, after the channel may have closed).
+        for channel in self._pin.made():
+            channel.unsubscribe(callback)
 
     def close(self) -> None:
         for channel in self._pin.close():
