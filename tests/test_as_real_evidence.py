@@ -284,12 +284,17 @@ def test_evidence_extension_parsing_is_strict(value: bytes) -> None:
 
 
 def test_evidence_extension_round_trip_long_form() -> None:
-    carried = CarriedEvidence("sev-snp", b"\x00" * 1184, (SnpCertificate("vcek", b"\x30" * 1300),))
+    vcek = (Path(__file__).parent / "data" / "tee" / "snp" / "test-vcek.der").read_bytes()
+    carried = CarriedEvidence("sev-snp", b"\x00" * 1184, (SnpCertificate("vcek", vcek),))
     value = carried.to_extension_value()
     assert value[:2] == b"\x04\x82" and CarriedEvidence.from_extension_value(value) == carried
     doc = json.loads(carried.to_json())
     assert doc == {"v": 1, "kind": "sev-snp", "evidence": base64.b64encode(b"\x00" * 1184).decode(),
-                   "certificates": [{"kind": "vcek", "der": base64.b64encode(b"\x30" * 1300).decode()}]}
+                   "certificates": [{"kind": "vcek", "der": base64.b64encode(vcek).decode()}]}
+    # The one reader is strict: bytes that are not a DER certificate are refused, even under a valid kind.
+    fake = CarriedEvidence("sev-snp", b"\x00" * 1184, (SnpCertificate("vcek", b"\x30" * 1300),))
+    with pytest.raises(AttestationError, match="certificate vcek is not a DER certificate"):
+        CarriedEvidence.from_extension_value(fake.to_extension_value())
 
 
 # --- settings -----------------------------------------------------------------------------
