@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import dcap_qvl
 from cryptography import x509
@@ -486,6 +486,20 @@ def _crl_der(response: _Response, what: str) -> bytes:
 
 
 # ---------------------------------------------------------------- the cache
+
+
+class CollateralSource(Protocol):
+    """Where the vendor endorsements not carried with a piece of evidence come from: a
+    :class:`CollateralCache` (AMD KDS, Intel PCS), or collateral a party fetched itself
+    (:class:`kettle.attestation.hardware.FixedCollateral`)."""
+
+    def snp_certificate(self, report: bytes, supplied: Sequence[SnpCertificate] = ()) -> bytes:
+        """DER (or PEM) of the VCEK or VLEK that signed ``report``; ``supplied`` are the host's certificates."""
+        ...
+
+    def dcap_collateral(self, quote: bytes) -> bytes:
+        """Intel's collateral JSON for ``quote``'s platform."""
+        ...
 
 
 class CollateralCache:

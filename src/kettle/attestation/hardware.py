@@ -25,12 +25,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from cryptography import x509
 
 from ..errors import AttestationError, KettleError
 from .backends import SnpCertificate
+from .collateral import CollateralSource
 from .dcap import (
     DcapPolicy,
     DcapVerdict,
@@ -63,14 +64,6 @@ NO_EVIDENCE = (
 
 
 # ---------------------------------------------------------------- what is trusted
-
-
-class CollateralSource(Protocol):
-    """Where endorsements not carried with the evidence come from (AMD KDS, Intel PCS, or a file)."""
-
-    def snp_certificate(self, report: bytes, supplied: Sequence[SnpCertificate] = ()) -> bytes: ...
-
-    def dcap_collateral(self, quote: bytes) -> bytes: ...
 
 
 @dataclass(frozen=True)
