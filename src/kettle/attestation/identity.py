@@ -108,7 +108,7 @@ def request_certificate(
         connection.close()
     try:
         doc = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         doc = {}
     if response.status != 200:
         raise AttestationError(f"attestation service refused {service}: {doc.get('error', response.status)}")

@@ -243,7 +243,7 @@ class KeyReleaseClient:
             connection.close()
         try:
             doc = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             doc = {}
         if not isinstance(doc, dict):
             doc = {}
