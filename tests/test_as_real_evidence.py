@@ -151,6 +151,28 @@ def test_snp_evidence_gets_a_certificate_carrying_digest_and_evidence(world: Wor
     assert verifier(world).verify(issued.client_certificate).service == "storage"
 
 
+def test_the_embedded_evidence_is_what_the_one_strict_reader_accepts(world: World) -> None:
+    """The host may supply its VCEK as PEM and certificates that are not certificates; the AS
+    embeds DER only, one per kind, so a client reading the extension strictly is never refused."""
+    request, _ = snp_request(world)
+    vcek_pem = x509.load_der_x509_certificate(world.snp.vcek).public_bytes(serialization.Encoding.PEM)
+    ask, ark = world.snp.chain.ask, world.snp.chain.ark
+    supplied = (
+        SnpCertificate("vcek", vcek_pem),
+        SnpCertificate("ask", b"not a certificate"),
+        SnpCertificate("ask", ask.public_bytes(serialization.Encoding.PEM)),
+        SnpCertificate("ark", ark.public_bytes(serialization.Encoding.DER)),
+    )
+    issued = issuer(world).issue(replace(request, certificates=supplied))
+    carried = CarriedEvidence.from_certificate(issued.certificate)
+    assert carried is not None
+    assert carried.certificates == (
+        SnpCertificate("vcek", world.snp.vcek),
+        SnpCertificate("ask", ask.public_bytes(serialization.Encoding.DER)),
+        SnpCertificate("ark", ark.public_bytes(serialization.Encoding.DER)),
+    )
+
+
 def test_a_client_that_pins_vendor_roots_refuses_test_root_reports(world: World) -> None:
     request, _ = snp_request(world)
     issued = issuer(world).issue(request)

@@ -7,8 +7,8 @@ non-critical extension (never first: Teaclave's SDK reads ``extensions[0]``):
 * value: a DER OCTET STRING holding compact JSON
   ``{"v": 1, "kind": "sev-snp"|"tdx"|"sgx", "evidence": base64, "certificates": [{"kind": "vcek", "der": base64}, ...]}``
   (``certificates``: for SEV-SNP the VCEK or VLEK the service verified the report with,
-  then the other certificates the host supplied; empty for DCAP quotes, which carry their
-  PCK chain).
+  then the first ASK and ARK the host supplied, all DER; empty for DCAP quotes, which carry
+  their PCK chain).
 
 The report data of the evidence is the certificate key's ``X || Y``, as for the AS report.
 
@@ -26,10 +26,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ..errors import AttestationError
 from .backends import SnpCertificate
@@ -118,6 +120,11 @@ def _der_certificate(entry: object, index: int, seen: list[SnpCertificate]) -> S
     return SnpCertificate(kind, der)
 
 
+def _as_der(data: bytes) -> bytes:
+    """A certificate (DER or PEM) as DER; AttestationError if it is not one."""
+    return load_snp_certificate(data).public_bytes(serialization.Encoding.DER)
+
+
 @dataclass(frozen=True)
 class CarriedEvidence:
     """The evidence a service certificate carries: a report or quote and the certificates sent with it."""
@@ -128,6 +135,22 @@ class CarriedEvidence:
 
     def certificate(self, kind: str) -> bytes | None:
         return next((c.der for c in self.certificates if c.kind == kind), None)
+
+    @classmethod
+    def snp(cls, report: bytes, signer: SnpCertificate, supplied: Sequence[SnpCertificate] = ()) -> CarriedEvidence:
+        """What the AS embeds for an SEV-SNP report it verified with ``signer`` (VCEK or VLEK,
+        DER or PEM): the signer, then the first ASK and ARK the host supplied that are
+        certificates, all as DER, so that :meth:`from_extension_value` reads what was written.
+        Extra certificates are conveniences for the client, never anchors: any that do not
+        parse are left out rather than making the whole extension unreadable."""
+        certificates = [SnpCertificate(signer.kind, _as_der(signer.der))]
+        for cert in supplied:
+            if cert.kind in ("ask", "ark") and all(c.kind != cert.kind for c in certificates):
+                try:
+                    certificates.append(SnpCertificate(cert.kind, _as_der(cert.der)))
+                except AttestationError:
+                    continue
+        return cls("sev-snp", report, tuple(certificates))
 
     def to_json(self) -> bytes:
         doc = {

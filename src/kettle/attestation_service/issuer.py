@@ -170,10 +170,7 @@ class Issuer:
             if not snp.ok:
                 raise AttestationError(f"SEV-SNP evidence refused: {snp.reason}")
             vlek = snp.report is not None and snp.report.signing_key == SIGNING_KEY_VLEK
-            used = SnpCertificate("vlek" if vlek else "vcek", certificate)
-            carried = CarriedEvidence(
-                SEV_SNP, evidence, (used, *(c for c in certificates if c.kind in ("ask", "ark")))
-            )
+            carried = CarriedEvidence.snp(evidence, SnpCertificate("vlek" if vlek else "vcek", certificate), certificates)
             status = "OK"
             isv_prod_id = isv_svn = 0
         else:
