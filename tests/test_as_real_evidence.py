@@ -305,6 +305,12 @@ def test_evidence_extension_parsing_is_strict(value: bytes) -> None:
         CarriedEvidence.from_extension_value(value)
 
 
+def test_evidence_too_large_for_the_extension_is_not_written() -> None:
+    with pytest.raises(AttestationError, match="more than 32768"):
+        CarriedEvidence("tdx", b"\x00" * 24 * 1024).to_extension_value()
+    assert len(CarriedEvidence("tdx", b"\x00" * 20 * 1024).to_extension_value()) <= 32 * 1024
+
+
 def test_evidence_extension_round_trip_long_form() -> None:
     vcek = (Path(__file__).parent / "data" / "tee" / "snp" / "test-vcek.der").read_bytes()
     carried = CarriedEvidence("sev-snp", b"\x00" * 1184, (SnpCertificate("vcek", vcek),))

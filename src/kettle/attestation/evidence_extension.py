@@ -162,7 +162,13 @@ class CarriedEvidence:
         return json.dumps(doc, separators=(",", ":")).encode()
 
     def to_extension_value(self) -> bytes:
-        return _der_octet_string(self.to_json())
+        value = _der_octet_string(self.to_json())
+        if len(value) > MAX_EXTENSION_BYTES:
+            # Never write what every reader refuses: the request is refused instead, with the reason.
+            raise AttestationError(
+                f"the evidence and its certificates take {len(value)} bytes in the certificate, more than {MAX_EXTENSION_BYTES}"
+            )
+        return value
 
     @classmethod
     def from_extension_value(cls, value: bytes) -> CarriedEvidence:
