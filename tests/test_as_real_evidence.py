@@ -151,6 +151,28 @@ def test_snp_evidence_gets_a_certificate_carrying_digest_and_evidence(world: Wor
     assert verifier(world).verify(issued.client_certificate).service == "storage"
 
 
+def test_the_embedded_evidence_is_what_the_one_strict_reader_accepts(world: World) -> None:
+    """The host may supply its VCEK as PEM and certificates that are not certificates; the AS
+    embeds DER only, one per kind, so a client reading the extension strictly is never refused."""
+    request, _ = snp_request(world)
+    vcek_pem = x509.load_der_x509_certificate(world.snp.vcek).public_bytes(serialization.Encoding.PEM)
+    ask, ark = world.snp.chain.ask, world.snp.chain.ark
+    supplied = (
+        SnpCertificate("vcek", vcek_pem),
+        SnpCertificate("ask", b"not a certificate"),
+        SnpCertificate("ask", ask.public_bytes(serialization.Encoding.PEM)),
+        SnpCertificate("ark", ark.public_bytes(serialization.Encoding.DER)),
+    )
+    issued = issuer(world).issue(replace(request, certificates=supplied))
+    carried = CarriedEvidence.from_certificate(issued.certificate)
+    assert carried is not None
+    assert carried.certificates == (
+        SnpCertificate("vcek", world.snp.vcek),
+        SnpCertificate("ask", ask.public_bytes(serialization.Encoding.DER)),
+        SnpCertificate("ark", ark.public_bytes(serialization.Encoding.DER)),
+    )
+
+
 def test_a_client_that_pins_vendor_roots_refuses_test_root_reports(world: World) -> None:
     request, _ = snp_request(world)
     issued = issuer(world).issue(request)
@@ -283,13 +305,24 @@ def test_evidence_extension_parsing_is_strict(value: bytes) -> None:
         CarriedEvidence.from_extension_value(value)
 
 
+def test_evidence_too_large_for_the_extension_is_not_written() -> None:
+    with pytest.raises(AttestationError, match="more than 32768"):
+        CarriedEvidence("tdx", b"\x00" * 24 * 1024).to_extension_value()
+    assert len(CarriedEvidence("tdx", b"\x00" * 20 * 1024).to_extension_value()) <= 32 * 1024
+
+
 def test_evidence_extension_round_trip_long_form() -> None:
-    carried = CarriedEvidence("sev-snp", b"\x00" * 1184, (SnpCertificate("vcek", b"\x30" * 1300),))
+    vcek = (Path(__file__).parent / "data" / "tee" / "snp" / "test-vcek.der").read_bytes()
+    carried = CarriedEvidence("sev-snp", b"\x00" * 1184, (SnpCertificate("vcek", vcek),))
     value = carried.to_extension_value()
     assert value[:2] == b"\x04\x82" and CarriedEvidence.from_extension_value(value) == carried
     doc = json.loads(carried.to_json())
     assert doc == {"v": 1, "kind": "sev-snp", "evidence": base64.b64encode(b"\x00" * 1184).decode(),
-                   "certificates": [{"kind": "vcek", "der": base64.b64encode(b"\x30" * 1300).decode()}]}
+                   "certificates": [{"kind": "vcek", "der": base64.b64encode(vcek).decode()}]}
+    # The one reader is strict: bytes that are not a DER certificate are refused, even under a valid kind.
+    fake = CarriedEvidence("sev-snp", b"\x00" * 1184, (SnpCertificate("vcek", b"\x30" * 1300),))
+    with pytest.raises(AttestationError, match="certificate vcek is not a DER certificate"):
+        CarriedEvidence.from_extension_value(fake.to_extension_value())
 
 
 # --- settings -----------------------------------------------------------------------------

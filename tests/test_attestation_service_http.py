@@ -60,6 +60,7 @@ def test_teaclave_report_endpoint_signs_a_verifiable_report(platform: Platform) 
     [
         ("/kettle/v1/certificate", b"{not json", None, 400, "request body is not valid JSON"),
         ("/kettle/v1/certificate", b"[1, 2]", None, 400, "request body must be a JSON object"),
+        ("/kettle/v1/certificate", b"[" * 60000, None, 400, "request body is JSON nested too deeply"),
         ("/kettle/v1/certificate", b'{"service": "storage"}', None, 400, "service, csr, tee_type and evidence are required strings"),
         ("/kettle/v1/certificate", b'{"service":"storage","csr":"x","tee_type":"simulation","evidence":"@@"}', None, 400, "evidence is not base64"),
         ("/kettle/v1/certificate", b'{"service":"nope","csr":"x","tee_type":"simulation","evidence":"AA=="}', None, 400, "unknown service 'nope'"),

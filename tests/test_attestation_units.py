@@ -987,6 +987,65 @@ def test_minted_control_verifies(env: Env) -> None:
     assert verifier(env, t).verify(mint(env, at=t)).service == "authentication"
 
 
+# JSON nested this deep makes Python's decoder raise RecursionError; a peer picks the depth.
+DEEP_JSON = [b"[" * 100_000, b'{"report":' * 50_000, b'{"report":' + b"[" * 100_000]
+
+
+@pytest.mark.parametrize("value", DEEP_JSON)
+def test_endorsed_report_refuses_deeply_nested_json(value: bytes) -> None:
+    with pytest.raises(AttestationError) as exc:
+        EndorsedReport.from_extension_value(value)
+    assert exc.value.reason == "attestation extension is JSON nested too deeply to be an endorsed report"
+
+
+@pytest.mark.parametrize("value", DEEP_JSON)
+def test_report_content_refuses_deeply_nested_json(value: bytes) -> None:
+    with pytest.raises(AttestationError) as exc:
+        ReportContent.parse(value)
+    assert exc.value.reason == "report is JSON nested too deeply"
+
+
+def test_verifier_refuses_a_certificate_whose_report_extension_nests_deeply(env: Env) -> None:
+    """A peer's certificate is hostile input: its report extension, ``[`` a hundred thousand
+    times, is refused with the reason instead of raising RecursionError in the handshake."""
+    t = datetime.now(UTC).timestamp()
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "teaclave_authentication_service")])
+    now = datetime.fromtimestamp(t, UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(env.authority.ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.UnrecognizedExtension(REPORT_EXTENSION_OID, b"[" * 100_000), critical=False)
+        .sign(env.authority.ca_key, hashes.SHA256())
+    )
+    verdict = verifier(env, t).examine(cert)
+    assert not verdict.ok
+    assert verdict.checks[-1].name == "report extension"
+    assert verdict.reason == "attestation extension is JSON nested too deeply to be an endorsed report"
+
+
+def test_verifier_refuses_an_as_signed_report_that_nests_deeply(env: Env) -> None:
+    """Even a report the AS signed is parsed defensively: deep nesting is a refusal, not a crash."""
+    t = datetime.now(UTC).timestamp()
+    report = b"[" * 100_000
+    signature = env.authority.report_key.sign(report, padding.PKCS1v15(), hashes.SHA256())
+    endorsed = EndorsedReport(report, signature, [env.authority.report_cert.public_bytes(DER)])
+    m = env.info.measurement("authentication")
+    cert = issue_service_certificate(
+        env.authority.ca_key, env.authority.ca_cert, ec.generate_private_key(ec.SECP256R1()).public_key(),
+        "authentication", m.mr_enclave, endorsed, env.config.domain, True, datetime.fromtimestamp(t, UTC),
+        timedelta(seconds=3600),
+    )
+    verdict = verifier(env, t).examine(cert)
+    assert [c.name for c in verdict.checks if not c.ok] == ["report content"]
+    assert verdict.reason == "report is JSON nested too deeply"
+
+
 @pytest.mark.parametrize("status", ["GROUP_OUT_OF_DATE", "KEY_REVOKED", "SIGNATURE_INVALID", "SW_HARDENING_NEEDED"])
 def test_verifier_refuses_status_not_accepted(env: Env, status: str) -> None:
     """An AS-signed report with a non-OK status is refused by default and accepted only by explicit policy."""

@@ -404,6 +404,12 @@ def test_import_raw_vcek_and_collateral_json(tmp_path, milan, tdx_roots):
     assert cache.snp_certificate(milan.report()) == milan.vcek
     with pytest.raises(AttestationError, match="neither DER nor PEM"):
         cache.import_bytes(b"garbage")
+    # JSON nested beyond Python's recursion limit is refused like any other non-collateral.
+    with pytest.raises(AttestationError, match="neither DER nor PEM"):
+        cache.import_bytes(b"[" * 100_000)
+    deep = json.dumps({**json.loads(collateral), "tcb_info": "[" * 100_000}).encode()
+    with pytest.raises(AttestationError, match="not Intel collateral JSON"):
+        cache.import_bytes(deep)
     with pytest.raises(AttestationError, match="not a VCEK issued by a pinned AMD ASK"):
         CollateralCache(tmp_path / "amd", clock=clock).import_bytes(milan.vcek)
     expired = tdx_roots.collateral(issued=ISSUED - timedelta(days=40), next_update=ISSUED - timedelta(days=10))

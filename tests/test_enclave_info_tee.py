@@ -129,6 +129,42 @@ def test_cli_add_measurement_writes_a_verifiable_entry(tmp_path: Path) -> None:
     assert EnclaveInfo.parse(path.read_bytes()) == info  # nothing changed
 
 
+def test_teaclave_sdk_reads_real_tee_enclave_info_written_by_kettle(tmp_path: Path) -> None:
+    """Teaclave's Python SDK reads enclave_info.toml with ``toml`` 0.10 (not tomllib) and compares
+    each ``[teaclave_<service>_service]`` table's ``mr_enclave`` / ``mr_signer`` strings; the
+    per-TEE sub-tables ``kettle audit add-measurement`` writes must not get in its way."""
+    import toml
+
+    path = tmp_path / "enclave_info.toml"
+    path.write_bytes(EnclaveInfo({"frontend": Measurement(b"\x11" * 32, SIGNER)}).render())
+    td2 = tuple(bytes([0x10 + i]) * 48 for i in range(5))
+    for args in (
+        ("storage", "--sev-snp", SNP.hex(), "--mr-signer", SIGNER.hex()),
+        ("storage", "--sev-snp", "bb" * 48),
+        ("storage", "--tdx", ",".join(v.hex() for v in TD)),
+        ("storage", "--tdx", ",".join(v.hex() for v in td2)),
+        ("storage", "--sgx-mr-enclave", "33" * 32, "--sgx-mr-enclave", "34" * 32, "--isv-prod-id", "7", "--min-isv-svn", "0"),
+        ("frontend", "--sgx-mr-signer", "35" * 32, "--isv-prod-id", "0"),
+        ("execution", "--tdx", ",".join(v.hex() for v in TD), "--mr-signer", "44" * 32),
+    ):
+        done = _kettle("audit", "add-measurement", *args, "--enclave-info", str(path))
+        assert done.returncode == 0, done.stderr
+    info = EnclaveInfo.parse(path.read_bytes())
+    assert info.measurement("storage").tee is not None and info.measurement("storage").tee.kinds == ["sev-snp", "tdx", "sgx"]
+
+    text = path.read_text()
+    doc = toml.load(str(path))  # exactly how the SDK opens it
+    assert doc == toml.loads(text) == tomllib.loads(text)  # toml 0.10 reads the sub-tables as TOML 1.0 does
+    assert sorted(doc) == ["teaclave_execution_service", "teaclave_frontend_service", "teaclave_storage_service"]
+    for service in ("execution", "frontend", "storage"):
+        table = doc[f"teaclave_{service}_service"]
+        m = info.measurement(service)
+        # The SDK's step 10: exact lowercase hex string equality with the quote's MRENCLAVE / MRSIGNER.
+        assert (table["mr_enclave"], table["mr_signer"]) == (m.mr_enclave.hex(), m.mr_signer.hex())
+    assert doc["teaclave_storage_service"]["sev_snp"]["measurements"] == [SNP.hex(), "bb" * 48]
+    assert [e["mrtd"] for e in doc["teaclave_storage_service"]["tdx"]["accepted"]] == [TD[0].hex(), td2[0].hex()]
+
+
 # --- kettle attest evidence --enclave-info on the real vectors ---------------------------
 
 DATA = Path(__file__).parent / "data" / "tee"

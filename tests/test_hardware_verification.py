@@ -30,17 +30,16 @@ from kettle.attestation.enclave_info import (
     TeeMeasurements,
     tee_digest,
 )
-from kettle.attestation.evidence_extension import CarriedEvidence
-from kettle.attestation.hardware import (
+from kettle.attestation.evidence_extension import (
     EVIDENCE_EXTENSION_OID,
     MAX_EXTENSION_BYTES,
+    CarriedEvidence,
+)
+from kettle.attestation.hardware import (
     NO_EVIDENCE,
     FixedCollateral,
     HardwareVerdict,
-    RawEvidence,
     examine_hardware,
-    parse_evidence_extension,
-    parse_evidence_value,
 )
 from kettle.attestation.snp import SnpPolicy, parse_snp_report
 from kettle.errors import AttestationError
@@ -284,7 +283,7 @@ def test_sgx_quote_under_the_wrong_kind_is_refused(sgx_roots: DcapTestRoots) -> 
 
 def test_a_certificate_without_the_extension_says_so(milan: SnpTestHardware) -> None:
     cert = service_certificate(ec.generate_private_key(ec.SECP256R1()), None)
-    assert parse_evidence_extension(cert) is None
+    assert CarriedEvidence.from_certificate(cert) is None
     verdict = examine_snp(cert, milan)
     assert not verdict.ok
     assert verdict.reason == NO_EVIDENCE
@@ -294,7 +293,7 @@ def test_a_certificate_without_the_extension_says_so(milan: SnpTestHardware) -> 
 def test_the_extension_round_trips() -> None:
     written = CarriedEvidence("sev-snp", b"\x01" * 1184, (SnpCertificate("vcek", SNP_VCEK),))
     value = written.to_extension_value()
-    assert parse_evidence_value(value) == RawEvidence("sev-snp", b"\x01" * 1184, (SnpCertificate("vcek", SNP_VCEK),))
+    assert CarriedEvidence.from_extension_value(value) == CarriedEvidence("sev-snp", b"\x01" * 1184, (SnpCertificate("vcek", SNP_VCEK),))
     assert value[:4] == bytes([0x04, 0x82]) + (len(value) - 4).to_bytes(2, "big")  # a DER OCTET STRING
     assert json.loads(value[4:]) == {"v": 1, "kind": "sev-snp", "evidence": base64.b64encode(b"\x01" * 1184).decode(),
                                        "certificates": [{"kind": "vcek", "der": base64.b64encode(SNP_VCEK).decode()}]}
@@ -352,7 +351,7 @@ def _doc(**changes: object) -> bytes:
 )
 def test_malformed_extensions_are_refused_with_the_reason(value: bytes, reason: str) -> None:
     with pytest.raises(AttestationError) as info:
-        parse_evidence_value(value)
+        CarriedEvidence.from_extension_value(value)
     assert reason in info.value.reason
     cert = service_certificate(ec.generate_private_key(ec.SECP256R1()), value)
     verdict = examine_hardware(cert, enclave_info=SNP_ONLY, service="frontend", at=INSIDE)
@@ -363,7 +362,7 @@ def test_malformed_extensions_are_refused_with_the_reason(value: bytes, reason: 
 def test_duplicate_certificates_and_truncated_evidence_are_refused(milan: SnpTestHardware) -> None:
     der = base64.b64encode(milan.vcek).decode()
     with pytest.raises(AttestationError, match="two vcek certificates"):
-        parse_evidence_value(_doc(kind="sev-snp", certificates=[{"kind": "vcek", "der": der}] * 2))
+        CarriedEvidence.from_extension_value(_doc(kind="sev-snp", certificates=[{"kind": "vcek", "der": der}] * 2))
     key = ec.generate_private_key(ec.SECP256R1())
     report = milan.report(report_data=binding(key), measurement=MEASUREMENT)
     truncated = CarriedEvidence("sev-snp", report[:-1], (SnpCertificate("vcek", milan.vcek),))

@@ -27,7 +27,7 @@ from typer.testing import CliRunner, Result
 from kettle.attestation.backends import SnpCertificate
 from kettle.attestation.certificates import report_data_for
 from kettle.attestation.enclave_info import EnclaveInfo, with_tee_measurement
-from kettle.attestation.hardware import EVIDENCE_EXTENSION_OID
+from kettle.attestation.evidence_extension import EVIDENCE_EXTENSION_OID
 from kettle.attestation_service.issuer import Issued, IssueRequest
 from kettle.attestation_service.server import build_issuer
 from kettle.cli.main import app

@@ -33,8 +33,11 @@ from kettle.attestation.enclave_info import (
     TeeMeasurements,
     with_tee_measurement,
 )
-from kettle.attestation.evidence_extension import CarriedEvidence
-from kettle.attestation.hardware import EVIDENCE_EXTENSION_OID, NO_EVIDENCE
+from kettle.attestation.evidence_extension import (
+    EVIDENCE_EXTENSION_OID,
+    CarriedEvidence,
+)
+from kettle.attestation.hardware import NO_EVIDENCE
 from kettle.attestation.identity import Identity
 from kettle.attestation.report import REPORT_EXTENSION_OID
 from kettle.attestation.verifier import Verifier

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import toml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -188,9 +189,8 @@ def sdk_verify_report(as_root_ca_cert_path: str, enclave_info_path: str, cert_de
     mr_enclave = quote[112 : 112 + 32].hex()
     mr_signer = quote[176 : 176 + 32].hex()
 
-    # 10. exact string equality with enclave_info.toml (the SDK uses toml.load)
-    with open(enclave_info_path, "rb") as f:
-        enclave_info = tomllib.load(f)
+    # 10. exact string equality with enclave_info.toml, read with the SDK's own reader (toml 0.10)
+    enclave_info = toml.load(enclave_info_path)
     enclave_name = "teaclave_" + endpoint_name + "_service"
     if mr_enclave != enclave_info[enclave_name]["mr_enclave"]:
         raise TeaclaveException("mr_enclave error")

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import dcap_qvl
 from cryptography import x509
@@ -314,7 +314,7 @@ def check_intel_collateral(
         tcb_info = json.loads(fields["tcb_info"])
         qe_identity = json.loads(fields["qe_identity"])
         dcap_qvl.QuoteCollateralV3.from_json(collateral.decode())
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
         raise AttestationError(f"the collateral is not Intel collateral JSON ({exc})") from None
     if not isinstance(tcb_info, dict) or not isinstance(qe_identity, dict):
         raise AttestationError("the collateral's TCB info or QE identity is not a JSON object")
@@ -396,7 +396,7 @@ def collateral_platform(collateral: bytes) -> tuple[str, str, str]:
         tee = KIND_TDX if tcb_info.get("id") == "TDX" else KIND_SGX
         fmspc = str(tcb_info["fmspc"]).upper()
         issuer = str(crl.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as exc:
         raise AttestationError(f"not Intel collateral JSON ({exc})") from None
     ca = "processor" if "Processor" in issuer else "platform"
     return tee, fmspc, ca
@@ -486,6 +486,20 @@ def _crl_der(response: _Response, what: str) -> bytes:
 
 
 # ---------------------------------------------------------------- the cache
+
+
+class CollateralSource(Protocol):
+    """Where the vendor endorsements not carried with a piece of evidence come from: a
+    :class:`CollateralCache` (AMD KDS, Intel PCS), or collateral a party fetched itself
+    (:class:`kettle.attestation.hardware.FixedCollateral`)."""
+
+    def snp_certificate(self, report: bytes, supplied: Sequence[SnpCertificate] = ()) -> bytes:
+        """DER (or PEM) of the VCEK or VLEK that signed ``report``; ``supplied`` are the host's certificates."""
+        ...
+
+    def dcap_collateral(self, quote: bytes) -> bytes:
+        """Intel's collateral JSON for ``quote``'s platform."""
+        ...
 
 
 class CollateralCache:
@@ -698,7 +712,7 @@ class CollateralCache:
             tcb_text, qe_text = tcb.body.decode(), qe.body.decode()
             tcb_info, qe_identity = _raw_member(tcb_text, "tcbInfo"), _raw_member(qe_text, "enclaveIdentity")
             tcb_signature, qe_signature = json.loads(tcb_text)["signature"], json.loads(qe_text)["signature"]
-        except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as exc:
+        except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError, RecursionError) as exc:
             raise AttestationError(f"{tcb.url} or {qe.url} did not answer with Intel's signed JSON ({exc})") from None
         collateral = json.dumps({
             "pck_crl_issuer_chain": pck.header(_PCK_CRL_CHAIN_HEADERS, "PCK CRL"),
@@ -813,8 +827,8 @@ class CollateralCache:
         text: Any = None
         try:
             text = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            pass
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            pass  # not JSON: a VCEK, or refused below
         if isinstance(text, dict) and "entries" in text:
             items = text["entries"]
             if not isinstance(items, list):

@@ -523,7 +523,7 @@ def _collateral_window(collateral: bytes) -> str | None:
     try:
         info = json.loads(json.loads(collateral)["tcb_info"])
         return f"TCB info issued {info['issueDate']}, next update {info['nextUpdate']}"
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
 
 

@@ -3,9 +3,8 @@
 An attested certificate normally proves a service's measurement through a report the
 attestation service (AS) signed, so a client trusts the operator's AS. The AS also embeds
 the service's raw evidence (an SEV-SNP report with its certificates, or a TDX or SGX DCAP
-quote) in the server certificate (:mod:`kettle.attestation.evidence_extension` writes it):
-extension :data:`EVIDENCE_EXTENSION_OID`, value a DER OCTET STRING holding compact JSON
-``{"v":1,"kind":"sev-snp"|"tdx"|"sgx","evidence":"<base64>","certificates":[{"kind":"vcek"|"vlek"|"ask"|"ark","der":"<base64>"}]}``.
+quote) in the server certificate; :mod:`kettle.attestation.evidence_extension` defines that
+extension, writes it and is its one (strict) reader.
 :func:`examine_hardware` checks that evidence against the VENDOR roots (AMD's, Intel's)
 and the auditors' measurements, so a party that distrusts the operator still gets a sound
 verdict:
@@ -22,19 +21,17 @@ Pure: no network, no clock; the time and the collateral are passed in.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from cryptography import x509
 
 from ..errors import AttestationError, KettleError
 from .backends import SnpCertificate
+from .collateral import CollateralSource
 from .dcap import (
     DcapPolicy,
     DcapVerdict,
@@ -43,28 +40,18 @@ from .dcap import (
     parse_quote,
 )
 from .enclave_info import EnclaveInfo, TeeMeasurements
-from .evidence_extension import (
-    CERTIFICATE_KINDS,
-    EVIDENCE_EXTENSION_OID,
-    FORMAT_VERSION,
-    KINDS,
-)
+from .evidence_extension import CarriedEvidence
 from .snp import (
     SIGNING_KEY_VLEK,
     SnpPolicy,
     SnpRoots,
     SnpVerdict,
     examine_snp_report,
-    load_snp_certificate,
     parse_snp_report,
 )
 from .verifier import Check, Verdict, leaf_report_data
 
 log = logging.getLogger(__name__)
-
-# A TDX quote with its PCK chain is about 5 KiB, an SNP report with VCEK, ASK and ARK about
-# 7 KiB; base64 adds a third. Anything much larger is not evidence.
-MAX_EXTENSION_BYTES = 32 * 1024
 
 # Both frozen: shared defaults nobody can change.
 STRICT_SNP_POLICY = SnpPolicy()
@@ -76,132 +63,7 @@ NO_EVIDENCE = (
 )
 
 
-@dataclass(frozen=True)
-class RawEvidence:
-    """The evidence a service certificate carries: a report or quote and the certificates sent with it."""
-
-    kind: str
-    evidence: bytes
-    certificates: tuple[SnpCertificate, ...] = ()
-
-    def certificate(self, kind: str) -> bytes | None:
-        return next((c.der for c in self.certificates if c.kind == kind), None)
-
-
-def _octet_string_content(value: bytes) -> bytes:
-    """The content of exactly one DER OCTET STRING (minimal definite length, nothing after it)."""
-    if len(value) < 2 or value[0] != 0x04:
-        raise AttestationError("evidence extension is not a DER OCTET STRING")
-    first = value[1]
-    if first < 0x80:
-        start, size = 2, first
-    else:
-        count = first & 0x7F
-        if not 1 <= count <= 4 or len(value) < 2 + count or value[2] == 0:
-            raise AttestationError("evidence extension has a malformed DER length")
-        start, size = 2 + count, int.from_bytes(value[2 : 2 + count], "big")
-        if size < 0x80:
-            raise AttestationError("evidence extension has a non-minimal DER length")
-    if len(value) != start + size:
-        raise AttestationError("evidence extension's DER length does not match its content (truncated or padded)")
-    return value[start:]
-
-
-def _strict_base64(value: object, what: str) -> bytes:
-    if not isinstance(value, str) or not value:
-        raise AttestationError(f"evidence extension: {what} must be a non-empty base64 string")
-    try:
-        data = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise AttestationError(f"evidence extension: {what} is not valid base64") from None
-    # One encoding per value: no padding tricks or non-zero trailing bits.
-    if base64.b64encode(data).decode() != value:
-        raise AttestationError(f"evidence extension: {what} is not canonical base64")
-    return data
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise AttestationError("evidence extension: a JSON key appears twice")
-    return dict(pairs)
-
-
-def _exact_keys(doc: object, keys: set[str], what: str) -> dict[str, Any]:
-    if not isinstance(doc, dict):
-        raise AttestationError(f"evidence extension: {what} must be a JSON object")
-    if set(doc) != keys:
-        raise AttestationError(f"evidence extension: {what} must have exactly the keys {', '.join(sorted(keys))}")
-    return doc
-
-
-def parse_evidence_value(value: bytes) -> RawEvidence:
-    """The evidence in an extension value; raises :class:`AttestationError` with the reason."""
-    if len(value) > MAX_EXTENSION_BYTES:
-        raise AttestationError(f"evidence extension is {len(value)} bytes, more than {MAX_EXTENSION_BYTES}")
-    content = _octet_string_content(value)
-    try:
-        doc = json.loads(content.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except (UnicodeDecodeError, ValueError):
-        raise AttestationError("evidence extension is not JSON") from None
-    except RecursionError:  # json's decoder recurses once per nesting level
-        raise AttestationError("evidence extension is JSON nested too deeply") from None
-    doc = _exact_keys(doc, {"v", "kind", "evidence", "certificates"}, "the extension")
-    if type(doc["v"]) is not int or doc["v"] != FORMAT_VERSION:
-        raise AttestationError(f"evidence extension: version {doc['v']!r} is not {FORMAT_VERSION}")
-    kind = doc["kind"]
-    if kind not in KINDS:
-        raise AttestationError(f"evidence extension: kind {kind!r} is not one of {', '.join(KINDS)}")
-    evidence = _strict_base64(doc["evidence"], "evidence")
-    entries = doc["certificates"]
-    if not isinstance(entries, list):
-        raise AttestationError("evidence extension: certificates must be a list")
-    if kind != "sev-snp" and entries:
-        # A DCAP quote carries its PCK chain itself; certificates beside it would be unused bytes.
-        raise AttestationError(f"evidence extension: a {kind} quote carries no separate certificates")
-    certificates: list[SnpCertificate] = []
-    for index, entry in enumerate(entries):
-        entry = _exact_keys(entry, {"kind", "der"}, f"certificate {index}")
-        cert_kind = entry["kind"]
-        if cert_kind not in CERTIFICATE_KINDS:
-            raise AttestationError(f"evidence extension: certificate kind {cert_kind!r} is not one of {', '.join(CERTIFICATE_KINDS)}")
-        if any(c.kind == cert_kind for c in certificates):
-            raise AttestationError(f"evidence extension: two {cert_kind} certificates")
-        der = _strict_base64(entry["der"], f"certificate {cert_kind}")
-        # DER only (AMD's KDS form); load_snp_certificate quiets the warning AMD's serial 0 raises.
-        if der.lstrip().startswith(b"-----BEGIN"):
-            raise AttestationError(f"evidence extension: certificate {cert_kind} is not a DER certificate")
-        try:
-            load_snp_certificate(der)
-        except AttestationError:
-            raise AttestationError(f"evidence extension: certificate {cert_kind} is not a DER certificate") from None
-        certificates.append(SnpCertificate(cert_kind, der))
-    return RawEvidence(kind, evidence, tuple(certificates))
-
-
-def parse_evidence_extension(cert: x509.Certificate) -> RawEvidence | None:
-    """The hardware evidence ``cert`` carries, None if it carries none; AttestationError if it is malformed."""
-    try:
-        extension = cert.extensions.get_extension_for_oid(EVIDENCE_EXTENSION_OID)
-    except x509.ExtensionNotFound:
-        return None
-    except (x509.DuplicateExtension, ValueError) as exc:
-        raise AttestationError(f"certificate extensions cannot be read: {exc}") from None
-    value = extension.value
-    if not isinstance(value, x509.UnrecognizedExtension):  # pragma: no cover - cryptography knows no such OID
-        raise AttestationError("evidence extension has an unexpected type")
-    return parse_evidence_value(value.value)
-
-
 # ---------------------------------------------------------------- what is trusted
-
-
-class CollateralSource(Protocol):
-    """Where endorsements not carried with the evidence come from (AMD KDS, Intel PCS, or a file)."""
-
-    def snp_certificate(self, report: bytes, supplied: Sequence[SnpCertificate] = ()) -> bytes: ...
-
-    def dcap_collateral(self, quote: bytes) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -227,7 +89,7 @@ class FixedCollateral:
 class HardwareVerdict(Verdict):
     """Every hardware check on a certificate; ``ok`` needs authenticated evidence and every check passed."""
 
-    evidence: RawEvidence | None = None
+    evidence: CarriedEvidence | None = None
     vendor: SnpVerdict | DcapVerdict | None = None
     measurement: str | None = None
 
@@ -279,7 +141,7 @@ def examine_hardware(
         return verdict
 
     try:
-        raw = parse_evidence_extension(cert)
+        raw = CarriedEvidence.from_certificate(cert)
     except AttestationError as exc:
         return fail("hardware evidence", exc.reason)
     if raw is None:
@@ -321,7 +183,7 @@ def examine_hardware(
 
 
 def _examine_snp(
-    raw: RawEvidence,
+    raw: CarriedEvidence,
     binding: bytes,
     measurements: TeeMeasurements,
     at: datetime,
@@ -354,7 +216,7 @@ def _examine_snp(
 
 
 def _examine_dcap(
-    raw: RawEvidence,
+    raw: CarriedEvidence,
     binding: bytes,
     measurements: TeeMeasurements,
     at: datetime,

@@ -99,6 +99,8 @@ class EndorsedReport:
             certs = [_bytes(c) for c in doc["certs"]]
         except (ValueError, TypeError, KeyError):
             raise AttestationError("attestation extension is not a valid endorsed report") from None
+        except RecursionError:  # json's decoder recurses once per nesting level; a peer chooses the depth
+            raise AttestationError("attestation extension is JSON nested too deeply to be an endorsed report") from None
         if not report or not signature or not certs:
             raise AttestationError("attestation extension is empty (an unattested simulation build)")
         return cls(report, signature, certs)
@@ -134,6 +136,8 @@ class ReportContent:
             doc = json.loads(report)
         except ValueError:
             raise AttestationError("report is not valid JSON") from None
+        except RecursionError:  # the report bytes come from a peer's certificate
+            raise AttestationError("report is JSON nested too deeply") from None
         if not isinstance(doc, dict):
             raise AttestationError("report is not a JSON object")
         if doc.get("version") != REPORT_VERSION:

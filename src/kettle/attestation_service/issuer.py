@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 
 from ..attestation.backends import SIMULATION, SnpCertificate, verify_simulation_quote
 from ..attestation.certificates import issue_service_certificate, report_data_for
+from ..attestation.collateral import CollateralSource
 from ..attestation.dcap import DcapPolicy, SgxReport, examine_dcap_quote, parse_quote
 from ..attestation.enclave_info import EnclaveInfo
 from ..attestation.evidence_extension import EVIDENCE_EXTENSION_OID, CarriedEvidence
@@ -54,18 +54,6 @@ DCAP_REPORT_STATUS = {
     "OutOfDate": "OUT_OF_DATE",
     "OutOfDateConfigurationNeeded": "OUT_OF_DATE_CONFIGURATION_NEEDED",
 }
-
-
-class CollateralSource(Protocol):
-    """Where the vendor collateral for a piece of evidence comes from (a cache, or the host's table)."""
-
-    def snp_certificate(self, report: bytes, supplied: Sequence[SnpCertificate] = ()) -> bytes:
-        """DER of the VCEK or VLEK that signed ``report``."""
-        ...
-
-    def dcap_collateral(self, quote: bytes) -> bytes:
-        """Intel's collateral JSON for ``quote``'s platform."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -182,10 +170,7 @@ class Issuer:
             if not snp.ok:
                 raise AttestationError(f"SEV-SNP evidence refused: {snp.reason}")
             vlek = snp.report is not None and snp.report.signing_key == SIGNING_KEY_VLEK
-            used = SnpCertificate("vlek" if vlek else "vcek", certificate)
-            carried = CarriedEvidence(
-                SEV_SNP, evidence, (used, *(c for c in certificates if c.kind in ("ask", "ark")))
-            )
+            carried = CarriedEvidence.snp(evidence, SnpCertificate("vlek" if vlek else "vcek", certificate), certificates)
             status = "OK"
             isv_prod_id = isv_svn = 0
         else:

@@ -267,6 +267,9 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._error(400, "request body is not valid JSON")
             return None
+        except RecursionError:  # json's decoder recurses once per nesting level
+            self._error(400, "request body is JSON nested too deeply")
+            return None
         if not isinstance(body, dict):
             self._error(400, "request body must be a JSON object")
             return None

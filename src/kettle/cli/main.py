@@ -244,8 +244,9 @@ def audit_add_measurement(
     sgx = None
     if sgx_mr_enclave or sgx_mr_signer or isv_prod_id is not None or min_isv_svn is not None:
         sgx = SgxMeasurement(
-            mr_enclave=frozenset(_hex_option(v, 32, "--sgx-mr-enclave") or b"" for v in sgx_mr_enclave) or None,
-            mr_signer=frozenset(_hex_option(v, 32, "--sgx-mr-signer") or b"" for v in sgx_mr_signer) or None,
+            # typer gives None, not [], for a repeatable option that is absent
+            mr_enclave=frozenset(_hex_option(v, 32, "--sgx-mr-enclave") or b"" for v in sgx_mr_enclave or ()) or None,
+            mr_signer=frozenset(_hex_option(v, 32, "--sgx-mr-signer") or b"" for v in sgx_mr_signer or ()) or None,
             isv_prod_id=isv_prod_id,
             min_isv_svn=min_isv_svn,
         )

@@ -35,12 +35,12 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ..attestation.collateral import CollateralSource
 from ..attestation.dcap import DcapPolicy
 from ..attestation.enclave_info import EnclaveInfo
 from ..attestation.hardware import (
     STRICT_DCAP_POLICY,
     STRICT_SNP_POLICY,
-    CollateralSource,
     HardwareVerdict,
     examine_hardware,
 )
