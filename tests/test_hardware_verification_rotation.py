@@ -27,7 +27,8 @@ from snp_test_roots import SnpTestHardware
 from test_hardware_verification_endpoint import MEASUREMENT, snp_evidence, with_evidence
 
 from kettle.attestation.enclave_info import EnclaveInfo, TeeMeasurements
-from kettle.attestation.hardware import EVIDENCE_EXTENSION_OID, NO_EVIDENCE
+from kettle.attestation.evidence_extension import EVIDENCE_EXTENSION_OID
+from kettle.attestation.hardware import NO_EVIDENCE
 from kettle.attestation.identity import Identity
 from kettle.attestation.verifier import Verifier
 from kettle.errors import AttestationError
