@@ -77,6 +77,14 @@ def test_short_certificate_buffer_is_retried_with_the_size_the_driver_asks_for(
     assert "needs 8192 bytes, not 4096; asking again" in caplog.text
 
 
+def test_a_certificate_table_larger_than_the_driver_takes_is_refused(tmp_path: Path) -> None:
+    huge = [("vcek", b"v" * 17000)]
+    with sev_guest(tmp_path / "dev", MEASUREMENT, "--certs", _certs(tmp_path, huge)) as device, pytest.raises(
+        AttestationError, match=r"asked for a 20480-byte certificate buffer after 4096 bytes .* up to 16384 bytes"
+    ):
+        _provider(tmp_path, device).evidence(REPORT_DATA)
+
+
 def test_driver_without_extended_reports_falls_back_to_a_plain_report(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

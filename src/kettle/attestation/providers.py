@@ -193,17 +193,20 @@ def snp_ioctl_report(device: Path, report_data: bytes, vmpl: int) -> tuple[bytes
         raise AttestationError(f"SNP VMPL must be 0..3, not {vmpl}")
     response = ctypes.create_string_buffer(SNP_REPORT_RESP_SIZE)
     certs_len = SNP_CERTS_PAGE
-    for attempt in (1, 2):
+    while True:
         certs = ctypes.create_string_buffer(certs_len)
         packed = SNP_EXT_REPORT_REQ.pack(SNP_REPORT_REQ.pack(report_data, vmpl), ctypes.addressof(certs), certs_len)
         request = ctypes.create_string_buffer(packed, len(packed))
         try:
             snp_guest_request(device, SNP_GET_EXT_REPORT, "SNP_GET_EXT_REPORT", request, response)
+            return _snp_response_report(response.raw, device, vmpl), certs.raw
         except SnpGuestRequestError as exc:
             if exc.fw_error:
                 raise
-            if exc.vmm_error == SNP_GUEST_VMM_ERR_INVALID_LEN and attempt == 1:
+            if exc.vmm_error == SNP_GUEST_VMM_ERR_INVALID_LEN:
                 (needed,) = struct.unpack_from("<I", request.raw, SNP_EXT_REPORT_REQ.size - 8)
+                # Only a larger, page-sized, driver-acceptable length is worth asking again;
+                # that also bounds the retries.
                 if needed <= certs_len or needed > SEV_FW_BLOB_MAX_SIZE or needed % SNP_CERTS_PAGE:
                     raise AttestationError(
                         f"{device} asked for a {needed}-byte certificate buffer after {certs_len} bytes were too "
@@ -212,17 +215,14 @@ def snp_ioctl_report(device: Path, report_data: bytes, vmpl: int) -> tuple[bytes
                 log.info("the host's SNP certificate table needs %d bytes, not %d; asking again", needed, certs_len)
                 certs_len = needed
                 continue
-            if exc.vmm_error == SNP_GUEST_VMM_ERR_INVALID_LEN:
-                raise
             if exc.errno != errno.ENOTTY and not exc.vmm_error:
                 raise
             log.info("%s has no extended report here (%s); using SNP_GET_REPORT, without certificates",
                      device, exc.message)
-            plain = ctypes.create_string_buffer(SNP_REPORT_REQ.pack(report_data, vmpl), SNP_REPORT_REQ.size)
-            snp_guest_request(device, SNP_GET_REPORT, "SNP_GET_REPORT", plain, response)
-            return _snp_response_report(response.raw, device, vmpl), b""
-        return _snp_response_report(response.raw, device, vmpl), certs.raw
-    raise AssertionError("unreachable: the second attempt returns or raises")
+            break
+    plain = ctypes.create_string_buffer(SNP_REPORT_REQ.pack(report_data, vmpl), SNP_REPORT_REQ.size)
+    snp_guest_request(device, SNP_GET_REPORT, "SNP_GET_REPORT", plain, response)
+    return _snp_response_report(response.raw, device, vmpl), b""
 
 
 def _read_text(path: Path) -> str:

@@ -210,7 +210,12 @@ def _hardware_trust(collateral: Path | None, vcek: Path | None, allow_status: li
 
 def _attest_local(as_json: bool) -> None:
     """Probe every backend; exit 1 when the configured one could not start here."""
-    from ..attestation.providers import AUTO, choose_backend, guest_devices, probe_backends
+    from ..attestation.providers import (
+        AUTO,
+        choose_backend,
+        guest_devices,
+        probe_backends,
+    )
 
     settings = load_config().attestation
     probes = probe_backends(
