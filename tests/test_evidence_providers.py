@@ -152,7 +152,7 @@ def test_a_wrong_provider_is_refused_and_the_entry_removed(tmp_path: Path) -> No
 
 
 def test_missing_configfs_names_the_kernel_and_the_unusable_device(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"sev-snp: .*absent does not exist \(configfs-tsm needs Linux 6\.7 .*\)$"):
+    with pytest.raises(ConfigError, match=r"sev-snp: .*absent does not exist \(configfs-tsm needs Linux 6\.7 .*\), nor does .*no-sev-guest \(the sev-guest driver"):
         ConfigfsTsmProvider(SEV_SNP, tmp_path / "absent", device=tmp_path / "no-sev-guest")
     device = tmp_path / "tdx_guest"
     device.touch()

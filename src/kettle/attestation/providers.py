@@ -184,7 +184,7 @@ def snp_ioctl_report(device: Path, report_data: bytes, vmpl: int) -> tuple[bytes
 
     ``SNP_GET_EXT_REPORT`` first, with a one-page certificate buffer; when the
     host's table is larger, the driver says so (VMM error INVALID_LEN) and how
-    large, and the request is made once more with that size. A driver or host
+    large, and the request is made again with that size. A driver or host
     without extended requests (ENOTTY, or another VMM error) gets a plain
     ``SNP_GET_REPORT``: no certificates, which then come from AMD KDS. Firmware
     errors are refused.
@@ -236,7 +236,11 @@ def _write(path: Path, data: bytes) -> None:
 
 
 class ConfigfsTsmProvider:
-    """SEV-SNP or TDX evidence through configfs-tsm: one fresh report entry per request."""
+    """SEV-SNP or TDX evidence through configfs-tsm: one fresh report entry per request.
+
+    For SEV-SNP without configfs-tsm (no ``root`` directory) but with the guest device,
+    reports come from the device's ioctls instead (:func:`snp_ioctl_report`).
+    """
 
     def __init__(
         self, backend: str, root: Path, privlevel: int | None = None, device: Path | None = None, *,
@@ -250,7 +254,7 @@ class ConfigfsTsmProvider:
         if not root.is_dir():
             guest_device = device or GUEST_DEVICES[backend]
             if backend != SEV_SNP or not guest_device.exists():
-                raise ConfigError(f"{backend}: {_configfs_absent(root, guest_device)}")
+                raise ConfigError(f"{backend}: {_configfs_absent(backend, root, guest_device)}")
             self._ioctl_device = guest_device
         self.backend = backend
         self.tee_type = backend
@@ -391,9 +395,11 @@ class Probe:
     detail: str
 
 
-def _configfs_absent(root: Path, device: Path) -> str:
+def _configfs_absent(backend: str, root: Path, device: Path) -> str:
     detail = f"{root} does not exist (configfs-tsm needs {CONFIGFS_TSM_KERNEL})"
-    if device.exists():
+    if backend == SEV_SNP:
+        detail += f", nor does {device} (the sev-guest driver, used where configfs-tsm is absent)"
+    elif device.exists():
         detail += f"; {device} exists, but Kettle cannot use it for TDX: {TDX_IOCTL_REFUSAL}"
     return detail
 
@@ -432,7 +438,7 @@ def probe_backends(
         elif not tsm_root.is_dir() and backend == SEV_SNP and devices[backend].exists():
             probes.append(Probe(backend, True, f"ioctl {devices[backend]} ({tsm_root} does not exist, so no configfs-tsm)"))
         elif not tsm_root.is_dir():
-            probes.append(Probe(backend, False, _configfs_absent(tsm_root, devices[backend])))
+            probes.append(Probe(backend, False, _configfs_absent(backend, tsm_root, devices[backend])))
         else:
             probes.append(Probe(backend, False, where))
     try:
