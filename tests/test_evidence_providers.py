@@ -151,11 +151,13 @@ def test_a_wrong_provider_is_refused_and_the_entry_removed(tmp_path: Path) -> No
         assert os.listdir(root) == []
 
 
-def test_missing_configfs_names_the_kernel_and_the_unused_device(tmp_path: Path) -> None:
-    device = tmp_path / "sev-guest"
+def test_missing_configfs_names_the_kernel_and_the_unusable_device(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"sev-snp: .*absent does not exist \(configfs-tsm needs Linux 6\.7 .*\), nor does .*no-sev-guest \(the sev-guest driver"):
+        ConfigfsTsmProvider(SEV_SNP, tmp_path / "absent", device=tmp_path / "no-sev-guest")
+    device = tmp_path / "tdx_guest"
     device.touch()
-    with pytest.raises(ConfigError, match=r"configfs-tsm needs Linux 6\.7 .*sev-guest exists, but .* configfs-tsm is required"):
-        ConfigfsTsmProvider(SEV_SNP, tmp_path / "absent", device=device)
+    with pytest.raises(ConfigError, match=r"configfs-tsm needs Linux 6\.7 .*tdx_guest exists, but Kettle cannot use it for TDX"):
+        ConfigfsTsmProvider(TDX, tmp_path / "absent", device=device)
 
 
 def test_report_data_must_be_64_bytes(tmp_path: Path) -> None:
@@ -238,7 +240,7 @@ def test_probe_says_a_guest_device_is_not_used(tmp_path: Path) -> None:
     device.touch()
     probes = probe_backends(tmp_path / "no-tsm", tmp_path / "none", False, {SEV_SNP: tmp_path / "x", TDX: device})
     tdx = next(p for p in probes if p.backend == TDX)
-    assert not tdx.usable and f"{device} exists, but Kettle does not use its ioctl interface" in tdx.detail
+    assert not tdx.usable and f"{device} exists, but Kettle cannot use it for TDX: upstream Linux" in tdx.detail
 
 
 def test_backend_setting_is_checked(tmp_path: Path) -> None:

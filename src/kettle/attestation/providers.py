@@ -2,7 +2,9 @@
 
 Both are file ABIs (``spec/attestation.md`` §6.1, §6.2), so the providers only
 open, write, read and remove files; their roots are settings so that tests can
-drive them through an emulation of the same ABI. ``backend = "auto"`` probes
+drive them through an emulation of the same ABI. Where configfs-tsm is absent, a
+SEV-SNP guest's reports come from ``/dev/sev-guest``'s ``SNP_GET_EXT_REPORT`` /
+``SNP_GET_REPORT`` ioctls instead (:func:`snp_ioctl_report`). ``backend = "auto"`` probes
 what the machine offers (:func:`probe_backends`) and picks the first usable one.
 
 The providers do not verify their own evidence (that is the attestation
@@ -13,6 +15,7 @@ makes a service present someone else's report.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -28,9 +31,11 @@ from .backends import SIMULATION, Evidence, SnpCertificate
 from .sealing import (
     SNP_GUEST_DEVICE,
     KeyReleaseClient,
+    SnpGuestRequestError,
     gramine_sealing_key,
     purpose_key,
     snp_derived_key,
+    snp_guest_request,
 )
 
 log = logging.getLogger(__name__)
@@ -47,8 +52,20 @@ SGX = "sgx"
 
 TSM_PROVIDERS = {SEV_SNP: "sev_guest", TDX: "tdx_guest"}
 """configfs-tsm ``provider`` file content per backend."""
-GUEST_DEVICES = {SEV_SNP: Path("/dev/sev-guest"), TDX: Path("/dev/tdx_guest")}
-"""The ioctl interfaces that predate configfs-tsm; only reported, never used."""
+GUEST_DEVICES = {SEV_SNP: SNP_GUEST_DEVICE, TDX: Path("/dev/tdx_guest")}
+"""The ioctl interfaces that predate configfs-tsm: ``/dev/sev-guest`` is used where configfs-tsm is absent,
+``/dev/tdx_guest`` only reported (:data:`TDX_IOCTL_REFUSAL`)."""
+
+
+def guest_devices(snp_guest_device: Path) -> dict[str, Path]:
+    """The guest devices to probe, with ``/dev/sev-guest`` where the ``snp_guest_device`` setting puts it."""
+    return {SEV_SNP: snp_guest_device, TDX: GUEST_DEVICES[TDX]}
+
+
+TDX_IOCTL_REFUSAL = (
+    "upstream Linux produces TDX quotes only through configfs-tsm: /dev/tdx_guest's TDX_CMD_GET_REPORT0 returns "
+    "a TDREPORT that only a quoting service can turn into a quote, and TDX_CMD_GET_QUOTE was never merged"
+)
 CONFIGFS_TSM_KERNEL = "Linux 6.7 or later, CONFIG_TSM_REPORTS, configfs mounted at /sys/kernel/config"
 
 TSM_ATTEMPTS = 3
@@ -61,6 +78,29 @@ TDX_QUOTE_V4_REPORT_DATA_OFFSET = 568
 TDX_QUOTE_V5_REPORT_DATA_OFFSET = 574  # v5 inserts a 2-byte body type and a 4-byte body size after the header
 SGX_QUOTE_REPORT_DATA_OFFSET = 368  # 48-byte header + report body offset 320
 QUOTE_VERSION_OFFSET = 0
+
+# --- /dev/sev-guest (Linux include/uapi/linux/sev-guest.h) -----------------------------------
+SNP_GET_REPORT = 0xC0205300
+"""``_IOWR('S', 0x0, struct snp_guest_request_ioctl)``: request ``struct snp_report_req``."""
+SNP_GET_EXT_REPORT = 0xC0205302
+"""``_IOWR('S', 0x2, struct snp_guest_request_ioctl)``: request ``struct snp_ext_report_req``."""
+SNP_REPORT_REQ = struct.Struct("<64sI28x")
+"""``struct snp_report_req``: ``__u8 user_data[64]``, ``__u32 vmpl``, ``__u8 rsvd[28]``: 96 bytes."""
+SNP_EXT_REPORT_REQ = struct.Struct("<96sQI4x")
+"""``struct snp_ext_report_req``: ``struct snp_report_req data``, ``__u64 certs_address``, ``__u32 certs_len``
+(and 4 bytes of tail padding): 112 bytes."""
+SNP_REPORT_RESP_SIZE = 4000
+"""``struct snp_report_resp``: the firmware's ``MSG_REPORT_RSP``: ``STATUS`` (u32) at 0x00, ``REPORT_SIZE``
+(u32) at 0x04, reserved 0x08–0x1F, the report at 0x20."""
+SNP_REPORT_RESP_HEADER = struct.Struct("<II24x")
+SNP_GUEST_VMM_ERR_INVALID_LEN = 1
+"""``exitinfo2``'s VMM half when ``certs_len`` is too small; the driver then writes the length needed into the
+request's ``certs_len``."""
+SNP_CERTS_PAGE = 4096
+SEV_FW_BLOB_MAX_SIZE = 0x4000
+"""The driver refuses a ``certs_len`` that is not a whole number of pages or above this (EINVAL)."""
+SNP_REPORT_STATUS = {0x16: "invalid parameters"}
+"""``MSG_REPORT_RSP`` status values of the SNP firmware ABI."""
 
 SNP_CERT_GUIDS = {
     uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd"): "vcek",
@@ -125,6 +165,66 @@ def report_data_of(tee_type: str, evidence: bytes) -> bytes:
     return evidence[offset:offset + REPORT_DATA_SIZE]
 
 
+def _snp_response_report(response: bytes, device: Path, vmpl: int) -> bytes:
+    status, size = SNP_REPORT_RESP_HEADER.unpack_from(response)
+    if status != 0:
+        raise AttestationError(
+            f"the SNP firmware refused the report request on {device}: status 0x{status:x} "
+            f"({SNP_REPORT_STATUS.get(status, 'unknown status')}; VMPL {vmpl})"
+        )
+    if size != SNP_REPORT_SIZE:
+        raise AttestationError(f"{device} answered a {size}-byte report, expected {SNP_REPORT_SIZE}")
+    start = SNP_REPORT_RESP_HEADER.size
+    return response[start:start + SNP_REPORT_SIZE]
+
+
+def snp_ioctl_report(device: Path, report_data: bytes, vmpl: int) -> tuple[bytes, bytes]:
+    """An SNP report for ``report_data`` at ``vmpl`` and the host's certificate table, through the
+    sev-guest driver's ioctls.
+
+    ``SNP_GET_EXT_REPORT`` first, with a one-page certificate buffer; when the
+    host's table is larger, the driver says so (VMM error INVALID_LEN) and how
+    large, and the request is made again with that size. A driver or host
+    without extended requests (ENOTTY, or another VMM error) gets a plain
+    ``SNP_GET_REPORT``: no certificates, which then come from AMD KDS. Firmware
+    errors are refused.
+    """
+    if not 0 <= vmpl <= 3:
+        raise AttestationError(f"SNP VMPL must be 0..3, not {vmpl}")
+    response = ctypes.create_string_buffer(SNP_REPORT_RESP_SIZE)
+    certs_len = SNP_CERTS_PAGE
+    while True:
+        certs = ctypes.create_string_buffer(certs_len)
+        packed = SNP_EXT_REPORT_REQ.pack(SNP_REPORT_REQ.pack(report_data, vmpl), ctypes.addressof(certs), certs_len)
+        request = ctypes.create_string_buffer(packed, len(packed))
+        try:
+            snp_guest_request(device, SNP_GET_EXT_REPORT, "SNP_GET_EXT_REPORT", request, response)
+            return _snp_response_report(response.raw, device, vmpl), certs.raw
+        except SnpGuestRequestError as exc:
+            if exc.fw_error:
+                raise
+            if exc.vmm_error == SNP_GUEST_VMM_ERR_INVALID_LEN:
+                (needed,) = struct.unpack_from("<I", request.raw, SNP_EXT_REPORT_REQ.size - 8)
+                # Only a larger, page-sized, driver-acceptable length is worth asking again;
+                # that also bounds the retries.
+                if needed <= certs_len or needed > SEV_FW_BLOB_MAX_SIZE or needed % SNP_CERTS_PAGE:
+                    raise AttestationError(
+                        f"{device} asked for a {needed}-byte certificate buffer after {certs_len} bytes were too "
+                        f"small; the driver takes whole pages up to {SEV_FW_BLOB_MAX_SIZE} bytes"
+                    ) from None
+                log.info("the host's SNP certificate table needs %d bytes, not %d; asking again", needed, certs_len)
+                certs_len = needed
+                continue
+            if exc.errno != errno.ENOTTY and not exc.vmm_error:
+                raise
+            log.info("%s has no extended report here (%s); using SNP_GET_REPORT, without certificates",
+                     device, exc.message)
+            break
+    plain = ctypes.create_string_buffer(SNP_REPORT_REQ.pack(report_data, vmpl), SNP_REPORT_REQ.size)
+    snp_guest_request(device, SNP_GET_REPORT, "SNP_GET_REPORT", plain, response)
+    return _snp_response_report(response.raw, device, vmpl), b""
+
+
 def _read_text(path: Path) -> str:
     return path.read_bytes().decode("ascii", "replace").strip()
 
@@ -136,7 +236,11 @@ def _write(path: Path, data: bytes) -> None:
 
 
 class ConfigfsTsmProvider:
-    """SEV-SNP or TDX evidence through configfs-tsm: one fresh report entry per request."""
+    """SEV-SNP or TDX evidence through configfs-tsm: one fresh report entry per request.
+
+    For SEV-SNP without configfs-tsm (no ``root`` directory) but with the guest device,
+    reports come from the device's ioctls instead (:func:`snp_ioctl_report`).
+    """
 
     def __init__(
         self, backend: str, root: Path, privlevel: int | None = None, device: Path | None = None, *,
@@ -146,8 +250,12 @@ class ConfigfsTsmProvider:
         sealing key; ``key_release`` is where a TDX guest gets its sealing key instead."""
         if backend not in TSM_PROVIDERS:
             raise ConfigError(f"configfs-tsm serves sev-snp and tdx, not {backend!r}")
+        self._ioctl_device: Path | None = None
         if not root.is_dir():
-            raise ConfigError(f"{backend}: {_configfs_absent(root, device or GUEST_DEVICES[backend])}")
+            guest_device = device or GUEST_DEVICES[backend]
+            if backend != SEV_SNP or not guest_device.exists():
+                raise ConfigError(f"{backend}: {_configfs_absent(backend, root, guest_device)}")
+            self._ioctl_device = guest_device
         self.backend = backend
         self.tee_type = backend
         self._root = root
@@ -156,11 +264,13 @@ class ConfigfsTsmProvider:
         self._service = service
         self._key_release = key_release
         self._released: dict[str, bytes] = {}
-        self.source = f"configfs-tsm {root}"
+        self.source = f"ioctl {self._ioctl_device}" if self._ioctl_device else f"configfs-tsm {root}"
 
     def evidence(self, report_data: bytes) -> Evidence:
         if len(report_data) != REPORT_DATA_SIZE:
             raise ValueError("report data must be exactly 64 bytes")
+        if self._ioctl_device is not None:
+            return self._ioctl_evidence(self._ioctl_device, report_data)
         entry = self._root / f"kettle-{os.getpid()}-{secrets.token_hex(8)}"
         try:
             entry.mkdir()
@@ -175,6 +285,12 @@ class ConfigfsTsmProvider:
                 log.warning("could not remove configfs-tsm entry %s: %s", entry, exc.strerror)
         certificates = parse_snp_certificate_table(aux) if self.backend == SEV_SNP else ()
         return Evidence(self.tee_type, quote, source=self.source, certificates=certificates)
+
+    def _ioctl_evidence(self, device: Path, report_data: bytes) -> Evidence:
+        report, table = snp_ioctl_report(device, report_data, self._privlevel or 0)
+        if report_data_of(SEV_SNP, report) != report_data:
+            raise AttestationError(f"{device} returned a report for other report data than was asked for")
+        return Evidence(SEV_SNP, report, source=self.source, certificates=parse_snp_certificate_table(table))
 
     def _report(self, entry: Path, report_data: bytes) -> tuple[bytes, bytes]:
         expected = TSM_PROVIDERS[self.backend]
@@ -279,11 +395,12 @@ class Probe:
     detail: str
 
 
-def _configfs_absent(root: Path, device: Path) -> str:
+def _configfs_absent(backend: str, root: Path, device: Path) -> str:
     detail = f"{root} does not exist (configfs-tsm needs {CONFIGFS_TSM_KERNEL})"
-    if device.exists():
-        # The ioctl interface is the older path; one file ABI is less to get wrong.
-        detail += f"; {device} exists, but Kettle does not use its ioctl interface: configfs-tsm is required"
+    if backend == SEV_SNP:
+        detail += f", nor does {device} (the sev-guest driver, used where configfs-tsm is absent)"
+    elif device.exists():
+        detail += f"; {device} exists, but Kettle cannot use it for TDX: {TDX_IOCTL_REFUSAL}"
     return detail
 
 
@@ -318,8 +435,10 @@ def probe_backends(
             probes.append(Probe(backend, True, f"configfs-tsm provider {name} at {where}"))
         elif provider is not None:
             probes.append(Probe(backend, False, f"configfs-tsm is provided by {provider!r}, not {name!r}"))
+        elif not tsm_root.is_dir() and backend == SEV_SNP and devices[backend].exists():
+            probes.append(Probe(backend, True, f"ioctl {devices[backend]} ({tsm_root} does not exist, so no configfs-tsm)"))
         elif not tsm_root.is_dir():
-            probes.append(Probe(backend, False, _configfs_absent(tsm_root, devices[backend])))
+            probes.append(Probe(backend, False, _configfs_absent(backend, tsm_root, devices[backend])))
         else:
             probes.append(Probe(backend, False, where))
     try:

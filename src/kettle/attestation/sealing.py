@@ -110,38 +110,70 @@ SNP_STATUS = {0x16: "invalid parameters"}
 """``MSG_KEY_RSP`` status values of the SNP firmware ABI."""
 
 
-def snp_derived_key(device: Path = SNP_GUEST_DEVICE, *, vmpl: int = 0, fields: int = SNP_SEAL_FIELDS) -> bytes:
-    """The 32-byte key the SNP firmware derives for this guest, through the sev-guest driver's ioctl.
+class SnpGuestRequestError(AttestationError):
+    """An ioctl on ``/dev/sev-guest`` failed; ``fw_error`` and ``vmm_error`` are the two halves of ``exitinfo2``."""
 
-    The request and response buffers are passed by address, as the driver expects;
-    the response is wiped from memory as soon as the key is copied out.
+    def __init__(self, message: str, errno_value: int, fw_error: int, vmm_error: int) -> None:
+        super().__init__(message)
+        self.errno = errno_value
+        self.fw_error = fw_error
+        self.vmm_error = vmm_error
+
+
+def snp_guest_request(device: Path, command: int, name: str, request: ctypes.Array[ctypes.c_char],
+                      response: ctypes.Array[ctypes.c_char]) -> None:
+    """One sev-guest ioctl (``struct snp_guest_request_ioctl``): ``request`` and ``response`` are passed
+    by address, as the driver expects, and the driver reads and writes them in place.
+
+    :raises SnpGuestRequestError: the device is missing or the ioctl failed (with the firmware and VMM
+        errors the driver reported in ``exitinfo2``).
     """
-    if not 0 <= vmpl <= 3:
-        raise AttestationError(f"SNP VMPL must be 0..3, not {vmpl}")
-    packed = SNP_DERIVED_KEY_REQ.pack(SNP_ROOT_KEY_VCEK, 0, fields, vmpl, 0, 0)
-    request = ctypes.create_string_buffer(packed, len(packed))
-    response = ctypes.create_string_buffer(SNP_DERIVED_KEY_RESP_SIZE)
     argument = bytearray(
         SNP_GUEST_REQUEST.pack(SNP_MSG_VERSION, ctypes.addressof(request), ctypes.addressof(response), 0)
     )
     try:
         fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise AttestationError(
-            f"{device} does not exist: SEV-SNP sealing keys come from the sev-guest driver "
-            "(CONFIG_SEV_GUEST) through SNP_GET_DERIVED_KEY"
+        raise SnpGuestRequestError(
+            f"{device} does not exist (the sev-guest driver, CONFIG_SEV_GUEST)", errno.ENOENT, 0, 0
         ) from None
     except OSError as exc:
-        raise AttestationError(f"cannot open {device}: {exc.strerror}") from None
+        raise SnpGuestRequestError(f"cannot open {device}: {exc.strerror}", exc.errno or 0, 0, 0) from None
+    try:
+        fcntl.ioctl(fd, command, argument, True)
+    except OSError as exc:
+        # The driver copies exitinfo2 back even when the request failed; it says who refused.
+        *_, exitinfo2 = SNP_GUEST_REQUEST.unpack(argument)
+        fw_error, vmm_error = exitinfo2 & 0xFFFFFFFF, exitinfo2 >> 32
+        raise SnpGuestRequestError(
+            f"{name} on {device} failed: {errno.errorcode.get(exc.errno or 0, exc.errno)} "
+            f"({exc.strerror}), firmware error 0x{fw_error:x}, VMM error 0x{vmm_error:x}",
+            exc.errno or 0, fw_error, vmm_error,
+        ) from None
+    finally:
+        os.close(fd)
+
+
+def snp_derived_key(device: Path = SNP_GUEST_DEVICE, *, vmpl: int = 0, fields: int = SNP_SEAL_FIELDS) -> bytes:
+    """The 32-byte key the SNP firmware derives for this guest, through the sev-guest driver's ioctl.
+
+    The response is wiped from memory as soon as the key is copied out.
+    """
+    if not 0 <= vmpl <= 3:
+        raise AttestationError(f"SNP VMPL must be 0..3, not {vmpl}")
+    packed = SNP_DERIVED_KEY_REQ.pack(SNP_ROOT_KEY_VCEK, 0, fields, vmpl, 0, 0)
+    request = ctypes.create_string_buffer(packed, len(packed))
+    response = ctypes.create_string_buffer(SNP_DERIVED_KEY_RESP_SIZE)
     try:
         try:
-            fcntl.ioctl(fd, SNP_GET_DERIVED_KEY, argument, True)
-        except OSError as exc:
-            *_, exitinfo2 = SNP_GUEST_REQUEST.unpack(argument)
-            raise AttestationError(
-                f"SNP_GET_DERIVED_KEY on {device} failed: {errno.errorcode.get(exc.errno or 0, exc.errno)} "
-                f"({exc.strerror}), firmware error 0x{exitinfo2 & 0xFFFFFFFF:x}, VMM error 0x{exitinfo2 >> 32:x}"
-            ) from None
+            snp_guest_request(device, SNP_GET_DERIVED_KEY, "SNP_GET_DERIVED_KEY", request, response)
+        except SnpGuestRequestError as exc:
+            if exc.errno == errno.ENOENT and not device.exists():
+                raise AttestationError(
+                    f"{device} does not exist: SEV-SNP sealing keys come from the sev-guest driver "
+                    "(CONFIG_SEV_GUEST) through SNP_GET_DERIVED_KEY"
+                ) from None
+            raise
         raw = response.raw
         (status,) = struct.unpack_from("<I", raw, 0)
         if status != 0:
@@ -154,7 +186,6 @@ def snp_derived_key(device: Path = SNP_GUEST_DEVICE, *, vmpl: int = 0, fields: i
             raise AttestationError(f"{device} returned an all-zero derived key; refusing to seal with it")
         return key
     finally:
-        os.close(fd)
         ctypes.memset(response, 0, SNP_DERIVED_KEY_RESP_SIZE)
 
 

@@ -210,11 +210,17 @@ def _hardware_trust(collateral: Path | None, vcek: Path | None, allow_status: li
 
 def _attest_local(as_json: bool) -> None:
     """Probe every backend; exit 1 when the configured one could not start here."""
-    from ..attestation.providers import AUTO, choose_backend, probe_backends
+    from ..attestation.providers import (
+        AUTO,
+        choose_backend,
+        guest_devices,
+        probe_backends,
+    )
 
     settings = load_config().attestation
     probes = probe_backends(
-        Path(settings.configfs_tsm_path), Path(settings.gramine_attestation_path), settings.unsafe_allow_simulation
+        Path(settings.configfs_tsm_path), Path(settings.gramine_attestation_path), settings.unsafe_allow_simulation,
+        guest_devices(Path(settings.snp_guest_device)),
     )
     try:
         chosen: str | None = choose_backend(probes)

@@ -33,6 +33,7 @@ from ..attestation.providers import (
     ConfigfsTsmProvider,
     GramineProvider,
     choose_backend,
+    guest_devices,
     probe_backends,
 )
 from ..attestation.sealing import KeyReleaseClient
@@ -77,7 +78,8 @@ def resolve_backend(config: Config) -> str:
     if settings.backend != AUTO:
         return settings.backend
     probes = probe_backends(
-        Path(settings.configfs_tsm_path), Path(settings.gramine_attestation_path), settings.unsafe_allow_simulation
+        Path(settings.configfs_tsm_path), Path(settings.gramine_attestation_path), settings.unsafe_allow_simulation,
+        guest_devices(Path(settings.snp_guest_device)),
     )
     backend = choose_backend(probes)
     if backend == SIMULATION:
