@@ -230,5 +230,10 @@ def test_the_worker_process_runs_one_task_and_keeps_function_logs_private(tmp_pa
 
 def test_a_worker_job_round_trips(tmp_path: Path) -> None:
     settings = FileAgentConfig(file_roots=("/srv",), max_file_bytes=5)
-    original = WorkerJob(staged(), tmp_path / "w", tmp_path, settings)
+    original = WorkerJob(staged(), tmp_path / "w", tmp_path, settings, attempt=3)
     assert WorkerJob.from_bytes(original.to_bytes()) == original
+    for attempt in (0, -1, "2", 1.0, True, None):
+        doc = json.loads(original.to_bytes())
+        doc["attempt"] = attempt
+        with pytest.raises(ValueError, match="malformed worker job: attempt must be a positive integer"):
+            WorkerJob.from_bytes(json.dumps(doc).encode())

@@ -29,7 +29,7 @@ import pytest
 from kettle.config import FileAgentConfig
 from kettle.errors import TransferError
 from kettle.file_agent import UNREACHABLE, FileAgent, display_url, file_name_of
-from kettle.file_agent.local import OUTPUT_MARK_XATTR
+from kettle.file_agent.local import OUTPUT_MARK_XATTR, OutputMark
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 17)  # several chunks, not a multiple of the chunk size
 BIG_SIZE = 32 * 1024 * 1024
@@ -810,29 +810,31 @@ def test_a_retry_replaces_only_what_an_earlier_attempt_of_the_same_output_stored
     rooted: tuple[FileAgent, Path], tmp_path: Path
 ) -> None:
     """A node that died after storing an output but before reporting leaves the file behind;
-    the task's next attempt must be able to store it again, and nothing else may be replaced."""
+    the task's next attempt must be able to store it again, and nothing else may be replaced:
+    not another output's file, not an unmarked one, and not a later attempt's file by a late
+    earlier attempt."""
     agent, root = rooted
     url = f"file://{root}/out.enc"
     first, second = tmp_path / "first.enc", tmp_path / "second.enc"
     first.write_bytes(b"attempt 1, cut short")
     second.write_bytes(b"attempt 2")
-    agent.store(first, url, mark="output-record-1")
-    assert os.getxattr(root / "out.enc", OUTPUT_MARK_XATTR) == b"output-record-1"
-    agent.store(second, url, mark="output-record-1")
+    agent.store(first, url, mark=OutputMark("output-record-1", 1))
+    assert os.getxattr(root / "out.enc", OUTPUT_MARK_XATTR) == b"1:output-record-1"
+    agent.store(second, url, mark=OutputMark("output-record-1", 2))
     assert (root / "out.enc").read_bytes() == b"attempt 2"
-    assert os.getxattr(root / "out.enc", OUTPUT_MARK_XATTR) == b"output-record-1"
-    # Another output's file, an unmarked one and a file marked through a symlink are never replaced.
-    for mark in ("output-record-2", None):
+    assert os.getxattr(root / "out.enc", OUTPUT_MARK_XATTR) == b"2:output-record-1"
+    for mark in (OutputMark("output-record-1", 1), OutputMark("output-record-1", 2),
+                 OutputMark("output-record-2", 3), None):
         with pytest.raises(TransferError, match="already exists; a stored file never replaces one"):
             agent.store(first, url, mark=mark)
         assert (root / "out.enc").read_bytes() == b"attempt 2"
     (root / "theirs.enc").write_bytes(b"someone else's")
     with pytest.raises(TransferError, match="already exists"):
-        agent.store(first, f"file://{root}/theirs.enc", mark="output-record-1")
+        agent.store(first, f"file://{root}/theirs.enc", mark=OutputMark("output-record-1", 9))
     assert (root / "theirs.enc").read_bytes() == b"someone else's"
     (root / "link.enc").symlink_to(root / "out.enc")
     with pytest.raises(TransferError, match="already exists"):
-        agent.store(first, f"file://{root}/link.enc", mark="output-record-1")
+        agent.store(first, f"file://{root}/link.enc", mark=OutputMark("output-record-1", 9))
     assert (root / "link.enc").is_symlink() and (root / "out.enc").read_bytes() == b"attempt 2"
 
 

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import uuid
+from dataclasses import replace
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -349,14 +350,18 @@ def test_a_rerun_after_a_node_died_past_the_upload_replaces_its_own_earlier_outp
     runs the task again, and that run must finish, its output replacing the earlier copy."""
     world = World(tmp_path)
     out = world.output("out.enc")
-    runs = iter([b"first run", b"second run"])
+    runs = iter([b"first run", b"second run", b"late first run"])
     function(lambda runtime: runtime.create_output("out").write(next(runs)) and "ok")
     first = run_staged_task(task(outputs={"out": out}), world.plane)
     assert first.failure is None, first.failure
-    second = run_staged_task(task(outputs={"out": out}), world.plane)
+    second = run_staged_task(task(outputs={"out": out}), replace(world.plane, attempt=2))
     assert second.failure is None and second.outputs is not None, second.failure
     content, cmac = world.read_output(out)
     assert content == b"second run" and second.outputs.tags_map == {"out": cmac}
+    # The first attempt, late (its node was only thought dead), cannot replace the retry's output.
+    late = run_staged_task(task(outputs={"out": out}), world.plane)
+    assert late.failure is not None and "already exists" in late.failure
+    assert world.read_output(out) == (content, cmac)
 
 
 def test_unknown_file_names_get_the_reference_texts(tmp_path: Path, function: Any) -> None:

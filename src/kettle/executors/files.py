@@ -39,8 +39,13 @@ from typing import BinaryIO, Final
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from ..config import ExecutionConfig
 from ..crypto.aes_gcm import StagedPlaintext, decrypt_to_staging
-from ..crypto.protected_file import ProtectedFileError, ProtectedFileReader, ProtectedFileWriter
+from ..crypto.protected_file import (
+    ProtectedFileError,
+    ProtectedFileReader,
+    ProtectedFileWriter,
+)
 from ..crypto.schemas import (
     AES_GCM_128,
     AES_GCM_256,
@@ -51,9 +56,8 @@ from ..crypto.schemas import (
     missing_output_error,
     validate_crypto_info,
 )
-from ..config import ExecutionConfig
 from ..errors import TransferError
-from ..file_agent import FileAgent, StagingBudget, display_url, file_name_of
+from ..file_agent import FileAgent, OutputMark, StagingBudget, display_url, file_name_of
 from ..functions import FunctionError
 from ..model.records import FileRecord, StagedTask
 from .runtime import INVALID_INPUT, INVALID_OUTPUT
@@ -78,6 +82,8 @@ class DataPlane:
     agent: FileAgent
     workdir: Path
     limits: ExecutionConfig = ExecutionConfig()
+    attempt: int = 1
+    """Which run of the task this is; outputs are stored marked with it."""
 
     def staging_budget(self) -> StagingBudget:
         """A fresh budget for one task, reading the free space of the disk its directory is on."""
@@ -360,10 +366,12 @@ class TaskFiles:
             tags[name] = output.writer.cmac
         for name, output in sorted(self._outputs.items()):
             try:
-                # Marked with the record's id, so a retry of this task may replace what an earlier
-                # attempt stored before its node died.
-                self._require_plane().agent.store(
-                    output.path, output.record.url, output.record.s3_credentials, mark=output.record.uuid)
+                # Marked with the record's id and this attempt, so a retry of this task may replace
+                # what an earlier attempt stored before its node died, and a late earlier attempt
+                # can never replace what a retry stored.
+                plane = self._require_plane()
+                plane.agent.store(output.path, output.record.url, output.record.s3_credentials,
+                                  mark=OutputMark(output.record.uuid, plane.attempt))
             except TransferError as exc:
                 raise TaskFileError(f"Failed to upload output {name}: {exc}") from None
         return tags

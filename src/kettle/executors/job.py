@@ -33,6 +33,9 @@ class WorkerJob:
     """Why the node's sandbox may not run user code (a required layer is missing), or empty."""
     execution: ExecutionConfig = ExecutionConfig()
     """The node's limits on staged inputs (per-task budget, free-disk floor)."""
+    attempt: int = 1
+    """Which run of the task this is (the scheduler's count): a later attempt may replace the
+    outputs an earlier one stored, never the reverse."""
 
     def to_bytes(self) -> bytes:
         return json.dumps({
@@ -44,6 +47,7 @@ class WorkerJob:
             "sandbox_layers": self.sandbox_layers.to_json(),
             "sandbox_refusal": self.sandbox_refusal,
             "execution": asdict(self.execution),
+            "attempt": self.attempt,
         }).encode()
 
     @classmethod
@@ -64,6 +68,13 @@ class WorkerJob:
                 sandbox_layers=Layers.from_json(doc["sandbox_layers"]),
                 sandbox_refusal=str(doc["sandbox_refusal"]),
                 execution=ExecutionConfig(**doc["execution"]),
+                attempt=_attempt(doc["attempt"]),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed worker job: {exc}") from None
+
+
+def _attempt(value: object) -> int:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"attempt must be a positive integer, not {value!r}")
+    return value

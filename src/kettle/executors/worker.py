@@ -81,7 +81,7 @@ def main() -> int:
     else:
         if zygote is not None:
             configure(zygote, job.sandbox, job.sandbox_layers, job.sandbox_refusal)
-        plane = DataPlane(FileAgent(job.file_agent, job.home), job.workdir, job.execution)
+        plane = DataPlane(FileAgent(job.file_agent, job.home), job.workdir, job.execution, job.attempt)
         result = run_staged_task(job.staged, plane)
     result_out.write(json.dumps(result.to_json()).encode())
     result_out.close()

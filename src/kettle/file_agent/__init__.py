@@ -39,7 +39,7 @@ from ..errors import TransferError
 from ..model.records import ObjectStoreCredentials
 from .budget import StagingBudget
 from .egress import UNREACHABLE, EgressPolicy, Resolver, system_resolver
-from .local import LocalFiles
+from .local import LocalFiles, OutputMark
 from .streams import Sink, Source, open_exclusive
 from .urls import ParsedUrl, display_url, file_name_of, parse_url, scrub
 
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from .http import HttpTransport
     from .objects import GenericStore, OwnerS3Store, S3Store
 
-__all__ = ["UNREACHABLE", "FileAgent", "StagingBudget", "display_url", "file_name_of"]
+__all__ = ["UNREACHABLE", "FileAgent", "OutputMark", "StagingBudget", "display_url", "file_name_of"]
 
 
 def _unexpected(exc: Exception, parsed: ParsedUrl, verb: str) -> TransferError:
@@ -164,14 +164,14 @@ class FileAgent:
 
     def store(
         self, source: pathlib.Path, url: str, credentials: ObjectStoreCredentials | None = None,
-        *, mark: str | None = None,
+        *, mark: OutputMark | None = None,
     ) -> None:
         """Upload the local file ``source`` to ``url`` (with the owner's ``credentials``, if any).
 
         A source over ``max_file_bytes`` is refused before anything is sent.
-        Local targets (``file``, ``fusion``) are never overwritten, except a file
-        marked with the same ``mark`` (the output record's id), which an earlier
-        attempt at the same output stored; remote ones follow their store's
+        Local targets (``file``, ``fusion``) are never overwritten, except a file an
+        earlier attempt stored for the same output (``mark``: the output record's id
+        and this attempt); remote ones follow their store's
         semantics (a presigned PUT replaces the object).
         """
         parsed = parse_url(url, self._allowed)
@@ -184,7 +184,7 @@ class FileAgent:
             raise _unexpected(exc, parsed, "storing") from None
 
     def _store(
-        self, source: Source, parsed: ParsedUrl, credentials: ObjectStoreCredentials | None, mark: str | None
+        self, source: Source, parsed: ParsedUrl, credentials: ObjectStoreCredentials | None, mark: OutputMark | None
     ) -> None:
         scheme = parsed.scheme
         if credentials is not None:

@@ -8,9 +8,11 @@ fusion directory). The check is made on the path and again on the file actually
 opened (through ``/proc/self/fd``), so a symlink swapped in between cannot win.
 Stored files never overwrite anything: they are created exclusively. The one
 exception is a copy of the same output that an earlier attempt left behind: the
-node marks each file it stores with the output's record id (extended attribute
-``user.kettle.output``), and a retried task (its first node died after storing,
-before reporting) replaces only a file carrying its own output's mark.
+node marks each file it stores with the output's record id and the attempt
+(extended attribute ``user.kettle.output``), and a retried task (its first node
+died after storing, before reporting) replaces only a file carrying its own
+output's mark from an earlier attempt; a late earlier attempt never replaces a
+later one's file.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import binascii
 import os
 import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 from urllib.parse import unquote
@@ -27,12 +30,28 @@ from ..errors import TransferError
 from .streams import CHUNK, Sink, Source
 from .urls import ParsedUrl
 
-__all__ = ["DATA_PREFIX", "FUSION_PREFIX", "LocalFiles"]
+__all__ = ["DATA_PREFIX", "FUSION_PREFIX", "LocalFiles", "OutputMark"]
 
 FUSION_PREFIX: Final = "/TEACLAVE_FUSION_BASE/"
 DATA_PREFIX: Final = "text/plain;base64,"
 _PROC_FD: Final = Path("/proc/self/fd")
 OUTPUT_MARK_XATTR: Final = "user.kettle.output"
+
+
+@dataclass(frozen=True)
+class OutputMark:
+    """Which output (its record id) and which attempt of the task stored a file."""
+
+    output: str
+    attempt: int
+
+    def encode(self) -> bytes:
+        return f"{self.attempt}:{self.output}".encode()
+
+    def replaces(self, stored: bytes) -> bool:
+        """Whether a file marked ``stored`` is an earlier attempt's copy of this output."""
+        attempt, _, output = stored.decode("ascii", "replace").partition(":")
+        return output == self.output and attempt.isdigit() and int(attempt) < self.attempt
 
 
 def _inside(path: Path, roots: Sequence[Path]) -> bool:
@@ -86,21 +105,21 @@ def _read_fd(path: Path, roots: Sequence[Path], shown: str, refusal: str, missin
     return fd
 
 
-def _marked_for(target: Path, mark: str) -> bool:
-    """Whether ``target`` is a regular file this node stored for the output named ``mark``."""
+def _replaceable(target: Path, mark: OutputMark) -> bool:
+    """Whether ``target`` is a file an earlier attempt stored for the same output."""
     try:
         # Not following links: a symlink carries no user attribute, so one is never replaced.
-        return os.getxattr(target, OUTPUT_MARK_XATTR, follow_symlinks=False) == mark.encode()
+        return mark.replaces(os.getxattr(target, OUTPUT_MARK_XATTR, follow_symlinks=False))
     except OSError:
         return False
 
 
-def _create_exclusive(target: Path, shown: str, mark: str | None) -> int:
+def _create_exclusive(target: Path, shown: str, mark: OutputMark | None) -> int:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         return os.open(target, flags, 0o644)
     except FileExistsError:
-        if mark is None or not _marked_for(target, mark):
+        if mark is None or not _replaceable(target, mark):
             raise TransferError(f"{shown} already exists; a stored file never replaces one") from None
     # An earlier attempt at this same output stored it (or part of it) and its node died before
     # the result was reported: this attempt's file replaces it.
@@ -114,12 +133,12 @@ def _create_exclusive(target: Path, shown: str, mark: str | None) -> int:
 
 
 def _write_fd(
-    path: Path, roots: Sequence[Path], shown: str, refusal: str, *, make_parents: bool, mark: str | None
+    path: Path, roots: Sequence[Path], shown: str, refusal: str, *, make_parents: bool, mark: OutputMark | None
 ) -> tuple[int, Path]:
     """Create a new file for writing, confined to ``roots``.
 
-    An existing file is never touched, unless it carries ``mark``: then it is an earlier
-    attempt's copy of the same output, and it is replaced."""
+    An existing file is never touched, unless an earlier attempt stored it for the same
+    output (``mark``): then it is replaced."""
     if path.name in ("", ".", ".."):
         raise TransferError(f"{shown} has no file name in its path")
     parent = path.parent.resolve()
@@ -209,7 +228,7 @@ class LocalFiles:
         fd = _read_fd(path, self._roots, parsed.shown, refusal, f"no file at {parsed.shown}")
         _copy_in(fd, sink)
 
-    def store_file(self, source: Source, parsed: ParsedUrl, mark: str | None = None) -> None:
+    def store_file(self, source: Source, parsed: ParsedUrl, mark: OutputMark | None = None) -> None:
         path, refusal = self._file_path(parsed)
         fd, target = _write_fd(path, self._roots, parsed.shown, refusal, make_parents=False, mark=mark)
         _copy_out(source, fd, target, parsed.shown)
@@ -231,7 +250,7 @@ class LocalFiles:
         fd = _read_fd(path, (self._fusion,), parsed.shown, refusal, f"no fusion file at {parsed.shown}")
         _copy_in(fd, sink)
 
-    def store_fusion(self, source: Source, parsed: ParsedUrl, mark: str | None = None) -> None:
+    def store_fusion(self, source: Source, parsed: ParsedUrl, mark: OutputMark | None = None) -> None:
         path, refusal = self._fusion_path(parsed)
         fd, target = _write_fd(path, (self._fusion,), parsed.shown, refusal, make_parents=True, mark=mark)
         _copy_out(source, fd, target, parsed.shown)

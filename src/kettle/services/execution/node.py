@@ -205,12 +205,12 @@ class Workspace:
     sandbox_host: SandboxHost | None = None
     execution: ExecutionConfig = ExecutionConfig()
 
-    def job(self, staged: StagedTask, workdir: Path) -> WorkerJob:
+    def job(self, staged: StagedTask, workdir: Path, attempt: int) -> WorkerJob:
         host = self.sandbox_host
         return WorkerJob(staged, workdir, self.home, self.file_agent, self.sandbox,
                          sandbox_layers=host.layers if host is not None else Layers(),
                          sandbox_refusal=(host.refusal or "") if host is not None else "",
-                         execution=self.execution)
+                         execution=self.execution, attempt=attempt)
 
     @contextlib.contextmanager
     def task_dir(self, task_id: str, attempt: int) -> Iterator[Path]:
@@ -314,7 +314,7 @@ class ExecutionNode:
                                    TaskResult(failure=f"{REFUSED_PREFIX}{refusal}"))
                 return
             with self._workspace.task_dir(current.task_id, attempt) as workdir:
-                job = self._workspace.job(staged, workdir)
+                job = self._workspace.job(staged, workdir, attempt)
                 result = await self._run_in_worker(current, job.to_bytes())
             run = Run(staged, started_at, datetime.now(UTC))
             if current.canceled:
