@@ -1,0 +1,164 @@
+"""Where an echo task's time goes: CPU per task per service, and the wall time of one task.
+
+Starts a real platform (every service its own process, attested TLS, SQLite
+storage) in a temporary home on free ports, runs echo tasks through the SDK, and
+prints:
+
+* **CPU-milliseconds per task, per process**, read from ``/proc/PID/stat`` before
+  and after a closed-loop run (user + system time of each service, plus its
+  finished children: an execution node's task workers and sandbox children, which
+  it reaps). The total over all processes, the client included, is what decides
+  throughput on a machine whose cores all services share.
+* **The wall time of one task**, split by the client's calls (CreateTask,
+  InvokeTask, the wait for the result), median over sequential runs.
+
+    .venv/bin/python bench/bench_task_profile.py [--tasks N] [--clients N] [--nodes N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from conftest import ALL_SERVICES, Platform, make_home  # noqa: E402
+from kettle.launcher import spawn  # noqa: E402
+from kettle.provisioning import create_dev_auditors  # noqa: E402
+from kettle.sdk import AuthenticationClient, FrontendClient  # noqa: E402
+
+MESSAGE = "Hello, Teaclave!"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system time of ``pid`` and of its reaped children, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # fields[0] is the state (field 3); utime, stime, cutime, cstime are fields 14..17
+    return sum(int(f) for f in fields[11:15]) / TICK
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Profile:
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        trust = platform.trust()
+        auth = AuthenticationClient(platform.auth_address, trust)
+        token = auth.user_login("admin", "teaclave")
+        auth.close()
+        self.trust, self.token = trust, token
+        self.function_id = self.client().register_function(
+            "builtin-echo", "Native Echo Function", "builtin", arguments=["message"]
+        )
+
+    def client(self) -> FrontendClient:
+        return FrontendClient(self.platform.frontend_address, self.trust, "admin", self.token)
+
+    def processes(self) -> dict[str, int]:
+        return {c.name: c.process.pid for c in self.platform.children}
+
+    def cpu_per_task(self, tasks: int, clients: int) -> tuple[dict[str, float], float]:
+        """CPU-ms per task of each process, and tasks per second, over a closed-loop run."""
+        workers = [self.client() for _ in range(clients)]
+        for client in workers:  # warm every channel before measuring
+            run_echo(client, self.function_id)
+        per_client = max(1, tasks // clients)
+        barrier = threading.Barrier(clients + 1)
+
+        def loop(client: FrontendClient) -> None:
+            barrier.wait()
+            for _ in range(per_client):
+                run_echo(client, self.function_id)
+
+        threads = [threading.Thread(target=loop, args=(c,)) for c in workers]
+        for t in threads:
+            t.start()
+        pids = self.processes()
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        client_before = own_cpu_seconds()
+        barrier.wait()
+        started = time.perf_counter()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - started
+        done = per_client * clients
+        spent = {name: (cpu_seconds(pid) - before[name]) * 1000 / done for name, pid in pids.items()}
+        spent["client (SDK)"] = (own_cpu_seconds() - client_before) * 1000 / done
+        for client in workers:
+            client.close()
+        return spent, done / elapsed
+
+    def wall_split(self, runs: int) -> dict[str, list[float]]:
+        client = self.client()
+        run_echo(client, self.function_id)
+        split: dict[str, list[float]] = {"CreateTask": [], "InvokeTask": [], "wait for the result": [], "whole task": []}
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            task_id = client.create_task(self.function_id, {"message": MESSAGE})
+            t1 = time.perf_counter()
+            client.invoke_task(task_id)
+            t2 = time.perf_counter()
+            assert client.get_task_result(task_id, timeout=120) == MESSAGE.encode()
+            t3 = time.perf_counter()
+            for name, value in (("CreateTask", t1 - t0), ("InvokeTask", t2 - t1),
+                                ("wait for the result", t3 - t2), ("whole task", t3 - t0)):
+                split[name].append(value * 1000)
+        client.close()
+        return split
+
+
+def run_echo(client: FrontendClient, function_id: str) -> None:
+    task_id = client.create_task(function_id, {"message": MESSAGE})
+    client.invoke_task(task_id)
+    result = client.get_task_result(task_id, timeout=120)
+    if result != MESSAGE.encode():
+        raise SystemExit(f"echo task {task_id} returned {result!r}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=200, help="echo tasks in the CPU measurement")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--nodes", type=int, default=2, help="execution nodes")
+    parser.add_argument("--latency-runs", type=int, default=30)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        create_dev_auditors(base / "cache")
+        platform = Platform(make_home(base / "home", base / "cache" / "auditors"))
+        platform.start(ALL_SERVICES)
+        try:
+            for n in range(2, args.nodes + 1):
+                platform.children.append(spawn(f"execution-{n}", platform.config, "execution"))
+            profile = Profile(platform)
+            split = profile.wall_split(args.latency_runs)
+            print(f"wall time of one echo task, median of {args.latency_runs} sequential runs (ms):")
+            for name, samples in split.items():
+                print(f"  {name:<22} {statistics.median(samples):8.2f}")
+            spent, rate = profile.cpu_per_task(args.tasks, args.clients)
+            print(f"\nCPU-ms per echo task, {args.tasks} tasks from {args.clients} clients, "
+                  f"{args.nodes} execution node(s): {rate:.1f} tasks/s")
+            for name, ms in sorted(spent.items(), key=lambda kv: -kv[1]):
+                print(f"  {name:<22} {ms:8.2f}")
+            print(f"  {'total':<22} {sum(spent.values()):8.2f}")
+            print(f"  CPU-bound ceiling on {os.cpu_count()} cores: "
+                  f"{os.cpu_count() * 1000 / sum(spent.values()):.0f} tasks/s")
+        finally:
+            platform.stop()
+
+
+if __name__ == "__main__":
+    main()
