@@ -30,25 +30,55 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import ALL_SERVICES, Platform, make_home  # noqa: E402
-from kettle.launcher import spawn  # noqa: E402
-from kettle.provisioning import create_dev_auditors  # noqa: E402
-from kettle.sdk import AuthenticationClient, FrontendClient  # noqa: E402
+from conftest import ALL_SERVICES, Platform, make_home
+
+from kettle.launcher import spawn
+from kettle.provisioning import create_dev_auditors
+from kettle.sdk import AuthenticationClient, FrontendClient
 
 MESSAGE = "Hello, Teaclave!"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system time of ``pid`` and of its reaped children, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # fields[0] is the state (field 3); utime, stime, cutime, cstime are fields 14..17
-    return sum(int(f) for f in fields[11:15]) / TICK
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def own_cpu_seconds() -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) time of ``pid`` and of all its descendants, live or reaped, in seconds.
+
+    A live child's time is not in its parent's ``cutime`` yet (an execution node's
+    worker template, and the sandbox's zygote, live as long as the node), so live
+    descendants are added one by one; each adds its own reaped children.
+    """
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(_stat(int(entry.name))[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    family, grew = {pid}, True
+    while grew:
+        grew = False
+        for child, parent in parents.items():
+            if parent in family and child not in family:
+                family.add(child)
+                grew = True
+    user = system = 0.0
+    for member in family:
+        try:
+            # utime, stime, cutime, cstime are fields 14..17 (index 11..14 after the name)
+            utime, stime, cutime, cstime = (int(f) / TICK for f in _stat(member)[11:15])
+        except (OSError, ValueError):
+            continue  # it ended meanwhile: its time is in its parent's cutime
+        user, system = user + utime + cutime, system + stime + cstime
+    return user, system
+
+
+def own_cpu_seconds() -> tuple[float, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime, usage.ru_stime
 
 
 class Profile:
@@ -69,8 +99,8 @@ class Profile:
     def processes(self) -> dict[str, int]:
         return {c.name: c.process.pid for c in self.platform.children}
 
-    def cpu_per_task(self, tasks: int, clients: int) -> tuple[dict[str, float], float]:
-        """CPU-ms per task of each process, and tasks per second, over a closed-loop run."""
+    def cpu_per_task(self, tasks: int, clients: int) -> tuple[dict[str, tuple[float, float]], float]:
+        """(user, system) CPU-ms per task of each process, and tasks per second, over a closed-loop run."""
         workers = [self.client() for _ in range(clients)]
         for client in workers:  # warm every channel before measuring
             run_echo(client, self.function_id)
@@ -94,8 +124,10 @@ class Profile:
             t.join()
         elapsed = time.perf_counter() - started
         done = per_client * clients
-        spent = {name: (cpu_seconds(pid) - before[name]) * 1000 / done for name, pid in pids.items()}
-        spent["client (SDK)"] = (own_cpu_seconds() - client_before) * 1000 / done
+        after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        after["client (SDK)"], before["client (SDK)"] = own_cpu_seconds(), client_before
+        spent = {name: tuple((a - b) * 1000 / done for a, b in zip(after[name], before[name], strict=True))
+                 for name in after}
         for client in workers:
             client.close()
         return spent, done / elapsed
@@ -151,11 +183,13 @@ def main() -> None:
             spent, rate = profile.cpu_per_task(args.tasks, args.clients)
             print(f"\nCPU-ms per echo task, {args.tasks} tasks from {args.clients} clients, "
                   f"{args.nodes} execution node(s): {rate:.1f} tasks/s")
-            for name, ms in sorted(spent.items(), key=lambda kv: -kv[1]):
-                print(f"  {name:<22} {ms:8.2f}")
-            print(f"  {'total':<22} {sum(spent.values()):8.2f}")
-            print(f"  CPU-bound ceiling on {os.cpu_count()} cores: "
-                  f"{os.cpu_count() * 1000 / sum(spent.values()):.0f} tasks/s")
+            print(f"  {'process':<22} {'user':>8} {'system':>8} {'total':>8}")
+            for name, (user, system) in sorted(spent.items(), key=lambda kv: -sum(kv[1])):
+                print(f"  {name:<22} {user:8.2f} {system:8.2f} {user + system:8.2f}")
+            total = sum(sum(v) for v in spent.values())
+            print(f"  {'total':<22} {sum(u for u, _ in spent.values()):8.2f} "
+                  f"{sum(s for _, s in spent.values()):8.2f} {total:8.2f}")
+            print(f"  CPU-bound ceiling on {os.cpu_count()} cores: {os.cpu_count() * 1000 / total:.0f} tasks/s")
         finally:
             platform.stop()
 

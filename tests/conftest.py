@@ -8,22 +8,31 @@ attested TLS, with SQLite storage on disk. Nothing in the trust path is mocked.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import shutil
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kettle.config import Config, load_config
 from kettle.launcher import Child, spawn, start_platform, stop_all
 from kettle.model.ids import Kind, parse_external_id
-from kettle.model.records import STAGED_TASK_QUEUE, TaskRecord, task_key
+from kettle.model.records import (
+    STAGED_TASK_QUEUE,
+    FileRecord,
+    StagedTask,
+    TaskRecord,
+    task_key,
+)
 from kettle.provisioning import init_dev_home
 from kettle.services.platform_store import PlatformStore
 from kettle.services.runtime import ServiceRuntime
@@ -249,3 +258,21 @@ def stored_tasks(platform: Platform, task_ids: list[str]) -> tuple[list[TaskReco
             await runtime.peers.close()
 
     return asyncio.run(read())
+
+
+def staged(
+    name: str = "builtin-echo",
+    arguments: Any = None,
+    executor_type: str = "builtin",
+    executor: str = "builtin",
+    **files: dict[str, FileRecord],
+) -> StagedTask:
+    """A staged task as the scheduler hands it to a node (builtin-echo unless said otherwise)."""
+    args = {"message": "Hello, Teaclave Tests!"} if arguments is None else arguments
+    return StagedTask(
+        task_id=str(uuid.uuid4()), function_id=str(uuid.uuid4()), user_id="alice",
+        executor=executor, executor_type=executor_type, function_name=name,
+        function_arguments=args if isinstance(args, str) else json.dumps(args, sort_keys=True, separators=(",", ":")),
+        function_payload=b"ignored by built-ins",
+        input_data=files.get("inputs", {}), output_data=files.get("outputs", {}),
+    )

@@ -1,15 +1,14 @@
-"""The built-in executor, argument typing, the registry, builtin-echo, and the worker process."""
+"""The built-in executor, argument typing, the registry, builtin-echo; the worker process is tests/test_workers.py."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import staged
 
 from kettle import executors
 from kettle.config import FileAgentConfig
@@ -37,25 +36,7 @@ from kettle.functions.arguments import (
     OptionalArg,
     parse_arguments,
 )
-from kettle.model.records import CryptoInfo, FileRecord, StagedTask, TaskResult
-
-
-def staged(
-    name: str = "builtin-echo",
-    arguments: Any = None,
-    executor_type: str = "builtin",
-    executor: str = "builtin",
-    **files: dict[str, FileRecord],
-) -> StagedTask:
-    args = {"message": "Hello, Teaclave Tests!"} if arguments is None else arguments
-    return StagedTask(
-        task_id=str(uuid.uuid4()), function_id=str(uuid.uuid4()), user_id="alice",
-        executor=executor, executor_type=executor_type, function_name=name,
-        function_arguments=args if isinstance(args, str) else json.dumps(args, sort_keys=True, separators=(",", ":")),
-        function_payload=b"ignored by built-ins",
-        input_data=files.get("inputs", {}), output_data=files.get("outputs", {}),
-    )
-
+from kettle.model.records import CryptoInfo, FileRecord, TaskResult
 
 # --- builtin-echo and logs -------------------------------------------------------------
 
@@ -198,34 +179,7 @@ def test_argument_conversion_and_absence() -> None:
         parse_arguments({"rate": 1.0, "raw": []}, schema)  # missing required "n"
 
 
-# --- the worker process ----------------------------------------------------------------------
 
-
-def run_worker(data: bytes) -> tuple[dict[str, Any], str]:
-    command = [sys.executable, "-m", "kettle.executors.worker"]
-    done = subprocess.run(command, input=data, capture_output=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout), done.stderr.decode()
-
-
-def job(task: StagedTask, workdir: Path) -> bytes:
-    return WorkerJob(task, workdir, workdir, FileAgentConfig()).to_bytes()
-
-
-def test_the_worker_process_runs_one_task_and_keeps_function_logs_private(tmp_path: Path) -> None:
-    secret = "the secret message"
-    result, stderr = run_worker(job(staged(arguments={"message": secret, "save_log": "true"}), tmp_path))
-    assert TaskResult.from_json(result).outputs is not None
-    assert TaskResult.from_json(result).outputs.return_value == secret.encode()  # type: ignore[union-attr]
-    assert secret not in stderr  # function log records go to the task's log only
-    failed, _ = run_worker(job(staged(arguments={"message": 1}), tmp_path))
-    assert failed == {"err": "Cannot deserialize arguments"}
-    garbage, _ = run_worker(b"not a job")
-    assert garbage["err"].startswith("ValueError: malformed worker job: Expecting value")
-    wrong_settings = json.loads(job(staged(), tmp_path))
-    wrong_settings["file_agent"]["unknown"] = 1
-    refused, _ = run_worker(json.dumps(wrong_settings).encode())
-    assert refused["err"] == "ValueError: malformed worker job: file agent settings have the wrong fields"
 
 
 def test_a_worker_job_round_trips(tmp_path: Path) -> None:

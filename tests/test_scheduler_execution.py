@@ -160,21 +160,26 @@ def running(attempt: int = 1) -> Callable[[TaskRecord], bool]:
 # --- processes ---------------------------------------------------------------------------------
 
 
-def workers_of(node: Child) -> list[int]:
-    """Live worker processes (``python -m kettle.executors.worker``) whose parent is ``node``."""
+def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
+            state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
         except OSError:
             continue
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == node.process.pid and state != "Z" and b"kettle.executors.worker" in cmdline:
+        if int(ppid) == pid and state != "Z":
             found.append(int(entry.name))
-    return sorted(found)
+    return found
+
+
+def workers_of(node: Child) -> list[int]:
+    """Live task workers of ``node``: the children of its worker template (``python -m
+    kettle.executors.worker``, a child of the node)."""
+    templates = [pid for pid in _children(node.process.pid)
+                 if b"kettle.executors.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    return sorted(worker for template in templates for worker in _children(template))
 
 
 def alive(pid: int) -> bool:
@@ -197,9 +202,9 @@ async def eventually(check: Callable[[], T], timeout: float = 15.0, what: str = 
 
 
 def waiting_for_its_task(pid: int) -> bool:
-    """The worker is set up (imports done, dies with its node) and blocked reading its stdin."""
+    """The forked worker is set up (dies with its template) and blocked reading its job."""
     try:
-        return "pipe_read" in Path(f"/proc/{pid}/wchan").read_text()
+        return "unix_stream" in Path(f"/proc/{pid}/wchan").read_text()
     except OSError:
         return False
 
@@ -313,7 +318,7 @@ def test_the_node_runs_only_what_the_digests_pin(shared: Platform) -> None:
     run(body)
 
 
-def test_cancel_of_a_running_task_kills_only_its_worker(shared: Platform) -> None:
+def test_a_task_canceled_right_after_its_forked_worker_got_it_ends_canceled_killing_only_that_worker(shared: Platform) -> None:
     node = shared.child("execution")
 
     async def body() -> None:

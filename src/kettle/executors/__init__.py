@@ -1,6 +1,6 @@
 """Running one staged task's function and turning the outcome into a task result.
 
-This is what an execution node's worker process does (``python -m
+This is what an execution node's worker process does (forked from ``python -m
 kettle.executors.worker``), in a process of its own per task so cancelling kills
 only it. :func:`run_staged_task` never raises: every failure becomes
 ``Err{reason}``, which the scheduler records as Failed (DESIGN.md §6). Reasons are
