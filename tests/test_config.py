@@ -284,6 +284,8 @@ def test_unknown_section_or_key_rejected(text: str, message: str) -> None:
         ("[attestation]\nbackend = 5\n", "attestation.backend must be a str"),
         ("[attestation]\nclock_skew_secs = -1\n", "attestation.clock_skew_secs must be a non-negative integer"),
         ("[audit]\nthreshold = 1.5\n", "audit.threshold must be a non-negative integer"),
+        ("[execution]\nconcurrent_tasks = -1\n", "execution.concurrent_tasks must be a non-negative integer"),
+        ("[execution]\nconcurrent_tasks = 257\n", "execution.concurrent_tasks must be at most 256"),
         ("[audit]\nenclave_info = 3\n", "audit.enclave_info must be a str"),
         ("[storage]\npath = 3\n", "storage.path must be a str"),
         ('[authentication]\ntoken_validity_secs = "1d"\n', "authentication.token_validity_secs must be a non-negative integer"),

@@ -343,6 +343,34 @@ def test_a_task_canceled_right_after_its_forked_worker_got_it_ends_canceled_kill
     run(body)
 
 
+def test_one_node_runs_as_many_tasks_at_once_as_it_has_slots(home_factory: Callable[..., Platform]) -> None:
+    p = home_factory(extra="[execution]\nconcurrent_tasks = 3\n")
+    p.start(SERVICES)
+    node = p.child("execution")
+
+    async def body() -> None:
+        async with Management(p.config) as m:
+            frozen = await freeze_spare(node)
+            try:
+                stuck = await m.stage({"message": "held"})
+                await m.wait(stuck, running())
+                # the two other slots go on while the first holds its task
+                others = [await m.stage({"message": f"beside {i}"}) for i in range(4)]
+                for task_id, i in zip(others, range(4), strict=True):
+                    done = await m.ended(task_id)
+                    assert done.result.outputs is not None
+                    assert done.result.outputs.return_value == f"beside {i}".encode()
+                assert (await m.task(stuck)).status == TaskStatus.RUNNING
+                await m.cancel(stuck)
+                done = await m.wait(stuck, lambda t: t.status.terminal, timeout=10)
+                assert done.status == TaskStatus.CANCELED
+            finally:
+                thaw(frozen)
+
+    run(body)
+    assert "3 task(s) at once" in node.log_path.read_text()
+
+
 def test_a_task_canceled_while_queued_never_runs(shared: Platform) -> None:
     async def body() -> None:
         async with Management(shared.config) as m:

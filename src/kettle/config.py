@@ -49,6 +49,8 @@ INTERNAL_PORTS = {
 ATTESTATION_SERVICE_PORT = 17790
 DEFAULT_DOMAIN = "kettle.internal"
 DEFAULT_ADMIN_PASSWORD = "teaclave"
+MAX_CONCURRENT_TASKS = 256
+"""A sanity bound on ``[execution] concurrent_tasks``: each running task holds a worker process."""
 
 _IGNORED_TEACLAVE_KEYS = {"algorithm", "url", "key", "spid"}
 _DERIVED = {"file_agent": {"platform_endpoints"}}
@@ -213,6 +215,12 @@ class ExecutionConfig:
     """Bytes one task may stage in the scratch directory for its inputs, over all of them."""
     min_free_disk_bytes: int = 1 << 30
     """Staging stops (the task fails) rather than leave less than this free on the scratch disk."""
+    concurrent_tasks: int = 0
+    """Tasks one node runs at once, each in its own worker; 0 = one per CPU core the node may use."""
+
+    def task_slots(self) -> int:
+        """How many tasks this node runs at once (``concurrent_tasks``, or the usable cores)."""
+        return self.concurrent_tasks or len(os.sched_getaffinity(0))
 
 
 @dataclass(frozen=True)
@@ -481,6 +489,8 @@ def parse_config(text: str, home: Path) -> Config:
         raise ConfigError("sandbox.wasm_fuel must be between 1 and 2**63 - 1")
     if config.peers.connect_timeout_ms < 100:
         raise ConfigError("peers.connect_timeout_ms must be at least 100")
+    if config.execution.concurrent_tasks > MAX_CONCURRENT_TASKS:
+        raise ConfigError(f"execution.concurrent_tasks must be at most {MAX_CONCURRENT_TASKS}")
     if config.supervisor.execution_nodes < 1:
         raise ConfigError("supervisor.execution_nodes must be at least 1")
     if config.supervisor.crash_loop_crashes < 1:

@@ -1,10 +1,14 @@
-"""The execution service's process: attest, then run the node loop until SIGTERM/SIGINT.
+"""The execution service's process: attest, then run the node loops until SIGTERM/SIGINT.
 
 It serves nothing (a pure client of the scheduler), so it does not use
-``ServiceRuntime.serve``; it signals readiness once attested and once its first
-spare worker is started. Stopping kills the running worker (the scheduler
-re-queues that task when the lease runs out) and the spare, and removes the
-node's scratch directory.
+``ServiceRuntime.serve``; it signals readiness once attested and once its worker
+template is warm. It runs ``[execution] concurrent_tasks`` task slots at once
+(one per core by default): each slot is a node loop of its own, with its own
+executor id, lease and heartbeats, so the scheduler treats it exactly as a
+node that runs one task at a time; the slots share the worker template, the
+sandbox and the scratch directory. Stopping kills the running workers (the
+scheduler re-queues their tasks when the leases run out) and the spare, and
+removes the node's scratch directory.
 """
 
 from __future__ import annotations
@@ -48,15 +52,20 @@ async def main(config: Config) -> None:
     workers = WorkerPool(sandbox)
     await workers.start()
     identities = runtime.identities
-    receipts = ReceiptSigner(lambda: identities.current, executor_id)
-    node = ExecutionNode(SchedulerClient(runtime.peers, executor_id), workers, workspace, receipts)
-    log.info("execution node %s is running", executor_id)
+    slots = [executor_id, *(str(uuid.uuid4()) for _ in range(config.execution.task_slots() - 1))]
+    nodes = [
+        ExecutionNode(SchedulerClient(runtime.peers, slot), workers, workspace,
+                      ReceiptSigner(lambda: identities.current, slot))
+        for slot in slots
+    ]
+    log.info("execution node %s is running, %d task(s) at once (executor ids %s)",
+             executor_id, len(slots), ", ".join(slots))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    work = asyncio.create_task(node.run_forever())
+    work = asyncio.create_task(_run_all(nodes))
     stopping = asyncio.create_task(stop.wait())
     signal_ready()
     try:
@@ -75,3 +84,14 @@ async def main(config: Config) -> None:
     failure = results[0]
     if isinstance(failure, Exception):
         raise failure
+
+
+async def _run_all(nodes: list[ExecutionNode]) -> None:
+    """Every slot's loop; the first to fail stops the others (and the service)."""
+    loops = [asyncio.create_task(node.run_forever()) for node in nodes]
+    try:
+        await asyncio.gather(*loops)
+    finally:
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
