@@ -30,6 +30,7 @@ late or repeated report is discarded.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -72,6 +73,69 @@ NOT_YET_WAIT_MS = 2_000
 """How long a hand-out waits for management to store the Staged status it is about to write."""
 MAX_NOT_YET_DELIVERIES = 20
 """An item whose task never becomes Staged is dropped after this many deliveries (management crashed)."""
+
+
+SIGNAL_WATCH_MS = 30_000
+"""One storage Watch of the queue's signal at most this long; then it is renewed."""
+SIGNAL_RETRY_SECS = 0.5
+
+
+class QueueDoorbell:
+    """One watch of ``staged-task-signal`` for every PullTask waiting in this scheduler.
+
+    Each waiting PullTask used to read the signal, try the queue and watch the
+    signal itself, so every enqueue woke every waiting node and cost each of them
+    three storage calls. Here one watcher rings once per change, and the ring
+    wakes a single waiter; a waiter that took an item rings again (the queue may
+    hold more), so items are taken one by one by as many waiters as there are
+    items. A ring with nobody waiting is kept for the next PullTask, so no enqueue
+    is missed between a look at the queue and the wait.
+    """
+
+    def __init__(self, store: PlatformStore) -> None:
+        self._store = store
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._rung = True
+        """A ring nobody took yet; true at start, when items may already be waiting."""
+
+    def ring(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._rung = True
+
+    async def wait(self, timeout: float) -> None:
+        """Until a ring (or ``timeout`` seconds pass)."""
+        if self._rung:
+            self._rung = False
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            if waiter.done() and not waiter.cancelled():
+                self.ring()  # rung just as we gave up: pass it on, never drop it
+            raise
+
+    async def watch_forever(self) -> None:
+        known: bytes | None = None
+        fresh = True
+        while True:
+            try:
+                if fresh:
+                    known, fresh = await self._store.get(STAGED_SIGNAL_KEY), False
+                current = await self._store.watch(STAGED_SIGNAL_KEY, known, SIGNAL_WATCH_MS)
+                if current != known:
+                    known = current
+                    self.ring()
+            except Exception as exc:  # noqa: BLE001 - storage trouble: waiters look at the queue themselves
+                log.warning("cannot watch the staged-task signal (%s); retrying", exc)
+                fresh = True
+                self.ring()
+                await asyncio.sleep(SIGNAL_RETRY_SECS)
 
 
 @dataclass(frozen=True)
@@ -153,6 +217,7 @@ class Scheduler:
         self._canceled_runs = rules.CanceledRuns()
         self._locks = KeyedLocks()
         self._lease_added = asyncio.Event()
+        self.doorbell = QueueDoorbell(store)
 
     # --- start-up and the expiry loop ------------------------------------------------
 
@@ -213,20 +278,19 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(wait_ms, MAX_WAIT_MS) / 1000
         while True:
-            # Read the signal before looking at the queue: an enqueue after our look
-            # rewrites it afterwards, so the watch below returns at once.
-            signal = await self._store.get(STAGED_SIGNAL_KEY)
             item = await self._store.dequeue(STAGED_TASK_QUEUE, CLAIM_SECS)
             if item is not None:
+                self.doorbell.ring()  # the queue may hold more: the next waiter looks
                 # Once an item is taken, finish recording it even if the caller goes away.
                 handed = await asyncio.shield(self._hand_out(item.item_id, item.value, item.deliveries, executor_id))
                 if handed is not None:
                     return handed
                 continue
-            remaining_ms = int((deadline - loop.time()) * 1000)
-            if remaining_ms <= 0:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
                 return None
-            await self._store.watch(STAGED_SIGNAL_KEY, signal, remaining_ms)
+            with contextlib.suppress(TimeoutError):
+                await self.doorbell.wait(remaining)
 
     async def _repull(self, held: Lease, executor_id: str) -> HandOut | None:
         async with self._locks.hold(held.task_id):

@@ -126,9 +126,11 @@ async def main(config: Config) -> None:
     log.info("lease %.1f s, at most %d attempt(s) per task", settings.lease_secs, settings.max_attempts)
     servicer = SchedulerServicer(scheduler)
     runtime.internal_server(lambda server: pb_grpc.add_KettleSchedulerServicer_to_server(servicer, server))
-    reaper = asyncio.create_task(scheduler.expire_leases_forever())
+    background = [asyncio.create_task(scheduler.expire_leases_forever()),
+                  asyncio.create_task(scheduler.doorbell.watch_forever())]
     try:
         await runtime.serve()
     finally:
-        reaper.cancel()
-        await asyncio.gather(reaper, return_exceptions=True)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
