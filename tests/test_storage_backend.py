@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -412,3 +413,53 @@ def test_compare_and_put_writes_each_key_once(store: SQLiteBackend) -> None:
         with pytest.raises(ValueError, match="each key at most once"):
             store.compare_and_put(NS, b"k", None, b"v", also)
     assert store.get(NS, b"k") is None and store.get(NS, b"o") is None
+
+
+# --- group commit ------------------------------------------------------------
+
+
+def test_a_batch_commits_its_writes_together_each_seeing_the_ones_before(store: SQLiteBackend, db_path: Path) -> None:
+    with store.batch():
+        store.put(NS, b"a", b"1")
+        assert store.get(NS, b"a") == b"1"  # the batch's own thread sees its uncommitted write
+        applied, _ = store.compare_and_put(NS, b"a", b"1", b"2")
+        assert applied
+        store.enqueue(NS, Q, b"item")
+        outside = sqlite3.connect(db_path)
+        assert outside.execute("SELECT count(*) FROM records").fetchone() == (0,)  # nothing committed yet
+    assert outside.execute("SELECT value FROM records WHERE key = ?", (b"a",)).fetchone() == (b"2",)
+    outside.close()
+    assert store.dequeue(NS, Q, 30) is not None
+
+
+def test_a_failing_write_in_a_batch_is_undone_alone(store: SQLiteBackend) -> None:
+    with store.batch():
+        store.put(NS, b"kept", b"yes")
+        with pytest.raises(StorageError):
+            # the first of its writes is applied, then the second fails: both are undone
+            store.compare_and_put(NS, b"key", None, b"v", [(b"half", b"x"), (b"bad", object())])  # type: ignore[list-item]
+        store.put(NS, b"after", b"yes")
+    assert store.get(NS, b"kept") == b"yes" and store.get(NS, b"after") == b"yes"
+    assert store.get(NS, b"half") is None and store.get(NS, b"key") is None
+
+
+def test_a_batch_that_fails_stores_nothing(store: SQLiteBackend) -> None:
+    with pytest.raises(RuntimeError, match="stop"), store.batch():
+        store.put(NS, b"a", b"1")
+        raise RuntimeError("stop")
+    assert store.get(NS, b"a") is None
+    store.put(NS, b"b", b"2")  # the backend goes on
+    assert store.get(NS, b"b") == b"2"
+
+
+def test_reads_of_other_threads_never_wait_for_a_batch_nor_see_it_early(store: SQLiteBackend) -> None:
+    store.put(NS, b"a", b"old")
+    seen: list[bytes | None] = []
+    with store.batch():
+        store.put(NS, b"a", b"new")
+        reader = threading.Thread(target=lambda: seen.append(store.get(NS, b"a")))
+        reader.start()
+        reader.join(5)
+        assert not reader.is_alive()  # the read did not wait for the batch to end
+    assert seen == [b"old"]
+    assert store.get(NS, b"a") == b"new"

@@ -10,6 +10,7 @@ import json
 import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,6 +23,8 @@ from kettle.rpc.generated import kettle_storage_pb2 as pb
 from kettle.rpc.generated import kettle_storage_pb2_grpc as pb_grpc
 from kettle.services.platform_store import PlatformStore
 from kettle.services.runtime import ServiceRuntime
+from kettle.services.storage.service import GroupCommit
+from kettle.services.storage.sqlite_backend import SQLiteBackend
 
 
 def as_service(platform: Platform, service: str, body: Callable[[pb_grpc.KettleStorageStub], Awaitable[Any]]) -> Any:
@@ -184,3 +187,39 @@ def test_a_function_with_its_payload_inline_loads_and_moves_apart_on_its_next_up
             await runtime.peers.close()
 
     asyncio.run(body())
+
+
+class CountingBackend(SQLiteBackend):
+    """A real SQLite backend that counts its commits of batches."""
+
+    batches = 0
+
+    def batch(self):  # type: ignore[no-untyped-def]
+        self.batches += 1
+        return super().batch()
+
+
+def test_concurrent_writes_share_commits_and_each_gets_its_own_answer(tmp_path: Path) -> None:
+    backend = CountingBackend(tmp_path / "db.sqlite")
+    writes = GroupCommit(backend)
+
+    async def body() -> list[Any]:
+        first = [writes.write(backend.put, "ns", f"k{i}".encode(), b"v") for i in range(50)]
+        racing = [writes.write(backend.compare_and_put, "ns", b"counter", None, f"{i}".encode()) for i in range(10)]
+        failing = writes.write(backend.compare_and_put, "ns", b"x", None, b"v", [(b"x", b"twice")])
+        return await asyncio.gather(*first, *racing, failing, return_exceptions=True)
+
+    try:
+        outcomes = asyncio.run(body())
+        assert outcomes[:50] == [None] * 50
+        applied = [o for o in outcomes[50:60] if o[0]]
+        assert len(applied) == 1  # exactly one compare-and-put of the ten wins, as if one by one
+        assert isinstance(outcomes[60], ValueError)  # one refused write answers alone
+        assert backend.batches < 61 / 4  # many writes per commit
+        reopened = SQLiteBackend(tmp_path / "db.sqlite")
+        assert all(reopened.get("ns", f"k{i}".encode()) == b"v" for i in range(50))
+        assert reopened.get("ns", b"x") is None
+        reopened.close()
+    finally:
+        writes.close()
+        backend.close()

@@ -8,6 +8,7 @@ service's records and queues are invisible to another's even when keys coincide.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -109,6 +110,12 @@ class StorageBackend(Protocol):
         transaction, before ``key``'s: a reader sees all of them or none. Their
         keys must differ from each other and from ``key``.
         """
+        ...
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Group commit: the writes made inside (on this thread) become durable together,
+        at the end, with one commit; each is still all-or-nothing on its own and sees the
+        earlier ones. A failed commit stores none of them and raises StorageError."""
         ...
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -185,6 +186,9 @@ class SealedStore:
         applied, current = self.compare_and_put(KEY_CHECK_NAMESPACE, KEY_CHECK_KEY, None, KEY_CHECK_VALUE)
         if not applied and current != KEY_CHECK_VALUE:
             raise SealingError("the sealing-key marker holds an unexpected value")
+
+    def batch(self) -> AbstractContextManager[None]:
+        return self._backend.batch()
 
     def close(self) -> None:
         self._backend.close()

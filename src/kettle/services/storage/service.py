@@ -3,13 +3,19 @@
 Keys are partitioned by the calling service (from its verified attestation, not
 from anything it says): the authentication service's user records live apart
 from the platform records that management and the scheduler share.
+
+Writes go through :class:`GroupCommit`: every write that arrives while a commit
+is in progress waits for the next one, and they are then made durable together
+with one commit (one fsync) on the writer thread. Each caller is answered only
+after the commit that holds its write, so nothing is acknowledged before it is on
+disk. Reads run on the event loop, on the backend's reading connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -88,19 +94,73 @@ class RecordWatchers:
 MAX_WATCH_MS = 60_000
 
 
+class GroupCommit:
+    """Runs writes on one writer thread, as many per commit as have arrived meanwhile."""
+
+    def __init__(self, store: StorageBackend) -> None:
+        self._store = store
+        # One writer thread: SQLite serialises writes anyway, and it keeps the event loop free.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage")
+        self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._writing = False
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` (a write of the store), once the commit that holds it is done."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        # Its caller may be gone when the answer comes: mark the outcome as seen anyway.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._pending.append((fn, args, future))
+        if not self._writing:
+            self._writing = True
+            asyncio.get_running_loop().create_task(self._drain())
+        # Shielded: a caller that goes away does not take its write out of the batch.
+        return await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    outcomes = await loop.run_in_executor(self._executor, self._apply, [(f, a) for f, a, _ in batch])
+                except Exception as exc:  # the commit failed: none of the batch is stored
+                    outcomes = [(False, exc)] * len(batch)
+                for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+        finally:
+            self._writing = False
+
+    def _apply(self, writes: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
+        outcomes: list[tuple[bool, Any]] = []
+        with self._store.batch():
+            for fn, args in writes:
+                try:
+                    outcomes.append((True, fn(*args)))
+                except Exception as exc:  # this write alone is rolled back; the others go on
+                    outcomes.append((False, exc))
+        return outcomes
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
 class StorageServicer(pb_grpc.KettleStorageServicer):
     def __init__(self, store: StorageBackend) -> None:
         self._store = store
         self._watchers = RecordWatchers()
-        # One writer thread: SQLite serialises writes anyway, and it keeps the event loop free.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage")
+        self._writes = GroupCommit(store)
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._writes.write(fn, *args)
 
     @rpc_method
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
-        value = await self._run(self._store.get, namespace_of_caller(), _check_key(request.key))
+        value = self._store.get(namespace_of_caller(), _check_key(request.key))
         if value is None:
             raise NotFound("key not found")
         return pb.GetResponse(value=value)
@@ -108,14 +168,14 @@ class StorageServicer(pb_grpc.KettleStorageServicer):
     @rpc_method
     async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
         namespace = namespace_of_caller()
-        await self._run(self._store.put, namespace, _check_key(request.key), request.value)
+        await self._write(self._store.put, namespace, _check_key(request.key), request.value)
         self._watchers.changed(namespace, request.key)
         return empty_pb2.Empty()
 
     @rpc_method
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
         namespace = namespace_of_caller()
-        await self._run(self._store.delete, namespace, _check_key(request.key))
+        await self._write(self._store.delete, namespace, _check_key(request.key))
         self._watchers.changed(namespace, request.key)
         return empty_pb2.Empty()
 
@@ -123,25 +183,25 @@ class StorageServicer(pb_grpc.KettleStorageServicer):
     async def GetKeysByPrefix(
         self, request: pb.GetKeysByPrefixRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetKeysByPrefixResponse:
-        keys = await self._run(self._store.keys_with_prefix, namespace_of_caller(), request.prefix)
+        keys = self._store.keys_with_prefix(namespace_of_caller(), request.prefix)
         return pb.GetKeysByPrefixResponse(keys=keys)
 
     @rpc_method
     async def Enqueue(self, request: pb.EnqueueRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
-        await self._run(self._store.enqueue, namespace_of_caller(), _check_key(request.queue, "queue"), request.value)
+        await self._write(self._store.enqueue, namespace_of_caller(), _check_key(request.queue, "queue"), request.value)
         return empty_pb2.Empty()
 
     @rpc_method
     async def Dequeue(self, request: pb.DequeueRequest, context: grpc.aio.ServicerContext) -> pb.DequeueResponse:
         lease = request.lease_seconds or DEFAULT_LEASE_SECONDS
-        item = await self._run(self._store.dequeue, namespace_of_caller(), _check_key(request.queue, "queue"), lease)
+        item = await self._write(self._store.dequeue, namespace_of_caller(), _check_key(request.queue, "queue"), lease)
         if item is None:
             return pb.DequeueResponse(found=False)
         return pb.DequeueResponse(found=True, item_id=item.item_id, value=item.value, deliveries=item.deliveries)
 
     @rpc_method
     async def Ack(self, request: pb.AckRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
-        await self._run(self._store.ack, namespace_of_caller(), _check_key(request.queue, "queue"), request.item_id)
+        await self._write(self._store.ack, namespace_of_caller(), _check_key(request.queue, "queue"), request.item_id)
         return empty_pb2.Empty()
 
     @rpc_method
@@ -152,7 +212,7 @@ class StorageServicer(pb_grpc.KettleStorageServicer):
         expected = None if request.expect_absent else request.expected
         key = _check_key(request.key)
         also = _check_also(key, request.also)
-        applied, current = await self._run(self._store.compare_and_put, namespace, key, expected, request.value, also)
+        applied, current = await self._write(self._store.compare_and_put, namespace, key, expected, request.value, also)
         if applied:
             # Only now, after the commit: a woken watcher reads every record of it.
             for changed_key, _ in also:
@@ -170,7 +230,7 @@ class StorageServicer(pb_grpc.KettleStorageServicer):
         while True:
             # Register before reading, so a write between the read and the wait still wakes us.
             event = self._watchers.event(namespace, key)
-            current = await self._run(self._store.get, namespace, key)
+            current = self._store.get(namespace, key)
             if current != known:
                 return pb.WatchResponse(changed=True, found=current is not None, value=current or b"")
             remaining = deadline - loop.time()
@@ -182,7 +242,7 @@ class StorageServicer(pb_grpc.KettleStorageServicer):
                 pass
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._writes.close()
         self._store.close()
 
 

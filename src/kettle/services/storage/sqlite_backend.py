@@ -2,8 +2,19 @@
 
 Durability is the point: with ``journal_mode=WAL`` and ``synchronous=FULL`` a commit
 is on disk before the call returns, so an acknowledged write survives the process
-being killed (or the machine losing power). Each write is a single transaction,
-so a failed write leaves the database as it was.
+being killed (or the machine losing power). Each write is all-or-nothing, so a
+failed write leaves the database as it was.
+
+**Group commit**: writes made inside :meth:`SQLiteBackend.batch` share one
+transaction and one fsync. Each is still all-or-nothing on its own (a savepoint
+per write: one that fails is rolled back alone), and the batch commits before
+any of them returns to its caller's caller, so a write is never acknowledged
+before it is on disk. Writes inside a batch see the earlier writes of the same
+batch, exactly as if they had been committed one by one.
+
+Reads outside a batch use a connection of their own: WAL lets them run beside a
+commit in progress instead of waiting for its fsync, and they see every
+committed write.
 """
 
 from __future__ import annotations
@@ -73,6 +84,9 @@ class _SQL:
     BEGIN_WRITE = "BEGIN IMMEDIATE"
     COMMIT = "COMMIT"
     ROLLBACK = "ROLLBACK"
+    SAVEPOINT = "SAVEPOINT one_write"
+    RELEASE = "RELEASE one_write"
+    ROLLBACK_TO = "ROLLBACK TO one_write"
 
     GET = "SELECT value FROM records WHERE namespace = ? AND key = ?"
     PUT = """
@@ -143,7 +157,11 @@ class SQLiteBackend:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        """Guards the write connection; a batch holds it throughout, its writes take it again."""
+        self._batch_owner: int | None = None
+        """The thread running a batch, whose reads must see the batch's uncommitted writes."""
+        self._read_lock = threading.Lock()
         _create_private_file(path)
         with _storage_errors(f"open database {path}"):
             self._conn = sqlite3.connect(
@@ -154,6 +172,10 @@ class SQLiteBackend:
             )
         try:
             self._set_up(path)
+            with _storage_errors(f"open database {path}"):
+                self._read_conn = sqlite3.connect(
+                    path, timeout=busy_timeout_seconds, isolation_level=None, check_same_thread=False,
+                )
         except BaseException:
             self._conn.close()
             raise
@@ -178,12 +200,24 @@ class SQLiteBackend:
 
     @contextmanager
     def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
-        """Run the body as one write transaction: all of it commits, or none of it.
+        """Run the body as one write: all of it is applied, or none of it.
 
+        Alone, that is a transaction of its own, committed before this returns.
         BEGIN IMMEDIATE takes the write lock up front, so a read-then-write (dequeue)
-        cannot interleave with another writer on the same file.
+        cannot interleave with another writer on the same file. Inside a batch it
+        is a savepoint of the batch's transaction, which commits at the batch's end.
         """
         with self._lock, _storage_errors(action):
+            if self._batch_owner == threading.get_ident():
+                self._conn.execute(_SQL.SAVEPOINT)
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute(_SQL.ROLLBACK_TO)
+                    raise
+                finally:
+                    self._conn.execute(_SQL.RELEASE)
+                return
             self._conn.execute(_SQL.BEGIN_WRITE)
             try:
                 yield self._conn
@@ -194,10 +228,37 @@ class SQLiteBackend:
                 raise
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Make the writes of the body (on this thread) one transaction, committed once at
+        the end; each write stays all-or-nothing on its own. If the commit fails, none
+        of them is stored, and this raises :class:`StorageError`."""
+        with self._lock:
+            if self._batch_owner is not None:
+                raise RuntimeError("batches do not nest")
+            with _storage_errors("begin a batch of writes"):
+                self._conn.execute(_SQL.BEGIN_WRITE)
+            self._batch_owner = threading.get_ident()
+            try:
+                yield
+                self._batch_owner = None
+                with _storage_errors("commit a batch of writes"):
+                    self._conn.execute(_SQL.COMMIT)
+            finally:
+                self._batch_owner = None
+                if self._conn.in_transaction:
+                    with _storage_errors("roll back a batch of writes"):
+                        self._conn.execute(_SQL.ROLLBACK)
+
+    @contextmanager
     def _reading(self, action: str) -> Iterator[sqlite3.Connection]:
-        """Hold the lock for a read too: the one connection is shared between threads."""
-        with self._lock, _storage_errors(action):
-            yield self._conn
+        """A connection to read from: the batch's own inside a batch (its writes are not
+        committed yet), else the reading connection, which never waits for a commit."""
+        if self._batch_owner == threading.get_ident():
+            with self._lock, _storage_errors(action):
+                yield self._conn
+            return
+        with self._read_lock, _storage_errors(action):
+            yield self._read_conn
 
     def get(self, namespace: str, key: bytes) -> bytes | None:
         with self._reading("read a record") as conn:
@@ -276,7 +337,8 @@ class SQLiteBackend:
             return True, value
 
     def close(self) -> None:
-        with self._lock, _storage_errors("close the database"):
+        with self._lock, self._read_lock, _storage_errors("close the database"):
+            self._read_conn.close()
             self._conn.close()
 
 
