@@ -65,6 +65,19 @@ def test_tasks_in_flight_drop_ended_ones_and_refuse_at_the_limit() -> None:
         assert admitted.tasks == {"a": 100.0, "c": 100.0, "d": 200.0}
 
 
+def test_below_the_limit_a_task_is_admitted_without_reading_the_listed_ones() -> None:
+    quota = UserQuota("alice", tasks={"a": 100.0, "b": 100.0})
+    assert not quota.must_check_statuses(3) and not quota.must_check_statuses(0)
+    admitted = quota.with_task("c", 200.0, None, 3)
+    assert admitted.tasks == {"a": 100.0, "b": 100.0, "c": 200.0}  # nothing dropped unread
+    assert admitted.must_check_statuses(3)  # full: the next admission reads and prunes
+    with pytest.raises(ValueError, match="statuses are needed at the limit"):
+        admitted.with_task("d", 200.0, None, 3)
+    pruned = admitted.with_task("d", 200.0, {"a": TaskStatus.FINISHED, "b": TaskStatus.RUNNING,
+                                               "c": TaskStatus.FAILED}, 3)
+    assert pruned.tasks == {"b": 100.0, "d": 200.0}
+
+
 def test_a_listed_task_without_record_counts_only_for_a_grace_period() -> None:
     quota = UserQuota("alice", tasks={"a": 100.0})
     with pytest.raises(ResourceExhausted):

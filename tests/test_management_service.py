@@ -664,6 +664,7 @@ class MemoryStore(PlatformStore):
     are the real ones. ``fail`` names raw operations that raise a storage failure."""
 
     def __init__(self) -> None:
+        super().__init__(peers=None)  # type: ignore[arg-type]  # every raw operation is overridden
         self.records: dict[bytes, bytes] = {}
         self.queues: dict[bytes, list[bytes]] = {}
         self.fail: set[str] = set()

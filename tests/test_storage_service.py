@@ -17,7 +17,7 @@ import grpc
 import pytest
 from conftest import Platform
 
-from kettle.errors import InternalError
+from kettle.errors import InternalError, InvalidArgument
 from kettle.model.records import FunctionRecord, function_key, function_payload_key
 from kettle.rpc.generated import kettle_storage_pb2 as pb
 from kettle.rpc.generated import kettle_storage_pb2_grpc as pb_grpc
@@ -178,10 +178,13 @@ def test_a_function_with_its_payload_inline_loads_and_moves_apart_on_its_next_up
             assert "payload" not in stored and stored["payload_sha256"] == hashlib.sha256(record.payload).hexdigest()
             assert await store.get(function_payload_key(bare)) == record.payload
             assert await store.get_function(bare) == after
-            # A payload record that is not the one its function names is never handed out.
+            # A payload record that is not the one its function names is never handed out:
+            # a store that has the named payload by its digest answers with that one, and
+            # one that must read the record refuses.
             await store.put(function_payload_key(bare), b"def entrypoint(argv):\n    return 'swapped'\n")
+            assert await store.get_function(bare) == after
             with pytest.raises(InternalError):
-                await store.get_function(bare)
+                await PlatformStore(runtime.peers).get_function(bare)
         finally:
             await runtime.identities.stop()
             await runtime.peers.close()
@@ -223,3 +226,37 @@ def test_concurrent_writes_share_commits_and_each_gets_its_own_answer(tmp_path: 
     finally:
         writes.close()
         backend.close()
+
+
+def test_an_update_from_a_stale_guess_never_loses_a_write_nor_refuses_on_old_data(platform: Platform) -> None:
+    key = f"guess-{uuid.uuid4()}".encode()
+
+    def refuse_old(raw: bytes | None) -> bytes | None:
+        if raw == b"old":
+            raise InvalidArgument("still old")
+        return None if raw is None else raw + b"+1"
+
+    async def body() -> None:
+        runtime = ServiceRuntime("management", platform.config)
+        await runtime.attest()
+        mine, other = PlatformStore(runtime.peers), PlatformStore(runtime.peers)
+        try:
+            await mine.put(key, b"old")  # mine now guesses "old"
+            await other.put(key, b"new")
+            # The guess refuses; the refusal is decided again on what is stored, which passes.
+            assert await mine.update(key, refuse_old) == (b"new", b"new+1")
+            await other.put(key, b"newer")
+            # The guess ("new+1") fails its compare-and-put; the update goes on from "newer".
+            assert await mine.update(key, lambda raw: (raw or b"") + b"!") == (b"newer", b"newer!")
+            await other.put(key, b"old")
+            with pytest.raises(InvalidArgument, match="still old"):  # refused on a fresh read only
+                await mine.update(key, refuse_old)
+            await other.delete(key)
+            # "no write" decided on a guess is checked again too: the record is gone now.
+            assert await mine.update(key, lambda raw: None if raw == b"old" else b"made") == (None, b"made")
+            assert await other.get(key) == b"made"
+        finally:
+            await runtime.identities.stop()
+            await runtime.peers.close()
+
+    asyncio.run(body())

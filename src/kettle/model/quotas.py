@@ -64,11 +64,23 @@ class UserQuota:
 
     # --- tasks in flight ---
 
+    def must_check_statuses(self, limit: int) -> bool:
+        """Whether admitting one more task needs the listed tasks' statuses: only at the
+        limit, where the ended ones must be dropped first. Below it the new task is simply
+        added, and the list is pruned the next time it is full, so a CreateTask reads the
+        listed tasks only once in a while, not every time."""
+        return bool(limit) and len(self.tasks) >= limit
+
     def with_task(
-        self, bare: str, now: float, statuses: dict[str, TaskStatus | None], limit: int
+        self, bare: str, now: float, statuses: dict[str, TaskStatus | None] | None, limit: int
     ) -> UserQuota:
         """Admit the new task ``bare``, given the current status of each listed task
-        (None: no record). Ended tasks are dropped first; refused at ``limit`` (0 = no limit)."""
+        (None: no record). Ended tasks are dropped first; refused at ``limit`` (0 = no
+        limit). Without ``statuses`` (allowed only below the limit) nothing is dropped."""
+        if statuses is None:
+            if self.must_check_statuses(limit):
+                raise ValueError("the listed tasks' statuses are needed at the limit")
+            return replace(self, tasks={**self.tasks, bare: now})
         live = {
             task: created
             for task, created in self.tasks.items()

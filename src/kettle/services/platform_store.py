@@ -8,18 +8,32 @@ on the fresh value. No update is ever lost and no read-modify-write races.
 Storage that is down is :class:`StorageUnavailable` within the peer connect
 timeout (a StorageError, so every caller's cleanup still runs, but reported as
 UNAVAILABLE naming storage), never a long wait or a misleading error.
+
+Two things are remembered to save storage round trips, neither of which can
+make an answer wrong:
+
+- **The last value seen of a record** this process read or wrote
+  (:class:`RecentRecords`), used only as the *expected* value of an update's
+  first compare-and-put. If someone wrote since, the compare-and-put fails and
+  returns what is stored, and the update goes on from that. A change that
+  refuses or keeps a remembered value is re-checked on a fresh read, so no
+  refusal ever rests on a stale value. Reads never answer from it.
+- **Function payloads by their SHA-256**: a function record names its payload's
+  digest, and bytes with that digest are the same bytes whoever stored them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
-from ..errors import InternalError, ServiceUnavailable, StorageError, StorageUnavailable
+from ..errors import InternalError, KettleError, ServiceUnavailable, StorageError, StorageUnavailable
 from ..model.records import (
     FileRecord,
     FunctionRecord,
@@ -40,6 +54,9 @@ MAX_READ_ATTEMPTS = 5
 """Reads of a function and its payload record before a mismatch counts as corruption."""
 STARTUP_RETRY_SECS = 1.0
 
+RECENT_RECORDS = 4096
+PAYLOAD_CACHE_BYTES = 64 << 20
+
 R = TypeVar("R")
 
 
@@ -47,10 +64,64 @@ class NoChange(Exception):
     """Raised by an update function to leave the record as it is (the update returns the record)."""
 
 
+class RecentRecords:
+    """The last value this process saw of up to ``capacity`` records: a guess of what is
+    stored, for the first compare-and-put of an update (never an answer to a read)."""
+
+    def __init__(self, capacity: int = RECENT_RECORDS) -> None:
+        self._capacity = capacity
+        self._values: OrderedDict[bytes, bytes | None] = OrderedDict()
+
+    def guess(self, key: bytes) -> tuple[bool, bytes | None]:
+        """(known, value): whether there is a guess, and the value (None: absent)."""
+        if key not in self._values:
+            return False, None
+        self._values.move_to_end(key)
+        return True, self._values[key]
+
+    def saw(self, key: bytes, value: bytes | None) -> None:
+        self._values[key] = value
+        self._values.move_to_end(key)
+        while len(self._values) > self._capacity:
+            self._values.popitem(last=False)
+
+    def forget(self, key: bytes) -> None:
+        self._values.pop(key, None)
+
+
+class PayloadCache:
+    """Function payloads by SHA-256 (hex), least recently used out past ``capacity`` bytes."""
+
+    def __init__(self, capacity: int = PAYLOAD_CACHE_BYTES) -> None:
+        self._capacity = capacity
+        self._size = 0
+        self._payloads: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, sha256: str) -> bytes | None:
+        payload = self._payloads.get(sha256)
+        if payload is not None:
+            self._payloads.move_to_end(sha256)
+        return payload
+
+    def add(self, payload: bytes) -> None:
+        if len(payload) > self._capacity:
+            return
+        sha256 = hashlib.sha256(payload).hexdigest()
+        if sha256 in self._payloads:
+            return
+        self._payloads[sha256] = payload
+        self._size += len(payload)
+        while self._size > self._capacity:
+            _, dropped = self._payloads.popitem(last=False)
+            self._size -= len(dropped)
+
+
 class PlatformStore:
     def __init__(self, peers: PeerChannels) -> None:
         # The channel is asked for on every call: it is re-made when our certificate rotates.
         self._peers = peers
+        self._recent = RecentRecords()
+        self._payloads = PayloadCache()
 
     async def _call(self, method: str, request: Any, timeout: float = STORAGE_TIMEOUT_SECS) -> Any:
         try:
@@ -70,13 +141,19 @@ class PlatformStore:
 
     async def get(self, key: bytes) -> bytes | None:
         response = await self._call("Get", pb.GetRequest(key=key))
-        return None if response is None else response.value
+        value = None if response is None else response.value
+        self._recent.saw(key, value)
+        return value
 
     async def put(self, key: bytes, value: bytes) -> None:
+        self._recent.forget(key)
         await self._call("Put", pb.PutRequest(key=key, value=value))
+        self._recent.saw(key, value)
 
     async def delete(self, key: bytes) -> None:
+        self._recent.forget(key)
         await self._call("Delete", pb.DeleteRequest(key=key))
+        self._recent.saw(key, None)
 
     async def keys_with_prefix(self, prefix: bytes) -> list[bytes]:
         response = await self._call("GetKeysByPrefix", pb.GetKeysByPrefixRequest(prefix=prefix))
@@ -88,13 +165,54 @@ class PlatformStore:
         """Write ``value`` if ``key`` still holds ``expected``; ``also`` are written in the
         same transaction (a value of None deletes), so a reader sees all or none."""
         writes = [pb.RecordWrite(key=k, value=v or b"", delete=v is None) for k, v in also]
+        for written in (key, *(k for k, _ in also)):
+            self._recent.forget(written)  # an answer that never comes leaves no guess behind
         response = await self._call(
             "CompareAndPut",
             pb.CompareAndPutRequest(
                 key=key, expected=expected or b"", expect_absent=expected is None, value=value, also=writes
             ),
         )
-        return response.applied, (response.current if response.found else None)
+        current = response.current if response.found else None
+        self._recent.saw(key, current)
+        if response.applied:
+            for other, other_value in also:
+                self._recent.saw(other, other_value)
+        return response.applied, current
+
+    async def update(
+        self, key: bytes, change: Callable[[bytes | None], bytes | None],
+        also: Callable[[bytes], Sequence[RecordWrite]] = lambda _: (),
+    ) -> tuple[bytes | None, bytes | None]:
+        """Apply ``change(stored value or None)`` atomically, retrying on concurrent writes.
+
+        ``change`` returns the new value, or None to write nothing; it may raise to
+        refuse (nothing is written). ``also(new value)`` are written in the same
+        transaction. Returns (the value it applied to, the value stored now). The first
+        try may start from the value this process saw last; a refusal or a no-write
+        decided on that guess is decided again on a fresh read.
+        """
+        known, raw = self._recent.guess(key)
+        fresh = not known
+        if not known:
+            raw = await self.get(key)
+        for _ in range(MAX_UPDATE_ATTEMPTS):
+            try:
+                updated = change(raw)
+            except KettleError:
+                if fresh:
+                    raise
+                updated = None
+            if updated is None:
+                if fresh:
+                    return raw, raw
+                raw, fresh = await self.get(key), True
+                continue
+            applied, current = await self.compare_and_put(key, raw, updated, also(updated))
+            if applied:
+                return raw, updated
+            raw, fresh = current, True
+        raise StorageError(f"record {key.decode(errors='replace')} is being updated too often; try again")
 
     async def watch(self, key: bytes, known: bytes | None, timeout_ms: int) -> bytes | None:
         """Wait until the record differs from ``known`` (or the timeout); return what is stored."""
@@ -137,9 +255,15 @@ class PlatformStore:
             except ValueError as exc:
                 log.error("corrupt FunctionRecord record: %s", exc)
                 raise InternalError("service internal error") from None
-            payload = None if digest is None else await self.get(function_payload_key(bare))
+            payload = None if digest is None else self._payloads.get(digest)
+            fetched = digest is not None and payload is None
+            if fetched:
+                payload = await self.get(function_payload_key(bare))
             try:
-                return raw, FunctionRecord.from_bytes(raw, payload)
+                record = FunctionRecord.from_bytes(raw, payload)
+                if fetched:
+                    self._payloads.add(record.payload)  # from_bytes checked it against the digest
+                return raw, record
             except ValueError as exc:
                 problem = str(exc)
                 log.info("function %s changed while it was read (%s); reading it again", bare, problem)
@@ -196,19 +320,24 @@ class PlatformStore:
         the records that change with the new task record (e.g. a finished task's
         output files): they are written in the same storage transaction.
         """
-        for _ in range(MAX_UPDATE_ATTEMPTS):
-            raw = await self.get(key)
+        outcome: dict[bytes | None, TaskRecord] = {}
+
+        def change_raw(raw: bytes | None) -> bytes | None:
             if raw is None:
                 raise InternalError(f"task record {key.decode(errors='replace')} is missing")
             current = TaskRecord.from_bytes(raw)
             try:
                 updated = change(current)
             except NoChange:
-                return current
-            applied, _ = await self.compare_and_put(key, raw, updated.to_bytes(), also(updated))
-            if applied:
-                return updated
-        raise StorageError("task record is being updated too often; try again")
+                outcome[raw] = current
+                return None
+            data = updated.to_bytes()
+            outcome[data] = updated
+            return data
+
+        _, stored = await self.update(key, change_raw, lambda data: also(outcome[data]))
+        assert stored is not None  # change_raw refuses an absent task
+        return outcome[stored]
 
 
 def _payload_write(function: FunctionRecord) -> RecordWrite:

@@ -37,17 +37,12 @@ class UserQuotas:
         self._clock = clock
 
     async def _change(self, user_id: str, change: Callable[[UserQuota], UserQuota]) -> None:
-        key = quota_key(user_id)
-        for _ in range(MAX_UPDATE_ATTEMPTS):
-            raw = await self._store.get(key)
+        def change_raw(raw: bytes | None) -> bytes | None:
             current = UserQuota(user_id) if raw is None else UserQuota.from_bytes(raw)
             updated = change(current)
-            if updated == current:
-                return
-            applied, _ = await self._store.compare_and_put(key, raw, updated.to_bytes())
-            if applied:
-                return
-        raise StorageError(f"the quota record of {user_id!r} is being updated too often")
+            return None if updated == current else updated.to_bytes()
+
+        await self._store.update(quota_key(user_id), change_raw)
 
     async def reserve_bytes(self, user_id: str, size: int) -> None:
         """Count ``size`` more stored bytes for the user, or refuse (RESOURCE_EXHAUSTED)."""
@@ -72,11 +67,11 @@ class UserQuotas:
         for _ in range(MAX_UPDATE_ATTEMPTS):
             raw = await self._store.get(key)
             current = UserQuota(user_id) if raw is None else UserQuota.from_bytes(raw)
-            listed = sorted(current.tasks)
-            tasks = await asyncio.gather(*(self._store.get_task(task_key(b)) for b in listed))
-            statuses: dict[str, TaskStatus | None] = {
-                b: (None if t is None else t.status) for b, t in zip(listed, tasks, strict=True)
-            }
+            statuses: dict[str, TaskStatus | None] | None = None
+            if current.must_check_statuses(limit):
+                listed = sorted(current.tasks)
+                tasks = await asyncio.gather(*(self._store.get_task(task_key(b)) for b in listed))
+                statuses = {b: (None if t is None else t.status) for b, t in zip(listed, tasks, strict=True)}
             updated = current.with_task(bare, self._clock(), statuses, limit)
             applied, _ = await self._store.compare_and_put(key, raw, updated.to_bytes())
             if applied:

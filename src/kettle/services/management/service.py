@@ -79,7 +79,7 @@ from ...rpc.generated import kettle_management_pb2_grpc as pb_grpc
 from ...rpc.generated import teaclave_common_pb2 as common_pb
 from ...rpc.generated import teaclave_frontend_service_pb2 as fpb
 from ...rpc.status import INTERNAL_ERROR_TEXT, rpc_method
-from ..platform_store import MAX_UPDATE_ATTEMPTS, NoChange, PlatformStore
+from ..platform_store import NoChange, PlatformStore
 from ..runtime import ServiceRuntime
 from ..storage.backend import RecordWrite
 from .quotas import UserQuotas, warn_if_off
@@ -291,16 +291,19 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
     async def _update(self, key: bytes, cls: Any, change: Callable[[Any], Any]) -> tuple[Any, Any]:
         """Apply ``change(current or None)`` atomically; it returns the new record, or None
         to write nothing. Returns (record it applied to, new record)."""
-        for _ in range(MAX_UPDATE_ATTEMPTS):
-            raw = await self._store.get(key)
-            current = _decode(cls, raw)
+        decoded: dict[bytes | None, Any] = {}
+
+        def change_raw(raw: bytes | None) -> bytes | None:
+            current = decoded[raw] = _decode(cls, raw)
             updated = change(current)
             if updated is None or updated == current:
-                return current, current
-            applied, _ = await self._store.compare_and_put(key, raw, updated.to_bytes())
-            if applied:
-                return current, updated
-        raise StorageError(f"record {key.decode(errors='replace')} is being updated too often")
+                return None
+            data: bytes = updated.to_bytes()
+            decoded[data] = updated
+            return data
+
+        before, after = await self._store.update(key, change_raw)
+        return decoded[before], decoded[after]
 
     async def _change_index(
         self, user_id: str, change: Callable[[FunctionIndex], FunctionIndex], *, create: bool
