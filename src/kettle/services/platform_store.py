@@ -320,6 +320,15 @@ class PlatformStore:
         the records that change with the new task record (e.g. a finished task's
         output files): they are written in the same storage transaction.
         """
+        return (await self.change_task(key, change, also))[0]
+
+    async def change_task(
+        self,
+        key: bytes,
+        change: Callable[[TaskRecord], TaskRecord],
+        also: Callable[[TaskRecord], Sequence[RecordWrite]] = lambda _: (),
+    ) -> tuple[TaskRecord, bool]:
+        """As :meth:`update_task`; also whether this call wrote the task (and ``also``)."""
         outcome: dict[bytes | None, TaskRecord] = {}
 
         def change_raw(raw: bytes | None) -> bytes | None:
@@ -335,9 +344,9 @@ class PlatformStore:
             outcome[data] = updated
             return data
 
-        _, stored = await self.update(key, change_raw, lambda data: also(outcome[data]))
+        before, stored = await self.update(key, change_raw, lambda data: also(outcome[data]))
         assert stored is not None  # change_raw refuses an absent task
-        return outcome[stored]
+        return outcome[stored], stored != before
 
 
 def _payload_write(function: FunctionRecord) -> RecordWrite:

@@ -177,14 +177,16 @@ def _output_writes(task: TaskRecord) -> list[RecordWrite]:
 
 
 def _ending_writes(task: TaskRecord) -> list[RecordWrite]:
-    """What is written with a task record that ends: a Finished task's output records, and
-    the trail event of each party whose files it was given (``docs/trail.md``). Every
-    task change of the scheduler goes through :meth:`Scheduler._update`, so a task's end
-    is recorded in its parties' trails exactly once, in the same transaction."""
+    """What is written with a task record that ends: a Finished task's output records, the
+    trail event of each party whose files it was given (``docs/trail.md``), and the
+    removal of its lease and spent cancel request. Every task change of the scheduler
+    goes through :meth:`Scheduler._update`, so a task's end is recorded in its parties'
+    trails exactly once, in the same transaction."""
     if not task.status.terminal:
         return []
     events = trail_rules.task_ended_events(task, int(time.time() * 1000))
-    return [*_output_writes(task), *trail_rules.pending_writes(events, uuid.uuid4().bytes)]
+    return [*_output_writes(task), *trail_rules.pending_writes(events, uuid.uuid4().bytes),
+            (cancel_request_key(task.uuid), None), (rules.lease_key(task.uuid), None)]
 
 
 def _late_receipt_writes(task: TaskRecord) -> list[RecordWrite]:
@@ -393,8 +395,8 @@ class Scheduler:
                 return action
             if action is HeartbeatAction.CANCEL:
                 assert lease is not None
-                await self._update(task_key(task_id), rules.cancel)
-                await self._close(lease)
+                _, ended = await self._end(task_key(task_id), rules.cancel)
+                await self._close(lease, deleted=ended)
                 self._canceled_runs.add(task_id, executor_id)
                 log.info("task %s canceled while running on executor %s", task_id, executor_id)
                 return action
@@ -436,8 +438,8 @@ class Scheduler:
             rules.apply_result(task, result)  # refuse a malformed result before writing anything
             # One storage transaction: whoever sees the task ended sees every output
             # record with its new tag (and the reverse), never one without the other.
-            finished = await self._update(key, lambda t: rules.apply_result(t, result)[0])
-            await self._close(lease)
+            finished, ended = await self._end(key, lambda t: rules.apply_result(t, result)[0])
+            await self._close(lease, deleted=ended)
             log.info("task %s %s (attempt %d, executor %s)", task_id, finished.status.name, lease.attempt, executor_id)
 
     # --- helpers ------------------------------------------------------------------------
@@ -445,7 +447,13 @@ class Scheduler:
     async def _update(self, key: bytes, transition: Callable[[TaskRecord], TaskRecord]) -> TaskRecord:
         """Every task change of the scheduler: the pure transition under compare-and-put,
         with what an ending writes alongside (:func:`_ending_writes`)."""
-        return await self._store.update_task(key, _change(transition), also=_ending_writes)
+        return (await self._end(key, transition))[0]
+
+    async def _end(self, key: bytes, transition: Callable[[TaskRecord], TaskRecord]) -> tuple[TaskRecord, bool]:
+        """As :meth:`_update`; also whether this change ended the task, so its lease and
+        cancel request went with it (:meth:`_close` then has nothing left to delete)."""
+        task, wrote = await self._store.change_task(key, _change(transition), also=_ending_writes)
+        return task, wrote and task.status.terminal
 
     def _require_holder(self, task_id: str, executor_id: str) -> Lease:
         lease = self._leases.get(task_id)
@@ -465,10 +473,12 @@ class Scheduler:
             assert value is not None
             await self._store.put(key, value)
 
-    async def _close(self, lease: Lease) -> None:
-        """Bookkeeping after a task ended: the spent cancel request, and the lease."""
-        await self._store.delete(cancel_request_key(lease.task_id))
-        await self._store.delete(rules.lease_key(lease.task_id))
+    async def _close(self, lease: Lease, *, deleted: bool = False) -> None:
+        """Bookkeeping after a task ended: the spent cancel request, and the lease (unless
+        ``deleted``: the write that ended the task removed both)."""
+        if not deleted:
+            await self._store.delete(cancel_request_key(lease.task_id))
+            await self._store.delete(rules.lease_key(lease.task_id))
         if self._leases.get(lease.task_id) is lease:
             self._leases.remove(lease.task_id)
 
