@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -701,9 +702,11 @@ class MemoryStore(PlatformStore):
         self.records[key] = value
         return True, value
 
-    async def enqueue(self, queue: bytes, value: bytes) -> None:
+    async def enqueue(self, queue: bytes, value: bytes, signal_key: bytes = b"") -> None:
         self._maybe_fail("enqueue", queue)
         self.queues.setdefault(queue, []).append(value)
+        if signal_key:
+            self.records[signal_key] = uuid.uuid4().bytes
 
 
 class Aborted(Exception):
@@ -742,11 +745,12 @@ def test_failed_enqueue_unstages_and_gives_the_use_back() -> None:
         assert UsageRecord.from_bytes(store.records[usage_key(bare(fid))]).use_numbers == 0
         assert store.queues.get(STAGED_TASK_QUEUE) is None
 
-        # a failed wake-up signal does not fail an invocation that is queued
-        store.fail = {f"put:{STAGED_SIGNAL_KEY.decode()}"}
+        # queued with the scheduler's wake-up signal, in one step
+        store.fail = set()
         await servicer.InvokeTask(fpb.InvokeTaskRequest(task_id=tid), FakeContext(ALICE))
         assert TaskRecord.from_bytes(store.records[task_key(bare(tid))]).status == TaskStatus.STAGED
         assert len(store.queues[STAGED_TASK_QUEUE]) == 1
+        assert STAGED_SIGNAL_KEY in store.records
         assert UsageRecord.from_bytes(store.records[usage_key(bare(fid))]).use_numbers == 1
 
         # any other storage failure reaches the client as the reference's text

@@ -223,8 +223,12 @@ class PlatformStore:
         )
         return response.value if response.found else None
 
-    async def enqueue(self, queue: bytes, value: bytes) -> None:
-        await self._call("Enqueue", pb.EnqueueRequest(queue=queue, value=value))
+    async def enqueue(self, queue: bytes, value: bytes, signal_key: bytes = b"") -> None:
+        """Append ``value`` to ``queue``; with ``signal_key``, also rewrite that record (in
+        the same step) to wake whoever watches it."""
+        if signal_key:
+            self._recent.forget(signal_key)
+        await self._call("Enqueue", pb.EnqueueRequest(queue=queue, value=value, signal_key=signal_key))
 
     async def dequeue(self, queue: bytes, lease_seconds: int) -> pb.DequeueResponse | None:
         response = await self._call("Dequeue", pb.DequeueRequest(queue=queue, lease_seconds=lease_seconds))

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14kettle_storage.proto\x12\x14kettle_storage_proto\x1a\x1bgoogle/protobuf/empty.proto\"\x19\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"\x1c\n\x0bGetResponse\x12\r\n\x05value\x18\x01 \x01(\x0c\"(\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x1c\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"(\n\x16GetKeysByPrefixRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\x0c\"\'\n\x17GetKeysByPrefixResponse\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\".\n\x0e\x45nqueueRequest\x12\r\n\x05queue\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"6\n\x0e\x44\x65queueRequest\x12\r\n\x05queue\x18\x01 \x01(\x0c\x12\x15\n\rlease_seconds\x18\x02 \x01(\r\"T\n\x0f\x44\x65queueResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x0f\n\x07item_id\x18\x02 \x01(\x04\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x12\n\ndeliveries\x18\x04 \x01(\r\",\n\nAckRequest\x12\r\n\x05queue\x18\x01 \x01(\x0c\x12\x0f\n\x07item_id\x18\x02 \x01(\x04\"9\n\x0bRecordWrite\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0e\n\x06\x64\x65lete\x18\x03 \x01(\x08\"\x8c\x01\n\x14\x43ompareAndPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x10\n\x08\x65xpected\x18\x02 \x01(\x0c\x12\x15\n\rexpect_absent\x18\x03 \x01(\x08\x12\r\n\x05value\x18\x04 \x01(\x0c\x12/\n\x04\x61lso\x18\x05 \x03(\x0b\x32!.kettle_storage_proto.RecordWrite\"H\n\x15\x43ompareAndPutResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x0f\n\x07\x63urrent\x18\x03 \x01(\x0c\"T\n\x0cWatchRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05known\x18\x02 \x01(\x0c\x12\x14\n\x0cknown_absent\x18\x03 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\">\n\rWatchResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x0c\x32\xf1\x05\n\rKettleStorage\x12J\n\x03Get\x12 .kettle_storage_proto.GetRequest\x1a!.kettle_storage_proto.GetResponse\x12?\n\x03Put\x12 .kettle_storage_proto.PutRequest\x1a\x16.google.protobuf.Empty\x12\x45\n\x06\x44\x65lete\x12#.kettle_storage_proto.DeleteRequest\x1a\x16.google.protobuf.Empty\x12n\n\x0fGetKeysByPrefix\x12,.kettle_storage_proto.GetKeysByPrefixRequest\x1a-.kettle_storage_proto.GetKeysByPrefixResponse\x12G\n\x07\x45nqueue\x12$.kettle_storage_proto.EnqueueRequest\x1a\x16.google.protobuf.Empty\x12V\n\x07\x44\x65queue\x12$.kettle_storage_proto.DequeueRequest\x1a%.kettle_storage_proto.DequeueResponse\x12?\n\x03\x41\x63k\x12 .kettle_storage_proto.AckRequest\x1a\x16.google.protobuf.Empty\x12h\n\rCompareAndPut\x12*.kettle_storage_proto.CompareAndPutRequest\x1a+.kettle_storage_proto.CompareAndPutResponse\x12P\n\x05Watch\x12\".kettle_storage_proto.WatchRequest\x1a#.kettle_storage_proto.WatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14kettle_storage.proto\x12\x14kettle_storage_proto\x1a\x1bgoogle/protobuf/empty.proto\"\x19\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"\x1c\n\x0bGetResponse\x12\r\n\x05value\x18\x01 \x01(\x0c\"(\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x1c\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"(\n\x16GetKeysByPrefixRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\x0c\"\'\n\x17GetKeysByPrefixResponse\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\"B\n\x0e\x45nqueueRequest\x12\r\n\x05queue\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x12\n\nsignal_key\x18\x03 \x01(\x0c\"6\n\x0e\x44\x65queueRequest\x12\r\n\x05queue\x18\x01 \x01(\x0c\x12\x15\n\rlease_seconds\x18\x02 \x01(\r\"T\n\x0f\x44\x65queueResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x0f\n\x07item_id\x18\x02 \x01(\x04\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x12\n\ndeliveries\x18\x04 \x01(\r\",\n\nAckRequest\x12\r\n\x05queue\x18\x01 \x01(\x0c\x12\x0f\n\x07item_id\x18\x02 \x01(\x04\"9\n\x0bRecordWrite\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0e\n\x06\x64\x65lete\x18\x03 \x01(\x08\"\x8c\x01\n\x14\x43ompareAndPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x10\n\x08\x65xpected\x18\x02 \x01(\x0c\x12\x15\n\rexpect_absent\x18\x03 \x01(\x08\x12\r\n\x05value\x18\x04 \x01(\x0c\x12/\n\x04\x61lso\x18\x05 \x03(\x0b\x32!.kettle_storage_proto.RecordWrite\"H\n\x15\x43ompareAndPutResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x0f\n\x07\x63urrent\x18\x03 \x01(\x0c\"T\n\x0cWatchRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05known\x18\x02 \x01(\x0c\x12\x14\n\x0cknown_absent\x18\x03 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\">\n\rWatchResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x0c\x32\xf1\x05\n\rKettleStorage\x12J\n\x03Get\x12 .kettle_storage_proto.GetRequest\x1a!.kettle_storage_proto.GetResponse\x12?\n\x03Put\x12 .kettle_storage_proto.PutRequest\x1a\x16.google.protobuf.Empty\x12\x45\n\x06\x44\x65lete\x12#.kettle_storage_proto.DeleteRequest\x1a\x16.google.protobuf.Empty\x12n\n\x0fGetKeysByPrefix\x12,.kettle_storage_proto.GetKeysByPrefixRequest\x1a-.kettle_storage_proto.GetKeysByPrefixResponse\x12G\n\x07\x45nqueue\x12$.kettle_storage_proto.EnqueueRequest\x1a\x16.google.protobuf.Empty\x12V\n\x07\x44\x65queue\x12$.kettle_storage_proto.DequeueRequest\x1a%.kettle_storage_proto.DequeueResponse\x12?\n\x03\x41\x63k\x12 .kettle_storage_proto.AckRequest\x1a\x16.google.protobuf.Empty\x12h\n\rCompareAndPut\x12*.kettle_storage_proto.CompareAndPutRequest\x1a+.kettle_storage_proto.CompareAndPutResponse\x12P\n\x05Watch\x12\".kettle_storage_proto.WatchRequest\x1a#.kettle_storage_proto.WatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,23 +45,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETKEYSBYPREFIXRESPONSE']._serialized_start=246
   _globals['_GETKEYSBYPREFIXRESPONSE']._serialized_end=285
   _globals['_ENQUEUEREQUEST']._serialized_start=287
-  _globals['_ENQUEUEREQUEST']._serialized_end=333
-  _globals['_DEQUEUEREQUEST']._serialized_start=335
-  _globals['_DEQUEUEREQUEST']._serialized_end=389
-  _globals['_DEQUEUERESPONSE']._serialized_start=391
-  _globals['_DEQUEUERESPONSE']._serialized_end=475
-  _globals['_ACKREQUEST']._serialized_start=477
-  _globals['_ACKREQUEST']._serialized_end=521
-  _globals['_RECORDWRITE']._serialized_start=523
-  _globals['_RECORDWRITE']._serialized_end=580
-  _globals['_COMPAREANDPUTREQUEST']._serialized_start=583
-  _globals['_COMPAREANDPUTREQUEST']._serialized_end=723
-  _globals['_COMPAREANDPUTRESPONSE']._serialized_start=725
-  _globals['_COMPAREANDPUTRESPONSE']._serialized_end=797
-  _globals['_WATCHREQUEST']._serialized_start=799
-  _globals['_WATCHREQUEST']._serialized_end=883
-  _globals['_WATCHRESPONSE']._serialized_start=885
-  _globals['_WATCHRESPONSE']._serialized_end=947
-  _globals['_KETTLESTORAGE']._serialized_start=950
-  _globals['_KETTLESTORAGE']._serialized_end=1703
+  _globals['_ENQUEUEREQUEST']._serialized_end=353
+  _globals['_DEQUEUEREQUEST']._serialized_start=355
+  _globals['_DEQUEUEREQUEST']._serialized_end=409
+  _globals['_DEQUEUERESPONSE']._serialized_start=411
+  _globals['_DEQUEUERESPONSE']._serialized_end=495
+  _globals['_ACKREQUEST']._serialized_start=497
+  _globals['_ACKREQUEST']._serialized_end=541
+  _globals['_RECORDWRITE']._serialized_start=543
+  _globals['_RECORDWRITE']._serialized_end=600
+  _globals['_COMPAREANDPUTREQUEST']._serialized_start=603
+  _globals['_COMPAREANDPUTREQUEST']._serialized_end=743
+  _globals['_COMPAREANDPUTRESPONSE']._serialized_start=745
+  _globals['_COMPAREANDPUTRESPONSE']._serialized_end=817
+  _globals['_WATCHREQUEST']._serialized_start=819
+  _globals['_WATCHREQUEST']._serialized_end=903
+  _globals['_WATCHRESPONSE']._serialized_start=905
+  _globals['_WATCHRESPONSE']._serialized_end=967
+  _globals['_KETTLESTORAGE']._serialized_start=970
+  _globals['_KETTLESTORAGE']._serialized_end=1723
 # @@protoc_insertion_point(module_scope)

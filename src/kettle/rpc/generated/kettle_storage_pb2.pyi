@@ -46,12 +46,14 @@ class GetKeysByPrefixResponse(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class EnqueueRequest(_message.Message):
-    __slots__ = ("queue", "value")
+    __slots__ = ("queue", "value", "signal_key")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_KEY_FIELD_NUMBER: _ClassVar[int]
     queue: bytes
     value: bytes
-    def __init__(self, queue: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
+    signal_key: bytes
+    def __init__(self, queue: _Optional[bytes] = ..., value: _Optional[bytes] = ..., signal_key: _Optional[bytes] = ...) -> None: ...
 
 class DequeueRequest(_message.Message):
     __slots__ = ("queue", "lease_seconds")

@@ -21,7 +21,6 @@ to the party's signed chain, and ``ListMyTrail`` lists the caller's own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
@@ -507,15 +506,13 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         await self._quotas.admit_task(caller.user_id, task.uuid)
         pinned = pinned_task_key(task.function_id, task.uuid)
         try:
-            # The index entry goes first, so an update of the function finds every task pinned to it.
-            await self._store.put(pinned, b"")
-            applied, _ = await self._store.compare_and_put(task_key(task.uuid), None, task.to_bytes())
+            # The index entry is written with the task, so an update of the function finds
+            # every task pinned to it.
+            applied, _ = await self._store.compare_and_put(task_key(task.uuid), None, task.to_bytes(), [(pinned, b"")])
             if not applied:  # a UUID v4 collision: never overwrite someone's task
                 raise InternalError(INTERNAL_ERROR_TEXT)
         except BaseException:
             await self._quotas.forget_task(caller.user_id, task.uuid)
-            with contextlib.suppress(KettleError):  # else the next update of the function drops it
-                await self._store.delete(pinned)
             raise
         return fpb.CreateTaskResponse(task_id=external_id(Kind.TASK, task.uuid))
 
@@ -694,17 +691,13 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
             raise
         staged: StagedTask = staging["staged"]
         try:
-            await self._store.enqueue(STAGED_TASK_QUEUE, staged.to_bytes())
+            # The scheduler's doorbell rings in the same step.
+            await self._store.enqueue(STAGED_TASK_QUEUE, staged.to_bytes(), signal_key=STAGED_SIGNAL_KEY)
         except StorageError as exc:
             log.error("could not enqueue staged task %s: %s", bare, exc)
             await self._unstage(key, staging["prior"], staging["record"])
             await self._release_use(function.uuid)
             raise InternalError(INTERNAL_ERROR_TEXT) from None
-        try:
-            await self._store.put(STAGED_SIGNAL_KEY, os.urandom(STAGED_SIGNAL_BYTES))
-        except StorageError as exc:
-            # The task is staged and queued; the scheduler also drains the queue on its own.
-            log.warning("staged task %s queued, but the scheduler signal failed: %s", bare, exc)
 
     async def _unstage(self, key: bytes, prior: TaskRecord, staged_record: TaskRecord) -> None:
         def back(task: TaskRecord) -> TaskRecord:

@@ -499,8 +499,7 @@ class Scheduler:
                 max_attempts = self._settings.max_attempts
                 task = await self._update(key, lambda t: rules.executor_lost(t, max_attempts)[0])
                 if task.status == TaskStatus.STAGED:
-                    await self._store.enqueue(STAGED_TASK_QUEUE, lease.staged_task)
-                    await self._store.put(STAGED_SIGNAL_KEY, uuid.uuid4().bytes)
+                    await self._store.enqueue(STAGED_TASK_QUEUE, lease.staged_task, signal_key=STAGED_SIGNAL_KEY)
                     log.info("task %s re-queued after attempt %d", lease.task_id, lease.attempt)
                 else:
                     log.warning("task %s %s: %s", lease.task_id, task.status.name, task.result.failure)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -40,6 +41,7 @@ T = TypeVar("T")
 NAMESPACES = {"authentication": "authentication", "management": "platform", "scheduler": "platform"}
 DEFAULT_LEASE_SECONDS = 60
 MAX_KEY_BYTES = 1024
+SIGNAL_BYTES = 16
 MAX_ALSO_WRITES = 1024
 """Records one CompareAndPut may write besides its own (a task has at most 256 outputs)."""
 
@@ -188,8 +190,19 @@ class StorageServicer(pb_grpc.KettleStorageServicer):
 
     @rpc_method
     async def Enqueue(self, request: pb.EnqueueRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
-        await self._write(self._store.enqueue, namespace_of_caller(), _check_key(request.queue, "queue"), request.value)
+        namespace = namespace_of_caller()
+        queue = _check_key(request.queue, "queue")
+        signal = _check_key(request.signal_key, "signal key") if request.signal_key else None
+        await self._write(self._enqueue, namespace, queue, request.value, signal)
+        if signal is not None:
+            self._watchers.changed(namespace, signal)
         return empty_pb2.Empty()
+
+    def _enqueue(self, namespace: str, queue: bytes, value: bytes, signal: bytes | None) -> None:
+        self._store.enqueue(namespace, queue, value)
+        if signal is not None:
+            # Only a wake-up: were this write lost, the consumer would still find the item.
+            self._store.put(namespace, signal, os.urandom(SIGNAL_BYTES))
 
     @rpc_method
     async def Dequeue(self, request: pb.DequeueRequest, context: grpc.aio.ServicerContext) -> pb.DequeueResponse:
