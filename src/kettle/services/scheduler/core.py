@@ -354,10 +354,14 @@ class Scheduler:
                 await self._store.ack(STAGED_TASK_QUEUE, item_id)
                 return None
             lease = Lease(staged.task_id, executor_id, task.attempts + 1, value)
-            # Order matters for crash safety: lease first (a redelivered item then
-            # counts as a duplicate), then the attempt, then the acknowledgement.
-            await self._store.put(rules.lease_key(lease.task_id), lease.to_bytes())
-            await self._update(key, lambda t: rules.start_attempt(t, lease.attempt))
+            # Order matters for crash safety: the lease and the attempt together (a
+            # redelivered item then counts as a duplicate), then the acknowledgement.
+            lease_write = (rules.lease_key(lease.task_id), lease.to_bytes())
+            _, wrote = await self._store.change_task(
+                key, _change(lambda t: rules.start_attempt(t, lease.attempt)),
+                also=lambda t: [lease_write, *_ending_writes(t)])
+            if not wrote:  # the attempt was counted already (a repeated hand-out): the lease alone
+                await self._store.put(*lease_write)
             await self._store.ack(STAGED_TASK_QUEUE, item_id)
             self._leases.add(lease, self._clock())
             self._lease_added.set()
