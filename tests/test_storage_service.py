@@ -21,7 +21,7 @@ from kettle.errors import InternalError, InvalidArgument
 from kettle.model.records import FunctionRecord, function_key, function_payload_key
 from kettle.rpc.generated import kettle_storage_pb2 as pb
 from kettle.rpc.generated import kettle_storage_pb2_grpc as pb_grpc
-from kettle.services.platform_store import PlatformStore
+from kettle.services.platform_store import PlatformStore, RecentRecords
 from kettle.services.runtime import ServiceRuntime
 from kettle.services.storage.service import GroupCommit
 from kettle.services.storage.sqlite_backend import SQLiteBackend
@@ -260,3 +260,18 @@ def test_an_update_from_a_stale_guess_never_loses_a_write_nor_refuses_on_old_dat
             await runtime.peers.close()
 
     asyncio.run(body())
+
+
+def test_remembered_records_stay_within_their_byte_budget() -> None:
+    recent = RecentRecords(capacity=1600)
+    for i in range(40):
+        recent.saw(f"k{i:02}".encode(), bytes(97))  # 100 bytes each with its key
+    assert recent.guess(b"k00") == (False, None)  # the oldest went first
+    assert recent.guess(b"k39") == (True, bytes(97))
+    assert sum(recent.guess(f"k{i:02}".encode())[0] for i in range(40)) == 16
+    recent.saw(b"big", bytes(200))  # over a sixteenth of the budget: not kept
+    assert recent.guess(b"big") == (False, None)
+    recent.saw(b"k39", None)  # absent is a value too
+    assert recent.guess(b"k39") == (True, None)
+    recent.forget(b"k39")
+    assert recent.guess(b"k39") == (False, None)

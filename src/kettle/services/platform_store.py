@@ -54,7 +54,7 @@ MAX_READ_ATTEMPTS = 5
 """Reads of a function and its payload record before a mismatch counts as corruption."""
 STARTUP_RETRY_SECS = 1.0
 
-RECENT_RECORDS = 4096
+RECENT_RECORD_BYTES = 16 << 20
 PAYLOAD_CACHE_BYTES = 64 << 20
 
 R = TypeVar("R")
@@ -65,11 +65,13 @@ class NoChange(Exception):
 
 
 class RecentRecords:
-    """The last value this process saw of up to ``capacity`` records: a guess of what is
-    stored, for the first compare-and-put of an update (never an answer to a read)."""
+    """The last value this process saw of recent records, up to ``capacity`` bytes in all:
+    a guess of what is stored, for the first compare-and-put of an update (never an
+    answer to a read)."""
 
-    def __init__(self, capacity: int = RECENT_RECORDS) -> None:
+    def __init__(self, capacity: int = RECENT_RECORD_BYTES) -> None:
         self._capacity = capacity
+        self._size = 0
         self._values: OrderedDict[bytes, bytes | None] = OrderedDict()
 
     def guess(self, key: bytes) -> tuple[bool, bytes | None]:
@@ -80,13 +82,19 @@ class RecentRecords:
         return True, self._values[key]
 
     def saw(self, key: bytes, value: bytes | None) -> None:
+        self.forget(key)
+        cost = len(key) + len(value or b"")
+        if cost > self._capacity // 16:
+            return  # a record this large is not worth a place
         self._values[key] = value
-        self._values.move_to_end(key)
-        while len(self._values) > self._capacity:
-            self._values.popitem(last=False)
+        self._size += cost
+        while self._size > self._capacity:
+            old_key, old_value = self._values.popitem(last=False)
+            self._size -= len(old_key) + len(old_value or b"")
 
     def forget(self, key: bytes) -> None:
-        self._values.pop(key, None)
+        if key in self._values:
+            self._size -= len(key) + len(self._values.pop(key) or b"")
 
 
 class PayloadCache:

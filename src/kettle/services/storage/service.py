@@ -104,7 +104,8 @@ class GroupCommit:
         # One writer thread: SQLite serialises writes anyway, and it keeps the event loop free.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage")
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
-        self._writing = False
+        self._drainer: asyncio.Task[None] | None = None
+        """Commits batch after batch while writes keep arriving (a reference keeps it alive)."""
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` (a write of the store), once the commit that holds it is done."""
@@ -112,30 +113,26 @@ class GroupCommit:
         # Its caller may be gone when the answer comes: mark the outcome as seen anyway.
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._pending.append((fn, args, future))
-        if not self._writing:
-            self._writing = True
-            asyncio.get_running_loop().create_task(self._drain())
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
         # Shielded: a caller that goes away does not take its write out of the batch.
         return await asyncio.shield(future)
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    outcomes = await loop.run_in_executor(self._executor, self._apply, [(f, a) for f, a, _ in batch])
-                except Exception as exc:  # the commit failed: none of the batch is stored
-                    outcomes = [(False, exc)] * len(batch)
-                for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
-                    if future.done():
-                        continue
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
-        finally:
-            self._writing = False
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                outcomes = await loop.run_in_executor(self._executor, self._apply, [(f, a) for f, a, _ in batch])
+            except Exception as exc:  # the commit failed: none of the batch is stored
+                outcomes = [(False, exc)] * len(batch)
+            for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
 
     def _apply(self, writes: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []
