@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kettle.crypto.aes_gcm import (
+    SCRATCH_RECORD as SCRATCH_RECORD_PLAINTEXT,
     StagedPlaintext,
     cmac_of_file,
     decrypt_to_staging,
@@ -32,7 +33,7 @@ MIB = 1 << 20
 IV = bytes(range(12))
 KEYS = {AES_GCM_128: bytes(range(16)), AES_GCM_256: bytes(range(32))}
 LABEL = {AES_GCM_128: "AesGcm128", AES_GCM_256: "AesGcm256"}
-SCRATCH_RECORD = 64 * 1024 + 28
+SCRATCH_RECORD = SCRATCH_RECORD_PLAINTEXT + 16
 
 
 @pytest.fixture
@@ -168,7 +169,7 @@ def test_interoperates_with_one_shot_aesgcm(
 
 
 def test_small_reads_cross_scratch_records(tmp_path: Path, staging: Path) -> None:
-    plaintext = os.urandom(3 * 64 * 1024 + 123)
+    plaintext = os.urandom(3 * SCRATCH_RECORD_PLAINTEXT + 123)
     path, cmac = _encrypted(tmp_path, plaintext, KEYS[AES_GCM_128])
     with (
         path.open("rb") as source,
@@ -279,7 +280,8 @@ def test_invalid_key_length_is_validated(staging: Path) -> None:
 @pytest.fixture
 def staged(tmp_path: Path, staging: Path) -> tuple[StagedPlaintext, bytes]:
     """A staged plaintext of 3 full scratch records and a short final one."""
-    plaintext = b"KETTLE-PLAINTEXT-MARKER\n" * 9000  # 216000 bytes
+    marker = b"KETTLE-PLAINTEXT-MARKER\n"
+    plaintext = marker * (3 * SCRATCH_RECORD_PLAINTEXT // len(marker) + 1000)
     path, cmac = _encrypted(tmp_path, plaintext, KEYS[AES_GCM_128])
     with path.open("rb") as source:
         return decrypt_to_staging(
@@ -294,7 +296,7 @@ def test_scratch_holds_no_plaintext(
     assert list(staging.iterdir()) == [staged_plaintext.path]
     on_disk = staged_plaintext.path.read_bytes()
     assert b"KETTLE-PLAINTEXT-MARKER" not in on_disk
-    assert len(on_disk) == len(plaintext) + 4 * 28
+    assert len(on_disk) == len(plaintext) + 4 * 16
     assert _read_all(staged_plaintext) == plaintext
     staged_plaintext.delete()
     assert list(staging.iterdir()) == []
