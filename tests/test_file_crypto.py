@@ -12,7 +12,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kettle.crypto.aes_gcm import (
     SCRATCH_RECORD as SCRATCH_RECORD_PLAINTEXT,
+)
+from kettle.crypto.aes_gcm import (
     StagedPlaintext,
+    StagingDecryptor,
     cmac_of_file,
     decrypt_to_staging,
     encrypt_file,
@@ -396,3 +399,83 @@ def test_decrypt_memory_is_constant(tmp_path: Path, staging: Path) -> None:
         tracemalloc.stop()
     assert total == size
     assert peak < 6 * MIB, peak
+
+
+# --- decrypting a stream as it arrives ------------------------------------------------------
+
+
+def _feed(staging: StagingDecryptor, data: bytes, sizes: list[int]) -> None:
+    """Write ``data`` in pieces of the given sizes, cycling (the rest in one piece)."""
+    view, index = memoryview(data), 0
+    while view:
+        size = sizes[index % len(sizes)]
+        staging.write(view[:size])
+        view, index = view[size:], index + 1
+
+
+@pytest.mark.parametrize("sizes", [[1], [15, 16, 17], [MIB + 3], [5 * MIB]], ids=str)
+def test_a_stream_in_any_pieces_stages_the_plaintext(tmp_path: Path, staging: Path, sizes: list[int]) -> None:
+    plaintext = os.urandom(SCRATCH_RECORD_PLAINTEXT + 1000 if sizes != [1] else 5000)
+    sealed = AESGCM(KEYS[AES_GCM_256]).encrypt(IV, plaintext, bytes(8))
+    with StagingDecryptor(KEYS[AES_GCM_256], IV, sealed[-16:], staging, display_path="in.enc") as streamed:
+        _feed(streamed, sealed, sizes)
+        staged = streamed.finish()
+    with staged:
+        assert _read_all(staged) == plaintext
+    assert list(staging.iterdir()) == []
+
+
+def test_a_restarted_stream_stages_only_what_came_after_the_reset(staging: Path) -> None:
+    plaintext = os.urandom(3 * MIB)
+    sealed = AESGCM(KEYS[AES_GCM_128]).encrypt(IV, plaintext, bytes(8))
+    with StagingDecryptor(KEYS[AES_GCM_128], IV, sealed[-16:], staging, display_path="in.enc") as streamed:
+        streamed.write(sealed[: 2 * MIB + 5])  # a download that broke off
+        streamed.reset()
+        _feed(streamed, sealed, [MIB])
+        staged = streamed.finish()
+    with staged:
+        assert _read_all(staged) == plaintext
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "wrong-cmac", "wrong-trailer"])
+def test_a_damaged_stream_never_yields_a_staged_plaintext(staging: Path, damage: str) -> None:
+    plaintext = os.urandom(2 * MIB)
+    sealed = bytearray(AESGCM(KEYS[AES_GCM_128]).encrypt(IV, plaintext, bytes(8)))
+    cmac = bytes(sealed[-16:])
+    if damage == "flipped":
+        sealed[MIB] ^= 1
+    elif damage == "truncated":
+        del sealed[-100:]
+    elif damage == "wrong-cmac":
+        cmac = bytes(16)
+    else:  # the ciphertext authenticates against the cmac, but the file ends in other bytes
+        sealed[-16:] = bytes(16)
+    streamed = StagingDecryptor(KEYS[AES_GCM_128], IV, cmac, staging, display_path="in.enc")
+    _feed(streamed, bytes(sealed), [MIB])
+    with pytest.raises(FileCryptoError, match="^AesGcm128 File, invalid tag: in.enc$"):
+        streamed.finish()
+    streamed.discard()
+    assert list(staging.iterdir()) == []
+
+
+def test_a_stream_shorter_than_a_tag_has_an_invalid_length(staging: Path) -> None:
+    with (
+        pytest.raises(FileCryptoError, match="^AesGcm256 File, invalid length: tiny$"),
+        StagingDecryptor(KEYS[AES_GCM_256], IV, bytes(16), staging, display_path="tiny") as streamed,
+    ):
+        streamed.write(b"short")
+        streamed.finish()
+    assert list(staging.iterdir()) == []
+
+
+def test_a_corrupted_record_leaves_nothing_in_the_readers_buffer(staged: tuple[StagedPlaintext, bytes]) -> None:
+    """``readinto`` may be handed the function's own buffer: a record whose tag fails must not
+    have been decrypted into it."""
+    staged_plaintext, _ = staged
+    data = bytearray(staged_plaintext.path.read_bytes())
+    data[10] ^= 0x01
+    staged_plaintext.path.write_bytes(bytes(data))
+    target = bytearray(SCRATCH_RECORD_PLAINTEXT)
+    with staged_plaintext.open() as reader, pytest.raises(FileCryptoError, match="corrupted"):
+        reader.readinto(target)
+    assert target == bytearray(SCRATCH_RECORD_PLAINTEXT)

@@ -5,8 +5,9 @@
 owner registered.** So every input is fully verified before the function starts:
 
 - ``aes-gcm-*``: the GCM tag covers the whole file and is only checked at its end,
-  so the file is decrypted into encrypted scratch space first
-  (:func:`~kettle.crypto.aes_gcm.decrypt_to_staging`) and the function reads that.
+  so the file is decrypted into encrypted scratch space as it downloads
+  (:class:`~kettle.crypto.aes_gcm.StagingDecryptor`), and the function reads that
+  copy once the tag verified.
 - ``teaclave-file-128``: the root MAC must equal the cmac, then one pass over the
   whole file checks every node; the function then reads the file itself, each
   node verified again as it is read (the file never holds plaintext).
@@ -14,7 +15,9 @@ owner registered.** So every input is fully verified before the function starts:
 
 Outputs are encrypted *as the function writes them* under the crypto info the
 output's owner registered, so no output plaintext ever touches the disk; the cmac
-of each is known when its writer closes. Every assigned output must have been
+of each is known when its writer closes. ``file``/``fusion`` outputs are written
+in place (:meth:`~kettle.file_agent.FileAgent.open_upload`) and published only
+when the task succeeded; others are written locally and stored afterwards. Every assigned output must have been
 created; ``raw`` outputs are refused before the function runs (a result must
 never leave the platform unencrypted).
 
@@ -57,7 +60,14 @@ from ..crypto.schemas import (
     validate_crypto_info,
 )
 from ..errors import TransferError
-from ..file_agent import FileAgent, LocalUpload, OutputMark, StagingBudget, display_url, file_name_of
+from ..file_agent import (
+    FileAgent,
+    LocalUpload,
+    OutputMark,
+    StagingBudget,
+    display_url,
+    file_name_of,
+)
 from ..functions import FunctionError
 from ..model.records import FileRecord, StagedTask
 from .runtime import INVALID_INPUT, INVALID_OUTPUT

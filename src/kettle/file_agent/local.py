@@ -12,7 +12,9 @@ node marks each file it stores with the output's record id and the attempt
 (extended attribute ``user.kettle.output``), and a retried task (its first node
 died after storing, before reporting) replaces only a file carrying its own
 output's mark from an earlier attempt; a late earlier attempt never replaces a
-later one's file.
+later one's file. A task's output can also be written in place while the task
+runs (:class:`LocalUpload`): unnamed in its target directory until the task
+succeeded, then linked under its name by the same rules.
 """
 
 from __future__ import annotations
