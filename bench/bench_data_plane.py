@@ -10,7 +10,7 @@ worker) so its peak memory (``ru_maxrss``) is its own.
 Two transports, one run each: ``file://`` URLs (a local directory in
 ``file_roots``: the output is written in place) and ``http://`` URLs served by a
 real HTTP server in another child process on 127.0.0.1 (GET with
-``sendfile``, PUT written to disk), which the file agent reaches because its
+``sendfile``; PUT hashed as it arrives, not stored: see ``SERVER``), which the file agent reaches because its
 ``egress_allowlist`` names that host and port, as a deployment would allow an
 internal object store.
 
@@ -25,6 +25,7 @@ the guarantee that the function sees only verified bytes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -81,9 +82,11 @@ print(json.dumps({"seconds": elapsed, "maxrss_kib": resource.getrusage(resource.
 """
 
 SERVER = r"""
-# A plain HTTP server for the owner's files: GET streams a file with sendfile, PUT writes the body
-# (exactly Content-Length bytes, as the file agent sends) and answers 200.
-import os, shutil, sys
+# A plain HTTP server for the owner's files: GET streams a file with sendfile; PUT takes the body
+# (exactly Content-Length bytes, as the file agent sends), keeps its size and SHA-256 in
+# NAME.sha256 and answers 200. It does not write the body to disk: an object store is another
+# machine, and here its disk writes would share the node's two cores and page cache with the task.
+import hashlib, os, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -108,15 +111,16 @@ class Files(BaseHTTPRequestHandler):
             self.connection.sendfile(file)
 
     def do_PUT(self):
-        remaining = int(self.headers["Content-Length"])
+        size = remaining = int(self.headers["Content-Length"])
         buffer = memoryview(bytearray(1 << 20))
-        with self._path().open("wb") as file:
-            while remaining:
-                count = self.rfile.readinto(buffer[: min(len(buffer), remaining)])
-                if not count:
-                    return
-                file.write(buffer[:count])
-                remaining -= count
+        digest = hashlib.sha256()
+        while remaining:
+            count = self.rfile.readinto(buffer[: min(len(buffer), remaining)])
+            if not count:
+                return
+            digest.update(buffer[:count])
+            remaining -= count
+        Path(str(self._path()) + ".sha256").write_text(f"{size} {digest.hexdigest()}")
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -202,6 +206,7 @@ def main() -> None:
             baselines: list[dict[str, float | str]] = []
             runs: dict[str, list[dict[str, float | str]]] = {t: [] for t in transports}
             checks: dict[str, list[tuple[bool, int]]] = {t: [] for t in transports}
+            expected = ""
             for _ in range(args.repeat):
                 # Interleaved, so a change in the machine's load hits every row alike; dirty pages of
                 # the previous run are written back first, so no run pays for another's.
@@ -213,10 +218,9 @@ def main() -> None:
                     os.sync()
                     task = run_child(CHILD, {**spec, "work": str(scratch), "input_url": input_url,
                                              "output_url": output_url, "allow": allow}, show_stderr=args.profile)
-                    out = root / f"out-{transport}.enc"
                     # Same key, iv and plaintext: the pipeline's output must be the baseline's bytes exactly.
-                    same = task["tag"] == baselines[-1]["tag"] and same_bytes(out, root / "baseline.enc")
-                    out.unlink()
+                    expected = expected or digest(root / "baseline.enc")  # the same bytes in every run
+                    same = task["tag"] == baselines[-1]["tag"] and digest(root / f"out-{transport}.enc") == expected
                     # The node removes the whole working directory; the worker itself must already have
                     # removed every staged plaintext and local output.
                     checks[transport].append((same, len([p for p in scratch.rglob("*") if p.is_file()])))
@@ -243,16 +247,23 @@ def main() -> None:
         print(f"          output identical to the baseline's: {same}; files left in the working directory: {left}")
 
 
-def same_bytes(a: Path, b: Path) -> bool:
-    """Compare two files a chunk at a time: the children's peak RSS includes this process's
-    (Linux keeps the high-water mark across exec), so it must stay small."""
-    with a.open("rb") as left, b.open("rb") as right:
-        while True:
-            chunk = left.read(1 << 20)
-            if chunk != right.read(1 << 20):
-                return False
-            if not chunk:
-                return True
+def digest(path: Path) -> str:
+    """``size sha256`` of a file, read a chunk at a time (the children's peak RSS includes this
+    process's: Linux keeps the high-water mark across exec), then removed. For a file the HTTP
+    server received, what it noted in ``NAME.sha256``."""
+    noted = Path(f"{path}.sha256")
+    if noted.exists():
+        text = noted.read_text()
+        noted.unlink()
+        return text
+    sha, size = hashlib.sha256(), 0
+    with path.open("rb") as file:
+        while chunk := file.read(1 << 20):
+            sha.update(chunk)
+            size += len(chunk)
+    if path.name != "baseline.enc":
+        path.unlink()
+    return f"{size} {sha.hexdigest()}"
 
 
 def _seconds(results: list[dict[str, float | str]]) -> str:
