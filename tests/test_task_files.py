@@ -255,6 +255,23 @@ def test_unreachable_and_disallowed_urls_fail_the_task(tmp_path: Path, function:
     assert "has no file name" in refused(world, function, {"in": nameless})
 
 
+def test_an_output_that_cannot_be_stored_fails_the_task_not_the_function(tmp_path: Path, function: Any) -> None:
+    """An output written in place is opened when the function creates it; a target that cannot
+    take it is still reported as the upload's failure after the function, which never sees why."""
+    world = World(tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (world.root / "escape").symlink_to(outside)
+    targets = {"nodir": world.url("nodir/out.enc"), "escape": world.url("escape/out.enc")}
+    for label, url in targets.items():
+        record = replace(world.output("out.enc"), url=url)
+        calls = function(lambda runtime: runtime.create_output("out").write(b"result") and "written")
+        result = run_staged_task(task(outputs={"out": record}), world.plane)
+        assert len(calls) == 1 and result.outputs is None and result.failure is not None
+        assert result.failure.startswith("Failed to upload output out: ") and url in result.failure, label
+    assert list(outside.iterdir()) == [] and not (world.root / "nodir").exists()
+
+
 def test_an_input_over_the_size_limit_fails_the_task(tmp_path: Path, function: Any) -> None:
     world = World(tmp_path, limit=10_000)
     record = world.raw_input("big.bin", bytes(10_001))

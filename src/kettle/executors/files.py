@@ -17,9 +17,9 @@ Outputs are encrypted *as the function writes them* under the crypto info the
 output's owner registered, so no output plaintext ever touches the disk; the cmac
 of each is known when its writer closes. ``file``/``fusion`` outputs are written
 in place (:meth:`~kettle.file_agent.FileAgent.open_upload`) and published only
-when the task succeeded; others are written locally and stored afterwards. Every assigned output must have been
-created; ``raw`` outputs are refused before the function runs (a result must
-never leave the platform unencrypted).
+when the task succeeded; others are written locally and stored afterwards.
+Every assigned output must have been created; ``raw`` outputs are refused before
+the function runs (a result must never leave the platform unencrypted).
 
 Everything lives in the task's own working directory, which the execution node
 creates and removes whatever the outcome. Failures raise :class:`TaskFileError`,
@@ -388,8 +388,10 @@ class TaskFiles:
         try:
             output.upload = plane.agent.open_upload(record.url, record.s3_credentials,
                                                     mark=OutputMark(record.uuid, plane.attempt))
-        except TransferError as exc:
-            raise TaskFileError(f"Failed to upload output {name}: {exc}") from None
+        except TransferError:
+            # Not the function's business (the text names the output's URL): written locally, the
+            # store after the function fails the task with this same reason, as for any store.
+            output.upload = None
         sink = output.upload.file if output.upload is not None else output.path.open("w+b")
         info = record.crypto_info
         if info.schema == TEACLAVE_FILE_128:
