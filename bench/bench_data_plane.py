@@ -67,6 +67,8 @@ staged = StagedTask(
 agent = FileAgent(FileAgentConfig(allowed_schemes=("file", "http"), file_roots=(str(root),), max_file_bytes=1 << 40,
                                   egress_allowlist=tuple(spec["allow"])), root)
 profile = cProfile.Profile() if spec["profile"] else None
+usage = resource.getrusage(resource.RUSAGE_SELF)
+cpu0 = usage.ru_utime + usage.ru_stime
 start = time.perf_counter()
 if profile:
     profile.enable()
@@ -77,7 +79,8 @@ elapsed = time.perf_counter() - start
 assert result.outputs is not None, result.failure
 if profile:
     pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(15)
-print(json.dumps({"seconds": elapsed, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"seconds": elapsed, "maxrss_kib": usage.ru_maxrss, "cpu": usage.ru_utime + usage.ru_stime - cpu0,
                   "tag": result.outputs.tags_map["out"].hex()}))
 """
 
@@ -135,6 +138,8 @@ server.serve_forever()
 
 BASELINE = r"""
 import json, resource, sys, time
+usage = resource.getrusage(resource.RUSAGE_SELF)
+cpu0 = usage.ru_utime + usage.ru_stime
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 spec = json.loads(sys.argv[1])
 key, iv = bytes.fromhex(spec["key"]), bytes.fromhex(spec["iv"])
@@ -153,7 +158,8 @@ with open(spec["root"] + "/in.enc", "rb") as source, open(spec["root"] + "/basel
     decryptor.finalize_with_tag(source.read(16))
     sink.write(encryptor.finalize() + encryptor.tag)
 elapsed = time.perf_counter() - start
-print(json.dumps({"seconds": elapsed, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"seconds": elapsed, "maxrss_kib": usage.ru_maxrss, "cpu": usage.ru_utime + usage.ru_stime - cpu0,
                   "tag": encryptor.tag.hex()}))
 """
 
@@ -235,6 +241,7 @@ def main() -> None:
     print(f"input: {mib} MiB aes-gcm-256; median of {args.repeat} run(s), peak RSS the largest seen")
     print(f"baseline  raw AES-GCM decrypt+encrypt, local files, streamed: {base:.2f} s, "
           f"{mib / base:.0f} MiB/s, peak RSS {base_rss:.0f} MiB  (runs: {_seconds(baselines)})")
+    print(f"          CPU (user+sys) {statistics.median(float(b['cpu']) for b in baselines):.2f} s")
     for transport in transports:
         seconds = statistics.median(float(t["seconds"]) for t in runs[transport])
         rss = max(int(t["maxrss_kib"]) for t in runs[transport]) / 1024
@@ -244,6 +251,9 @@ def main() -> None:
               f"{ratio:.2f}x the baseline's time ({100 / ratio:.0f} % of its throughput)  (runs: {_seconds(runs[transport])})")
         same = all(c[0] for c in checks[transport])
         left = sum(c[1] for c in checks[transport])
+        cpu = statistics.median(float(t["cpu"]) for t in runs[transport])
+        ratios = sorted(float(t["seconds"]) / float(b["seconds"]) for t, b in zip(runs[transport], baselines, strict=True))
+        print(f"          CPU (user+sys) {cpu:.2f} s; median of the per-run time ratios {statistics.median(ratios):.2f}x")
         print(f"          output identical to the baseline's: {same}; files left in the working directory: {left}")
 
 
