@@ -36,6 +36,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Final, Self
@@ -193,8 +194,10 @@ class _ScratchWriter:
     the page cache it doubled what a task leaves for the kernel to write back,
     and the output's writes then competed with that writeback; written directly
     it costs the disk's time and little CPU. Hence records of exactly 1 MiB and
-    a page-aligned buffer; the last record is written padded to a block and the
-    file cut back to its true length.
+    page-aligned buffers; the last record is written padded to a block and the
+    file cut back to its true length. A record is written by a helper thread
+    while the next one is decrypted and sealed (two buffers, in order), so the
+    disk's time overlaps the crypto's. :meth:`close` or :meth:`abandon` ends it.
     """
 
     def __init__(self, sink: BinaryIO) -> None:
@@ -204,7 +207,10 @@ class _ScratchWriter:
         # GCM's update_into wants 15 bytes of room beyond its input: the slack is never sealed.
         self._record = bytearray(SCRATCH_RECORD + 15)
         self._view = memoryview(self._record)
-        self._sealed = memoryview(mmap.mmap(-1, _SCRATCH_SEALED))  # page-aligned, as O_DIRECT needs
+        # Page-aligned, as O_DIRECT needs; one being written while the other is sealed.
+        self._sealed = [memoryview(mmap.mmap(-1, _SCRATCH_SEALED)) for _ in range(2)]
+        self._writes: list[Future[None] | None] = [None, None]
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scratch-write")  # one: in order
         self._filled = 0
         self._index = 0
         self._written = 0
@@ -230,19 +236,35 @@ class _ScratchWriter:
             view = view[count:]
 
     def close(self) -> None:
-        self._seal(final=True)
+        """Seal the last record and wait until everything is written (OSError if it was not)."""
+        try:
+            self._seal(final=True)
+            for write in self._writes:
+                if write is not None:
+                    write.result()
+            if self._written % _BLOCK:
+                self._sink.truncate(self._written)  # the last record went out padded
+        finally:
+            self._io.shutdown()
+
+    def abandon(self) -> None:
+        """Stop, once any write under way is done (its failure does not matter any more)."""
+        self._io.shutdown(wait=True, cancel_futures=True)
 
     def _seal(self, *, final: bool) -> None:
+        slot = self._index % 2
+        previous = self._writes[slot]
+        if previous is not None:
+            previous.result()  # its buffer is free again (or the write failed: raise that)
+        sealed = self._sealed[slot]
         size = self._filled + _SCRATCH_TAG
         self._aead.encrypt_into(
             _scratch_nonce(self._index), self._view[: self._filled],
-            _SCRATCH_AAD.pack(self._index, final), self._sealed[:size],
+            _SCRATCH_AAD.pack(self._index, final), sealed[:size],
         )
         padded = -(-size // _BLOCK) * _BLOCK
-        self._sealed[size:padded] = bytes(padded - size)
-        _write_all(self._sink, self._sealed[:padded])
-        if padded != size:
-            self._sink.truncate(self._written + size)
+        sealed[size:padded] = bytes(padded - size)
+        self._writes[slot] = self._io.submit(_write_all, self._sink, sealed[:padded])
         self._written += size
         self._filled = 0
         self._index += 1
@@ -274,20 +296,25 @@ class _ScratchReader(io.RawIOBase):
     A record is decrypted into this reader's own buffer and copied out only once its
     tag verified: decrypting straight into the caller's buffer would leave forged
     plaintext there when the tag fails (``readinto`` may be handed the function's buffer).
+    The next record is read by a helper thread while this one is decrypted and handed
+    out (see :class:`_ScratchWriter` on direct I/O); :meth:`close` ends it.
     """
 
     def __init__(self, path: Path, key: bytes) -> None:
         super().__init__()
         self._file = path.open("rb", buffering=0)
-        _direct(self._file.fileno())
-        self._size = os.fstat(self._file.fileno()).st_size
+        self._fd = self._file.fileno()
+        _direct(self._fd)
+        self._size = os.fstat(self._fd).st_size
         self._aead = AESOCB3(key)
         self._index = 0
-        self._offset = 0
-        self._raw = memoryview(mmap.mmap(-1, _SCRATCH_SEALED))  # page-aligned, as O_DIRECT needs
+        # Page-aligned, as O_DIRECT needs; one being read while the other is decrypted.
+        self._raw = [memoryview(mmap.mmap(-1, _SCRATCH_SEALED)) for _ in range(2)]
         self._plain = memoryview(bytearray(SCRATCH_RECORD))
         self._buffer = self._plain[:0]
         self._done = False
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scratch-read")
+        self._ahead: Future[int] | None = self._io.submit(self._read, 0)
 
     def readable(self) -> bool:
         return True
@@ -303,32 +330,42 @@ class _ScratchReader(io.RawIOBase):
     def _corrupted(self) -> FileCryptoError:
         return FileCryptoError(f"staged plaintext is corrupted (record {self._index})")
 
-    def _next_record(self) -> memoryview:
-        length = min(_SCRATCH_SEALED, self._size - self._offset)
-        final = self._offset + length == self._size
-        if length < _SCRATCH_TAG:
-            raise self._corrupted()
+    def _read(self, index: int) -> int:
+        """Read record ``index`` into its buffer; how many bytes there were."""
+        offset = index * _SCRATCH_SEALED
+        length = max(0, min(_SCRATCH_SEALED, self._size - offset))
         # Whole blocks asked for (O_DIRECT): the file's end makes the last read short.
-        span = self._raw[: -(-length // _BLOCK) * _BLOCK]
+        span = self._raw[index % 2][: -(-length // _BLOCK) * _BLOCK]
         got = 0
         while got < length:
-            count = self._file.readinto(span[got:])
+            count = os.preadv(self._fd, [span[got:]], offset + got)
             if not count:
-                raise self._corrupted()
+                break
             got += count
-        record = self._raw[:length]
+        return min(got, length)
+
+    def _next_record(self) -> memoryview:
+        assert self._ahead is not None
+        got = self._ahead.result()
+        offset = self._index * _SCRATCH_SEALED
+        length = min(_SCRATCH_SEALED, self._size - offset)
+        final = offset + length == self._size
+        if length < _SCRATCH_TAG or got != length:
+            raise self._corrupted()
+        self._ahead = None if final else self._io.submit(self._read, self._index + 1)
+        record = self._raw[self._index % 2][:length]
         plain = self._plain[: length - _SCRATCH_TAG]
         try:
             self._aead.decrypt_into(_scratch_nonce(self._index), record, _SCRATCH_AAD.pack(self._index, final), plain)
         except InvalidTag:
             raise self._corrupted() from None
-        self._offset += length
         self._index += 1
         self._done = final
         return plain
 
     def close(self) -> None:
         if not self.closed:
+            self._io.shutdown(wait=True, cancel_futures=True)
             self._file.close()
         super().close()
 
@@ -397,7 +434,7 @@ class StagingDecryptor:
         self._start()
 
     def _start(self) -> None:
-        self._writer = _ScratchWriter(self._file)
+        self._writer = _ScratchWriter(self._file)  # (ended by finish, reset or discard)
         self._decryptor = Cipher(algorithms.AES(self._key), modes.GCM(self._iv)).decryptor()
         self._decryptor.authenticate_additional_data(_AAD)
         self._tail = b""
@@ -423,6 +460,7 @@ class StagingDecryptor:
 
     def reset(self) -> None:
         """Forget everything written so far (a fresh scratch key too: no record is ever re-sealed)."""
+        self._writer.abandon()
         self._file.seek(0)
         self._file.truncate()
         self._start()
@@ -447,6 +485,7 @@ class StagingDecryptor:
 
     def discard(self) -> None:
         """Remove the scratch file (whatever state it is in)."""
+        self._writer.abandon()
         self._file.close()
         self.path.unlink(missing_ok=True)
 
