@@ -196,7 +196,6 @@ class _AesGcmOutput(_EncryptingOutput):
             self._sink.write(self._encryptor.finalize())
             tag = self._encryptor.tag
             self._sink.write(tag)
-            self._sink.flush()
         return tag
 
 
@@ -214,9 +213,7 @@ class _ProtectedOutput(_EncryptingOutput):
 
     def _finish(self) -> bytes:
         with self._sink:
-            cmac = self._writer.close()
-            self._sink.flush()
-            return cmac
+            return self._writer.close()
 
 
 @dataclass
