@@ -73,6 +73,7 @@ with its tag a record is exactly 1 MiB, a whole number of disk blocks."""
 _SCRATCH_TAG: Final = 16
 _SCRATCH_SEALED: Final = SCRATCH_RECORD + _SCRATCH_TAG
 _BLOCK: Final = 4096
+_READ_BUFFER: Final = 64 * 1024
 _SCRATCH_NONCE: Final = 12
 _SCRATCH_AAD: Final = struct.Struct(">QB")  # chunk index, final-chunk flag
 
@@ -387,7 +388,9 @@ class StagedPlaintext:
         """Return a new buffered plaintext reader positioned at byte 0."""
         if self._key is None:
             raise ValueError("staged plaintext was deleted")
-        return io.BufferedReader(_ScratchReader(self.path, self._key), SCRATCH_RECORD)
+        # A small buffer: reads of any larger size go straight from the record into the caller's
+        # buffer (one copy), whatever their alignment with the records; small ones are buffered.
+        return io.BufferedReader(_ScratchReader(self.path, self._key), _READ_BUFFER)
 
     def delete(self) -> None:
         """Remove the scratch file and forget the key; no new reader can be opened afterwards."""
