@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -149,6 +150,8 @@ def test_round_trip(tmp_path: Path, staging: Path, schema: str, size: int) -> No
         assert _read_all(staged) == plaintext
         assert _read_all(staged) == plaintext  # every open() starts at byte 0
     assert list(staging.iterdir()) == []
+    # The helper threads that write and read ahead end with their writer and readers.
+    assert [t.name for t in threading.enumerate() if t.name.startswith("scratch-")] == []
 
 
 @pytest.mark.parametrize("schema", [AES_GCM_128, AES_GCM_256])
@@ -456,6 +459,7 @@ def test_a_damaged_stream_never_yields_a_staged_plaintext(staging: Path, damage:
         streamed.finish()
     streamed.discard()
     assert list(staging.iterdir()) == []
+    assert [t.name for t in threading.enumerate() if t.name.startswith("scratch-")] == []
 
 
 def test_a_stream_shorter_than_a_tag_has_an_invalid_length(staging: Path) -> None:
