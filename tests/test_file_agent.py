@@ -838,6 +838,103 @@ def test_a_retry_replaces_only_what_an_earlier_attempt_of_the_same_output_stored
     assert (root / "link.enc").is_symlink() and (root / "out.enc").read_bytes() == b"attempt 2"
 
 
+class Collected:
+    """A fetch target that keeps what it is given (a copy: the agent reuses its buffers)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.resets = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.data += data
+
+    def reset(self) -> None:
+        self.data.clear()
+        self.resets += 1
+
+
+def test_fetch_into_streams_to_a_consumer_and_restarts_it_on_retry(
+    agent: FileAgent, http_server: Served, rooted: tuple[FileAgent, Path]
+) -> None:
+    target = Collected()
+    assert agent.fetch_into(http_server.url("/half-then-drop/into.enc"), target) == len(PAYLOAD)
+    assert bytes(target.data) == PAYLOAD and target.resets == 1
+    local, root = rooted
+    (root / "in.enc").write_bytes(PAYLOAD)
+    target = Collected()
+    assert local.fetch_into(f"file://{root}/in.enc", target) == len(PAYLOAD)
+    assert bytes(target.data) == PAYLOAD and target.resets == 0
+    with pytest.raises(TransferError, match="HTTP 500 Internal Server Error .*gave up after 3 attempts"):
+        agent.fetch_into(http_server.url("/always500/into.enc"), Collected())
+
+
+def test_an_upload_in_place_is_invisible_until_committed(rooted: tuple[FileAgent, Path]) -> None:
+    agent, root = rooted
+    upload = agent.open_upload(f"file://{root}/out.enc", mark=OutputMark("record", 1))
+    assert upload is not None
+    upload.file.write(PAYLOAD)
+    assert list(root.iterdir()) == [], "nothing shows before the commit, not even a temporary name"
+    upload.file.close()  # the writer may close its stream; the commit still has the file
+    upload.commit()
+    assert (root / "out.enc").read_bytes() == PAYLOAD
+    assert os.getxattr(root / "out.enc", OUTPUT_MARK_XATTR) == b"1:record"
+    dropped = agent.open_upload(f"file://{root}/dropped.enc")
+    assert dropped is not None
+    dropped.file.write(b"partial output of a failed task")
+    dropped.discard()
+    assert sorted(p.name for p in root.iterdir()) == ["out.enc"]
+
+
+def test_an_upload_in_place_follows_the_store_rules(rooted: tuple[FileAgent, Path], tmp_path: Path) -> None:
+    agent, root = rooted
+
+    def put(name: str, data: bytes, mark: OutputMark | None = None) -> None:
+        upload = agent.open_upload(f"file://{root}/{name}", mark=mark)
+        assert upload is not None
+        upload.file.write(data)
+        upload.commit()
+
+    (root / "theirs.enc").write_bytes(b"someone else's")
+    with pytest.raises(TransferError, match="theirs.enc already exists; a stored file never replaces one"):
+        put("theirs.enc", b"mine", OutputMark("record", 5))
+    assert (root / "theirs.enc").read_bytes() == b"someone else's"
+    put("out.enc", b"attempt 1", OutputMark("record", 1))
+    put("out.enc", b"attempt 2", OutputMark("record", 2))
+    assert (root / "out.enc").read_bytes() == b"attempt 2"
+    with pytest.raises(TransferError, match="already exists"):
+        put("out.enc", b"late attempt 1", OutputMark("record", 1))
+    (root / "dangling.enc").symlink_to(root / "would-be-created")
+    with pytest.raises(TransferError, match="already exists"):
+        put("dangling.enc", b"x", OutputMark("record", 9))
+    assert not (root / "would-be-created").exists()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "escape").symlink_to(outside)
+    with pytest.raises(TransferError, match="outside the directories file URLs may use"):
+        agent.open_upload(f"file://{root}/escape/out.enc")
+    with pytest.raises(TransferError, match="directory of .* does not exist"):
+        agent.open_upload(f"file://{root}/nodir/out.enc")
+    assert list(outside.iterdir()) == []
+    small = FileAgent(fast_config(allowed_schemes=("file",), file_roots=(str(root),), max_file_bytes=10), tmp_path)
+    upload = small.open_upload(f"file://{root}/big.enc")
+    assert upload is not None
+    upload.file.write(bytes(11))
+    with pytest.raises(TransferError, match="larger than the limit of 10 bytes"):
+        upload.commit()
+    assert not (root / "big.enc").exists()
+
+
+def test_only_local_targets_are_uploaded_in_place(agent: FileAgent, http_server: Served, tmp_path: Path) -> None:
+    # A PUT states its length up front, so remote outputs are stored from a finished file.
+    assert agent.open_upload(http_server.url("/put/out.enc")) is None
+    fusion = FileAgent(fast_config(), tmp_path)
+    upload = fusion.open_upload("fusion:///TEACLAVE_FUSION_BASE/a/b/out.enc")
+    assert upload is not None
+    upload.file.write(b"fused")
+    upload.commit()
+    assert (tmp_path / "fusion" / "a" / "b" / "out.enc").read_bytes() == b"fused"
+
+
 # -- fusion:// -----------------------------------------------------------------------------
 
 

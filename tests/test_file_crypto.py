@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -11,7 +12,11 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kettle.crypto.aes_gcm import (
+    SCRATCH_RECORD as SCRATCH_RECORD_PLAINTEXT,
+)
+from kettle.crypto.aes_gcm import (
     StagedPlaintext,
+    StagingDecryptor,
     cmac_of_file,
     decrypt_to_staging,
     encrypt_file,
@@ -32,7 +37,7 @@ MIB = 1 << 20
 IV = bytes(range(12))
 KEYS = {AES_GCM_128: bytes(range(16)), AES_GCM_256: bytes(range(32))}
 LABEL = {AES_GCM_128: "AesGcm128", AES_GCM_256: "AesGcm256"}
-SCRATCH_RECORD = 64 * 1024 + 28
+SCRATCH_RECORD = SCRATCH_RECORD_PLAINTEXT + 16
 
 
 @pytest.fixture
@@ -145,6 +150,8 @@ def test_round_trip(tmp_path: Path, staging: Path, schema: str, size: int) -> No
         assert _read_all(staged) == plaintext
         assert _read_all(staged) == plaintext  # every open() starts at byte 0
     assert list(staging.iterdir()) == []
+    # The helper threads that write and read ahead end with their writer and readers.
+    assert [t.name for t in threading.enumerate() if t.name.startswith("scratch-")] == []
 
 
 @pytest.mark.parametrize("schema", [AES_GCM_128, AES_GCM_256])
@@ -168,7 +175,7 @@ def test_interoperates_with_one_shot_aesgcm(
 
 
 def test_small_reads_cross_scratch_records(tmp_path: Path, staging: Path) -> None:
-    plaintext = os.urandom(3 * 64 * 1024 + 123)
+    plaintext = os.urandom(3 * SCRATCH_RECORD_PLAINTEXT + 123)
     path, cmac = _encrypted(tmp_path, plaintext, KEYS[AES_GCM_128])
     with (
         path.open("rb") as source,
@@ -279,7 +286,8 @@ def test_invalid_key_length_is_validated(staging: Path) -> None:
 @pytest.fixture
 def staged(tmp_path: Path, staging: Path) -> tuple[StagedPlaintext, bytes]:
     """A staged plaintext of 3 full scratch records and a short final one."""
-    plaintext = b"KETTLE-PLAINTEXT-MARKER\n" * 9000  # 216000 bytes
+    marker = b"KETTLE-PLAINTEXT-MARKER\n"
+    plaintext = marker * (3 * SCRATCH_RECORD_PLAINTEXT // len(marker) + 1000)
     path, cmac = _encrypted(tmp_path, plaintext, KEYS[AES_GCM_128])
     with path.open("rb") as source:
         return decrypt_to_staging(
@@ -294,7 +302,7 @@ def test_scratch_holds_no_plaintext(
     assert list(staging.iterdir()) == [staged_plaintext.path]
     on_disk = staged_plaintext.path.read_bytes()
     assert b"KETTLE-PLAINTEXT-MARKER" not in on_disk
-    assert len(on_disk) == len(plaintext) + 4 * 28
+    assert len(on_disk) == len(plaintext) + 4 * 16
     assert _read_all(staged_plaintext) == plaintext
     staged_plaintext.delete()
     assert list(staging.iterdir()) == []
@@ -394,3 +402,84 @@ def test_decrypt_memory_is_constant(tmp_path: Path, staging: Path) -> None:
         tracemalloc.stop()
     assert total == size
     assert peak < 6 * MIB, peak
+
+
+# --- decrypting a stream as it arrives ------------------------------------------------------
+
+
+def _feed(staging: StagingDecryptor, data: bytes, sizes: list[int]) -> None:
+    """Write ``data`` in pieces of the given sizes, cycling (the rest in one piece)."""
+    view, index = memoryview(data), 0
+    while view:
+        size = sizes[index % len(sizes)]
+        staging.write(view[:size])
+        view, index = view[size:], index + 1
+
+
+@pytest.mark.parametrize("sizes", [[1], [15, 16, 17], [MIB + 3], [5 * MIB]], ids=str)
+def test_a_stream_in_any_pieces_stages_the_plaintext(tmp_path: Path, staging: Path, sizes: list[int]) -> None:
+    plaintext = os.urandom(SCRATCH_RECORD_PLAINTEXT + 1000 if sizes != [1] else 5000)
+    sealed = AESGCM(KEYS[AES_GCM_256]).encrypt(IV, plaintext, bytes(8))
+    with StagingDecryptor(KEYS[AES_GCM_256], IV, sealed[-16:], staging, display_path="in.enc") as streamed:
+        _feed(streamed, sealed, sizes)
+        staged = streamed.finish()
+    with staged:
+        assert _read_all(staged) == plaintext
+    assert list(staging.iterdir()) == []
+
+
+def test_a_restarted_stream_stages_only_what_came_after_the_reset(staging: Path) -> None:
+    plaintext = os.urandom(3 * MIB)
+    sealed = AESGCM(KEYS[AES_GCM_128]).encrypt(IV, plaintext, bytes(8))
+    with StagingDecryptor(KEYS[AES_GCM_128], IV, sealed[-16:], staging, display_path="in.enc") as streamed:
+        streamed.write(sealed[: 2 * MIB + 5])  # a download that broke off
+        streamed.reset()
+        _feed(streamed, sealed, [MIB])
+        staged = streamed.finish()
+    with staged:
+        assert _read_all(staged) == plaintext
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "wrong-cmac", "wrong-trailer"])
+def test_a_damaged_stream_never_yields_a_staged_plaintext(staging: Path, damage: str) -> None:
+    plaintext = os.urandom(2 * MIB)
+    sealed = bytearray(AESGCM(KEYS[AES_GCM_128]).encrypt(IV, plaintext, bytes(8)))
+    cmac = bytes(sealed[-16:])
+    if damage == "flipped":
+        sealed[MIB] ^= 1
+    elif damage == "truncated":
+        del sealed[-100:]
+    elif damage == "wrong-cmac":
+        cmac = bytes(16)
+    else:  # the ciphertext authenticates against the cmac, but the file ends in other bytes
+        sealed[-16:] = bytes(16)
+    streamed = StagingDecryptor(KEYS[AES_GCM_128], IV, cmac, staging, display_path="in.enc")
+    _feed(streamed, bytes(sealed), [MIB])
+    with pytest.raises(FileCryptoError, match="^AesGcm128 File, invalid tag: in.enc$"):
+        streamed.finish()
+    streamed.discard()
+    assert list(staging.iterdir()) == []
+    assert [t.name for t in threading.enumerate() if t.name.startswith("scratch-")] == []
+
+
+def test_a_stream_shorter_than_a_tag_has_an_invalid_length(staging: Path) -> None:
+    with (
+        pytest.raises(FileCryptoError, match="^AesGcm256 File, invalid length: tiny$"),
+        StagingDecryptor(KEYS[AES_GCM_256], IV, bytes(16), staging, display_path="tiny") as streamed,
+    ):
+        streamed.write(b"short")
+        streamed.finish()
+    assert list(staging.iterdir()) == []
+
+
+def test_a_corrupted_record_leaves_nothing_in_the_readers_buffer(staged: tuple[StagedPlaintext, bytes]) -> None:
+    """``readinto`` may be handed the function's own buffer: a record whose tag fails must not
+    have been decrypted into it."""
+    staged_plaintext, _ = staged
+    data = bytearray(staged_plaintext.path.read_bytes())
+    data[10] ^= 0x01
+    staged_plaintext.path.write_bytes(bytes(data))
+    target = bytearray(SCRATCH_RECORD_PLAINTEXT)
+    with staged_plaintext.open() as reader, pytest.raises(FileCryptoError, match="corrupted"):
+        reader.readinto(target)
+    assert target == bytearray(SCRATCH_RECORD_PLAINTEXT)

@@ -11,13 +11,17 @@ import hashlib
 import io
 import json
 import os
+import socket
+import threading
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import replace
-from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from staged import IV, K128, K256, World, task
 
 from kettle import executors
 from kettle.config import FileAgentConfig
@@ -26,7 +30,6 @@ from kettle.executors import run_staged_task
 from kettle.executors.files import DataPlane, TaskFileError, TaskFiles
 from kettle.file_agent import FileAgent
 from kettle.model.records import CryptoInfo, FileRecord, TaskResult
-from staged import IV, K128, K256, World, task
 
 VECTORS = Path("/work/shared/vectors/teaclave-file-128")
 
@@ -161,9 +164,10 @@ def flip_bit(path: Path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
-def refused(world: World, function: Any, inputs: dict[str, FileRecord], outputs: dict[str, FileRecord] | None = None) -> str:
+def refused(world: World, function: Any, inputs: dict[str, FileRecord], outputs: dict[str, FileRecord] | None = None,
+            plane: DataPlane | None = None) -> str:
     calls = function(lambda runtime: "ran")
-    result = run_staged_task(task(inputs, outputs), world.plane)
+    result = run_staged_task(task(inputs, outputs), plane or world.plane)
     assert calls == [], "the function must not run"
     assert result.outputs is None and result.failure is not None
     assert world.scratch_files() == [], "nothing of a refused task stays in its working directory"
@@ -249,6 +253,23 @@ def test_unreachable_and_disallowed_urls_fail_the_task(tmp_path: Path, function:
     assert "URL scheme not allowed: ftp" in refused(world, function, {"in": ftp})
     nameless = FileRecord(str(uuid.uuid4()), "https://example.com/", CryptoInfo("raw"), ("alice",), bytes(16))
     assert "has no file name" in refused(world, function, {"in": nameless})
+
+
+def test_an_output_that_cannot_be_stored_fails_the_task_not_the_function(tmp_path: Path, function: Any) -> None:
+    """An output written in place is opened when the function creates it; a target that cannot
+    take it is still reported as the upload's failure after the function, which never sees why."""
+    world = World(tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (world.root / "escape").symlink_to(outside)
+    targets = {"nodir": world.url("nodir/out.enc"), "escape": world.url("escape/out.enc")}
+    for label, url in targets.items():
+        record = replace(world.output("out.enc"), url=url)
+        calls = function(lambda runtime: runtime.create_output("out").write(b"result") and "written")
+        result = run_staged_task(task(outputs={"out": record}), world.plane)
+        assert len(calls) == 1 and result.outputs is None and result.failure is not None
+        assert result.failure.startswith("Failed to upload output out: ") and url in result.failure, label
+    assert list(outside.iterdir()) == [] and not (world.root / "nodir").exists()
 
 
 def test_an_input_over_the_size_limit_fails_the_task(tmp_path: Path, function: Any) -> None:
@@ -418,3 +439,168 @@ def test_inline_data_inputs_are_bound_to_the_name_data(tmp_path: Path, function:
     record = FileRecord(str(uuid.uuid4()), url, CryptoInfo("teaclave-file-128", K128), ("alice",), cmac)
     function(lambda runtime: runtime.open_input("in").read().decode())
     assert run_staged_task(task({"in": record}), plane).outputs.return_value == b"inline secret"  # type: ignore[union-attr]
+
+
+# --- over HTTP: inputs streamed into verification, outputs PUT when finished -------------------
+
+
+class OwnerServer:
+    """A real HTTP server for a data owner's files (``World.root``), misbehaving by path prefix:
+    ``/truncated/`` promises the whole file and hangs up halfway, ``/fail500/`` answers 500,
+    ``/drop-put/`` reads half an upload and hangs up; anything else serves or stores the file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.puts: list[str] = []
+        self.gets: list[str] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def _reply(self, status: int) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                owner.gets.append(self.path)
+                prefix, _, name = self.path.lstrip("/").partition("/")
+                path = owner.root / name
+                if prefix == "fail500":
+                    self._reply(500)
+                    return
+                if not path.is_file():
+                    self._reply(404)
+                    return
+                data = path.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if prefix == "truncated":
+                    self.wfile.write(data[: len(data) // 2])
+                    self.close_connection = True
+                else:
+                    self.wfile.write(data)
+
+            def do_PUT(self) -> None:
+                owner.puts.append(self.path)
+                prefix, _, name = self.path.lstrip("/").partition("/")
+                length = int(self.headers["Content-Length"])
+                if prefix == "fail500":
+                    self.rfile.read(length)
+                    self._reply(500)
+                elif prefix == "drop-put":
+                    self.rfile.read(length // 2)
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                else:
+                    (owner.root / name).write_bytes(self.rfile.read(length))
+                    self._reply(200)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.authority = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://{self.authority}{path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[World, OwnerServer, DataPlane]]:
+    """A world whose owner serves its files over HTTP, and a node allowed to reach that server."""
+    world = World(tmp_path)
+    server = OwnerServer(world.root)
+    config = FileAgentConfig(allowed_schemes=("http",), egress_allowlist=(server.authority,), retries=1,
+                             retry_backoff_ms=1, io_timeout_secs=5)
+    try:
+        yield world, server, DataPlane(FileAgent(config, tmp_path), world.workdir)
+    finally:
+        server.close()
+
+
+def over_http(record: FileRecord, server: OwnerServer, prefix: str = "/plain") -> FileRecord:
+    return replace(record, url=server.url(f"{prefix}/{record.url.rsplit('/', 1)[1]}"))
+
+
+def test_an_http_input_and_output_round_trip(served: tuple[World, OwnerServer, DataPlane], function: Any) -> None:
+    world, server, plane = served
+    plaintext = os.urandom(3 * (1 << 20) + 5)
+    record = over_http(world.aes_input("in.enc", plaintext, K256), server)
+    out = world.output("out.enc", "aes-gcm-256")
+    function(copy_input_to_output)
+    result = run_staged_task(task({"in": record}, {"out": over_http(out, server)}), plane)
+    assert result.outputs is not None, result.failure
+    assert world.read_output(out) == (plaintext, result.outputs.tags_map["out"])
+    assert server.puts == ["/plain/out.enc"]
+    assert world.scratch_files() == []
+
+
+def test_a_tampered_http_input_is_refused_before_the_function_sees_a_byte(
+    served: tuple[World, OwnerServer, DataPlane], function: Any
+) -> None:
+    world, server, plane = served
+    record = over_http(world.aes_input("in.enc", os.urandom(2 << 20)), server)
+    flip_bit(world.root / "in.enc", 1 << 20)
+    out = over_http(world.output("out.enc"), server)
+    assert refused(world, function, {"in": record}, {"out": out}, plane) == f"AesGcm128 File, invalid tag: {record.url}"
+    assert server.puts == [] and not (world.root / "out.enc").exists()
+
+
+def test_a_truncated_or_failing_http_input_fails_the_task(
+    served: tuple[World, OwnerServer, DataPlane], function: Any
+) -> None:
+    world, server, plane = served
+    truncated = over_http(world.aes_input("in.enc", os.urandom(100_000)), server, "/truncated")
+    reason = refused(world, function, {"in": truncated}, plane=plane)
+    assert reason.startswith(f"Failed to fetch input in: the connection to {truncated.url} failed")
+    assert server.gets.count("/truncated/in.enc") == 2, "retried once, as configured"
+    failing = over_http(world.aes_input("in.enc", b"x"), server, "/fail500")
+    assert refused(world, function, {"in": failing}, plane=plane) == (
+        f"Failed to fetch input in: HTTP 500 Internal Server Error from {failing.url} (gave up after 2 attempts)")
+
+
+@pytest.mark.parametrize(("prefix", "reason"), [
+    ("/fail500", "HTTP 500 Internal Server Error from {url}, expected 200 (gave up after 2 attempts)"),
+    ("/drop-put", "the connection to {url} failed"),
+])
+def test_a_refused_or_cut_off_upload_fails_the_task(
+    served: tuple[World, OwnerServer, DataPlane], function: Any, prefix: str, reason: str
+) -> None:
+    world, server, plane = served
+    out = over_http(world.output("out.enc", "aes-gcm-128"), server, prefix)
+    function(lambda runtime: runtime.create_output("out").write(os.urandom(1 << 20)) and "ok")
+    result = run_staged_task(task(outputs={"out": out}), plane)
+    assert result.outputs is None and result.failure is not None
+    assert result.failure.startswith("Failed to upload output out: " + reason.format(url=out.url))
+    assert server.puts == [f"{prefix}/out.enc"] * 2
+    assert not (world.root / "out.enc").exists() and world.scratch_files() == []
+
+
+def test_a_failed_task_leaves_no_trace_in_the_output_directory(tmp_path: Path, function: Any) -> None:
+    """A file:// output is written in place while the function runs, but unnamed until the task
+    succeeded: a function that fails halfway leaves no file, partial or temporary, behind."""
+    world = World(tmp_path)
+    record = world.aes_input("in.enc", os.urandom(3 << 20))
+    before = sorted(world.root.iterdir())
+
+    def fails_halfway(runtime: Any) -> str:
+        with runtime.open_input("in") as source:
+            sink = runtime.create_output("out")
+            sink.write(source.read(2 << 20))
+            sink.flush()
+        raise RuntimeError("boom")
+
+    function(fails_halfway)
+    result = run_staged_task(task({"in": record}, {"out": world.output("out.enc", "aes-gcm-256")}), world.plane)
+    assert result.failure == "RuntimeError: boom"
+    assert sorted(world.root.iterdir()) == before
+    assert world.scratch_files() == []

@@ -5,8 +5,9 @@
 owner registered.** So every input is fully verified before the function starts:
 
 - ``aes-gcm-*``: the GCM tag covers the whole file and is only checked at its end,
-  so the file is decrypted into encrypted scratch space first
-  (:func:`~kettle.crypto.aes_gcm.decrypt_to_staging`) and the function reads that.
+  so the file is decrypted into encrypted scratch space as it downloads
+  (:class:`~kettle.crypto.aes_gcm.StagingDecryptor`), and the function reads that
+  copy once the tag verified.
 - ``teaclave-file-128``: the root MAC must equal the cmac, then one pass over the
   whole file checks every node; the function then reads the file itself, each
   node verified again as it is read (the file never holds plaintext).
@@ -14,9 +15,11 @@ owner registered.** So every input is fully verified before the function starts:
 
 Outputs are encrypted *as the function writes them* under the crypto info the
 output's owner registered, so no output plaintext ever touches the disk; the cmac
-of each is known when its writer closes. Every assigned output must have been
-created; ``raw`` outputs are refused before the function runs (a result must
-never leave the platform unencrypted).
+of each is known when its writer closes. ``file``/``fusion`` outputs are written
+in place (:meth:`~kettle.file_agent.FileAgent.open_upload`) and published only
+when the task succeeded; others are written locally and stored afterwards.
+Every assigned output must have been created; ``raw`` outputs are refused before
+the function runs (a result must never leave the platform unencrypted).
 
 Everything lives in the task's own working directory, which the execution node
 creates and removes whatever the outcome. Failures raise :class:`TaskFileError`,
@@ -40,7 +43,7 @@ from typing import BinaryIO, Final
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..config import ExecutionConfig
-from ..crypto.aes_gcm import StagedPlaintext, decrypt_to_staging
+from ..crypto.aes_gcm import StagedPlaintext, StagingDecryptor
 from ..crypto.protected_file import (
     ProtectedFileError,
     ProtectedFileReader,
@@ -57,7 +60,14 @@ from ..crypto.schemas import (
     validate_crypto_info,
 )
 from ..errors import TransferError
-from ..file_agent import FileAgent, OutputMark, StagingBudget, display_url, file_name_of
+from ..file_agent import (
+    FileAgent,
+    LocalUpload,
+    OutputMark,
+    StagingBudget,
+    display_url,
+    file_name_of,
+)
 from ..functions import FunctionError
 from ..model.records import FileRecord, StagedTask
 from .runtime import INVALID_INPUT, INVALID_OUTPUT
@@ -164,16 +174,22 @@ class _EncryptingOutput(io.RawIOBase):
 
 
 class _AesGcmOutput(_EncryptingOutput):
-    """``aes-gcm-*``: ciphertext as written, then the 16-byte tag, which is the cmac."""
+    """``aes-gcm-*``: ciphertext as written, then the 16-byte tag, which is the cmac.
 
-    def __init__(self, path: Path, key: bytes, iv: bytes, limit: int, label: str) -> None:
+    Encrypts into one reused buffer (no allocation per write); ``sink`` is the local
+    copy or the upload itself, and is closed with the output."""
+
+    def __init__(self, sink: BinaryIO, key: bytes, iv: bytes, limit: int, label: str) -> None:
         super().__init__(limit, label)
-        self._sink = path.open("wb")
+        self._sink = sink
         self._encryptor = Cipher(algorithms.AES(key), modes.GCM(iv)).encryptor()
         self._encryptor.authenticate_additional_data(_GCM_AAD)
+        self._buffer = memoryview(bytearray(_CHUNK + 15))  # update_into wants 15 bytes of room
 
     def _encrypt(self, view: memoryview) -> None:
-        self._sink.write(self._encryptor.update(view))
+        for start in range(0, len(view), _CHUNK):
+            count = self._encryptor.update_into(view[start : start + _CHUNK], self._buffer)
+            self._sink.write(self._buffer[:count])
 
     def _finish(self) -> bytes:
         with self._sink:
@@ -184,11 +200,12 @@ class _AesGcmOutput(_EncryptingOutput):
 
 
 class _ProtectedOutput(_EncryptingOutput):
-    """``teaclave-file-128``: a protected file named after its URL's last segment; cmac = root MAC."""
+    """``teaclave-file-128``: a protected file named after its URL's last segment; cmac = root MAC.
+    ``sink`` must be readable and seekable (the writer goes back to fill in the tree)."""
 
-    def __init__(self, path: Path, key: bytes, name: str, limit: int, label: str) -> None:
+    def __init__(self, sink: BinaryIO, key: bytes, name: str, limit: int, label: str) -> None:
         super().__init__(limit, label)
-        self._sink = path.open("w+b")
+        self._sink = sink
         self._writer = ProtectedFileWriter(self._sink, key, name)
 
     def _encrypt(self, view: memoryview) -> None:
@@ -203,9 +220,21 @@ class _ProtectedOutput(_EncryptingOutput):
 class _Output:
     record: FileRecord
     path: Path
+    """The local copy, for targets that are stored after the function (not :attr:`upload`)."""
     name: str
     writer: _EncryptingOutput | None = None
     stream: io.BufferedWriter | None = None
+    upload: LocalUpload | None = None
+    """The output written in place at its URL (``file``, ``fusion``), published at the end."""
+
+    def drop(self) -> None:
+        """Close what is open and forget an unpublished upload."""
+        if self.stream is not None and not self.stream.closed:
+            with contextlib.suppress(Exception):
+                self.stream.close()
+        if self.upload is not None:
+            self.upload.discard()
+            self.upload = None
 
 
 class TaskFiles:
@@ -226,6 +255,8 @@ class TaskFiles:
         self._outputs: dict[str, _Output] = {}
         self._openers: dict[str, Callable[[], BinaryIO]] = {}
         self._staged: list[StagedPlaintext] = []
+        self._staging: list[StagingDecryptor] = []
+        """Inputs being decrypted into scratch, not verified yet: discarded unless they verify."""
         self._budget: StagingBudget | None = None
 
     # --- before the function ---------------------------------------------------------
@@ -265,19 +296,36 @@ class TaskFiles:
         except FileCryptoError as exc:
             raise TaskFileError(str(exc)) from None
 
-    def _fetch_all(self, plane: DataPlane) -> dict[str, Path]:
-        """Download every input at once (a few in parallel); the first failure in name order wins."""
-        targets: dict[str, Path] = {}
+    def _fetch_all(self, plane: DataPlane) -> dict[str, Path | StagingDecryptor]:
+        """Download every input at once (a few in parallel); the first failure in name order wins.
+
+        An ``aes-gcm-*`` input is decrypted into encrypted scratch as it arrives (one pass, the
+        ciphertext is never written); :meth:`_verify` then checks its tag before anything may
+        read it. Other inputs are downloaded to a local file and checked there."""
+        targets: dict[str, Path | StagingDecryptor] = {}
         for name, record in self._inputs.items():
             folder = plane.workdir / "inputs" / _safe(name)
-            folder.mkdir(parents=True)
-            targets[name] = folder / _local_name(record.url)
+            if record.crypto_info.schema in _AES_GCM:
+                if record.cmac is None:
+                    raise TaskFileError(f"input {name} has no registered cmac")
+                folder = folder.with_name(folder.name + "-staged")
+                folder.mkdir(parents=True)
+                info = record.crypto_info
+                decryptor = StagingDecryptor(info.key, info.iv, record.cmac, folder, display_path=display_url(record.url))
+                self._staging.append(decryptor)
+                targets[name] = decryptor
+            else:
+                folder.mkdir(parents=True)
+                targets[name] = folder / _local_name(record.url)
         if not targets:
             return targets
 
         def fetch(name: str) -> None:
-            record = self._inputs[name]
-            plane.agent.fetch(record.url, targets[name], self._budget, record.s3_credentials)
+            record, target = self._inputs[name], targets[name]
+            if isinstance(target, StagingDecryptor):
+                plane.agent.fetch_into(record.url, target, self._budget, record.s3_credentials)
+            else:
+                plane.agent.fetch(record.url, target, self._budget, record.s3_credentials)
 
         with ThreadPoolExecutor(max_workers=min(_MAX_PARALLEL_FETCHES, len(targets))) as pool:
             futures = {name: pool.submit(fetch, name) for name in sorted(targets)}
@@ -289,28 +337,20 @@ class TaskFiles:
                 raise error
         return targets
 
-    def _verify(self, name: str, record: FileRecord, path: Path) -> Callable[[], BinaryIO]:
+    def _verify(self, name: str, record: FileRecord, fetched: Path | StagingDecryptor) -> Callable[[], BinaryIO]:
         info, cmac = record.crypto_info, record.cmac
         shown = display_url(record.url)
-        if info.schema in _AES_GCM:
-            if cmac is None:
-                raise TaskFileError(f"input {name} has no registered cmac")
-            folder = path.parent.with_name(path.parent.name + "-staged")
-            folder.mkdir()
+        if isinstance(fetched, StagingDecryptor):
             try:
-                # The verified copy takes about as much disk again as the ciphertext (removed after).
-                if self._budget is not None:
-                    self._budget.check_floor(path.stat().st_size)
-                with path.open("rb") as source:
-                    staged = decrypt_to_staging(source, info.key, info.iv, cmac, folder, display_path=shown)
+                staged = fetched.finish()
             except FileCryptoError as exc:
                 raise TaskFileError(str(exc)) from None
-            except TransferError as exc:
-                raise TaskFileError(f"Failed to stage input {name}: {exc}") from None
-            finally:
-                path.unlink(missing_ok=True)  # the ciphertext is not needed any more
+            except OSError as exc:
+                raise TaskFileError(f"Failed to stage input {name}: {exc.strerror}") from None
+            self._staging.remove(fetched)
             self._staged.append(staged)
             return staged.open
+        path = fetched
         if info.schema == TEACLAVE_FILE_128:
             file_name = path.name
             try:
@@ -339,15 +379,22 @@ class TaskFiles:
         output = self._outputs.get(name)
         if output is None:
             raise FunctionError(INVALID_OUTPUT)
-        if output.stream is not None:  # create again = truncate: start a fresh encryption
-            with contextlib.suppress(Exception):
-                output.stream.close()
+        output.drop()  # created again = truncated: start a fresh encryption
         plane = self._require_plane()
-        info = output.record.crypto_info
+        record = output.record
+        try:
+            output.upload = plane.agent.open_upload(record.url, record.s3_credentials,
+                                                    mark=OutputMark(record.uuid, plane.attempt))
+        except TransferError:
+            # Not the function's business (the text names the output's URL): written locally, the
+            # store after the function fails the task with this same reason, as for any store.
+            output.upload = None
+        sink = output.upload.file if output.upload is not None else output.path.open("w+b")
+        info = record.crypto_info
         if info.schema == TEACLAVE_FILE_128:
-            writer: _EncryptingOutput = _ProtectedOutput(output.path, info.key, output.name, plane.agent.max_file_bytes, name)
+            writer: _EncryptingOutput = _ProtectedOutput(sink, info.key, output.name, plane.agent.max_file_bytes, name)
         else:
-            writer = _AesGcmOutput(output.path, info.key, info.iv, plane.agent.max_file_bytes, name)
+            writer = _AesGcmOutput(sink, info.key, info.iv, plane.agent.max_file_bytes, name)
         output.writer, output.stream = writer, io.BufferedWriter(writer, _CHUNK)
         return output.stream  # type: ignore[return-value]
 
@@ -369,9 +416,13 @@ class TaskFiles:
                 # Marked with the record's id and this attempt, so a retry of this task may replace
                 # what an earlier attempt stored before its node died, and a late earlier attempt
                 # can never replace what a retry stored.
-                plane = self._require_plane()
-                plane.agent.store(output.path, output.record.url, output.record.s3_credentials,
-                                  mark=OutputMark(output.record.uuid, plane.attempt))
+                if output.upload is not None:
+                    output.upload.commit()
+                    output.upload = None
+                else:
+                    plane = self._require_plane()
+                    plane.agent.store(output.path, output.record.url, output.record.s3_credentials,
+                                      mark=OutputMark(output.record.uuid, plane.attempt))
             except TransferError as exc:
                 raise TaskFileError(f"Failed to upload output {name}: {exc}") from None
         return tags
@@ -383,9 +434,10 @@ class TaskFiles:
         doing it here as well means nothing waits for that (or survives a node
         that died before it)."""
         for output in self._outputs.values():
-            if output.stream is not None and not output.stream.closed:
-                with contextlib.suppress(Exception):
-                    output.stream.close()
+            output.drop()
+        for staging in self._staging:
+            staging.discard()
+        self._staging.clear()
         for staged in self._staged:
             staged.delete()
         self._staged.clear()

@@ -39,15 +39,18 @@ from ..errors import TransferError
 from ..model.records import ObjectStoreCredentials
 from .budget import StagingBudget
 from .egress import UNREACHABLE, EgressPolicy, Resolver, system_resolver
-from .local import LocalFiles, OutputMark
-from .streams import Sink, Source, open_exclusive
+from .local import LocalFiles, LocalUpload, OutputMark
+from .streams import FetchTarget, FileTarget, Sink, Source, open_exclusive
 from .urls import ParsedUrl, display_url, file_name_of, parse_url, scrub
 
 if TYPE_CHECKING:
     from .http import HttpTransport
     from .objects import GenericStore, OwnerS3Store, S3Store
 
-__all__ = ["UNREACHABLE", "FileAgent", "OutputMark", "StagingBudget", "display_url", "file_name_of"]
+__all__ = [
+    "UNREACHABLE", "FetchTarget", "FileAgent", "LocalUpload", "OutputMark", "StagingBudget", "display_url",
+    "file_name_of",
+]
 
 
 def _unexpected(exc: Exception, parsed: ParsedUrl, verb: str) -> TransferError:
@@ -133,16 +136,35 @@ class FileAgent:
         """
         parsed = parse_url(url, self._allowed)
         file = open_exclusive(target, parsed.shown)
-        sink = Sink(file, self._config.max_file_bytes, parsed.shown, budget)
         try:
             with file:
-                self._fetch(parsed, sink, credentials)
-        except BaseException as exc:
+                return self._fetch_parsed(parsed, FileTarget(file), budget, credentials)
+        except BaseException:
             with contextlib.suppress(OSError):
                 target.unlink(missing_ok=True)
-            if isinstance(exc, Exception):
-                raise _unexpected(exc, parsed, "fetching") from None
             raise
+
+    def fetch_into(
+        self,
+        url: str,
+        target: FetchTarget,
+        budget: StagingBudget | None = None,
+        credentials: ObjectStoreCredentials | None = None,
+    ) -> int:
+        """Stream the bytes at ``url`` into ``target`` as they arrive (:meth:`fetch` otherwise):
+        for a consumer that processes them in one pass instead of keeping a copy.
+        On failure the target holds part of the file: discarding it is the caller's job."""
+        return self._fetch_parsed(parse_url(url, self._allowed), target, budget, credentials)
+
+    def _fetch_parsed(
+        self, parsed: ParsedUrl, target: FetchTarget, budget: StagingBudget | None,
+        credentials: ObjectStoreCredentials | None,
+    ) -> int:
+        sink = Sink(target, self._config.max_file_bytes, parsed.shown, budget)
+        try:
+            self._fetch(parsed, sink, credentials)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a redacted TransferError
+            raise _unexpected(exc, parsed, "fetching") from None
         return sink.count
 
     def _fetch(self, parsed: ParsedUrl, sink: Sink, credentials: ObjectStoreCredentials | None) -> None:
@@ -180,6 +202,25 @@ class FileAgent:
         resolved_source = Source(source, self._config.max_file_bytes, parsed.shown)
         try:
             self._store(resolved_source, parsed, credentials, mark)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a redacted TransferError
+            raise _unexpected(exc, parsed, "storing") from None
+
+    def open_upload(
+        self, url: str, credentials: ObjectStoreCredentials | None = None, *, mark: OutputMark | None = None,
+    ) -> LocalUpload | None:
+        """A :class:`LocalUpload` to write an output straight to its place, for URLs that allow it
+        (``file``, ``fusion``: no second copy), or None: then write a local file and :meth:`store` it.
+
+        Remote targets are stored from a finished local file: an HTTP PUT must state its length
+        (Teaclave's wire behaviour, and what presigned URLs require), which is only known once the
+        function is done. The same rules as :meth:`store` apply when the upload is committed."""
+        parsed = parse_url(url, self._allowed)
+        if credentials is not None or parsed.scheme not in ("file", "fusion"):
+            return None
+        try:
+            if parsed.scheme == "file":
+                return self._local.open_upload_file(parsed, self._config.max_file_bytes, mark)
+            return self._local.open_upload_fusion(parsed, self._config.max_file_bytes, mark)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a redacted TransferError
             raise _unexpected(exc, parsed, "storing") from None
 

@@ -5,9 +5,9 @@ node's disk and stop every task after it. Every byte a task fetches is taken
 from its :class:`StagingBudget` first, which refuses past the task's byte
 budget, and also when the scratch disk would be left with less than the
 free-space floor (several tasks and other processes share that disk, so the
-task's own budget alone cannot protect it). A decrypted scratch copy is checked
-against the floor only (:meth:`StagingBudget.check_floor`): it replaces its
-ciphertext, so it adds nothing to what the task is charged for.
+task's own budget alone cannot protect it). An ``aes-gcm-*`` input is decrypted
+into its scratch copy as it arrives, so the bytes charged are those the copy
+takes (plus 16 bytes per MiB of record tags).
 
 Thread-safe: a task's inputs are fetched in parallel. The free-space reading is
 injected, so the rules are tested without filling a disk.
@@ -46,11 +46,6 @@ class StagingBudget:
                 )
             self._check_floor(size)
             self._used += size
-
-    def check_floor(self, size: int) -> None:
-        """Refuse (TransferError) when writing ``size`` bytes would pass the free-space floor."""
-        with self._lock:
-            self._check_floor(size)
 
     def _check_floor(self, size: int) -> None:
         if self._min_free:

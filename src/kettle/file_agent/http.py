@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
 from typing import Final, TypeVar
 
+import httpcore
 import httpx
 
 from ..config import FileAgentConfig
@@ -42,6 +43,12 @@ __all__ = ["MAX_REDIRECTS", "HttpTransport"]
 MAX_REDIRECTS: Final = 10
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _T = TypeVar("_T")
+
+# httpcore reads a response 64 KiB at a time, and every read costs a dozen Python-level calls in
+# h11 and httpcore: a 1 GiB download spent most of its time there, not in recv. Reading CHUNK at a
+# time makes a download 2-3x faster on loopback; memory stays one read's worth. The worker's HTTP
+# traffic is all the file agent's, so the setting is process-wide on purpose.
+httpcore.HTTP11Connection.READ_NUM_BYTES = max(httpcore.HTTP11Connection.READ_NUM_BYTES, CHUNK)
 
 
 class _Transient(Exception):
@@ -195,7 +202,8 @@ class HttpTransport:
                         length = response.headers.get("Content-Length")
                         if length is not None and length.isdigit():
                             sink.announce(int(length))
-                        for chunk in response.iter_raw(CHUNK):
+                        # As received (at most a read's worth): re-chunking would only copy.
+                        for chunk in response.iter_raw():
                             sink.write(chunk)
                         return
                 raise TransferError(f"too many redirects from {parsed.shown} (more than {MAX_REDIRECTS})")

@@ -12,25 +12,29 @@ node marks each file it stores with the output's record id and the attempt
 (extended attribute ``user.kettle.output``), and a retried task (its first node
 died after storing, before reporting) replaces only a file carrying its own
 output's mark from an earlier attempt; a late earlier attempt never replaces a
-later one's file.
+later one's file. A task's output can also be written in place while the task
+runs (:class:`LocalUpload`): unnamed in its target directory until the task
+succeeded, then linked under its name by the same rules.
 """
 
 from __future__ import annotations
 
 import binascii
+import contextlib
+import errno
 import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 from urllib.parse import unquote
 
 from ..errors import TransferError
 from .streams import CHUNK, Sink, Source
 from .urls import ParsedUrl
 
-__all__ = ["DATA_PREFIX", "FUSION_PREFIX", "LocalFiles", "OutputMark"]
+__all__ = ["DATA_PREFIX", "FUSION_PREFIX", "LocalFiles", "LocalUpload", "OutputMark"]
 
 FUSION_PREFIX: Final = "/TEACLAVE_FUSION_BASE/"
 DATA_PREFIX: Final = "text/plain;base64,"
@@ -174,10 +178,12 @@ def _write_fd(
 
 
 def _copy_in(fd: int, sink: Sink) -> None:
-    with os.fdopen(fd, "rb") as file:
+    # One buffer for the whole file (the sink keeps nothing it is handed): no allocation per chunk.
+    with os.fdopen(fd, "rb", buffering=0) as file:
         sink.announce(os.fstat(file.fileno()).st_size)
-        while chunk := file.read(CHUNK):
-            sink.write(chunk)
+        buffer = memoryview(bytearray(CHUNK))
+        while count := file.readinto(buffer):
+            sink.write(buffer[:count])
 
 
 def _copy_out(source: Source, fd: int, target: Path, shown: str) -> None:
@@ -190,6 +196,117 @@ def _copy_out(source: Source, fd: int, target: Path, shown: str) -> None:
         if isinstance(exc, OSError):
             raise TransferError(f"cannot write {shown}: {exc.strerror}") from None
         raise
+
+
+class LocalUpload:
+    """A local output written in place while the task runs, published only by :meth:`commit`.
+
+    The file is created unnamed (``O_TMPFILE``) in the target's directory, which was
+    checked to lie inside the allowed roots and is held open, so nothing can be
+    redirected between now and the commit. Until :meth:`commit` links it under
+    its name, nobody sees it, and a task that fails (or a node that dies) leaves
+    nothing behind. The commit follows :meth:`LocalFiles.store_file`'s rules: an
+    existing file is never replaced, except an earlier attempt's copy of the same
+    output (``mark``).
+    """
+
+    def __init__(self, directory: int, fd: int, name: str, limit: int, shown: str, mark: OutputMark | None) -> None:
+        self.file: BinaryIO = os.fdopen(fd, "w+b", closefd=False)
+        """Where the output's bytes go (readable and seekable: a protected file rewrites its
+        header); the writer may close it, the file stays open here until the commit."""
+        self._fd = fd
+        self._directory = directory
+        self._name = name
+        self._limit = limit
+        self._shown = shown
+        self._mark = mark
+
+    def commit(self) -> None:
+        """Publish the file under its name (TransferError if that is refused); it is closed after."""
+        try:
+            if not self.file.closed:
+                self.file.flush()
+            fd = self._fd
+            if os.fstat(fd).st_size > self._limit:
+                raise TransferError(f"output {self._shown} is larger than the limit of {self._limit} bytes")
+            if self._mark is not None:
+                with contextlib.suppress(OSError):  # no user attributes: a retry finds it unmarked, refuses
+                    os.setxattr(fd, OUTPUT_MARK_XATTR, self._mark.encode())
+            self._link(fd)
+        except OSError as exc:
+            raise TransferError(f"cannot write {self._shown}: {exc.strerror}") from None
+        finally:
+            self.discard()
+
+    def _link(self, fd: int) -> None:
+        # linkat through /proc with AT_SYMLINK_FOLLOW names an O_TMPFILE file without privileges.
+        source = f"{_PROC_FD}/{fd}"
+        try:
+            os.link(source, self._name, dst_dir_fd=self._directory, follow_symlinks=True)
+            return
+        except FileExistsError:
+            if self._mark is None or not self._replaceable():
+                raise TransferError(f"{self._shown} already exists; a stored file never replaces one") from None
+        # An earlier attempt at this same output stored it and its node died before the result
+        # was reported: this attempt's file replaces it.
+        try:
+            os.unlink(self._name, dir_fd=self._directory)
+            os.link(source, self._name, dst_dir_fd=self._directory, follow_symlinks=True)
+        except FileExistsError:
+            raise TransferError(f"{self._shown} already exists; a stored file never replaces one") from None
+
+    def _replaceable(self) -> bool:
+        assert self._mark is not None
+        try:
+            stored = os.getxattr(f"{_PROC_FD}/{self._directory}/{self._name}", OUTPUT_MARK_XATTR, follow_symlinks=False)
+        except OSError:
+            return False
+        return self._mark.replaces(stored)
+
+    def discard(self) -> None:
+        """Drop the file unpublished (after a commit: just close)."""
+        with contextlib.suppress(OSError):
+            self.file.close()
+        if self._directory >= 0:
+            os.close(self._fd)
+            os.close(self._directory)
+            self._directory = -1
+
+
+def _open_upload(
+    path: Path, roots: Sequence[Path], shown: str, refusal: str, limit: int, *, make_parents: bool,
+    mark: OutputMark | None,
+) -> LocalUpload | None:
+    """A :class:`LocalUpload` for ``path`` confined to ``roots``; None where the file system
+    cannot create unnamed files (the caller then writes a local copy and stores it)."""
+    if path.name in ("", ".", ".."):
+        raise TransferError(f"{shown} has no file name in its path")
+    parent = path.parent.resolve()
+    if not _inside(parent, roots):
+        raise TransferError(refusal)
+    if make_parents:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TransferError(f"cannot create the directory for {shown}: {exc.strerror}") from None
+    try:
+        directory = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise TransferError(f"the directory of {shown} does not exist") from None
+    except OSError as exc:
+        raise TransferError(f"cannot open the directory of {shown}: {exc.strerror}") from None
+    real = _opened_path(directory)
+    if real is not None and not _inside(real, roots):
+        os.close(directory)
+        raise TransferError(refusal)
+    try:
+        fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644, dir_fd=directory)
+    except OSError as exc:
+        os.close(directory)
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR):
+            return None
+        raise TransferError(f"cannot create {shown}: {exc.strerror}") from None
+    return LocalUpload(directory, fd, path.name, limit, shown, mark)
 
 
 class LocalFiles:
@@ -233,6 +350,10 @@ class LocalFiles:
         fd, target = _write_fd(path, self._roots, parsed.shown, refusal, make_parents=False, mark=mark)
         _copy_out(source, fd, target, parsed.shown)
 
+    def open_upload_file(self, parsed: ParsedUrl, limit: int, mark: OutputMark | None = None) -> LocalUpload | None:
+        path, refusal = self._file_path(parsed)
+        return _open_upload(path, self._roots, parsed.shown, refusal, limit, make_parents=False, mark=mark)
+
     # -- fusion:// -------------------------------------------------------------
 
     def _fusion_path(self, parsed: ParsedUrl) -> tuple[Path, str]:
@@ -254,6 +375,10 @@ class LocalFiles:
         path, refusal = self._fusion_path(parsed)
         fd, target = _write_fd(path, (self._fusion,), parsed.shown, refusal, make_parents=True, mark=mark)
         _copy_out(source, fd, target, parsed.shown)
+
+    def open_upload_fusion(self, parsed: ParsedUrl, limit: int, mark: OutputMark | None = None) -> LocalUpload | None:
+        path, refusal = self._fusion_path(parsed)
+        return _open_upload(path, (self._fusion,), parsed.shown, refusal, limit, make_parents=True, mark=mark)
 
     # -- data: -----------------------------------------------------------------
 

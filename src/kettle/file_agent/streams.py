@@ -11,26 +11,51 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, Protocol
 
 from ..errors import TransferError
 from .budget import StagingBudget
 
-__all__ = ["CHUNK", "Sink", "Source"]
+__all__ = ["CHUNK", "FetchTarget", "FileTarget", "Sink", "Source"]
 
 CHUNK: Final = 1 << 20
 """Bytes moved per read or write: big enough to be fast, small enough to never matter."""
 
 
-class Sink:
-    """The fetch target: opened exclusively by the agent, counting and bounding what arrives.
+class FetchTarget(Protocol):
+    """Where fetched bytes go: a local file (:class:`FileTarget`) or a consumer that
+    processes them as they arrive (a decryptor staging a verified copy)."""
 
-    Backends only :meth:`write` to it; the agent owns opening and removing it, so
-    a failed fetch never leaves a partial file behind whatever the backend did.
+    def write(self, data: bytes | bytearray | memoryview, /) -> object:
+        """Take the next bytes; must not keep ``data`` (backends reuse their buffers)."""
+
+    def reset(self) -> None:
+        """Forget everything written: a retried fetch starts over."""
+
+
+class FileTarget:
+    """A local file as a :class:`FetchTarget`."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> object:
+        return self._file.write(data)
+
+    def reset(self) -> None:
+        self._file.seek(0)
+        self._file.truncate()
+
+
+class Sink:
+    """The fetch target as backends see it: counting and bounding what arrives.
+
+    Backends only :meth:`write` to it; the agent owns the target and removes it on
+    failure, so a failed fetch never leaves a partial file behind whatever the backend did.
     """
 
-    def __init__(self, file: BinaryIO, limit: int, shown: str, budget: StagingBudget | None = None) -> None:
-        self._file = file
+    def __init__(self, target: FetchTarget, limit: int, shown: str, budget: StagingBudget | None = None) -> None:
+        self._target = target
         self._limit = limit
         self._shown = shown
         self._budget = budget
@@ -52,14 +77,13 @@ class Sink:
         if self._budget is not None:
             self._budget.take(len(chunk))
         try:
-            self._file.write(chunk)
+            self._target.write(chunk)
         except OSError as exc:
             raise TransferError(f"cannot write {self._shown} to local storage: {exc.strerror}") from None
 
     def reset(self) -> None:
         """Empty the target so a retried fetch starts over (keeping the exclusive handle)."""
-        self._file.seek(0)
-        self._file.truncate()
+        self._target.reset()
         if self._budget is not None:
             self._budget.give_back(self.count)
         self.count = 0
