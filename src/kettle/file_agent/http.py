@@ -48,7 +48,9 @@ _T = TypeVar("_T")
 # h11 and httpcore: a 1 GiB download spent most of its time there, not in recv. Reading CHUNK at a
 # time makes a download 2-3x faster on loopback; memory stays one read's worth. The worker's HTTP
 # traffic is all the file agent's, so the setting is process-wide on purpose.
-httpcore.HTTP11Connection.READ_NUM_BYTES = max(httpcore.HTTP11Connection.READ_NUM_BYTES, CHUNK)
+# A release without the attribute just keeps its own read size.
+if isinstance(getattr(httpcore.HTTP11Connection, "READ_NUM_BYTES", None), int):
+    httpcore.HTTP11Connection.READ_NUM_BYTES = max(httpcore.HTTP11Connection.READ_NUM_BYTES, CHUNK)
 
 
 class _Transient(Exception):
