@@ -7,6 +7,8 @@ healthy: the zygote alive and the next module running normally.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -49,14 +51,30 @@ def test_a_module_is_compiled_once_and_then_found_in_the_cache(node: Node) -> No
     assert node.run_wasm(wasm).return_value == "1234"
 
 
-def test_a_module_the_zygote_has_not_compiled_is_compiled_by_its_child(node: Node) -> None:
+def test_a_task_compiles_a_module_the_zygote_lacks_and_later_tasks_find_it(node: Node) -> None:
     wasm = module("(i32.const 99)")
+    first, second = node.run_wasm(wasm), node.run_wasm(wasm)
+    assert (first.return_value, second.return_value) == ("99", "99")
+    assert first.module is not None and second.module is not None
+    assert (first.module.cached, second.module.cached) == (False, True)
+    assert first.module.sha256 == second.module.sha256 == hashlib.sha256(wasm).hexdigest()
+
+
+def test_a_spawn_for_a_module_never_compiled_is_answered_uncompiled(node: Node) -> None:
     connection = node.connect()
     try:
-        outcome = run_sandboxed(connection, [], wasm, FileRuntime(), LIMITS, WasmRun("0" * 64, 10**9))
+        files, theirs = protocol.socket_pair()
+        read_end, write_end = os.pipe()
+        request = {"engine": "wasm", "sha256": "0" * 64, "fuel": 1, "cpu_secs": 1, "memory_bytes": 1 << 20,
+                   "open_files": 8, "wall_time_secs": 1}
+        protocol.send_json(connection, protocol.SPAWN, request, [theirs.fileno(), write_end, read_end])
+        for fd in (theirs.detach(), write_end, read_end):
+            os.close(fd)
+        assert protocol.receive(connection) == (protocol.UNCOMPILED, b"", [])
+        files.close()
     finally:
         connection.close()
-    assert outcome.return_value == "99"
+    healthy(node)
 
 
 def test_the_file_api_error_lines_come_back_as_output(node: Node) -> None:
@@ -163,9 +181,9 @@ def test_a_forged_compile_request_is_refused_and_the_zygote_stays(node: Node) ->
 
 def test_a_client_that_goes_away_takes_its_running_module_with_it(node: Node) -> None:
     wasm = module(LOOP)
-    digest = node.compile(wasm).sha256
+    node.compile(wasm)
     node.assert_cancel_kills_the_child(lambda connection: run_sandboxed(
-        connection, [], wasm, FileRuntime(), replace(LIMITS, cpu_time_secs=60), WasmRun(digest, 10**15)))
+        connection, [], wasm, FileRuntime(), replace(LIMITS, cpu_time_secs=60), WasmRun(10**15)))
     healthy(node)
 
 
