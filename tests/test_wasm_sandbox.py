@@ -7,6 +7,7 @@ healthy: the zygote alive and the next module running normally.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 from dataclasses import replace
@@ -20,6 +21,7 @@ from wasm_modules import module
 from kettle.executors.runtime import FileRuntime
 from kettle.sandbox import protocol, wamr
 from kettle.sandbox.supervisor import WasmLoadError, WasmRun, run_sandboxed
+from kettle.sandbox.zygote import SEALS
 
 OUT_OF_BOUNDS = "Exception: out of bounds memory access"
 LOOP = "(loop $l (br $l)) (i32.const 0)"
@@ -188,7 +190,8 @@ def test_a_client_that_goes_away_takes_its_running_module_with_it(node: Node) ->
 
 
 def test_a_child_keeps_no_other_functions_compiled_modules(node: Node) -> None:
-    """The zygote's cache holds every function's compiled code; each child unmaps it before running anything."""
+    """The zygote's cache holds every function's compiled code; a child closes every descriptor it inherits (the
+    cache's memfds with them) before running anything, and keeps none of the cache's entries."""
     marker = "private-function-logic-4f1c"
     secret = module("(i32.const 1)", data=marker)
     assert marker.encode() in wamr.compile_module(secret).serialize()  # the compiled form carries the data
@@ -205,3 +208,34 @@ def test_a_child_keeps_no_other_functions_compiled_modules(node: Node) -> None:
             return repr(sorted(set(seen)))
     """)
     assert outcome.return_value == "[0]"  # the zygote's state is reachable, and its cache is empty there
+
+
+def test_each_task_of_a_cached_module_gets_a_fresh_instance(node: Node) -> None:
+    """A global and a memory cell each counted up by every call: a task never sees what an earlier one left."""
+    wasm = wasmtime.wat2wasm("""(module (memory (export "memory") 1) (global $calls (mut i32) (i32.const 0))
+      (func (export "entrypoint") (param i32 i32) (result i32)
+        (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+        (i32.store (i32.const 0) (i32.add (i32.load (i32.const 0)) (i32.const 1)))
+        (i32.add (i32.mul (global.get $calls) (i32.const 10)) (i32.load (i32.const 0)))))""")
+    outcomes = [node.run_wasm(wasm) for _ in range(3)]
+    assert [(o.return_value, o.module is not None and o.module.cached) for o in outcomes] == [
+        ("11", False), ("11", True), ("11", True)]
+
+
+def test_the_zygote_keeps_compiled_modules_sealed(node: Node) -> None:
+    """Each child is handed the cache's memfd itself: nothing may change it, for the next task, through it."""
+    node.run_wasm(module("(i32.const 5)"))
+    fds = Path(f"/proc/{node.zygote_pid}/fd")
+    compiled = [entry for entry in fds.iterdir() if os.readlink(entry).startswith("/memfd:kettle-compiled")]
+    assert compiled
+    for entry in compiled:
+        fd = os.open(entry, os.O_RDWR)
+        try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+            assert seals & SEALS == SEALS
+            with pytest.raises(PermissionError):
+                os.pwrite(fd, b"\0", 0)
+            with pytest.raises(PermissionError):
+                os.ftruncate(fd, 1)
+        finally:
+            os.close(fd)
