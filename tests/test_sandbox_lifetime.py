@@ -19,7 +19,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sandbox_node import LIMITS, SPIN, Node, children_of, exists, swallow, wait_for_child
+from sandbox_node import (
+    LIMITS,
+    SPIN,
+    Node,
+    children_of,
+    exists,
+    swallow,
+    wait_for_child,
+)
 
 from kettle.executors.runtime import FileRuntime
 from kettle.sandbox.layers import CGROUP_MEMORY
