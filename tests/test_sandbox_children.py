@@ -43,20 +43,24 @@ def uid_of(pid: int) -> int:
     raise AssertionError(f"no uid for {pid}")
 
 
+def hardened(pid: int) -> int:
+    """``pid`` once it runs under its fresh uid (a child just forked is still hardening itself)."""
+    deadline = time.monotonic() + 5
+    while uid_of(pid) < 1_000_000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return pid
+
+
 def while_running(node: Node, source: str, limits=LIMITS) -> tuple[list[Outcome], threading.Thread, int]:  # type: ignore[no-untyped-def]
     results: list[Outcome] = []
     runner = threading.Thread(target=lambda: results.append(node.run(source, limits=limits)))
     runner.start()
-    child = wait_for_child(node.zygote_pid)
-    deadline = time.monotonic() + 5
-    while uid_of(child) < 1_000_000 and time.monotonic() < deadline:  # a child forked for the task: hardening
-        time.sleep(0.01)
-    return results, runner, child
+    return results, runner, hardened(wait_for_child(node.zygote_pid))
 
 
 def test_the_task_child_and_the_one_forked_ahead_each_have_their_own_cgroup_and_uid(node: Node) -> None:
     results, runner, child = while_running(node, SLEEPER)
-    ahead = children_of(node.zygote_pid)[-1]
+    ahead = hardened(children_of(node.zygote_pid)[-1])
     assert ahead != child
     cgroups = memory_cgroup(child), memory_cgroup(ahead)
     for cgroup in cgroups:
@@ -66,8 +70,8 @@ def test_the_task_child_and_the_one_forked_ahead_each_have_their_own_cgroup_and_
     assert uid_of(child) >= 1_000_000 and uid_of(ahead) >= 1_000_000 and uid_of(child) != uid_of(ahead)
     runner.join(10)
     assert (results[0].failure, results[0].return_value) == (None, "slept")
-    deadline = time.monotonic() + 5
-    while exists(child) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 5  # the zygote removes the cgroup once it has reported the exit
+    while (exists(child) or cgroups[0].exists()) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not exists(child) and not cgroups[0].exists()  # used once, its cgroup removed with it
     assert exists(ahead)  # waiting for the next task

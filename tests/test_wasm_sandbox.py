@@ -239,3 +239,13 @@ def test_the_zygote_keeps_compiled_modules_sealed(node: Node) -> None:
                 os.ftruncate(fd, 1)
         finally:
             os.close(fd)
+
+
+def test_a_child_forked_ahead_for_one_module_runs_no_other_task(node: Node) -> None:
+    """The child forked after a wasm task has that module loaded: only a task of the same module may use it."""
+    first, second = module("(i32.const 101)"), module("(i32.const 202)")
+    assert node.run_wasm(first).return_value == "101"
+    assert node.run_wasm(second).return_value == "202"
+    assert node.run("def entrypoint(argv):\n    return 'python'\n").return_value == "python"
+    assert node.run_wasm(first).return_value == "101"
+    assert node.run_wasm(first).return_value == "101"

@@ -16,7 +16,9 @@ A task child is hardened before it knows its task: the zygote forks it ahead
 (while the previous task runs), and it waits, with every layer in force, for
 its task on a socket of its own (:data:`HANDOFF`). The task's descriptors
 arrive there; the child puts them in place, closes that socket (the function
-never has a way to the zygote) and runs the task. One child runs one task.
+never has a way to the zygote) and runs the task. One child runs one task. A
+child forked for a wasm module's task loads that module (the zygote's compiled
+form, :data:`MODULE`) before it waits, and runs only a task of that module.
 """
 
 from __future__ import annotations
@@ -49,10 +51,10 @@ MAX_THREADS = 16
 PAYLOAD_MODULE_NAME = "__payload__"
 """The payload's globals' ``__name__`` (functions.md §6.2: anything but ``__main__``)."""
 STDIN, STDOUT, STDERR = 0, 1, 2
-FILE_SOCKET, JOB, PARENT, ARTIFACT, HANDOFF = 3, 4, 5, 5, 6
-"""Where a task child keeps its file socket, its job, until it has checked on it the zygote's pidfd, then a wasm
-task's compiled module, and until its task arrives the socket it comes on (the highest: placing the task's
-descriptors closes it)."""
+FILE_SOCKET, JOB, PARENT, HANDOFF, MODULE = 3, 4, 5, 6, 7
+"""Where a task child keeps its file socket and its job; until it has checked on it, the zygote's pidfd; until its
+task arrives, the socket it comes on; until it has loaded it, a wasm task's compiled module (placing the task's
+descriptors closes everything above :data:`JOB`)."""
 
 ALLOWED_MODULES = frozenset({
     # the reference interpreter's modules (functions.md §6.5), by their Python 3 names
@@ -89,6 +91,10 @@ class ChildSpec:
     layers: Layers
     memory_bytes: int = 0
     """The task's memory limit; a wasm module's linear memory may grow to it."""
+    module_sha256: str = ""
+    """A child for a wasm task: its module's digest; the only module it loads and runs."""
+    module_bytes: int = 0
+    """The length of that module's compiled form (the descriptor :data:`MODULE`)."""
 
 
 @dataclass(frozen=True)
@@ -99,15 +105,15 @@ class Task:
     """``python`` (a payload's source) or ``wasm`` (a module the zygote has compiled, :mod:`kettle.sandbox.wamr`)."""
     fuel: int = 0
     """A wasm module's fuel budget."""
-    artifact_bytes: int = 0
-    """The length of a wasm task's compiled module (the descriptor :data:`ARTIFACT`)."""
+    sha256: str = ""
+    """A wasm task's module: the one the child loaded."""
 
     def to_json(self) -> dict[str, object]:
-        return {"engine": self.engine, "fuel": self.fuel, "artifact_bytes": self.artifact_bytes}
+        return {"engine": self.engine, "fuel": self.fuel, "sha256": self.sha256}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Task:
-        return cls(str(doc["engine"]), int(doc["fuel"]), int(doc["artifact_bytes"]))
+        return cls(str(doc["engine"]), int(doc["fuel"]), str(doc["sha256"]))
 
 
 def _die_with_parent(parent: int) -> None:
@@ -189,17 +195,48 @@ def harden(spec: ChildSpec, parent: int) -> None:
         seccomp.load(seccomp.build_filter(os.getpid()))  # built by the zygote already, when the pid is 1
 
 
-def _await_task(sock: socket.socket) -> tuple[Task, list[int]]:
-    """The task the zygote hands this hardened child: (what it is, its descriptors: file socket, output, job[,
-    compiled module]). Without one (the zygote let this child go, or ended) the child ends here."""
+def _await_task(spec: ChildSpec, sock: socket.socket) -> tuple[Task, list[int]]:
+    """The task the zygote hands this hardened child: (what it is, its descriptors: file socket, output, job).
+
+    Without one (the zygote let this child go, or ended) the child ends here.
+    A child that loaded a wasm module runs only a task of that module, and any
+    other child no wasm task: no function ever runs beside another's compiled code.
+    """
     message = protocol.receive(sock)
     if message is None:
         os._exit(0)
     kind, body, fds = message
     task = Task.from_json(protocol.body_json(body))
-    if kind != protocol.SPAWN or len(fds) != (4 if task.engine == "wasm" else 3):
+    if kind != protocol.SPAWN or len(fds) != 3:
         raise protocol.ProtocolError("a hand-off that is not a task")
+    if (task.sha256 if task.engine == "wasm" else "") != spec.module_sha256:
+        raise protocol.ProtocolError("a task for another module than the one this child loaded")
     return task, fds
+
+
+def _load_module(spec: ChildSpec) -> Any:
+    """This child's wasm module, loaded from :data:`MODULE` before its task comes; or the failure to report then.
+
+    wasmtime's first-use work (its import and export types, a store) is done here
+    too, so that the copy-on-write faults and set-up it costs are paid before the
+    task, not during it. Nothing of the module runs here: it is not instantiated.
+    """
+    from . import wamr  # loaded by the zygote: importing it here reads no file
+
+    # read at explicit offsets: the memfd's file position is shared with every other child it was handed to
+    artifact = bytearray(spec.module_bytes)
+    done = 0
+    while done < len(artifact) and (read := os.preadv(MODULE, [memoryview(artifact)[done:]], done)):
+        done += read
+    os.close(MODULE)
+    if done != len(artifact):
+        raise protocol.ProtocolError("a compiled module shorter than announced")
+    try:
+        module = wamr.load_compiled(artifact)
+        wamr.prime(module)
+    except wamr.WasmFailure as failure:
+        return failure
+    return module
 
 
 class _SocketChannel:
@@ -286,39 +323,35 @@ def _run_python(argv: list[str], source: bytes, channel: _SocketChannel) -> str:
         raise _Failed(failure.type_name, failure.message, failure.traceback) from None
 
 
-def _run_wasm(spec: ChildSpec, task: Task, argv: list[str], channel: _SocketChannel) -> str:
+def _run_wasm(spec: ChildSpec, task: Task, module: Any, argv: list[str], channel: _SocketChannel) -> str:
     from . import wamr  # loaded by the zygote: importing it here reads no file
 
-    # read at explicit offsets: the memfd's file position is shared with every other child it was handed to
-    artifact = bytearray(task.artifact_bytes)
-    done = 0
-    while done < len(artifact) and (read := os.preadv(ARTIFACT, [memoryview(artifact)[done:]], done)):
-        done += read
-    os.close(ARTIFACT)
-    if done != len(artifact):
-        raise protocol.ProtocolError("a compiled module shorter than announced")
     try:
-        module = wamr.load_compiled(artifact)
+        if isinstance(module, wamr.WasmFailure):
+            raise module
         return wamr.run_module(module, argv, wamr.Files(channel, wamr.stderr_log),
                                memory_bytes=spec.memory_bytes, fuel=task.fuel)
     except wamr.WasmFailure as failure:
         raise _Failed(failure.type_name, failure.message, failure.detail) from None
 
 
-def run_task(spec: ChildSpec, parent: int, handoff: int, devnull: int) -> NoReturn:
-    """The child's whole life: harden, wait for the task, run it, report, exit. Never returns.
+def run_task(spec: ChildSpec, parent: int, handoff: int, devnull: int, module: int = -1) -> NoReturn:
+    """The child's whole life: harden, (load its wasm module,) wait for the task, run it, report, exit.
 
-    ``parent`` is the zygote's pidfd; the task comes on the socket ``handoff``.
+    Never returns. ``parent`` is the zygote's pidfd; the task comes on the
+    socket ``handoff``; ``module`` is the compiled module of a child for a wasm
+    task (:attr:`ChildSpec.module_sha256`).
     """
     code = 70
     try:
-        _move([(STDIN, devnull), (STDOUT, devnull), (STDERR, devnull), (PARENT, parent), (HANDOFF, handoff)])
+        _move([(STDIN, devnull), (STDOUT, devnull), (STDERR, devnull), (PARENT, parent), (HANDOFF, handoff),
+               *([(MODULE, module)] if spec.module_sha256 else [])])
         harden(spec, PARENT)
+        loaded = _load_module(spec) if spec.module_sha256 else None
         with socket.socket(fileno=HANDOFF) as zygote:  # closed before anything of the task runs
-            task, fds = _await_task(zygote)
+            task, fds = _await_task(spec, zygote)
         # the task's own descriptors in place, every other one closed
-        _move([(STDOUT, fds[1]), (STDERR, fds[1]), (FILE_SOCKET, fds[0]), (JOB, fds[2]),
-               *[(ARTIFACT, fd) for fd in fds[3:]]])
+        _move([(STDOUT, fds[1]), (STDERR, fds[1]), (FILE_SOCKET, fds[0]), (JOB, fds[2])])
         argv, source = _read_job(JOB)
         sock = socket.socket(fileno=FILE_SOCKET)
         os.environ.clear()
@@ -326,7 +359,7 @@ def run_task(spec: ChildSpec, parent: int, handoff: int, devnull: int) -> NoRetu
         channel = _SocketChannel(sock)
         try:
             if task.engine == "wasm":
-                value = _run_wasm(spec, task, argv, channel)
+                value = _run_wasm(spec, task, loaded, argv, channel)
             else:
                 value = _run_python(argv, source, channel)
         except _Failed as failure:

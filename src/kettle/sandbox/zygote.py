@@ -15,8 +15,9 @@ serves:
   here, whatever its client does (``wall_time_exceeded`` in the report): the
   client enforces the limit, and this process, which the function cannot
   talk to, makes sure nothing stalls that. A ``SPAWN`` of a wasm task names
-  its module's SHA-256; the child gets the compiled module (a sealed memfd),
-  or the client ``UNCOMPILED`` when there is none (it then asks ``COMPILE``);
+  its module's SHA-256; its child is one forked for that module, which loads
+  the compiled module (a sealed memfd) before its task comes, or the client
+  gets ``UNCOMPILED`` when there is none (it then asks ``COMPILE``);
 - ``COMPILE`` from a client, with a WebAssembly module (a descriptor) and
   its SHA-256: unless the module is in the cache of compiled modules, fork a
   hardened child that only compiles it (:func:`~kettle.sandbox.child.run_compile`)
@@ -27,9 +28,10 @@ serves:
 Children are forked ahead: once a task has its child, the zygote forks the
 next one (:class:`_Ready`), which hardens itself (namespaces, memory cgroup,
 limits, uid, Landlock, seccomp) while the task runs and then waits for its
-own task. The fork, the hardening and the cgroup move are then off the next
-task's path. A ready child is made for the limits of the last task; a task
-with other limits gets a child forked for it.
+own task. The fork, the hardening and the cgroup move (and for a wasm task,
+loading its module) are then off the next task's path. A ready child is made
+for the limits and the module of the last task; a task with other limits or
+another module gets a child forked for it.
 
 The zygote never sees a task's data, only descriptors it forwards, and it runs
 no user code itself: it neither reads nor compiles a module (its cache holds
@@ -119,8 +121,9 @@ class _Artifact:
     size: int
 
 
-Key = tuple[int, int, int]
-"""What a child is forked for: its CPU seconds, memory bytes and descriptor limit."""
+Key = tuple[int, int, int, str]
+"""What a child is forked for: its CPU seconds, memory bytes and descriptor limit, and its wasm module's digest
+(empty for Python)."""
 
 
 @dataclass
@@ -240,7 +243,7 @@ class Zygote:
             protocol.close_all(fds)
 
     def _spec(self, key: Key, cgroup: Path | None) -> ChildSpec:
-        cpu_secs, memory, open_files = key
+        cpu_secs, memory, open_files, digest = key
         spec = ChildSpec(
             cpu_secs=cpu_secs,
             address_space_bytes=self.mapped + memory * (ADDRESS_SPACE_FACTOR if cgroup else 1),
@@ -249,27 +252,28 @@ class Zygote:
             cgroup=str(cgroup or ""),
             layers=self.layers,
             memory_bytes=memory,
+            module_sha256=digest,
+            module_bytes=self.compiled[digest].size if digest else 0,
         )
         self.spawned += 1
         return spec
 
     def _spawn(self, task: _Task, request: dict, fds: list[int]) -> None:
-        key = _key(request)
         engine = request.get("engine", "python")
         if engine not in ("python", "wasm"):
             raise ValueError(f"unknown engine {engine!r}")
         wall_time = float(request["wall_time_secs"])
-        artifact = None
-        if engine == "wasm":
-            artifact = self.compiled.get(str(request["sha256"]))
-            if artifact is None:  # never compiled here, or dropped from the cache since
+        digest = str(request["sha256"]) if engine == "wasm" else ""
+        if digest:
+            if digest not in self.compiled:  # never compiled here, or dropped from the cache since
                 protocol.send(task.client, protocol.UNCOMPILED)
                 return
-            self.compiled.move_to_end(str(request["sha256"]))
+            self.compiled.move_to_end(digest)
+        key = _key(request, digest)
         child = self._take_ready(key) or self._fork_ready(key)
-        job = Task(engine, int(request.get("fuel", 0)), artifact.size if artifact else 0)
         try:
-            protocol.send_json(child.handoff, protocol.SPAWN, job.to_json(), fds + ([artifact.fd] if artifact else []))
+            protocol.send_json(child.handoff, protocol.SPAWN, Task(engine, int(request.get("fuel", 0)), digest).to_json(),
+                               fds)
         except OSError:
             pass  # it has ended already: its exit is this task's
         child.handoff.close()
@@ -279,20 +283,24 @@ class Zygote:
         protocol.send_json(task.client, protocol.STARTED, {"pid": child.pid}, [task.pidfd])
         try:
             self.ready = self._fork_ready(key)  # the next task's child hardens itself while this one runs
-        except OSError as exc:
-            log.error("could not fork a sandboxed child ahead: %s", exc)  # the next task forks its own
+        except (OSError, KeyError) as exc:  # the next task forks its own
+            log.error("could not fork a sandboxed child ahead: %s", exc)
 
     # --- children forked ahead ---------------------------------------------------------
 
     def _fork_ready(self, key: Key) -> _Ready:
-        """Fork a task child that hardens itself and then waits for its task."""
+        """Fork a task child that hardens itself, loads its wasm module if it has one, and waits for its task.
+
+        Raises KeyError for a module no longer in the cache.
+        """
+        module = self.compiled[key[3]].fd if key[3] else -1
         cgroup = self._make_cgroup(key[1]) if self.layers.has("cgroup-memory") else None
         ours, theirs = protocol.socket_pair()
         spec = self._spec(key, cgroup)
         pid = self.forker.fork()
         if pid == 0:
-            self.compiled.clear()  # their descriptors are closed first thing: nothing of the cache is left
-            run_task(spec, self.pidfd, theirs.fileno(), self.devnull)
+            self.compiled.clear()  # their descriptors are closed first thing (but its own): nothing of the cache
+            run_task(spec, self.pidfd, theirs.fileno(), self.devnull, module)
         theirs.close()
         pidfd = os.pidfd_open(pid)
         ready = _Ready(key, pid, pidfd, ours, cgroup)
@@ -488,8 +496,8 @@ class Zygote:
             task.client.close()
 
 
-def _key(request: dict) -> Key:
-    return int(request["cpu_secs"]), int(request["memory_bytes"]), int(request["open_files"])
+def _key(request: dict, digest: str = "") -> Key:
+    return int(request["cpu_secs"]), int(request["memory_bytes"]), int(request["open_files"]), digest
 
 
 def _address_space() -> int:
