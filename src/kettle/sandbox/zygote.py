@@ -271,9 +271,9 @@ class Zygote:
             self.compiled.move_to_end(digest)
         key = _key(request, digest)
         child = self._take_ready(key) or self._fork_ready(key)
+        job = Task(engine, int(request.get("fuel", 0)), digest)
         try:
-            protocol.send_json(child.handoff, protocol.SPAWN, Task(engine, int(request.get("fuel", 0)), digest).to_json(),
-                               fds)
+            protocol.send_json(child.handoff, protocol.SPAWN, job.to_json(), fds)
         except OSError:
             pass  # it has ended already: its exit is this task's
         child.handoff.close()
@@ -308,7 +308,7 @@ class Zygote:
         return ready
 
     def _take_ready(self, key: Key) -> _Ready | None:
-        """The child forked ahead, if it was made for these limits (one that was not is let go)."""
+        """The child forked ahead, if it was made for these limits and module (one that was not is let go)."""
         ready, self.ready = self.ready, None
         if ready is None or ready.key == key:
             return ready
@@ -316,7 +316,8 @@ class Zygote:
         return None
 
     def _on_ready_ended(self, ready: _Ready) -> None:
-        """A child forked ahead ended before it had a task (its hardening failed): the next task forks anew."""
+        """A child forked ahead ended before it had a task (its hardening failed, or it was killed): the next task
+        forks anew."""
         if self.ready is ready:
             self.ready = None
         log.error("a sandboxed child ended before its task (status %s)", os.waitpid(ready.pid, 0)[1])
