@@ -4,9 +4,9 @@ Per task (median of many runs on a warm node), against a bare ``fork()`` of
 a NumPy-loaded process measured in the same run:
 
 * ``wasm task, cached module``: what the worker does for a wasm task whose
-  module the zygote compiled before — the compile request (a cache hit), a
-  hardened child, a fresh store and instance, ``entrypoint`` returning a
-  number, the exit report;
+  module the zygote compiled before — the start request naming the module's
+  digest, a hardened child with the compiled module, a fresh store and
+  instance, ``entrypoint`` returning a number, the exit report;
 * ``wasm task, new module``: the same for a module never seen (a different one
   each run), so a compile child runs first;
 * ``in process``: instantiating and calling the module with no sandbox, the
@@ -33,7 +33,7 @@ from kettle.executors.runtime import FileRuntime
 from kettle.executors.sandboxed import limits_of
 from kettle.sandbox import wamr
 from kettle.sandbox.host import SandboxHost
-from kettle.sandbox.supervisor import WasmRun, compile_wasm, run_sandboxed
+from kettle.sandbox.supervisor import WasmRun, run_sandboxed
 
 FUEL = 10**12
 
@@ -63,8 +63,7 @@ def main() -> None:
     def task(module: bytes) -> str:
         connection = loop.run_until_complete(host.connect())
         try:
-            compiled = compile_wasm(connection, module, limits)
-            outcome = run_sandboxed(connection, [], module, FileRuntime(), limits, WasmRun(compiled.sha256, FUEL))
+            outcome = run_sandboxed(connection, [], module, FileRuntime(), limits, WasmRun(FUEL))
         finally:
             connection.close()
         assert outcome.failure is None, outcome

@@ -58,12 +58,10 @@ class Node:
 
     def run_wasm(self, module: bytes, argv: list[str] | None = None, inputs: dict[str, Path] | None = None,
                  outputs: dict[str, Path] | None = None, limits: Limits = LIMITS, fuel: int = 10**10) -> Outcome:
-        """As the executor runs a wasm task: compile (or find it compiled), then run; a load error raises."""
+        """As the executor runs a wasm task: find it compiled (or compile it), then run; a load error raises."""
         connection = self.connect()
         try:
-            compiled = compile_wasm(connection, module, limits)
-            return run_sandboxed(connection, argv or [], module, FileRuntime(inputs, outputs), limits,
-                                 WasmRun(compiled.sha256, fuel))
+            return run_sandboxed(connection, argv or [], module, FileRuntime(inputs, outputs), limits, WasmRun(fuel))
         finally:
             connection.close()
 
@@ -106,20 +104,24 @@ def swallow(work: Callable[[], object]) -> None:
         pass
 
 
-def _children_of(pid: int) -> list[int]:
+def children_of(pid: int) -> list[int]:
     text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     return [int(p) for p in text.split()]
 
 
 def wait_for_child(zygote: int) -> int:
-    """The zygote's newest child, once there is one."""
-    deadline = time.monotonic() + 5
+    """The child that runs the task just started (the only one running).
+
+    Once a task has its child, the zygote forks the next task's child ahead: the task's is then the older of
+    the two (the kernel lists children oldest first).
+    """
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        children = _children_of(zygote)
-        if children:
-            return children[-1]
+        children = children_of(zygote)
+        if len(children) >= 2:
+            return children[0]
         time.sleep(0.01)
-    raise AssertionError("the zygote started no child")
+    raise AssertionError("the zygote started no task")
 
 
 def _spin_forever() -> None:

@@ -19,7 +19,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sandbox_node import LIMITS, SPIN, Node, exists, swallow, wait_for_child
+from sandbox_node import (
+    LIMITS,
+    SPIN,
+    Node,
+    children_of,
+    exists,
+    swallow,
+    wait_for_child,
+)
 
 from kettle.executors.runtime import FileRuntime
 from kettle.sandbox.layers import CGROUP_MEMORY
@@ -85,8 +93,10 @@ def test_killing_the_zygote_kills_the_function_it_runs(own_node: Node) -> None:
     runner.start()
     zygote = own_node.zygote_pid
     uid = running_function_uid(wait_for_child(zygote))
+    ahead = running_function_uid(children_of(zygote)[-1])  # the next task's child, waiting for it
     os.kill(zygote, signal.SIGKILL)
     assert_none_survives(uid)
+    assert_none_survives(ahead)
     runner.join(10)
     connection.close()
     # the killed zygote could not remove its task's memory cgroup; the next zygote to start does

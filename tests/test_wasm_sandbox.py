@@ -7,6 +7,9 @@ healthy: the zygote alive and the next module running normally.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from wasm_modules import module
 from kettle.executors.runtime import FileRuntime
 from kettle.sandbox import protocol, wamr
 from kettle.sandbox.supervisor import WasmLoadError, WasmRun, run_sandboxed
+from kettle.sandbox.zygote import SEALS
 
 OUT_OF_BOUNDS = "Exception: out of bounds memory access"
 LOOP = "(loop $l (br $l)) (i32.const 0)"
@@ -49,14 +53,30 @@ def test_a_module_is_compiled_once_and_then_found_in_the_cache(node: Node) -> No
     assert node.run_wasm(wasm).return_value == "1234"
 
 
-def test_a_module_the_zygote_has_not_compiled_is_compiled_by_its_child(node: Node) -> None:
+def test_a_task_compiles_a_module_the_zygote_lacks_and_later_tasks_find_it(node: Node) -> None:
     wasm = module("(i32.const 99)")
+    first, second = node.run_wasm(wasm), node.run_wasm(wasm)
+    assert (first.return_value, second.return_value) == ("99", "99")
+    assert first.module is not None and second.module is not None
+    assert (first.module.cached, second.module.cached) == (False, True)
+    assert first.module.sha256 == second.module.sha256 == hashlib.sha256(wasm).hexdigest()
+
+
+def test_a_spawn_for_a_module_never_compiled_is_answered_uncompiled(node: Node) -> None:
     connection = node.connect()
     try:
-        outcome = run_sandboxed(connection, [], wasm, FileRuntime(), LIMITS, WasmRun("0" * 64, 10**9))
+        files, theirs = protocol.socket_pair()
+        read_end, write_end = os.pipe()
+        request = {"engine": "wasm", "sha256": "0" * 64, "fuel": 1, "cpu_secs": 1, "memory_bytes": 1 << 20,
+                   "open_files": 8, "wall_time_secs": 1}
+        protocol.send_json(connection, protocol.SPAWN, request, [theirs.fileno(), write_end, read_end])
+        for fd in (theirs.detach(), write_end, read_end):
+            os.close(fd)
+        assert protocol.receive(connection) == (protocol.UNCOMPILED, b"", [])
+        files.close()
     finally:
         connection.close()
-    assert outcome.return_value == "99"
+    healthy(node)
 
 
 def test_the_file_api_error_lines_come_back_as_output(node: Node) -> None:
@@ -163,14 +183,15 @@ def test_a_forged_compile_request_is_refused_and_the_zygote_stays(node: Node) ->
 
 def test_a_client_that_goes_away_takes_its_running_module_with_it(node: Node) -> None:
     wasm = module(LOOP)
-    digest = node.compile(wasm).sha256
+    node.compile(wasm)
     node.assert_cancel_kills_the_child(lambda connection: run_sandboxed(
-        connection, [], wasm, FileRuntime(), replace(LIMITS, cpu_time_secs=60), WasmRun(digest, 10**15)))
+        connection, [], wasm, FileRuntime(), replace(LIMITS, cpu_time_secs=60), WasmRun(10**15)))
     healthy(node)
 
 
 def test_a_child_keeps_no_other_functions_compiled_modules(node: Node) -> None:
-    """The zygote's cache holds every function's compiled code; each child unmaps it before running anything."""
+    """The zygote's cache holds every function's compiled code; a child closes every descriptor it inherits (the
+    cache's memfds with them) before running anything, and keeps none of the cache's entries."""
     marker = "private-function-logic-4f1c"
     secret = module("(i32.const 1)", data=marker)
     assert marker.encode() in wamr.compile_module(secret).serialize()  # the compiled form carries the data
@@ -187,3 +208,44 @@ def test_a_child_keeps_no_other_functions_compiled_modules(node: Node) -> None:
             return repr(sorted(set(seen)))
     """)
     assert outcome.return_value == "[0]"  # the zygote's state is reachable, and its cache is empty there
+
+
+def test_each_task_of_a_cached_module_gets_a_fresh_instance(node: Node) -> None:
+    """A global and a memory cell each counted up by every call: a task never sees what an earlier one left."""
+    wasm = wasmtime.wat2wasm("""(module (memory (export "memory") 1) (global $calls (mut i32) (i32.const 0))
+      (func (export "entrypoint") (param i32 i32) (result i32)
+        (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+        (i32.store (i32.const 0) (i32.add (i32.load (i32.const 0)) (i32.const 1)))
+        (i32.add (i32.mul (global.get $calls) (i32.const 10)) (i32.load (i32.const 0)))))""")
+    outcomes = [node.run_wasm(wasm) for _ in range(3)]
+    assert [(o.return_value, o.module is not None and o.module.cached) for o in outcomes] == [
+        ("11", False), ("11", True), ("11", True)]
+
+
+def test_the_zygote_keeps_compiled_modules_sealed(node: Node) -> None:
+    """Each child is handed the cache's memfd itself: nothing may change it, for the next task, through it."""
+    node.run_wasm(module("(i32.const 5)"))
+    fds = Path(f"/proc/{node.zygote_pid}/fd")
+    compiled = [entry for entry in fds.iterdir() if os.readlink(entry).startswith("/memfd:kettle-compiled")]
+    assert compiled
+    for entry in compiled:
+        fd = os.open(entry, os.O_RDWR)
+        try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+            assert seals & SEALS == SEALS
+            with pytest.raises(PermissionError):
+                os.pwrite(fd, b"\0", 0)
+            with pytest.raises(PermissionError):
+                os.ftruncate(fd, 1)
+        finally:
+            os.close(fd)
+
+
+def test_a_child_forked_ahead_for_one_module_runs_no_other_task(node: Node) -> None:
+    """The child forked after a wasm task has that module loaded: only a task of the same module may use it."""
+    first, second = module("(i32.const 101)"), module("(i32.const 202)")
+    assert node.run_wasm(first).return_value == "101"
+    assert node.run_wasm(second).return_value == "202"
+    assert node.run("def entrypoint(argv):\n    return 'python'\n").return_value == "python"
+    assert node.run_wasm(first).return_value == "101"
+    assert node.run_wasm(first).return_value == "101"

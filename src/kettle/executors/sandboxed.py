@@ -28,7 +28,6 @@ from ..sandbox.supervisor import (
     SandboxError,
     WasmLoadError,
     WasmRun,
-    compile_wasm,
     run_sandboxed,
 )
 
@@ -109,14 +108,14 @@ def run_wasm(name: str, arguments: Any, payload: bytes, runtime: FunctionRuntime
     """A WebAssembly module under Teaclave's WAMR ABI (functions.md §7), compiled once per node and cached."""
     sandbox, argv = _ready(arguments, wasm_log)
     try:
-        compiled = compile_wasm(sandbox.zygote, payload, sandbox.limits)
-        wasm_log.info("module %s (%s)", compiled.sha256, "compiled before" if compiled.cached else "compiled now")
-        outcome = run_sandboxed(sandbox.zygote, argv, payload, runtime, sandbox.limits,
-                                WasmRun(compiled.sha256, sandbox.wasm_fuel))
+        outcome = run_sandboxed(sandbox.zygote, argv, payload, runtime, sandbox.limits, WasmRun(sandbox.wasm_fuel))
     except WasmLoadError as exc:
         raise FunctionError(f"WASM load error: {exc}") from None
     except SandboxError as exc:
         raise FunctionError(f"SandboxUnavailable: {exc}") from None
+    if outcome.module is not None:
+        wasm_log.info("module %s (%s)", outcome.module.sha256,
+                      "compiled before" if outcome.module.cached else "compiled now")
     # The module has no output of its own (no WASI): these are the host functions' ERROR lines (§7.2).
     for line in outcome.output.decode("utf-8", "replace").splitlines():
         host_log.error("%s", line)

@@ -11,6 +11,14 @@ kernel-enforced, and the supervisor judges the outcome from what it observes.
 With the ``pid-namespace`` layer the child is pid 1 of a namespace of its own
 (:class:`~kettle.sandbox.layers.Forker`): it sees no other process, and when
 it ends, nothing it could have left behind survives it.
+
+A task child is hardened before it knows its task: the zygote forks it ahead
+(while the previous task runs), and it waits, with every layer in force, for
+its task on a socket of its own (:data:`HANDOFF`). The task's descriptors
+arrive there; the child puts them in place, closes that socket (the function
+never has a way to the zygote) and runs the task. One child runs one task. A
+child forked for a wasm module's task loads that module (the zygote's compiled
+form, :data:`MODULE`) before it waits, and runs only a task of that module.
 """
 
 from __future__ import annotations
@@ -36,14 +44,17 @@ from typing import Any, NoReturn
 
 from . import landlock, payload_api, protocol, seccomp
 from .layers import NAMESPACES, Layers, unshare
+from .libc import LIBC
 
 PR_SET_PDEATHSIG = 1
 MAX_THREADS = 16
 PAYLOAD_MODULE_NAME = "__payload__"
 """The payload's globals' ``__name__`` (functions.md §6.2: anything but ``__main__``)."""
 STDIN, STDOUT, STDERR = 0, 1, 2
-FILE_SOCKET, JOB, PARENT = 3, 4, 5
-"""Where a task child keeps its file socket, its job and (until it has checked on it) the zygote's pidfd."""
+FILE_SOCKET, JOB, PARENT, HANDOFF, MODULE = 3, 4, 5, 6, 7
+"""Where a task child keeps its file socket and its job; until it has checked on it, the zygote's pidfd; until its
+task arrives, the socket it comes on; until it has loaded it, a wasm task's compiled module (placing the task's
+descriptors closes everything above :data:`JOB`)."""
 
 ALLOWED_MODULES = frozenset({
     # the reference interpreter's modules (functions.md §6.5), by their Python 3 names
@@ -70,7 +81,7 @@ class ModuleNotAllowedError(ImportError):
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """What the zygote tells a child: its limits and identity, and the layers to apply."""
+    """What the zygote tells a child when it forks it: its limits and identity, and the layers to apply."""
 
     cpu_secs: int
     address_space_bytes: int
@@ -78,12 +89,31 @@ class ChildSpec:
     uid: int
     cgroup: str
     layers: Layers
-    engine: str = "python"
-    """``python`` (a payload's source) or ``wasm`` (a WebAssembly module, :mod:`kettle.sandbox.wamr`)."""
     memory_bytes: int = 0
     """The task's memory limit; a wasm module's linear memory may grow to it."""
+    module_sha256: str = ""
+    """A child for a wasm task: its module's digest; the only module it loads and runs."""
+    module_bytes: int = 0
+    """The length of that module's compiled form (the descriptor :data:`MODULE`)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the zygote tells a hardened child with its task (the hand-off message's body)."""
+
+    engine: str = "python"
+    """``python`` (a payload's source) or ``wasm`` (a module the zygote has compiled, :mod:`kettle.sandbox.wamr`)."""
     fuel: int = 0
     """A wasm module's fuel budget."""
+    sha256: str = ""
+    """A wasm task's module: the one the child loaded."""
+
+    def to_json(self) -> dict[str, object]:
+        return {"engine": self.engine, "fuel": self.fuel, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Task:
+        return cls(str(doc["engine"]), int(doc["fuel"]), str(doc["sha256"]))
 
 
 def _die_with_parent(parent: int) -> None:
@@ -94,8 +124,7 @@ def _die_with_parent(parent: int) -> None:
     checked again afterwards; through its pidfd, because in a PID namespace of
     its own the child's parent is outside it (``getppid()`` is 0).
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     # The kernel reparents the children of an exiting process (sending their parent-death signals) and marks
     # the process exited in one step under its task-list lock; waiting (which takes that lock) orders this
@@ -110,17 +139,13 @@ def _die_with_parent(parent: int) -> None:
 
 def _move(assignments: list[tuple[int, int]]) -> None:
     """Put each descriptor at its target number (``(target, fd)``) and close every other one above 2."""
-    # moved out of the way first, so that no dup2 below closes one of them
-    moved = [(target, fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100)) for target, fd in assignments]
+    # moved out of the way first (above every target, and below the descriptor limit a hardened child has), so
+    # that no dup2 below closes one of them
+    highest = max(target for target, _ in assignments)
+    moved = [(target, fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, highest + 1)) for target, fd in assignments]
     for target, fd in moved:
         os.dup2(fd, target, inheritable=False)
-    os.closerange(max(target for target, _ in assignments) + 1, os.sysconf("SC_OPEN_MAX"))
-
-
-def _keep_only(file_sock: int, stdio: int, job: int, devnull: int, parent: int) -> None:
-    """Descriptors 0-2 are /dev/null and the output pipe; then :data:`FILE_SOCKET`, :data:`JOB` and :data:`PARENT`."""
-    _move([(STDIN, devnull), (STDOUT, stdio), (STDERR, stdio), (FILE_SOCKET, file_sock), (JOB, job),
-           (PARENT, parent)])
+    os.closerange(highest + 1, os.sysconf("SC_OPEN_MAX"))
 
 
 def _set_limits(spec: ChildSpec) -> None:
@@ -153,18 +178,65 @@ def harden(spec: ChildSpec, parent: int) -> None:
     if spec.layers.has("namespaces"):
         unshare(NAMESPACES)
     if spec.cgroup:
-        Path(spec.cgroup, "cgroup.procs").write_text(str(os.getpid()))
+        # "0" in ``tasks`` moves the calling thread, which is the whole process (it has no other): the kernel then
+        # skips the global lock that moving a process through ``cgroup.procs`` takes, and its wait for an RCU grace
+        # period (about 12 ms here, against 0.6 ms)
+        Path(spec.cgroup, "tasks").write_text("0")
     _set_limits(spec)
     if spec.layers.has("uid"):
         os.setgroups([])
         os.setresgid(spec.uid, spec.uid, spec.uid)
         os.setresuid(spec.uid, spec.uid, spec.uid)
     _die_with_parent(parent)
-    ctypes.CDLL(None, use_errno=True).prctl(seccomp.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    LIBC.prctl(seccomp.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     if spec.layers.has("landlock"):
         landlock.restrict_self(spec.layers.landlock_abi)
     if spec.layers.has("seccomp"):
-        seccomp.load(seccomp.build_filter(os.getpid()))
+        seccomp.load(seccomp.build_filter(os.getpid()))  # built by the zygote already, when the pid is 1
+
+
+def _await_task(spec: ChildSpec, sock: socket.socket) -> tuple[Task, list[int]]:
+    """The task the zygote hands this hardened child: (what it is, its descriptors: file socket, output, job).
+
+    Without one (the zygote let this child go, or ended) the child ends here.
+    A child that loaded a wasm module runs only a task of that module, and any
+    other child no wasm task: no function ever runs beside another's compiled code.
+    """
+    message = protocol.receive(sock)
+    if message is None:
+        os._exit(0)
+    kind, body, fds = message
+    task = Task.from_json(protocol.body_json(body))
+    if kind != protocol.SPAWN or len(fds) != 3:
+        raise protocol.ProtocolError("a hand-off that is not a task")
+    if (task.sha256 if task.engine == "wasm" else "") != spec.module_sha256:
+        raise protocol.ProtocolError("a task for another module than the one this child loaded")
+    return task, fds
+
+
+def _load_module(spec: ChildSpec) -> Any:
+    """This child's wasm module, loaded from :data:`MODULE` before its task comes; or the failure to report then.
+
+    wasmtime's first-use work (its import and export types, a store) is done here
+    too, so that the copy-on-write faults and set-up it costs are paid before the
+    task, not during it. Nothing of the module runs here: it is not instantiated.
+    """
+    from . import wamr  # loaded by the zygote: importing it here reads no file
+
+    # read at explicit offsets: the memfd's file position is shared with every other child it was handed to
+    artifact = bytearray(spec.module_bytes)
+    done = 0
+    while done < len(artifact) and (read := os.preadv(MODULE, [memoryview(artifact)[done:]], done)):
+        done += read
+    os.close(MODULE)
+    if done != len(artifact):
+        raise protocol.ProtocolError("a compiled module shorter than announced")
+    try:
+        module = wamr.load_compiled(artifact)
+        wamr.prime(module)
+    except wamr.WasmFailure as failure:
+        return failure
+    return module
 
 
 class _SocketChannel:
@@ -251,37 +323,43 @@ def _run_python(argv: list[str], source: bytes, channel: _SocketChannel) -> str:
         raise _Failed(failure.type_name, failure.message, failure.traceback) from None
 
 
-def _run_wasm(spec: ChildSpec, argv: list[str], module_bytes: bytes, channel: _SocketChannel,
-              artifact: bytes | None) -> str:
+def _run_wasm(spec: ChildSpec, task: Task, module: Any, argv: list[str], channel: _SocketChannel) -> str:
     from . import wamr  # loaded by the zygote: importing it here reads no file
 
     try:
-        module = wamr.load_compiled(artifact) if artifact is not None else wamr.compile_module(module_bytes)
+        if isinstance(module, wamr.WasmFailure):
+            raise module
         return wamr.run_module(module, argv, wamr.Files(channel, wamr.stderr_log),
-                               memory_bytes=spec.memory_bytes, fuel=spec.fuel)
+                               memory_bytes=spec.memory_bytes, fuel=task.fuel)
     except wamr.WasmFailure as failure:
         raise _Failed(failure.type_name, failure.message, failure.detail) from None
 
 
-def run_task(spec: ChildSpec, parent: int, file_sock: int, stdio: int, job: int, devnull: int,
-             artifact: bytes | None = None) -> NoReturn:
-    """The child's whole life: harden, run the payload, report, exit. Never returns.
+def run_task(spec: ChildSpec, parent: int, handoff: int, devnull: int, module: int = -1) -> NoReturn:
+    """The child's whole life: harden, (load its wasm module,) wait for the task, run it, report, exit.
 
-    ``parent`` is the zygote's pidfd; ``artifact`` is the zygote's compiled copy of a wasm task's module,
-    when it has one.
+    Never returns. ``parent`` is the zygote's pidfd; the task comes on the
+    socket ``handoff``; ``module`` is the compiled module of a child for a wasm
+    task (:attr:`ChildSpec.module_sha256`).
     """
     code = 70
     try:
-        _keep_only(file_sock, stdio, job, devnull, parent)
+        _move([(STDIN, devnull), (STDOUT, devnull), (STDERR, devnull), (PARENT, parent), (HANDOFF, handoff),
+               *([(MODULE, module)] if spec.module_sha256 else [])])
         harden(spec, PARENT)
+        loaded = _load_module(spec) if spec.module_sha256 else None
+        with socket.socket(fileno=HANDOFF) as zygote:  # closed before anything of the task runs
+            task, fds = _await_task(spec, zygote)
+        # the task's own descriptors in place, every other one closed
+        _move([(STDOUT, fds[1]), (STDERR, fds[1]), (FILE_SOCKET, fds[0]), (JOB, fds[2])])
         argv, source = _read_job(JOB)
         sock = socket.socket(fileno=FILE_SOCKET)
         os.environ.clear()
         _no_source_files()
         channel = _SocketChannel(sock)
         try:
-            if spec.engine == "wasm":
-                value = _run_wasm(spec, argv, source, channel, artifact)
+            if task.engine == "wasm":
+                value = _run_wasm(spec, task, loaded, argv, channel)
             else:
                 value = _run_python(argv, source, channel)
         except _Failed as failure:

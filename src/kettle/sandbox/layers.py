@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import landlock, seccomp
+from .libc import LIBC
 
 REQUIRED = ("process", "rlimits", "seccomp", "landlock", "uid")
 CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS, CLONE_NEWPID = 0x40000000, 0x08000000, 0x04000000, 0x20000000
@@ -70,14 +71,12 @@ class Layers:
 
 
 def unshare(flags: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(flags) != 0:
+    if LIBC.unshare(flags) != 0:
         raise OSError(ctypes.get_errno(), "unshare failed")
 
 
 def setns(fd: int, flags: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, flags) != 0:
+    if LIBC.setns(fd, flags) != 0:
         raise OSError(ctypes.get_errno(), "setns failed")
 
 
@@ -132,8 +131,7 @@ def _seccomp_kills() -> int:
 
 def _landlock_denies(abi: int) -> Callable[[], int]:
     def test() -> int:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(seccomp.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        LIBC.prctl(seccomp.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         landlock.restrict_self(abi)
         try:
             os.close(os.open("/", os.O_RDONLY))

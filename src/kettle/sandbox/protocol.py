@@ -26,7 +26,8 @@ OPEN_INPUT, CREATE_OUTPUT, RETURN_PART, DONE, FAILED = b"O", b"C", b"R", b"D", b
 GRANTED, REFUSED = b"+", b"-"
 # zygote <-> its clients
 CLIENT, SPAWN, STARTED, EXITED, HELLO = b"c", b"s", b"t", b"x", b"h"
-COMPILE, COMPILED = b"m", b"k"
+COMPILE, COMPILED, UNCOMPILED = b"m", b"k", b"u"
+"""``UNCOMPILED`` answers a wasm ``SPAWN`` whose module the zygote has no compiled form of: ``COMPILE`` it first."""
 
 
 class ProtocolError(Exception):

@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import struct
+
+from .libc import LIBC
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 X32_SYSCALL_BIT = 0x40000000
@@ -128,8 +131,12 @@ def _only_for(name: str, arg: int, value: int) -> list[bytes]:
                         _ret(SECCOMP_RET_ALLOW), _ret(SECCOMP_RET_KILL_PROCESS)])
 
 
+@functools.cache
 def build_filter(own_pid: int) -> bytes:
-    """The filter program for a process whose pid is ``own_pid`` (the only target its signals may have)."""
+    """The filter program for a process whose pid is ``own_pid`` (the only target its signals may have).
+
+    Kept: children that are pid 1 of their own namespace share one, built once by the zygote.
+    """
     program = [
         _ins(_LD_W_ABS, _ARCH),
         _ins(_JEQ, AUDIT_ARCH_X86_64, 1, 0),
@@ -165,10 +172,9 @@ SECCOMP_MODE_FILTER = 2
 
 def load(program: bytes) -> None:
     """Install ``program`` on the calling thread (and its future threads); it cannot be removed."""
-    libc = ctypes.CDLL(None, use_errno=True)
     buffer = ctypes.create_string_buffer(program, len(program))
     fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+    if LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+    if LIBC.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "loading the seccomp filter failed")

@@ -90,12 +90,22 @@ class Exit:
 
 
 @dataclass(frozen=True)
+class Compiled:
+    sha256: str
+    """The module's SHA-256, what the zygote knows it by."""
+    cached: bool
+    """The zygote had compiled it before."""
+
+
+@dataclass(frozen=True)
 class Outcome:
     return_value: str | None = None
     failure: str | None = None
     traceback: str = ""
     output: bytes = b""
     """The start of what the function printed (stdout and stderr), at most ``log_bytes``."""
+    module: Compiled | None = None
+    """A wasm task's module, and whether it had to be compiled for this task."""
 
 
 RESERVED_REASONS = ("WallTimeExceeded", "CPUTimeExceeded", "MemoryLimitExceeded", "OutputLimitExceeded",
@@ -108,9 +118,8 @@ ENGINE_REASONS = {"python": (), "wasm": ("FuelExhausted", "MemoryLimitExceeded",
 
 @dataclass(frozen=True)
 class WasmRun:
-    """A wasm task: its module's digest (from :func:`compile_wasm`) and its fuel budget."""
+    """A wasm task: its fuel budget."""
 
-    sha256: str
     fuel: int
 
 
@@ -186,21 +195,16 @@ def _memory_file(name: str, data: bytes) -> int:
     return fd
 
 
-@dataclass(frozen=True)
-class Compiled:
-    sha256: str
-    """What :func:`run_sandboxed` names the module by."""
-    cached: bool
-    """The zygote had compiled it before."""
-
-
 def _child_limits(limits: Limits) -> dict[str, object]:
     return {"cpu_secs": limits.cpu_time_secs, "memory_bytes": limits.memory_bytes, "open_files": limits.open_files}
 
 
-def _ask(zygote: socket.socket, kind: bytes, request: dict[str, object], fds: list[int], answer_kind: bytes,
-         answer_fds: int, timeout: float, what: str) -> tuple[bytes, list[int]]:
-    """Send the zygote a request with ``fds`` (closed here) and take its answer: (body, descriptors)."""
+def _ask(zygote: socket.socket, kind: bytes, request: dict[str, object], fds: list[int],
+         answers: dict[bytes, int], timeout: float, what: str) -> tuple[bytes, bytes, list[int]]:
+    """Send the zygote a request with ``fds`` (closed here) and take its answer: (kind, body, descriptors).
+
+    ``answers`` are the kinds of answer expected, each with its number of descriptors.
+    """
     try:
         protocol.send_json(zygote, kind, request, fds)
     except OSError as exc:
@@ -214,22 +218,22 @@ def _ask(zygote: socket.socket, kind: bytes, request: dict[str, object], fds: li
         raise SandboxError(f"the sandbox's zygote did not {what}: {exc}") from None
     finally:
         zygote.settimeout(None)
-    if answer is None or answer[0] != answer_kind or len(answer[2]) != answer_fds:
+    if answer is None or answers.get(answer[0]) != len(answer[2]):
         if answer is not None:
             protocol.close_all(answer[2])
         raise SandboxError(f"the sandbox's zygote did not {what}")
-    return answer[1], answer[2]
+    return answer
 
 
-def compile_wasm(zygote: socket.socket, module: bytes, limits: Limits) -> Compiled:
-    """Have the zygote compile ``module``, or find it compiled.
+def compile_wasm(zygote: socket.socket, module: bytes, limits: Limits, digest: str = "") -> Compiled:
+    """Have the zygote compile ``module`` (whose SHA-256 is ``digest``, when known), or find it compiled.
 
     Raises :class:`WasmLoadError` with the reason when the module cannot run.
     """
-    digest = hashlib.sha256(module).hexdigest()
+    digest = digest or hashlib.sha256(module).hexdigest()
     request = {"sha256": digest, **_child_limits(limits)}
-    body, _ = _ask(zygote, protocol.COMPILE, request, [_memory_file("kettle-module", module)],
-                   protocol.COMPILED, 0, limits.wall_time_secs, "compile the module")
+    _, body, _ = _ask(zygote, protocol.COMPILE, request, [_memory_file("kettle-module", module)],
+                      {protocol.COMPILED: 0}, limits.wall_time_secs, "compile the module")
     doc = protocol.body_json(body)
     if not isinstance(doc, dict) or (doc.get("ok") is not True and not isinstance(doc.get("error"), str)):
         raise SandboxError("the sandbox's zygote gave a malformed answer")
@@ -437,27 +441,52 @@ def _failure(body: bytes) -> dict[str, str] | None:
     return {k: doc[k] for k in ("type", "message", "traceback")}
 
 
-def run_sandboxed(zygote: socket.socket, argv: list[str], source: bytes, runtime: Runtime, limits: Limits,
-                  wasm: WasmRun | None = None) -> Outcome:
-    """Run the payload in a fresh sandboxed child of ``zygote`` and judge the outcome.
-
-    ``source`` is Python source, or with ``wasm`` a WebAssembly module that
-    :func:`compile_wasm` compiled.
-    """
+def _start(zygote: socket.socket, request: dict[str, object], argv: list[str],
+           source: bytes) -> tuple[socket.socket, int, int] | None:
+    """Have the zygote start the task: (file socket, output pipe, pidfd), or None for a wasm module it has not
+    compiled."""
     files, theirs = protocol.socket_pair()
     files.setblocking(False)
     stdio_read, stdio_write = os.pipe()
-    request: dict[str, object] = {**_child_limits(limits), "wall_time_secs": limits.wall_time_secs}
-    if wasm is not None:
-        request.update(engine="wasm", sha256=wasm.sha256, fuel=wasm.fuel)
     try:
-        _, (pidfd,) = _ask(zygote, protocol.SPAWN, request, [theirs.detach(), stdio_write, _job(argv, source)],
-                           protocol.STARTED, 1, START_TIMEOUT_SECS, "start the function")
+        kind, _, fds = _ask(zygote, protocol.SPAWN, request, [theirs.detach(), stdio_write, _job(argv, source)],
+                            {protocol.STARTED: 1, protocol.UNCOMPILED: 0}, START_TIMEOUT_SECS,
+                            "start the function")
     except SandboxError:
         files.close()
         os.close(stdio_read)
         raise
+    if kind == protocol.UNCOMPILED:
+        files.close()
+        os.close(stdio_read)
+        return None
     os.set_blocking(stdio_read, False)
+    return files, stdio_read, fds[0]
+
+
+def run_sandboxed(zygote: socket.socket, argv: list[str], source: bytes, runtime: Runtime, limits: Limits,
+                  wasm: WasmRun | None = None) -> Outcome:
+    """Run the payload in a fresh sandboxed child of ``zygote`` and judge the outcome.
+
+    ``source`` is Python source, or with ``wasm`` a WebAssembly module: the
+    child runs the zygote's compiled form of it, which the zygote is asked to
+    make first when it has none (:func:`compile_wasm`; :class:`WasmLoadError`
+    when the module cannot run).
+    """
+    request: dict[str, object] = {**_child_limits(limits), "wall_time_secs": limits.wall_time_secs}
+    module = None
+    if wasm is None:
+        started = _start(zygote, request, argv, source)
+    else:
+        module = Compiled(hashlib.sha256(source).hexdigest(), True)
+        request.update(engine="wasm", sha256=module.sha256, fuel=wasm.fuel)
+        started = _start(zygote, request, argv, b"")  # the child gets the compiled module, not these bytes
+        if started is None:
+            module = compile_wasm(zygote, source, limits, module.sha256)
+            started = _start(zygote, request, argv, b"")
+    if started is None:  # a module compiled, then dropped from a full cache before it could run
+        raise SandboxError("the sandbox's zygote did not start the function: it has no compiled module for it")
+    files, stdio_read, pidfd = started
     session = _Session(zygote, files, pidfd, stdio_read, runtime, limits)
     try:
         session.run()
@@ -469,5 +498,5 @@ def run_sandboxed(zygote: socket.socket, argv: list[str], source: bytes, runtime
     value, failure = classify(session.exit, session.killed_for, session.final, limits,
                               "wasm" if wasm is not None else "python")
     traceback = session.final.failure["traceback"] if session.final.failure else ""
-    return Outcome(value, failure, traceback, bytes(session.output))
+    return Outcome(value, failure, traceback, bytes(session.output), module)
 

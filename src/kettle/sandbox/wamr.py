@@ -125,9 +125,24 @@ def compile_module(wasm: bytes) -> wasmtime.Module:
         raise load_error(_error_text(str(exc))) from None
 
 
-def load_compiled(artifact: bytes) -> wasmtime.Module:
+def load_compiled(artifact: bytes | bytearray) -> wasmtime.Module:
     """A module this engine compiled before (the zygote's cache)."""
     return wasmtime.Module.deserialize(engine(), artifact)
+
+
+def prime(module: wasmtime.Module) -> None:
+    """Do, ahead of a task, the first-use work running ``module`` needs, without running any of it.
+
+    In a freshly forked child the first look at a module's types and the first
+    store cost copy-on-write faults and wasmtime's set-up (about 1 ms); a child
+    forked ahead pays it while it waits. The task still gets a fresh store and
+    instance (:func:`run_module`); the export check here fails the same way it
+    would there.
+    """
+    _check_exports(module)
+    for item in module.imports:
+        item.type  # noqa: B018 - the types are read for their side effect only
+    wasmtime.Store(engine()).set_fuel(0)
 
 
 class Files:

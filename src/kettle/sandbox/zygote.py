@@ -8,21 +8,30 @@ serves:
 - ``CLIENT`` on the control socket: a new client (a worker process) connects
   through the socket passed along;
 - ``SPAWN`` from a client, with the task's file socket, output pipe and job:
-  fork a child (:mod:`kettle.sandbox.child`), pid 1 of a PID namespace of its
-  own, and answer ``STARTED`` with its pidfd, later ``EXITED`` with its wait
-  status, CPU time and memory events. A child still running
-  :data:`WALL_TIME_GRACE_SECS` after its wall-time limit is killed here,
-  whatever its client does (``wall_time_exceeded`` in the report): the
+  hand them to a hardened child (:mod:`kettle.sandbox.child`), pid 1 of a PID
+  namespace of its own, and answer ``STARTED`` with its pidfd, later
+  ``EXITED`` with its wait status, CPU time and memory events. A child still
+  running :data:`WALL_TIME_GRACE_SECS` after its wall-time limit is killed
+  here, whatever its client does (``wall_time_exceeded`` in the report): the
   client enforces the limit, and this process, which the function cannot
-  talk to, makes sure nothing stalls that;
+  talk to, makes sure nothing stalls that. A ``SPAWN`` of a wasm task names
+  its module's SHA-256; its child is one forked for that module, which loads
+  the compiled module (a sealed memfd) before its task comes, or the client
+  gets ``UNCOMPILED`` when there is none (it then asks ``COMPILE``);
 - ``COMPILE`` from a client, with a WebAssembly module (a descriptor) and
   its SHA-256: unless the module is in the cache of compiled modules, fork a
   hardened child that only compiles it (:func:`~kettle.sandbox.child.run_compile`)
-  and keep what it returns; answer ``COMPILED`` with ``ok`` or the error.
-  A ``SPAWN`` of a wasm task names the digest, and its child inherits the
-  compiled module with the zygote's memory;
+  and keep what it returns; answer ``COMPILED`` with ``ok`` or the error;
 - a client that goes away (its worker was killed: the task was cancelled)
   takes its child with it, at once.
+
+Children are forked ahead: once a task has its child, the zygote forks the
+next one (:class:`_Ready`), which hardens itself (namespaces, memory cgroup,
+limits, uid, Landlock, seccomp) while the task runs and then waits for its
+own task. The fork, the hardening and the cgroup move (and for a wasm task,
+loading its module) are then off the next task's path. A ready child is made
+for the limits and the module of the last task; a task with other limits or
+another module gets a child forked for it.
 
 The zygote never sees a task's data, only descriptors it forwards, and it runs
 no user code itself: it neither reads nor compiles a module (its cache holds
@@ -32,6 +41,7 @@ what a compile child made of the module's bytes).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import importlib
 import io
@@ -52,7 +62,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import protocol
-from .child import COMPILE_ANSWER, MAX_COMPILE_ERROR, PRELOAD, ChildSpec, run_compile, run_task
+from . import seccomp
+from .child import COMPILE_ANSWER, MAX_COMPILE_ERROR, PRELOAD, ChildSpec, Task, run_compile, run_task
 from .layers import CGROUP_MEMORY, Forker, Layers, probe
 
 log = logging.getLogger("kettle.sandbox.zygote")
@@ -75,14 +86,18 @@ CPUCLOCK_PROF = 0
 """The kernel's clock id for a process's user and system time is ``(~pid << 3) | CPUCLOCK_PROF``."""
 CACHE_BYTES = 512 << 20
 """Compiled modules kept, least recently used first out."""
+SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+"""A compiled module's memfd once complete: no child it is handed to can change it for the next."""
 
 
 @dataclass
 class _Compile:
     """A compile child at work: its digest, process and cgroup, and its answer as far as it has come.
 
-    The answer is read straight into an anonymous mapping: no copy of a compiled
-    module is left in the zygote's heap, where every child would inherit it.
+    The answer is read straight into a memfd (through a mapping dropped once it
+    is complete): no copy of a compiled module is left in the zygote's memory,
+    where every child would inherit it; a task child gets its own module's
+    descriptor, and nothing of the others.
     """
 
     sha256: str
@@ -90,8 +105,36 @@ class _Compile:
     pipe: io.FileIO
     cgroup: Path | None
     header: bytearray = field(default_factory=bytearray)
+    length: int = -1
+    """Of the compiled module or the error, once the header is read."""
+    memfd: int = -1
     body: mmap.mmap | None = None
+    """The memfd mapped, while it is filled."""
     filled: int = 0
+
+
+@dataclass(frozen=True)
+class _Artifact:
+    """A compiled module in the cache: a sealed memfd and its length."""
+
+    fd: int
+    size: int
+
+
+Key = tuple[int, int, int, str]
+"""What a child is forked for: its CPU seconds, memory bytes and descriptor limit, and its wasm module's digest
+(empty for Python)."""
+
+
+@dataclass
+class _Ready:
+    """A child forked ahead, hardening itself or done, that waits for its task on ``handoff``."""
+
+    key: Key
+    pid: int
+    pidfd: int
+    handoff: socket.socket
+    cgroup: Path | None
 
 
 @dataclass
@@ -117,9 +160,11 @@ class Zygote:
     spawned: int = 0
     mapped: int = field(default_factory=lambda: _address_space())
     """The zygote's virtual size once warm: every child starts with all of it mapped."""
-    compiled: OrderedDict[str, mmap.mmap] = field(default_factory=OrderedDict)
-    """Compiled wasm modules by their SHA-256, least recently used first, each in its own private mapping:
-    a child unmaps all of them but its own (:meth:`_forget_compiled`), so no function sees another's code."""
+    compiled: OrderedDict[str, _Artifact] = field(default_factory=OrderedDict)
+    """Compiled wasm modules by their SHA-256, least recently used first. A child closes every descriptor it
+    inherits and is handed only its own module's, so no function sees another's code."""
+    ready: _Ready | None = None
+    """The child forked ahead for the next task."""
     pidfd: int = field(default_factory=lambda: os.pidfd_open(os.getpid()))
     """The zygote's own pidfd, inherited by each child: it checks through it that the zygote is still there."""
     forker: Forker = field(init=False)
@@ -166,6 +211,7 @@ class Zygote:
     def _shut_down(self) -> NoReturn:
         for task in list(self.tasks.values()):
             self._drop(task)
+        self._discard_ready()
         os._exit(0)
 
     # --- clients ----------------------------------------------------------------------
@@ -196,43 +242,104 @@ class Zygote:
         finally:
             protocol.close_all(fds)
 
-    def _spec(self, request: dict, memory: int, cgroup: Path | None, engine: str = "python") -> ChildSpec:
+    def _spec(self, key: Key, cgroup: Path | None) -> ChildSpec:
+        cpu_secs, memory, open_files, digest = key
         spec = ChildSpec(
-            cpu_secs=int(request["cpu_secs"]),
+            cpu_secs=cpu_secs,
             address_space_bytes=self.mapped + memory * (ADDRESS_SPACE_FACTOR if cgroup else 1),
-            open_files=int(request["open_files"]),
+            open_files=open_files,
             uid=UID_BASE + (os.getpid() % 2_000_000) * UIDS_PER_ZYGOTE + self.spawned % UIDS_PER_ZYGOTE,
             cgroup=str(cgroup or ""),
             layers=self.layers,
-            engine=engine,
             memory_bytes=memory,
-            fuel=int(request.get("fuel", 0)),
+            module_sha256=digest,
+            module_bytes=self.compiled[digest].size if digest else 0,
         )
         self.spawned += 1
         return spec
 
     def _spawn(self, task: _Task, request: dict, fds: list[int]) -> None:
-        memory = int(request["memory_bytes"])
         engine = request.get("engine", "python")
         if engine not in ("python", "wasm"):
             raise ValueError(f"unknown engine {engine!r}")
-        digest = str(request.get("sha256")) if engine == "wasm" else ""
-        if digest in self.compiled:
-            self.compiled.move_to_end(digest)
-        cgroup = self._make_cgroup(memory) if self.layers.has("cgroup-memory") else None
-        spec = self._spec(request, memory, cgroup, engine)
         wall_time = float(request["wall_time_secs"])
+        digest = str(request["sha256"]) if engine == "wasm" else ""
+        if digest:
+            if digest not in self.compiled:  # never compiled here, or dropped from the cache since
+                protocol.send(task.client, protocol.UNCOMPILED)
+                return
+            self.compiled.move_to_end(digest)
+        key = _key(request, digest)
+        child = self._take_ready(key) or self._fork_ready(key)
+        job = Task(engine, int(request.get("fuel", 0)), digest)
+        try:
+            protocol.send_json(child.handoff, protocol.SPAWN, job.to_json(), fds)
+        except OSError:
+            pass  # it has ended already: its exit is this task's
+        child.handoff.close()
+        task.pid, task.pidfd, task.cgroup = child.pid, child.pidfd, child.cgroup
+        task.deadline = time.monotonic() + wall_time + WALL_TIME_GRACE_SECS
+        self.selector.modify(task.pidfd, selectors.EVENT_READ, lambda _: self._on_exit(task))
+        protocol.send_json(task.client, protocol.STARTED, {"pid": child.pid}, [task.pidfd])
+        try:
+            self.ready = self._fork_ready(key)  # the next task's child hardens itself while this one runs
+        except (OSError, KeyError) as exc:  # the next task forks its own
+            log.error("could not fork a sandboxed child ahead: %s", exc)
+
+    # --- children forked ahead ---------------------------------------------------------
+
+    def _fork_ready(self, key: Key) -> _Ready:
+        """Fork a task child that hardens itself, loads its wasm module if it has one, and waits for its task.
+
+        Raises KeyError for a module no longer in the cache.
+        """
+        module = self.compiled[key[3]].fd if key[3] else -1
+        cgroup = self._make_cgroup(key[1]) if self.layers.has("cgroup-memory") else None
+        ours, theirs = protocol.socket_pair()
+        spec = self._spec(key, cgroup)
         pid = self.forker.fork()
         if pid == 0:
-            own = self.compiled.get(digest)
-            artifact = own[:] if own is not None else None
-            self._forget_compiled()
-            run_task(spec, self.pidfd, fds[0], fds[1], fds[2], self.devnull, artifact)
-        task.pid, task.cgroup = pid, cgroup
-        task.deadline = time.monotonic() + wall_time + WALL_TIME_GRACE_SECS
-        task.pidfd = os.pidfd_open(pid)
-        self.selector.register(task.pidfd, selectors.EVENT_READ, lambda _: self._on_exit(task))
-        protocol.send_json(task.client, protocol.STARTED, {"pid": pid}, [task.pidfd])
+            self.compiled.clear()  # their descriptors are closed first thing (but its own): nothing of the cache
+            run_task(spec, self.pidfd, theirs.fileno(), self.devnull, module)
+        theirs.close()
+        pidfd = os.pidfd_open(pid)
+        ready = _Ready(key, pid, pidfd, ours, cgroup)
+        self.selector.register(pidfd, selectors.EVENT_READ, lambda _: self._on_ready_ended(ready))
+        return ready
+
+    def _take_ready(self, key: Key) -> _Ready | None:
+        """The child forked ahead, if it was made for these limits and module (one that was not is let go)."""
+        ready, self.ready = self.ready, None
+        if ready is None or ready.key == key:
+            return ready
+        self._end_ready(ready)
+        return None
+
+    def _on_ready_ended(self, ready: _Ready) -> None:
+        """A child forked ahead ended before it had a task (its hardening failed, or it was killed): the next task
+        forks anew."""
+        if self.ready is ready:
+            self.ready = None
+        log.error("a sandboxed child ended before its task (status %s)", os.waitpid(ready.pid, 0)[1])
+        self._end_ready(ready, reaped=True)
+
+    def _discard_ready(self) -> None:
+        ready, self.ready = self.ready, None
+        if ready is not None:
+            self._end_ready(ready)
+
+    def _end_ready(self, ready: _Ready, reaped: bool = False) -> None:
+        self.selector.unregister(ready.pidfd)
+        if not reaped:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(ready.pidfd, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(ready.pid, 0)
+        ready.handoff.close()
+        os.close(ready.pidfd)
+        if ready.cgroup is not None:
+            with contextlib.suppress(OSError):
+                ready.cgroup.rmdir()
 
     # --- compiling wasm modules ------------------------------------------------------------
 
@@ -244,14 +351,14 @@ class Zygote:
             self.compiled.move_to_end(digest)
             protocol.send_json(task.client, protocol.COMPILED, {"ok": True, "cached": True})
             return
-        memory = int(request["memory_bytes"])
-        cgroup = self._make_cgroup(memory) if self.layers.has("cgroup-memory") else None
-        spec = self._spec(request, memory, cgroup)
+        key = _key(request)
+        cgroup = self._make_cgroup(key[1]) if self.layers.has("cgroup-memory") else None
+        spec = self._spec(key, cgroup)
         read_end, write_end = os.pipe()
         pid = self.forker.fork()
         if pid == 0:
             os.close(read_end)
-            self._forget_compiled()
+            self.compiled.clear()  # their descriptors are closed first thing: nothing of the cache is left
             run_compile(spec, self.pidfd, module_fd, write_end, self.devnull, digest)
         os.close(write_end)
         os.set_blocking(read_end, False)
@@ -262,7 +369,7 @@ class Zygote:
         job = task.compiling
         assert job is not None
         too_large = False
-        if job.body is None:
+        if job.length < 0:  # the header
             chunk = job.pipe.read(COMPILE_ANSWER.size - len(job.header))
             if chunk is None:
                 return
@@ -273,10 +380,14 @@ class Zygote:
                 _, length = COMPILE_ANSWER.unpack(job.header)
                 too_large = length > MAX_ARTIFACT_BYTES
                 if not too_large:
-                    job.body = mmap.mmap(-1, max(length, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-                    job.filled = 0 if length else 1  # an empty answer is complete at once
+                    job.length = length
+                    job.memfd = os.memfd_create("kettle-compiled", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+                    if length:
+                        os.ftruncate(job.memfd, length)
+                        job.body = mmap.mmap(job.memfd, length)  # shared: what is read lands in the memfd
                     return
-        elif job.filled < len(job.body):
+        elif job.filled < job.length:
+            assert job.body is not None
             read = job.pipe.readinto(memoryview(job.body)[job.filled:])
             if read is None:
                 return
@@ -289,24 +400,27 @@ class Zygote:
                 return
             too_large = bool(extra)
         # the answer has ended, or went wrong: judge it
-        if too_large or (job.body is not None and job.filled < len(job.body)):
+        complete = job.length >= 0 and job.filled == job.length
+        if too_large or not complete:
             os.kill(job.pid, signal.SIGKILL)
         status = _reap(job.pid)
         events = _memory_events(job.cgroup)
-        self._end_compile(task)
-        complete = job.body is not None and job.filled == len(job.body)
         kind = job.header[:1]
         answer: dict[str, object]
-        if status == 0 and complete and kind == b"+" and job.body is not None:
-            self._remember(job.sha256, job.body)
-            answer = {"ok": True, "cached": False}
-        else:
-            if status == 0 and complete and kind == b"-" and job.body is not None:
-                answer = {"error": job.body[:MAX_COMPILE_ERROR].decode("utf-8", "replace")}
-            else:
-                answer = {"error": _compile_stopped(status, too_large, events)}
+        if status == 0 and complete and kind == b"+":
             if job.body is not None:
-                job.body.close()
+                job.body.close()  # the only writable mapping: sealing needs it gone
+                job.body = None
+            fcntl.fcntl(job.memfd, fcntl.F_ADD_SEALS, SEALS)
+            self._remember(job.sha256, _Artifact(job.memfd, job.length))
+            job.memfd = -1
+            answer = {"ok": True, "cached": False}
+        elif status == 0 and complete and kind == b"-":
+            error = job.body[:MAX_COMPILE_ERROR] if job.body is not None else b""
+            answer = {"error": error.decode("utf-8", "replace")}
+        else:
+            answer = {"error": _compile_stopped(status, too_large, events)}
+        self._end_compile(task)
         with contextlib.suppress(OSError):
             protocol.send_json(task.client, protocol.COMPILED, answer)
 
@@ -318,23 +432,21 @@ class Zygote:
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(job.pipe.fileno())
         job.pipe.close()
+        if job.body is not None:
+            job.body.close()
+        if job.memfd >= 0:
+            os.close(job.memfd)
         if job.cgroup is not None:
             with contextlib.suppress(OSError):
                 job.cgroup.rmdir()
 
-    def _remember(self, digest: str, artifact: mmap.mmap) -> None:
+    def _remember(self, digest: str, artifact: _Artifact) -> None:
         if digest in self.compiled:  # two tasks compiled the same new module at once
-            artifact.close()
+            os.close(artifact.fd)
             return
         self.compiled[digest] = artifact
-        while sum(map(len, self.compiled.values())) > CACHE_BYTES and len(self.compiled) > 1:
-            self.compiled.popitem(last=False)[1].close()
-
-    def _forget_compiled(self) -> None:
-        """In a new child: unmap every compiled module (only the zygote keeps them)."""
-        for artifact in self.compiled.values():
-            artifact.close()
-        self.compiled.clear()
+        while sum(a.size for a in self.compiled.values()) > CACHE_BYTES and len(self.compiled) > 1:
+            os.close(self.compiled.popitem(last=False)[1].fd)
 
     @staticmethod
     def _make_cgroup(memory: int) -> Path:
@@ -383,6 +495,10 @@ class Zygote:
         if self.tasks.pop(task.client.fileno(), None) is not None:
             self.selector.unregister(task.client)
             task.client.close()
+
+
+def _key(request: dict, digest: str = "") -> Key:
+    return int(request["cpu_secs"]), int(request["memory_bytes"]), int(request["open_files"]), digest
 
 
 def _address_space() -> int:
@@ -460,6 +576,7 @@ def _preload() -> None:
     from . import wamr
 
     wamr.engine()  # wasmtime's library and its engine, shared by every compile and wasm child
+    seccomp.build_filter(1)  # the filter of every child that is pid 1 of its own namespace
     # A child's garbage collection would otherwise walk (and so copy, page by page) every object
     # preloaded here: frozen objects are left out of collections.
     gc.collect()
