@@ -22,21 +22,17 @@ import os
 import resource
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import ALL_SERVICES, Platform, make_home
+from bench_tasks import MESSAGE, temporary_platform  # noqa: E402 (bench_tasks puts tests/ on the path)
+from conftest import Platform  # noqa: E402
 
-from kettle.launcher import spawn
-from kettle.provisioning import create_dev_auditors
-from kettle.sdk import AuthenticationClient, FrontendClient
+from kettle.sdk import AuthenticationClient, FrontendClient  # noqa: E402
 
-MESSAGE = "Hello, Teaclave!"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -167,31 +163,22 @@ def main() -> None:
     parser.add_argument("--latency-runs", type=int, default=30)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
-        create_dev_auditors(base / "cache")
-        platform = Platform(make_home(base / "home", base / "cache" / "auditors"))
-        platform.start(ALL_SERVICES)
-        try:
-            for n in range(2, args.nodes + 1):
-                platform.children.append(spawn(f"execution-{n}", platform.config, "execution"))
-            profile = Profile(platform)
-            split = profile.wall_split(args.latency_runs)
-            print(f"wall time of one echo task, median of {args.latency_runs} sequential runs (ms):")
-            for name, samples in split.items():
-                print(f"  {name:<22} {statistics.median(samples):8.2f}")
-            spent, rate = profile.cpu_per_task(args.tasks, args.clients)
-            print(f"\nCPU-ms per echo task, {args.tasks} tasks from {args.clients} clients, "
-                  f"{args.nodes} execution node(s): {rate:.1f} tasks/s")
-            print(f"  {'process':<22} {'user':>8} {'system':>8} {'total':>8}")
-            for name, (user, system) in sorted(spent.items(), key=lambda kv: -sum(kv[1])):
-                print(f"  {name:<22} {user:8.2f} {system:8.2f} {user + system:8.2f}")
-            total = sum(sum(v) for v in spent.values())
-            print(f"  {'total':<22} {sum(u for u, _ in spent.values()):8.2f} "
-                  f"{sum(s for _, s in spent.values()):8.2f} {total:8.2f}")
-            print(f"  CPU-bound ceiling on {os.cpu_count()} cores: {os.cpu_count() * 1000 / total:.0f} tasks/s")
-        finally:
-            platform.stop()
+    with temporary_platform(args.nodes) as platform:
+        profile = Profile(platform)
+        split = profile.wall_split(args.latency_runs)
+        print(f"wall time of one echo task, median of {args.latency_runs} sequential runs (ms):")
+        for name, samples in split.items():
+            print(f"  {name:<22} {statistics.median(samples):8.2f}")
+        spent, rate = profile.cpu_per_task(args.tasks, args.clients)
+        print(f"\nCPU-ms per echo task, {args.tasks} tasks from {args.clients} clients, "
+              f"{args.nodes} execution node(s): {rate:.1f} tasks/s")
+        print(f"  {'process':<22} {'user':>8} {'system':>8} {'total':>8}")
+        for name, (user, system) in sorted(spent.items(), key=lambda kv: -sum(kv[1])):
+            print(f"  {name:<22} {user:8.2f} {system:8.2f} {user + system:8.2f}")
+        total = sum(sum(v) for v in spent.values())
+        print(f"  {'total':<22} {sum(u for u, _ in spent.values()):8.2f} "
+              f"{sum(s for _, s in spent.values()):8.2f} {total:8.2f}")
+        print(f"  CPU-bound ceiling on {os.cpu_count()} cores: {os.cpu_count() * 1000 / total:.0f} tasks/s")
 
 
 if __name__ == "__main__":

@@ -17,25 +17,42 @@ and prints each with its ratio to the baseline measured in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from conftest import ALL_SERVICES, Platform, make_home  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
-from conftest import ALL_SERVICES, Platform, make_home  # noqa: E402
 from kettle.launcher import spawn  # noqa: E402
 from kettle.provisioning import create_dev_auditors  # noqa: E402
 from kettle.sdk import AuthenticationClient, FrontendClient  # noqa: E402
 
 MESSAGE = "Hello, Teaclave!"
+
+
+@contextlib.contextmanager
+def temporary_platform(nodes: int = 1) -> Iterator[Platform]:
+    """A whole platform (``nodes`` execution nodes) in a temporary home on free ports."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        create_dev_auditors(base / "cache")
+        platform = Platform(make_home(base / "home", base / "cache" / "auditors"))
+        platform.start(ALL_SERVICES)
+        try:
+            for n in range(2, nodes + 1):
+                platform.children.append(spawn(f"execution-{n}", platform.config, "execution"))
+            yield platform
+        finally:
+            platform.stop()
 
 
 def percentile(samples: list[float], p: float) -> float:
@@ -111,36 +128,28 @@ def main() -> None:
     parser.add_argument("--latency-runs", type=int, default=50)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
-        create_dev_auditors(base / "cache")
-        platform = Platform(make_home(base / "home", base / "cache" / "auditors"))
-        platform.start(ALL_SERVICES)
-        try:
-            bench = Bench(platform)
-            rtt = bench.latency(bench.health_worker, 200)
-            base_p50 = statistics.median(rtt)
-            print(f"baseline empty attested RPC: p50 {base_p50 * 1e3:.2f} ms, p99 {percentile(rtt, 99) * 1e3:.2f} ms")
+    with temporary_platform() as platform:
+        bench = Bench(platform)
+        rtt = bench.latency(bench.health_worker, 200)
+        base_p50 = statistics.median(rtt)
+        print(f"baseline empty attested RPC: p50 {base_p50 * 1e3:.2f} ms, p99 {percentile(rtt, 99) * 1e3:.2f} ms")
 
-            echo = bench.latency(bench.echo_worker, args.latency_runs)
-            p50, p99 = statistics.median(echo), percentile(echo, 99)
-            print(
-                f"echo task latency (create→invoke→result), 1 node: p50 {p50 * 1e3:.1f} ms, "
-                f"p99 {p99 * 1e3:.1f} ms — {p50 / base_p50:.0f}× the empty RPC"
-            )
+        echo = bench.latency(bench.echo_worker, args.latency_runs)
+        p50, p99 = statistics.median(echo), percentile(echo, 99)
+        print(
+            f"echo task latency (create→invoke→result), 1 node: p50 {p50 * 1e3:.1f} ms, "
+            f"p99 {p99 * 1e3:.1f} ms — {p50 / base_p50:.0f}× the empty RPC"
+        )
 
-            print(f"{'nodes':>5} {'clients':>7} {'tasks/s':>9} {'empty RPC/s':>12} {'ratio':>7}")
-            for nodes in (1, 2):
-                if nodes == 2:
-                    platform.children.append(spawn("execution", platform.config))
-                for clients in (1, 4, 16):
-                    per_client = max(1, args.tasks // clients)
-                    tasks = concurrently(clients, per_client, bench.echo_worker)
-                    rpcs = concurrently(clients, 100, bench.health_worker)
-                    print(f"{nodes:>5} {clients:>7} {tasks:>9.1f} {rpcs:>12.0f} {rpcs / tasks:>6.0f}×")
-        finally:
-            platform.stop()
-
+        print(f"{'nodes':>5} {'clients':>7} {'tasks/s':>9} {'empty RPC/s':>12} {'ratio':>7}")
+        for nodes in (1, 2):
+            if nodes == 2:
+                platform.children.append(spawn("execution-2", platform.config, "execution"))
+            for clients in (1, 4, 16):
+                per_client = max(1, args.tasks // clients)
+                tasks = concurrently(clients, per_client, bench.echo_worker)
+                rpcs = concurrently(clients, 100, bench.health_worker)
+                print(f"{nodes:>5} {clients:>7} {tasks:>9.1f} {rpcs:>12.0f} {rpcs / tasks:>6.0f}×")
 
 if __name__ == "__main__":
     main()

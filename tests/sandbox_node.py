@@ -19,6 +19,14 @@ from kettle.sandbox.supervisor import Compiled, Limits, Outcome, WasmRun, compil
 LIMITS = Limits(wall_time_secs=5, cpu_time_secs=1, memory_bytes=256 << 20, output_bytes=1 << 20,
                 return_value_bytes=20480, log_bytes=4096, open_files=32)
 SPIN = b"def entrypoint(argv):\n    while True:\n        pass\n"
+MEMORY_BOMB = """
+    def entrypoint(argv):
+        hoard = []
+        while True:
+            hoard.append(bytearray(1 << 20))
+            hoard[-1][::4096] = b'x' * 256
+"""
+"""Touches a new MiB after another until the memory limit stops it."""
 
 
 class Node:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
-from sandbox_node import LIMITS, Node, exists, wait_for_child
+from sandbox_node import LIMITS, MEMORY_BOMB, Node, exists, wait_for_child
 
 from kettle.executors.runtime import FileRuntime
 from kettle.sandbox.host import SandboxHost
@@ -166,13 +166,7 @@ def test_sleeping_forever_is_stopped_by_the_wall_clock(node: Node) -> None:
 
 
 def test_a_memory_bomb_is_killed_at_the_memory_limit(node: Node) -> None:
-    outcome = node.run("""
-        def entrypoint(argv):
-            hoard = []
-            while True:
-                hoard.append(bytearray(1 << 20))
-                hoard[-1][::4096] = b'x' * 256
-    """, limits=replace(LIMITS, cpu_time_secs=10))
+    outcome = node.run(MEMORY_BOMB, limits=replace(LIMITS, cpu_time_secs=10))
     assert outcome.failure == "MemoryLimitExceeded: the function used more than 256 MiB of memory"
     healthy(node)
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from sandbox_node import LIMITS, Node, children_of, exists, wait_for_child
+from sandbox_node import LIMITS, MEMORY_BOMB, Node, children_of, exists, wait_for_child
 
 from kettle.sandbox.layers import CGROUP_MEMORY
 from kettle.sandbox.supervisor import Outcome
@@ -84,13 +84,7 @@ def test_a_task_with_other_limits_gets_a_child_made_for_them(node: Node) -> None
     assert int((memory_cgroup(child) / "memory.limit_in_bytes").read_text()) == 64 << 20
     runner.join(10)
     assert results[0].return_value == "slept"
-    outcome = node.run("""
-        def entrypoint(argv):
-            hoard = []
-            while True:
-                hoard.append(bytearray(1 << 20))
-                hoard[-1][::4096] = b'x' * 256
-    """, limits=small)
+    outcome = node.run(MEMORY_BOMB, limits=small)
     assert outcome.failure == "MemoryLimitExceeded: the function used more than 64 MiB of memory"
 
 

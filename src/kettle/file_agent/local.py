@@ -136,13 +136,9 @@ def _create_exclusive(target: Path, shown: str, mark: OutputMark | None) -> int:
         raise TransferError(f"cannot replace {shown}: {exc.strerror}") from None
 
 
-def _write_fd(
-    path: Path, roots: Sequence[Path], shown: str, refusal: str, *, make_parents: bool, mark: OutputMark | None
-) -> tuple[int, Path]:
-    """Create a new file for writing, confined to ``roots``.
-
-    An existing file is never touched, unless an earlier attempt stored it for the same
-    output (``mark``): then it is replaced."""
+def _confined_parent(path: Path, roots: Sequence[Path], shown: str, refusal: str, *, make_parents: bool) -> Path:
+    """The resolved directory ``path`` goes into, refused unless it lies inside ``roots``
+    (checked again after creating it, when ``make_parents``: a link may have appeared)."""
     if path.name in ("", ".", ".."):
         raise TransferError(f"{shown} has no file name in its path")
     parent = path.parent.resolve()
@@ -156,7 +152,18 @@ def _write_fd(
         parent = parent.resolve()
         if not _inside(parent, roots):
             raise TransferError(refusal)
-    elif not parent.is_dir():
+    return parent
+
+
+def _write_fd(
+    path: Path, roots: Sequence[Path], shown: str, refusal: str, *, make_parents: bool, mark: OutputMark | None
+) -> tuple[int, Path]:
+    """Create a new file for writing, confined to ``roots``.
+
+    An existing file is never touched, unless an earlier attempt stored it for the same
+    output (``mark``): then it is replaced."""
+    parent = _confined_parent(path, roots, shown, refusal, make_parents=make_parents)
+    if not parent.is_dir():
         raise TransferError(f"the directory of {shown} does not exist")
     target = parent / path.name
     try:
@@ -279,16 +286,7 @@ def _open_upload(
 ) -> LocalUpload | None:
     """A :class:`LocalUpload` for ``path`` confined to ``roots``; None where the file system
     cannot create unnamed files (the caller then writes a local copy and stores it)."""
-    if path.name in ("", ".", ".."):
-        raise TransferError(f"{shown} has no file name in its path")
-    parent = path.parent.resolve()
-    if not _inside(parent, roots):
-        raise TransferError(refusal)
-    if make_parents:
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise TransferError(f"cannot create the directory for {shown}: {exc.strerror}") from None
+    parent = _confined_parent(path, roots, shown, refusal, make_parents=make_parents)
     try:
         directory = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
