@@ -129,3 +129,13 @@ def test_a_dead_template_is_replaced_and_its_workers_die_with_it(tmp_path: Path)
     (first, second, result), log = with_pool(tmp_path, body)
     assert first != second
     assert result.outputs is not None and result.outputs.return_value == b"again", log
+
+
+def test_an_oversized_job_is_refused_unread(tmp_path: Path) -> None:
+    from kettle.executors.worker import MAX_JOB_BYTES
+
+    async def body(pool: WorkerPool) -> TaskResult:
+        return await (await pool.take()).run(b" " * (MAX_JOB_BYTES + 1))
+
+    result, _ = with_pool(tmp_path, body)
+    assert result.failure == f"ValueError: malformed worker job: more than {MAX_JOB_BYTES} bytes"

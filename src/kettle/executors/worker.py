@@ -112,7 +112,7 @@ def _read_job(task: socket.socket) -> bytes | None:
     while chunk := task.recv(1 << 20):
         size += len(chunk)
         if size > MAX_JOB_BYTES:
-            return b""  # refused as malformed by run_job
+            raise ValueError(f"malformed worker job: more than {MAX_JOB_BYTES} bytes")
         chunks.append(chunk)
     return b"".join(chunks) if chunks else None
 
@@ -125,8 +125,15 @@ def _worker(task: socket.socket, zygote: socket.socket | None, template: int) ->
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         gc.enable()
-        data = _read_job(task)
-        if data is not None:  # None: the node closed without a job (it is stopping)
+        try:
+            data = _read_job(task)
+        except ValueError as exc:  # too large: refused unread
+            from ..model.records import TaskResult
+            from . import failure_reason
+
+            task.sendall(json.dumps(TaskResult(failure=failure_reason(exc)).to_json()).encode())
+            data = None
+        if data is not None:  # None: the node closed without a job (it is stopping), or it was refused
             task.sendall(run_job(data, zygote))
         status = 0
     except BaseException:
