@@ -8,6 +8,7 @@ attested TLS, with SQLite storage on disk. Nothing in the trust path is mocked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -276,3 +277,25 @@ def staged(
         function_payload=b"ignored by built-ins",
         input_data=files.get("inputs", {}), output_data=files.get("outputs", {}),
     )
+
+
+POSTGRESQL_DSN = os.environ.get("KETTLE_TEST_POSTGRESQL_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+"""The test database (.ci/run starts PostgreSQL when it is not running)."""
+
+
+@contextlib.contextmanager
+def postgresql_schema() -> Iterator[str]:
+    """A DSN whose tables live in a fresh schema of the test database, dropped afterwards."""
+    import psycopg
+
+    schema = f"kettle_test_{uuid.uuid4().hex}"
+    try:
+        admin = psycopg.connect(POSTGRESQL_DSN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {POSTGRESQL_DSN} (.ci/run starts it): {exc}")
+    with admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            yield psycopg.conninfo.make_conninfo(POSTGRESQL_DSN, options=f"-csearch_path={schema}")
+        finally:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')

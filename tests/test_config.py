@@ -288,6 +288,17 @@ def test_unknown_section_or_key_rejected(text: str, message: str) -> None:
         ("[execution]\nconcurrent_tasks = 257\n", "execution.concurrent_tasks must be at most 256"),
         ("[audit]\nenclave_info = 3\n", "audit.enclave_info must be a str"),
         ("[storage]\npath = 3\n", "storage.path must be a str"),
+        ('[storage]\nbackend = "mysql"\n', "storage.backend must be one of sqlite, postgresql, not 'mysql'"),
+        ('[storage]\nbackend = "postgresql"\ndsn = "postgresql://kettle:pw@db/kettle"\n',
+         "storage.dsn must not carry a password (the configuration is not a secret): put the connection "
+         "string in storage.dsn_file or the KETTLE_STORAGE_DSN environment variable"),
+        ('[storage]\nbackend = "postgresql"\ndsn = "host=db password=pw"\n',
+         "storage.dsn must not carry a password (the configuration is not a secret): put the connection "
+         "string in storage.dsn_file or the KETTLE_STORAGE_DSN environment variable"),
+        ('[storage]\ndsn = "postgresql://kettle@db/kettle"\ndsn_file = "dsn"\n',
+         "storage.dsn and storage.dsn_file name the same thing: set one of them"),
+        ('[storage]\ndsn = "not a dsn = ="\n',
+         'storage.dsn is not a PostgreSQL connection string: missing "=" after "not" in connection info string'),
         ('[authentication]\ntoken_validity_secs = "1d"\n', "authentication.token_validity_secs must be a non-negative integer"),
         ("attestation = 5\n", "[attestation] must be a table"),
         ('audit = "x"\n', "[audit] must be a table"),

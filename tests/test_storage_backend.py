@@ -1,7 +1,12 @@
-"""The SQLite storage backend, on real database files."""
+"""The storage backends, one conformance suite on real databases: SQLite files and PostgreSQL.
+
+Tests that take ``store`` (or ``open_backend``) run against both backends; the
+others are about one backend's own ground (SQLite's files, PostgreSQL's schema and
+connections)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -11,14 +16,15 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Clock
+from conftest import Clock, postgresql_schema
 
 from kettle.errors import StorageError
-from kettle.services.storage.backend import QueueItem
+from kettle.services.storage.backend import QueueItem, StorageBackend
+from kettle.services.storage.postgresql_backend import PostgreSQLBackend
 from kettle.services.storage.sqlite_backend import SQLiteBackend
 
 NS = "management"
@@ -32,17 +38,40 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "storage" / "kettle.sqlite"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_backend(request: pytest.FixtureRequest, db_path: Path, clock: Clock) -> Iterator[Callable[[], StorageBackend]]:
+    """Opens another instance of one store (all of them closed at the end)."""
+    opened: list[StorageBackend] = []
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            def make() -> StorageBackend:
+                return SQLiteBackend(db_path, clock=clock)
+        else:
+            dsn = stack.enter_context(postgresql_schema())
+
+            def make() -> StorageBackend:
+                return PostgreSQLBackend(dsn, clock=clock)
+
+        def opening() -> StorageBackend:
+            opened.append(make())
+            return opened[-1]
+
+        try:
+            yield opening
+        finally:
+            for backend in opened:
+                backend.close()
+
+
 @pytest.fixture
-def store(db_path: Path, clock: Clock) -> Iterator[SQLiteBackend]:
-    backend = SQLiteBackend(db_path, clock=clock)
-    yield backend
-    backend.close()
+def store(open_backend: Callable[[], StorageBackend]) -> StorageBackend:
+    return open_backend()
 
 
 # --- records ---------------------------------------------------------------
 
 
-def test_put_get_overwrite_delete(store: SQLiteBackend) -> None:
+def test_put_get_overwrite_delete(store: StorageBackend) -> None:
     assert store.get(NS, b"task-1") is None
     store.put(NS, b"task-1", b"created")
     assert store.get(NS, b"task-1") == b"created"
@@ -52,24 +81,24 @@ def test_put_get_overwrite_delete(store: SQLiteBackend) -> None:
     assert store.get(NS, b"task-1") is None
 
 
-def test_deleting_a_missing_key_is_fine(store: SQLiteBackend) -> None:
+def test_deleting_a_missing_key_is_fine(store: StorageBackend) -> None:
     store.delete(NS, b"never-written")
     assert store.get(NS, b"never-written") is None
 
 
-def test_empty_value_is_a_value(store: SQLiteBackend) -> None:
+def test_empty_value_is_a_value(store: StorageBackend) -> None:
     store.put(NS, b"empty", b"")
     assert store.get(NS, b"empty") == b""
     assert store.get(NS, b"missing") is None
 
 
-def test_binary_keys_and_values_roundtrip(store: SQLiteBackend) -> None:
+def test_binary_keys_and_values_roundtrip(store: StorageBackend) -> None:
     key, value = bytes(range(256)), bytes(range(255, -1, -1)) * 10
     store.put(NS, key, value)
     assert store.get(NS, key) == value
 
 
-def test_namespaces_are_isolated(store: SQLiteBackend) -> None:
+def test_namespaces_are_isolated(store: StorageBackend) -> None:
     store.put("authentication", b"user-1", b"secret")
     store.put(NS, b"user-1", b"index")
     assert store.get("authentication", b"user-1") == b"secret"
@@ -106,7 +135,7 @@ TRICKY_KEYS = [
 
 
 @pytest.fixture
-def tricky(store: SQLiteBackend) -> SQLiteBackend:
+def tricky(store: StorageBackend) -> StorageBackend:
     for key in TRICKY_KEYS:
         store.put(NS, key, b"v")
     store.put("other", b"a-elsewhere", b"v")
@@ -135,18 +164,18 @@ def tricky(store: SQLiteBackend) -> SQLiteBackend:
         b"a\x00",
     ],
 )
-def test_prefix_scan_is_exact_and_sorted(tricky: SQLiteBackend, prefix: bytes) -> None:
+def test_prefix_scan_is_exact_and_sorted(tricky: StorageBackend, prefix: bytes) -> None:
     expected = sorted(k for k in TRICKY_KEYS if k.startswith(prefix))
     assert tricky.keys_with_prefix(NS, prefix) == expected
 
 
-def test_prefix_wildcards_are_literal(tricky: SQLiteBackend) -> None:
+def test_prefix_wildcards_are_literal(tricky: StorageBackend) -> None:
     assert tricky.keys_with_prefix(NS, b"task-_") == [b"task-_x"]
     assert tricky.keys_with_prefix(NS, b"task-%") == [b"task-%"]
     assert tricky.keys_with_prefix(NS, b"a\xff") == [b"a\xff", b"a\xff\xff", b"a\xff\xff\x00"]
 
 
-def test_prefix_scan_with_no_match_returns_nothing(store: SQLiteBackend) -> None:
+def test_prefix_scan_with_no_match_returns_nothing(store: StorageBackend) -> None:
     # Teaclave returns the first key after the range here; Kettle must not.
     store.put(NS, b"task-1", b"v")
     store.put(NS, b"user-1", b"v")
@@ -156,7 +185,7 @@ def test_prefix_scan_with_no_match_returns_nothing(store: SQLiteBackend) -> None
 # --- queues ----------------------------------------------------------------
 
 
-def test_queue_is_fifo(store: SQLiteBackend) -> None:
+def test_queue_is_fifo(store: StorageBackend) -> None:
     for value in (b"one", b"two", b"three"):
         store.enqueue(NS, Q, value)
     taken = []
@@ -166,11 +195,11 @@ def test_queue_is_fifo(store: SQLiteBackend) -> None:
     assert taken == [b"one", b"two", b"three"]
 
 
-def test_dequeue_on_empty_is_none(store: SQLiteBackend) -> None:
+def test_dequeue_on_empty_is_none(store: StorageBackend) -> None:
     assert store.dequeue(NS, Q, lease_seconds=30) is None
 
 
-def test_queues_are_independent(store: SQLiteBackend) -> None:
+def test_queues_are_independent(store: StorageBackend) -> None:
     store.enqueue(NS, b"staged-task", b"task")
     store.enqueue(NS, b"cancel_queue", b"cancel")
     store.enqueue("other", b"staged-task", b"elsewhere")
@@ -181,13 +210,13 @@ def test_queues_are_independent(store: SQLiteBackend) -> None:
     assert store.dequeue(NS, b"cancel_queue", lease_seconds=30) is None
 
 
-def test_empty_queue_value_is_a_value(store: SQLiteBackend) -> None:
+def test_empty_queue_value_is_a_value(store: StorageBackend) -> None:
     store.enqueue(NS, Q, b"")
     item = store.dequeue(NS, Q, lease_seconds=30)
     assert item is not None and item.value == b""
 
 
-def test_lease_hides_the_item(store: SQLiteBackend, clock: Clock) -> None:
+def test_lease_hides_the_item(store: StorageBackend, clock: Clock) -> None:
     store.enqueue(NS, Q, b"only")
     first = store.dequeue(NS, Q, lease_seconds=30)
     assert first == QueueItem(item_id=first.item_id, value=b"only", deliveries=1)
@@ -195,7 +224,7 @@ def test_lease_hides_the_item(store: SQLiteBackend, clock: Clock) -> None:
     assert store.dequeue(NS, Q, lease_seconds=30) is None
 
 
-def test_expired_lease_redelivers_before_newer_items(store: SQLiteBackend, clock: Clock) -> None:
+def test_expired_lease_redelivers_before_newer_items(store: StorageBackend, clock: Clock) -> None:
     store.enqueue(NS, Q, b"old")
     first = store.dequeue(NS, Q, lease_seconds=30)
     assert first is not None
@@ -208,7 +237,7 @@ def test_expired_lease_redelivers_before_newer_items(store: SQLiteBackend, clock
 
 
 def test_lease_expires_in_real_time(db_path: Path) -> None:
-    backend = SQLiteBackend(db_path)
+    backend = SQLiteBackend(db_path)  # the real wall clock
     try:
         backend.enqueue(NS, Q, b"v")
         assert backend.dequeue(NS, Q, lease_seconds=0.05) is not None
@@ -220,7 +249,7 @@ def test_lease_expires_in_real_time(db_path: Path) -> None:
         backend.close()
 
 
-def test_ack_removes_and_double_ack_is_false(store: SQLiteBackend, clock: Clock) -> None:
+def test_ack_removes_and_double_ack_is_false(store: StorageBackend, clock: Clock) -> None:
     store.enqueue(NS, Q, b"v")
     item = store.dequeue(NS, Q, lease_seconds=30)
     assert item is not None
@@ -230,7 +259,7 @@ def test_ack_removes_and_double_ack_is_false(store: SQLiteBackend, clock: Clock)
     assert store.dequeue(NS, Q, lease_seconds=30) is None
 
 
-def test_ack_is_scoped_to_its_queue(store: SQLiteBackend, clock: Clock) -> None:
+def test_ack_is_scoped_to_its_queue(store: StorageBackend, clock: Clock) -> None:
     store.enqueue(NS, Q, b"v")
     item = store.dequeue(NS, Q, lease_seconds=30)
     assert item is not None
@@ -240,7 +269,7 @@ def test_ack_is_scoped_to_its_queue(store: SQLiteBackend, clock: Clock) -> None:
     assert store.dequeue(NS, Q, lease_seconds=30) is not None
 
 
-def test_item_ids_are_not_reused(store: SQLiteBackend) -> None:
+def test_item_ids_are_not_reused(store: StorageBackend) -> None:
     store.enqueue(NS, Q, b"first")
     first = store.dequeue(NS, Q, lease_seconds=30)
     assert first is not None and store.ack(NS, Q, first.item_id)
@@ -252,7 +281,7 @@ def test_item_ids_are_not_reused(store: SQLiteBackend) -> None:
 
 
 @pytest.mark.parametrize("lease", [0, -1, float("nan"), float("inf")])
-def test_lease_must_be_positive_and_finite(store: SQLiteBackend, lease: float) -> None:
+def test_lease_must_be_positive_and_finite(store: StorageBackend, lease: float) -> None:
     with pytest.raises(ValueError, match="lease_seconds"):
         store.dequeue(NS, Q, lease_seconds=lease)
 
@@ -260,8 +289,8 @@ def test_lease_must_be_positive_and_finite(store: SQLiteBackend, lease: float) -
 # --- the file --------------------------------------------------------------
 
 
-def test_state_persists_across_reopen(db_path: Path, clock: Clock) -> None:
-    backend = SQLiteBackend(db_path, clock=clock)
+def test_state_persists_across_reopen(open_backend: Callable[[], StorageBackend], clock: Clock) -> None:
+    backend = open_backend()
     backend.put(NS, b"k", b"v")
     backend.enqueue(NS, Q, b"leased")
     backend.enqueue(NS, Q, b"waiting")
@@ -269,7 +298,7 @@ def test_state_persists_across_reopen(db_path: Path, clock: Clock) -> None:
     assert leased is not None
     backend.close()
 
-    reopened = SQLiteBackend(db_path, clock=clock)
+    reopened = open_backend()
     try:
         assert reopened.get(NS, b"k") == b"v"
         waiting = reopened.dequeue(NS, Q, lease_seconds=30)
@@ -283,14 +312,19 @@ def test_state_persists_across_reopen(db_path: Path, clock: Clock) -> None:
         reopened.close()
 
 
-def test_file_and_new_directory_are_private(db_path: Path, store: SQLiteBackend) -> None:
-    store.put(NS, b"k", b"v")
-    assert stat.S_IMODE(db_path.parent.stat().st_mode) == 0o700
-    for path in (db_path, db_path.with_name(db_path.name + "-wal")):
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+def test_file_and_new_directory_are_private(db_path: Path) -> None:
+    store = SQLiteBackend(db_path)
+    try:
+        store.put(NS, b"k", b"v")
+        assert stat.S_IMODE(db_path.parent.stat().st_mode) == 0o700
+        for path in (db_path, db_path.with_name(db_path.name + "-wal")):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    finally:
+        store.close()
 
 
-def test_uses_wal_and_records_schema_version(db_path: Path, store: SQLiteBackend) -> None:
+def test_uses_wal_and_records_schema_version(db_path: Path) -> None:
+    SQLiteBackend(db_path).close()
     raw = sqlite3.connect(db_path)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -317,8 +351,8 @@ def test_a_file_that_is_not_a_database_is_a_storage_error(tmp_path: Path) -> Non
         SQLiteBackend(path)
 
 
-def test_use_after_close_is_a_storage_error(db_path: Path) -> None:
-    backend = SQLiteBackend(db_path)
+def test_use_after_close_is_a_storage_error(open_backend: Callable[[], StorageBackend]) -> None:
+    backend = open_backend()
     backend.close()
     with pytest.raises(StorageError, match="could not read a record"):
         backend.get(NS, b"k")
@@ -394,7 +428,7 @@ def test_acknowledged_writes_survive_sigkill(db_path: Path) -> None:
 # --- several records in one step ------------------------------------------
 
 
-def test_compare_and_put_writes_the_others_in_the_same_transaction(store: SQLiteBackend) -> None:
+def test_compare_and_put_writes_the_others_in_the_same_transaction(store: StorageBackend) -> None:
     store.put(NS, b"task-1", b"running")
     store.put(NS, b"output-1", b"untagged")
     store.put(NS, b"stale", b"x")
@@ -408,7 +442,7 @@ def test_compare_and_put_writes_the_others_in_the_same_transaction(store: SQLite
     assert store.get(NS, b"output-1") == b"tagged"
 
 
-def test_compare_and_put_writes_each_key_once(store: SQLiteBackend) -> None:
+def test_compare_and_put_writes_each_key_once(store: StorageBackend) -> None:
     for also in ([(b"k", b"v")], [(b"o", b"1"), (b"o", b"2")]):
         with pytest.raises(ValueError, match="each key at most once"):
             store.compare_and_put(NS, b"k", None, b"v", also)
@@ -418,21 +452,22 @@ def test_compare_and_put_writes_each_key_once(store: SQLiteBackend) -> None:
 # --- group commit ------------------------------------------------------------
 
 
-def test_a_batch_commits_its_writes_together_each_seeing_the_ones_before(store: SQLiteBackend, db_path: Path) -> None:
+def test_a_batch_commits_its_writes_together_each_seeing_the_ones_before(
+    open_backend: Callable[[], StorageBackend],
+) -> None:
+    store, outside = open_backend(), open_backend()
     with store.batch():
         store.put(NS, b"a", b"1")
         assert store.get(NS, b"a") == b"1"  # the batch's own thread sees its uncommitted write
         applied, _ = store.compare_and_put(NS, b"a", b"1", b"2")
         assert applied
         store.enqueue(NS, Q, b"item")
-        outside = sqlite3.connect(db_path)
-        assert outside.execute("SELECT count(*) FROM records").fetchone() == (0,)  # nothing committed yet
-    assert outside.execute("SELECT value FROM records WHERE key = ?", (b"a",)).fetchone() == (b"2",)
-    outside.close()
-    assert store.dequeue(NS, Q, 30) is not None
+        assert outside.get(NS, b"a") is None  # nothing committed yet
+    assert outside.get(NS, b"a") == b"2"
+    assert outside.dequeue(NS, Q, 30) is not None
 
 
-def test_a_failing_write_in_a_batch_is_undone_alone(store: SQLiteBackend) -> None:
+def test_a_failing_write_in_a_batch_is_undone_alone(store: StorageBackend) -> None:
     with store.batch():
         store.put(NS, b"kept", b"yes")
         with pytest.raises(StorageError):
@@ -443,7 +478,7 @@ def test_a_failing_write_in_a_batch_is_undone_alone(store: SQLiteBackend) -> Non
     assert store.get(NS, b"half") is None and store.get(NS, b"key") is None
 
 
-def test_a_batch_that_fails_stores_nothing(store: SQLiteBackend) -> None:
+def test_a_batch_that_fails_stores_nothing(store: StorageBackend) -> None:
     with pytest.raises(RuntimeError, match="stop"), store.batch():
         store.put(NS, b"a", b"1")
         raise RuntimeError("stop")
@@ -452,7 +487,7 @@ def test_a_batch_that_fails_stores_nothing(store: SQLiteBackend) -> None:
     assert store.get(NS, b"b") == b"2"
 
 
-def test_reads_of_other_threads_never_wait_for_a_batch_nor_see_it_early(store: SQLiteBackend) -> None:
+def test_reads_of_other_threads_never_wait_for_a_batch_nor_see_it_early(store: StorageBackend) -> None:
     store.put(NS, b"a", b"old")
     seen: list[bytes | None] = []
     with store.batch():
@@ -463,3 +498,102 @@ def test_reads_of_other_threads_never_wait_for_a_batch_nor_see_it_early(store: S
         assert not reader.is_alive()  # the read did not wait for the batch to end
     assert seen == [b"old"]
     assert store.get(NS, b"a") == b"new"
+
+
+# --- PostgreSQL's own ground: several instances on one database --------------
+
+
+@pytest.fixture
+def pg_dsn() -> Iterator[str]:
+    with postgresql_schema() as dsn:
+        yield dsn
+
+
+def test_concurrent_consumers_on_two_instances_take_every_item_once(pg_dsn: str) -> None:
+    producer = PostgreSQLBackend(pg_dsn)
+    consumers = [PostgreSQLBackend(pg_dsn) for _ in range(2)]
+    try:
+        for i in range(200):
+            producer.enqueue(NS, Q, f"item {i}".encode())
+        taken: list[list[bytes]] = [[] for _ in range(4)]
+
+        def consume(backend: PostgreSQLBackend, into: list[bytes]) -> None:
+            while (item := backend.dequeue(NS, Q, lease_seconds=60)) is not None:
+                into.append(item.value)
+                assert backend.ack(NS, Q, item.item_id)
+
+        # two threads per instance: each instance's calls are serialised, the instances race
+        threads = [threading.Thread(target=consume, args=(consumers[n % 2], taken[n])) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        every = [value for part in taken for value in part]
+        assert sorted(every) == sorted(f"item {i}".encode() for i in range(200))  # none lost, none twice
+        assert all(taken[0] + taken[2]) and all(taken[1] + taken[3])
+    finally:
+        for backend in (producer, *consumers):
+            backend.close()
+
+
+def test_compare_and_put_races_across_instances_lose_no_update(pg_dsn: str) -> None:
+    instances = [PostgreSQLBackend(pg_dsn) for _ in range(3)]
+    try:
+        def increment(backend: PostgreSQLBackend) -> None:
+            for _ in range(40):
+                while True:
+                    current = backend.get(NS, b"counter")
+                    following = str(int(current or b"0") + 1).encode()
+                    if backend.compare_and_put(NS, b"counter", current, following)[0]:
+                        break
+
+        threads = [threading.Thread(target=increment, args=(b,)) for b in instances]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert instances[0].get(NS, b"counter") == b"120"
+    finally:
+        for backend in instances:
+            backend.close()
+
+
+def test_a_newer_schema_is_refused_and_an_older_one_is_migrated(pg_dsn: str) -> None:
+    import psycopg
+
+    PostgreSQLBackend(pg_dsn).close()
+    with psycopg.connect(pg_dsn, autocommit=True) as raw:
+        assert raw.execute("SELECT max(version) FROM kettle_schema").fetchone() == (1,)
+        raw.execute("INSERT INTO kettle_schema (version) VALUES (2)")
+    with pytest.raises(StorageError, match="schema version 2, this Kettle supports up to 1"):
+        PostgreSQLBackend(pg_dsn)
+
+
+def test_a_lost_connection_fails_the_call_and_the_next_call_connects_again(pg_dsn: str) -> None:
+    import psycopg
+
+    name = f"kettle-test-{os.getpid()}-{time.monotonic_ns()}"
+    backend = PostgreSQLBackend(psycopg.conninfo.make_conninfo(pg_dsn, application_name=name))
+    try:
+        backend.put(NS, b"k", b"v")
+        assert backend.get(NS, b"k") == b"v"
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            # what a database restart does to every connection: here, to this backend's two
+            ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE application_name = %s", (name,)).fetchall()
+            assert len(ended) == 2
+        with pytest.raises(StorageError, match="could not"):
+            backend.put(NS, b"k", b"lost?")
+        with pytest.raises(StorageError, match="could not"):
+            backend.get(NS, b"k")
+        backend.put(NS, b"k", b"again")  # a fresh connection
+        assert backend.get(NS, b"k") == b"again"
+    finally:
+        backend.close()
+
+
+def test_an_unreachable_database_is_a_storage_error_naming_it_without_its_password() -> None:
+    with pytest.raises(StorageError) as refused:
+        PostgreSQLBackend("postgresql://kettle:s3cret@127.0.0.1:1/kettle", connect_timeout_secs=2)
+    assert "cannot connect to PostgreSQL at 127.0.0.1:1/kettle" in refused.value.message
+    assert "s3cret" not in refused.value.message

@@ -135,7 +135,13 @@ class AuditConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     backend: str = "sqlite"
+    """``sqlite`` (the file at ``path``) or ``postgresql`` (the database a DSN names)."""
     path: str = "storage/kettle.db"
+    dsn: str = ""
+    """PostgreSQL connection string without a password (``postgresql://user@host/db``); a
+    password goes in ``dsn_file`` or the ``KETTLE_STORAGE_DSN`` environment variable."""
+    dsn_file: str = ""
+    """A file (relative to the home) holding the whole connection string, password included."""
 
 
 @dataclass(frozen=True)
@@ -489,6 +495,7 @@ def parse_config(text: str, home: Path) -> Config:
         raise ConfigError("sandbox.wasm_fuel must be between 1 and 2**63 - 1")
     if config.peers.connect_timeout_ms < 100:
         raise ConfigError("peers.connect_timeout_ms must be at least 100")
+    _check_storage(config.storage)
     if config.execution.concurrent_tasks > MAX_CONCURRENT_TASKS:
         raise ConfigError(f"execution.concurrent_tasks must be at most {MAX_CONCURRENT_TASKS}")
     if config.supervisor.execution_nodes < 1:
@@ -498,6 +505,29 @@ def parse_config(text: str, home: Path) -> Config:
     if config.supervisor.max_restart_backoff_ms < config.supervisor.restart_backoff_ms:
         raise ConfigError("supervisor.max_restart_backoff_ms must not be below supervisor.restart_backoff_ms")
     return config
+
+
+STORAGE_BACKENDS = ("sqlite", "postgresql")
+STORAGE_DSN_ENV = "KETTLE_STORAGE_DSN"
+
+
+def _check_storage(storage: StorageConfig) -> None:
+    if storage.backend not in STORAGE_BACKENDS:
+        raise ConfigError(f"storage.backend must be one of {', '.join(STORAGE_BACKENDS)}, not {storage.backend!r}")
+    if storage.dsn:
+        try:
+            import psycopg.conninfo
+
+            password = psycopg.conninfo.conninfo_to_dict(storage.dsn).get("password")
+        except psycopg.ProgrammingError as exc:
+            raise ConfigError(f"storage.dsn is not a PostgreSQL connection string: {' '.join(str(exc).split())}") from None
+        if password:
+            raise ConfigError(
+                f"storage.dsn must not carry a password (the configuration is not a secret): put the "
+                f"connection string in storage.dsn_file or the {STORAGE_DSN_ENV} environment variable"
+            )
+    if storage.dsn and storage.dsn_file:
+        raise ConfigError("storage.dsn and storage.dsn_file name the same thing: set one of them")
 
 
 def _check_collateral(attestation: AttestationConfig) -> None:

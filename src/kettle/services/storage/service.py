@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import empty_pb2
 
-from ...config import Config
+from ...config import STORAGE_DSN_ENV, Config
 from ...errors import ConfigError, InvalidArgument, NotFound, PermissionDenied, SealingError
 from ...rpc.generated import kettle_storage_pb2 as pb
 from ...rpc.generated import kettle_storage_pb2_grpc as pb_grpc
@@ -256,17 +256,46 @@ class StorageServicer(pb_grpc.KettleStorageServicer):
         self._store.close()
 
 
+def postgresql_dsn(config: Config) -> str:
+    """The connection string: ``KETTLE_STORAGE_DSN``, else ``storage.dsn_file``'s content,
+    else ``storage.dsn`` (never from the command line, where every user can read it)."""
+    from_env = os.environ.get(STORAGE_DSN_ENV, "").strip()
+    if from_env:
+        return from_env
+    if config.storage.dsn_file:
+        path = config.path(config.storage.dsn_file)
+        try:
+            text = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read storage.dsn_file {path}: {exc.strerror}") from None
+        if not text:
+            raise ConfigError(f"storage.dsn_file {path} is empty")
+        return text
+    if config.storage.dsn:
+        return config.storage.dsn
+    raise ConfigError(f"storage backend postgresql needs a connection string: storage.dsn, "
+                      f"storage.dsn_file or the {STORAGE_DSN_ENV} environment variable")
+
+
+def open_backend(config: Config) -> StorageBackend:
+    """The configured database, unsealed values and all (the caller seals)."""
+    if config.storage.backend == "postgresql":
+        from .postgresql_backend import PostgreSQLBackend
+
+        return PostgreSQLBackend(postgresql_dsn(config))
+    return SQLiteBackend(config.path(config.storage.path))
+
+
 def open_store(config: Config, runtime: ServiceRuntime) -> StorageBackend:
-    if config.storage.backend != "sqlite":
-        raise ConfigError(f"storage backend {config.storage.backend!r} is not available (known: sqlite)")
-    path = config.path(config.storage.path)
-    store = SealedStore(SQLiteBackend(path), Sealer(runtime.provider.sealing_key("storage")))
+    backend = open_backend(config)
+    where = "the PostgreSQL database" if config.storage.backend == "postgresql" else config.path(config.storage.path)
+    store = SealedStore(backend, Sealer(runtime.provider.sealing_key("storage")))
     try:
         store.check_key()
     except SealingError:
         store.close()
         raise ConfigError(
-            f"{path} was sealed under another sealing key, so this storage service cannot open it: the code "
+            f"{where} was sealed under another sealing key, so this storage service cannot open it: the code "
             "identity or platform that sealed it differs from this one (on sev-snp and tdx every code update "
             "changes the key; docs/attestation.md, 'Sealing keys'). Kettle has no re-seal step yet: run the "
             "version that sealed the data, or start from new storage"

@@ -1,0 +1,331 @@
+"""The PostgreSQL storage backend: the same records, queues and guarantees as SQLite's.
+
+For an operator who already runs (and backs up) PostgreSQL. Values arrive sealed by
+:class:`~kettle.services.storage.sealing.SealedStore`, exactly as for SQLite; the
+database never sees a plaintext value. Keys are ``bytea``, so prefix scans and
+ordering are bytewise.
+
+- **Durability**: every write is its own transaction, committed (with PostgreSQL's
+  default ``synchronous_commit = on``, i.e. flushed to its WAL) before it returns;
+  inside :meth:`PostgreSQLBackend.batch` writes share one transaction, each in a
+  savepoint of its own, and commit together at the end (group commit).
+- **Compare-and-put** is one conditional statement inside the transaction (an
+  ``UPDATE … WHERE value = expected``, or an ``INSERT … ON CONFLICT DO NOTHING`` for
+  an absent record), so two writers racing on a record cannot both win.
+- **Queues**: a dequeue takes the oldest available item ``FOR UPDATE SKIP LOCKED``,
+  so concurrent consumers (several storage instances) never take the same item.
+- **Schema**: versioned migrations, applied at start under an advisory lock (two
+  instances starting together do not race), recorded in ``kettle_schema``.
+- **A lost connection** is never turned into an answer: the call fails with
+  :class:`~kettle.errors.StorageError` and the next call connects again.
+
+Reads outside a batch use a connection of their own, as with SQLite, so they
+never wait behind a commit.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import psycopg
+
+from kettle.errors import StorageError
+from kettle.services.storage.backend import DeadLetter, QueueItem, RecordWrite
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1: records, queues, dead letters
+        """CREATE TABLE kettle_records (
+            namespace TEXT  NOT NULL,
+            key       BYTEA NOT NULL,
+            value     BYTEA NOT NULL,
+            PRIMARY KEY (namespace, key)
+        )""",
+        # An item id is never reused (a sequence), so a late ack of an item that is
+        # gone cannot remove a newer one. leased_until is wall-clock seconds.
+        """CREATE TABLE kettle_queue_items (
+            item_id      BIGSERIAL PRIMARY KEY,
+            namespace    TEXT             NOT NULL,
+            queue        BYTEA            NOT NULL,
+            value        BYTEA            NOT NULL,
+            deliveries   INTEGER          NOT NULL DEFAULT 0,
+            leased_until DOUBLE PRECISION NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX kettle_queue_items_fifo ON kettle_queue_items (namespace, queue, item_id)",
+        """CREATE TABLE kettle_dead_letters (
+            item_id    BIGINT           PRIMARY KEY,
+            namespace  TEXT             NOT NULL,
+            queue      BYTEA            NOT NULL,
+            value      BYTEA            NOT NULL,
+            deliveries INTEGER          NOT NULL,
+            reason     TEXT             NOT NULL,
+            moved_at   DOUBLE PRECISION NOT NULL
+        )""",
+    ),
+)
+"""Schema versions in order; version N is ``MIGRATIONS[N - 1]``. Never edit one that has shipped: add the next."""
+
+MIGRATION_LOCK = 0x6B65_7474_6C65  # "kettle": the advisory lock that serialises schema changes
+
+
+class _SQL:
+    SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS kettle_schema (version INTEGER NOT NULL)"
+    LOCK_SCHEMA = "SELECT pg_advisory_xact_lock(%s)"
+    SCHEMA_VERSION = "SELECT max(version) FROM kettle_schema"
+    RECORD_VERSION = "INSERT INTO kettle_schema (version) VALUES (%s)"
+
+    GET = "SELECT value FROM kettle_records WHERE namespace = %s AND key = %s"
+    PUT = """
+        INSERT INTO kettle_records (namespace, key, value) VALUES (%s, %s, %s)
+        ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value
+    """
+    DELETE = "DELETE FROM kettle_records WHERE namespace = %s AND key = %s"
+    INSERT_IF_ABSENT = """
+        INSERT INTO kettle_records (namespace, key, value) VALUES (%s, %s, %s)
+        ON CONFLICT (namespace, key) DO NOTHING
+    """
+    REPLACE_IF = "UPDATE kettle_records SET value = %s WHERE namespace = %s AND key = %s AND value = %s"
+    KEYS_FROM = "SELECT key FROM kettle_records WHERE namespace = %s AND key >= %s ORDER BY key"
+    KEYS_BETWEEN = "SELECT key FROM kettle_records WHERE namespace = %s AND key >= %s AND key < %s ORDER BY key"
+
+    ENQUEUE = "INSERT INTO kettle_queue_items (namespace, queue, value) VALUES (%s, %s, %s)"
+    OLDEST_AVAILABLE = """
+        SELECT item_id, value, deliveries FROM kettle_queue_items
+        WHERE namespace = %s AND queue = %s AND leased_until <= %s
+        ORDER BY item_id LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    """
+    LEASE = "UPDATE kettle_queue_items SET leased_until = %s, deliveries = deliveries + 1 WHERE item_id = %s"
+    ACK = "DELETE FROM kettle_queue_items WHERE namespace = %s AND queue = %s AND item_id = %s"
+    TO_DEAD_LETTERS = """
+        INSERT INTO kettle_dead_letters (item_id, namespace, queue, value, deliveries, reason, moved_at)
+        SELECT item_id, namespace, queue, value, deliveries, %s, %s FROM kettle_queue_items
+        WHERE namespace = %s AND queue = %s AND item_id = %s
+    """
+    DEAD_LETTERS = """
+        SELECT item_id, namespace, queue, value, deliveries, reason, moved_at
+        FROM kettle_dead_letters ORDER BY moved_at, item_id
+    """
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def _shown(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "the configured database"
+    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+
+class PostgreSQLBackend:
+    """A :class:`~kettle.services.storage.backend.StorageBackend` in a PostgreSQL database.
+
+    Two connections, each guarded by a lock so the object can be shared between
+    threads: one for writes (and for reads inside a batch), one for the other reads.
+    ``clock`` gives wall-clock seconds for queue leases.
+    """
+
+    def __init__(self, dsn: str, *, clock: Callable[[], float] = time.time, connect_timeout_secs: int = 10) -> None:
+        self._dsn = dsn
+        self._where = _shown(dsn)
+        self._clock = clock
+        self._connect_timeout = connect_timeout_secs
+        self._lock = threading.RLock()
+        self._read_lock = threading.Lock()
+        self._batch_owner: int | None = None
+        self._conn: psycopg.Connection | None = None
+        self._read_conn: psycopg.Connection | None = None
+        self._closed = False
+        with self._lock:
+            self._migrate(self._writer())
+
+    # --- connections --------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection:
+        try:
+            return psycopg.connect(self._dsn, connect_timeout=self._connect_timeout)
+        except psycopg.Error as exc:
+            raise StorageError(f"storage: cannot connect to PostgreSQL at {self._where}: {_reason(exc)}") from None
+
+    def _writer(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect()
+            self._conn.autocommit = True  # transactions are the explicit blocks below (nested: savepoints)
+        return self._conn
+
+    def _reader(self) -> psycopg.Connection:
+        if self._read_conn is None or self._read_conn.closed:
+            self._read_conn = self._connect()
+            self._read_conn.autocommit = True  # each read sees every committed write
+        return self._read_conn
+
+    def _open(self, action: str) -> None:
+        if self._closed:
+            raise StorageError(f"storage: could not {action}: the backend is closed")
+
+    @contextmanager
+    def _errors(self, action: str, conn: psycopg.Connection) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            if conn.broken or conn.closed:
+                conn.close()  # the next call connects again; this one's outcome is not guessed
+            raise StorageError(f"storage: could not {action}: {_reason(exc)}") from exc
+        except psycopg.Error as exc:
+            raise StorageError(f"storage: could not {action}: {_reason(exc)}") from exc
+
+    def _migrate(self, conn: psycopg.Connection) -> None:
+        with self._errors("prepare the schema", conn), conn.transaction():
+            conn.execute(_SQL.LOCK_SCHEMA, (MIGRATION_LOCK,))
+            conn.execute(_SQL.SCHEMA_TABLE)
+            row = conn.execute(_SQL.SCHEMA_VERSION).fetchone()
+            version = (row[0] if row else None) or 0
+            if version > len(MIGRATIONS):
+                raise StorageError(
+                    f"storage: the database at {self._where} has schema version {version}, "
+                    f"this Kettle supports up to {len(MIGRATIONS)}"
+                )
+            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(_SQL.RECORD_VERSION, (number,))
+
+    @contextmanager
+    def _transaction(self, action: str) -> Iterator[psycopg.Connection]:
+        """One write, all or nothing: a transaction of its own, or a savepoint of the batch's."""
+        with self._lock:
+            self._open(action)
+            conn = self._writer()
+            with self._errors(action, conn), conn.transaction():
+                yield conn
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        with self._lock:
+            if self._batch_owner is not None:
+                raise RuntimeError("batches do not nest")
+            self._open("begin a batch of writes")
+            conn = self._writer()
+            with self._errors("commit a batch of writes", conn), conn.transaction():
+                self._batch_owner = threading.get_ident()
+                try:
+                    yield
+                finally:
+                    self._batch_owner = None
+
+    @contextmanager
+    def _reading(self, action: str) -> Iterator[psycopg.Connection]:
+        self._open(action)
+        if self._batch_owner == threading.get_ident():
+            with self._lock:
+                conn = self._writer()
+                with self._errors(action, conn):
+                    yield conn
+            return
+        with self._read_lock:
+            conn = self._reader()
+            with self._errors(action, conn):
+                yield conn
+
+    # --- records ------------------------------------------------------------------
+
+    def get(self, namespace: str, key: bytes) -> bytes | None:
+        with self._reading("read a record") as conn:
+            row = conn.execute(_SQL.GET, (namespace, key)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put(self, namespace: str, key: bytes, value: bytes) -> None:
+        with self._transaction("write a record") as conn:
+            conn.execute(_SQL.PUT, (namespace, key, value))
+
+    def delete(self, namespace: str, key: bytes) -> None:
+        with self._transaction("delete a record") as conn:
+            conn.execute(_SQL.DELETE, (namespace, key))
+
+    def keys_with_prefix(self, namespace: str, prefix: bytes) -> list[bytes]:
+        end = _prefix_end(prefix)
+        with self._reading("list keys") as conn:
+            if end is None:
+                rows = conn.execute(_SQL.KEYS_FROM, (namespace, prefix)).fetchall()
+            else:
+                rows = conn.execute(_SQL.KEYS_BETWEEN, (namespace, prefix, end)).fetchall()
+        return [bytes(key) for (key,) in rows]
+
+    def compare_and_put(
+        self, namespace: str, key: bytes, expected: bytes | None, value: bytes,
+        also: Sequence[RecordWrite] = (),
+    ) -> tuple[bool, bytes | None]:
+        keys = [key, *(other for other, _ in also)]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a compare-and-put writes each key at most once")
+        with self._transaction("compare-and-put a record") as conn:
+            if expected is None:
+                applied = conn.execute(_SQL.INSERT_IF_ABSENT, (namespace, key, value)).rowcount == 1
+            else:
+                applied = conn.execute(_SQL.REPLACE_IF, (value, namespace, key, expected)).rowcount == 1
+            if not applied:
+                row = conn.execute(_SQL.GET, (namespace, key)).fetchone()
+                return False, None if row is None else bytes(row[0])
+            for other, other_value in also:
+                if other_value is None:
+                    conn.execute(_SQL.DELETE, (namespace, other))
+                else:
+                    conn.execute(_SQL.PUT, (namespace, other, other_value))
+            return True, value
+
+    # --- queues -------------------------------------------------------------------
+
+    def enqueue(self, namespace: str, queue: bytes, value: bytes) -> None:
+        with self._transaction("enqueue an item") as conn:
+            conn.execute(_SQL.ENQUEUE, (namespace, queue, value))
+
+    def dequeue(self, namespace: str, queue: bytes, lease_seconds: float) -> QueueItem | None:
+        if not 0 < lease_seconds < math.inf:
+            raise ValueError(f"lease_seconds must be positive and finite, got {lease_seconds}")
+        now = self._clock()
+        with self._transaction("dequeue an item") as conn:
+            row = conn.execute(_SQL.OLDEST_AVAILABLE, (namespace, queue, now)).fetchone()
+            if row is None:
+                return None
+            item_id, value, deliveries = row
+            conn.execute(_SQL.LEASE, (now + lease_seconds, item_id))
+        return QueueItem(item_id=item_id, value=bytes(value), deliveries=deliveries + 1)
+
+    def ack(self, namespace: str, queue: bytes, item_id: int) -> bool:
+        with self._transaction("ack an item") as conn:
+            return conn.execute(_SQL.ACK, (namespace, queue, item_id)).rowcount == 1
+
+    def dead_letter(self, namespace: str, queue: bytes, item_id: int, reason: str) -> bool:
+        with self._transaction("move an item to the dead letters") as conn:
+            moved = conn.execute(_SQL.TO_DEAD_LETTERS, (reason, self._clock(), namespace, queue, item_id)).rowcount
+            conn.execute(_SQL.ACK, (namespace, queue, item_id))
+        return moved == 1
+
+    def dead_letters(self) -> list[DeadLetter]:
+        with self._reading("list the dead letters") as conn:
+            rows = conn.execute(_SQL.DEAD_LETTERS).fetchall()
+        return [DeadLetter(item_id, namespace, bytes(queue), bytes(value), deliveries, reason, moved_at)
+                for item_id, namespace, queue, value, deliveries, reason, moved_at in rows]
+
+    def close(self) -> None:
+        with self._lock, self._read_lock:
+            self._closed = True
+            for conn in (self._conn, self._read_conn):
+                if conn is not None:
+                    conn.close()
+
+
+def _reason(exc: psycopg.Error) -> str:
+    """The server's or the driver's sentence, on one line."""
+    text = (exc.diag.message_primary if getattr(exc, "diag", None) and exc.diag.message_primary else str(exc))
+    return " ".join(text.split()) or type(exc).__name__
