@@ -49,3 +49,28 @@ def test_a_platform_on_postgresql_runs_tasks_and_keeps_them_across_a_storage_res
     again = client.create_task(function_id, {"message": "after the restart"})
     client.invoke_task(again)
     assert client.get_task_result(again, timeout=60) == b"after the restart"
+
+
+def test_the_connection_string_comes_from_the_environment_then_a_private_file_then_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kettle.config import parse_config
+    from kettle.errors import ConfigError
+    from kettle.services.storage.service import postgresql_dsn
+
+    monkeypatch.delenv("KETTLE_STORAGE_DSN", raising=False)
+    secret = tmp_path / "dsn"
+    secret.write_text("postgresql://kettle:pw@db/kettle\n")
+    secret.chmod(0o644)
+    with_file = parse_config('[storage]\nbackend = "postgresql"\ndsn_file = "dsn"\n', tmp_path)
+    with pytest.raises(ConfigError, match=r"other users may read it \(mode 0644\): chmod 600 it"):
+        postgresql_dsn(with_file)
+    secret.chmod(0o600)
+    assert postgresql_dsn(with_file) == "postgresql://kettle:pw@db/kettle"
+    monkeypatch.setenv("KETTLE_STORAGE_DSN", "postgresql://from-env@db/kettle")
+    assert postgresql_dsn(with_file) == "postgresql://from-env@db/kettle"
+    monkeypatch.delenv("KETTLE_STORAGE_DSN")
+    plain = parse_config('[storage]\nbackend = "postgresql"\ndsn = "postgresql://kettle@db/kettle"\n', tmp_path)
+    assert postgresql_dsn(plain) == "postgresql://kettle@db/kettle"
+    with pytest.raises(ConfigError, match="needs a connection string"):
+        postgresql_dsn(parse_config('[storage]\nbackend = "postgresql"\n', tmp_path))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -265,9 +266,13 @@ def postgresql_dsn(config: Config) -> str:
     if config.storage.dsn_file:
         path = config.path(config.storage.dsn_file)
         try:
+            mode = stat.S_IMODE(path.stat().st_mode)
             text = path.read_text().strip()
         except OSError as exc:
             raise ConfigError(f"cannot read storage.dsn_file {path}: {exc.strerror}") from None
+        if mode & 0o077:
+            raise ConfigError(f"storage.dsn_file {path} holds a password but other users may read it "
+                              f"(mode {mode:04o}): chmod 600 it")
         if not text:
             raise ConfigError(f"storage.dsn_file {path} is empty")
         return text
