@@ -7,12 +7,15 @@ prints:
 * **CPU-milliseconds per task, per process**, read from ``/proc/PID/stat`` before
   and after a closed-loop run (user + system time of each service, plus its
   finished children: an execution node's task workers and sandbox children, which
-  it reaps). The total over all processes, the client included, is what decides
+  it reaps; with PostgreSQL storage, the database server's processes too). The total over all processes, the client included, is what decides
   throughput on a machine whose cores all services share.
 * **The wall time of one task**, split by the client's calls (CreateTask,
   InvokeTask, the wait for the result), median over sequential runs.
 
-    .venv/bin/python bench/bench_task_profile.py [--tasks N] [--clients N] [--nodes N]
+With ``--storage sqlite,postgresql`` it does all of that once per storage backend,
+in the same run (PostgreSQL: a fresh schema of the test database at 127.0.0.1:5432).
+
+    .venv/bin/python bench/bench_task_profile.py [--tasks N] [--clients N] [--nodes N] [--storage LIST]
 """
 
 from __future__ import annotations
@@ -72,6 +75,20 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return user, system
 
 
+def postmaster() -> int:
+    """The PostgreSQL server's parent process (its per-connection processes are its children)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    parent = int(_stat(int(entry.name))[1])
+                    if Path(f"/proc/{parent}/comm").read_text().strip() != "postgres":
+                        return int(entry.name)
+            except (OSError, ValueError):
+                continue
+    raise SystemExit("no PostgreSQL server process found on this machine")
+
+
 def own_cpu_seconds() -> tuple[float, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime, usage.ru_stime
@@ -93,7 +110,10 @@ class Profile:
         return FrontendClient(self.platform.frontend_address, self.trust, "admin", self.token)
 
     def processes(self) -> dict[str, int]:
-        return {c.name: c.process.pid for c in self.platform.children}
+        found = {c.name: c.process.pid for c in self.platform.children}
+        if self.platform.config.storage.backend == "postgresql":
+            found["PostgreSQL server"] = postmaster()
+        return found
 
     def cpu_per_task(self, tasks: int, clients: int) -> tuple[dict[str, tuple[float, float]], float]:
         """(user, system) CPU-ms per task of each process, and tasks per second, over a closed-loop run."""
@@ -161,25 +181,30 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--nodes", type=int, default=2, help="execution nodes")
     parser.add_argument("--latency-runs", type=int, default=30)
+    parser.add_argument("--storage", default="sqlite", help="storage backends to measure, comma-separated")
     args = parser.parse_args()
 
-    with temporary_platform(args.nodes) as platform:
-        profile = Profile(platform)
-        split = profile.wall_split(args.latency_runs)
-        print(f"wall time of one echo task, median of {args.latency_runs} sequential runs (ms):")
-        for name, samples in split.items():
-            print(f"  {name:<22} {statistics.median(samples):8.2f}")
-        spent, rate = profile.cpu_per_task(args.tasks, args.clients)
-        print(f"\nCPU-ms per echo task, {args.tasks} tasks from {args.clients} clients, "
-              f"{args.nodes} execution node(s): {rate:.1f} tasks/s")
-        print(f"  {'process':<22} {'user':>8} {'system':>8} {'total':>8}")
-        for name, (user, system) in sorted(spent.items(), key=lambda kv: -sum(kv[1])):
-            print(f"  {name:<22} {user:8.2f} {system:8.2f} {user + system:8.2f}")
-        total = sum(sum(v) for v in spent.values())
-        print(f"  {'total':<22} {sum(u for u, _ in spent.values()):8.2f} "
-              f"{sum(s for _, s in spent.values()):8.2f} {total:8.2f}")
-        print(f"  CPU-bound ceiling on {os.cpu_count()} cores: {os.cpu_count() * 1000 / total:.0f} tasks/s")
+    for storage in args.storage.split(","):
+        print(f"== storage: {storage}")
+        with temporary_platform(args.nodes, storage) as platform:
+            report(Profile(platform), args)
 
+
+def report(profile: Profile, args: argparse.Namespace) -> None:
+    split = profile.wall_split(args.latency_runs)
+    print(f"wall time of one echo task, median of {args.latency_runs} sequential runs (ms):")
+    for name, samples in split.items():
+        print(f"  {name:<22} {statistics.median(samples):8.2f}")
+    spent, rate = profile.cpu_per_task(args.tasks, args.clients)
+    print(f"\nCPU-ms per echo task, {args.tasks} tasks from {args.clients} clients, "
+          f"{args.nodes} execution node(s): {rate:.1f} tasks/s")
+    print(f"  {'process':<22} {'user':>8} {'system':>8} {'total':>8}")
+    for name, (user, system) in sorted(spent.items(), key=lambda kv: -sum(kv[1])):
+        print(f"  {name:<22} {user:8.2f} {system:8.2f} {user + system:8.2f}")
+    total = sum(sum(v) for v in spent.values())
+    print(f"  {'total':<22} {sum(u for u, _ in spent.values()):8.2f} "
+          f"{sum(s for _, s in spent.values()):8.2f} {total:8.2f}")
+    print(f"  CPU-bound ceiling on {os.cpu_count()} cores: {os.cpu_count() * 1000 / total:.0f} tasks/s")
 
 if __name__ == "__main__":
     main()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import sys
 import tempfile
@@ -29,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import ALL_SERVICES, Platform, make_home  # noqa: E402
+from conftest import ALL_SERVICES, Platform, make_home, postgresql_schema  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from kettle.launcher import spawn  # noqa: E402
@@ -40,12 +41,17 @@ MESSAGE = "Hello, Teaclave!"
 
 
 @contextlib.contextmanager
-def temporary_platform(nodes: int = 1) -> Iterator[Platform]:
-    """A whole platform (``nodes`` execution nodes) in a temporary home on free ports."""
-    with tempfile.TemporaryDirectory() as tmp:
+def temporary_platform(nodes: int = 1, storage: str = "sqlite") -> Iterator[Platform]:
+    """A whole platform (``nodes`` execution nodes) in a temporary home on free ports, its
+    state in SQLite or (``storage="postgresql"``) in a fresh schema of the test database."""
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         base = Path(tmp)
         create_dev_auditors(base / "cache")
-        platform = Platform(make_home(base / "home", base / "cache" / "auditors"))
+        extra = ""
+        if storage == "postgresql":
+            stack.enter_context(patched_environment(KETTLE_STORAGE_DSN=stack.enter_context(postgresql_schema())))
+            extra = '[storage]\nbackend = "postgresql"\n'
+        platform = Platform(make_home(base / "home", base / "cache" / "auditors", extra=extra))
         platform.start(ALL_SERVICES)
         try:
             for n in range(2, nodes + 1):
@@ -53,6 +59,21 @@ def temporary_platform(nodes: int = 1) -> Iterator[Platform]:
             yield platform
         finally:
             platform.stop()
+
+
+@contextlib.contextmanager
+def patched_environment(**values: str) -> Iterator[None]:
+    """Set environment variables (inherited by the services started meanwhile), then restore them."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def percentile(samples: list[float], p: float) -> float:
