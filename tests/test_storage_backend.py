@@ -597,3 +597,37 @@ def test_an_unreachable_database_is_a_storage_error_naming_it_without_its_passwo
         PostgreSQLBackend("postgresql://kettle:s3cret@127.0.0.1:1/kettle", connect_timeout_secs=2)
     assert "cannot connect to PostgreSQL at 127.0.0.1:1/kettle" in refused.value.message
     assert "s3cret" not in refused.value.message
+
+
+def test_a_sqlite_state_moves_into_postgresql_row_for_row(db_path: Path, pg_dsn: str, clock: Clock) -> None:
+    from kettle.services.storage.sqlite_backend import read_state
+
+    source = SQLiteBackend(db_path, clock=clock)
+    source.put(NS, b"k", b"sealed bytes")
+    source.put("authentication", b"user/a", b"other namespace")
+    for value in (b"leased", b"waiting", b"dead"):
+        source.enqueue(NS, Q, value)
+    leased, waiting, dead = (source.dequeue(NS, Q, lease_seconds=30) for _ in range(3))
+    assert leased is not None and waiting is not None and dead is not None
+    source.dead_letter(NS, Q, dead.item_id, "does not unseal")
+    clock.now += 31  # the leases ran out: both items are due again, with their deliveries counted
+    source.close()
+
+    target = PostgreSQLBackend(pg_dsn, clock=clock)
+    try:
+        with read_state(db_path) as (records, items, letters):
+            assert target.import_state(records, items, letters) == (2, 2, 1)
+        assert target.get(NS, b"k") == b"sealed bytes"
+        assert target.get("authentication", b"user/a") == b"other namespace"
+        first = target.dequeue(NS, Q, lease_seconds=30)
+        assert first == QueueItem(item_id=leased.item_id, value=b"leased", deliveries=2)  # history kept
+        [letter] = target.dead_letters()
+        assert (letter.item_id, letter.value, letter.reason) == (dead.item_id, b"dead", "does not unseal")
+        target.enqueue(NS, Q, b"new")
+        while (item := target.dequeue(NS, Q, lease_seconds=30)) is not None and item.value != b"new":
+            pass
+        assert item is not None and item.item_id > dead.item_id  # ids never reused
+        with read_state(db_path) as (records, items, letters), pytest.raises(StorageError, match="is not empty"):
+            target.import_state(records, items, letters)
+    finally:
+        target.close()

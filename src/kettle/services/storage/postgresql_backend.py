@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import psycopg
@@ -108,6 +108,19 @@ class _SQL:
     DEAD_LETTERS = """
         SELECT item_id, namespace, queue, value, deliveries, reason, moved_at
         FROM kettle_dead_letters ORDER BY moved_at, item_id
+    """
+    IMPORT_ITEM = """
+        INSERT INTO kettle_queue_items (item_id, namespace, queue, value, deliveries, leased_until)
+        VALUES (%s, %s, %s, %s, %s, %s)
+    """
+    IMPORT_DEAD_LETTER = """
+        INSERT INTO kettle_dead_letters (item_id, namespace, queue, value, deliveries, reason, moved_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
+    """
+    ADVANCE_ITEM_IDS = """
+        SELECT setval(pg_get_serial_sequence('kettle_queue_items', 'item_id'),
+                      GREATEST((SELECT coalesce(max(item_id), 0) FROM kettle_queue_items),
+                               (SELECT coalesce(max(item_id), 0) FROM kettle_dead_letters), 1))
     """
 
 
@@ -316,6 +329,38 @@ class PostgreSQLBackend:
             rows = conn.execute(_SQL.DEAD_LETTERS).fetchall()
         return [DeadLetter(item_id, namespace, bytes(queue), bytes(value), deliveries, reason, moved_at)
                 for item_id, namespace, queue, value, deliveries, reason, moved_at in rows]
+
+    # --- moving a platform in -------------------------------------------------------
+
+    def import_state(
+        self,
+        records: Iterable[tuple[str, bytes, bytes]],
+        queue_items: Iterable[tuple[int, str, bytes, bytes, int, float]],
+        dead_letters: Iterable[DeadLetter],
+    ) -> tuple[int, int, int]:
+        """Store another backend's rows exactly as they are (values stay sealed; queue items
+        keep their ids, deliveries and leases), in one transaction, into an empty
+        database. Returns how many records, queue items and dead letters were stored."""
+        counts = [0, 0, 0]
+        with self._transaction("import the platform's state") as conn:
+            for table in ("kettle_records", "kettle_queue_items", "kettle_dead_letters"):
+                if conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None:  # noqa: S608 - fixed names
+                    raise StorageError(f"storage: the PostgreSQL database at {self._where} is not empty "
+                                       f"({table} has rows): a platform is only moved into an empty one")
+            for namespace, key, value in records:
+                conn.execute(_SQL.PUT, (namespace, key, value))
+                counts[0] += 1
+            for item_id, namespace, queue, value, deliveries, leased_until in queue_items:
+                conn.execute(_SQL.IMPORT_ITEM, (item_id, namespace, queue, value, deliveries, leased_until))
+                counts[1] += 1
+            # Item ids are never reused: new items come after every imported one (and dead letter).
+            conn.execute(_SQL.ADVANCE_ITEM_IDS)
+            for letter in dead_letters:
+                conn.execute(_SQL.IMPORT_DEAD_LETTER, (letter.item_id, letter.namespace, letter.queue, letter.value,
+                                                       letter.deliveries, letter.reason, letter.moved_at))
+                counts[2] += 1
+            conn.execute(_SQL.ADVANCE_ITEM_IDS)
+        return counts[0], counts[1], counts[2]
 
     def close(self) -> None:
         with self._lock, self._read_lock:

@@ -118,6 +118,8 @@ class _SQL:
         SELECT item_id, namespace, queue, value, deliveries, reason, moved_at
         FROM dead_letters ORDER BY moved_at, item_id
     """
+    ALL_RECORDS = "SELECT namespace, key, value FROM records ORDER BY namespace, key"
+    ALL_ITEMS = "SELECT item_id, namespace, queue, value, deliveries, leased_until FROM queue_items ORDER BY item_id"
 
 
 def _prefix_end(prefix: bytes) -> bytes | None:
@@ -360,6 +362,27 @@ def read_dead_letters(path: Path) -> list[DeadLetter]:
         finally:
             conn.close()
     return [_dead_letter(row) for row in rows]
+
+
+@contextmanager
+def read_state(path: Path) -> Iterator[tuple[
+    Iterator[tuple[str, bytes, bytes]], Iterator[tuple[int, str, bytes, bytes, int, float]], list[DeadLetter]
+]]:
+    """Every record, queue item and dead letter of the database at ``path``, exactly as
+    stored (values sealed), from one consistent snapshot, read-only."""
+    if not path.exists():
+        raise StorageError(f"storage: no database at {path}")
+    with _storage_errors(f"read the database {path}"):
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    try:
+        with _storage_errors(f"read the database {path}"):
+            conn.execute("BEGIN")  # one snapshot for all three
+            records = ((ns, bytes(k), bytes(v)) for ns, k, v in conn.execute(_SQL.ALL_RECORDS))
+            items = ((i, ns, bytes(q), bytes(v), d, lease) for i, ns, q, v, d, lease in conn.execute(_SQL.ALL_ITEMS))
+            letters = [_dead_letter(row) for row in conn.execute(_SQL.DEAD_LETTERS).fetchall()]
+            yield records, items, letters
+    finally:
+        conn.close()
 
 
 def _create_private_file(path: Path) -> None:
