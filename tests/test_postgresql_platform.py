@@ -3,6 +3,7 @@ the KETTLE_STORAGE_DSN environment variable, schema created on first start."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,8 @@ def test_a_platform_on_postgresql_runs_tasks_and_keeps_them_across_a_storage_res
     with psycopg.connect(dsn) as raw:
         values = [bytes(v) for (v,) in raw.execute("SELECT value FROM kettle_records").fetchall()]
     assert values and not any(b"kept in postgres" in v for v in values)  # sealed, as in SQLite
+    listed = platform.kettle("storage", "dead-letters", "--json", env={"KETTLE_STORAGE_DSN": dsn})
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stdout + listed.stderr
 
     old = platform.child("storage").process
     old.kill()  # no goodbye

@@ -30,10 +30,18 @@ from .main import one_line_errors, out  # noqa: E402
 def dead_letters(as_json: bool = typer.Option(False, "--json")) -> None:
     """List queue items moved out of their queue because they could not be delivered, with the reason."""
     from ..config import load_config
+    from ..services.storage.service import open_backend
     from ..services.storage.sqlite_backend import read_dead_letters
 
     config = load_config()
-    letters = read_dead_letters(config.path(config.storage.path))
+    if config.storage.backend == "sqlite":
+        letters = read_dead_letters(config.path(config.storage.path))
+    else:
+        backend = open_backend(config)
+        try:
+            letters = backend.dead_letters()
+        finally:
+            backend.close()
     rows = [
         {
             "item_id": letter.item_id,
