@@ -7,7 +7,8 @@ service's records and queues are invisible to another's even when keys coincide.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -116,6 +117,15 @@ class StorageBackend(Protocol):
         """Group commit: the writes made inside (on this thread) become durable together,
         at the end, with one commit; each is still all-or-nothing on its own and sees the
         earlier ones. A failed commit stores none of them and raises StorageError."""
+        ...
+
+    def follow_changes(
+        self, changed: Callable[[str, bytes], None], lost: Callable[[], None], stop: threading.Event
+    ) -> None:
+        """Until ``stop`` is set, call ``changed(namespace, key)`` for each record another
+        process (another storage instance) writes, once its write is committed, and
+        ``lost()`` when some may have been missed (the watchers then look again). Runs in a
+        thread of its own; returns at once where no other process can write."""
         ...
 
     def close(self) -> None:

@@ -18,6 +18,10 @@ ordering are bytewise.
   instances starting together do not race), recorded in ``kettle_schema``.
 - **A lost connection** is never turned into an answer: the call fails with
   :class:`~kettle.errors.StorageError` and the next call connects again.
+- **Watches across instances**: every record write also sends a ``NOTIFY`` on
+  :data:`CHANGES_CHANNEL` in its transaction (delivered only if it commits, dropped
+  with a rolled-back savepoint), and :meth:`PostgreSQLBackend.follow_changes` listens,
+  so a Watch on one storage instance wakes for a write through another.
 
 Reads outside a batch use a connection of their own, as with SQLite, so they
 never wait behind a commit.
@@ -69,6 +73,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 """Schema versions in order; version N is ``MIGRATIONS[N - 1]``. Never edit one that has shipped: add the next."""
 
 MIGRATION_LOCK = 0x6B65_7474_6C65  # "kettle": the advisory lock that serialises schema changes
+CHANGES_CHANNEL = "kettle_changes"
+"""The NOTIFY channel of record writes; a payload is ``<namespace> <key in hex>``."""
+LISTEN_RETRY_SECS = 0.5
 
 
 class _SQL:
@@ -109,6 +116,7 @@ class _SQL:
         SELECT item_id, namespace, queue, value, deliveries, reason, moved_at
         FROM kettle_dead_letters ORDER BY moved_at, item_id
     """
+    NOTIFY = "SELECT pg_notify(%s, %s)"
     IMPORT_ITEM = """
         INSERT INTO kettle_queue_items (item_id, namespace, queue, value, deliveries, leased_until)
         VALUES (%s, %s, %s, %s, %s, %s)
@@ -260,10 +268,12 @@ class PostgreSQLBackend:
     def put(self, namespace: str, key: bytes, value: bytes) -> None:
         with self._transaction("write a record") as conn:
             conn.execute(_SQL.PUT, (namespace, key, value))
+            _notify(conn, namespace, key)
 
     def delete(self, namespace: str, key: bytes) -> None:
         with self._transaction("delete a record") as conn:
             conn.execute(_SQL.DELETE, (namespace, key))
+            _notify(conn, namespace, key)
 
     def keys_with_prefix(self, namespace: str, prefix: bytes) -> list[bytes]:
         end = _prefix_end(prefix)
@@ -294,6 +304,8 @@ class PostgreSQLBackend:
                     conn.execute(_SQL.DELETE, (namespace, other))
                 else:
                     conn.execute(_SQL.PUT, (namespace, other, other_value))
+                _notify(conn, namespace, other)
+            _notify(conn, namespace, key)
             return True, value
 
     # --- queues -------------------------------------------------------------------
@@ -329,6 +341,27 @@ class PostgreSQLBackend:
             rows = conn.execute(_SQL.DEAD_LETTERS).fetchall()
         return [DeadLetter(item_id, namespace, bytes(queue), bytes(value), deliveries, reason, moved_at)
                 for item_id, namespace, queue, value, deliveries, reason, moved_at in rows]
+
+    # --- other instances' writes -------------------------------------------------------
+
+    def follow_changes(
+        self, changed: Callable[[str, bytes], None], lost: Callable[[], None], stop: threading.Event
+    ) -> None:
+        while not stop.is_set():
+            try:
+                with psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._connect_timeout) as conn:
+                    conn.execute(f"LISTEN {CHANGES_CHANNEL}")
+                    lost()  # anything written before the LISTEN took effect is looked at again
+                    while not stop.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            namespace, _, hex_key = note.payload.rpartition(" ")
+                            try:
+                                changed(namespace, bytes.fromhex(hex_key))
+                            except ValueError:
+                                continue  # not one of ours
+            except psycopg.Error:
+                if not stop.is_set():
+                    stop.wait(LISTEN_RETRY_SECS)
 
     # --- moving a platform in -------------------------------------------------------
 
@@ -368,6 +401,10 @@ class PostgreSQLBackend:
             for conn in (self._conn, self._read_conn):
                 if conn is not None:
                     conn.close()
+
+
+def _notify(conn: psycopg.Connection, namespace: str, key: bytes) -> None:
+    conn.execute(_SQL.NOTIFY, (CHANGES_CHANNEL, f"{namespace} {key.hex()}"))
 
 
 def _reason(exc: psycopg.Error) -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
 from cryptography.exceptions import InvalidTag
@@ -189,6 +190,11 @@ class SealedStore:
 
     def batch(self) -> AbstractContextManager[None]:
         return self._backend.batch()
+
+    def follow_changes(
+        self, changed: Callable[[str, bytes], None], lost: Callable[[], None], stop: threading.Event
+    ) -> None:
+        self._backend.follow_changes(changed, lost, stop)
 
     def close(self) -> None:
         self._backend.close()

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import stat
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -79,8 +80,9 @@ def _check_also(key: bytes, writes: Sequence[pb.RecordWrite]) -> list[RecordWrit
 
 
 class RecordWatchers:
-    """Wakes Watch calls when their record is written. Every write goes through this
-    process, so a notification is never missed; waiters re-read and compare."""
+    """Wakes Watch calls when their record is written: by this process, or (a database that
+    several storage instances share) by another, as the backend reports it. Waiters
+    re-read and compare, so a wake-up too many costs a read and never a wrong answer."""
 
     def __init__(self) -> None:
         self._waiting: dict[tuple[str, bytes], asyncio.Event] = {}
@@ -88,6 +90,12 @@ class RecordWatchers:
     def changed(self, namespace: str, key: bytes) -> None:
         event = self._waiting.pop((namespace, key), None)
         if event is not None:
+            event.set()
+
+    def changed_all(self) -> None:
+        """Some writes may have gone unreported: every waiter looks again."""
+        waiting, self._waiting = self._waiting, {}
+        for event in waiting.values():
             event.set()
 
     def event(self, namespace: str, key: bytes) -> asyncio.Event:
@@ -252,6 +260,29 @@ class StorageServicer(pb_grpc.KettleStorageServicer):
             except TimeoutError:
                 pass
 
+    def follow_other_writers(self) -> Callable[[], None]:
+        """Wake watches for writes made through other storage instances (a shared database);
+        returns what stops following."""
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+
+        def soon(callback: Callable[..., None], *args: Any) -> None:
+            if not stop.is_set():
+                loop.call_soon_threadsafe(callback, *args)
+
+        follower = threading.Thread(
+            target=self._store.follow_changes, name="storage-changes", daemon=True,
+            args=(lambda namespace, key: soon(self._watchers.changed, namespace, key),
+                  lambda: soon(self._watchers.changed_all), stop),
+        )
+        follower.start()
+
+        def stop_following() -> None:
+            stop.set()
+            follower.join(5)
+
+        return stop_following
+
     def close(self) -> None:
         self._writes.close()
         self._store.close()
@@ -313,7 +344,9 @@ async def main(config: Config) -> None:
     servicer = StorageServicer(open_store(config, runtime))
     await runtime.attest()
     runtime.internal_server(lambda server: pb_grpc.add_KettleStorageServicer_to_server(servicer, server))
+    stop_following = servicer.follow_other_writers()
     try:
         await runtime.serve()
     finally:
+        stop_following()
         servicer.close()

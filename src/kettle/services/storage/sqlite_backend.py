@@ -338,6 +338,11 @@ class SQLiteBackend:
             conn.execute(_SQL.PUT, (namespace, key, value))
             return True, value
 
+    def follow_changes(
+        self, changed: Callable[[str, bytes], None], lost: Callable[[], None], stop: threading.Event
+    ) -> None:
+        """Nothing to follow: only the one storage process that opened the file writes it."""
+
     def close(self) -> None:
         with self._lock, self._read_lock, _storage_errors("close the database"):
             self._read_conn.close()
