@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import ALL_SERVICES, Platform, make_home, postgresql_schema  # noqa: E402
+from conftest import ALL_SERVICES, Platform, make_home, patched_environment, postgresql_schema  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from kettle.launcher import spawn  # noqa: E402
@@ -59,21 +58,6 @@ def temporary_platform(nodes: int = 1, storage: str = "sqlite") -> Iterator[Plat
             yield platform
         finally:
             platform.stop()
-
-
-@contextlib.contextmanager
-def patched_environment(**values: str) -> Iterator[None]:
-    """Set environment variables (inherited by the services started meanwhile), then restore them."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def percentile(samples: list[float], p: float) -> float:

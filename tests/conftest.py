@@ -299,3 +299,18 @@ def postgresql_schema() -> Iterator[str]:
             yield psycopg.conninfo.make_conninfo(POSTGRESQL_DSN, options=f"-csearch_path={schema}")
         finally:
             admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@contextlib.contextmanager
+def patched_environment(**values: str) -> Iterator[None]:
+    """Set environment variables (inherited by the processes started meanwhile), then restore them."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -19,14 +19,13 @@ import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from collateral_servers import CollateralServer, Route
-from conftest import Platform, make_home
+from conftest import Platform, make_home, patched_environment
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -112,20 +111,6 @@ def request_body(service: str, kind: str, evidence: bytes, key: ec.EllipticCurve
         "evidence": base64.b64encode(evidence).decode(),
         "certificates": [{"kind": c.kind, "der": base64.b64encode(c.der).decode()} for c in certificates],
     }
-
-
-@contextmanager
-def environment(**values: str) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def tee_home(path: Path, auditor_cache: Path, settings: str) -> Config:
@@ -238,7 +223,7 @@ def tdx(tmp_path_factory: pytest.TempPathFactory, _auditor_cache: Path) -> Itera
         as_config.write_text((config.home / "kettle.toml").read_text().replace(
             'backend = "tdx"', f'backend = "sev-snp"\nsnp_guest_device = "{as_device}"'))
         try:
-            with environment(KETTLE_CONFIG=str(as_config)):
+            with patched_environment(KETTLE_CONFIG=str(as_config)):
                 platform.children.append(spawn("attestation", config))
             for name, service in instances(config, PLATFORM_SERVICES):
                 platform.children.append(spawn(name, config, service))

@@ -46,6 +46,18 @@ class DeadLetter:
     """Wall-clock seconds."""
 
 
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix``.
+
+    None when there is no such key (``prefix`` is empty or all 0xff), i.e. the
+    range is unbounded above.
+    """
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
 RecordWrite = tuple[bytes, bytes | None]
 """One write of a batch: (key, new value), or (key, None) to delete the record."""
 

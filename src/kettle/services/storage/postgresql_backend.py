@@ -38,7 +38,7 @@ from contextlib import contextmanager
 import psycopg
 
 from kettle.errors import StorageError
-from kettle.services.storage.backend import DeadLetter, QueueItem, RecordWrite
+from kettle.services.storage.backend import DeadLetter, QueueItem, RecordWrite, prefix_end
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 1: records, queues, dead letters
@@ -130,13 +130,6 @@ class _SQL:
                       GREATEST((SELECT coalesce(max(item_id), 0) FROM kettle_queue_items),
                                (SELECT coalesce(max(item_id), 0) FROM kettle_dead_letters), 1))
     """
-
-
-def _prefix_end(prefix: bytes) -> bytes | None:
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return None
-    return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
 def _shown(dsn: str) -> str:
@@ -276,7 +269,7 @@ class PostgreSQLBackend:
             _notify(conn, namespace, key)
 
     def keys_with_prefix(self, namespace: str, prefix: bytes) -> list[bytes]:
-        end = _prefix_end(prefix)
+        end = prefix_end(prefix)
         with self._reading("list keys") as conn:
             if end is None:
                 rows = conn.execute(_SQL.KEYS_FROM, (namespace, prefix)).fetchall()

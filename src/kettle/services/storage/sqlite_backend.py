@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kettle.errors import StorageError
-from kettle.services.storage.backend import DeadLetter, QueueItem, RecordWrite
+from kettle.services.storage.backend import DeadLetter, QueueItem, RecordWrite, prefix_end
 
 SCHEMA_VERSION = 1
 
@@ -120,18 +120,6 @@ class _SQL:
     """
     ALL_RECORDS = "SELECT namespace, key, value FROM records ORDER BY namespace, key"
     ALL_ITEMS = "SELECT item_id, namespace, queue, value, deliveries, leased_until FROM queue_items ORDER BY item_id"
-
-
-def _prefix_end(prefix: bytes) -> bytes | None:
-    """The smallest key greater than every key starting with ``prefix``.
-
-    None when there is no such key (``prefix`` is empty or all 0xff), i.e. the
-    range is unbounded above.
-    """
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return None
-    return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
 @contextmanager
@@ -276,7 +264,7 @@ class SQLiteBackend:
             conn.execute(_SQL.DELETE, (namespace, key))
 
     def keys_with_prefix(self, namespace: str, prefix: bytes) -> list[bytes]:
-        end = _prefix_end(prefix)
+        end = prefix_end(prefix)
         with self._reading("list keys") as conn:
             if end is None:
                 rows = conn.execute(_SQL.KEYS_FROM, (namespace, prefix)).fetchall()
