@@ -16,8 +16,10 @@ ordering are bytewise.
   so concurrent consumers (several storage instances) never take the same item.
 - **Schema**: versioned migrations, applied at start under an advisory lock (two
   instances starting together do not race), recorded in ``kettle_schema``.
-- **A lost connection** is never turned into an answer: the call fails with
-  :class:`~kettle.errors.StorageError` and the next call connects again.
+- **A lost connection** is never turned into a wrong answer: a read is tried once
+  more on a new connection; a write fails with :class:`~kettle.errors.StorageError`
+  (whether its commit happened is not known; its caller's compare-and-put loop or
+  retry decides) and the next call connects again.
 - **Watches across instances**: every record write also sends a ``NOTIFY`` on
   :data:`CHANGES_CHANNEL` in its transaction (delivered only if it commits, dropped
   with a rolled-back savepoint), and :meth:`PostgreSQLBackend.follow_changes` listens,
@@ -34,11 +36,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypeVar
 
 import psycopg
 
 from kettle.errors import StorageError
 from kettle.services.storage.backend import DeadLetter, QueueItem, RecordWrite, prefix_end
+
+_T = TypeVar("_T")
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 1: records, queues, dead letters
@@ -251,11 +256,25 @@ class PostgreSQLBackend:
             with self._errors(action, conn):
                 yield conn
 
+    def _read(self, action: str, query: Callable[[psycopg.Connection], _T]) -> _T:
+        """Run a read. One that finds its connection lost (a database restart) is tried once
+        more on a new one: a read changes nothing, so trying again cannot be wrong. A write
+        is never tried again here: whether its commit happened is not known."""
+        for attempt in (1, 2):
+            try:
+                with self._reading(action) as conn:
+                    return query(conn)
+            except StorageError:
+                in_batch = self._batch_owner == threading.get_ident()
+                lost = self._read_conn is None or self._read_conn.closed
+                if attempt == 2 or in_batch or not lost:
+                    raise
+        raise AssertionError("unreachable")
+
     # --- records ------------------------------------------------------------------
 
     def get(self, namespace: str, key: bytes) -> bytes | None:
-        with self._reading("read a record") as conn:
-            row = conn.execute(_SQL.GET, (namespace, key)).fetchone()
+        row = self._read("read a record", lambda conn: conn.execute(_SQL.GET, (namespace, key)).fetchone())
         return None if row is None else bytes(row[0])
 
     def put(self, namespace: str, key: bytes, value: bytes) -> None:
@@ -270,11 +289,11 @@ class PostgreSQLBackend:
 
     def keys_with_prefix(self, namespace: str, prefix: bytes) -> list[bytes]:
         end = prefix_end(prefix)
-        with self._reading("list keys") as conn:
-            if end is None:
-                rows = conn.execute(_SQL.KEYS_FROM, (namespace, prefix)).fetchall()
-            else:
-                rows = conn.execute(_SQL.KEYS_BETWEEN, (namespace, prefix, end)).fetchall()
+        if end is None:
+            rows = self._read("list keys", lambda conn: conn.execute(_SQL.KEYS_FROM, (namespace, prefix)).fetchall())
+        else:
+            rows = self._read(
+                "list keys", lambda conn: conn.execute(_SQL.KEYS_BETWEEN, (namespace, prefix, end)).fetchall())
         return [bytes(key) for (key,) in rows]
 
     def compare_and_put(
@@ -330,8 +349,7 @@ class PostgreSQLBackend:
         return moved == 1
 
     def dead_letters(self) -> list[DeadLetter]:
-        with self._reading("list the dead letters") as conn:
-            rows = conn.execute(_SQL.DEAD_LETTERS).fetchall()
+        rows = self._read("list the dead letters", lambda conn: conn.execute(_SQL.DEAD_LETTERS).fetchall())
         return [DeadLetter(item_id, namespace, bytes(queue), bytes(value), deliveries, reason, moved_at)
                 for item_id, namespace, queue, value, deliveries, reason, moved_at in rows]
 
