@@ -139,3 +139,32 @@ def test_an_oversized_job_is_refused_unread(tmp_path: Path) -> None:
 
     result, _ = with_pool(tmp_path, body)
     assert result.failure == f"ValueError: malformed worker job: more than {MAX_JOB_BYTES} bytes"
+
+
+def test_a_worker_that_answers_more_than_any_result_is_stopped(tmp_path: Path) -> None:
+    """A worker whose answer never ends (it only happens when the worker is broken) does not
+    hang its node: past the bound it is killed and the task gets an Err result."""
+    import socket as sockets
+
+    async def body(pool: WorkerPool) -> TaskResult:
+        worker = await pool.take()
+        os.kill(worker.pid, signal.SIGSTOP)  # the real worker stays out of it
+        ours, theirs = sockets.socketpair()
+        worker._task.close()  # noqa: SLF001 - stand in for the worker's end of its task socket
+        worker._task = ours  # noqa: SLF001
+        flood = asyncio.get_running_loop().run_in_executor(None, lambda: _flood(theirs))
+        result = await worker.run(b"")
+        theirs.close()
+        await flood
+        return result
+
+    result, _ = with_pool(tmp_path, body)
+    assert result == worker_died(-signal.SIGKILL)
+
+
+def _flood(sock: object) -> None:
+    import contextlib
+
+    with contextlib.suppress(OSError):
+        while True:
+            sock.sendall(b"x" * 65536)  # type: ignore[attr-defined]

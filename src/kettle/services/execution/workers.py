@@ -76,6 +76,8 @@ class Worker:
             writer.close()
         except (ConnectionResetError, BrokenPipeError):
             output = b""
+        if len(output) > MAX_RESULT_BYTES:
+            self._signal_kill()  # it would wait for us to read the rest, and we will not
         returncode = _exit_code(await self._exited)
         self.close()
         try:
@@ -85,10 +87,13 @@ class Worker:
         except (ValueError, KeyError, TypeError, AttributeError):
             return worker_died(returncode)
 
-    async def kill(self) -> None:
-        if not self._exited.done():
+    def _signal_kill(self) -> None:
+        if not self._exited.done() and self._pidfd >= 0:
             with contextlib.suppress(ProcessLookupError, OSError):
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+    async def kill(self) -> None:
+        self._signal_kill()
         await self._exited
         self.close()
 
