@@ -166,7 +166,11 @@ class PostgreSQLBackend:
         self._read_conn: psycopg.Connection | None = None
         self._closed = False
         with self._lock:
-            self._migrate(self._writer())
+            try:
+                self._migrate(self._writer())
+            except BaseException:
+                self.close()
+                raise
 
     # --- connections --------------------------------------------------------------
 
