@@ -655,8 +655,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         caller = caller_of(context)
         bare = task_rules.parse_task_id(request.task_id)
         task = await self._get_task(bare)
-        function = await self._get_function(task.function_id)
-        usage = await self._get_usage(task.function_id)
+        function, usage = await asyncio.gather(self._get_function(task.function_id), self._get_usage(task.function_id))
         now = self._clock()
         # Every check of §6.5 in its order, on what we read; repeated below under compare-and-put.
         task_rules.invoke_task(task, caller, function, usage, now)
