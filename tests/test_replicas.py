@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import ALL_SERVICES, Platform, free_ports, make_home
 
-from kettle.config import load_config
+from kettle.cli import api_target
+from kettle.config import load_config, parse_config
 from kettle.launcher import Child, spawn, stop_all
 from kettle.rpc.channel import replica_target
 from kettle.sdk import FrontendClient
@@ -130,3 +132,17 @@ def test_replica_names_resolve_into_one_balanced_target() -> None:
     # A name that does not resolve is left out; the others still serve.
     assert replica_target(("no-such-host.invalid:7000", "127.0.0.2:7000")) == "ipv4:127.0.0.2:7000"
     assert replica_target(("[::1]:7000", "[::1]:7001")) == "ipv6:[::1]:7000,[::1]:7001"
+
+
+def test_a_command_uses_the_first_api_replica_that_answers() -> None:
+    down, up = free_ports(2)
+    config = parse_config(
+        "[api_endpoints]\n"
+        f'frontend = {{ listen_address = "0.0.0.0:{down}", '
+        f'advertised_address = ["https://127.0.0.1:{down}", "https://127.0.0.1:{up}"] }}\n',
+        Path("/nonexistent"),
+    )
+    assert api_target(config, "frontend") == f"127.0.0.1:{down}"  # none answers: the first, named by the error
+    with socket.create_server(("127.0.0.1", up)):
+        assert api_target(config, "frontend") == f"127.0.0.1:{up}"
+    assert api_target(config, "authentication") == "localhost:7776"  # one replica: no probing
