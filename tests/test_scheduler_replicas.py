@@ -285,3 +285,54 @@ def test_a_cancel_is_seen_by_whichever_scheduler_gets_the_heartbeat(replicas: Re
             assert (after.command, after.canceled) == (common_pb.Stop, False)
 
     run(body)
+
+
+def test_two_queue_items_of_one_task_taken_by_both_schedulers_at_once_hand_it_out_once(replicas: Replicas) -> None:
+    """A duplicate item (after a crash, or a claim that ran out) taken by the other
+    scheduler at the same moment: one hand-out wins, the other item is dropped."""
+
+    async def body() -> None:
+        async with Management(replicas.platform.config) as m, Node(replicas) as node:
+            for _ in range(3):
+                queued: list[StagedTask] = []
+                task_id = await m.stage({"message": "twice queued"}, tamper=lambda s: queued.append(s) or s)
+                await m.enqueue(queued[0])
+                first, second = str(uuid.uuid4()), str(uuid.uuid4())
+                pulls = await asyncio.gather(node.pull(0, first, wait_ms=2_000), node.pull(1, second, wait_ms=2_000))
+                found = [pulled for pulled in pulls if pulled.found]
+                assert [(task_of(pulled), pulled.attempt) for pulled in found] == [(task_id, 1)]
+                assert (await m.task(task_id)).attempts == 1
+                winner = first if pulls[0].found else second
+                await node.result(1, winner, task_id, b"ran once")
+                assert (await m.task(task_id)).status == TaskStatus.FINISHED
+            await no_scheduler_state_left(m)
+            assert await m.store.dequeue(STAGED_TASK_QUEUE, 1) is None
+
+    run(body)
+
+
+def test_a_node_asking_the_other_scheduler_again_gets_the_same_attempt_or_gives_up_its_started_task(
+    replicas: Replicas,
+) -> None:
+    async def body() -> None:
+        async with Management(replicas.platform.config) as m, Node(replicas) as node:
+            me = str(uuid.uuid4())
+            task_id = await m.stage({"message": "asked twice"})
+            assert task_of(await node.pull(0, me)) == task_id
+            # The answer was lost: the node asks again, this time the other scheduler.
+            again = await node.pull(1, me, wait_ms=500)
+            assert (task_of(again), again.attempt) == (task_id, 1)
+            await node.running(1, me, task_id)
+            # Asking for work while it runs a started task: it gave that task up; it goes back
+            # on the queue once, and this pull takes it (the only item) as the next attempt.
+            abandoned = await node.pull(0, me, wait_ms=5_000)
+            assert (task_of(abandoned), abandoned.attempt) == (task_id, 2)
+            assert (await m.task(task_id)).attempts == 2
+            await node.running(0, me, task_id)
+            await node.result(1, me, task_id, b"second attempt")
+            done = await m.task(task_id)
+            assert (done.status, done.attempts) == (TaskStatus.FINISHED, 2)
+            assert not (await node.pull(1, me, wait_ms=500)).found
+            await no_scheduler_state_left(m)
+
+    run(body)
