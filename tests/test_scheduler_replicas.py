@@ -2,10 +2,12 @@
 
 Each scheduler is a real ``kettle service scheduler`` process on a port of its own
 (the second one reads a copy of the home's configuration that moves its port, named
-by ``KETTLE_CONFIG``). The test process is the execution node (its attested
-identity), holding a channel to each scheduler, so it decides which one each call
-reaches. On PostgreSQL each scheduler talks to a storage process of its own, both
-serving one database. Leases are 3 s here.
+by ``KETTLE_CONFIG``). In most tests the test process is the execution node (its
+attested identity), holding a channel to each scheduler, so it decides which one each
+call reaches; on PostgreSQL each scheduler then talks to a storage process of its
+own, both serving one database. The last test runs a real execution node whose
+channel balances over both schedulers (round-robin), and kills one mid-batch.
+Leases are 3 s here.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Platform, free_ports, make_home, patched_environment, postgresql_schema
+from conftest import Platform, free_ports, make_home, patched_environment, postgresql_schema, reload
 from test_scheduler_execution import Management, expect_code, run
 
 from kettle.config import Config, parse_config
-from kettle.launcher import spawn
+from kettle.launcher import Child, spawn, stop_all
 from kettle.model.records import STAGED_TASK_QUEUE, StagedTask, TaskStatus, cancel_request_key
 from kettle.model.scheduling import EXECUTOR_TASK_PREFIX, LEASE_PREFIX, lease_key
 from kettle.rpc.generated import kettle_scheduler_pb2 as pb
@@ -336,3 +338,55 @@ def test_a_node_asking_the_other_scheduler_again_gets_the_same_attempt_or_gives_
             await no_scheduler_state_left(m)
 
     run(body)
+
+
+@pytest.fixture
+def balanced(tmp_path: Path, _auditor_cache: Path, short_leases: None) -> Iterator[tuple[Platform, list[Child]]]:
+    """Storage, two schedulers that every peer reaches through one round-robin channel
+    (``advertised_address`` lists both), and a real execution node with two task slots."""
+    port_a, port_b = free_ports(2)
+    p = Platform(make_home(tmp_path / "home", _auditor_cache, extra="[execution]\nconcurrent_tasks = 2\n"))
+    both = f'["https://localhost:{port_a}", "https://127.0.0.1:{port_b}"]'
+    text = p.config.path("kettle.toml").read_text()
+    text = moved(text, "scheduler", port_a).replace(f'advertised_address = "https://localhost:{port_a}"',
+                                                   f"advertised_address = {both}")
+    p.config.path("kettle.toml").write_text(text)
+    second = p.home / "scheduler-b.toml"
+    second.write_text(text.replace(f'listen_address = "127.0.0.1:{port_a}"', f'listen_address = "127.0.0.1:{port_b}"'))
+    p.config = reload(p.config)
+    schedulers: list[Child] = []
+    try:
+        p.start(("storage", "scheduler"))
+        schedulers.append(p.child("scheduler"))
+        with patched_environment(KETTLE_CONFIG=str(second)):
+            schedulers.append(spawn("scheduler-b", p.config, service="scheduler"))
+        p.start_service("execution")
+        yield p, schedulers
+    finally:
+        stop_all([child for child in schedulers if child not in p.children])
+        p.stop()
+
+
+def test_a_real_node_balanced_over_two_schedulers_runs_every_task_once_when_one_dies(
+    balanced: tuple[Platform, list[Child]],
+) -> None:
+    p, (scheduler_a, scheduler_b) = balanced
+    count = 60
+
+    async def body() -> None:
+        async with Management(p.config) as m:
+            ids = [await m.stage({"message": f"echo {i}"}) for i in range(count)]
+            await m.wait(ids[count // 4], lambda t: t.status.terminal, timeout=60)
+            scheduler_a.process.kill()  # no goodbye: whatever it was in the middle of is cut off
+            scheduler_a.process.wait()
+            for i, task_id in enumerate(ids):
+                done = await m.ended(task_id, timeout=90)
+                assert done.status == TaskStatus.FINISHED, (i, done.status, done.result)
+                assert done.result.outputs is not None and done.result.outputs.return_value == f"echo {i}".encode()
+                assert done.attempts == 1, (i, done.attempts)  # handed out once, its result applied once
+            await no_scheduler_state_left(m)
+            assert await m.store.dequeue(STAGED_TASK_QUEUE, 1) is None
+
+    run(body)
+    handed = [child.log_path.read_text().count("handed to executor") for child in (scheduler_a, scheduler_b)]
+    assert all(handed), handed  # both served the node before one died
