@@ -64,7 +64,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ...errors import InternalError, InvalidArgument, StorageError
+from ...errors import InternalError, InvalidArgument, StorageError, StorageUnavailable
 from ...model import scheduling as rules
 from ...model import trail as trail_rules
 from ...model.records import (
@@ -259,7 +259,7 @@ class Scheduler:
             try:
                 await self._scan(grace=self._grace_due)
                 self._grace_due = False
-            except StorageError as exc:
+            except StorageUnavailable as exc:
                 # Nodes cannot renew either: the next scan that gets through gives them time first.
                 log.warning("cannot scan the leases (%s); retrying", exc.message)
                 self._grace_due = True
@@ -267,17 +267,25 @@ class Scheduler:
                 log.exception("the lease scan failed; retrying")
 
     async def _scan(self, *, grace: bool) -> None:
+        """Look at every stored lease. Storage being unreachable is raised (the caller then
+        gives the grace period next time); trouble with one lease is logged and the others
+        are still looked at, so one bad record cannot keep every lost node's task waiting."""
         keys = await self._store.keys_with_prefix(rules.LEASE_PREFIX)
         limit = asyncio.Semaphore(SCAN_CONCURRENCY)
+        unreachable: list[StorageUnavailable] = []
 
         async def look(key: bytes) -> None:
             async with limit:
-                await self._scan_one(key, grace=grace)
+                try:
+                    await self._scan_one(key, grace=grace)
+                except StorageUnavailable as exc:
+                    unreachable.append(exc)
+                except Exception:
+                    log.exception("could not act on lease %r; looking again at the next scan", key)
 
-        outcomes = await asyncio.gather(*(look(key) for key in keys), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        await asyncio.gather(*(look(key) for key in keys))
+        if unreachable:
+            raise unreachable[0]
 
     async def _scan_one(self, key: bytes, *, grace: bool) -> None:
         raw = await self._store.get(key)
@@ -295,9 +303,7 @@ class Scheduler:
             # A heartbeat that renewed it meanwhile wins; it renewed it anyway.
             await self._store.compare_and_put(key, raw, lease.renewed(now, self._grace_ms).to_bytes())
         elif action is ScanAction.RELEASE:
-            log.warning("executor %s went silent running task %s (attempt %d)",
-                        lease.executor_id, lease.task_id, lease.attempt)
-            await self._release(raw, lease)
+            await self._release(raw, lease, "went silent running")  # a renewal or another scan may win
         elif action is ScanAction.REQUEUE:
             # Its scheduler died between the release and the queue: take the job over, for a
             # lease period, so that one scan re-queues it (a duplicate item is dropped anyway).
@@ -353,8 +359,7 @@ class Scheduler:
                              executor_id, task_id, lease.attempt)
                     return HandOut(lease.staged_task, lease.attempt)
                 continue
-            log.warning("executor %s abandoned task %s (attempt %d)", executor_id, task_id, lease.attempt)
-            if await self._release(raw, lease):
+            if await self._release(raw, lease, "abandoned"):
                 return None
         raise _busy(task_id)
 
@@ -569,9 +574,9 @@ class Scheduler:
             await self._store.delete(rules.lease_key(lease.task_id))  # the task is over: no lease can follow
         return ended
 
-    async def _release(self, raw: bytes, lease: Lease) -> bool:
-        """The lease holder is gone (silent, or asked for other work): re-queue or end the
-        task, if the lease is still ``raw``. Whether this call did it.
+    async def _release(self, raw: bytes, lease: Lease, why: str) -> bool:
+        """The lease holder is gone (``why``: silent, or asked for other work): re-queue or
+        end the task, if the lease is still ``raw``. Whether this call did it (then it logs).
 
         Order: the lease (RELEASED) with the task record, then the queue, then the lease
         (REQUEUED). A crash in between leaves a RELEASED lease, which a scan re-queues
@@ -587,11 +592,13 @@ class Scheduler:
         if not requeue:
             if await self._end_lease(raw, lease, updated, LeaseState.ENDED) is None:
                 return False
-            log.warning("task %s %s: %s", lease.task_id, updated.status.name, updated.result.failure)
+            log.warning("executor %s %s task %s (attempt %d): the task is %s: %s", lease.executor_id, why,
+                        lease.task_id, lease.attempt, updated.status.name, updated.result.failure)
             return True
         released = await self._end_lease(raw, lease, updated, LeaseState.RELEASED, self._now_ms() + self._lease_ms)
         if released is None:
             return False
+        log.warning("executor %s %s task %s (attempt %d)", lease.executor_id, why, lease.task_id, lease.attempt)
         await self._requeue(released)
         log.info("task %s re-queued after attempt %d", lease.task_id, lease.attempt)
         return True
