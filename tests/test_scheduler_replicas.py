@@ -13,6 +13,7 @@ Leases are 3 s here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import uuid
@@ -390,3 +391,52 @@ def test_a_real_node_balanced_over_two_schedulers_runs_every_task_once_when_one_
     run(body)
     handed = [child.log_path.read_text().count("handed to executor") for child in (scheduler_a, scheduler_b)]
     assert all(handed), handed  # both served the node before one died
+
+
+@pytest.fixture
+def replicas_of_its_own(tmp_path: Path, _auditor_cache: Path, short_leases: None) -> Iterator[Replicas]:
+    """Two schedulers over one SQLite storage, for a test that restarts the storage."""
+    p = Platform(make_home(tmp_path / "home", _auditor_cache))
+    try:
+        yield start_replicas(p, shared_storage=True)
+    finally:
+        p.stop()
+
+
+def test_a_storage_outage_longer_than_a_lease_loses_no_live_node_its_task(replicas_of_its_own: Replicas) -> None:
+    """While storage is down nobody can renew a lease; when it is back, every scheduler gives
+    the leases time before it looks at their deadlines again, so the node keeps its task."""
+    p = replicas_of_its_own.platform
+
+    async def body() -> None:
+        async with Management(p.config) as m, Node(replicas_of_its_own) as node:
+            me = str(uuid.uuid4())
+            task_id = await m.stage({"message": "outlives the outage"})
+            assert task_of(await node.pull(0, me)) == task_id
+            await node.running(1, me, task_id)
+            answers: list[int] = []
+
+            async def heartbeats(until: float) -> None:
+                turn = 0
+                while time.monotonic() < until:
+                    with contextlib.suppress(grpc.aio.AioRpcError):  # storage down: UNAVAILABLE, as a node sees it
+                        answers.append((await node.beat(turn % 2, me, task_id)).command)
+                    turn += 1
+                    await asyncio.sleep(1.0)
+
+            beating = asyncio.ensure_future(heartbeats(time.monotonic() + 6 * LEASE_SECS))
+            await asyncio.sleep(1.5)
+            storage = p.child("storage").process
+            storage.kill()
+            storage.wait()
+            await asyncio.sleep(2 * LEASE_SECS)
+            await asyncio.to_thread(p.start_service, "storage")
+            await beating
+            assert answers and common_pb.Stop not in answers
+            kept = await m.task(task_id)
+            assert (kept.status, kept.attempts) == (TaskStatus.RUNNING, 1)
+            await node.result(0, me, task_id, b"after the outage")
+            done = await m.task(task_id)
+            assert (done.status, done.attempts) == (TaskStatus.FINISHED, 1)
+
+    run(body)
