@@ -167,8 +167,8 @@ class Lease:
     def needs_renewal(self, now_ms: int, lease_ms: int) -> bool:
         """Whether a heartbeat must write a new deadline: only once ``RENEW_AFTER`` of the
         lease has passed since the last one, so a task running for a lease costs a few
-        storage writes rather than one per heartbeat. The price: a node is declared lost
-        between ``1 - RENEW_AFTER`` of a lease and a lease after its last heartbeat."""
+        storage writes rather than one per heartbeat. The price: a lease runs out between
+        ``1 - RENEW_AFTER`` of a lease and a lease after its node's last heartbeat."""
         return self.deadline_ms - now_ms < lease_ms * (1 - RENEW_AFTER)
 
     def ended(self, state: LeaseState, until_ms: int = 0) -> Lease:
