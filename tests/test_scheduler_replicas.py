@@ -296,10 +296,10 @@ def test_two_queue_items_of_one_task_taken_by_both_schedulers_at_once_hand_it_ou
 
     async def body() -> None:
         async with Management(replicas.platform.config) as m, Node(replicas) as node:
+            queued: list[StagedTask] = []
             for _ in range(3):
-                queued: list[StagedTask] = []
                 task_id = await m.stage({"message": "twice queued"}, tamper=lambda s: queued.append(s) or s)
-                await m.enqueue(queued[0])
+                await m.enqueue(queued[-1])
                 first, second = str(uuid.uuid4()), str(uuid.uuid4())
                 pulls = await asyncio.gather(node.pull(0, first, wait_ms=2_000), node.pull(1, second, wait_ms=2_000))
                 found = [pulled for pulled in pulls if pulled.found]
