@@ -23,12 +23,24 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Platform, free_ports, make_home, patched_environment, postgresql_schema, reload
+from conftest import (
+    Platform,
+    free_ports,
+    make_home,
+    patched_environment,
+    postgresql_schema,
+    reload,
+)
 from test_scheduler_execution import Management, expect_code, run
 
 from kettle.config import Config, parse_config
-from kettle.launcher import Child, spawn, stop_all
-from kettle.model.records import STAGED_TASK_QUEUE, StagedTask, TaskStatus, cancel_request_key
+from kettle.launcher import Child, spawn
+from kettle.model.records import (
+    STAGED_TASK_QUEUE,
+    StagedTask,
+    TaskStatus,
+    cancel_request_key,
+)
 from kettle.model.scheduling import EXECUTOR_TASK_PREFIX, LEASE_PREFIX, lease_key
 from kettle.rpc.generated import kettle_scheduler_pb2 as pb
 from kettle.rpc.generated import kettle_scheduler_pb2_grpc as pb_grpc
@@ -355,16 +367,14 @@ def balanced(tmp_path: Path, _auditor_cache: Path, short_leases: None) -> Iterat
     second = p.home / "scheduler-b.toml"
     second.write_text(text.replace(f'listen_address = "127.0.0.1:{port_a}"', f'listen_address = "127.0.0.1:{port_b}"'))
     p.config = reload(p.config)
-    schedulers: list[Child] = []
     try:
         p.start(("storage", "scheduler"))
-        schedulers.append(p.child("scheduler"))
         with patched_environment(KETTLE_CONFIG=str(second)):
-            schedulers.append(spawn("scheduler-b", p.config, service="scheduler"))
+            p.children.append(spawn("scheduler-b", p.config, service="scheduler"))
         p.start_service("execution")
-        yield p, schedulers
+        # p.stop() stops them in reverse: the node, both schedulers, then storage.
+        yield p, [p.child("scheduler"), p.child("scheduler-b")]
     finally:
-        stop_all([child for child in schedulers if child not in p.children])
         p.stop()
 
 
