@@ -1,0 +1,363 @@
+"""The platform spread over test hosts (network namespaces, ``netns_hosts``), under load,
+losing a host and getting it back.
+
+Every service runs as ``kettle service NAME`` on a host of its own, with its own address,
+from a home that holds only what ``docs/deploy.md`` says a host needs: the one
+configuration file and the trust files (plus, in simulation, the simulated TEE's
+secrets). PostgreSQL runs on a host of its own; the test process is the clients' machine,
+reaching the hosts over the bridge.
+
+Under steady load from a few clients, one execution host's cable is pulled for longer
+than a lease (its connections stall, its task is re-run elsewhere) and plugged back in,
+and every process of the management host is killed and started again. Every task a
+client saw created must end Finished with its own message, be invoked once (the
+function's usage counts each task once), carry a receipt that verifies against it, and
+be re-run only if it may have been running on the host that was cut off; nothing may
+stay unfinished past a bounded wait.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from netns_hosts import HostNetwork, HostsUnavailable, PostgresHost, unavailable_reason
+
+from kettle.config import API_PORTS, ATTESTATION_SERVICE_PORT, INTERNAL_PORTS
+from kettle.errors import KettleError, Unavailable
+from kettle.provisioning import init_dev_home
+from kettle.sdk import AuthenticationClient, ClientTrust, FrontendClient, TaskStatus, verify_receipt
+
+_UNAVAILABLE = unavailable_reason()
+pytestmark = pytest.mark.skipif(_UNAVAILABLE is not None, reason=f"no test hosts here: {_UNAVAILABLE}")
+
+T = TypeVar("T")
+
+REPLICAS = {
+    "storage": 1,
+    "access_control": 1,
+    "authentication": 1,
+    "management": 1,
+    "scheduler": 1,
+    "execution": 2,
+    "frontend": 1,
+}
+"""How many hosts run each platform service, each host one service."""
+START_ORDER = (
+    ("storage", "access_control"),
+    ("authentication", "management", "scheduler"),
+    ("execution", "frontend"),
+)
+"""Tiers started together, each once the one before it is ready (its dependencies first)."""
+LEASE_SECS = 3
+"""The scheduler's lease: short, so a task on a cut-off node is re-run soon."""
+TASK_SLOTS = 2
+"""Tasks each execution node runs at once."""
+ADMIN_PASSWORD = "multi-host-admin-password"
+CLIENTS = 3
+READY_TIMEOUT_SECS = 90.0
+RETRY_WINDOW_SECS = 45.0
+"""How long a client keeps retrying one call that fails UNAVAILABLE."""
+
+
+def host_names() -> list[str]:
+    names = ["db", "attestation"]
+    for service, count in REPLICAS.items():
+        names += [f"{service.replace('_', '-')}-{n}" for n in range(1, count + 1)]
+    return names
+
+
+def hosts_of(service: str) -> list[str]:
+    return [f"{service.replace('_', '-')}-{n}" for n in range(1, REPLICAS[service] + 1)]
+
+
+def platform_config(network: HostNetwork, dsn: str) -> str:
+    """The one kettle.toml every host gets: each service listens on all of its host's
+    addresses and is advertised at its host's address."""
+
+    def url(host: str, port: int) -> str:
+        return f"https://{network[host].address}:{port}"
+
+    lines = [
+        "[platform]",
+        "dev_mode = false",
+        "",
+        "[authentication]",
+        f'admin_password = "{ADMIN_PASSWORD}"',
+        "",
+        "[attestation]",
+        'backend = "simulation"',
+        "unsafe_allow_simulation = true",
+        f'service_url = "{url("attestation", ATTESTATION_SERVICE_PORT)}"',
+        f'listen_address = "0.0.0.0:{ATTESTATION_SERVICE_PORT}"',
+        "",
+        "[api_endpoints]",
+        *(f'{service} = {{ listen_address = "0.0.0.0:{port}", advertised_address = "{url(hosts_of(service)[0], port)}" }}'
+          for service, port in API_PORTS.items()),
+        "",
+        "[internal_endpoints]",
+        *(f'{service} = {{ listen_address = "0.0.0.0:{port}", advertised_address = "{url(hosts_of(service)[0], port)}" }}'
+          for service, port in INTERNAL_PORTS.items()),
+        "",
+        "[storage]",
+        'backend = "postgresql"',
+        f'dsn = "{dsn}"',
+        "",
+        "[scheduler]",
+        f"lease_secs = {LEASE_SECS}",
+        "",
+        "[execution]",
+        f"concurrent_tasks = {TASK_SLOTS}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def host_home(provisioning: Path, home: Path, service: str) -> Path:
+    """A host's home with only what a host of ``service`` needs (docs/deploy.md): the
+    configuration, the trust files, the measured build configuration, and the simulated
+    TEE (on real hardware the machine itself); the attestation host also its keys."""
+    home.mkdir(parents=True, mode=0o700)
+    shutil.copy2(provisioning / "kettle.toml", home / "kettle.toml")
+    shutil.copytree(provisioning / "trust", home / "trust")
+    if service == "attestation":
+        shutil.copytree(provisioning / "attestation_service", home / "attestation_service")
+        (home / "simulation").mkdir(mode=0o700)
+        shutil.copy2(provisioning / "simulation" / "platform_key.pub.pem", home / "simulation")
+    else:
+        shutil.copytree(provisioning / "build", home / "build")
+        shutil.copytree(provisioning / "simulation", home / "simulation")
+    return home
+
+
+def service_environment(home: Path) -> dict[str, str]:
+    """The environment of a service on a host: none of this machine's KETTLE_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KETTLE_")}
+    env["KETTLE_HOME"] = str(home)
+    return env
+
+
+@dataclass
+class Deployment:
+    network: HostNetwork
+    homes: dict[str, Path]
+    """Host name → its home."""
+    services: dict[str, str]
+    """Host name → the service it runs."""
+
+    def start(self, hosts: list[str]) -> None:
+        """Start each host's service at once and wait until every one says it is ready."""
+        waiting: dict[int, str] = {}
+        for host in hosts:
+            read_fd, write_fd = os.pipe()
+            env = service_environment(self.homes[host]) | {"KETTLE_READY_FD": str(write_fd)}
+            self.network.start(
+                host, [sys.executable, "-m", "kettle", "service", self.services[host]],
+                log=self.homes[host] / "service.log", env=env, pass_fds=(write_fd,),
+            )
+            os.close(write_fd)
+            waiting[read_fd] = host
+        deadline = time.monotonic() + READY_TIMEOUT_SECS
+        try:
+            while waiting:
+                remaining = deadline - time.monotonic()
+                readable, _, _ = select.select(list(waiting), [], [], max(0.0, min(remaining, 1.0)))
+                for fd in readable:
+                    host = waiting.pop(fd)
+                    said = os.read(fd, 64)
+                    os.close(fd)
+                    if not said.startswith(b"ready"):
+                        pytest.fail(f"{self.services[host]} on {host} died before it was ready:\n{self.log_tail(host)}")
+                if remaining <= 0 and waiting:
+                    late = ", ".join(sorted(waiting.values()))
+                    pytest.fail(f"not ready in {READY_TIMEOUT_SECS:.0f} s: {late}\n" +
+                                "\n".join(self.log_tail(h) for h in waiting.values()))
+        finally:
+            for fd in waiting:
+                os.close(fd)
+
+    def log_tail(self, host: str, lines: int = 20) -> str:
+        path = self.homes[host] / "service.log"
+        text = path.read_text(errors="replace") if path.exists() else "(no log)"
+        return f"--- {host}:\n" + "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, _auditor_cache: Path) -> Iterator[Deployment]:
+    names = host_names()
+    try:
+        network = HostNetwork(names).__enter__()
+    except HostsUnavailable as exc:
+        pytest.skip(f"no test hosts here: {exc}")
+    try:
+        with PostgresHost(network, "db") as database:
+            provisioning = tmp_path / "provisioning"
+            provisioning.mkdir(mode=0o700)
+            shutil.copytree(_auditor_cache, provisioning / "auditors")
+            (provisioning / "kettle.toml").write_text(platform_config(network, database.dsn))
+            init_dev_home(provisioning)
+            services = {"attestation": "attestation"}
+            for service in REPLICAS:
+                services |= dict.fromkeys(hosts_of(service), service)
+            homes = {host: host_home(provisioning, tmp_path / "hosts" / host, service) for host, service in services.items()}
+            homes["client"] = tmp_path / "client"
+            shutil.copytree(provisioning / "trust", homes["client"] / "trust")
+            deployed = Deployment(network, homes, services)
+            deployed.start(["attestation"])
+            for tier in START_ORDER:
+                deployed.start([host for service in tier for host in hosts_of(service)])
+            yield deployed
+            for host in services:
+                network.kill(host)  # before the database goes, so nothing logs its loss as a failure
+    finally:
+        network.close()
+
+
+def retried(call: Callable[[], T], what: str) -> T:
+    """``call``, made again while it fails UNAVAILABLE, as a user would (for a bounded time)."""
+    deadline = time.monotonic() + RETRY_WINDOW_SECS
+    while True:
+        try:
+            return call()
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} stayed UNAVAILABLE for {RETRY_WINDOW_SECS:.0f} s") from None
+            time.sleep(0.3)
+
+
+@dataclass
+class LoadClient:
+    """One user creating, invoking and waiting for echo tasks, one after another."""
+
+    name: str
+    client: FrontendClient
+    function_id: str
+    stop: threading.Event
+    tasks: dict[str, str] = field(default_factory=dict)
+    """Every task this client saw created → the message it carries."""
+    finished_at: list[float] = field(default_factory=list)
+    error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for n in range(500):  # bounded even if the stop never comes
+                if self.stop.is_set():
+                    return
+                self.one_task(f"{self.name} task {n}")
+        except BaseException as exc:  # handed to the test, which fails with it
+            self.error = exc
+
+    def one_task(self, message: str) -> None:
+        # A create that failed UNAVAILABLE may still have created a task that this client
+        # never learns of; it stays Created, invoked by no one, and is no task of the test's.
+        task_id = retried(lambda: self.client.create_task(self.function_id, {"message": message}), "CreateTask")
+        self.tasks[task_id] = message
+        self.invoke_once(task_id)
+        result = retried(lambda: self.client.get_task_result(task_id, timeout=60), "waiting for the task")
+        assert result == message.encode(), (task_id, result, message)
+        self.finished_at.append(time.monotonic())
+
+    def invoke_once(self, task_id: str) -> None:
+        """Invoke, retrying UNAVAILABLE. An invoke that failed UNAVAILABLE may have taken
+        effect: its retry is then refused, and the task's status says whether it did."""
+        tried = False
+        while True:
+            try:
+                retried(lambda: self.client.invoke_task(task_id), "InvokeTask")
+                return
+            except KettleError:
+                if not tried:
+                    raise
+                status = retried(lambda: self.client.get_task(task_id), "GetTask").status
+                if status not in (TaskStatus.CREATED, TaskStatus.APPROVED, TaskStatus.DATA_ASSIGNED):
+                    return
+                raise
+            finally:
+                tried = True
+
+
+def finished_since(clients: list[LoadClient], moment: float) -> int:
+    return sum(1 for c in clients for t in c.finished_at if t > moment)
+
+
+def wait_for_progress(clients: list[LoadClient], moment: float, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while finished_since(clients, moment) < count:
+        failed = [c.error for c in clients if c.error is not None]
+        if failed:
+            raise failed[0]
+        assert time.monotonic() < deadline, f"fewer than {count} tasks finished in {timeout:.0f} s"
+        time.sleep(0.2)
+
+
+def test_tasks_survive_losing_a_host_and_getting_it_back(deployment: Deployment) -> None:
+    network = deployment.network
+    client_trust = deployment.homes["client"] / "trust"
+    trust = ClientTrust.from_files(client_trust / "as_root_ca.pem", client_trust / "enclave_info.toml",
+                                   unsafe_allow_simulation=True)
+    auth_address = f"{network[hosts_of('authentication')[0]].address}:{API_PORTS['authentication']}"
+    frontend_address = f"{network[hosts_of('frontend')[0]].address}:{API_PORTS['frontend']}"
+    admin_auth = AuthenticationClient(auth_address, trust)
+    admin_token = admin_auth.user_login("admin", ADMIN_PASSWORD)
+    admin = FrontendClient(frontend_address, trust, "admin", admin_token)
+    function_id = admin.register_function("builtin-echo", "echo", "builtin", arguments=["message"])
+
+    stop = threading.Event()
+    clients: list[LoadClient] = []
+    for n in range(1, CLIENTS + 1):
+        user = f"load-user-{n}"
+        admin_auth.user_register(user, f"{user}-password", "FunctionOwner")
+        token = AuthenticationClient(auth_address, trust).user_login(user, f"{user}-password")
+        clients.append(LoadClient(user, FrontendClient(frontend_address, trust, user, token), function_id, stop))
+    threads = [threading.Thread(target=c.run, name=c.name) for c in clients]
+    for thread in threads:
+        thread.start()
+    try:
+        began = time.monotonic()
+        wait_for_progress(clients, began, 6, timeout=60)
+
+        # An execution host drops off the network for longer than a lease: whatever it was
+        # running is re-run elsewhere; when it comes back its late reports must not count.
+        network.cut("execution-1")
+        time.sleep(LEASE_SECS + 2)
+        network.restore("execution-1")
+
+        # The management host dies outright and is started again.
+        assert network.kill("management-1"), "nothing ran on the management host"
+        time.sleep(1)
+        deployment.start(["management-1"])
+        back = time.monotonic()
+        wait_for_progress(clients, back, 6, timeout=60)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a load client is stuck"
+    for c in clients:
+        if c.error is not None:
+            raise c.error
+
+    tasks = {task_id: message for c in clients for task_id, message in c.tasks.items()}
+    assert len(tasks) >= 12
+    rerun = []
+    for task_id, message in tasks.items():
+        task = retried(lambda: admin.get_task(task_id), "GetTask")
+        assert task.status is TaskStatus.FINISHED, (task_id, task.status)
+        assert task.outputs_or_raise().return_value == message.encode()
+        receipt = verify_receipt(task.receipt, trust, task=task)
+        if receipt.body.attempt > 1:
+            rerun.append(task_id)
+    # Only what was running on the host that was cut off may have run again.
+    assert len(rerun) <= TASK_SLOTS, rerun
+    # Each task was invoked once, a retried invoke included: the function counts each once.
+    assert admin.get_function_usage_stats(function_id).current_usage == len(tasks)
