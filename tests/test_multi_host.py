@@ -269,22 +269,25 @@ class LoadClient:
 
     def invoke_once(self, task_id: str) -> None:
         """Invoke, retrying UNAVAILABLE. An invoke that failed UNAVAILABLE may have taken
-        effect: its retry is then refused, and the task's status says whether it did."""
-        tried = False
+        effect before the answer was lost: its retry is then refused (the task is no longer
+        waiting to be invoked), and the task's status says that the first one did."""
+        unanswered = False
+        deadline = time.monotonic() + RETRY_WINDOW_SECS
         while True:
             try:
-                retried(lambda: self.client.invoke_task(task_id), "InvokeTask")
+                self.client.invoke_task(task_id)
                 return
+            except Unavailable:
+                assert time.monotonic() < deadline, f"InvokeTask stayed UNAVAILABLE for {RETRY_WINDOW_SECS:.0f} s"
+                unanswered = True
+                time.sleep(0.3)
             except KettleError:
-                if not tried:
+                if not unanswered:
                     raise
                 status = retried(lambda: self.client.get_task(task_id), "GetTask").status
-                if status not in (TaskStatus.CREATED, TaskStatus.APPROVED, TaskStatus.DATA_ASSIGNED):
-                    return
-                raise
-            finally:
-                tried = True
-
+                if status in (TaskStatus.CREATED, TaskStatus.DATA_ASSIGNED, TaskStatus.APPROVED):
+                    raise
+                return
 
 def finished_since(clients: list[LoadClient], moment: float) -> int:
     return sum(1 for c in clients for t in c.finished_at if t > moment)
