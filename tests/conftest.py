@@ -147,6 +147,9 @@ class Platform:
         self.children = start_platform(self.config, services)
 
     def start_service(self, name: str) -> None:
+        """Start ``name`` again; its old process, when still running, is stopped first (it
+        would otherwise hold the address and the database, and outlive the test)."""
+        stop_all([c for c in self.children if c.name == name])
         self.children = [c for c in self.children if c.name != name]
         self.children.append(spawn(name, self.config))
 

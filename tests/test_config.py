@@ -423,3 +423,36 @@ def test_invalid_config_file_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_pat
     (tmp_path / "kettle.toml").write_text("[attestation]\nvalidty_secs = 60\n")
     with pytest.raises(ConfigError, match="unknown setting attestation.validty_secs"):
         load_config(tmp_path)
+
+
+# --- replicas -------------------------------------------------------------------
+
+
+def test_an_advertised_address_list_names_the_replicas() -> None:
+    """A list as ``advertised_address`` is the service's replicas: peers dial all of them;
+    one URL stays one replica, as in Teaclave's configuration."""
+    config = parse(
+        "[internal_endpoints]\n"
+        'management = { listen_address = "0.0.0.0:17777", '
+        'advertised_address = ["https://10.77.0.21:17777", "https://mgmt-b.internal:17777"] }\n'
+    )
+    management = config.endpoint("management")
+    assert management.targets == ("10.77.0.21:17777", "mgmt-b.internal:17777")
+    assert management.target == "10.77.0.21:17777"
+    assert config.endpoint("storage").targets == ("localhost:17778",)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("[]", " must be a URL like https://host:port, or a non-empty list of them (one per replica)"),
+        ('["https://a:1", 7]', " must be a URL like https://host:port, or a non-empty list of them (one per replica)"),
+        ('["https://a:1", "b:2"]', " must be a URL like https://host:port, or a non-empty list of them (one per replica)"),
+        ('["https://a:1", "https://b"]', ": replica 'https://b' needs a host and a port"),
+        ('["https://a:1", "https://b:0"]', ": replica 'https://b:0' needs a host and a port"),
+        ('["https://a:1", "https://a:1"]', " lists a replica twice"),
+    ],
+)
+def test_a_bad_replica_list_is_refused(value: str, message: str) -> None:
+    got = refused(f'[internal_endpoints]\nscheduler = {{ advertised_address = {value} }}\n')
+    assert got == "internal_endpoints.scheduler.advertised_address" + message

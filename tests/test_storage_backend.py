@@ -634,26 +634,35 @@ def test_a_sqlite_state_moves_into_postgresql_row_for_row(db_path: Path, pg_dsn:
 
 def test_writes_through_one_instance_wake_the_followers_of_another(pg_dsn: str) -> None:
     import queue
+    import uuid
 
+    # Notifications are database-wide: namespaces of this test's own keep out the writes of
+    # whatever else uses the test database meanwhile.
+    ns, other_ns = f"{NS}-{uuid.uuid4().hex}", f"authentication-{uuid.uuid4().hex}"
     follower, writer = PostgreSQLBackend(pg_dsn), PostgreSQLBackend(pg_dsn)
     seen: queue.Queue[tuple[str, bytes]] = queue.Queue()
+
+    def changed(namespace: str, key: bytes) -> None:
+        if namespace in (ns, other_ns):
+            seen.put((namespace, key))
+
     listening, stop = threading.Event(), threading.Event()
-    thread = threading.Thread(target=follower.follow_changes, args=(lambda ns, k: seen.put((ns, k)), listening.set, stop))
+    thread = threading.Thread(target=follower.follow_changes, args=(changed, listening.set, stop))
     thread.start()
     try:
         assert listening.wait(10)
-        writer.put(NS, b"k1", b"v")
-        assert seen.get(timeout=10) == (NS, b"k1")
-        writer.compare_and_put(NS, b"k2", None, b"v", [(b"k3", b"x"), (b"k4", None)])
-        assert {seen.get(timeout=10) for _ in range(3)} == {(NS, b"k2"), (NS, b"k3"), (NS, b"k4")}
-        writer.compare_and_put(NS, b"k2", b"not what is stored", b"w")  # refused: nothing to tell
+        writer.put(ns, b"k1", b"v")
+        assert seen.get(timeout=10) == (ns, b"k1")
+        writer.compare_and_put(ns, b"k2", None, b"v", [(b"k3", b"x"), (b"k4", None)])
+        assert {seen.get(timeout=10) for _ in range(3)} == {(ns, b"k2"), (ns, b"k3"), (ns, b"k4")}
+        writer.compare_and_put(ns, b"k2", b"not what is stored", b"w")  # refused: nothing to tell
         with writer.batch():
-            writer.put("authentication", b"kept", b"1")
+            writer.put(other_ns, b"kept", b"1")
             with pytest.raises(StorageError):
-                writer.compare_and_put(NS, b"undone", None, b"v", [(b"half", object())])  # type: ignore[list-item]
-        assert seen.get(timeout=10) == ("authentication", b"kept")
-        writer.delete(NS, b"k1")
-        assert seen.get(timeout=10) == (NS, b"k1")  # the refused and the undone writes told nobody
+                writer.compare_and_put(ns, b"undone", None, b"v", [(b"half", object())])  # type: ignore[list-item]
+        assert seen.get(timeout=10) == (other_ns, b"kept")
+        writer.delete(ns, b"k1")
+        assert seen.get(timeout=10) == (ns, b"k1")  # the refused and the undone writes told nobody
         assert seen.empty()
     finally:
         stop.set()

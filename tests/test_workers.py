@@ -11,12 +11,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
 from conftest import staged
 
 from kettle.config import FileAgentConfig
 from kettle.executors.job import WorkerJob
+from kettle.executors.worker import MAX_JOB_BYTES
 from kettle.model.records import TaskResult
-from kettle.services.execution.workers import WorkerPool, worker_died
+from kettle.services.execution import workers
+from kettle.services.execution.workers import Template, TemplateUnavailable, WorkerPool, worker_died
 
 T = TypeVar("T")
 
@@ -132,8 +135,6 @@ def test_a_dead_template_is_replaced_and_its_workers_die_with_it(tmp_path: Path)
 
 
 def test_an_oversized_job_is_refused_unread(tmp_path: Path) -> None:
-    from kettle.executors.worker import MAX_JOB_BYTES
-
     async def body(pool: WorkerPool) -> TaskResult:
         return await (await pool.take()).run(b" " * (MAX_JOB_BYTES + 1))
 
@@ -142,29 +143,68 @@ def test_an_oversized_job_is_refused_unread(tmp_path: Path) -> None:
 
 
 def test_a_worker_that_answers_more_than_any_result_is_stopped(tmp_path: Path) -> None:
-    """A worker whose answer never ends (it only happens when the worker is broken) does not
-    hang its node: past the bound it is killed and the task gets an Err result."""
-    import socket as sockets
+    """A worker whose answer is larger than any valid result does not hang its node nor fill
+    its memory: past the bound it is killed and the task gets an Err result. The job is
+    an echo of a message larger than staging lets through (the worker itself does not
+    check), so a real worker really answers with more than the bound."""
+    message = "x" * (56 << 20)  # the answer carries it in base64: about 75 MiB
 
     async def body(pool: WorkerPool) -> TaskResult:
-        worker = await pool.take()
-        os.kill(worker.pid, signal.SIGSTOP)  # the real worker stays out of it
-        ours, theirs = sockets.socketpair()
-        worker._task.close()  # noqa: SLF001 - stand in for the worker's end of its task socket
-        worker._task = ours  # noqa: SLF001
-        flood = asyncio.get_running_loop().run_in_executor(None, lambda: _flood(theirs))
-        result = await worker.run(b"")
-        theirs.close()
-        await flood
-        return result
+        return await (await pool.take()).run(job(tmp_path, message=message))
 
+    assert len(job(tmp_path, message=message)) <= MAX_JOB_BYTES  # the job itself is accepted
     result, _ = with_pool(tmp_path, body)
     assert result == worker_died(-signal.SIGKILL)
 
 
-def _flood(sock: object) -> None:
-    import contextlib
+def test_a_worker_forked_after_its_fork_gave_up_is_killed_and_the_next_fork_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork that times out, or is cancelled, while the template is stalled leaves nothing
+    behind: the worker the template forks for it later is killed, the node keeps none of
+    its descriptors, and the next fork gets a worker that runs its task."""
+    log_path = tmp_path / "workers.log"
 
-    with contextlib.suppress(OSError):
-        while True:
-            sock.sendall(b"x" * 65536)  # type: ignore[attr-defined]
+    async def run() -> tuple[bool, int, TaskResult]:
+        with log_path.open("wb") as log:
+            template = await Template.start(log.fileno())
+            try:
+                descriptors = len(os.listdir("/proc/self/fd"))
+                monkeypatch.setattr(workers, "FORK_TIMEOUT_SECS", 1.0)
+                os.kill(template.pid, signal.SIGSTOP)  # it gets the requests but answers none yet
+                with pytest.raises(TemplateUnavailable, match="did not fork"):
+                    await template.fork(None)
+                cancelled = asyncio.create_task(template.fork(None))
+                await asyncio.sleep(0.2)
+                cancelled.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await cancelled
+                os.kill(template.pid, signal.SIGCONT)  # now it forks all three, in order
+                monkeypatch.undo()
+                worker = await template.fork(None)  # the two late ones were forked (and killed) first
+                for _ in range(100):
+                    if only_it := living_children(template.pid) == [worker.pid]:
+                        break
+                    await asyncio.sleep(0.05)
+                result = await worker.run(job(tmp_path, message="after"))
+                return only_it, len(os.listdir("/proc/self/fd")) - descriptors, result
+            finally:
+                await template.close()
+
+    only_it, descriptors_kept, result = asyncio.run(run())
+    assert only_it  # the late workers are gone
+    assert descriptors_kept == 0  # neither their pidfds nor their task sockets
+    assert result.outputs is not None and result.outputs.return_value == b"after", log_path.read_text()
+
+
+def living_children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``, but for zombies (ended, not yet reaped)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if parent_of(int(entry.name)) == pid and not gone(int(entry.name)):
+                    children.append(int(entry.name))
+            except OSError:
+                continue  # it ended meanwhile
+    return children

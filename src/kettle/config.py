@@ -62,10 +62,18 @@ def kettle_home() -> Path:
     return Path(os.environ.get("KETTLE_HOME", ".kettle")).absolute()
 
 
+def _url_target(url: str) -> str:
+    return url.split("://", 1)[-1].rstrip("/")
+
+
 @dataclass(frozen=True)
 class Endpoint:
     listen_address: str
     advertised_address: str
+    """The URL peers dial (``https://host:port``); the first replica's when there are several."""
+    replica_addresses: tuple[str, ...] = ()
+    """Every replica's URL, when the configuration lists several as ``advertised_address``:
+    peers balance their calls over them and fail over from one that is down."""
 
     @property
     def port(self) -> int:
@@ -73,8 +81,14 @@ class Endpoint:
 
     @property
     def target(self) -> str:
-        """``host:port`` that peers dial (the advertised URL without its scheme)."""
-        return self.advertised_address.split("://", 1)[-1].rstrip("/")
+        """``host:port`` that peers dial (the advertised URL without its scheme); the first
+        replica's when there are several."""
+        return _url_target(self.advertised_address)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """``host:port`` of every replica (just :attr:`target` when there is one)."""
+        return tuple(_url_target(url) for url in self.replica_addresses) or (self.target,)
 
 
 @dataclass(frozen=True)
@@ -378,10 +392,26 @@ def _endpoints(data: Any, name: str, defaults: dict[str, Endpoint]) -> dict[str,
         if not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"{name}.{service}.listen_address has no valid port: {listen!r}")
         advertised = value.get("advertised_address", f"https://localhost:{port}")
-        if not isinstance(advertised, str) or "://" not in advertised:
-            raise ConfigError(f"{name}.{service}.advertised_address must be a URL like https://host:port")
-        result[service] = Endpoint(listen, advertised)
+        replicas = _advertised_urls(advertised, f"{name}.{service}.advertised_address")
+        result[service] = Endpoint(listen, replicas[0], replicas if len(replicas) > 1 else ())
     return result
+
+
+def _advertised_urls(value: Any, where: str) -> tuple[str, ...]:
+    """One URL, or a list of the URLs of a service's replicas."""
+    if isinstance(value, str):
+        if "://" not in value:
+            raise ConfigError(f"{where} must be a URL like https://host:port")
+        return (value,)
+    if not isinstance(value, list) or not value or not all(isinstance(url, str) and "://" in url for url in value):
+        raise ConfigError(f"{where} must be a URL like https://host:port, or a non-empty list of them (one per replica)")
+    for url in value:
+        host, _, port = _url_target(url).rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{where}: replica {url!r} needs a host and a port")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where} lists a replica twice")
+    return tuple(value)
 
 
 def _teaclave_audit(value: Any) -> Any:
@@ -413,7 +443,7 @@ def _platform_endpoints(config: Config) -> tuple[str, ...]:
     """Every ``host:port`` the platform's services listen on or are reached at."""
     addresses = [config.attestation.listen_address, config.attestation.service_url.split("://", 1)[-1].rstrip("/")]
     for endpoint in (*config.api_endpoints.values(), *config.internal_endpoints.values()):
-        addresses += [endpoint.listen_address, endpoint.target]
+        addresses += [endpoint.listen_address, *endpoint.targets]
     return tuple(dict.fromkeys(addresses))
 
 

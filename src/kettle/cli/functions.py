@@ -37,6 +37,7 @@ def frontend_client() -> FrontendClient:
     from ..errors import AuthenticationError
     from ..sdk.attested import ClientTrust
     from ..sdk.frontend import FrontendClient
+    from . import api_target
 
     config = load_config()
     try:
@@ -44,8 +45,7 @@ def frontend_client() -> FrontendClient:
         user_id, token = saved["id"], saved["token"]
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         raise AuthenticationError("not logged in: run `kettle user login ID`") from None
-    target = config.endpoint("frontend", api=True).target
-    return FrontendClient(target, ClientTrust.from_config(config), user_id=user_id, token=token)
+    return FrontendClient(api_target(config, "frontend"), ClientTrust.from_config(config), user_id=user_id, token=token)
 
 
 # --- option parsing (pure) ------------------------------------------------------------

@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..config import Config, load_config
+from . import api_target
 from ..errors import KettleError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Kettle: attested secure computing on private data.")
@@ -81,13 +82,13 @@ def up() -> None:
     table = Table(title="Kettle endpoints", show_header=True)
     table.add_column("service")
     table.add_column("address")
-    table.add_row("authentication API", config.endpoint("authentication", api=True).target)
-    table.add_row("frontend API", config.endpoint("frontend", api=True).target)
+    table.add_row("authentication API", ", ".join(config.endpoint("authentication", api=True).targets))
+    table.add_row("frontend API", ", ".join(config.endpoint("frontend", api=True).targets))
     table.add_row("attestation service", config.attestation.service_url)
     for name in PLATFORM_SERVICES:
         # The frontend serves only its API endpoint; execution nodes serve nothing.
         if name not in ("frontend", "execution"):
-            table.add_row(f"{name} (internal)", config.endpoint(name).target)
+            table.add_row(f"{name} (internal)", ", ".join(config.endpoint(name).targets))
     out.print(table)
     out.print(f"Admin account: [bold]{config.authentication.admin_id}[/bold] / {config.authentication.admin_password}")
     out.print(f"Client trust files: {config.as_root_path}  {config.enclave_info_path}")
@@ -276,7 +277,7 @@ def _credentials_path(config: Config) -> Path:
 def _client(config: Config, authenticated: bool = True) -> Any:
     from ..sdk.authentication import AuthenticationClient
 
-    client = AuthenticationClient(config.endpoint("authentication", api=True).target)
+    client = AuthenticationClient(api_target(config, "authentication"))
     if authenticated:
         client.use_credential(*_saved_credentials(config))
     return client

@@ -13,12 +13,23 @@ error, and a peer that stays down is :class:`ServiceUnavailable` naming it. The
 call itself then runs without ``wait_for_ready``: a connection lost mid-call
 fails at once (UNAVAILABLE) instead of waiting out the call's deadline, which
 stays long for calls that are legitimately slow once connected.
+
+A peer with several replicas (``advertised_address`` as a list) is one channel
+over all of them: gRPC's round-robin spreads calls over the connected replicas
+and leaves out one that is down, and gRPC's own retry sends a call that failed
+UNAVAILABLE to another replica, for the methods where a second try cannot apply
+anything twice (:data:`RETRY_SAFE_METHODS`). Any other call that fails mid-way
+is the caller's UNAVAILABLE, as with one replica: whether it was applied is not
+known, so it is not silently tried again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
 import logging
+import socket
 
 import grpc
 
@@ -34,7 +45,77 @@ log = logging.getLogger(__name__)
 OLD_CHANNEL_GRACE_SECS = 30.0
 
 
-def channel_options(target_name: str) -> list[tuple[str, object]]:
+RETRY_SAFE_METHODS: dict[str, tuple[str, ...]] = {
+    # Not Put or Delete: a late second try could undo another writer's change made in between.
+    "kettle_storage_proto.KettleStorage": ("Get", "GetKeysByPrefix", "Ack", "Watch"),
+    "kettle_management_proto.KettleManagement": (
+        "GetOutputFile", "GetInputFile", "GetFunction", "GetFunctionUsageStats", "ListFunctions", "GetTask",
+        "QueryAuditLogs", "WaitTask", "ListMyTrail",
+    ),
+    "kettle_access_control_proto.KettleAccessControl": ("AuthorizeApi",),
+    "teaclave_authentication_service_proto.TeaclaveAuthenticationInternal": ("UserAuthenticate",),
+    # A repeated status or result is discarded by the scheduler's rules (only the lease holder's
+    # first report counts), and a heartbeat only renews; a PullTask hands out work, so it is not here.
+    "kettle_scheduler_proto.KettleScheduler": ("Heartbeat", "UpdateTaskStatus", "UpdateTaskResult"),
+}
+"""Per gRPC service, the methods a replica may be asked again after another failed UNAVAILABLE:
+reads, and writes whose repetition changes nothing."""
+
+
+def replica_service_config() -> str:
+    """gRPC service config of a channel over several replicas: round-robin, and retry on
+    UNAVAILABLE for :data:`RETRY_SAFE_METHODS`."""
+    return json.dumps({
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [{
+            "name": [{"service": service, "method": method} for service, methods in RETRY_SAFE_METHODS.items()
+                     for method in methods],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "0.5s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }],
+    })
+
+
+def replica_target(targets: tuple[str, ...]) -> str:
+    """The gRPC target naming every replica (``ipv4:a:p,b:p``); names are resolved now.
+
+    gRPC's round-robin balances over the addresses of one target, so the replicas'
+    ``host:port`` are resolved into one address list. A replica whose name does not
+    resolve is left out and logged (the others still serve); it is looked up again
+    when the channel is next made, at the next certificate rotation.
+    """
+    if len(targets) == 1:
+        return targets[0]
+    v4: list[str] = []
+    v6: list[str] = []
+    for target in targets:
+        host, _, port = target.rpartition(":")
+        host = host.strip("[]")
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except (OSError, ValueError) as exc:
+            log.warning("replica %s is left out: its name does not resolve (%s)", target, exc)
+            continue
+        for family, _, _, _, sockaddr in infos:
+            address = ipaddress.ip_address(sockaddr[0])
+            if family == socket.AF_INET and f"{address}:{port}" not in v4:
+                v4.append(f"{address}:{port}")
+            elif family == socket.AF_INET6 and f"[{address}]:{port}" not in v6:
+                v6.append(f"[{address}]:{port}")
+    # One URI holds one address family; IPv4 wherever a replica has it.
+    if v4:
+        return "ipv4:" + ",".join(v4)
+    if v6:
+        return "ipv6:" + ",".join(v6)
+    return targets[0]  # nothing resolves: the first name, whose failure then reads as an outage
+
+
+def channel_options(target_name: str, *, replicas: bool = False) -> list[tuple[str, object]]:
     return [
         ("grpc.ssl_target_name_override", target_name),
         # The largest any endpoint accepts: each endpoint enforces its own limit.
@@ -45,6 +126,7 @@ def channel_options(target_name: str) -> list[tuple[str, object]]:
         # backoff that grows to two minutes; well inside the connect timeout of a call.
         ("grpc.initial_reconnect_backoff_ms", 250),
         ("grpc.max_reconnect_backoff_ms", 1000),
+        *([("grpc.service_config", replica_service_config())] if replicas else []),
     ]
 
 
@@ -110,7 +192,7 @@ class PeerChannels:
         try:
             await asyncio.wait_for(channel.channel_ready(), self._config.peers.connect_timeout_ms / 1000)
         except TimeoutError:
-            log.warning("%s is unreachable at %s", peer_service, self._config.endpoint(peer_service).target)
+            log.warning("%s is unreachable at %s", peer_service, ", ".join(self._config.endpoint(peer_service).targets))
             raise ServiceUnavailable(peer_service) from None
         return channel
 
@@ -121,11 +203,12 @@ class PeerChannels:
             private_key=identity.key_pem,
             certificate_chain=identity.client_chain_pem,
         )
-        target = self._config.endpoint(peer_service).target
+        targets = self._config.endpoint(peer_service).targets
         return grpc.aio.secure_channel(
-            target,
+            replica_target(targets),
             credentials,
-            options=channel_options(measurement_dns_name(expected.mr_enclave, self._config.domain)),
+            options=channel_options(measurement_dns_name(expected.mr_enclave, self._config.domain),
+                                    replicas=len(targets) > 1),
         )
 
     async def close(self) -> None:

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+from typing import NamedTuple
 
 from ...executors.worker import CONTROL_FD_ENV, FORK, PARENT_PID_ENV
 from ...model.records import TaskResult
@@ -104,6 +105,22 @@ class Worker:
             self._pidfd = -1
 
 
+class _Started(NamedTuple):
+    """A worker the template forked for a request."""
+
+    pid: int
+    pidfd: int
+    exited: asyncio.Future[int | None]
+    """Resolved with its wait status (None when the template died before reporting it)."""
+
+
+def _kill(pidfd: int) -> None:
+    """Kill the worker behind ``pidfd`` (one nobody will hand a job to) and close the pidfd."""
+    with contextlib.suppress(OSError):  # it has ended already
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    os.close(pidfd)
+
+
 class Template:
     """The warm template process, and the control socket that asks it for workers."""
 
@@ -111,10 +128,12 @@ class Template:
         self._process = process
         self._control = control
         self._requests = 0
-        self._started: dict[int, asyncio.Future[tuple[int, int]]] = {}
-        """By request number: the pid and pidfd of the worker forked for it."""
+        self._started: dict[int, asyncio.Future[_Started]] = {}
+        """By request number: the worker forked for it, once the template says so."""
         self._exits: dict[int, asyncio.Future[int | None]] = {}
-        self._early: dict[int, int] = {}
+        """By pid: the wait status of each worker handed to a fork that has not ended yet.
+        Set when its STARTED arrives, so its EXITED (which may come before the fork
+        resumes) always finds it; a worker nobody waits for any more has none."""
         self.closed = False
         asyncio.get_running_loop().add_reader(control.fileno(), self._on_message)
 
@@ -168,18 +187,18 @@ class Template:
         try:
             doc = protocol.body_json(body)
             if kind == protocol.STARTED and len(fds) == 1:
-                waiting_fork = self._started.pop(int(doc["request"]), None)
+                request, pid = int(doc["request"]), int(doc["pid"])
+                waiting_fork = self._started.pop(request, None)
                 if waiting_fork is None or waiting_fork.done():  # its requester gave up: stop it
-                    signal.pidfd_send_signal(fds[0], signal.SIGKILL)
-                    os.close(fds[0])
+                    _kill(fds[0])
                 else:
-                    waiting_fork.set_result((int(doc["pid"]), fds[0]))
+                    exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+                    self._exits[pid] = exited
+                    waiting_fork.set_result(_Started(pid, fds[0], exited))
             elif kind == protocol.EXITED and not fds:
                 pid, status = int(doc["pid"]), int(doc["status"])
                 waiting = self._exits.pop(pid, None)
-                if waiting is None:
-                    self._early[pid] = status  # it ended before its STARTED was taken
-                elif not waiting.done():
+                if waiting is not None and not waiting.done():  # None: a worker nobody waits for
                     waiting.set_result(status)
             else:
                 raise protocol.ProtocolError(f"an unexpected message of kind {kind!r}")
@@ -222,17 +241,16 @@ class Template:
         finally:
             theirs.close()
         try:
-            pid, pidfd = await asyncio.wait_for(asyncio.shield(started), FORK_TIMEOUT_SECS)
-        except (TimeoutError, TemplateUnavailable) as exc:
+            worker = await asyncio.wait_for(asyncio.shield(started), FORK_TIMEOUT_SECS)
+        except BaseException as exc:  # timed out, template lost, or this fork was cancelled
             ours.close()
-            started.cancel()
-            raise TemplateUnavailable(f"the worker template did not fork: {exc or 'timeout'}") from None
-        exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        if pid in self._early:
-            exited.set_result(self._early.pop(pid))
-        else:
-            self._exits[pid] = exited
-        return Worker(pid, pidfd, ours, exited)
+            if started.done() and not started.cancelled() and started.exception() is None:
+                _kill(started.result().pidfd)  # forked all the same: nobody will run it
+            started.cancel()  # a STARTED still to come finds its requester gone, and kills it
+            if isinstance(exc, (TimeoutError, TemplateUnavailable)):
+                raise TemplateUnavailable(f"the worker template did not fork: {exc or 'timeout'}") from None
+            raise
+        return Worker(worker.pid, worker.pidfd, ours, worker.exited)
 
     async def close(self) -> None:
         """Stop the template: closing its control socket ends it, and its workers die with it."""

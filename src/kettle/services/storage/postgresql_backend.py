@@ -31,17 +31,17 @@ never wait behind a commit.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
 import psycopg
 
 from kettle.errors import StorageError
-from kettle.services.storage.backend import DeadLetter, QueueItem, RecordWrite, prefix_end
+from kettle.services.storage.backend import DeadLetter
+from kettle.services.storage.sql_backend import Connection, SQLBackend, Statements
 
 _T = TypeVar("_T")
 
@@ -83,44 +83,22 @@ CHANGES_CHANNEL = "kettle_changes"
 LISTEN_RETRY_SECS = 0.5
 
 
+_STATEMENTS = Statements.for_dialect(
+    records="kettle_records", queue_items="kettle_queue_items", dead_letters="kettle_dead_letters", parameter="%s",
+    # Concurrent consumers (several storage instances) never take the same item.
+    lock_oldest=" FOR UPDATE SKIP LOCKED",
+)
+"""The record and queue operations' statements (:class:`~kettle.services.storage.sql_backend.SQLBackend`)."""
+
+
 class _SQL:
+    """The statements of this backend's own: its schema, its notifications, moving a platform in."""
+
     SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS kettle_schema (version INTEGER NOT NULL)"
     LOCK_SCHEMA = "SELECT pg_advisory_xact_lock(%s)"
     SCHEMA_VERSION = "SELECT max(version) FROM kettle_schema"
     RECORD_VERSION = "INSERT INTO kettle_schema (version) VALUES (%s)"
 
-    GET = "SELECT value FROM kettle_records WHERE namespace = %s AND key = %s"
-    PUT = """
-        INSERT INTO kettle_records (namespace, key, value) VALUES (%s, %s, %s)
-        ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value
-    """
-    DELETE = "DELETE FROM kettle_records WHERE namespace = %s AND key = %s"
-    INSERT_IF_ABSENT = """
-        INSERT INTO kettle_records (namespace, key, value) VALUES (%s, %s, %s)
-        ON CONFLICT (namespace, key) DO NOTHING
-    """
-    REPLACE_IF = "UPDATE kettle_records SET value = %s WHERE namespace = %s AND key = %s AND value = %s"
-    KEYS_FROM = "SELECT key FROM kettle_records WHERE namespace = %s AND key >= %s ORDER BY key"
-    KEYS_BETWEEN = "SELECT key FROM kettle_records WHERE namespace = %s AND key >= %s AND key < %s ORDER BY key"
-
-    ENQUEUE = "INSERT INTO kettle_queue_items (namespace, queue, value) VALUES (%s, %s, %s)"
-    OLDEST_AVAILABLE = """
-        SELECT item_id, value, deliveries FROM kettle_queue_items
-        WHERE namespace = %s AND queue = %s AND leased_until <= %s
-        ORDER BY item_id LIMIT 1
-        FOR UPDATE SKIP LOCKED
-    """
-    LEASE = "UPDATE kettle_queue_items SET leased_until = %s, deliveries = deliveries + 1 WHERE item_id = %s"
-    ACK = "DELETE FROM kettle_queue_items WHERE namespace = %s AND queue = %s AND item_id = %s"
-    TO_DEAD_LETTERS = """
-        INSERT INTO kettle_dead_letters (item_id, namespace, queue, value, deliveries, reason, moved_at)
-        SELECT item_id, namespace, queue, value, deliveries, %s, %s FROM kettle_queue_items
-        WHERE namespace = %s AND queue = %s AND item_id = %s
-    """
-    DEAD_LETTERS = """
-        SELECT item_id, namespace, queue, value, deliveries, reason, moved_at
-        FROM kettle_dead_letters ORDER BY moved_at, item_id
-    """
     NOTIFY = "SELECT pg_notify(%s, %s)"
     IMPORT_ITEM = """
         INSERT INTO kettle_queue_items (item_id, namespace, queue, value, deliveries, leased_until)
@@ -146,22 +124,21 @@ def _shown(dsn: str) -> str:
     return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
 
-class PostgreSQLBackend:
+class PostgreSQLBackend(SQLBackend):
     """A :class:`~kettle.services.storage.backend.StorageBackend` in a PostgreSQL database.
 
     Two connections, each guarded by a lock so the object can be shared between
     threads: one for writes (and for reads inside a batch), one for the other reads.
-    ``clock`` gives wall-clock seconds for queue leases.
+    Each is opened on first use, and again after it was lost.
     """
 
+    _statements = _STATEMENTS
+
     def __init__(self, dsn: str, *, clock: Callable[[], float] = time.time, connect_timeout_secs: int = 10) -> None:
+        super().__init__(clock)
         self._dsn = dsn
         self._where = _shown(dsn)
-        self._clock = clock
         self._connect_timeout = connect_timeout_secs
-        self._lock = threading.RLock()
-        self._read_lock = threading.Lock()
-        self._batch_owner: int | None = None
         self._conn: psycopg.Connection | None = None
         self._read_conn: psycopg.Connection | None = None
         self._closed = False
@@ -233,23 +210,16 @@ class PostgreSQLBackend:
                 yield conn
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
-        with self._lock:
-            if self._batch_owner is not None:
-                raise RuntimeError("batches do not nest")
-            self._open("begin a batch of writes")
-            conn = self._writer()
-            with self._errors("commit a batch of writes", conn), conn.transaction():
-                self._batch_owner = threading.get_ident()
-                try:
-                    yield
-                finally:
-                    self._batch_owner = None
+    def _batch_transaction(self) -> Iterator[None]:
+        self._open("begin a batch of writes")
+        conn = self._writer()
+        with self._errors("commit a batch of writes", conn), conn.transaction():
+            yield
 
     @contextmanager
     def _reading(self, action: str) -> Iterator[psycopg.Connection]:
         self._open(action)
-        if self._batch_owner == threading.get_ident():
+        if self._in_batch():
             with self._lock:
                 conn = self._writer()
                 with self._errors(action, conn):
@@ -260,102 +230,22 @@ class PostgreSQLBackend:
             with self._errors(action, conn):
                 yield conn
 
-    def _read(self, action: str, query: Callable[[psycopg.Connection], _T]) -> _T:
+    def _read(self, action: str, query: Callable[[Connection], _T]) -> _T:
         """Run a read. One that finds its connection lost (a database restart) is tried once
         more on a new one: a read changes nothing, so trying again cannot be wrong. A write
         is never tried again here: whether its commit happened is not known."""
         for attempt in (1, 2):
             try:
-                with self._reading(action) as conn:
-                    return query(conn)
+                return super()._read(action, query)
             except StorageError:
-                in_batch = self._batch_owner == threading.get_ident()
                 lost = self._read_conn is None or self._read_conn.closed
-                if attempt == 2 or in_batch or not lost:
+                if attempt == 2 or self._in_batch() or not lost:
                     raise
         raise AssertionError("unreachable")
 
-    # --- records ------------------------------------------------------------------
-
-    def get(self, namespace: str, key: bytes) -> bytes | None:
-        row = self._read("read a record", lambda conn: conn.execute(_SQL.GET, (namespace, key)).fetchone())
-        return None if row is None else bytes(row[0])
-
-    def put(self, namespace: str, key: bytes, value: bytes) -> None:
-        with self._transaction("write a record") as conn:
-            conn.execute(_SQL.PUT, (namespace, key, value))
-            _notify(conn, namespace, key)
-
-    def delete(self, namespace: str, key: bytes) -> None:
-        with self._transaction("delete a record") as conn:
-            conn.execute(_SQL.DELETE, (namespace, key))
-            _notify(conn, namespace, key)
-
-    def keys_with_prefix(self, namespace: str, prefix: bytes) -> list[bytes]:
-        end = prefix_end(prefix)
-        if end is None:
-            rows = self._read("list keys", lambda conn: conn.execute(_SQL.KEYS_FROM, (namespace, prefix)).fetchall())
-        else:
-            rows = self._read(
-                "list keys", lambda conn: conn.execute(_SQL.KEYS_BETWEEN, (namespace, prefix, end)).fetchall())
-        return [bytes(key) for (key,) in rows]
-
-    def compare_and_put(
-        self, namespace: str, key: bytes, expected: bytes | None, value: bytes,
-        also: Sequence[RecordWrite] = (),
-    ) -> tuple[bool, bytes | None]:
-        keys = [key, *(other for other, _ in also)]
-        if len(set(keys)) != len(keys):
-            raise ValueError("a compare-and-put writes each key at most once")
-        with self._transaction("compare-and-put a record") as conn:
-            if expected is None:
-                applied = conn.execute(_SQL.INSERT_IF_ABSENT, (namespace, key, value)).rowcount == 1
-            else:
-                applied = conn.execute(_SQL.REPLACE_IF, (value, namespace, key, expected)).rowcount == 1
-            if not applied:
-                row = conn.execute(_SQL.GET, (namespace, key)).fetchone()
-                return False, None if row is None else bytes(row[0])
-            for other, other_value in also:
-                if other_value is None:
-                    conn.execute(_SQL.DELETE, (namespace, other))
-                else:
-                    conn.execute(_SQL.PUT, (namespace, other, other_value))
-                _notify(conn, namespace, other)
-            _notify(conn, namespace, key)
-            return True, value
-
-    # --- queues -------------------------------------------------------------------
-
-    def enqueue(self, namespace: str, queue: bytes, value: bytes) -> None:
-        with self._transaction("enqueue an item") as conn:
-            conn.execute(_SQL.ENQUEUE, (namespace, queue, value))
-
-    def dequeue(self, namespace: str, queue: bytes, lease_seconds: float) -> QueueItem | None:
-        if not 0 < lease_seconds < math.inf:
-            raise ValueError(f"lease_seconds must be positive and finite, got {lease_seconds}")
-        now = self._clock()
-        with self._transaction("dequeue an item") as conn:
-            row = conn.execute(_SQL.OLDEST_AVAILABLE, (namespace, queue, now)).fetchone()
-            if row is None:
-                return None
-            item_id, value, deliveries = row
-            conn.execute(_SQL.LEASE, (now + lease_seconds, item_id))
-        return QueueItem(item_id=item_id, value=bytes(value), deliveries=deliveries + 1)
-
-    def ack(self, namespace: str, queue: bytes, item_id: int) -> bool:
-        with self._transaction("ack an item") as conn:
-            return conn.execute(_SQL.ACK, (namespace, queue, item_id)).rowcount == 1
-
-    def dead_letter(self, namespace: str, queue: bytes, item_id: int, reason: str) -> bool:
-        with self._transaction("move an item to the dead letters") as conn:
-            moved = conn.execute(_SQL.TO_DEAD_LETTERS, (reason, self._clock(), namespace, queue, item_id)).rowcount
-            conn.execute(_SQL.ACK, (namespace, queue, item_id))
-        return moved == 1
-
-    def dead_letters(self) -> list[DeadLetter]:
-        rows = self._read("list the dead letters", lambda conn: conn.execute(_SQL.DEAD_LETTERS).fetchall())
-        return [DeadLetter(item_id, namespace, bytes(queue), bytes(value), deliveries, reason, moved_at)
-                for item_id, namespace, queue, value, deliveries, reason, moved_at in rows]
+    def _record_changed(self, conn: Connection, namespace: str, key: bytes) -> None:
+        """Tell the other storage instances (:meth:`follow_changes`), once this commits."""
+        conn.execute(_SQL.NOTIFY, (CHANGES_CHANNEL, f"{namespace} {key.hex()}"))
 
     # --- other instances' writes -------------------------------------------------------
 
@@ -396,7 +286,7 @@ class PostgreSQLBackend:
                     raise StorageError(f"storage: the PostgreSQL database at {self._where} is not empty "
                                        f"({table} has rows): a platform is only moved into an empty one")
             for namespace, key, value in records:
-                conn.execute(_SQL.PUT, (namespace, key, value))
+                conn.execute(_STATEMENTS.put, (namespace, key, value))
                 counts[0] += 1
             for item_id, namespace, queue, value, deliveries, leased_until in queue_items:
                 conn.execute(_SQL.IMPORT_ITEM, (item_id, namespace, queue, value, deliveries, leased_until))
@@ -416,10 +306,6 @@ class PostgreSQLBackend:
             for conn in (self._conn, self._read_conn):
                 if conn is not None:
                     conn.close()
-
-
-def _notify(conn: psycopg.Connection, namespace: str, key: bytes) -> None:
-    conn.execute(_SQL.NOTIFY, (CHANGES_CHANNEL, f"{namespace} {key.hex()}"))
 
 
 def _reason(exc: psycopg.Error) -> str:

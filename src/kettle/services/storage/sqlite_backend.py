@@ -19,23 +19,30 @@ committed write.
 
 from __future__ import annotations
 
-import math
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from kettle.errors import StorageError
-from kettle.services.storage.backend import DeadLetter, QueueItem, RecordWrite, prefix_end
+from kettle.services.storage.backend import DeadLetter
+from kettle.services.storage.sql_backend import SQLBackend, Statements, dead_letter_from_row
 
 SCHEMA_VERSION = 1
 
 
+# Keys and values are BLOBs, which SQLite compares with memcmp: bytewise.
+_STATEMENTS = Statements.for_dialect(
+    records="records", queue_items="queue_items", dead_letters="dead_letters", parameter="?",
+)
+"""The record and queue operations' statements (:class:`~kettle.services.storage.sql_backend.SQLBackend`)."""
+
+
 class _SQL:
-    """Every statement this backend runs, in one place."""
+    """The statements of this backend's own: its schema, its transactions, its exports."""
 
     # WAL + FULL: every commit is fsynced before it returns.
     USE_WAL = "PRAGMA journal_mode=WAL"
@@ -88,36 +95,6 @@ class _SQL:
     RELEASE = "RELEASE one_write"
     ROLLBACK_TO = "ROLLBACK TO one_write"
 
-    GET = "SELECT value FROM records WHERE namespace = ? AND key = ?"
-    PUT = """
-        INSERT INTO records (namespace, key, value) VALUES (?, ?, ?)
-        ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value
-    """
-    DELETE = "DELETE FROM records WHERE namespace = ? AND key = ?"
-    # Keys are BLOBs, which SQLite compares with memcmp: a range query is an exact,
-    # bytewise prefix match where LIKE/GLOB would treat % _ * ? [ as wildcards.
-    KEYS_FROM = "SELECT key FROM records WHERE namespace = ? AND key >= ? ORDER BY key"
-    KEYS_BETWEEN = (
-        "SELECT key FROM records WHERE namespace = ? AND key >= ? AND key < ? ORDER BY key"
-    )
-
-    ENQUEUE = "INSERT INTO queue_items (namespace, queue, value) VALUES (?, ?, ?)"
-    OLDEST_AVAILABLE = """
-        SELECT item_id, value, deliveries FROM queue_items
-        WHERE namespace = ? AND queue = ? AND leased_until <= ?
-        ORDER BY item_id LIMIT 1
-    """
-    LEASE = "UPDATE queue_items SET leased_until = ?, deliveries = deliveries + 1 WHERE item_id = ?"
-    ACK = "DELETE FROM queue_items WHERE namespace = ? AND queue = ? AND item_id = ?"
-    TO_DEAD_LETTERS = """
-        INSERT INTO dead_letters (item_id, namespace, queue, value, deliveries, reason, moved_at)
-        SELECT item_id, namespace, queue, value, deliveries, ?, ? FROM queue_items
-        WHERE namespace = ? AND queue = ? AND item_id = ?
-    """
-    DEAD_LETTERS = """
-        SELECT item_id, namespace, queue, value, deliveries, reason, moved_at
-        FROM dead_letters ORDER BY moved_at, item_id
-    """
     ALL_RECORDS = "SELECT namespace, key, value FROM records ORDER BY namespace, key"
     ALL_ITEMS = "SELECT item_id, namespace, queue, value, deliveries, leased_until FROM queue_items ORDER BY item_id"
 
@@ -131,13 +108,14 @@ def _storage_errors(action: str) -> Iterator[None]:
         raise StorageError(f"storage: could not {action}: {exc}") from exc
 
 
-class SQLiteBackend:
+class SQLiteBackend(SQLBackend):
     """A :class:`~kettle.services.storage.backend.StorageBackend` in one SQLite file.
 
-    One connection, guarded by a lock, so the object can be shared between
-    threads. ``clock`` gives wall-clock seconds for queue leases (wall clock,
-    because leases are stored and must mean the same after a restart).
+    Two connections, each guarded by a lock, so the object can be shared between
+    threads: one for writes (and for reads inside a batch), one for the other reads.
     """
+
+    _statements = _STATEMENTS
 
     def __init__(
         self,
@@ -146,12 +124,7 @@ class SQLiteBackend:
         busy_timeout_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._clock = clock
-        self._lock = threading.RLock()
-        """Guards the write connection; a batch holds it throughout, its writes take it again."""
-        self._batch_owner: int | None = None
-        """The thread running a batch, whose reads must see the batch's uncommitted writes."""
-        self._read_lock = threading.Lock()
+        super().__init__(clock)
         _create_private_file(path)
         with _storage_errors(f"open database {path}"):
             self._conn = sqlite3.connect(
@@ -198,7 +171,7 @@ class SQLiteBackend:
         is a savepoint of the batch's transaction, which commits at the batch's end.
         """
         with self._lock, _storage_errors(action):
-            if self._batch_owner == threading.get_ident():
+            if self._in_batch():
                 self._conn.execute(_SQL.SAVEPOINT)
                 try:
                     yield self._conn
@@ -218,113 +191,28 @@ class SQLiteBackend:
                 raise
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
-        """Make the writes of the body (on this thread) one transaction, committed once at
-        the end; each write stays all-or-nothing on its own. If the commit fails, none
-        of them is stored, and this raises :class:`StorageError`."""
-        with self._lock:
-            if self._batch_owner is not None:
-                raise RuntimeError("batches do not nest")
-            with _storage_errors("begin a batch of writes"):
-                self._conn.execute(_SQL.BEGIN_WRITE)
-            self._batch_owner = threading.get_ident()
-            try:
-                yield
-                self._batch_owner = None
-                with _storage_errors("commit a batch of writes"):
-                    self._conn.execute(_SQL.COMMIT)
-            finally:
-                self._batch_owner = None
-                if self._conn.in_transaction:
-                    with _storage_errors("roll back a batch of writes"):
-                        self._conn.execute(_SQL.ROLLBACK)
+    def _batch_transaction(self) -> Iterator[None]:
+        with _storage_errors("begin a batch of writes"):
+            self._conn.execute(_SQL.BEGIN_WRITE)
+        try:
+            yield
+            with _storage_errors("commit a batch of writes"):
+                self._conn.execute(_SQL.COMMIT)
+        finally:
+            if self._conn.in_transaction:
+                with _storage_errors("roll back a batch of writes"):
+                    self._conn.execute(_SQL.ROLLBACK)
 
     @contextmanager
     def _reading(self, action: str) -> Iterator[sqlite3.Connection]:
-        """A connection to read from: the batch's own inside a batch (its writes are not
-        committed yet), else the reading connection, which never waits for a commit."""
-        if self._batch_owner == threading.get_ident():
+        """The batch's own connection inside a batch, else the reading connection, which
+        (WAL) never waits for a commit."""
+        if self._in_batch():
             with self._lock, _storage_errors(action):
                 yield self._conn
             return
         with self._read_lock, _storage_errors(action):
             yield self._read_conn
-
-    def get(self, namespace: str, key: bytes) -> bytes | None:
-        with self._reading("read a record") as conn:
-            row = conn.execute(_SQL.GET, (namespace, key)).fetchone()
-        return None if row is None else row[0]
-
-    def put(self, namespace: str, key: bytes, value: bytes) -> None:
-        with self._transaction("write a record") as conn:
-            conn.execute(_SQL.PUT, (namespace, key, value))
-
-    def delete(self, namespace: str, key: bytes) -> None:
-        with self._transaction("delete a record") as conn:
-            conn.execute(_SQL.DELETE, (namespace, key))
-
-    def keys_with_prefix(self, namespace: str, prefix: bytes) -> list[bytes]:
-        end = prefix_end(prefix)
-        with self._reading("list keys") as conn:
-            if end is None:
-                rows = conn.execute(_SQL.KEYS_FROM, (namespace, prefix)).fetchall()
-            else:
-                rows = conn.execute(_SQL.KEYS_BETWEEN, (namespace, prefix, end)).fetchall()
-        return [key for (key,) in rows]
-
-    def enqueue(self, namespace: str, queue: bytes, value: bytes) -> None:
-        with self._transaction("enqueue an item") as conn:
-            conn.execute(_SQL.ENQUEUE, (namespace, queue, value))
-
-    def dequeue(self, namespace: str, queue: bytes, lease_seconds: float) -> QueueItem | None:
-        if not 0 < lease_seconds < math.inf:
-            raise ValueError(f"lease_seconds must be positive and finite, got {lease_seconds}")
-        now = self._clock()
-        with self._transaction("dequeue an item") as conn:
-            row = conn.execute(_SQL.OLDEST_AVAILABLE, (namespace, queue, now)).fetchone()
-            if row is None:
-                return None
-            item_id, value, deliveries = row
-            conn.execute(_SQL.LEASE, (now + lease_seconds, item_id))
-        return QueueItem(item_id=item_id, value=value, deliveries=deliveries + 1)
-
-    def ack(self, namespace: str, queue: bytes, item_id: int) -> bool:
-        with self._transaction("ack an item") as conn:
-            removed = conn.execute(_SQL.ACK, (namespace, queue, item_id)).rowcount
-        return removed == 1
-
-    def dead_letter(self, namespace: str, queue: bytes, item_id: int, reason: str) -> bool:
-        with self._transaction("move an item to the dead letters") as conn:
-            moved = conn.execute(_SQL.TO_DEAD_LETTERS, (reason, self._clock(), namespace, queue, item_id)).rowcount
-            conn.execute(_SQL.ACK, (namespace, queue, item_id))
-        return moved == 1
-
-    def dead_letters(self) -> list[DeadLetter]:
-        with self._reading("list the dead letters") as conn:
-            rows = conn.execute(_SQL.DEAD_LETTERS).fetchall()
-        return [_dead_letter(row) for row in rows]
-
-    def compare_and_put(
-        self, namespace: str, key: bytes, expected: bytes | None, value: bytes,
-        also: Sequence[RecordWrite] = (),
-    ) -> tuple[bool, bytes | None]:
-        keys = [key, *(other for other, _ in also)]
-        if len(set(keys)) != len(keys):
-            raise ValueError("a compare-and-put writes each key at most once")
-        with self._transaction("compare-and-put a record") as conn:
-            row = conn.execute(_SQL.GET, (namespace, key)).fetchone()
-            current = None if row is None else bytes(row[0])
-            if current != expected:
-                return False, current
-            # The others first and the compared record last: the one record a
-            # reader waits on is the last to change (inside one transaction).
-            for other, other_value in also:
-                if other_value is None:
-                    conn.execute(_SQL.DELETE, (namespace, other))
-                else:
-                    conn.execute(_SQL.PUT, (namespace, other, other_value))
-            conn.execute(_SQL.PUT, (namespace, key, value))
-            return True, value
 
     def follow_changes(
         self, changed: Callable[[str, bytes], None], lost: Callable[[], None], stop: threading.Event
@@ -337,11 +225,6 @@ class SQLiteBackend:
             self._conn.close()
 
 
-def _dead_letter(row: tuple[int, str, bytes, bytes, int, str, float]) -> DeadLetter:
-    item_id, namespace, queue, value, deliveries, reason, moved_at = row
-    return DeadLetter(item_id, namespace, bytes(queue), bytes(value), deliveries, reason, moved_at)
-
-
 def read_dead_letters(path: Path) -> list[DeadLetter]:
     """The dead letters of the database at ``path``, read-only (an operator's view while
     the storage service runs; WAL lets this reader in beside its writer)."""
@@ -351,10 +234,10 @@ def read_dead_letters(path: Path) -> list[DeadLetter]:
         conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
         try:
             tables = conn.execute("SELECT name FROM sqlite_master WHERE name = 'dead_letters'").fetchall()
-            rows = conn.execute(_SQL.DEAD_LETTERS).fetchall() if tables else []
+            rows = conn.execute(_STATEMENTS.dead_letters).fetchall() if tables else []
         finally:
             conn.close()
-    return [_dead_letter(row) for row in rows]
+    return [dead_letter_from_row(row) for row in rows]
 
 
 @contextmanager
@@ -372,7 +255,7 @@ def read_state(path: Path) -> Iterator[tuple[
             conn.execute("BEGIN")  # one snapshot for all three
             records = ((ns, bytes(k), bytes(v)) for ns, k, v in conn.execute(_SQL.ALL_RECORDS))
             items = ((i, ns, bytes(q), bytes(v), d, lease) for i, ns, q, v, d, lease in conn.execute(_SQL.ALL_ITEMS))
-            letters = [_dead_letter(row) for row in conn.execute(_SQL.DEAD_LETTERS).fetchall()]
+            letters = [dead_letter_from_row(row) for row in conn.execute(_STATEMENTS.dead_letters).fetchall()]
             yield records, items, letters
     finally:
         conn.close()
