@@ -44,15 +44,16 @@ pytestmark = pytest.mark.skipif(_UNAVAILABLE is not None, reason=f"no test hosts
 T = TypeVar("T")
 
 REPLICAS = {
-    "storage": 1,
-    "access_control": 1,
-    "authentication": 1,
-    "management": 1,
+    "storage": 2,
+    "access_control": 2,
+    "authentication": 2,
+    "management": 2,
     "scheduler": 1,
     "execution": 2,
-    "frontend": 1,
+    "frontend": 2,
 }
-"""How many hosts run each platform service, each host one service."""
+"""How many hosts run each platform service, each host one service. One scheduler: two
+at once would hand out the same queue under two in-memory views of the leases."""
 START_ORDER = (
     ("storage", "access_control"),
     ("authentication", "management", "scheduler"),
@@ -88,6 +89,11 @@ def platform_config(network: HostNetwork, dsn: str) -> str:
     def url(host: str, port: int) -> str:
         return f"https://{network[host].address}:{port}"
 
+    def endpoint(service: str, port: int) -> str:
+        replicas = [f'"{url(host, port)}"' for host in hosts_of(service)]
+        advertised = replicas[0] if len(replicas) == 1 else f"[{', '.join(replicas)}]"
+        return f'{service} = {{ listen_address = "0.0.0.0:{port}", advertised_address = {advertised} }}'
+
     lines = [
         "[platform]",
         "dev_mode = false",
@@ -102,12 +108,10 @@ def platform_config(network: HostNetwork, dsn: str) -> str:
         f'listen_address = "0.0.0.0:{ATTESTATION_SERVICE_PORT}"',
         "",
         "[api_endpoints]",
-        *(f'{service} = {{ listen_address = "0.0.0.0:{port}", advertised_address = "{url(hosts_of(service)[0], port)}" }}'
-          for service, port in API_PORTS.items()),
+        *(endpoint(service, port) for service, port in API_PORTS.items()),
         "",
         "[internal_endpoints]",
-        *(f'{service} = {{ listen_address = "0.0.0.0:{port}", advertised_address = "{url(hosts_of(service)[0], port)}" }}'
-          for service, port in INTERNAL_PORTS.items()),
+        *(endpoint(service, port) for service, port in INTERNAL_PORTS.items()),
         "",
         "[storage]",
         'backend = "postgresql"',
@@ -223,34 +227,39 @@ def deployment(tmp_path: Path, _auditor_cache: Path) -> Iterator[Deployment]:
         network.close()
 
 
-def retried(call: Callable[[], T], what: str) -> T:
-    """``call``, made again while it fails UNAVAILABLE, as a user would (for a bounded time)."""
-    deadline = time.monotonic() + RETRY_WINDOW_SECS
-    while True:
-        try:
-            return call()
-        except Unavailable:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what} stayed UNAVAILABLE for {RETRY_WINDOW_SECS:.0f} s") from None
-            time.sleep(0.3)
-
-
 @dataclass
 class LoadClient:
-    """One user creating, invoking and waiting for echo tasks, one after another."""
+    """One user creating, invoking and waiting for echo tasks, one after another, through
+    the frontend replicas it knows: one that answers UNAVAILABLE is left for the next, and
+    the call made again, as a user would (for a bounded time)."""
 
     name: str
-    client: FrontendClient
+    frontends: list[FrontendClient]
+    """One client per frontend replica, this user's credential on each."""
     function_id: str
     stop: threading.Event
     tasks: dict[str, str] = field(default_factory=dict)
     """Every task this client saw created → the message it carries."""
     finished_at: list[float] = field(default_factory=list)
+    unavailable: int = 0
+    """Calls that failed UNAVAILABLE and were made again."""
     error: BaseException | None = None
+    _current: int = 0
+
+    def retried(self, call: Callable[[FrontendClient], T], what: str) -> T:
+        deadline = time.monotonic() + RETRY_WINDOW_SECS
+        while True:
+            try:
+                return call(self.frontends[self._current])
+            except Unavailable:
+                assert time.monotonic() < deadline, f"{what} stayed UNAVAILABLE for {RETRY_WINDOW_SECS:.0f} s"
+                self.unavailable += 1
+                self._current = (self._current + 1) % len(self.frontends)
+                time.sleep(0.2)
 
     def run(self) -> None:
         try:
-            for n in range(500):  # bounded even if the stop never comes
+            for n in range(1000):  # bounded even if the stop never comes
                 if self.stop.is_set():
                     return
                 self.one_task(f"{self.name} task {n}")
@@ -260,10 +269,10 @@ class LoadClient:
     def one_task(self, message: str) -> None:
         # A create that failed UNAVAILABLE may still have created a task that this client
         # never learns of; it stays Created, invoked by no one, and is no task of the test's.
-        task_id = retried(lambda: self.client.create_task(self.function_id, {"message": message}), "CreateTask")
+        task_id = self.retried(lambda f: f.create_task(self.function_id, {"message": message}), "CreateTask")
         self.tasks[task_id] = message
         self.invoke_once(task_id)
-        result = retried(lambda: self.client.get_task_result(task_id, timeout=60), "waiting for the task")
+        result = self.retried(lambda f: f.get_task_result(task_id, timeout=60), "waiting for the task")
         assert result == message.encode(), (task_id, result, message)
         self.finished_at.append(time.monotonic())
 
@@ -271,96 +280,101 @@ class LoadClient:
         """Invoke, retrying UNAVAILABLE. An invoke that failed UNAVAILABLE may have taken
         effect before the answer was lost: its retry is then refused (the task is no longer
         waiting to be invoked), and the task's status says that the first one did."""
-        unanswered = False
-        deadline = time.monotonic() + RETRY_WINDOW_SECS
-        while True:
-            try:
-                self.client.invoke_task(task_id)
-                return
-            except Unavailable:
-                assert time.monotonic() < deadline, f"InvokeTask stayed UNAVAILABLE for {RETRY_WINDOW_SECS:.0f} s"
-                unanswered = True
-                time.sleep(0.3)
-            except KettleError:
-                if not unanswered:
-                    raise
-                status = retried(lambda: self.client.get_task(task_id), "GetTask").status
-                if status in (TaskStatus.CREATED, TaskStatus.DATA_ASSIGNED, TaskStatus.APPROVED):
-                    raise
-                return
+        before = self.unavailable
+        try:
+            self.retried(lambda f: f.invoke_task(task_id), "InvokeTask")
+        except KettleError:
+            if self.unavailable == before:
+                raise
+            status = self.retried(lambda f: f.get_task(task_id), "GetTask").status
+            if status in (TaskStatus.CREATED, TaskStatus.DATA_ASSIGNED, TaskStatus.APPROVED):
+                raise
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
 
 def finished_since(clients: list[LoadClient], moment: float) -> int:
     return sum(1 for c in clients for t in c.finished_at if t > moment)
 
 
 def wait_for_progress(clients: list[LoadClient], moment: float, count: int, timeout: float) -> None:
+    """Until the clients together finished ``count`` tasks after ``moment``."""
     deadline = time.monotonic() + timeout
     while finished_since(clients, moment) < count:
-        failed = [c.error for c in clients if c.error is not None]
-        if failed:
-            raise failed[0]
+        for c in clients:
+            c.check()
         assert time.monotonic() < deadline, f"fewer than {count} tasks finished in {timeout:.0f} s"
         time.sleep(0.2)
 
 
-def test_tasks_survive_losing_a_host_and_getting_it_back(deployment: Deployment) -> None:
+def test_tasks_survive_losing_hosts_and_getting_them_back(deployment: Deployment) -> None:
     network = deployment.network
     client_trust = deployment.homes["client"] / "trust"
     trust = ClientTrust.from_files(client_trust / "as_root_ca.pem", client_trust / "enclave_info.toml",
                                    unsafe_allow_simulation=True)
-    auth_address = f"{network[hosts_of('authentication')[0]].address}:{API_PORTS['authentication']}"
-    frontend_address = f"{network[hosts_of('frontend')[0]].address}:{API_PORTS['frontend']}"
-    admin_auth = AuthenticationClient(auth_address, trust)
-    admin_token = admin_auth.user_login("admin", ADMIN_PASSWORD)
-    admin = FrontendClient(frontend_address, trust, "admin", admin_token)
+    frontends = [f"{network[h].address}:{API_PORTS['frontend']}" for h in hosts_of("frontend")]
+    logins = [f"{network[h].address}:{API_PORTS['authentication']}" for h in hosts_of("authentication")]
+    admin_auth = AuthenticationClient(logins[0], trust)
+    admin = FrontendClient(frontends[0], trust, "admin", admin_auth.user_login("admin", ADMIN_PASSWORD))
     function_id = admin.register_function("builtin-echo", "echo", "builtin", arguments=["message"])
 
     stop = threading.Event()
     clients: list[LoadClient] = []
-    for n in range(1, CLIENTS + 1):
-        user = f"load-user-{n}"
-        admin_auth.user_register(user, f"{user}-password", "DataOwner", "load")
-        token = AuthenticationClient(auth_address, trust).user_login(user, f"{user}-password")
-        clients.append(LoadClient(user, FrontendClient(frontend_address, trust, user, token), function_id, stop))
+    for n in range(CLIENTS):
+        user, password = f"load-user-{n}", f"load-user-{n}-password"
+        admin_auth.user_register(user, password, "DataOwner", "load")
+        token = AuthenticationClient(logins[n % len(logins)], trust).user_login(user, password)
+        # Each user starts on its own frontend replica (so both carry load) and knows the others.
+        ordered = frontends[n % len(frontends):] + frontends[:n % len(frontends)]
+        clients.append(LoadClient(user, [FrontendClient(a, trust, user, token) for a in ordered], function_id, stop))
     threads = [threading.Thread(target=c.run, name=c.name) for c in clients]
     for thread in threads:
         thread.start()
     try:
-        began = time.monotonic()
-        wait_for_progress(clients, began, 6, timeout=60)
+        wait_for_progress(clients, time.monotonic(), 6, timeout=60)
 
         # An execution host drops off the network for longer than a lease: whatever it was
         # running is re-run elsewhere; when it comes back its late reports must not count.
         network.cut("execution-1")
         time.sleep(LEASE_SECS + 2)
         network.restore("execution-1")
+        wait_for_progress(clients, time.monotonic(), 3, timeout=60)
 
-        # The management host dies outright and is started again.
-        assert network.kill("management-1"), "nothing ran on the management host"
-        time.sleep(1)
-        deployment.start(["management-1"])
-        back = time.monotonic()
-        wait_for_progress(clients, back, 6, timeout=60)
+        # One replica host of storage, management and frontend dies outright, with calls
+        # in flight; the other replicas carry on; the dead ones are started again.
+        dead = ["storage-1", "management-1", "frontend-1"]
+        for host in dead:
+            assert network.kill(host), f"nothing ran on {host}"
+        wait_for_progress(clients, time.monotonic(), 6, timeout=60)
+        deployment.start(dead)
+
+        # A management replica drops off the network for a while: calls on its stalled
+        # connections wait for it, new calls go to the other replica.
+        network.cut("management-2")
+        time.sleep(3)
+        network.restore("management-2")
+        wait_for_progress(clients, time.monotonic(), 6, timeout=60)
     finally:
         stop.set()
         for thread in threads:
             thread.join(timeout=120)
     assert not any(t.is_alive() for t in threads), "a load client is stuck"
     for c in clients:
-        if c.error is not None:
-            raise c.error
+        c.check()
 
     rerun = []
     for c in clients:  # a task is its participants' to read: each client reads its own
         for task_id, message in c.tasks.items():
-            task = c.client.get_task(task_id)
+            task = c.retried(lambda f: f.get_task(task_id), "GetTask")
             assert task.status is TaskStatus.FINISHED, (task_id, task.status)
             assert task.outputs_or_raise().return_value == message.encode()
             receipt = verify_receipt(task.receipt, trust, task=task)
             if receipt.body.attempt > 1:
                 rerun.append(task_id)
     created = sum(len(c.tasks) for c in clients)
-    assert created >= 12
+    assert created >= 20
     # Only what was running on the host that was cut off may have run again.
     assert len(rerun) <= TASK_SLOTS, rerun
     # Each task was invoked once, a retried invoke included: the function counts each once.
