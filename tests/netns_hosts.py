@@ -47,7 +47,7 @@ class HostsUnavailable(Exception):
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(["ip", *args], check=False, capture_output=True, text=True, timeout=30)
     if check and result.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)} failed: {result.stderr.strip()}")
     return result
@@ -240,11 +240,17 @@ class HostNetwork:
 
     def run(self, host: str, argv: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` on ``host`` to its end."""
-        return subprocess.run(self.hosts[host].command(argv), capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(self.hosts[host].command(argv), check=False, capture_output=True, text=True, timeout=timeout)
 
     def kill(self, host: str) -> list[int]:
-        """Kill every process running on ``host`` at once (SIGKILL: no goodbye); their pids."""
-        pids = _kill_namespace_processes(self.hosts[host].namespace)
+        """Kill every process running on ``host`` at once (SIGKILL: no goodbye); their pids.
+
+        The processes started here are killed by their own pid too: one started a moment
+        ago may not have entered the namespace yet, so the namespace does not list it."""
+        started = [p for p in self.hosts[host].processes if p.poll() is None]
+        for process in started:
+            process.kill()
+        pids = sorted({*(p.pid for p in started), *_kill_namespace_processes(self.hosts[host].namespace)})
         for process in self.hosts[host].processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=10)
@@ -333,7 +339,7 @@ class PostgresHost:
         made = subprocess.run(
             self._as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
                                "-E", "UTF8", "--no-sync", "--no-instructions"]),
-            capture_output=True, text=True, timeout=120,
+            check=False, capture_output=True, text=True, timeout=120,
         )
         if made.returncode != 0:
             raise RuntimeError(f"initdb failed: {made.stderr.strip()}")

@@ -36,7 +36,13 @@ from netns_hosts import HostNetwork, HostsUnavailable, PostgresHost, unavailable
 from kettle.config import API_PORTS, ATTESTATION_SERVICE_PORT, INTERNAL_PORTS
 from kettle.errors import KettleError, Unavailable
 from kettle.provisioning import init_dev_home
-from kettle.sdk import AuthenticationClient, ClientTrust, FrontendClient, TaskStatus, verify_receipt
+from kettle.sdk import (
+    AuthenticationClient,
+    ClientTrust,
+    FrontendClient,
+    TaskStatus,
+    verify_receipt,
+)
 
 _UNAVAILABLE = unavailable_reason()
 pytestmark = pytest.mark.skipif(_UNAVAILABLE is not None, reason=f"no test hosts here: {_UNAVAILABLE}")
@@ -214,8 +220,9 @@ def deployment(tmp_path: Path, _auditor_cache: Path) -> Iterator[Deployment]:
             for service in REPLICAS:
                 services |= dict.fromkeys(hosts_of(service), service)
             homes = {host: host_home(provisioning, tmp_path / "hosts" / host, service) for host, service in services.items()}
-            homes["client"] = tmp_path / "client"
+            homes["client"] = tmp_path / "client"  # what a client's machine gets: no secret
             shutil.copytree(provisioning / "trust", homes["client"] / "trust")
+            shutil.copy2(provisioning / "kettle.toml", homes["client"] / "kettle.toml")
             deployed = Deployment(network, homes, services)
             deployed.start(["attestation"])
             for tier in START_ORDER:
@@ -243,7 +250,7 @@ class LoadClient:
     finished_at: list[float] = field(default_factory=list)
     unavailable: int = 0
     """Calls that failed UNAVAILABLE and were made again."""
-    error: BaseException | None = None
+    error: Exception | None = None
     _current: int = 0
 
     def retried(self, call: Callable[[FrontendClient], T], what: str) -> T:
@@ -263,7 +270,7 @@ class LoadClient:
                 if self.stop.is_set():
                     return
                 self.one_task(f"{self.name} task {n}")
-        except BaseException as exc:  # handed to the test, which fails with it
+        except Exception as exc:  # handed to the test, which fails with it
             self.error = exc
 
     def one_task(self, message: str) -> None:
@@ -316,6 +323,12 @@ def test_tasks_survive_losing_hosts_and_getting_them_back(deployment: Deployment
                                    unsafe_allow_simulation=True)
     frontends = [f"{network[h].address}:{API_PORTS['frontend']}" for h in hosts_of("frontend")]
     logins = [f"{network[h].address}:{API_PORTS['authentication']}" for h in hosts_of("authentication")]
+    # The command line on the clients' machine, from its home of trust files and configuration.
+    cli = {**service_environment(deployment.homes["client"]), "KETTLE_PASSWORD": ADMIN_PASSWORD}
+    for command in (["attest", frontends[-1]], ["user", "login", "admin"]):
+        done = subprocess.run([sys.executable, "-m", "kettle", *command], check=False, env=cli,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
     admin_auth = AuthenticationClient(logins[0], trust)
     admin = FrontendClient(frontends[0], trust, "admin", admin_auth.user_login("admin", ADMIN_PASSWORD))
     function_id = admin.register_function("builtin-echo", "echo", "builtin", arguments=["message"])
@@ -367,7 +380,7 @@ def test_tasks_survive_losing_hosts_and_getting_them_back(deployment: Deployment
     rerun = []
     for c in clients:  # a task is its participants' to read: each client reads its own
         for task_id, message in c.tasks.items():
-            task = c.retried(lambda f: f.get_task(task_id), "GetTask")
+            task = c.retried(lambda f, task_id=task_id: f.get_task(task_id), "GetTask")
             assert task.status is TaskStatus.FINISHED, (task_id, task.status)
             assert task.outputs_or_raise().return_value == message.encode()
             receipt = verify_receipt(task.receipt, trust, task=task)
