@@ -62,12 +62,23 @@ def unavailable_reason() -> str | None:
         return "the `ip` command (iproute2) is not installed"
     if os.geteuid() != 0:
         return "network namespaces need root (CAP_NET_ADMIN, CAP_SYS_ADMIN)"
-    probe = f"{PREFIX}{os.getpid()}-probe"
-    made = _ip("netns", "add", probe, check=False)
-    if made.returncode != 0:
-        return f"cannot create a network namespace: {made.stderr.strip()}"
-    _ip("netns", "del", probe, check=False)
-    return None
+    run = f"{PREFIX}{os.getpid()}"
+    steps = [
+        ("create a network namespace", ["netns", "add", f"{run}-probe"]),
+        ("create a bridge", ["link", "add", f"{run}br", "type", "bridge"]),
+        ("create a veth pair", ["link", "add", f"{run}v0", "type", "veth", "peer", "name", f"{run}h0"]),
+        ("move a link into a namespace", ["link", "set", f"{run}h0", "netns", f"{run}-probe"]),
+    ]
+    try:
+        for what, args in steps:
+            made = _ip(*args, check=False)
+            if made.returncode != 0:
+                return f"cannot {what}: {made.stderr.strip()}"
+        return None
+    finally:
+        _ip("netns", "del", f"{run}-probe", check=False)
+        _ip("link", "del", f"{run}br", check=False)
+        _ip("link", "del", f"{run}v0", check=False)
 
 
 def _pid_alive(pid: int) -> bool:

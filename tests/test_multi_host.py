@@ -18,6 +18,7 @@ stay unfinished past a bounded wait.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
@@ -204,34 +205,31 @@ class Deployment:
 
 @pytest.fixture
 def deployment(tmp_path: Path, _auditor_cache: Path) -> Iterator[Deployment]:
-    names = host_names()
-    try:
-        network = HostNetwork(names).__enter__()
-    except HostsUnavailable as exc:
-        pytest.skip(f"no test hosts here: {exc}")
-    try:
-        with PostgresHost(network, "db") as database:
-            provisioning = tmp_path / "provisioning"
-            provisioning.mkdir(mode=0o700)
-            shutil.copytree(_auditor_cache, provisioning / "auditors")
-            (provisioning / "kettle.toml").write_text(platform_config(network, database.dsn))
-            init_dev_home(provisioning)
-            services = {"attestation": "attestation"}
-            for service in REPLICAS:
-                services |= dict.fromkeys(hosts_of(service), service)
-            homes = {host: host_home(provisioning, tmp_path / "hosts" / host, service) for host, service in services.items()}
-            homes["client"] = tmp_path / "client"  # what a client's machine gets: no secret
-            shutil.copytree(provisioning / "trust", homes["client"] / "trust")
-            shutil.copy2(provisioning / "kettle.toml", homes["client"] / "kettle.toml")
-            deployed = Deployment(network, homes, services)
-            deployed.start(["attestation"])
-            for tier in START_ORDER:
-                deployed.start([host for service in tier for host in hosts_of(service)])
-            yield deployed
-            for host in services:
-                network.kill(host)  # before the database goes, so nothing logs its loss as a failure
-    finally:
-        network.close()
+    with contextlib.ExitStack() as stack:
+        try:
+            network = stack.enter_context(HostNetwork(host_names()))
+        except HostsUnavailable as exc:
+            pytest.skip(f"no test hosts here: {exc}")
+        database = stack.enter_context(PostgresHost(network, "db"))
+        provisioning = tmp_path / "provisioning"
+        provisioning.mkdir(mode=0o700)
+        shutil.copytree(_auditor_cache, provisioning / "auditors")
+        (provisioning / "kettle.toml").write_text(platform_config(network, database.dsn))
+        init_dev_home(provisioning)
+        services = {"attestation": "attestation"}
+        for service in REPLICAS:
+            services |= dict.fromkeys(hosts_of(service), service)
+        homes = {host: host_home(provisioning, tmp_path / "hosts" / host, service) for host, service in services.items()}
+        homes["client"] = tmp_path / "client"  # what a client's machine gets: no secret
+        shutil.copytree(provisioning / "trust", homes["client"] / "trust")
+        shutil.copy2(provisioning / "kettle.toml", homes["client"] / "kettle.toml")
+        deployed = Deployment(network, homes, services)
+        deployed.start(["attestation"])
+        for tier in START_ORDER:
+            deployed.start([host for service in tier for host in hosts_of(service)])
+        yield deployed
+        for host in services:
+            network.kill(host)  # before the database goes, so nothing logs its loss as a failure
 
 
 @dataclass
