@@ -141,6 +141,13 @@ def platform_config(network: HostNetwork, dsn: str) -> str:
     return "\n".join(lines)
 
 
+def client_config(platform: str) -> str:
+    """A client's kettle.toml (docs/deploy.md): where the API is, and the attestation policy;
+    none of the hosts' settings (the initial admin password among them)."""
+    api = platform[platform.index("[api_endpoints]"):platform.index("[internal_endpoints]")]
+    return f"[attestation]\nunsafe_allow_simulation = true\n\n{api}"
+
+
 def host_home(provisioning: Path, home: Path, service: str) -> Path:
     """A host's home with only what a host of ``service`` needs (docs/deploy.md): the
     configuration, the trust files, the measured build configuration, and the simulated
@@ -226,7 +233,7 @@ def deployment(tmp_path: Path, _auditor_cache: Path) -> Iterator[Deployment]:
         homes = {host: host_home(provisioning, tmp_path / "hosts" / host, service) for host, service in services.items()}
         homes["client"] = tmp_path / "client"  # what a client's machine gets: no secret
         shutil.copytree(provisioning / "trust", homes["client"] / "trust")
-        shutil.copy2(provisioning / "kettle.toml", homes["client"] / "kettle.toml")
+        (homes["client"] / "kettle.toml").write_text(client_config((provisioning / "kettle.toml").read_text()))
         deployed = Deployment(network, homes, services)
         deployed.start(["attestation"])
         for tier in START_ORDER:
