@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from kettle.attestation.enclave_info import SIGNATURE_SUFFIX
 from kettle.config import Config, load_config
 from kettle.launcher import Child, spawn, start_platform, stop_all
 from kettle.model.ids import Kind, parse_external_id
@@ -108,18 +109,27 @@ def platform_config_text(validity_secs: int = 3600, extra: str = "") -> str:
 
 @pytest.fixture(scope="session")
 def _auditor_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Dev auditor keys generated once per session (RSA-4096), copied into each home."""
+    """Dev auditor keys generated once per session (RSA-4096), copied into each home; beside
+    them, a home set up once whose signed enclave info :func:`make_home` copies too."""
     home = tmp_path_factory.mktemp("auditor-cache")
-    from kettle.provisioning import create_dev_auditors
-
-    create_dev_auditors(home)
+    init_dev_home(home)
     return home / "auditors"
 
 
 def make_home(path: Path, auditor_cache: Path, validity_secs: int = 3600, extra: str = "") -> Config:
+    """A configured dev home. Its auditors, build configuration and signed enclave info come
+    from the session's template home (the same code measures the same in every home), so
+    setting it up signs nothing; its attestation service hierarchy is its own."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "kettle.toml").write_text(platform_config_text(validity_secs, extra))
     shutil.copytree(auditor_cache, path / "auditors", dirs_exist_ok=True)
+    template = auditor_cache.parent
+    if (template / "build").is_dir():
+        shutil.copytree(template / "build", path / "build", dirs_exist_ok=True)
+        (path / "trust").mkdir(exist_ok=True)
+        for signed in (template / "trust").glob(f"*{SIGNATURE_SUFFIX}"):
+            shutil.copy2(signed, path / "trust" / signed.name)
+        shutil.copy2(template / "trust" / "enclave_info.toml", path / "trust" / "enclave_info.toml")
     return init_dev_home(path)
 
 

@@ -578,10 +578,11 @@ def test_a_lost_connection_is_read_again_or_fails_the_write_and_the_next_call_co
         backend.put(NS, b"k", b"v")
         assert backend.get(NS, b"k") == b"v"
         with psycopg.connect(pg_dsn, autocommit=True) as admin:
-            # what a database restart does to every connection: here, to this backend's two
+            # what a database restart does to every connection: here, to this backend's writer and
+            # its pooled readers
             ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                   "WHERE application_name = %s", (name,)).fetchall()
-            assert len(ended) == 2
+            assert len(ended) >= 2
         assert backend.get(NS, b"k") == b"v"  # a read is tried again on a new connection
         with pytest.raises(StorageError, match="could not write a record"):
             backend.put(NS, b"k", b"lost?")  # a write is not: its commit may or may not have happened
@@ -589,6 +590,51 @@ def test_a_lost_connection_is_read_again_or_fails_the_write_and_the_next_call_co
         assert backend.get(NS, b"k") == b"again"
     finally:
         backend.close()
+
+
+def test_reads_run_at_once_each_on_a_pooled_connection_of_its_own(pg_dsn: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psycopg
+
+    from kettle.services.storage.postgresql_backend import READ_CONNECTIONS
+
+    name = f"kettle-test-{os.getpid()}-{time.monotonic_ns()}"
+    backend = PostgreSQLBackend(psycopg.conninfo.make_conninfo(pg_dsn, application_name=name))
+    threads = ThreadPoolExecutor(READ_CONNECTIONS)
+    try:
+        assert backend.concurrent_reads == READ_CONNECTIONS
+        backend.put(NS, b"k", b"v")
+        with psycopg.connect(pg_dsn, autocommit=True) as observer:
+            def sessions(condition: str = "true") -> int:
+                row = observer.execute(f"SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND {condition}",
+                                       (name,)).fetchone()
+                assert row is not None
+                return int(row[0])
+
+            assert _eventually(lambda: sessions() == 1 + READ_CONNECTIONS)  # the writer and the pool, opened at start
+            with psycopg.connect(pg_dsn) as blocker:
+                blocker.execute("LOCK TABLE kettle_records IN ACCESS EXCLUSIVE MODE")  # until it commits
+                try:
+                    reads = [threads.submit(backend.get, NS, b"k") for _ in range(READ_CONNECTIONS)]
+                    # Every read waits on the lock at the same time, each in its own session.
+                    assert _eventually(lambda: sessions("wait_event_type = 'Lock'") == READ_CONNECTIONS)
+                    assert not any(read.done() for read in reads)
+                finally:
+                    blocker.commit()
+        assert [read.result(timeout=10) for read in reads] == [b"v"] * READ_CONNECTIONS
+    finally:
+        threads.shutdown()
+        backend.close()
+
+
+def _eventually(condition: Callable[[], bool], secs: float = 10.0) -> bool:
+    deadline = time.monotonic() + secs
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_an_unreachable_database_is_a_storage_error_naming_it_without_its_password() -> None:

@@ -134,40 +134,58 @@ def instances(config: Config, services: tuple[str, ...]) -> list[tuple[str, str]
     return result
 
 
-def spawn(
-    name: str, config: Config, service: str | None = None, abort: Callable[[], bool] | None = None
-) -> Child:
-    """Start ``kettle service SERVICE`` as ``name`` and wait until it says it is ready (or dies).
+@dataclass
+class Starting:
+    """A service process launched and not yet known to be ready."""
 
-    ``abort`` is asked while waiting; when it says so the half-started service is
-    stopped and :class:`StartAborted` raised.
-    """
+    child: Child
+    ready_fd: int
+    deadline: float
+
+
+def launch(name: str, config: Config, service: str | None = None) -> Starting:
+    """Start ``kettle service SERVICE`` as ``name``; :func:`await_ready` then waits for it."""
     service = service or name
     logs = config.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{name}.log"
     read_fd, write_fd = os.pipe()
     env = dict(os.environ, KETTLE_HOME=str(config.home), KETTLE_READY_FD=str(write_fd))
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kettle", "service", service],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-            pass_fds=(write_fd,),
-            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
-        )
-    os.close(write_fd)
-    child = Child(name, process, log_path, service)
-    deadline = time.monotonic() + READY_TIMEOUT_SECS
+    try:
+        with log_path.open("ab") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "kettle", "service", service],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                pass_fds=(write_fd,),
+                start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
+            )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return Starting(Child(name, process, log_path, service), read_fd, time.monotonic() + READY_TIMEOUT_SECS)
+
+
+def await_ready(starting: Starting, abort: Callable[[], bool] | None = None) -> Child:
+    """Wait until a launched service says it is ready; stop it and raise :class:`StartFailed`
+    if it dies or takes too long first.
+
+    ``abort`` is asked while waiting; when it says so the half-started service is
+    stopped and :class:`StartAborted` raised.
+    """
+    child, read_fd = starting.child, starting.ready_fd
+    name, process = child.name, child.process
     try:
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = starting.deadline - time.monotonic()
             if remaining <= 0:
                 stop_all([child])
                 why = f"did not become ready in {READY_TIMEOUT_SECS:.0f} s"
-                raise StartFailed(f"{name} {why}:\n{log_tail(log_path)}", why)
+                raise StartFailed(f"{name} {why}:\n{log_tail(child.log_path)}", why)
             if abort is not None and abort():
                 stop_all([child])
                 raise StartAborted(f"{name} was stopped while starting")
@@ -179,9 +197,16 @@ def spawn(
             if process.poll() is not None:
                 kill_leftovers(process.pid)
                 why = f"{describe_exit(process.returncode)} before it was ready"
-                raise StartFailed(f"{name} {why}:\n{log_tail(log_path)}", why)
+                raise StartFailed(f"{name} {why}:\n{log_tail(child.log_path)}", why)
     finally:
         os.close(read_fd)
+
+
+def spawn(
+    name: str, config: Config, service: str | None = None, abort: Callable[[], bool] | None = None
+) -> Child:
+    """Start ``kettle service SERVICE`` as ``name`` and wait until it says it is ready (or dies)."""
+    return await_ready(launch(name, config, service), abort)
 
 
 def kill_leftovers(pid: int) -> None:
@@ -209,12 +234,28 @@ def stop_all(children: list[Child]) -> None:
 
 
 def start_platform(config: Config, services: tuple[str, ...] = PLATFORM_SERVICES) -> list[Child]:
+    """Start the attestation service, then every other service at once.
+
+    Only the attestation service must be up before the others start (each obtains its
+    certificate from it at start); a service that needs a peer at start waits for it
+    (see ``when_storage_answers``), so the rest start side by side. ``children`` keeps
+    the dependency order, which :func:`stop_all` reverses.
+    """
     children: list[Child] = []
+    starting: list[Starting] = []
     try:
-        for name, service in instances(config, ("attestation", *services)):
-            children.append(spawn(name, config, service))
+        first, *rest = instances(config, ("attestation", *services))
+        name, service = first
+        children.append(spawn(name, config, service))
+        for name, service in rest:
+            starting.append(launch(name, config, service))
+        while starting:
+            pending = starting.pop(0)  # await_ready closes its pipe and stops it if it fails
+            children.append(await_ready(pending))
     except BaseException:
-        stop_all(children)
+        for pending in starting:
+            os.close(pending.ready_fd)
+        stop_all(children + [pending.child for pending in starting])
         raise
     return children
 

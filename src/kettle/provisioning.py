@@ -68,14 +68,27 @@ def auditor_dir(home: Path) -> Path:
 
 
 def create_dev_auditors(home: Path, names: tuple[str, ...] = DEV_AUDITORS) -> dict[str, rsa.RSAPublicKey]:
+    """The dev auditors' public keys; their key pairs are made where missing.
+
+    Each public half is kept beside its private key (``NAME.public.pem``): setting a
+    home up again reads it rather than loading the RSA-4096 private key, whose
+    consistency check costs far more than anything else here. The private keys are
+    loaded only to sign enclave info that changed (:func:`publish_enclave_info`).
+    """
     directory = auditor_dir(home)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys: dict[str, rsa.RSAPublicKey] = {}
     for name in names:
         path = directory / f"{name}.key.pem"
+        public_path = directory / f"{name}{PUBLIC_KEY_SUFFIX}"
+        if path.exists() and public_path.exists():
+            public = serialization.load_pem_public_key(public_path.read_bytes())
+            if not isinstance(public, rsa.RSAPublicKey):
+                raise ValueError(f"{public_path} is not an RSA public key")
+            keys[name] = public
+            continue
         if path.exists():
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            assert isinstance(key, rsa.RSAPrivateKey)
+            key = load_auditor_private_key(path)
         else:
             key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
             # PKCS#1 "RSA PRIVATE KEY", as Teaclave's auditor keys.
@@ -84,6 +97,7 @@ def create_dev_auditors(home: Path, names: tuple[str, ...] = DEV_AUDITORS) -> di
                 serialization.NoEncryption(),
             ))
         keys[name] = key.public_key()
+        public_path.write_bytes(keys[name].public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1))
     return keys
 
 

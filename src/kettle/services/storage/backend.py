@@ -69,6 +69,11 @@ class StorageBackend(Protocol):
     having changed nothing; a write is durable once the call returns.
     """
 
+    concurrent_reads: int
+    """0: a read is a quick local call (a file on this host), made on the caller's event
+    loop. N > 0: a read may wait on a round trip to a database elsewhere; callers run up
+    to N at once on threads of their own."""
+
     def get(self, namespace: str, key: bytes) -> bytes | None:
         """The value under ``key``, or None if there is none (``b""`` is a value)."""
         ...

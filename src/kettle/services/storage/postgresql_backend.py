@@ -25,8 +25,10 @@ ordering are bytewise.
   with a rolled-back savepoint), and :meth:`PostgreSQLBackend.follow_changes` listens,
   so a Watch on one storage instance wakes for a write through another.
 
-Reads outside a batch use a connection of their own, as with SQLite, so they
-never wait behind a commit.
+Reads outside a batch come from a pool of connections of their own
+(:data:`READ_CONNECTIONS`, psycopg's pool), so they never wait behind a commit and
+several run at once: the storage service runs them on threads, off its event loop,
+because each is a round trip to a database that may be on another host.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 import psycopg
+import psycopg_pool
 
 from kettle.errors import StorageError
 from kettle.services.storage.backend import DeadLetter
@@ -124,15 +127,24 @@ def _shown(dsn: str) -> str:
     return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
 
+READ_CONNECTIONS = 4
+"""Reads that may run at once, each on a pooled connection of its own."""
+
+
+class _LostConnection(StorageError):
+    """A call failed because its connection is gone (a database restart, a cut link)."""
+
+
 class PostgreSQLBackend(SQLBackend):
     """A :class:`~kettle.services.storage.backend.StorageBackend` in a PostgreSQL database.
 
-    Two connections, each guarded by a lock so the object can be shared between
-    threads: one for writes (and for reads inside a batch), one for the other reads.
-    Each is opened on first use, and again after it was lost.
+    One connection for writes (and for reads inside a batch), guarded by a lock so the
+    object can be shared between threads, opened on first use and again after it was
+    lost; the other reads from a pool of :data:`READ_CONNECTIONS` connections.
     """
 
     _statements = _STATEMENTS
+    concurrent_reads = READ_CONNECTIONS
 
     def __init__(self, dsn: str, *, clock: Callable[[], float] = time.time, connect_timeout_secs: int = 10) -> None:
         super().__init__(clock)
@@ -140,14 +152,20 @@ class PostgreSQLBackend(SQLBackend):
         self._where = _shown(dsn)
         self._connect_timeout = connect_timeout_secs
         self._conn: psycopg.Connection | None = None
-        self._read_conn: psycopg.Connection | None = None
         self._closed = False
+        self._read_pool = psycopg_pool.ConnectionPool(
+            # A fixed size, opened at start: a read never waits for a connection to be made.
+            dsn, min_size=READ_CONNECTIONS, max_size=READ_CONNECTIONS, open=False, timeout=connect_timeout_secs,
+            kwargs={"autocommit": True, "connect_timeout": connect_timeout_secs},  # each read sees every commit
+            name="kettle-storage-reads",
+        )
         with self._lock:
             try:
                 self._migrate(self._writer())
             except BaseException:
                 self.close()
                 raise
+        self._read_pool.open(wait=False)
 
     # --- connections --------------------------------------------------------------
 
@@ -163,12 +181,6 @@ class PostgreSQLBackend(SQLBackend):
             self._conn.autocommit = True  # transactions are the explicit blocks below (nested: savepoints)
         return self._conn
 
-    def _reader(self) -> psycopg.Connection:
-        if self._read_conn is None or self._read_conn.closed:
-            self._read_conn = self._connect()
-            self._read_conn.autocommit = True  # each read sees every committed write
-        return self._read_conn
-
     def _open(self, action: str) -> None:
         if self._closed:
             raise StorageError(f"storage: could not {action}: the backend is closed")
@@ -180,6 +192,7 @@ class PostgreSQLBackend(SQLBackend):
         except psycopg.OperationalError as exc:
             if conn.broken or conn.closed:
                 conn.close()  # the next call connects again; this one's outcome is not guessed
+                raise _LostConnection(f"storage: could not {action}: {_reason(exc)}") from exc
             raise StorageError(f"storage: could not {action}: {_reason(exc)}") from exc
         except psycopg.Error as exc:
             raise StorageError(f"storage: could not {action}: {_reason(exc)}") from exc
@@ -225,21 +238,28 @@ class PostgreSQLBackend(SQLBackend):
                 with self._errors(action, conn):
                     yield conn
             return
-        with self._read_lock:
-            conn = self._reader()
-            with self._errors(action, conn):
+        try:
+            # The pool drops a connection that was closed as lost (see _errors).
+            with self._read_pool.connection() as conn, self._errors(action, conn):
                 yield conn
+        except psycopg_pool.PoolTimeout:
+            raise StorageError(
+                f"storage: could not {action}: no connection to PostgreSQL at {self._where} "
+                f"within {self._connect_timeout} s"
+            ) from None
 
     def _read(self, action: str, query: Callable[[Connection], _T]) -> _T:
-        """Run a read. One that finds its connection lost (a database restart) is tried once
-        more on a new one: a read changes nothing, so trying again cannot be wrong. A write
-        is never tried again here: whether its commit happened is not known."""
-        for attempt in (1, 2):
+        """Run a read. One that finds its connection lost (a database restart) is tried again
+        on another: a read changes nothing, so trying again cannot be wrong; after a restart
+        every pooled connection may be found lost in turn, so as many tries as the pool
+        holds, and one on a new connection. A write is never tried again here: whether its
+        commit happened is not known."""
+        attempts = 1 if self._in_batch() else READ_CONNECTIONS + 1
+        for attempt in range(1, attempts + 1):
             try:
                 return super()._read(action, query)
-            except StorageError:
-                lost = self._read_conn is None or self._read_conn.closed
-                if attempt == 2 or self._in_batch() or not lost:
+            except _LostConnection:
+                if attempt == attempts:
                     raise
         raise AssertionError("unreachable")
 
@@ -301,11 +321,11 @@ class PostgreSQLBackend(SQLBackend):
         return counts[0], counts[1], counts[2]
 
     def close(self) -> None:
-        with self._lock, self._read_lock:
+        with self._lock:
             self._closed = True
-            for conn in (self._conn, self._read_conn):
-                if conn is not None:
-                    conn.close()
+            if self._conn is not None:
+                self._conn.close()
+        self._read_pool.close()
 
 
 def _reason(exc: psycopg.Error) -> str:

@@ -102,6 +102,7 @@ class SealedStore:
     def __init__(self, backend: StorageBackend, sealer: Sealer) -> None:
         self._backend = backend
         self._sealer = sealer
+        self.concurrent_reads = backend.concurrent_reads
 
     def get(self, namespace: str, key: bytes) -> bytes | None:
         sealed = self._backend.get(namespace, key)

@@ -26,7 +26,13 @@ import grpc
 from google.protobuf import empty_pb2
 
 from ...config import STORAGE_DSN_ENV, Config
-from ...errors import ConfigError, InvalidArgument, NotFound, PermissionDenied, SealingError
+from ...errors import (
+    ConfigError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    SealingError,
+)
 from ...rpc.generated import kettle_storage_pb2 as pb
 from ...rpc.generated import kettle_storage_pb2_grpc as pb_grpc
 from ...rpc.interceptors import current_peer
@@ -162,13 +168,22 @@ class StorageServicer(pb_grpc.KettleStorageServicer):
         self._store = store
         self._watchers = RecordWatchers()
         self._writes = GroupCommit(store)
+        # A read from a database on another host must not hold up the event loop (every
+        # other call of this service) for its round trip: those run on threads of their own.
+        self._readers = (ThreadPoolExecutor(max_workers=store.concurrent_reads, thread_name_prefix="storage-read")
+                         if store.concurrent_reads else None)
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._writes.write(fn, *args)
 
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._readers is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
+
     @rpc_method
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
-        value = self._store.get(namespace_of_caller(), _check_key(request.key))
+        value = await self._read(self._store.get, namespace_of_caller(), _check_key(request.key))
         if value is None:
             raise NotFound("key not found")
         return pb.GetResponse(value=value)
@@ -191,7 +206,7 @@ class StorageServicer(pb_grpc.KettleStorageServicer):
     async def GetKeysByPrefix(
         self, request: pb.GetKeysByPrefixRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetKeysByPrefixResponse:
-        keys = self._store.keys_with_prefix(namespace_of_caller(), request.prefix)
+        keys = await self._read(self._store.keys_with_prefix, namespace_of_caller(), request.prefix)
         return pb.GetKeysByPrefixResponse(keys=keys)
 
     @rpc_method
@@ -249,7 +264,7 @@ class StorageServicer(pb_grpc.KettleStorageServicer):
         while True:
             # Register before reading, so a write between the read and the wait still wakes us.
             event = self._watchers.event(namespace, key)
-            current = self._store.get(namespace, key)
+            current = await self._read(self._store.get, namespace, key)
             if current != known:
                 return pb.WatchResponse(changed=True, found=current is not None, value=current or b"")
             remaining = deadline - loop.time()
@@ -285,6 +300,8 @@ class StorageServicer(pb_grpc.KettleStorageServicer):
 
     def close(self) -> None:
         self._writes.close()
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
         self._store.close()
 
 

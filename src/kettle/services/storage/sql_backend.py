@@ -25,7 +25,12 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
 
-from kettle.services.storage.backend import DeadLetter, QueueItem, RecordWrite, prefix_end
+from kettle.services.storage.backend import (
+    DeadLetter,
+    QueueItem,
+    RecordWrite,
+    prefix_end,
+)
 
 _T = TypeVar("_T")
 
@@ -140,13 +145,16 @@ class SQLBackend(ABC):
     its connections (the subclass's).
 
     Writes go through one connection guarded by ``_lock`` (re-entrant: a batch holds
-    it throughout and its writes take it again); reads outside a batch through a
-    second one guarded by ``_read_lock``, so they never wait behind a commit.
+    it throughout and its writes take it again); reads outside a batch through
+    connections of their own (the subclass's :meth:`_reading`), so they never wait
+    behind a commit.
     ``clock`` gives wall-clock seconds for queue leases (wall clock, because leases
     are stored and must mean the same after a restart).
     """
 
     _statements: ClassVar[Statements]
+    concurrent_reads: ClassVar[int] = 0
+    """See :attr:`~kettle.services.storage.backend.StorageBackend.concurrent_reads`."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock

@@ -29,7 +29,11 @@ from pathlib import Path
 
 from kettle.errors import StorageError
 from kettle.services.storage.backend import DeadLetter
-from kettle.services.storage.sql_backend import SQLBackend, Statements, dead_letter_from_row
+from kettle.services.storage.sql_backend import (
+    SQLBackend,
+    Statements,
+    dead_letter_from_row,
+)
 
 SCHEMA_VERSION = 1
 
