@@ -92,8 +92,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_leftovers() -> None:
-    """Remove namespaces and links of runs that ended without tearing down (their pid is gone),
-    and anything named with this run's own pid (a dead run's, when a pid was reused)."""
+    """Remove namespaces, links, routes and database directories of runs that ended without
+    tearing down (their pid is gone), and anything named with this run's own pid (a dead
+    run's, when a pid was reused)."""
     namespaces = [line.split()[0] for line in _ip("netns", "list").stdout.splitlines() if line.strip()]
     links = re.findall(r"^\d+: ([^:@]+)", _ip("-o", "link", "show").stdout, re.MULTILINE)
     for name in namespaces + links:
@@ -108,6 +109,10 @@ def remove_leftovers() -> None:
             _ip("netns", "del", name, check=False)
         else:
             _ip("link", "del", name, check=False)
+    for directory in Path(tempfile.gettempdir()).glob(f"{PREFIX}*-postgres-*"):
+        match = re.match(rf"^{PREFIX}(\d+)-postgres-", directory.name)
+        if match and (int(match.group(1)) == os.getpid() or not _pid_alive(int(match.group(1)))):
+            shutil.rmtree(directory, ignore_errors=True)  # a dead run's database cluster
     routes = _ip("-4", "route", "show", "type", "blackhole").stdout
     for line in routes.splitlines():
         # The blackhole route of a dead run: its /24 has no bridge any more.

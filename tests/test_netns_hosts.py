@@ -3,9 +3,11 @@ can be pulled and plugged back, and nothing left behind, also by a run that fail
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,10 +83,13 @@ def test_what_a_dead_run_left_behind_is_removed() -> None:
     leftover = f"{PREFIX}{dead.pid}-host"
     subprocess.run(["ip", "netns", "add", leftover], check=True)
     subprocess.run(["ip", "link", "add", f"{PREFIX}{dead.pid}br", "type", "bridge"], check=True)
+    cluster = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{dead.pid}-postgres-"))
     try:
         remove_leftovers()
         assert leftover not in namespaces()
         assert f"{PREFIX}{dead.pid}br" not in links()
+        assert not cluster.exists()
     finally:
         subprocess.run(["ip", "netns", "del", leftover], check=False, capture_output=True)
         subprocess.run(["ip", "link", "del", f"{PREFIX}{dead.pid}br"], check=False, capture_output=True)
+        shutil.rmtree(cluster, ignore_errors=True)
