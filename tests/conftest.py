@@ -158,10 +158,18 @@ class Platform:
 
     def start_service(self, name: str) -> None:
         """Start ``name`` again; its old process, when still running, is stopped first (it
-        would otherwise hold the address and the database, and outlive the test)."""
-        stop_all([c for c in self.children if c.name == name])
-        self.children = [c for c in self.children if c.name != name]
-        self.children.append(spawn(name, self.config))
+        would otherwise hold the address and the database, and outlive the test). The new
+        process takes the old one's place in :attr:`children`, so :meth:`stop` still stops
+        services before what they depend on (a scheduler left without its storage would
+        wait out its stop timeout)."""
+        old = [i for i, c in enumerate(self.children) if c.name == name]
+        stop_all([self.children[i] for i in old])
+        child = spawn(name, self.config)
+        if old:
+            self.children = [c for i, c in enumerate(self.children) if i not in old[1:]]
+            self.children[old[0]] = child
+        else:
+            self.children.append(child)
 
     def stop(self) -> None:
         stop_all(self.children)

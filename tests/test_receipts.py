@@ -303,10 +303,11 @@ def test_an_oversized_receipt_is_refused_before_anything_is_written() -> None:
 
 
 def test_only_the_executor_that_ran_a_canceled_task_may_add_its_receipt_once(receipt: bytes) -> None:
-    runs = rules.CanceledRuns()
-    runs.add(BARE_TASK_ID, NODE_ID)
-    assert not runs.take(BARE_TASK_ID, "another-node")
-    assert runs.take(BARE_TASK_ID, NODE_ID) and not runs.take(BARE_TASK_ID, NODE_ID)
+    # The lease stays, CANCELED, until the receipt comes (then it is removed: a second one is discarded).
+    lease = rules.Lease(BARE_TASK_ID, NODE_ID, 1, b"staged", 1).ended(rules.LeaseState.CANCELED, 2)
+    assert rules.on_result(lease, "another-node") is rules.ResultAction.DISCARD
+    assert rules.on_result(lease, NODE_ID) is rules.ResultAction.KEEP_RECEIPT
+    assert rules.on_result(None, NODE_ID) is rules.ResultAction.DISCARD
     canceled = rules.cancel(running_task())
     kept = rules.attach_cancel_receipt(canceled, receipt)
     assert kept.result.receipt == receipt and kept.result.failure == rules.CANCELED_BY_USER
@@ -314,13 +315,6 @@ def test_only_the_executor_that_ran_a_canceled_task_may_add_its_receipt_once(rec
     assert rules.attach_cancel_receipt(running_task(), receipt) == running_task()  # only for a Canceled task
     with pytest.raises(InvalidArgument, match=f"a canceled run's receipt must be 1 to {MAX_RECEIPT_BYTES} bytes"):
         rules.attach_cancel_receipt(canceled, b"")
-
-
-def test_the_canceled_runs_table_is_bounded() -> None:
-    runs = rules.CanceledRuns()
-    for i in range(rules.CanceledRuns.LIMIT + 10):
-        runs.add(f"task{i}", NODE_ID)
-    assert not runs.take("task0", NODE_ID) and runs.take(f"task{rules.CanceledRuns.LIMIT + 9}", NODE_ID)
 
 
 # --- the node's signing glue ------------------------------------------------------------

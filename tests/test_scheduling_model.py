@@ -21,8 +21,10 @@ from kettle.model.scheduling import (
     Admission,
     HeartbeatAction,
     Lease,
-    LeaseTable,
+    LeaseState,
     NotAssigned,
+    ResultAction,
+    ScanAction,
 )
 
 EXECUTOR_A = str(uuid.uuid4())
@@ -45,8 +47,11 @@ def output(name: str, cmac: bytes | None = None) -> FileRecord:
     return FileRecord(str(uuid.uuid4()), f"file:///tmp/{name}", crypto, ("alice",), cmac)
 
 
-def lease(t: TaskRecord, executor: str = EXECUTOR_A, attempt: int = 1) -> Lease:
-    return Lease(t.uuid, executor, attempt, b'{"staged":"task"}')
+LEASE_MS = 3_000
+
+
+def lease(t: TaskRecord, executor: str = EXECUTOR_A, attempt: int = 1, deadline_ms: int = 103_000) -> Lease:
+    return Lease(t.uuid, executor, attempt, b'{"staged":"task"}', deadline_ms)
 
 
 # --- leases ----------------------------------------------------------------------------
@@ -55,59 +60,91 @@ def lease(t: TaskRecord, executor: str = EXECUTOR_A, attempt: int = 1) -> Lease:
 def test_lease_record_round_trips_and_rejects_corruption() -> None:
     original = lease(task(), attempt=2)
     assert Lease.from_bytes(original.to_bytes()) == original
+    canceled = original.ended(LeaseState.CANCELED, 5)
+    assert Lease.from_bytes(canceled.to_bytes()) == canceled and canceled.staged_task == b""
     assert rules.lease_key(original.task_id) == b"scheduler-lease-" + original.task_id.encode()
+    assert rules.executor_task_key(EXECUTOR_A) == b"scheduler-executor-" + EXECUTOR_A.encode()
     for bad in (b"not json", b"{}", original.to_bytes().replace(b'"attempt":2', b'"attempt":0'),
-                original.to_bytes().replace(b'"attempt":2', b'"attempt":true')):
+                original.to_bytes().replace(b'"attempt":2', b'"attempt":true'),
+                original.to_bytes().replace(b'"deadline_ms":103000', b'"deadline_ms":-1'),
+                original.to_bytes().replace(b'"state":"active"', b'"state":"asleep"')):
         with pytest.raises(ValueError):
             Lease.from_bytes(bad)
 
 
-def test_a_lease_expires_after_the_lease_period_unless_its_holder_renews_it() -> None:
-    table = LeaseTable(lease_secs=3.0)
+def test_a_lease_stored_before_deadlines_reads_as_active_and_due_at_once() -> None:
     t = task()
-    held = lease(t)
-    table.add(held, now=100.0)
-    assert table.get(t.uuid) is held and table.held_by(EXECUTOR_A) is held
-    assert table.next_deadline() == 103.0
-    assert table.expired(102.9) == []
-    assert not table.renew(t.uuid, EXECUTOR_B, now=102.0)  # only the holder renews
-    assert table.renew(t.uuid, EXECUTOR_A, now=102.0)
-    assert table.expired(104.9) == [] and table.expired(105.0) == [held]
-    assert table.is_expired(t.uuid, 105.0)
-    table.remove(t.uuid)
-    assert table.get(t.uuid) is None and table.held_by(EXECUTOR_A) is None and len(table) == 0
+    old = (b'{"attempt":1,"executor_id":"%s","staged_task":"eA==","task_id":"%s"}'
+           % (EXECUTOR_A.encode(), t.uuid.encode()))
+    read = Lease.from_bytes(old)
+    assert (read.state, read.deadline_ms, read.staged_task) == (LeaseState.ACTIVE, 0, b"x")
+    assert rules.scan_action(read, 50_000, grace_ms=10_000) is ScanAction.EXTEND  # a starting scheduler's grace
+    assert read.renewed(50_000, 10_000).deadline_ms == 60_000
 
 
-def test_reloaded_leases_get_a_grace_period_and_a_node_holds_one_lease() -> None:
-    table = LeaseTable(lease_secs=3.0)
-    first, second = task(), task()
-    table.add(lease(first), now=0.0, grace=13.0)
-    assert table.expired(12.0) == [] and table.next_deadline() == 13.0
-    table.add(lease(second), now=1.0)  # the same executor takes another task: the old lease goes
-    assert table.get(first.uuid) is None and table.held_by(EXECUTOR_A).task_id == second.uuid  # type: ignore[union-attr]
-    with pytest.raises(ValueError):
-        LeaseTable(0)
+def test_only_the_active_holder_holds_a_lease() -> None:
+    held = lease(task())
+    assert held.held_by(EXECUTOR_A) and not held.held_by(EXECUTOR_B)
+    for state in (LeaseState.CANCELED, LeaseState.RELEASED, LeaseState.REQUEUED, LeaseState.ENDED):
+        assert not held.ended(state).held_by(EXECUTOR_A)
+    assert held.ended(LeaseState.RELEASED).staged_task == held.staged_task  # it goes back on the queue
+    assert held.ended(LeaseState.REQUEUED).staged_task == b""
+
+
+def test_heartbeats_write_a_new_deadline_only_after_a_quarter_of_the_lease() -> None:
+    held = lease(task(), deadline_ms=103_000)  # written at 100 000
+    assert not held.needs_renewal(100_000, LEASE_MS)
+    assert not held.needs_renewal(100_750, LEASE_MS)  # exactly three quarters left
+    assert held.needs_renewal(100_751, LEASE_MS)
+    assert held.renewed(100_751, LEASE_MS).deadline_ms == 103_751
+    graced = lease(task(), deadline_ms=120_000)
+    assert graced.renewed(100_000, LEASE_MS) == graced  # never shortens a grace period
+
+
+def test_what_a_scan_does_with_each_lease() -> None:
+    held = lease(task(), deadline_ms=103_000)
+    scan = rules.scan_action
+    assert scan(held, 102_999, grace_ms=None) is ScanAction.NOTHING
+    assert scan(held, 103_000, grace_ms=None) is ScanAction.RELEASE
+    assert scan(held, 104_000, grace_ms=10_000) is ScanAction.EXTEND  # after an outage: time first
+    assert scan(lease(task(), deadline_ms=200_000), 104_000, grace_ms=10_000) is ScanAction.NOTHING
+    assert scan(held.ended(LeaseState.ENDED), 0, grace_ms=None) is ScanAction.FORGET
+    canceled = held.ended(LeaseState.CANCELED, 110_000)
+    assert scan(canceled, 109_999, grace_ms=None) is ScanAction.NOTHING  # its receipt may still come
+    assert scan(canceled, 110_000, grace_ms=10_000) is ScanAction.FORGET
+    released = held.ended(LeaseState.RELEASED, 106_000)
+    assert scan(released, 105_999, grace_ms=None) is ScanAction.NOTHING  # its scheduler is re-queuing it
+    assert scan(released, 106_000, grace_ms=None) is ScanAction.REQUEUE
+    requeued = held.ended(LeaseState.REQUEUED, 106_000)
+    assert scan(requeued, 105_999, grace_ms=None) is ScanAction.NOTHING
+    assert scan(requeued, 106_000, grace_ms=None) is ScanAction.CHECK_TASK
 
 
 # --- decisions -------------------------------------------------------------------------
 
 
+STAGED = task()
+
+
 @pytest.mark.parametrize(
-    ("record", "leased", "cancel", "expected"),
+    ("record", "held", "cancel", "expected"),
     [
-        (None, False, False, Admission.DROP),
-        (task(TaskStatus.FINISHED), False, False, Admission.DROP),
-        (task(TaskStatus.CANCELED), False, True, Admission.DROP),
-        (task(), True, False, Admission.DROP),
-        (task(TaskStatus.APPROVED), False, False, Admission.NOT_YET),
-        (task(), False, True, Admission.CANCEL),
-        (task(attempts=3), False, False, Admission.EXHAUSTED),
-        (task(), False, False, Admission.RUN),
-        (task(TaskStatus.RUNNING, attempts=1), False, False, Admission.RUN),
+        (None, None, False, Admission.DROP),
+        (task(TaskStatus.FINISHED), None, False, Admission.DROP),
+        (task(TaskStatus.CANCELED), None, True, Admission.DROP),
+        (STAGED, lease(STAGED), False, Admission.DROP),  # a duplicate item of a running task
+        (task(TaskStatus.APPROVED), None, False, Admission.NOT_YET),
+        (STAGED, None, True, Admission.CANCEL),
+        (task(attempts=3), None, False, Admission.EXHAUSTED),
+        (STAGED, None, False, Admission.RUN),
+        (task(TaskStatus.RUNNING, attempts=1), None, False, Admission.RUN),
+        # what is left of a lease whose node was lost does not keep the task from running again
+        (STAGED, lease(STAGED).ended(LeaseState.RELEASED), False, Admission.RUN),
+        (STAGED, lease(STAGED).ended(LeaseState.REQUEUED), False, Admission.RUN),
     ],
 )
-def test_admission_of_a_queue_item(record: TaskRecord | None, leased: bool, cancel: bool, expected: Admission) -> None:
-    assert rules.admit(record, leased=leased, cancel_pending=cancel, max_attempts=3) is expected
+def test_admission_of_a_queue_item(record: TaskRecord | None, held: Lease | None, cancel: bool, expected: Admission) -> None:
+    assert rules.admit(record, lease=held, cancel_pending=cancel, max_attempts=3) is expected
 
 
 def test_heartbeat_decisions() -> None:
@@ -120,6 +157,23 @@ def test_heartbeat_decisions() -> None:
     assert beat(held, EXECUTOR_A, t.uuid, executing=True, cancel_pending=True) is HeartbeatAction.CANCEL
     assert beat(held, EXECUTOR_B, t.uuid, executing=True, cancel_pending=False) is HeartbeatAction.STOP
     assert beat(None, EXECUTOR_A, t.uuid, executing=True, cancel_pending=False) is HeartbeatAction.STOP
+    canceled = held.ended(LeaseState.CANCELED, 1)
+    assert beat(canceled, EXECUTOR_A, t.uuid, executing=True, cancel_pending=False) is HeartbeatAction.CANCEL
+    assert beat(canceled, EXECUTOR_B, t.uuid, executing=True, cancel_pending=False) is HeartbeatAction.STOP
+    for state in (LeaseState.RELEASED, LeaseState.REQUEUED, LeaseState.ENDED):
+        assert beat(held.ended(state), EXECUTOR_A, t.uuid, executing=True, cancel_pending=True) is HeartbeatAction.STOP
+
+
+def test_which_results_count() -> None:
+    held = lease(task(TaskStatus.RUNNING))
+    assert rules.on_result(held, EXECUTOR_A) is ResultAction.APPLY
+    assert rules.on_result(held, EXECUTOR_B) is ResultAction.DISCARD
+    assert rules.on_result(None, EXECUTOR_A) is ResultAction.DISCARD  # already recorded: never applied twice
+    canceled = held.ended(LeaseState.CANCELED, 1)
+    assert rules.on_result(canceled, EXECUTOR_A) is ResultAction.KEEP_RECEIPT  # the canceled run's receipt
+    assert rules.on_result(canceled, EXECUTOR_B) is ResultAction.DISCARD
+    for state in (LeaseState.RELEASED, LeaseState.REQUEUED, LeaseState.ENDED):
+        assert rules.on_result(held.ended(state), EXECUTOR_A) is ResultAction.DISCARD
 
 
 def test_a_repull_reissues_only_a_task_never_started() -> None:
@@ -176,22 +230,30 @@ def test_a_lost_node_requeues_until_the_attempts_are_spent() -> None:
     assert rules.executor_lost(done, 3) == (done, False)
 
 
+def test_a_lost_node_with_a_pending_cancel_ends_the_task_canceled() -> None:
+    t = rules.begin_running(rules.start_attempt(task(), 1))
+    canceled, requeue = rules.on_lost(t, cancel_pending=True, max_attempts=3)
+    assert not requeue and canceled.status is TaskStatus.CANCELED
+    assert rules.on_lost(t, cancel_pending=False, max_attempts=3) == rules.executor_lost(t, 3)
+
+
 def test_lease_lifecycle_with_a_fake_clock() -> None:
     """Three nodes die in turn: the task is re-queued twice and then fails; never left Running."""
-    table = LeaseTable(lease_secs=3.0)
-    t, now = task(), 0.0
+    t, now = task(), 0
+    held: Lease | None = None
     for attempt in (1, 2, 3):
-        assert rules.admit(t, leased=False, cancel_pending=False, max_attempts=3) is Admission.RUN
-        held = Lease(t.uuid, str(uuid.uuid4()), t.attempts + 1, b"staged")
-        table.add(held, now)
+        assert rules.admit(t, lease=held, cancel_pending=False, max_attempts=3) is Admission.RUN
+        held = Lease(t.uuid, str(uuid.uuid4()), t.attempts + 1, b"staged", now + LEASE_MS)
         t = rules.begin_running(rules.start_attempt(t, held.attempt))
         assert t.attempts == attempt
         for _ in range(5):  # heartbeats keep it alive
-            now += 1.0
-            assert table.renew(t.uuid, held.executor_id, now)
-        now += 3.0  # silence
-        assert table.expired(now) == [held]
-        table.remove(t.uuid)
+            now += 1_000
+            assert rules.scan_action(held, now, grace_ms=None) is ScanAction.NOTHING
+            if held.needs_renewal(now, LEASE_MS):
+                held = held.renewed(now, LEASE_MS)
+        now += LEASE_MS  # silence
+        assert rules.scan_action(held, now, grace_ms=None) is ScanAction.RELEASE
+        held = held.ended(LeaseState.RELEASED, now + LEASE_MS)
         t, requeue = rules.executor_lost(t, max_attempts=3)
         assert requeue is (attempt < 3)
     assert t.status is TaskStatus.FAILED and "lost 3 times" in (t.result.failure or "")

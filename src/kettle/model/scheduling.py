@@ -1,7 +1,7 @@
 """The scheduler's rules: who runs a task, what each report does to it, and when a node is lost.
 
-Pure functions over :class:`~kettle.model.records.TaskRecord` and an in-memory
-lease table; the scheduler service only reads records, applies these, and writes
+Pure functions over :class:`~kettle.model.records.TaskRecord` and the stored
+:class:`Lease`; the scheduler service only reads records, applies these, and writes
 back with compare-and-put. Keeping them here means every transition is tested
 without sockets (``tests/test_scheduling_model.py``).
 
@@ -16,8 +16,8 @@ Where Kettle deliberately differs from the reference (``spec/platform.md`` §12)
 - a malformed result is refused before anything is written (row 12).
 
 A **lease** says "executor E runs attempt N of task T". It is created when T is
-handed to E, renewed by E's heartbeats that name T (and by E's status and result
-reports), and ends when T ends or E is declared lost. Only a heartbeat that names
+handed to E, renewed by E's heartbeats that name T (and by E's status report), and
+ends when T ends or E is declared lost. Only a heartbeat that names
 the task renews it: a node that lost the PullTask answer and sits idle does not
 keep a task alive that it never started.
 """
@@ -37,6 +37,7 @@ from .receipts import MAX_RECEIPT_BYTES
 from .records import FileRecord, TaskOutputs, TaskRecord, TaskResult, TaskStatus, truncate_reason
 
 LEASE_PREFIX = b"scheduler-lease-"
+EXECUTOR_TASK_PREFIX = b"scheduler-executor-"
 CANCELED_BY_USER = "Task Canceled by the user"
 """DESIGN.md §6: a failure reason is at most 1 KiB (UTF-8), so a runaway message cannot bloat records."""
 TAG_BYTES = 16
@@ -53,6 +54,13 @@ class NotAssigned(KettleError):
 
 def lease_key(task_id: str) -> bytes:
     return LEASE_PREFIX + task_id.encode()
+
+
+def executor_task_key(executor_id: str) -> bytes:
+    """The task last handed to an executor, written with its lease: how any scheduler
+    finds the lease of an executor that asks for work again (only a hint: the lease
+    itself says whether the executor still holds the task)."""
+    return EXECUTOR_TASK_PREFIX + executor_id.encode()
 
 
 def is_uuid(text: str) -> bool:
@@ -72,23 +80,48 @@ def lost_reason(times: int) -> str:
 # --- leases --------------------------------------------------------------------------
 
 
+class LeaseState(Enum):
+    """Where a lease record is in its life. Only an ACTIVE lease lets a node run its task;
+    the others are kept briefly so that whichever scheduler a node or a scan reaches next
+    finishes what the state names (storage cannot delete a record on a condition, so a
+    lease that ends is first rewritten conditionally, then removed)."""
+
+    ACTIVE = "active"
+    """The executor runs the attempt; it is lost at the deadline unless renewed."""
+    CANCELED = "canceled"
+    """The task ended Canceled while the executor ran it: the run's Canceled receipt is
+    kept if it comes before the deadline, from whichever scheduler it reaches."""
+    RELEASED = "released"
+    """The executor was lost and the task went back to Staged; its staged task is being
+    put back on the queue. Past the deadline, the scheduler that did so is presumed dead
+    and a scan puts it on the queue (again, at worst: a duplicate item is dropped)."""
+    REQUEUED = "requeued"
+    """Back on the queue; the next hand-out overwrites this record."""
+    ENDED = "ended"
+    """The task ended; the record is removed right after."""
+
+
 @dataclass(frozen=True)
 class Lease:
-    """Attempt ``attempt`` of ``task_id`` is held by ``executor_id``.
+    """Attempt ``attempt`` of ``task_id`` is held by ``executor_id``, until ``deadline_ms``.
 
     Stored as ``scheduler-lease-<task uuid>`` in the platform partition from the
-    hand-out until the task ends or its node is lost, so a restarted scheduler
-    knows who runs what. ``staged_task`` is the queue item as management wrote it:
-    the queue item itself is acknowledged at hand-out, so this copy is what goes
-    back on the queue when the node is lost. Heartbeat times are *not* stored
-    (a write per heartbeat would be wasteful); a reloaded lease starts a fresh
-    grace period instead.
+    hand-out until the task ends or its node is lost; storage, not any scheduler's
+    memory, says who runs what, so any scheduler replica can serve any node.
+    ``staged_task`` is the queue item as management wrote it: the queue item itself
+    is acknowledged at hand-out, so this copy is what goes back on the queue when the
+    node is lost. ``deadline_ms`` is wall-clock time (ms since the epoch), compared by
+    whichever scheduler looks: the hosts' clocks must agree to well under a lease
+    (NTP gives milliseconds; a lease is seconds). A lease stored before deadlines
+    existed reads as due at once; a starting scheduler gives it a grace period.
     """
 
     task_id: str
     executor_id: str
     attempt: int
     staged_task: bytes
+    deadline_ms: int = 0
+    state: LeaseState = LeaseState.ACTIVE
 
     def to_bytes(self) -> bytes:
         return json.dumps(
@@ -97,6 +130,8 @@ class Lease:
                 "executor_id": self.executor_id,
                 "attempt": self.attempt,
                 "staged_task": base64.b64encode(self.staged_task).decode(),
+                "deadline_ms": self.deadline_ms,
+                "state": self.state.value,
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -106,80 +141,79 @@ class Lease:
     def from_bytes(cls, data: bytes) -> Lease:
         try:
             doc = json.loads(data)
-            if not isinstance(doc, dict) or set(doc) != {"task_id", "executor_id", "attempt", "staged_task"}:
+            if not isinstance(doc, dict) or set(doc) not in (_LEASE_FIELDS, _LEASE_FIELDS_BEFORE_DEADLINES):
                 raise ValueError("wrong fields")
             task_id, executor_id, attempt = doc["task_id"], doc["executor_id"], doc["attempt"]
+            deadline_ms, state = doc.get("deadline_ms", 0), LeaseState(doc.get("state", LeaseState.ACTIVE.value))
             if not (isinstance(task_id, str) and isinstance(executor_id, str)):
                 raise ValueError("ids must be strings")
             if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
                 raise ValueError("attempt must be a positive integer")
+            if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, int) or deadline_ms < 0:
+                raise ValueError("deadline_ms must be a non-negative integer")
             staged = base64.b64decode(doc["staged_task"], validate=True)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"malformed scheduler lease: {exc}") from None
-        return cls(task_id, executor_id, attempt, staged)
+        return cls(task_id, executor_id, attempt, staged, deadline_ms, state)
+
+    def held_by(self, executor_id: str) -> bool:
+        """Whether ``executor_id`` may run the task now (and report on it)."""
+        return self.state is LeaseState.ACTIVE and self.executor_id == executor_id
+
+    def renewed(self, now_ms: int, lease_ms: int) -> Lease:
+        """Valid for a lease from ``now_ms`` (never shortened: a grace period stays)."""
+        return replace(self, deadline_ms=max(self.deadline_ms, now_ms + lease_ms))
+
+    def needs_renewal(self, now_ms: int, lease_ms: int) -> bool:
+        """Whether a heartbeat must write a new deadline: only once ``RENEW_AFTER`` of the
+        lease has passed since the last one, so a task running for a lease costs a few
+        storage writes rather than one per heartbeat. The price: a lease runs out between
+        ``1 - RENEW_AFTER`` of a lease and a lease after its node's last heartbeat."""
+        return self.deadline_ms - now_ms < lease_ms * (1 - RENEW_AFTER)
+
+    def ended(self, state: LeaseState, until_ms: int = 0) -> Lease:
+        """The record the lease becomes when it stops being ACTIVE. Only a RELEASED lease
+        keeps the staged task (it goes back on the queue); the others keep it small."""
+        staged = self.staged_task if state is LeaseState.RELEASED else b""
+        return replace(self, state=state, deadline_ms=until_ms, staged_task=staged)
 
 
-class LeaseTable:
-    """Which executor holds which task, and until when (monotonic seconds).
+_LEASE_FIELDS = frozenset({"task_id", "executor_id", "attempt", "staged_task", "deadline_ms", "state"})
+_LEASE_FIELDS_BEFORE_DEADLINES = frozenset({"task_id", "executor_id", "attempt", "staged_task"})
 
-    The clock is passed in by the caller so expiry is testable without waiting.
-    An executor runs one task at a time, so it holds at most one lease.
-    """
+RENEW_AFTER = 0.25
+"""Fraction of a lease after which a heartbeat writes the lease's new deadline."""
 
-    def __init__(self, lease_secs: float) -> None:
-        if lease_secs <= 0:
-            raise ValueError("lease_secs must be positive")
-        self.lease_secs = lease_secs
-        self._leases: dict[str, Lease] = {}
-        self._deadlines: dict[str, float] = {}
-        self._by_executor: dict[str, str] = {}
 
-    def __len__(self) -> int:
-        return len(self._leases)
+class ScanAction(Enum):
+    """What a scheduler's periodic scan of the stored leases does with one of them."""
 
-    def add(self, lease: Lease, now: float, grace: float | None = None) -> None:
-        """Record a lease, valid for ``grace`` seconds (default: one lease period) from ``now``."""
-        old = self._leases.get(lease.task_id)
-        if old is not None:
-            self._by_executor.pop(old.executor_id, None)
-        previous_task = self._by_executor.get(lease.executor_id)
-        if previous_task is not None and previous_task != lease.task_id:
-            self.remove(previous_task)
-        self._leases[lease.task_id] = lease
-        self._deadlines[lease.task_id] = now + (self.lease_secs if grace is None else grace)
-        self._by_executor[lease.executor_id] = lease.task_id
+    NOTHING = "nothing"
+    EXTEND = "extend"
+    """Give an ACTIVE lease the grace period (this scheduler just started, or storage was
+    unreachable: nodes could not renew meanwhile)."""
+    RELEASE = "release"
+    """The executor was silent past the deadline: it is lost."""
+    REQUEUE = "requeue"
+    """A RELEASED lease whose scheduler did not finish re-queuing it in time."""
+    FORGET = "forget"
+    """Remove the record: an ENDED one, or a CANCELED one whose receipt never came."""
+    CHECK_TASK = "check-task"
+    """A REQUEUED lease: remove it if its task is over or gone (no hand-out will replace it)."""
 
-    def get(self, task_id: str) -> Lease | None:
-        return self._leases.get(task_id)
 
-    def held_by(self, executor_id: str) -> Lease | None:
-        task_id = self._by_executor.get(executor_id)
-        return None if task_id is None else self._leases.get(task_id)
-
-    def renew(self, task_id: str, executor_id: str, now: float) -> bool:
-        """Extend the lease if ``executor_id`` holds it (never shortens a longer grace period)."""
-        lease = self._leases.get(task_id)
-        if lease is None or lease.executor_id != executor_id:
-            return False
-        self._deadlines[task_id] = max(self._deadlines[task_id], now + self.lease_secs)
-        return True
-
-    def remove(self, task_id: str) -> None:
-        lease = self._leases.pop(task_id, None)
-        self._deadlines.pop(task_id, None)
-        if lease is not None and self._by_executor.get(lease.executor_id) == task_id:
-            del self._by_executor[lease.executor_id]
-
-    def is_expired(self, task_id: str, now: float) -> bool:
-        deadline = self._deadlines.get(task_id)
-        return deadline is not None and deadline <= now
-
-    def expired(self, now: float) -> list[Lease]:
-        due = sorted((deadline, task_id) for task_id, deadline in self._deadlines.items() if deadline <= now)
-        return [self._leases[task_id] for _, task_id in due]
-
-    def next_deadline(self) -> float | None:
-        return min(self._deadlines.values(), default=None)
+def scan_action(lease: Lease, now_ms: int, *, grace_ms: int | None) -> ScanAction:
+    """``grace_ms``: the grace period to give every ACTIVE lease in this scan, or None."""
+    due = lease.deadline_ms <= now_ms
+    if lease.state is LeaseState.ACTIVE:
+        if grace_ms is not None:
+            return ScanAction.EXTEND if lease.deadline_ms < now_ms + grace_ms else ScanAction.NOTHING
+        return ScanAction.RELEASE if due else ScanAction.NOTHING
+    if lease.state is LeaseState.ENDED or (lease.state is LeaseState.CANCELED and due):
+        return ScanAction.FORGET
+    if not due:
+        return ScanAction.NOTHING
+    return ScanAction.REQUEUE if lease.state is LeaseState.RELEASED else ScanAction.CHECK_TASK
 
 
 # --- decisions -----------------------------------------------------------------------
@@ -200,8 +234,10 @@ class Admission(Enum):
     """Management enqueued it but has not stored the Staged status yet: look again later."""
 
 
-def admit(task: TaskRecord | None, *, leased: bool, cancel_pending: bool, max_attempts: int) -> Admission:
-    if task is None or task.status.terminal or leased:
+def admit(task: TaskRecord | None, *, lease: Lease | None, cancel_pending: bool, max_attempts: int) -> Admission:
+    """``lease``: the stored lease of the task, read *after* the task (see the scheduler:
+    a hand-out that lands between the two reads then shows in one or the other)."""
+    if task is None or task.status.terminal or (lease is not None and lease.state is LeaseState.ACTIVE):
         return Admission.DROP
     if task.status not in (TaskStatus.STAGED, TaskStatus.RUNNING):
         return Admission.NOT_YET
@@ -225,12 +261,33 @@ class HeartbeatAction(Enum):
 def on_heartbeat(
     lease: Lease | None, executor_id: str, task_id: str, *, executing: bool, cancel_pending: bool
 ) -> HeartbeatAction:
-    """``lease`` is the current lease of the task the heartbeat names (if any)."""
+    """``lease`` is the stored lease of the task the heartbeat names (if any). A node whose
+    run was canceled hears CANCEL again until its receipt comes (its first answer may be lost)."""
     if not executing or not task_id:
         return HeartbeatAction.NOTHING
-    if lease is None or lease.executor_id != executor_id:
+    if lease is not None and lease.executor_id == executor_id and lease.state is LeaseState.CANCELED:
+        return HeartbeatAction.CANCEL
+    if lease is None or not lease.held_by(executor_id):
         return HeartbeatAction.STOP
     return HeartbeatAction.CANCEL if cancel_pending else HeartbeatAction.RENEW
+
+
+class ResultAction(Enum):
+    APPLY = "apply"
+    """From the lease holder: the result ends the task."""
+    KEEP_RECEIPT = "keep-receipt"
+    """From the executor whose run was canceled: its Canceled receipt goes with the task."""
+    DISCARD = "discard"
+    """Canceled, re-queued after a lost node, or already recorded (a retry whose answer was
+    lost): a late result is discarded, never applied."""
+
+
+def on_result(lease: Lease | None, executor_id: str) -> ResultAction:
+    if lease is not None and lease.held_by(executor_id):
+        return ResultAction.APPLY
+    if lease is not None and lease.executor_id == executor_id and lease.state is LeaseState.CANCELED:
+        return ResultAction.KEEP_RECEIPT
+    return ResultAction.DISCARD
 
 
 def reissue_on_repull(task: TaskRecord | None) -> bool:
@@ -278,30 +335,6 @@ def attach_cancel_receipt(task: TaskRecord, receipt: bytes) -> TaskRecord:
     return replace(task, result=replace(task.result, receipt=receipt))
 
 
-class CanceledRuns:
-    """Which executor was running each task canceled lately (in memory, bounded): the one
-    whose Canceled receipt is accepted after its lease ended. A scheduler restart in the
-    moment between the cancel and the report loses that receipt (the task stays Canceled)."""
-
-    LIMIT = 1024
-
-    def __init__(self) -> None:
-        self._runs: dict[str, str] = {}
-
-    def add(self, task_id: str, executor_id: str) -> None:
-        self._runs.pop(task_id, None)
-        self._runs[task_id] = executor_id
-        while len(self._runs) > self.LIMIT:
-            del self._runs[next(iter(self._runs))]
-
-    def take(self, task_id: str, executor_id: str) -> bool:
-        """True once, for the executor that was running ``task_id`` when it was canceled."""
-        if self._runs.get(task_id) != executor_id:
-            return False
-        del self._runs[task_id]
-        return True
-
-
 def executor_lost(task: TaskRecord, max_attempts: int) -> tuple[TaskRecord, bool]:
     """The node running the task is gone. Returns the new record and whether to re-queue it.
 
@@ -314,6 +347,14 @@ def executor_lost(task: TaskRecord, max_attempts: int) -> tuple[TaskRecord, bool
         failed = replace(task, status=TaskStatus.FAILED, result=TaskResult(failure=lost_reason(task.attempts)))
         return failed, False
     return replace(task, status=TaskStatus.STAGED, result=TaskResult()), True
+
+
+def on_lost(task: TaskRecord, *, cancel_pending: bool, max_attempts: int) -> tuple[TaskRecord, bool]:
+    """The lease holder is gone (silent, or asked for other work): the new record, and
+    whether to re-queue it. A pending cancel is delivered instead of a re-run."""
+    if cancel_pending:
+        return cancel(task), False
+    return executor_lost(task, max_attempts)
 
 
 def apply_result(task: TaskRecord, result: TaskResult | None) -> tuple[TaskRecord, tuple[FileRecord, ...]]:

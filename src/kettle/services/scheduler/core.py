@@ -8,23 +8,49 @@ State that matters survives a restart because it lives in storage:
   acknowledgement makes the item visible again; the redelivery then finds the
   lease (or the finished task) and is dropped as a duplicate, so an item is
   never run twice and never lost.
-- **Leases** (``scheduler-lease-<task uuid>``): who runs which attempt, with the
-  staged task, from hand-out until the task ends or its node is lost. We ack the
-  queue item at hand-out and keep the staged task in the lease (rather than
-  holding the item unacked while the task runs) because the storage queue cannot
-  extend or give back a lease early: a task whose node died would otherwise wait
-  out the item's whole storage lease, and a long task would be handed out twice.
-  A lost node's task goes back on the queue from the lease's copy.
+- **Leases** (``scheduler-lease-<task uuid>``): who runs which attempt, until
+  when (a wall-clock deadline), with the staged task, from hand-out until the task
+  ends or its node is lost. We ack the queue item at hand-out and keep the staged
+  task in the lease (rather than holding the item unacked while the task runs)
+  because the storage queue cannot extend or give back a lease early: a task whose
+  node died would otherwise wait out the item's whole storage lease, and a long
+  task would be handed out twice. A lost node's task goes back on the queue from
+  the lease's copy.
 - **Attempts** are counted in the task record (``TaskRecord.attempts``), so the
   bound on re-runs holds across restarts.
 
-Heartbeat times are only in memory; leases reloaded at start get a fresh grace
-period. Every change of a task record is a compare-and-put of a pure transition
-from :mod:`kettle.model.scheduling`, and every operation on one task holds that
-task's lock, so a heartbeat, a result and an expiry for the same task never
-interleave. A duplicate result cannot be applied: only the lease holder's result
-counts, applying it ends the task (terminal) and removes the lease, and a
-late or repeated report is discarded.
+Nothing that decides anything lives in memory, so any number of schedulers can
+serve one storage and a node's calls may reach any of them. The stored lease is
+the authority, and compare-and-put is the arbiter:
+
+- A **hand-out** reads the task, *then* its lease, and counts the attempt with a
+  compare-and-put of the task it read, writing the lease in the same step. A
+  hand-out by anyone else either shows in the lease it reads (an ACTIVE lease:
+  the item is a duplicate) or changed the task since (the attempt is counted
+  already: this one loses). So at most one lease of a task is ACTIVE.
+- Everything done **under a lease** (a renewal, Running, a result, a cancel, a
+  release) reads the lease, then the task, and compare-and-puts the lease it read,
+  writing the task's new record (and the records that go with an end) in the same
+  step. Two of them racing on one task: exactly one wins, the other reads again
+  and decides again. While a lease is ACTIVE nothing else writes its task, so the
+  task read after the lease is the current one. A lease that stops being ACTIVE is
+  rewritten to what it became (:class:`~kettle.model.scheduling.LeaseState`),
+  because storage deletes only unconditionally; whoever comes next finishes what
+  that state names.
+- Every scheduler **scans** the stored leases a few times per lease period: a
+  node silent past its lease's deadline loses its task once, to the scan that
+  wins the compare-and-put; only the winner re-queues it. Heartbeats write a new
+  deadline only after a quarter of the lease has passed (``RENEW_AFTER``).
+- A **starting scheduler**, and one whose scan could not reach storage, first
+  gives every lease a grace period (``restart_grace_secs``): nodes could not renew
+  meanwhile. This postpones, never hastens, declaring a node lost.
+- A **canceled run's receipt** is kept whichever scheduler it reaches: the lease
+  stays, CANCELED, until the receipt comes or the grace period passes.
+
+Hosts' clocks must agree to well under a lease (deadlines are compared across
+hosts). Every change of a task record is a pure transition from
+:mod:`kettle.model.scheduling`. A duplicate result cannot be applied: only the
+lease holder's result counts, and applying it ends the lease in the same step.
 """
 
 from __future__ import annotations
@@ -35,10 +61,10 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ...errors import InvalidArgument
+from ...errors import InternalError, InvalidArgument, StorageError, StorageUnavailable
 from ...model import scheduling as rules
 from ...model import trail as trail_rules
 from ...model.records import (
@@ -47,7 +73,6 @@ from ...model.records import (
     StagedTask,
     TaskRecord,
     TaskResult,
-    TaskStatus,
     cancel_request_key,
     output_key,
     task_key,
@@ -56,8 +81,10 @@ from ...model.scheduling import (
     Admission,
     HeartbeatAction,
     Lease,
-    LeaseTable,
+    LeaseState,
     NotAssigned,
+    ResultAction,
+    ScanAction,
 )
 from ..platform_store import NoChange, PlatformStore
 from ..storage.backend import RecordWrite
@@ -73,6 +100,14 @@ NOT_YET_WAIT_MS = 2_000
 """How long a hand-out waits for management to store the Staged status it is about to write."""
 MAX_NOT_YET_DELIVERIES = 20
 """An item whose task never becomes Staged is dropped after this many deliveries (management crashed)."""
+
+
+SCANS_PER_LEASE = 4
+"""How often per lease period each scheduler looks at the stored leases."""
+SCAN_CONCURRENCY = 8
+"""Leases one scan looks at at once."""
+MAX_LEASE_TRIES = 20
+"""Compare-and-puts on one lease before giving up (each failed one means the lease just changed)."""
 
 
 SIGNAL_WATCH_MS = 30_000
@@ -144,27 +179,6 @@ class HandOut:
     attempt: int
 
 
-class KeyedLocks:
-    """One asyncio lock per task id, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-
 def _check_uuid(text: str, what: str) -> str:
     if not rules.is_uuid(text):
         raise InvalidArgument(f"invalid {what}")
@@ -179,14 +193,15 @@ def _output_writes(task: TaskRecord) -> list[RecordWrite]:
 def _ending_writes(task: TaskRecord) -> list[RecordWrite]:
     """What is written with a task record that ends: a Finished task's output records, the
     trail event of each party whose files it was given (``docs/trail.md``), and the
-    removal of its lease and spent cancel request. Every task change of the scheduler
-    goes through :meth:`Scheduler._update`, so a task's end is recorded in its parties'
-    trails exactly once, in the same transaction."""
+    removal of its spent cancel request. Every task end of the scheduler is one
+    compare-and-put carrying these, so a task's end is recorded in its parties' trails
+    exactly once, in the same transaction. (Its lease is the caller's: an end under a
+    lease rewrites the lease in that same step.)"""
     if not task.status.terminal:
         return []
     events = trail_rules.task_ended_events(task, int(time.time() * 1000))
     return [*_output_writes(task), *trail_rules.pending_writes(events, uuid.uuid4().bytes),
-            (cancel_request_key(task.uuid), None), (rules.lease_key(task.uuid), None)]
+            (cancel_request_key(task.uuid), None)]
 
 
 def _late_receipt_writes(task: TaskRecord) -> list[RecordWrite]:
@@ -208,73 +223,109 @@ def _change(transition: Callable[[TaskRecord], TaskRecord]) -> Callable[[TaskRec
     return change
 
 
+def _busy(task_id: str) -> StorageError:
+    return StorageError(f"the lease of task {task_id} is changing too often; try again")
+
+
 class Scheduler:
     def __init__(
-        self, store: PlatformStore, settings: SchedulerSettings, clock: Callable[[], float] = time.monotonic
+        self, store: PlatformStore, settings: SchedulerSettings, clock: Callable[[], float] = time.time
     ) -> None:
         self._store = store
         self._settings = settings
         self._clock = clock
-        self._leases = LeaseTable(settings.lease_secs)
-        self._canceled_runs = rules.CanceledRuns()
-        self._locks = KeyedLocks()
-        self._lease_added = asyncio.Event()
+        """Wall-clock seconds: lease deadlines are compared by every scheduler."""
+        self._lease_ms = int(settings.lease_secs * 1000)
+        self._grace_ms = int(settings.restart_grace_secs * 1000)
+        self._grace_due = True
+        """The next scan gives every lease the grace period (at start, and after storage trouble)."""
         self.doorbell = QueueDoorbell(store)
 
-    # --- start-up and the expiry loop ------------------------------------------------
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    # --- start-up and the expiry scan ------------------------------------------------------
 
     async def load(self) -> None:
-        """Reload the leases of a previous run, before serving any node."""
-        now = self._clock()
-        for key in await self._store.keys_with_prefix(rules.LEASE_PREFIX):
-            raw = await self._store.get(key)
-            if raw is None:
-                continue
-            try:
-                lease = Lease.from_bytes(raw)
-            except ValueError as exc:
-                log.error("dropping unreadable lease record %r: %s", key, exc)
-                await self._store.delete(key)
-                continue
-            task = await self._store.get_task(task_key(lease.task_id))
-            if task is None or task.status.terminal:
-                # Ended while we were stopping: finish the bookkeeping of that ending.
-                if task is not None:
-                    await self._repair_outputs(task)
-                await self._close(lease)
-                continue
-            self._leases.add(lease, now, grace=self._settings.restart_grace_secs)
-        if len(self._leases):
-            log.info("reloaded %d lease(s); their nodes have %.0f s to heartbeat", len(self._leases),
-                     self._settings.restart_grace_secs)
+        """Before serving any node: give every stored lease the grace period, since its
+        node could not renew it while no scheduler ran (nothing is kept in memory)."""
+        await self._scan(grace=True)
+        self._grace_due = False
 
     async def expire_leases_forever(self) -> None:
-        """Declare nodes lost when their lease runs out; wakes for the next deadline, not on a tick."""
+        """Scan the stored leases (every scheduler's) a few times per lease period."""
         while True:
-            self._lease_added.clear()  # before reading the deadline, so a lease added meanwhile wakes us
-            deadline = self._leases.next_deadline()
-            delay = self._settings.lease_secs if deadline is None else max(0.0, deadline - self._clock())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lease_added.wait(), timeout=delay + 0.05)
-            for lease in self._leases.expired(self._clock()):
+            await asyncio.sleep(self._settings.lease_secs / SCANS_PER_LEASE)
+            try:
+                await self._scan(grace=self._grace_due)
+                self._grace_due = False
+            except StorageUnavailable as exc:
+                # Nodes cannot renew either: the next scan that gets through gives them time first.
+                log.warning("cannot scan the leases (%s); retrying", exc.message)
+                self._grace_due = True
+            except Exception:
+                log.exception("the lease scan failed; retrying")
+
+    async def _scan(self, *, grace: bool) -> None:
+        """Look at every stored lease. Storage being unreachable is raised (the caller then
+        gives the grace period next time); trouble with one lease is logged and the others
+        are still looked at, so one bad record cannot keep every lost node's task waiting."""
+        keys = await self._store.keys_with_prefix(rules.LEASE_PREFIX)
+        limit = asyncio.Semaphore(SCAN_CONCURRENCY)
+        unreachable: list[StorageUnavailable] = []
+
+        async def look(key: bytes) -> None:
+            async with limit:
                 try:
-                    async with self._locks.hold(lease.task_id):
-                        current = self._leases.get(lease.task_id)
-                        if current is lease and self._leases.is_expired(lease.task_id, self._clock()):
-                            log.warning("executor %s went silent running task %s (attempt %d)",
-                                        lease.executor_id, lease.task_id, lease.attempt)
-                            await self._release_lost(lease)
-                except Exception:  # storage trouble: the lease stays expired and is retried
-                    log.exception("could not release the lease of task %s; retrying", lease.task_id)
-                    await asyncio.sleep(1.0)
+                    await self._scan_one(key, grace=grace)
+                except StorageUnavailable as exc:
+                    unreachable.append(exc)
+                except Exception:
+                    log.exception("could not act on lease %r; looking again at the next scan", key)
+
+        await asyncio.gather(*(look(key) for key in keys))
+        if unreachable:
+            raise unreachable[0]
+
+    async def _scan_one(self, key: bytes, *, grace: bool) -> None:
+        raw = await self._store.get(key)
+        if raw is None:
+            return
+        try:
+            lease = Lease.from_bytes(raw)
+        except ValueError as exc:
+            log.error("dropping unreadable lease record %r: %s", key, exc)
+            await self._store.delete(key)
+            return
+        now = self._now_ms()
+        action = rules.scan_action(lease, now, grace_ms=self._grace_ms if grace else None)
+        if action is ScanAction.EXTEND:
+            # A heartbeat that renewed it meanwhile wins; it renewed it anyway.
+            await self._store.compare_and_put(key, raw, lease.renewed(now, self._grace_ms).to_bytes())
+        elif action is ScanAction.RELEASE:
+            await self._release(raw, lease, "went silent running")  # a renewal or another scan may win
+        elif action is ScanAction.REQUEUE:
+            # Its scheduler died between the release and the queue: take the job over, for a
+            # lease period, so that one scan re-queues it (a duplicate item is dropped anyway).
+            claimed = lease.ended(LeaseState.RELEASED, now + self._lease_ms)
+            applied, _ = await self._store.compare_and_put(key, raw, claimed.to_bytes())
+            if applied:
+                log.warning("re-queuing task %s, which a scheduler released but did not re-queue", lease.task_id)
+                await self._requeue(claimed)
+        elif action is ScanAction.FORGET:
+            await self._store.delete(key)
+        elif action is ScanAction.CHECK_TASK:
+            task = await self._store.get_task(task_key(lease.task_id))
+            if task is None or task.status.terminal:
+                await self._store.delete(key)
 
     # --- PullTask ---------------------------------------------------------------------
 
     async def pull(self, executor_id: str, wait_ms: int) -> HandOut | None:
         _check_uuid(executor_id, "executor id")
-        held = self._leases.held_by(executor_id)
-        if held is not None:
-            again = await self._repull(held, executor_id)
+        held = await self._store.get(rules.executor_task_key(executor_id))
+        if held is not None and rules.is_uuid(held.decode(errors="replace")):
+            again = await self._repull(held.decode(), executor_id)
             if again is not None:
                 return again
         loop = asyncio.get_running_loop()
@@ -294,21 +345,23 @@ class Scheduler:
             with contextlib.suppress(TimeoutError):
                 await self.doorbell.wait(remaining)
 
-    async def _repull(self, held: Lease, executor_id: str) -> HandOut | None:
-        async with self._locks.hold(held.task_id):
-            if self._leases.get(held.task_id) is not held:
+    async def _repull(self, task_id: str, executor_id: str) -> HandOut | None:
+        """The executor asks for work while it holds a lease (whichever scheduler gave it)."""
+        for _ in range(MAX_LEASE_TRIES):
+            raw, lease = await self._read_lease(task_id)
+            if raw is None or lease is None or not lease.held_by(executor_id):
                 return None
-            task = await self._store.get_task(task_key(held.task_id))
+            task = await self._store.get_task(task_key(task_id))
             if rules.reissue_on_repull(task):
-                log.info("executor %s asked again before starting task %s: same attempt %d",
-                         executor_id, held.task_id, held.attempt)
-                self._leases.renew(held.task_id, executor_id, self._clock())
-                # The first hand-out may have died between the lease and the attempt count.
-                await self._update(task_key(held.task_id), lambda t: rules.start_attempt(t, held.attempt))
-                return HandOut(held.staged_task, held.attempt)
-            log.warning("executor %s abandoned task %s (attempt %d)", executor_id, held.task_id, held.attempt)
-            await self._release_lost(held)
-            return None
+                renewed = lease.renewed(self._now_ms(), self._lease_ms)
+                if await self._swap_lease(task_id, raw, renewed):
+                    log.info("executor %s asked again before starting task %s: same attempt %d",
+                             executor_id, task_id, lease.attempt)
+                    return HandOut(lease.staged_task, lease.attempt)
+                continue
+            if await self._release(raw, lease, "abandoned"):
+                return None
+        raise _busy(task_id)
 
     async def _hand_out(self, item_id: int, value: bytes, deliveries: int, executor_id: str) -> HandOut | None:
         try:
@@ -322,61 +375,78 @@ class Scheduler:
             await self._store.ack(STAGED_TASK_QUEUE, item_id)
             return None
         key = task_key(staged.task_id)
-        async with self._locks.hold(staged.task_id):
+        decision, task = await self._admit(staged.task_id)
+        if decision is Admission.NOT_YET:
+            raw = await self._store.get(key)
+            if raw is not None:
+                await self._store.watch(key, raw, NOT_YET_WAIT_MS)
             decision, task = await self._admit(staged.task_id)
-            if decision is Admission.NOT_YET:
-                raw = await self._store.get(key)
-                if raw is not None:
-                    await self._store.watch(key, raw, NOT_YET_WAIT_MS)
-                decision, task = await self._admit(staged.task_id)
-            if decision is Admission.NOT_YET:
-                if deliveries < MAX_NOT_YET_DELIVERIES:
-                    log.info("task %s is queued but not Staged yet; looking again later", staged.task_id)
-                    return None  # unacked: the item reappears when its claim runs out
-                log.error("task %s was queued but never became Staged; dropping the item", staged.task_id)
-                decision = Admission.DROP
-            if decision is Admission.DROP:
-                await self._store.ack(STAGED_TASK_QUEUE, item_id)
-                if task is not None and task.status.terminal:
-                    # A redelivery after a crash mid-cancel: the request is spent.
-                    await self._store.delete(cancel_request_key(staged.task_id))
-                return None
-            assert task is not None
-            if decision is Admission.CANCEL:
-                await self._update(key, rules.cancel)
-                await self._store.ack(STAGED_TASK_QUEUE, item_id)
-                await self._store.delete(cancel_request_key(staged.task_id))
-                log.info("task %s canceled before it ran", staged.task_id)
-                return None
-            if decision is Admission.EXHAUSTED:
-                max_attempts = self._settings.max_attempts
-                await self._update(key, lambda t: rules.executor_lost(t, max_attempts)[0])
-                await self._store.ack(STAGED_TASK_QUEUE, item_id)
-                return None
-            lease = Lease(staged.task_id, executor_id, task.attempts + 1, value)
-            # Order matters for crash safety: the lease and the attempt together (a
-            # redelivered item then counts as a duplicate), then the acknowledgement.
-            lease_write = (rules.lease_key(lease.task_id), lease.to_bytes())
-            _, wrote = await self._store.change_task(
-                key, _change(lambda t: rules.start_attempt(t, lease.attempt)),
-                also=lambda t: [lease_write, *_ending_writes(t)])
-            if not wrote:  # the attempt was counted already (a repeated hand-out): the lease alone
-                await self._store.put(*lease_write)
+        if decision is Admission.NOT_YET:
+            if deliveries < MAX_NOT_YET_DELIVERIES:
+                log.info("task %s is queued but not Staged yet; looking again later", staged.task_id)
+                return None  # unacked: the item reappears when its claim runs out
+            log.error("task %s was queued but never became Staged; dropping the item", staged.task_id)
+            decision = Admission.DROP
+        if decision is Admission.DROP:
             await self._store.ack(STAGED_TASK_QUEUE, item_id)
-            self._leases.add(lease, self._clock())
-            self._lease_added.set()
-            log.info("task %s handed to executor %s (attempt %d)", lease.task_id, executor_id, lease.attempt)
-            return HandOut(value, lease.attempt)
+            if task is not None and task.status.terminal:
+                # A redelivery after a crash mid-cancel: the request is spent.
+                await self._store.delete(cancel_request_key(staged.task_id))
+            return None
+        assert task is not None
+        if decision is Admission.CANCEL:
+            if await self._end_unleased(task, rules.cancel):
+                log.info("task %s canceled before it ran", staged.task_id)
+            await self._store.ack(STAGED_TASK_QUEUE, item_id)
+            return None
+        if decision is Admission.EXHAUSTED:
+            max_attempts = self._settings.max_attempts
+            await self._end_unleased(task, lambda t: rules.executor_lost(t, max_attempts)[0])
+            await self._store.ack(STAGED_TASK_QUEUE, item_id)
+            return None
+        lease = Lease(staged.task_id, executor_id, task.attempts + 1, value, self._now_ms() + self._lease_ms)
+        # Order matters for crash safety: the lease and the attempt together (a
+        # redelivered item then counts as a duplicate), then the acknowledgement.
+        writes = [(rules.lease_key(lease.task_id), lease.to_bytes()),
+                  (rules.executor_task_key(executor_id), lease.task_id.encode())]
+        try:
+            _, won = await self._store.change_task(
+                key, _change(lambda t: rules.start_attempt(t, lease.attempt)), also=lambda _: writes)
+        except NotAssigned:
+            won = False  # it ended, or moved on by more than one attempt, since we read it
+        await self._store.ack(STAGED_TASK_QUEUE, item_id)
+        if not won:
+            # Attempt `lease.attempt` was counted by a hand-out of another (duplicate) item,
+            # which wrote its own lease: this item is spent.
+            log.info("task %s was handed out from another queue item meanwhile; dropping this one", lease.task_id)
+            return None
+        log.info("task %s handed to executor %s (attempt %d)", lease.task_id, executor_id, lease.attempt)
+        return HandOut(value, lease.attempt)
 
     async def _admit(self, task_id: str) -> tuple[Admission, TaskRecord | None]:
-        # Both read at once: the cancel request matters only for a live, unleased task, but
-        # that is nearly every hand-out, and one round trip instead of two is the hand-out's latency.
+        # The task and its cancel request at once (one round trip instead of two is the
+        # hand-out's latency); the lease strictly after the task (see the module docstring).
         task, cancel_pending = await asyncio.gather(self._store.get_task(task_key(task_id)),
                                                     self._cancel_pending(task_id))
-        leased = self._leases.get(task_id) is not None
-        decision = rules.admit(task, leased=leased, cancel_pending=cancel_pending,
+        _, lease = await self._read_lease(task_id)
+        decision = rules.admit(task, lease=lease, cancel_pending=cancel_pending,
                                max_attempts=self._settings.max_attempts)
         return decision, task
+
+    async def _end_unleased(self, read: TaskRecord, transition: Callable[[TaskRecord], TaskRecord]) -> bool:
+        """End a task that had no ACTIVE lease when read, unless a hand-out (of a duplicate
+        item) counted an attempt since: that run's lease decides its fate then. Whatever is
+        left of an earlier lease (re-queued) goes in the same step. Whether it ended it."""
+
+        def unless_handed_out(task: TaskRecord) -> TaskRecord:
+            if task.attempts != read.attempts:
+                raise NoChange
+            return transition(task)
+
+        _, wrote = await self._store.change_task(
+            task_key(read.uuid), _change(unless_handed_out),
+            also=lambda t: [*_ending_writes(t), (rules.lease_key(read.uuid), None)])
+        return wrote
 
     # --- Heartbeat, UpdateTaskStatus, UpdateTaskResult --------------------------------------
 
@@ -387,84 +457,164 @@ class Scheduler:
         if not executing or not task_id:
             return None
         _check_uuid(task_id, "task id")
-        async with self._locks.hold(task_id):
-            lease = self._leases.get(task_id)
-            # Renew first, without storage: a storage outage must not make live nodes look lost.
-            self._leases.renew(task_id, executor_id, self._clock())
-            holder = lease is not None and lease.executor_id == executor_id
-            pending = holder and await self._cancel_pending(task_id)
+        for _ in range(MAX_LEASE_TRIES):
+            # Both at once: the cancel request matters only to the holder, but that is nearly every
+            # heartbeat, and one round trip instead of two is what a heartbeat costs.
+            (raw, lease), pending = await asyncio.gather(self._read_lease(task_id), self._cancel_pending(task_id))
             action = rules.on_heartbeat(lease, executor_id, task_id, executing=executing, cancel_pending=pending)
             if action is HeartbeatAction.STOP:
                 log.info("telling executor %s to stop task %s, which it does not hold", executor_id, task_id)
                 return action
-            if action is HeartbeatAction.CANCEL:
-                assert lease is not None
-                _, ended = await self._end(task_key(task_id), rules.cancel)
-                await self._close(lease, deleted=ended)
-                self._canceled_runs.add(task_id, executor_id)
+            assert raw is not None and lease is not None
+            if lease.state is LeaseState.CANCELED:
+                return action  # told again: the first answer may have been lost
+            if action is HeartbeatAction.RENEW:
+                now = self._now_ms()
+                if not lease.needs_renewal(now, self._lease_ms):
+                    return None
+                if await self._swap_lease(task_id, raw, lease.renewed(now, self._lease_ms)):
+                    return None
+                continue
+            task = await self._store.get_task(task_key(task_id))
+            if task is None or task.status.terminal:
+                await self._end_lease(raw, lease, None, LeaseState.ENDED)
+                continue  # then: not its task any more
+            # The lease stays, CANCELED, for the run's receipt (which may reach another scheduler).
+            receipt_until = self._now_ms() + self._grace_ms
+            if await self._end_lease(raw, lease, rules.cancel(task), LeaseState.CANCELED, receipt_until):
                 log.info("task %s canceled while running on executor %s", task_id, executor_id)
                 return action
-            return None
+        raise _busy(task_id)
 
     async def update_status(self, executor_id: str, task_id: str) -> None:
         _check_uuid(executor_id, "executor id")
         _check_uuid(task_id, "task id")
-        async with self._locks.hold(task_id):
-            self._require_holder(task_id, executor_id)
-            await self._update(task_key(task_id), rules.begin_running)
+        for _ in range(MAX_LEASE_TRIES):
+            raw, lease = await self._read_lease(task_id)
+            if raw is None or lease is None or not lease.held_by(executor_id):
+                raise NotAssigned("task is not assigned to this executor")
+            task = await self._require_task(task_id)
+            running = rules.begin_running(task)
+            now = self._now_ms()
+            if running == task and not lease.needs_renewal(now, self._lease_ms):
+                return
+            also = [] if running == task else [(task_key(task_id), running.to_bytes())]
+            if await self._swap_lease(task_id, raw, lease.renewed(now, self._lease_ms), also):
+                return
+        raise _busy(task_id)
 
     async def update_result(self, executor_id: str, task_id: str, result: TaskResult | None) -> None:
         _check_uuid(executor_id, "executor id")
         _check_uuid(task_id, "task id")
         if result is None:
             raise InvalidArgument("task result is missing")
-        async with self._locks.hold(task_id):
-            lease = self._leases.get(task_id)
-            if lease is None and self._canceled_runs.take(task_id, executor_id):
-                # The run this executor stopped for a cancel: keep its Canceled receipt.
-                await self._store.update_task(
-                    task_key(task_id), _change(lambda t: rules.attach_cancel_receipt(t, result.receipt)),
-                    also=_late_receipt_writes)
-                log.info("kept the receipt of canceled task %s from executor %s", task_id, executor_id)
-                return
-            if lease is None or lease.executor_id != executor_id:
-                # Canceled, re-queued after a lost node, or already recorded (a retry
-                # whose answer was lost): a late result is discarded, never applied.
+        key = task_key(task_id)
+        for _ in range(MAX_LEASE_TRIES):
+            raw, lease = await self._read_lease(task_id)
+            action = rules.on_result(lease, executor_id)
+            if action is ResultAction.DISCARD:
                 log.info("discarding a result for task %s from executor %s, which does not hold it",
                          task_id, executor_id)
                 return
-            self._leases.renew(task_id, executor_id, self._clock())
-            key = task_key(task_id)
-            task = await self._store.get_task(key)
-            if task is None or task.status.terminal:
-                await self._close(lease)
+            assert raw is not None and lease is not None
+            if action is ResultAction.KEEP_RECEIPT:
+                # The run this executor stopped for a cancel: keep its Canceled receipt (the first one).
+                await self._store.update_task(
+                    key, _change(lambda t: rules.attach_cancel_receipt(t, result.receipt)), also=_late_receipt_writes)
+                await self._store.delete(rules.lease_key(task_id))  # the task is over: no lease can follow
+                log.info("kept the receipt of canceled task %s from executor %s", task_id, executor_id)
                 return
-            rules.apply_result(task, result)  # refuse a malformed result before writing anything
+            task = await self._require_task(task_id)
+            if task.status.terminal:
+                await self._end_lease(raw, lease, None, LeaseState.ENDED)
+                return
+            finished, _ = rules.apply_result(task, result)  # refuse a malformed result before writing anything
             # One storage transaction: whoever sees the task ended sees every output
             # record with its new tag (and the reverse), never one without the other.
-            finished, ended = await self._end(key, lambda t: rules.apply_result(t, result)[0])
-            await self._close(lease, deleted=ended)
-            log.info("task %s %s (attempt %d, executor %s)", task_id, finished.status.name, lease.attempt, executor_id)
+            if await self._end_lease(raw, lease, finished, LeaseState.ENDED):
+                log.info("task %s %s (attempt %d, executor %s)",
+                         task_id, finished.status.name, lease.attempt, executor_id)
+                return
+        raise _busy(task_id)
 
     # --- helpers ------------------------------------------------------------------------
 
-    async def _update(self, key: bytes, transition: Callable[[TaskRecord], TaskRecord]) -> TaskRecord:
-        """Every task change of the scheduler: the pure transition under compare-and-put,
-        with what an ending writes alongside (:func:`_ending_writes`)."""
-        return (await self._end(key, transition))[0]
+    async def _read_lease(self, task_id: str) -> tuple[bytes | None, Lease | None]:
+        raw = await self._store.get(rules.lease_key(task_id))
+        if raw is None:
+            return None, None
+        try:
+            return raw, Lease.from_bytes(raw)
+        except ValueError as exc:
+            # Never read as "no lease": that could hand the task out a second time. The scan removes it.
+            log.error("unreadable lease record of task %s: %s", task_id, exc)
+            raise InternalError("service internal error") from None
 
-    async def _end(self, key: bytes, transition: Callable[[TaskRecord], TaskRecord]) -> tuple[TaskRecord, bool]:
-        """As :meth:`_update`; also whether this change ended the task, so its lease and
-        cancel request went with it (:meth:`_close` then has nothing left to delete)."""
-        task, wrote = await self._store.change_task(key, _change(transition), also=_ending_writes)
-        return task, wrote and task.status.terminal
+    async def _swap_lease(
+        self, task_id: str, expected: bytes, lease: Lease, also: Sequence[RecordWrite] = ()
+    ) -> bool:
+        """Write ``lease`` (and ``also`` with it) if the stored lease is still ``expected``."""
+        applied, _ = await self._store.compare_and_put(rules.lease_key(task_id), expected, lease.to_bytes(), also)
+        return applied
 
-    def _require_holder(self, task_id: str, executor_id: str) -> Lease:
-        lease = self._leases.get(task_id)
-        if lease is None or lease.executor_id != executor_id:
-            raise NotAssigned("task is not assigned to this executor")
-        self._leases.renew(task_id, executor_id, self._clock())
-        return lease
+    async def _end_lease(
+        self, raw: bytes, lease: Lease, task: TaskRecord | None, state: LeaseState, until_ms: int = 0
+    ) -> Lease | None:
+        """In one step, if the stored lease is still ``raw``: the lease becomes ``state``,
+        the task its new record ``task`` (with what goes with an end), and the executor's
+        hint goes. An ENDED lease is then removed. The new lease, or None if it changed."""
+        ended = lease.ended(state, until_ms)
+        also: list[RecordWrite] = [(rules.executor_task_key(lease.executor_id), None)]
+        if task is not None:
+            # The task last: a trigger-level reader sees outputs tagged before the task ends.
+            also += [*_ending_writes(task), (task_key(lease.task_id), task.to_bytes())]
+        if not await self._swap_lease(lease.task_id, raw, ended, also):
+            return None
+        if state is LeaseState.ENDED:
+            await self._store.delete(rules.lease_key(lease.task_id))  # the task is over: no lease can follow
+        return ended
+
+    async def _release(self, raw: bytes, lease: Lease, why: str) -> bool:
+        """The lease holder is gone (``why``: silent, or asked for other work): re-queue or
+        end the task, if the lease is still ``raw``. Whether this call did it (then it logs).
+
+        Order: the lease (RELEASED) with the task record, then the queue, then the lease
+        (REQUEUED). A crash in between leaves a RELEASED lease, which a scan re-queues
+        once it is a lease period old; a duplicate queue item is dropped at hand-out.
+        """
+        task, pending = await asyncio.gather(self._store.get_task(task_key(lease.task_id)),
+                                             self._cancel_pending(lease.task_id))
+        if task is None or task.status.terminal:
+            if task is not None:
+                await self._repair_outputs(task)
+            return await self._end_lease(raw, lease, None, LeaseState.ENDED) is not None
+        updated, requeue = rules.on_lost(task, cancel_pending=pending, max_attempts=self._settings.max_attempts)
+        if not requeue:
+            if await self._end_lease(raw, lease, updated, LeaseState.ENDED) is None:
+                return False
+            log.warning("executor %s %s task %s (attempt %d): the task is %s: %s", lease.executor_id, why,
+                        lease.task_id, lease.attempt, updated.status.name, updated.result.failure)
+            return True
+        released = await self._end_lease(raw, lease, updated, LeaseState.RELEASED, self._now_ms() + self._lease_ms)
+        if released is None:
+            return False
+        log.warning("executor %s %s task %s (attempt %d)", lease.executor_id, why, lease.task_id, lease.attempt)
+        await self._requeue(released)
+        log.info("task %s re-queued after attempt %d", lease.task_id, lease.attempt)
+        return True
+
+    async def _requeue(self, released: Lease) -> None:
+        await self._store.enqueue(STAGED_TASK_QUEUE, released.staged_task, signal_key=STAGED_SIGNAL_KEY)
+        requeued = released.ended(LeaseState.REQUEUED, self._now_ms() + self._lease_ms)
+        # A hand-out of the new item may have replaced it already: then that lease stays.
+        await self._store.compare_and_put(rules.lease_key(released.task_id), released.to_bytes(), requeued.to_bytes())
+
+    async def _require_task(self, task_id: str) -> TaskRecord:
+        task = await self._store.get_task(task_key(task_id))
+        if task is None:
+            log.error("task %s has a lease but no record", task_id)
+            raise InternalError("service internal error")
+        return task
 
     async def _cancel_pending(self, task_id: str) -> bool:
         return await self._store.get(cancel_request_key(task_id)) is not None
@@ -476,35 +626,3 @@ class Scheduler:
         for key, value in _output_writes(task):
             assert value is not None
             await self._store.put(key, value)
-
-    async def _close(self, lease: Lease, *, deleted: bool = False) -> None:
-        """Bookkeeping after a task ended: the spent cancel request, and the lease (unless
-        ``deleted``: the write that ended the task removed both)."""
-        if not deleted:
-            await self._store.delete(cancel_request_key(lease.task_id))
-            await self._store.delete(rules.lease_key(lease.task_id))
-        if self._leases.get(lease.task_id) is lease:
-            self._leases.remove(lease.task_id)
-
-    async def _release_lost(self, lease: Lease) -> None:
-        """The lease holder is gone (silent, or asked for other work): re-queue or fail the task.
-
-        Called with the task's lock held. Order: task record, queue, lease — a crash
-        in between leaves the lease, which expires again after the restart and
-        repeats the (idempotent) steps; a duplicate queue item is dropped at hand-out.
-        """
-        key = task_key(lease.task_id)
-        task = await self._store.get_task(key)
-        if task is not None and not task.status.terminal:
-            if await self._cancel_pending(lease.task_id):
-                task = await self._update(key, rules.cancel)
-                log.info("task %s canceled (its node was lost)", lease.task_id)
-            else:
-                max_attempts = self._settings.max_attempts
-                task = await self._update(key, lambda t: rules.executor_lost(t, max_attempts)[0])
-                if task.status == TaskStatus.STAGED:
-                    await self._store.enqueue(STAGED_TASK_QUEUE, lease.staged_task, signal_key=STAGED_SIGNAL_KEY)
-                    log.info("task %s re-queued after attempt %d", lease.task_id, lease.attempt)
-                else:
-                    log.warning("task %s %s: %s", lease.task_id, task.status.name, task.result.failure)
-        await self._close(lease)

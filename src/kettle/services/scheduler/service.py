@@ -113,7 +113,7 @@ async def load_until_storage_answers(scheduler: Scheduler) -> None:
             await scheduler.load()
             return
         except StorageError as exc:
-            log.warning("cannot reload leases yet (%s); retrying", exc.message)
+            log.warning("cannot look at the stored leases yet (%s); retrying", exc.message)
             await asyncio.sleep(STORAGE_RETRY_SECS)
 
 

@@ -29,10 +29,12 @@ class SchedulerSettings:
 
     @property
     def restart_grace_secs(self) -> float:
-        """How long leases reloaded after a scheduler restart wait for their first heartbeat.
+        """How long every lease waits for a heartbeat when a scheduler starts, or reaches
+        storage again after failing to: its node could not renew it meanwhile.
 
         Longer than one lease: nodes must first notice the scheduler is back, and
         gRPC's reconnect backoff (1 s, growing by 1.6x) can add several seconds to that.
+        Also how long a canceled run's receipt is waited for.
         """
         return max(2 * self.lease_secs, self.lease_secs + 10.0)
 
