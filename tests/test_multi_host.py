@@ -4,18 +4,18 @@ losing hosts and getting them back.
 Every service runs as ``kettle service NAME`` on a host of its own, with its own address,
 from a home that holds only what ``docs/deploy.md`` says a host needs: the one
 configuration file and the trust files (plus, in simulation, the simulated CPU).
-Storage, access control, authentication, management and frontend run on two hosts each,
-as replicas; two execution hosts; PostgreSQL on a host of its own. The test process is
-the clients' machine, reaching the hosts over the bridge.
+Storage, access control, authentication, management, scheduler and frontend run on two
+hosts each, as replicas; two execution hosts; PostgreSQL on a host of its own. The test
+process is the clients' machine, reaching the hosts over the bridge.
 
 Under steady load from a few clients: one execution host's cable is pulled for longer
 than a lease (its connections stall, its tasks are re-run elsewhere, its late reports are
-discarded) and plugged back in; one replica host each of frontend, authentication and
-access control is killed outright and started again; a storage replica's and a
-management replica's cables are pulled for a while. Every task a client saw created must
-end Finished with its own message, carry a receipt that verifies against it, and be
-invoked once (the function's usage counts each task once); no client may stay stuck past
-a bounded wait.
+discarded) and plugged back in; one replica host each of frontend, authentication,
+access control and the scheduler is killed outright and started again; a storage
+replica's and a management replica's cables are pulled for a while. Every task a client
+saw created must end Finished with its own message, carry a receipt that verifies
+against it, and be invoked once (the function's usage counts each task once); no client
+may stay stuck past a bounded wait.
 
 Killing a storage or management replica host outright is not among the disruptions: an
 InvokeTask is several storage steps (count a use, stage the task, enqueue it), so a
@@ -62,12 +62,11 @@ REPLICAS = {
     "access_control": 2,
     "authentication": 2,
     "management": 2,
-    "scheduler": 1,
+    "scheduler": 2,
     "execution": 2,
     "frontend": 2,
 }
-"""How many hosts run each platform service, each host one service. One scheduler: it is
-not among the services that may run as replicas (docs/operations.md)."""
+"""How many hosts run each platform service, each host one service."""
 START_ORDER = (
     ("storage", "access_control"),
     ("authentication", "management", "scheduler"),
@@ -364,10 +363,10 @@ def test_tasks_survive_losing_hosts_and_getting_them_back(deployment: Deployment
         network.restore("execution-1")
         wait_for_progress(clients, time.monotonic(), 3, timeout=60)
 
-        # One replica host each of frontend, authentication and access control dies
-        # outright, with calls in flight; the other replicas carry on; the dead ones are
-        # started again.
-        dead = ["frontend-1", "authentication-1", "access-control-1"]
+        # One replica host each of frontend, authentication, access control and the
+        # scheduler dies outright, with calls in flight; the other replicas carry on; the
+        # dead ones are started again.
+        dead = ["frontend-1", "authentication-1", "access-control-1", "scheduler-1"]
         for host in dead:
             assert network.kill(host), f"nothing ran on {host}"
         wait_for_progress(clients, time.monotonic(), 6, timeout=60)
