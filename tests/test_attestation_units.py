@@ -1226,3 +1226,22 @@ def test_verifier_refuses_pss_report_signature(env: Env) -> None:
 def test_services_constant_matches_enclave_info(env: Env) -> None:
     """The dev home's enclave info has one entry per platform service."""
     assert sorted(env.info.services) == sorted(SERVICES)
+
+
+@pytest.mark.parametrize(
+    ("service_url", "name"),
+    [("https://10.77.0.10:17790", "10.77.0.10"), ("https://attestation.kettle.example:17790", "attestation.kettle.example")],
+)
+def test_the_attestation_service_certificate_names_the_host_other_machines_dial(
+    tmp_path: Path, _auditor_cache: Path, service_url: str, name: str
+) -> None:
+    from kettle.provisioning import init_dev_home
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "kettle.toml").write_text(f'[attestation]\nservice_url = "{service_url}"\nunsafe_allow_simulation = true\n')
+    shutil.copytree(_auditor_cache, home / "auditors")
+    init_dev_home(home)
+    names = load_authority(home).tls_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert name in [str(n) for n in (*names.get_values_for_type(x509.IPAddress), *names.get_values_for_type(x509.DNSName))]
+    assert "localhost" in names.get_values_for_type(x509.DNSName)  # the machine itself still reaches it

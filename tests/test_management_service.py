@@ -21,7 +21,7 @@ import pytest
 from conftest import Platform, make_home
 from google.protobuf import empty_pb2
 
-from kettle.errors import StorageError
+from kettle.errors import StorageError, StorageUnavailable, unavailable_message
 from kettle.model.functions import UsageRecord
 from kettle.model.records import (
     STAGED_SIGNAL_KEY,
@@ -669,8 +669,12 @@ class MemoryStore(PlatformStore):
         self.records: dict[bytes, bytes] = {}
         self.queues: dict[bytes, list[bytes]] = {}
         self.fail: set[str] = set()
+        self.down: set[str] = set()
+        """Operations that find the storage service unreachable."""
 
     def _maybe_fail(self, operation: str, key: bytes = b"") -> None:
+        if operation in self.down:
+            raise StorageUnavailable()
         if operation in self.fail or f"{operation}:{key.decode()}" in self.fail:
             raise StorageError(f"storage {operation} failed: UNAVAILABLE test")
 
@@ -752,6 +756,23 @@ def test_failed_enqueue_unstages_and_gives_the_use_back() -> None:
         assert len(store.queues[STAGED_TASK_QUEUE]) == 1
         assert STAGED_SIGNAL_KEY in store.records
         assert UsageRecord.from_bytes(store.records[usage_key(bare(fid))]).use_numbers == 1
+
+        # storage going down while the item is queued: undone, and UNAVAILABLE naming storage
+        # (not an internal error), so the caller tries again as after any outage
+        other = (await servicer.RegisterFunction(fpb.RegisterFunctionRequest(
+            name="builtin-echo", executor_type="builtin", public=True, usage_quota=-1,
+            arguments=[fpb.FunctionArgument(key="message", allow_overwrite=True)]), FakeContext(FO))).function_id
+        again = (await servicer.CreateTask(fpb.CreateTaskRequest(
+            function_id=other, function_arguments='{"message": "y"}', executor="builtin"), FakeContext(ALICE))).task_id
+        unstaged = store.records[task_key(bare(again))]
+        store.down = {"enqueue"}
+        with pytest.raises(Aborted) as info:
+            await servicer.InvokeTask(fpb.InvokeTaskRequest(task_id=again), FakeContext(ALICE))
+        assert (info.value.code, info.value.details) == (grpc.StatusCode.UNAVAILABLE, unavailable_message("storage"))
+        assert store.records[task_key(bare(again))] == unstaged
+        assert UsageRecord.from_bytes(store.records[usage_key(bare(other))]).use_numbers == 0
+        assert len(store.queues[STAGED_TASK_QUEUE]) == 1
+        store.down = set()
 
         # any other storage failure reaches the client as the reference's text
         store.fail = {"get"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import urllib.parse
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -129,6 +130,16 @@ def publish_enclave_info(home: Path, info: EnclaveInfo, config: Config) -> bool:
     return True
 
 
+def attestation_service_names(config: Config) -> list[str]:
+    """The names the AS's TLS certificate is valid for: loopback, and the host of
+    ``[attestation] service_url``, which services on other machines dial (and check)."""
+    names = ["localhost", "127.0.0.1", "::1"]
+    host = urllib.parse.urlsplit(config.attestation.service_url).hostname
+    if host and host not in names:
+        names.append(host)
+    return names
+
+
 def init_dev_home(home: Path) -> Config:
     """Create whatever is missing in a development home and refresh enclave info; idempotent."""
     home.mkdir(parents=True, exist_ok=True)
@@ -149,7 +160,7 @@ def init_dev_home(home: Path) -> Config:
         (trust / f"{name}{PUBLIC_KEY_SUFFIX}").write_bytes(
             key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1)
         )
-    create_authority(home, simulation=True, server_names=["localhost", "127.0.0.1", "::1"])
+    create_authority(home, simulation=True, server_names=attestation_service_names(config))
     if publish_enclave_info(home, measure_all(home), config):
         log.info("enclave info re-measured and signed by the dev auditors")
     return config

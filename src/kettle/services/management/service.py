@@ -696,6 +696,8 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
             log.error("could not enqueue staged task %s: %s", bare, exc)
             await self._unstage(key, staging["prior"], staging["record"])
             await self._release_use(function.uuid)
+            if isinstance(exc, StorageUnavailable):
+                raise  # an outage stays UNAVAILABLE naming storage: the invoke was undone, the caller tries again
             raise InternalError(INTERNAL_ERROR_TEXT) from None
 
     async def _unstage(self, key: bytes, prior: TaskRecord, staged_record: TaskRecord) -> None:
