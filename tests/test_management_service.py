@@ -44,9 +44,9 @@ from kettle.rpc.generated import teaclave_common_pb2 as common_pb
 from kettle.rpc.generated import teaclave_frontend_service_pb2 as fpb
 from kettle.rpc.generated.kettle_management_pb2_grpc import KettleManagementStub
 from kettle.services.management.service import KettleManagementServicer
-from kettle.services.platform_store import PlatformStore
+from kettle.services.platform_store import PlatformStore, StagedItem
 from kettle.services.runtime import ServiceRuntime
-from kettle.services.storage.backend import RecordWrite
+from kettle.services.storage.backend import RecordChange, RecordWrite
 
 User = tuple[str, str]
 ADMIN: User = ("admin", "PlatformAdmin")
@@ -693,17 +693,25 @@ class MemoryStore(PlatformStore):
         return sorted(k for k in self.records if k.startswith(prefix))
 
     async def compare_and_put(
-        self, key: bytes, expected: bytes | None, value: bytes, also: Sequence[RecordWrite] = ()
+        self, key: bytes, expected: bytes | None, value: bytes, also: Sequence[RecordWrite] = (),
+        *, compared: Sequence[RecordChange] = (), enqueue: StagedItem | None = None,
     ) -> tuple[bool, bytes | None]:
         self._maybe_fail("compare_and_put", key)
-        if self.records.get(key) != expected:
+        if any(self.records.get(k) != e for k, e, _ in ((key, expected, value), *compared)):
             return False, self.records.get(key)
         for other, other_value in also:
             if other_value is None:
                 self.records.pop(other, None)
             else:
                 self.records[other] = other_value
+        for other, _, other_value in compared:
+            self.records[other] = other_value
         self.records[key] = value
+        if enqueue is not None:
+            queue, item, signal_key = enqueue
+            self.queues.setdefault(queue, []).append(item)
+            if signal_key:
+                self.records[signal_key] = uuid.uuid4().bytes
         return True, value
 
     async def enqueue(self, queue: bytes, value: bytes, signal_key: bytes = b"") -> None:
@@ -730,7 +738,7 @@ class FakeContext:
         raise Aborted(code, details)
 
 
-def test_failed_enqueue_unstages_and_gives_the_use_back() -> None:
+def test_an_invoke_is_one_storage_step_that_a_failure_leaves_undone() -> None:
     async def body() -> None:
         store = MemoryStore()
         servicer = KettleManagementServicer(store)
@@ -741,38 +749,30 @@ def test_failed_enqueue_unstages_and_gives_the_use_back() -> None:
             function_id=fid, function_arguments='{"message": "x"}', executor="builtin"), FakeContext(ALICE))).task_id
         before = store.records[task_key(bare(tid))]
 
-        store.fail = {"enqueue"}
+        # The step fails: nothing of it happened (the reference's text for a storage failure)
+        store.fail = {"compare_and_put"}
         with pytest.raises(Aborted) as info:
             await servicer.InvokeTask(fpb.InvokeTaskRequest(task_id=tid), FakeContext(ALICE))
         assert (info.value.code, info.value.details) == (grpc.StatusCode.INTERNAL, "service internal error")
-        assert store.records[task_key(bare(tid))] == before  # back to Created, byte for byte
+        assert store.records[task_key(bare(tid))] == before
         assert UsageRecord.from_bytes(store.records[usage_key(bare(fid))]).use_numbers == 0
         assert store.queues.get(STAGED_TASK_QUEUE) is None
 
-        # queued with the scheduler's wake-up signal, in one step
-        store.fail = set()
+        # Storage unreachable: UNAVAILABLE naming storage (the caller tries again), nothing happened
+        store.fail, store.down = set(), {"compare_and_put"}
+        with pytest.raises(Aborted) as info:
+            await servicer.InvokeTask(fpb.InvokeTaskRequest(task_id=tid), FakeContext(ALICE))
+        assert (info.value.code, info.value.details) == (grpc.StatusCode.UNAVAILABLE, unavailable_message("storage"))
+        assert store.records[task_key(bare(tid))] == before
+        assert store.queues.get(STAGED_TASK_QUEUE) is None
+
+        # Staged, counted once and queued with the scheduler's wake-up signal, in one step
+        store.down = set()
         await servicer.InvokeTask(fpb.InvokeTaskRequest(task_id=tid), FakeContext(ALICE))
         assert TaskRecord.from_bytes(store.records[task_key(bare(tid))]).status == TaskStatus.STAGED
         assert len(store.queues[STAGED_TASK_QUEUE]) == 1
         assert STAGED_SIGNAL_KEY in store.records
         assert UsageRecord.from_bytes(store.records[usage_key(bare(fid))]).use_numbers == 1
-
-        # storage going down while the item is queued: undone, and UNAVAILABLE naming storage
-        # (not an internal error), so the caller tries again as after any outage
-        other = (await servicer.RegisterFunction(fpb.RegisterFunctionRequest(
-            name="builtin-echo", executor_type="builtin", public=True, usage_quota=-1,
-            arguments=[fpb.FunctionArgument(key="message", allow_overwrite=True)]), FakeContext(FO))).function_id
-        again = (await servicer.CreateTask(fpb.CreateTaskRequest(
-            function_id=other, function_arguments='{"message": "y"}', executor="builtin"), FakeContext(ALICE))).task_id
-        unstaged = store.records[task_key(bare(again))]
-        store.down = {"enqueue"}
-        with pytest.raises(Aborted) as info:
-            await servicer.InvokeTask(fpb.InvokeTaskRequest(task_id=again), FakeContext(ALICE))
-        assert (info.value.code, info.value.details) == (grpc.StatusCode.UNAVAILABLE, unavailable_message("storage"))
-        assert store.records[task_key(bare(again))] == unstaged
-        assert UsageRecord.from_bytes(store.records[usage_key(bare(other))]).use_numbers == 0
-        assert len(store.queues[STAGED_TASK_QUEUE]) == 1
-        store.down = set()
 
         # any other storage failure reaches the client as the reference's text
         store.fail = {"get"}

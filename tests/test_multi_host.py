@@ -11,16 +11,13 @@ process is the clients' machine, reaching the hosts over the bridge.
 Under steady load from a few clients: one execution host's cable is pulled for longer
 than a lease (its connections stall, its tasks are re-run elsewhere, its late reports are
 discarded) and plugged back in; one replica host each of frontend, authentication,
-access control and the scheduler is killed outright and started again; a storage
-replica's and a management replica's cables are pulled for a while. Every task a client
-saw created must end Finished with its own message, carry a receipt that verifies
-against it, and be invoked once (the function's usage counts each task once); no client
-may stay stuck past a bounded wait.
-
-Killing a storage or management replica host outright is not among the disruptions: an
-InvokeTask is several storage steps (count a use, stage the task, enqueue it), so a
-management process that dies between them, or a storage write whose answer dies with
-its replica, can leave a task Staged with nothing queued, or a use counted twice.
+access control and the scheduler is killed outright and started again; then one of
+storage and one of management (an InvokeTask is one storage transaction, so whichever
+moment they die at, a task is either invoked, counted once and queued, or untouched); a
+storage replica's and a management replica's cables are pulled for a while. Every task
+a client saw created must end Finished with its own message, carry a receipt that
+verifies against it, and be invoked once (the function's usage counts each task once);
+no client may stay stuck past a bounded wait.
 """
 
 from __future__ import annotations
@@ -367,6 +364,13 @@ def test_tasks_survive_losing_hosts_and_getting_them_back(deployment: Deployment
         # scheduler dies outright, with calls in flight; the other replicas carry on; the
         # dead ones are started again.
         dead = ["frontend-1", "authentication-1", "access-control-1", "scheduler-1"]
+        for host in dead:
+            assert network.kill(host), f"nothing ran on {host}"
+        wait_for_progress(clients, time.monotonic(), 6, timeout=60)
+        deployment.start(dead)
+
+        # A storage replica and a management replica die outright, mid-call.
+        dead = ["storage-2", "management-1"]
         for host in dead:
             assert network.kill(host), f"nothing ran on {host}"
         wait_for_progress(clients, time.monotonic(), 6, timeout=60)

@@ -442,6 +442,27 @@ def test_compare_and_put_writes_the_others_in_the_same_transaction(store: Storag
     assert store.get(NS, b"output-1") == b"tagged"
 
 
+def test_compare_and_put_with_compared_records_and_an_item_is_all_or_nothing(store: StorageBackend) -> None:
+    store.put(NS, b"task", b"created")
+    store.put(NS, b"usage", b"0")
+    # A compared record changed since it was read: nothing is written, nothing queued.
+    assert store.compare_and_put(NS, b"task", b"created", b"staged", [(b"note", b"n")],
+                                 compared=[(b"usage", b"7", b"8")], enqueue=(Q, b"item")) == (False, b"created")
+    assert (store.get(NS, b"task"), store.get(NS, b"usage"), store.get(NS, b"note")) == (b"created", b"0", None)
+    assert store.dequeue(NS, Q, lease_seconds=30) is None
+    # An absent record expected absent, and one that must be absent but is not.
+    assert store.compare_and_put(NS, b"task", b"created", b"staged", compared=[(b"usage", None, b"1")]) == (False, b"created")
+    # Every condition holds: every record and the item, together.
+    assert store.compare_and_put(NS, b"task", b"created", b"staged", [(b"note", b"n")],
+                                 compared=[(b"usage", b"0", b"1"), (b"fresh", None, b"f")],
+                                 enqueue=(Q, b"item")) == (True, b"staged")
+    assert [store.get(NS, k) for k in (b"task", b"usage", b"note", b"fresh")] == [b"staged", b"1", b"n", b"f"]
+    item = store.dequeue(NS, Q, lease_seconds=30)
+    assert item is not None and item.value == b"item"
+    with pytest.raises(ValueError, match="each key at most once"):
+        store.compare_and_put(NS, b"task", b"staged", b"x", [(b"usage", b"v")], compared=[(b"usage", b"1", b"2")])
+
+
 def test_compare_and_put_writes_each_key_once(store: StorageBackend) -> None:
     for also in ([(b"k", b"v")], [(b"o", b"1"), (b"o", b"2")]):
         with pytest.raises(ValueError, match="each key at most once"):

@@ -61,6 +61,38 @@ def test_records_and_prefix_scans(platform: Platform) -> None:
     as_service(platform, "management", body)
 
 
+def test_a_compare_and_put_compares_several_records_and_queues_an_item_in_one_step(platform: Platform) -> None:
+    async def body(stub: pb_grpc.KettleStorageStub) -> None:
+        queue, signal = b"q-one-step", b"q-one-step-signal"
+        await stub.Put(pb.PutRequest(key=b"one-step-task", value=b"created"))
+        step = pb.CompareAndPutRequest(
+            key=b"one-step-task", expected=b"created", value=b"staged",
+            compared=[pb.RecordChange(key=b"one-step-usage", expect_absent=True, value=b"1")],
+            enqueue=pb.EnqueueRequest(queue=queue, value=b"item", signal_key=signal))
+        await stub.Put(pb.PutRequest(key=b"one-step-usage", value=b"0"))  # not absent any more
+        refused = await stub.CompareAndPut(step)
+        assert (refused.applied, refused.current) == (False, b"created")
+        assert not (await stub.Dequeue(pb.DequeueRequest(queue=queue))).found
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.Get(pb.GetRequest(key=signal))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+        await stub.Delete(pb.DeleteRequest(key=b"one-step-usage"))
+        assert (await stub.CompareAndPut(step)).applied
+        assert (await stub.Get(pb.GetRequest(key=b"one-step-usage"))).value == b"1"
+        assert (await stub.Get(pb.GetRequest(key=signal))).value  # the doorbell rang
+        assert (await stub.Dequeue(pb.DequeueRequest(queue=queue))).value == b"item"
+
+        twice = pb.CompareAndPutRequest(key=b"one-step-task", expected=b"staged", value=b"x",
+                                        enqueue=pb.EnqueueRequest(queue=queue, value=b"i", signal_key=b"one-step-task"))
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await stub.CompareAndPut(twice)
+        assert (bad.value.code(), bad.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                           "a compare-and-put writes each key at most once")
+
+    as_service(platform, "management", body)
+
+
 def test_queue_hand_off_is_at_least_once(platform: Platform) -> None:
     async def body(stub: pb_grpc.KettleStorageStub) -> None:
         for value in (b"first", b"second"):

@@ -161,9 +161,6 @@ class UsageRecord:
     def incremented(self) -> UsageRecord:
         return replace(self, use_numbers=self.use_numbers + 1)
 
-    def decremented(self) -> UsageRecord:
-        return replace(self, use_numbers=max(0, self.use_numbers - 1))
-
 
 @dataclass(frozen=True)
 class FunctionIndex:

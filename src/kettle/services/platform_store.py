@@ -33,7 +33,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ..errors import InternalError, KettleError, ServiceUnavailable, StorageError, StorageUnavailable
+from ..errors import (
+    InternalError,
+    KettleError,
+    ServiceUnavailable,
+    StorageError,
+    StorageUnavailable,
+)
 from ..model.records import (
     FileRecord,
     FunctionRecord,
@@ -44,7 +50,10 @@ from ..model.records import (
 from ..rpc.channel import PeerChannels, peer_outage
 from ..rpc.generated import kettle_storage_pb2 as pb
 from ..rpc.generated import kettle_storage_pb2_grpc as pb_grpc
-from .storage.backend import RecordWrite
+from .storage.backend import RecordChange, RecordWrite
+
+StagedItem = tuple[bytes, bytes, bytes]
+"""(queue, item, signal key): an item a compare-and-put appends to a queue."""
 
 log = logging.getLogger(__name__)
 
@@ -168,23 +177,31 @@ class PlatformStore:
         return list(response.keys)
 
     async def compare_and_put(
-        self, key: bytes, expected: bytes | None, value: bytes, also: Sequence[RecordWrite] = ()
+        self, key: bytes, expected: bytes | None, value: bytes, also: Sequence[RecordWrite] = (),
+        *, compared: Sequence[RecordChange] = (), enqueue: StagedItem | None = None,
     ) -> tuple[bool, bytes | None]:
         """Write ``value`` if ``key`` still holds ``expected``; ``also`` are written in the
-        same transaction (a value of None deletes), so a reader sees all or none."""
+        same transaction (a value of None deletes), so a reader sees all or none.
+        ``compared`` are further (key, expected, value) that must all hold too, or
+        nothing is written; ``enqueue`` is a (queue, item, signal key) appended in the
+        same transaction."""
         writes = [pb.RecordWrite(key=k, value=v or b"", delete=v is None) for k, v in also]
-        for written in (key, *(k for k, _ in also)):
+        changes = [pb.RecordChange(key=k, expected=e or b"", expect_absent=e is None, value=v) for k, e, v in compared]
+        for written in (key, *(k for k, _ in also), *(k for k, _, _ in compared)):
             self._recent.forget(written)  # an answer that never comes leaves no guess behind
-        response = await self._call(
-            "CompareAndPut",
-            pb.CompareAndPutRequest(
-                key=key, expected=expected or b"", expect_absent=expected is None, value=value, also=writes
-            ),
+        request = pb.CompareAndPutRequest(
+            key=key, expected=expected or b"", expect_absent=expected is None, value=value, also=writes, compared=changes
         )
+        if enqueue is not None:
+            queue, item, signal_key = enqueue
+            request.enqueue.CopyFrom(pb.EnqueueRequest(queue=queue, value=item, signal_key=signal_key))
+        response = await self._call("CompareAndPut", request)
         current = response.current if response.found else None
         self._recent.saw(key, current)
         if response.applied:
             for other, other_value in also:
+                self._recent.saw(other, other_value)
+            for other, _, other_value in compared:
                 self._recent.saw(other, other_value)
         return response.applied, current
 

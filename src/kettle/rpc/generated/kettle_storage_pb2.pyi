@@ -93,19 +93,35 @@ class RecordWrite(_message.Message):
     delete: bool
     def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., delete: _Optional[bool] = ...) -> None: ...
 
+class RecordChange(_message.Message):
+    __slots__ = ("key", "expected", "expect_absent", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_ABSENT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    expected: bytes
+    expect_absent: bool
+    value: bytes
+    def __init__(self, key: _Optional[bytes] = ..., expected: _Optional[bytes] = ..., expect_absent: _Optional[bool] = ..., value: _Optional[bytes] = ...) -> None: ...
+
 class CompareAndPutRequest(_message.Message):
-    __slots__ = ("key", "expected", "expect_absent", "value", "also")
+    __slots__ = ("key", "expected", "expect_absent", "value", "also", "compared", "enqueue")
     KEY_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_FIELD_NUMBER: _ClassVar[int]
     EXPECT_ABSENT_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     ALSO_FIELD_NUMBER: _ClassVar[int]
+    COMPARED_FIELD_NUMBER: _ClassVar[int]
+    ENQUEUE_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     expected: bytes
     expect_absent: bool
     value: bytes
     also: _containers.RepeatedCompositeFieldContainer[RecordWrite]
-    def __init__(self, key: _Optional[bytes] = ..., expected: _Optional[bytes] = ..., expect_absent: _Optional[bool] = ..., value: _Optional[bytes] = ..., also: _Optional[_Iterable[_Union[RecordWrite, _Mapping]]] = ...) -> None: ...
+    compared: _containers.RepeatedCompositeFieldContainer[RecordChange]
+    enqueue: EnqueueRequest
+    def __init__(self, key: _Optional[bytes] = ..., expected: _Optional[bytes] = ..., expect_absent: _Optional[bool] = ..., value: _Optional[bytes] = ..., also: _Optional[_Iterable[_Union[RecordWrite, _Mapping]]] = ..., compared: _Optional[_Iterable[_Union[RecordChange, _Mapping]]] = ..., enqueue: _Optional[_Union[EnqueueRequest, _Mapping]] = ...) -> None: ...
 
 class CompareAndPutResponse(_message.Message):
     __slots__ = ("applied", "found", "current")

@@ -61,7 +61,6 @@ from ...model.records import (
     FunctionFile,
     FunctionRecord,
     ObjectStoreCredentials,
-    StagedTask,
     TaskRecord,
     TaskResult,
     cancel_request_key,
@@ -78,7 +77,7 @@ from ...rpc.generated import kettle_management_pb2_grpc as pb_grpc
 from ...rpc.generated import teaclave_common_pb2 as common_pb
 from ...rpc.generated import teaclave_frontend_service_pb2 as fpb
 from ...rpc.status import INTERNAL_ERROR_TEXT, rpc_method
-from ..platform_store import NoChange, PlatformStore
+from ..platform_store import MAX_UPDATE_ATTEMPTS, NoChange, PlatformStore
 from ..runtime import ServiceRuntime
 from ..storage.backend import RecordWrite
 from .quotas import UserQuotas, warn_if_off
@@ -660,73 +659,42 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         # Every check of §6.5 in its order, on what we read; repeated below under compare-and-put.
         task_rules.invoke_task(task, caller, function, usage, now)
         assert function is not None
-        # Shielded: once the quota is reserved, staging must run to its end or be undone.
+        # Shielded: a caller that goes away does not cut the transaction's answer off mid-way.
         await asyncio.shield(self._invoke(bare, caller, function, now))
         return empty_pb2.Empty()
 
     async def _invoke(self, bare: str, caller: Caller, function: FunctionRecord, now: float) -> None:
-        """Reserve one use, stage the task, enqueue it, wake the scheduler.
+        """Count one use, stage the task and queue it for the scheduler, in one storage
+        transaction (the scheduler's doorbell rings in it too).
 
-        The use is counted *before* the task is staged, with the quota re-checked
-        inside the compare-and-put, so concurrent invocations can never run a
-        function more often than its quota; a refused or failed staging gives the
-        use back."""
-        await self._reserve_use(function)
-        key = task_key(bare)
-        staging: dict[str, Any] = {}
-
-        def stage(task: TaskRecord) -> TaskRecord:
-            task_rules.check_invoker(task, caller)
-            task_rules.check_pinned(task, function)
-            staged_record = task_rules.stage_task(task, now)
-            staging["prior"], staging["record"] = task, staged_record
-            staging["staged"] = task_rules.build_staged_task(staged_record, function)
-            return staged_record
-
-        try:
-            await self._store.update_task(key, stage)
-        except BaseException:
-            await self._release_use(function.uuid)
-            raise
-        staged: StagedTask = staging["staged"]
-        try:
-            # The scheduler's doorbell rings in the same step.
-            await self._store.enqueue(STAGED_TASK_QUEUE, staged.to_bytes(), signal_key=STAGED_SIGNAL_KEY)
-        except StorageError as exc:
-            log.error("could not enqueue staged task %s: %s", bare, exc)
-            await self._unstage(key, staging["prior"], staging["record"])
-            await self._release_use(function.uuid)
-            if isinstance(exc, StorageUnavailable):
-                raise  # an outage stays UNAVAILABLE naming storage: the invoke was undone, the caller tries again
-            raise InternalError(INTERNAL_ERROR_TEXT) from None
-
-    async def _unstage(self, key: bytes, prior: TaskRecord, staged_record: TaskRecord) -> None:
-        def back(task: TaskRecord) -> TaskRecord:
-            if task != staged_record:  # the scheduler (or a cancel) moved on: leave it
-                raise NoChange
-            return prior
-
-        try:
-            await self._store.update_task(key, back)
-        except KettleError as exc:
-            log.error("task %s stays Staged without a queued staged task: %s", key.decode(), exc)
-
-    async def _reserve_use(self, function: FunctionRecord) -> None:
-        def take(usage: UsageRecord | None) -> UsageRecord:
+        All of it or none: a management replica, or the storage replica it talks to,
+        dying mid-call leaves the task as it was, or staged, counted once and queued;
+        never a Staged task that nothing queued, nor a use counted for a task that did
+        not run. The quota is checked on the very usage record the transaction compares,
+        so concurrent invocations can never run a function more often than its quota.
+        """
+        key, counted = task_key(bare), usage_key(function.uuid)
+        for _ in range(MAX_UPDATE_ATTEMPTS):
+            raw_task, raw_usage = await asyncio.gather(self._store.get(key), self._store.get(counted))
+            if raw_task is None:
+                raise InvalidArgument(task_rules.INVALID_TASK_ID)
+            usage = _decode(UsageRecord, raw_usage)
             if usage is None:
                 raise InvalidArgument(fn_rules.INVALID_FUNCTION_ID)
             fn_rules.check_quota(function, usage)
-            return usage.incremented()
-
-        await self._update(usage_key(function.uuid), UsageRecord, take)
-
-    async def _release_use(self, bare_function: str) -> None:
-        try:
-            await self._update(
-                usage_key(bare_function), UsageRecord, lambda usage: None if usage is None else usage.decremented()
+            task = TaskRecord.from_bytes(raw_task)
+            task_rules.check_invoker(task, caller)
+            task_rules.check_pinned(task, function)
+            staged_record = task_rules.stage_task(task, now)
+            staged = task_rules.build_staged_task(staged_record, function)
+            applied, _ = await self._store.compare_and_put(
+                key, raw_task, staged_record.to_bytes(),
+                compared=[(counted, raw_usage, usage.incremented().to_bytes())],
+                enqueue=(STAGED_TASK_QUEUE, staged.to_bytes(), STAGED_SIGNAL_KEY),
             )
-        except KettleError as exc:
-            log.error("function %s counts one use too many: %s", bare_function, exc)
+            if applied:
+                return
+        raise StorageError(f"task {bare} is being changed too often; try again")
 
     @management_rpc
     async def CancelTask(self, request: fpb.CancelTaskRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:

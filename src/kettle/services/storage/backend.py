@@ -61,6 +61,12 @@ def prefix_end(prefix: bytes) -> bytes | None:
 RecordWrite = tuple[bytes, bytes | None]
 """One write of a batch: (key, new value), or (key, None) to delete the record."""
 
+RecordChange = tuple[bytes, bytes | None, bytes]
+"""A further compare-and-put: (key, the value expected there or None for absent, new value)."""
+
+QueuedItem = tuple[bytes, bytes]
+"""(queue, value): an item appended to a queue."""
+
 
 class StorageBackend(Protocol):
     """Durable records with ordered prefix scans, and at-least-once FIFO queues.
@@ -119,14 +125,18 @@ class StorageBackend(Protocol):
 
     def compare_and_put(
         self, namespace: str, key: bytes, expected: bytes | None, value: bytes,
-        also: Sequence[RecordWrite] = (),
+        also: Sequence[RecordWrite] = (), *, compared: Sequence[RecordChange] = (),
+        enqueue: QueuedItem | None = None,
     ) -> tuple[bool, bytes | None]:
         """Atomically write ``value`` if the stored value is exactly ``expected`` (None =
         the key is absent). Returns (applied, the value stored now).
 
         ``also`` are further writes of the same namespace applied in the same
-        transaction, before ``key``'s: a reader sees all of them or none. Their
-        keys must differ from each other and from ``key``.
+        transaction: a reader sees all of them or none. ``compared`` are further
+        compare-and-puts that must all hold too, or nothing is written (the answer
+        is then (False, ``key``'s value), which may be ``expected``: a compared
+        record changed). ``enqueue`` appends an item to a queue in the same
+        transaction. Every key appears once.
         """
         ...
 

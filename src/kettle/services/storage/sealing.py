@@ -19,7 +19,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from kettle.errors import SealingError
 from kettle.services.storage.backend import (
     DeadLetter,
+    QueuedItem,
     QueueItem,
+    RecordChange,
     RecordWrite,
     StorageBackend,
 )
@@ -158,21 +160,30 @@ class SealedStore:
 
     def compare_and_put(
         self, namespace: str, key: bytes, expected: bytes | None, value: bytes,
-        also: Sequence[RecordWrite] = (),
+        also: Sequence[RecordWrite] = (), *, compared: Sequence[RecordChange] = (),
+        enqueue: QueuedItem | None = None,
     ) -> tuple[bool, bytes | None]:
         """Compare plaintexts, then let the backend swap the exact sealed bytes atomically
         (a concurrent writer changes those bytes, so the swap then fails)."""
-        location = _location(b"record", namespace, key)
-        sealed_current = self._backend.get(namespace, key)
-        current = None if sealed_current is None else self._sealer.open(location, sealed_current)
-        if current != expected:
-            return False, current
+        sealed_changes: list[RecordChange] = []
+        for changed, changed_expected, changed_value in ((key, expected, value), *compared):
+            location = _location(b"record", namespace, changed)
+            sealed_current = self._backend.get(namespace, changed)
+            current = None if sealed_current is None else self._sealer.open(location, sealed_current)
+            if current != changed_expected:
+                return False, current if changed == key else self.get(namespace, key)
+            sealed_changes.append((changed, sealed_current, self._sealer.seal(location, changed_value)))
         sealed_also = [
             (other, None if other_value is None else self._sealer.seal(_location(b"record", namespace, other), other_value))
             for other, other_value in also
         ]
+        sealed_item = None
+        if enqueue is not None:
+            queue, item = enqueue
+            sealed_item = (queue, self._sealer.seal(_location(b"queue", namespace, queue), item))
+        (_, sealed_expected, sealed_value), *sealed_compared = sealed_changes
         applied, _ = self._backend.compare_and_put(
-            namespace, key, sealed_current, self._sealer.seal(location, value), sealed_also
+            namespace, key, sealed_expected, sealed_value, sealed_also, compared=sealed_compared, enqueue=sealed_item
         )
         if applied:
             return True, value

@@ -14,6 +14,7 @@ disk. Reads run on the event loop, on the backend's reading connection.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import stat
@@ -38,7 +39,7 @@ from ...rpc.generated import kettle_storage_pb2_grpc as pb_grpc
 from ...rpc.interceptors import current_peer
 from ...rpc.status import rpc_method
 from ..runtime import ServiceRuntime
-from .backend import RecordWrite, StorageBackend
+from .backend import QueuedItem, RecordChange, RecordWrite, StorageBackend
 from .sealing import SealedStore, Sealer
 from .sqlite_backend import SQLiteBackend
 
@@ -70,19 +71,26 @@ def _check_key(key: bytes, what: str = "key") -> bytes:
     return key
 
 
-def _check_also(key: bytes, writes: Sequence[pb.RecordWrite]) -> list[RecordWrite]:
-    """The further writes of a CompareAndPut: bounded, valid keys, each key once."""
-    if len(writes) > MAX_ALSO_WRITES:
+def _check_further(
+    key: bytes, writes: Sequence[pb.RecordWrite], changes: Sequence[pb.RecordChange]
+) -> tuple[list[RecordWrite], list[RecordChange]]:
+    """The further writes and compared records of a CompareAndPut: bounded, valid keys,
+    each key once."""
+    if len(writes) + len(changes) > MAX_ALSO_WRITES:
         raise InvalidArgument(f"a compare-and-put writes at most {MAX_ALSO_WRITES} further records")
-    checked: list[RecordWrite] = []
     seen = {key}
-    for write in writes:
-        other = _check_key(write.key, "key of a further write")
-        if other in seen:
+
+    def once(other: bytes, what: str) -> bytes:
+        checked_key = _check_key(other, what)
+        if checked_key in seen:
             raise InvalidArgument("a compare-and-put writes each key at most once")
-        seen.add(other)
-        checked.append((other, None if write.delete else write.value))
-    return checked
+        seen.add(checked_key)
+        return checked_key
+
+    compared = [(once(change.key, "key of a compared record"), None if change.expect_absent else change.expected,
+                 change.value) for change in changes]
+    also = [(once(write.key, "key of a further write"), None if write.delete else write.value) for write in writes]
+    return also, compared
 
 
 class RecordWatchers:
@@ -245,11 +253,23 @@ class StorageServicer(pb_grpc.KettleStorageServicer):
         namespace = namespace_of_caller()
         expected = None if request.expect_absent else request.expected
         key = _check_key(request.key)
-        also = _check_also(key, request.also)
-        applied, current = await self._write(self._store.compare_and_put, namespace, key, expected, request.value, also)
+        also, compared = _check_further(key, request.also, request.compared)
+        enqueue: QueuedItem | None = None
+        if request.HasField("enqueue"):
+            enqueue = (_check_key(request.enqueue.queue, "queue"), request.enqueue.value)
+            if request.enqueue.signal_key:
+                # The consumer's doorbell, rewritten with the item as Enqueue does.
+                signal = _check_key(request.enqueue.signal_key, "signal key")
+                if signal in {key, *(k for k, _ in also), *(k for k, _, _ in compared)}:
+                    raise InvalidArgument("a compare-and-put writes each key at most once")
+                also = [*also, (signal, os.urandom(SIGNAL_BYTES))]
+        applied, current = await self._write(
+            functools.partial(self._store.compare_and_put, compared=compared, enqueue=enqueue),
+            namespace, key, expected, request.value, also,
+        )
         if applied:
             # Only now, after the commit: a woken watcher reads every record of it.
-            for changed_key, _ in also:
+            for changed_key in (*(k for k, _ in also), *(k for k, _, _ in compared)):
                 self._watchers.changed(namespace, changed_key)
             self._watchers.changed(namespace, key)
         return pb.CompareAndPutResponse(applied=applied, found=current is not None, current=current or b"")

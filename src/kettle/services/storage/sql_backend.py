@@ -27,12 +27,18 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from kettle.services.storage.backend import (
     DeadLetter,
+    QueuedItem,
     QueueItem,
+    RecordChange,
     RecordWrite,
     prefix_end,
 )
 
 _T = TypeVar("_T")
+
+
+class _NotApplied(Exception):
+    """A compare-and-put's record no longer holds what was expected: undo the transaction."""
 
 
 class Cursor(Protocol):
@@ -227,26 +233,34 @@ class SQLBackend(ABC):
 
     def compare_and_put(
         self, namespace: str, key: bytes, expected: bytes | None, value: bytes,
-        also: Sequence[RecordWrite] = (),
+        also: Sequence[RecordWrite] = (), *, compared: Sequence[RecordChange] = (),
+        enqueue: QueuedItem | None = None,
     ) -> tuple[bool, bytes | None]:
-        keys = [key, *(other for other, _ in also)]
+        changes: list[RecordChange] = [(key, expected, value), *compared]
+        keys = [changed for changed, _, _ in changes] + [other for other, _ in also]
         if len(set(keys)) != len(keys):
             raise ValueError("a compare-and-put writes each key at most once")
-        with self._transaction("compare-and-put a record") as conn:
-            # One conditional statement, not a read then a write: where the database lets
-            # two transactions run at once (PostgreSQL), two writers racing on a record
-            # cannot both see the expected value and both win.
-            if expected is None:
-                applied = conn.execute(self._statements.insert_if_absent, (namespace, key, value)).rowcount == 1
-            else:
-                applied = conn.execute(self._statements.replace_if, (value, namespace, key, expected)).rowcount == 1
-            if not applied:
-                row = conn.execute(self._statements.get, (namespace, key)).fetchone()
-                return False, None if row is None else bytes(row[0])
-            for other, other_value in also:
-                self._write(conn, namespace, other, other_value)
-            self._record_changed(conn, namespace, key)
-            return True, value
+        try:
+            with self._transaction("compare-and-put a record") as conn:
+                for changed, changed_expected, changed_value in changes:
+                    # One conditional statement each, not a read then a write: where the
+                    # database lets two transactions run at once (PostgreSQL), two writers
+                    # racing on a record cannot both see the expected value and both win.
+                    if changed_expected is None:
+                        statement, parameters = self._statements.insert_if_absent, (namespace, changed, changed_value)
+                    else:
+                        statement, parameters = self._statements.replace_if, (changed_value, namespace, changed,
+                                                                              changed_expected)
+                    if conn.execute(statement, parameters).rowcount != 1:
+                        raise _NotApplied  # undoes whatever this transaction wrote already
+                    self._record_changed(conn, namespace, changed)
+                for other, other_value in also:
+                    self._write(conn, namespace, other, other_value)
+                if enqueue is not None:
+                    conn.execute(self._statements.enqueue, (namespace, *enqueue))
+                return True, value
+        except _NotApplied:
+            return False, self.get(namespace, key)
 
     @contextmanager
     def batch(self) -> Iterator[None]:
