@@ -405,11 +405,13 @@ class PostgresHost:
             return False
         return True
 
-    def restart(self) -> None:
-        """Restart the database server as an operator would: a fast shutdown, then the same
-        data directory started again; returns once it accepts connections."""
+    def restart(self, down_secs: float = 0.0) -> None:
+        """Restart the database server as an operator would: a fast shutdown, ``down_secs``
+        with no server (a slow start, a maintenance), then the same data directory started
+        again; returns once it accepts connections."""
         if not self._shut_down():
             raise RuntimeError(f"PostgreSQL on {self.host} did not shut down within 20 s")
+        time.sleep(down_secs)
         self._launch()
         self._wait_until_accepting()
 

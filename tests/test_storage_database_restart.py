@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import psycopg
 import pytest
@@ -39,6 +40,8 @@ FOLLOWED_NS = "after-restart"
 """The namespace of the one write the follower must see after the restart (the workers write elsewhere)."""
 CONNECT_TIMEOUT_SECS = 3
 LOAD_BEFORE_RESTART_SECS = 1.0
+DOWN_SECS = 4.0
+"""How long the server stays down: longer than a read waits for a connection, so reads fail too."""
 SUCCESSES_AFTER_RESTART = 20
 """Calls each worker must see succeed after the restart before the run ends."""
 FAILURE_PAUSE_SECS = 0.02
@@ -103,7 +106,23 @@ def database() -> Iterator[PostgresHost]:
         yield stack.enter_context(PostgresHost(network, "db"))
 
 
-def server_started_at(dsn: str) -> object:
+@pytest.fixture
+def open_backend(database: PostgresHost) -> Iterator[Callable[[Callable[[], float]], PostgreSQLBackend]]:
+    """Opens a backend on the test host's database with a given clock (all closed at the end)."""
+    opened: list[PostgreSQLBackend] = []
+
+    def opening(clock: Callable[[], float]) -> PostgreSQLBackend:
+        opened.append(PostgreSQLBackend(database.dsn, clock=clock, connect_timeout_secs=CONNECT_TIMEOUT_SECS))
+        return opened[-1]
+
+    try:
+        yield opening
+    finally:
+        for backend in opened:
+            backend.close()
+
+
+def server_started_at(dsn: str) -> datetime:
     with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_SECS) as connection:
         row = connection.execute("SELECT pg_postmaster_start_time()").fetchone()
     assert row is not None
@@ -111,20 +130,16 @@ def server_started_at(dsn: str) -> object:
 
 
 def test_a_database_restart_loses_no_acknowledged_write_and_the_backend_carries_on(
-    database: PostgresHost,
+    database: PostgresHost, open_backend: Callable[[Callable[[], float]], PostgreSQLBackend],
 ) -> None:
-    backend = PostgreSQLBackend(database.dsn, connect_timeout_secs=CONNECT_TIMEOUT_SECS)
-    other_instance = PostgreSQLBackend(database.dsn, connect_timeout_secs=CONNECT_TIMEOUT_SECS)
+    backend, other_instance = open_backend(time.time), open_backend(time.time)
     run = Run()
     putter, swapper, enqueuer, consumer, reader = (
         Worker(name) for name in ("put", "compare-and-put", "enqueue", "dequeue", "read")
     )
-    counter_known = 0
-    """The counter's value as last known for certain (0: not written yet)."""
-    counter_uncertain = False
-    """Whether the last compare-and-put on the counter raised: it may have happened or not."""
-    taken: list[bytes] = []
-    """Queue items removed for good (acked), during the run and by the drain after it."""
+    counter_known = 0  # the counter's value as last known for certain (0: not written yet)
+    counter_uncertain = False  # the last compare-and-put on it raised: it may have happened or not
+    taken: list[bytes] = []  # queue items removed for good (acked), during the run and by the drain after it
 
     def put(number: int) -> None:
         key = f"put-{number}".encode()
@@ -231,7 +246,7 @@ def test_a_database_restart_loses_no_acknowledged_write_and_the_backend_carries_
         time.sleep(LOAD_BEFORE_RESTART_SECS)
         started_before = server_started_at(database.dsn)
         restart_began = time.monotonic()
-        database.restart()
+        database.restart(down_secs=DOWN_SECS)
         restart_secs = time.monotonic() - restart_began
         run.restarted.set()
         assert server_started_at(database.dsn) != started_before  # a new postmaster, not the old one
@@ -256,34 +271,29 @@ def test_a_database_restart_loses_no_acknowledged_write_and_the_backend_carries_
     everyone = (putter, swapper, enqueuer, consumer, reader)
     assert [w.unexpected for w in everyone] == [[]] * len(everyone)  # never a wrong answer, only StorageError
     assert putter.failures + swapper.failures + enqueuer.failures >= 1, "no write saw the restart"
+    assert reader.failures >= 1, "no read saw the outage"
     assert all(w.successes_after_restart >= SUCCESSES_AFTER_RESTART for w in everyone)  # the same instance works again
     assert not follower.is_alive()
 
     # Every acknowledged write is there, read by an instance opened after the run.
-    check = PostgreSQLBackend(database.dsn, clock=lambda: time.time() + 3600,  # every lease has run out
-                              connect_timeout_secs=CONNECT_TIMEOUT_SECS)
-    try:
-        assert [key for key in putter.acknowledged if check.get(NS, key) != b"value of " + key] == []
-        stored_puts = set(check.keys_with_prefix(NS, b"put-"))
-        assert stored_puts - set(putter.acknowledged) <= set(putter.unknown)  # nothing that was never written
-        assert [key for key in swapper.acknowledged if check.get(NS, key) != b"counted"] == []
-        assert check.get(NS, b"counter") in (
-            {counter_value(counter_known), counter_value(counter_known + 1)} if counter_uncertain
-            else {counter_value(counter_known)}
-        )
-        # Queue items: whatever is left (leased by a dequeue that raised, or never taken) is
-        # drained now; every acknowledged enqueue is then taken exactly once.
-        while (item := check.dequeue(NS, Q, lease_seconds=60)) is not None:
-            assert check.ack(NS, Q, item.item_id)
-            taken.append(item.value)
-        times_taken = Counter(taken)
-        assert [v for v in enqueuer.acknowledged if times_taken[v] != 1] == []
-        assert [v for v in enqueuer.unknown if times_taken[v] > 1] == []
-        assert set(times_taken) <= set(enqueuer.acknowledged) | set(enqueuer.unknown)
-    finally:
-        check.close()
-        backend.close()
-        other_instance.close()
+    check = open_backend(lambda: time.time() + 3600)  # an hour on: every lease has run out
+    assert [key for key in putter.acknowledged if check.get(NS, key) != b"value of " + key] == []
+    stored_puts = set(check.keys_with_prefix(NS, b"put-"))
+    assert stored_puts - set(putter.acknowledged) <= set(putter.unknown)  # nothing that was never written
+    assert [key for key in swapper.acknowledged if check.get(NS, key) != b"counted"] == []
+    assert check.get(NS, b"counter") in (
+        {counter_value(counter_known), counter_value(counter_known + 1)} if counter_uncertain
+        else {counter_value(counter_known)}
+    )
+    # Queue items: whatever is left (leased by a dequeue that raised, or never taken) is
+    # drained now; every acknowledged enqueue is then taken exactly once.
+    while (item := check.dequeue(NS, Q, lease_seconds=60)) is not None:
+        assert check.ack(NS, Q, item.item_id)
+        taken.append(item.value)
+    times_taken = Counter(taken)
+    assert [v for v in enqueuer.acknowledged if times_taken[v] != 1] == []
+    assert [v for v in enqueuer.unknown if times_taken[v] > 1] == []
+    assert set(times_taken) <= set(enqueuer.acknowledged) | set(enqueuer.unknown)
     print(f"restart took {restart_secs:.1f} s; acknowledged: {len(putter.acknowledged)} puts, "
           f"{len(swapper.acknowledged)} compare-and-puts, {len(enqueuer.acknowledged)} enqueues; "
           f"failed: {putter.failures + swapper.failures + enqueuer.failures} writes, {reader.failures} reads")
