@@ -36,6 +36,8 @@ pytestmark = pytest.mark.skipif(_UNAVAILABLE is not None, reason=f"no test hosts
 
 NS = "management"
 Q = b"staged-task"
+COUNTED_Q = b"counted"
+"""What each compare-and-put on the counter also enqueues, in its own transaction."""
 FOLLOWED_NS = "after-restart"
 """The namespace of the one write the follower must see after the restart (the workers write elsewhere)."""
 CONNECT_TIMEOUT_SECS = 3
@@ -171,7 +173,8 @@ def test_a_database_restart_loses_no_acknowledged_write_and_the_backend_carries_
 
         def attempt() -> None:
             answer.append(backend.compare_and_put(NS, b"counter", counter_value(counter_known),
-                                                  str(following).encode(), [(key, b"counted")]))
+                                                  str(following).encode(), [(key, b"counted")],
+                                                  enqueue=(COUNTED_Q, key)))
 
         if not run.call(swapper, attempt):
             swapper.unknown.append(key)
@@ -290,6 +293,11 @@ def test_a_database_restart_loses_no_acknowledged_write_and_the_backend_carries_
     while (item := check.dequeue(NS, Q, lease_seconds=60)) is not None:
         assert check.ack(NS, Q, item.item_id)
         taken.append(item.value)
+    counted_items: list[bytes] = []
+    while (item := check.dequeue(NS, COUNTED_Q, lease_seconds=60)) is not None:
+        counted_items.append(item.value)
+    # A compare-and-put's record and queue item are one transaction: both there or neither.
+    assert sorted(counted_items) == sorted(check.keys_with_prefix(NS, b"counted-"))
     times_taken = Counter(taken)
     assert [v for v in enqueuer.acknowledged if times_taken[v] != 1] == []
     assert [v for v in enqueuer.unknown if times_taken[v] > 1] == []
