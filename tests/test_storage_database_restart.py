@@ -1,8 +1,8 @@
 """The PostgreSQL storage backend across a real restart of its database server.
 
 A private cluster on a test host (``netns_hosts``) is shut down (fast: every client is
-cut off) and started again on the same data directory while writers, a reader, a queue
-consumer and a change follower keep using one backend instance. Kept apart from the
+cut off), left down for a few seconds and started again on the same data directory while
+writers, a reader, a queue consumer and a change follower keep using one backend instance. Kept apart from the
 conformance suite (``test_storage_backend.py``) because it needs test hosts, which need
 root, and probing for them costs a namespace made and removed.
 
