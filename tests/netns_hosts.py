@@ -347,8 +347,6 @@ class PostgresHost:
         return ["runuser", "-u", "postgres", "--", *argv]
 
     def _start(self) -> None:
-        import psycopg
-
         bin_dir = self.binaries()
         data = self.directory / "data"
         shutil.chown(self.directory, "postgres", "postgres")
@@ -361,20 +359,31 @@ class PostgresHost:
             raise RuntimeError(f"initdb failed: {made.stderr.strip()}")
         with (data / "pg_hba.conf").open("a") as hba:
             hba.write(f"host all all {self.network.subnet} trust\n")
+        self._launch()
+        self._wait_until_accepting(f'CREATE DATABASE "{self.database}"')
+
+    def _launch(self) -> None:
+        """Start the postmaster on the cluster's data directory (made by :meth:`_start`)."""
         address = self.network[self.host].address
         self._process = self.network.start(
             self.host,
-            self._as_postgres([str(bin_dir / "postgres"), "-D", str(data), "-p", str(self.port),
-                               "-c", f"listen_addresses={address}", "-c", f"unix_socket_directories={self.directory}",
-                               "-c", "max_connections=200"]),
+            self._as_postgres([str(self.binaries() / "postgres"), "-D", str(self.directory / "data"),
+                               "-p", str(self.port), "-c", f"listen_addresses={address}",
+                               "-c", f"unix_socket_directories={self.directory}", "-c", "max_connections=200"]),
             log=self.directory / "postgres.log",
         )
+
+    def _wait_until_accepting(self, statement: str = "SELECT 1") -> None:
+        """Wait until the postmaster accepts connections, then run ``statement`` on it."""
+        import psycopg
+
+        assert self._process is not None
         deadline = time.monotonic() + 60
-        admin = f"postgresql://postgres@{address}:{self.port}/postgres"
+        admin = f"postgresql://postgres@{self.network[self.host].address}:{self.port}/postgres"
         while True:
             try:
                 with psycopg.connect(admin, autocommit=True, connect_timeout=2) as connection:
-                    connection.execute(f'CREATE DATABASE "{self.database}"')
+                    connection.execute(statement)
                 return
             except psycopg.OperationalError:
                 if self._process.poll() is not None or time.monotonic() > deadline:
@@ -382,13 +391,32 @@ class PostgresHost:
                     raise RuntimeError(f"PostgreSQL did not start on {self.host}:\n{log[-2000:]}") from None
                 time.sleep(0.2)
 
+    def _shut_down(self) -> bool:
+        """A fast shutdown (SIGINT to the postmaster: clients are cut off, nothing waited for,
+        every commit kept); whether the postmaster ended within 20 s."""
+        if self._process is None or self._process.poll() is not None:
+            return True
+        try:
+            # The postmaster is runuser's child, not the process started: its own pid is in its file.
+            postmaster = int((self.directory / "data" / "postmaster.pid").read_text().split()[0])
+            os.kill(postmaster, signal.SIGINT)
+            self._process.wait(timeout=20)
+        except (FileNotFoundError, ValueError, ProcessLookupError, subprocess.TimeoutExpired):
+            return False
+        return True
+
+    def restart(self, down_secs: float = 0.0) -> None:
+        """Restart the database server as an operator would: a fast shutdown, ``down_secs``
+        with no server (a slow start, a maintenance), then the same data directory started
+        again; returns once it accepts connections."""
+        if not self._shut_down():
+            raise RuntimeError(f"PostgreSQL on {self.host} did not shut down within 20 s")
+        time.sleep(down_secs)
+        self._launch()
+        self._wait_until_accepting()
+
     def close(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            try:
-                postmaster = int((self.directory / "data" / "postmaster.pid").read_text().split()[0])
-                os.kill(postmaster, signal.SIGINT)  # a fast shutdown: clients are cut off, no wait
-                self._process.wait(timeout=20)
-            except (FileNotFoundError, ValueError, ProcessLookupError, subprocess.TimeoutExpired):
-                self.network.kill(self.host)
+        if not self._shut_down():
+            self.network.kill(self.host)
         self._process = None
         shutil.rmtree(self.directory, ignore_errors=True)
