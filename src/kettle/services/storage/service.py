@@ -8,7 +8,9 @@ Writes go through :class:`GroupCommit`: every write that arrives while a commit
 is in progress waits for the next one, and they are then made durable together
 with one commit (one fsync) on the writer thread. Each caller is answered only
 after the commit that holds its write, so nothing is acknowledged before it is on
-disk. Reads run on the event loop, on the backend's reading connection.
+disk. Reads of a local SQLite file run on the event loop, on the backend's reading
+connection; reads of a PostgreSQL database, each a round trip to another host, run on
+threads of their own (``concurrent_reads`` at once, one pooled connection each).
 """
 
 from __future__ import annotations
