@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kettle.attestation.enclave_info import SIGNATURE_SUFFIX
 from kettle.config import Config, load_config
@@ -105,6 +107,14 @@ def platform_config_text(validity_secs: int = 3600, extra: str = "") -> str:
         extra,
     ]
     return "\n".join(lines) + "\n"
+
+
+def fast_private_key(path: Path) -> rsa.RSAPrivateKey:
+    """Load a trusted dev auditor key without the (slow, RSA-4096) consistency check: only
+    for the tests' own keys, which this session generated."""
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None, unsafe_skip_rsa_key_validation=True)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return key
 
 
 @pytest.fixture(scope="session")

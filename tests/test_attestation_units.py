@@ -18,12 +18,12 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from conftest import fast_private_key, make_home
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from conftest import make_home
 from kettle.attestation.backends import (
     SimulationBackend,
     create_simulation_platform,
@@ -45,8 +45,18 @@ from kettle.attestation.enclave_info import (
     sign_enclave_info,
     verify_enclave_info,
 )
-from kettle.attestation.measurement import SIMULATION_MR_SIGNER, measure_service, package_root
-from kettle.attestation.quote import DEBUG_FLAG, INIT_FLAG, MODE64BIT_FLAG, QUOTE_BODY_SIZE, QuoteBody
+from kettle.attestation.measurement import (
+    SIMULATION_MR_SIGNER,
+    measure_service,
+    package_root,
+)
+from kettle.attestation.quote import (
+    DEBUG_FLAG,
+    INIT_FLAG,
+    MODE64BIT_FLAG,
+    QUOTE_BODY_SIZE,
+    QuoteBody,
+)
 from kettle.attestation.report import (
     REPORT_EXTENSION_OID,
     EndorsedReport,
@@ -57,7 +67,7 @@ from kettle.attestation.report import (
 )
 from kettle.attestation.verifier import Verifier
 from kettle.attestation_service.authority import Authority, load_authority
-from kettle.attestation_service.issuer import IssueRequest, Issuer
+from kettle.attestation_service.issuer import Issuer, IssueRequest
 from kettle.config import SERVICES, Config
 from kettle.errors import AttestationError
 
@@ -416,13 +426,6 @@ class Auditors:
     public: dict[str, rsa.RSAPublicKey]
     signatures: dict[str, bytes]
     outsider_signature: bytes
-
-
-def fast_private_key(path: Path) -> rsa.RSAPrivateKey:
-    """Load a trusted dev auditor key without the (slow, RSA-4096) consistency check."""
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None, unsafe_skip_rsa_key_validation=True)
-    assert isinstance(key, rsa.RSAPrivateKey)
-    return key
 
 
 @pytest.fixture(scope="module")

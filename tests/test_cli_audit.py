@@ -16,10 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import fast_private_key
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-from kettle.attestation.enclave_info import PUBLIC_KEY_SUFFIX, SIGNATURE_SUFFIX, EnclaveInfo, Measurement
+from kettle.attestation.enclave_info import (
+    PUBLIC_KEY_SUFFIX,
+    SIGNATURE_SUFFIX,
+    EnclaveInfo,
+    Measurement,
+)
 
 INFO = EnclaveInfo(
     {
@@ -35,13 +40,6 @@ Kettle = Callable[..., subprocess.CompletedProcess[str]]
 def flat(text: str) -> str:
     """Whitespace-normalised text (a console may wrap long lines)."""
     return " ".join(text.split())
-
-
-def fast_private_key(path: Path) -> rsa.RSAPrivateKey:
-    """Load a trusted dev auditor key without the (slow, RSA-4096) consistency check."""
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None, unsafe_skip_rsa_key_validation=True)
-    assert isinstance(key, rsa.RSAPrivateKey)
-    return key
 
 
 def make_trust_home(home: Path, auditor_cache: Path) -> Path:
