@@ -100,10 +100,11 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def _connects(target: str) -> bool:
+def accepts_connections(target: str, timeout: float = PROBE_TIMEOUT_SECS) -> bool:
+    """Whether something accepts a TCP connection at ``host:port`` within ``timeout``."""
     host, _, port = target.rpartition(":")
     try:
-        with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=PROBE_TIMEOUT_SECS):
+        with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=timeout):
             return True
     except (OSError, ValueError):
         return False
@@ -142,7 +143,7 @@ def health(config: Config, state: ServiceState) -> str:
         target = config.attestation.service_url.split("://", 1)[-1].rstrip("/")
     else:
         target = config.endpoint(state.service).target
-    return "listening" if _connects(target) else f"down: nothing accepts connections at {target}"
+    return "listening" if accepts_connections(target) else f"down: nothing accepts connections at {target}"
 
 
 def healthy(text: str) -> bool:

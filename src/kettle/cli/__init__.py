@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 from ..config import Config
 
 REPLICA_PROBE_SECS = 2.0
@@ -19,11 +17,9 @@ def api_target(config: Config, service: str) -> str:
     """
     targets = config.endpoint(service, api=True).targets
     if len(targets) > 1:
+        from ..platform_status import accepts_connections
+
         for target in targets:
-            host, _, port = target.rpartition(":")
-            try:
-                with socket.create_connection((host.strip("[]"), int(port)), timeout=REPLICA_PROBE_SECS):
-                    return target
-            except OSError:
-                continue
+            if accepts_connections(target, REPLICA_PROBE_SECS):
+                return target
     return targets[0]

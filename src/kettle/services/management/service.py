@@ -653,17 +653,23 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
     async def InvokeTask(self, request: fpb.InvokeTaskRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
         caller = caller_of(context)
         bare = task_rules.parse_task_id(request.task_id)
-        task = await self._get_task(bare)
-        function, usage = await asyncio.gather(self._get_function(task.function_id), self._get_usage(task.function_id))
+        raw_task = await self._store.get(task_key(bare))
+        if raw_task is None:
+            raise InvalidArgument(task_rules.INVALID_TASK_ID)
+        task = TaskRecord.from_bytes(raw_task)
+        function, raw_usage = await asyncio.gather(self._get_function(task.function_id),
+                                                   self._store.get(usage_key(task.function_id)))
         now = self._clock()
         # Every check of §6.5 in its order, on what we read; repeated below under compare-and-put.
-        task_rules.invoke_task(task, caller, function, usage, now)
+        task_rules.invoke_task(task, caller, function, _decode(UsageRecord, raw_usage), now)
         assert function is not None
         # Shielded: a caller that goes away does not cut the transaction's answer off mid-way.
-        await asyncio.shield(self._invoke(bare, caller, function, now))
+        await asyncio.shield(self._invoke(bare, caller, function, now, (raw_task, raw_usage)))
         return empty_pb2.Empty()
 
-    async def _invoke(self, bare: str, caller: Caller, function: FunctionRecord, now: float) -> None:
+    async def _invoke(
+        self, bare: str, caller: Caller, function: FunctionRecord, now: float, read: tuple[bytes | None, bytes | None]
+    ) -> None:
         """Count one use, stage the task and queue it for the scheduler, in one storage
         transaction (the scheduler's doorbell rings in it too).
 
@@ -672,10 +678,14 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         never a Staged task that nothing queued, nor a use counted for a task that did
         not run. The quota is checked on the very usage record the transaction compares,
         so concurrent invocations can never run a function more often than its quota.
+        ``read`` is the task and usage records as the caller read them: the first try
+        compares against those; a conflict reads both again.
         """
         key, counted = task_key(bare), usage_key(function.uuid)
-        for _ in range(MAX_UPDATE_ATTEMPTS):
-            raw_task, raw_usage = await asyncio.gather(self._store.get(key), self._store.get(counted))
+        raw_task, raw_usage = read
+        for attempt in range(MAX_UPDATE_ATTEMPTS):
+            if attempt:
+                raw_task, raw_usage = await asyncio.gather(self._store.get(key), self._store.get(counted))
             if raw_task is None:
                 raise InvalidArgument(task_rules.INVALID_TASK_ID)
             usage = _decode(UsageRecord, raw_usage)

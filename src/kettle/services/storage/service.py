@@ -255,16 +255,14 @@ class StorageServicer(pb_grpc.KettleStorageServicer):
         namespace = namespace_of_caller()
         expected = None if request.expect_absent else request.expected
         key = _check_key(request.key)
-        also, compared = _check_further(key, request.also, request.compared)
+        writes = list(request.also)
         enqueue: QueuedItem | None = None
         if request.HasField("enqueue"):
             enqueue = (_check_key(request.enqueue.queue, "queue"), request.enqueue.value)
             if request.enqueue.signal_key:
-                # The consumer's doorbell, rewritten with the item as Enqueue does.
-                signal = _check_key(request.enqueue.signal_key, "signal key")
-                if signal in {key, *(k for k, _ in also), *(k for k, _, _ in compared)}:
-                    raise InvalidArgument("a compare-and-put writes each key at most once")
-                also = [*also, (signal, os.urandom(SIGNAL_BYTES))]
+                # The consumer's doorbell, rewritten with the item as Enqueue does: one more write.
+                writes.append(pb.RecordWrite(key=request.enqueue.signal_key, value=os.urandom(SIGNAL_BYTES)))
+        also, compared = _check_further(key, writes, request.compared)
         applied, current = await self._write(
             functools.partial(self._store.compare_and_put, compared=compared, enqueue=enqueue),
             namespace, key, expected, request.value, also,
