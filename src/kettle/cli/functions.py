@@ -7,7 +7,6 @@ the SDK's types so mistakes are reported before anything is sent.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +18,7 @@ from rich.table import Table
 # must find it even when this module is the one being imported first.
 app = typer.Typer(no_args_is_help=True, help="Functions: register, inspect, update, disable, delete.")
 
-from .main import _credentials_path, one_line_errors, out  # noqa: E402
+from .main import one_line_errors, out  # noqa: E402
 
 if TYPE_CHECKING:
     from ..sdk.frontend import FrontendClient, FunctionArgument, FunctionInfo, FunctionInput, FunctionOutput
@@ -34,17 +33,13 @@ OPTIONAL_SUFFIX = ":optional"
 def frontend_client() -> FrontendClient:
     """A verified client of the configured frontend, logged in with the saved credentials."""
     from ..config import load_config
-    from ..errors import AuthenticationError
+    from ..credentials import saved_credentials
     from ..sdk.attested import ClientTrust
     from ..sdk.frontend import FrontendClient
     from . import api_target
 
     config = load_config()
-    try:
-        saved = json.loads(_credentials_path(config).read_text())
-        user_id, token = saved["id"], saved["token"]
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        raise AuthenticationError("not logged in: run `kettle user login ID`") from None
+    user_id, token = saved_credentials(config)
     return FrontendClient(api_target(config, "frontend"), ClientTrust.from_config(config), user_id=user_id, token=token)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import getpass
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..config import Config, load_config
+from ..credentials import save_credentials, saved_credentials
 from . import api_target
 from ..errors import KettleError
 
@@ -270,28 +270,13 @@ def audit_add_measurement(
 # --- users --------------------------------------------------------------------
 
 
-def _credentials_path(config: Config) -> Path:
-    return config.home / "credentials.json"
-
-
 def _client(config: Config, authenticated: bool = True) -> Any:
     from ..sdk.authentication import AuthenticationClient
 
     client = AuthenticationClient(api_target(config, "authentication"))
     if authenticated:
-        client.use_credential(*_saved_credentials(config))
+        client.use_credential(*saved_credentials(config))
     return client
-
-
-def _saved_credentials(config: Config) -> tuple[str, str]:
-    """The (id, token) of the last ``kettle user login``."""
-    from ..errors import AuthenticationError
-
-    try:
-        saved = json.loads(_credentials_path(config).read_text())
-    except (FileNotFoundError, ValueError):
-        raise AuthenticationError("not logged in: run `kettle user login ID`") from None
-    return saved["id"], saved["token"]
 
 
 def _password(value: str | None, prompt: str = "Password") -> str:
@@ -307,14 +292,8 @@ def user_login(user_id: str, password: str = typer.Option(None, help="default: $
     """Log in and keep the token in $KETTLE_HOME/credentials.json (mode 0600)."""
     config = load_config()
     token = _client(config, authenticated=False).user_login(user_id, _password(password))
-    _save_credentials(config, user_id, token)
+    save_credentials(config, user_id, token)
     out.print(f"logged in as {user_id}")
-
-
-def _save_credentials(config: Config, user_id: str, token: str) -> None:
-    fd = os.open(_credentials_path(config), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"id": user_id, "token": token}, f)
 
 
 @user_app.command("register")
@@ -352,8 +331,8 @@ def user_passwd(password: str = typer.Option(None, help="default: $KETTLE_PASSWO
     client = _client(config)
     new_password = _password(password, "New password")
     client.user_change_password(new_password)
-    user_id, _ = _saved_credentials(config)
-    _save_credentials(config, user_id, client.user_login(user_id, new_password))
+    user_id, _ = saved_credentials(config)
+    save_credentials(config, user_id, client.user_login(user_id, new_password))
     out.print("password changed; logged in again with it")
 
 
@@ -410,3 +389,4 @@ app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(receipt_app, name="receipt")
 app.add_typer(storage_app, name="storage")
 from .audit_measure import audit_measure  # noqa: E402, F401  (registers `audit measure`)
+from .console import console  # noqa: E402, F401  (registers `console`)

@@ -1,0 +1,31 @@
+// Live task progress: the console's server-sent events for the task on this page.
+// Served from the console itself (the Content-Security-Policy allows nothing else).
+"use strict";
+(function () {
+  const status = document.getElementById("task-status");
+  if (!status || !status.dataset.events || !window.EventSource) {
+    return;
+  }
+  const source = new EventSource(status.dataset.events);
+  source.addEventListener("status", function (event) {
+    const update = JSON.parse(event.data);
+    status.textContent = update.status;
+    if (update.terminal) {
+      source.close();
+      // Swap in the result section of the task as it is now, without reloading the page.
+      fetch(window.location.pathname, { credentials: "same-origin" })
+        .then(function (response) { return response.text(); })
+        .then(function (html) {
+          const fresh = new DOMParser().parseFromString(html, "text/html").getElementById("result-section");
+          const current = document.getElementById("result-section");
+          if (fresh && current) {
+            current.replaceWith(fresh);
+          }
+        });
+    }
+  });
+  source.addEventListener("problem", function (event) {
+    status.textContent = status.textContent + " (" + JSON.parse(event.data).message + ")";
+    source.close();
+  });
+})();
