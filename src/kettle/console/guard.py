@@ -53,8 +53,9 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
-    # The first URL carries the run secret: never tell another site where the user came from.
-    (b"referrer-policy", b"no-referrer"),
+    # Never tell another site where the user came from. Not ``no-referrer``: under it Chromium
+    # sends ``Origin: null`` even on the console's own form posts, which the origin check refuses.
+    (b"referrer-policy", b"same-origin"),
     (b"cache-control", b"no-store"),
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),
