@@ -175,16 +175,15 @@ def _refusal_text(refusal: TaskRefusal) -> str:
     return f"{_time_text(refusal.refused_at)}, digest {refusal.task_digest}{why}"
 
 
-def task_list_table(infos: list[TaskInfo]) -> Table:
-    """``task list``: one row per task (id, status, function), newest first."""
-    table = Table(show_header=True, header_style="bold")
-    for column in ("task", "status", "function", "creator", "approved by", "refused by"):
-        table.add_column(column)
+def task_list_lines(infos: list[TaskInfo]) -> list[str]:
+    """``task list``: one line per task, newest first: id, status, function, and who refused it
+    (whole ids, never cut to the terminal's width, so the lines can be read by scripts)."""
+    lines = []
     for info in infos:
-        table.add_row(info.task_id, _status_text(info), info.function_id, escape(info.creator),
-                      escape(", ".join(info.approved_users)) or "-",
-                      escape(", ".join(r.user_id for r in info.refusals)) or "-")
-    return table
+        refused = ", ".join(r.user_id for r in info.refusals)
+        lines.append(f"{info.task_id}  {_status_text(info):<12}  {info.function_id}"
+                     + (f"  refused by {refused}" if refused else ""))
+    return lines
 
 
 def consent_text(info: TaskInfo) -> str:
@@ -328,7 +327,8 @@ def list_tasks(as_json: bool = typer.Option(False, "--json", help="machine-reada
                                         "creator": i.creator, "approved_users": list(i.approved_users),
                                         "refused_by": [r.user_id for r in i.refusals]} for i in infos]})
     else:
-        out.print(task_list_table(infos))
+        for line in task_list_lines(infos):
+            out.print(line, highlight=False, markup=False)
 
 
 @app.command("invoke")
