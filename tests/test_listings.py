@@ -201,7 +201,7 @@ def test_a_refusal_shows_to_everyone_blocks_invoke_and_is_taken_back_by_approvin
           "the bank has not signed off")
     assert p.uses(function_id) == 0
     # A new refusal replaces the old one.
-    bob.refuse_task(task_id)
+    bob.task(task_id).refuse()  # the Task object refuses too
     (refusal,) = alice.get_task(task_id).refusals
     assert refusal.reason == ""
     # The refuser's trail holds each refusal, with the digest refused and the reason.
