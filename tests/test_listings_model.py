@@ -216,3 +216,12 @@ def test_a_file_cursor_names_a_data_id() -> None:
     with pytest.raises(KettleError, match="invalid cursor"):
         L.files_page("bob", [], f"{0:020d}-{uuid.UUID(int=1)}", 1)
     assert L.files_page("bob", [], f"{0:020d}-output-{uuid.UUID(int=1)}", 1).ids == ()
+
+
+def test_kettle_audit_mine_shows_a_refusals_reason() -> None:
+    from kettle.cli.trail import _what
+
+    entry = {"kind": "refusal", "task_digest": "d" * 64, "outcome": "not this quarter"}
+    assert _what(entry) == f"digest {'d' * 64}; reason: not this quarter"
+    assert _what({**entry, "outcome": ""}) == f"digest {'d' * 64}"
+    assert _what({**entry, "kind": "approval", "outcome": ""}) == f"digest {'d' * 64}"
