@@ -219,6 +219,7 @@ def test_a_file_cursor_names_a_data_id() -> None:
 
 
 def test_kettle_audit_mine_shows_a_refusals_reason() -> None:
+    import kettle.cli.main  # noqa: F401  (first: the CLI's modules are loaded through it)
     from kettle.cli.trail import _what
 
     entry = {"kind": "refusal", "task_digest": "d" * 64, "outcome": "not this quarter"}
