@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..errors import InvalidArgument
-from .ids import Kind, external_id, parse_external_id
+from .ids import Kind, external_id
 from .trail import party_tag
 
 TASK_PREFIX = "party-task-"
@@ -137,11 +137,3 @@ def files_page(party: str, keys: Iterable[bytes], after: str, limit: int) -> Pag
     """The party's data ids, oldest registration first, after the cursor ``after``."""
     return _page(keys, party_files_prefix(party), after, limit, newest_first=False, files=True)
 
-
-def task_of_entry(key: bytes) -> str | None:
-    """The bare task uuid of a ``party-task-…`` key; None if it does not hold one."""
-    try:
-        _, ident = indexed_id(key)
-    except ValueError:
-        return None
-    return parse_external_id(f"task-{ident}", Kind.TASK)
