@@ -25,6 +25,7 @@ import pytest
 from conftest import ALL_SERVICES, Platform, make_home
 from google.protobuf.message import Message
 
+from kettle.model.listings import INVALID_CURSOR
 from kettle.rpc.generated import kettle_frontend_pb2 as kettle_frontend_pb
 from kettle.rpc.generated import kettle_frontend_pb2_grpc as kettle_grpc
 from kettle.rpc.generated import kettle_management_pb2 as kpb
@@ -348,6 +349,9 @@ def build_cases(w: World) -> list[Case]:
         ("kettle", "WaitTask"): kpb.WaitTaskRequest(task_id=w.task_files, timeout_ms=0),
         ("kettle", "RevokeApproval"): kpb.RevokeApprovalRequest(task_id=w.task_bob),
         ("kettle", "ListMyTrail"): kpb.ListMyTrailRequest(),
+        ("kettle", "ListMyTasks"): kpb.ListMyTasksRequest(),
+        ("kettle", "ListMyFiles"): kpb.ListMyFilesRequest(),
+        ("kettle", "RefuseTask"): kpb.RefuseTaskRequest(task_id=w.task_files, reason="no"),
         ("auth", "UserRegister"): apb.UserRegisterRequest(id="newcomer", password="pw", role="PlatformAdmin"),
         ("auth", "UserUpdate"): apb.UserUpdateRequest(id=w.alice, password="pw", role="PlatformAdmin"),
         ("auth", "UserChangePassword"): apb.UserChangePasswordRequest(password="new"),
@@ -396,6 +400,7 @@ def build_cases(w: World) -> list[Case]:
         add("GetTask", fpb.GetTaskRequest(task_id=bad), w.alice, INVALID, text)
         add("WaitTask", kpb.WaitTaskRequest(task_id=bad, timeout_ms=1), w.alice, INVALID, text, api="kettle")
         add("RevokeApproval", kpb.RevokeApprovalRequest(task_id=bad), w.alice, INVALID, text, api="kettle")
+        add("RefuseTask", kpb.RefuseTaskRequest(task_id=bad), w.alice, INVALID, text, api="kettle")
         add("AssignData", fpb.AssignDataRequest(task_id=bad), w.alice, INVALID, text)
         add("ApproveTask", fpb.ApproveTaskRequest(task_id=bad), w.alice, INVALID, text)
         add("InvokeTask", fpb.InvokeTaskRequest(task_id=bad), w.alice, INVALID, text)
@@ -550,6 +555,23 @@ def build_cases(w: World) -> list[Case]:
     add("ListMyTrail", kpb.ListMyTrailRequest(), w.fo, DENIED, "permission denied", api="kettle")
     add("ListMyTrail", kpb.ListMyTrailRequest(after_sequence=2**64 - 1, limit=2**32 - 1), w.alice, Code.OK,
         api="kettle")
+    # One's own tasks and files only, for the roles that read them; a cursor no page gave is refused.
+    add("ListMyTasks", kpb.ListMyTasksRequest(), w.fo, DENIED, "permission denied", api="kettle")
+    add("ListMyFiles", kpb.ListMyFilesRequest(), w.fo, DENIED, "permission denied", api="kettle")
+    add("ListMyTasks", kpb.ListMyTasksRequest(limit=2**32 - 1), w.alice, Code.OK, api="kettle")
+    add("ListMyFiles", kpb.ListMyFilesRequest(limit=2**32 - 1), w.alice, Code.OK, api="kettle")
+    for cursor in ("x", HUGE, f"{0:020d}-{w.task_files}", "\x00"):
+        add("ListMyTasks", kpb.ListMyTasksRequest(after=cursor), w.alice, INVALID, INVALID_CURSOR, api="kettle")
+        add("ListMyFiles", kpb.ListMyFilesRequest(after=cursor), w.alice, INVALID, INVALID_CURSOR, api="kettle")
+    # Refusing: participants only, before the task is invoked, with a short printable reason.
+    for task_id, reason, code, text in (
+        (w.task_bob, "", DENIED, "permission denied"),
+        (w.task_finished, "", PRECONDITION, "the task is finished: a task can be refused only before it is invoked"),
+        (w.task_files, "r" * 257, INVALID, "the reason is 257 characters long; at most 256"),
+        (w.task_files, "a\nb", INVALID,
+         "the reason may hold only printable characters (no line breaks or control characters)"),
+    ):
+        add("RefuseTask", kpb.RefuseTaskRequest(task_id=task_id, reason=reason), w.alice, code, text, api="kettle")
     for query, limit in (("", 0), ("user:x", 0), ("(((", 10), ("user:", 10), ("NOT", 10), ("nosuchfield:x", 10),
                          ("x" * 100_000, 10)):
         add("QueryAuditLogs", fpb.QueryAuditLogsRequest(query=query, limit=limit), w.admin, INVALID,

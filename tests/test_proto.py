@@ -381,6 +381,7 @@ KETTLE_EXTENSIONS: dict[tuple[str, str], list[tuple[str, int, str]]] = {
         ("task_digest", 101, "string"),
         ("task_manifest", 102, "string"),
         ("approvals", 103, f"repeated {FRONT}TaskApproval"),
+        ("refusals", 104, f"repeated {FRONT}TaskRefusal"),
     ],
     **{("teaclave_frontend_service", request): [("s3_credentials", 100, f"{FRONT}ObjectStoreCredentials")]
        for request in ("RegisterInputFileRequest", "RegisterOutputFileRequest", "UpdateInputFileRequest",
@@ -398,6 +399,12 @@ KETTLE_MESSAGES: dict[str, dict[str, list[tuple[str, int, str]]]] = {
             ("task_digest", 2, "string"),
             ("approved_at", 3, "uint64"),
             ("expires_at", 4, "uint64"),
+        ],
+        "TaskRefusal": [
+            ("user_id", 1, "string"),
+            ("refused_at", 2, "uint64"),
+            ("task_digest", 3, "string"),
+            ("reason", 4, "string"),
         ],
         "ObjectStoreCredentials": [
             ("access_key_id", 1, "string"),

@@ -35,6 +35,7 @@ from kettle.sdk import (
     TaskFailure,
     TaskNotFinished,
     TaskOutputs,
+    TaskRefusal,
     TaskWaitTimeout,
 )
 from kettle.sdk.frontend import (
@@ -606,3 +607,50 @@ def test_async_client_raises_task_errors() -> None:
             await client.get_task_result(TASK)
 
     asyncio.run(main())
+
+
+# --- listings and refusals (Kettle) ------------------------------------------------------------
+
+
+def test_list_my_tasks_and_files_walk_every_page_with_the_cursor() -> None:
+    pages = {"": (["task-3", "task-2"], "c2", True), "c2": (["task-1"], "c1", False)}
+
+    def handler(rpc: str, request: Any) -> Any:
+        ids, cursor, more = pages[request.after]
+        if rpc == "ListMyTasks":
+            return kettle_pb.ListMyTasksResponse(task_ids=ids, next=cursor, more=more)
+        return kettle_pb.ListMyFilesResponse(data_ids=ids, next=cursor, more=more)
+
+    client, log = sync_client(handler)
+    assert client.list_my_tasks() == ["task-3", "task-2", "task-1"]
+    assert client.list_my_files() == ["task-3", "task-2", "task-1"]
+    assert [(rpc, request.after, request.limit) for rpc, request, _, _ in log] == [
+        ("ListMyTasks", "", 0), ("ListMyTasks", "c2", 0), ("ListMyFiles", "", 0), ("ListMyFiles", "c2", 0)]
+    aclient, _ = async_client(handler)
+    assert asyncio.run(aclient.list_my_tasks()) == ["task-3", "task-2", "task-1"]
+    assert asyncio.run(aclient.list_my_files()) == ["task-3", "task-2", "task-1"]
+
+
+def test_a_listing_that_does_not_move_its_cursor_ends() -> None:
+    """A server answering `more` with the same cursor again cannot make the client loop."""
+    core = _FrontendCore("alice", "tok")
+    answer = kettle_pb.ListMyTasksResponse(task_ids=["task-1"], next="c", more=True)
+    ids, steps = drive(core.list_my_tasks(), FakeClock(), lambda call: answer)
+    assert ids == ["task-1"] and len(steps) == 2
+
+
+def test_refuse_task_sends_the_reason_to_kettles_service() -> None:
+    client, log = sync_client()
+    client.refuse_task(TASK, "not this quarter")
+    client.refuse_task(TASK)
+    assert [(rpc, request.task_id, request.reason) for rpc, request, _, _ in log] == [
+        ("RefuseTask", TASK, "not this quarter"), ("RefuseTask", TASK, "")]
+
+
+def test_get_task_shows_refusals() -> None:
+    refusal = pb.TaskRefusal(user_id="bob", refused_at=1_800_000_000, task_digest="d" * 64, reason="no")
+    info = parse_task(task_response(refusals=[refusal]))
+    assert info.refusals == (TaskRefusal("bob", 1_800_000_000, "d" * 64, "no"),)
+    assert info.to_json()["refusals"] == [
+        {"user_id": "bob", "refused_at": 1_800_000_000, "task_digest": "d" * 64, "reason": "no"}]
+    assert parse_task(task_response()).refusals == ()  # a Teaclave frontend: none

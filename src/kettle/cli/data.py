@@ -190,3 +190,15 @@ def get_input(data_id: str, as_json: bool = Json) -> None:
 def get_output(data_id: str, as_json: bool = Json) -> None:
     """Show an output's owners and cmac (set once a task has written it)."""
     _print_file(functions.frontend_client().get_output_file(data_id), as_json)
+
+
+@app.command("list")
+@one_line_errors
+def list_files(as_json: bool = Json) -> None:
+    """List the data ids of the files you own, alone or jointly, in registration order."""
+    data_ids = functions.frontend_client().list_my_files()
+    if as_json:
+        out.print_json(data={"data_ids": data_ids})
+        return
+    for data_id in data_ids:
+        out.print(data_id, highlight=False)

@@ -1,7 +1,10 @@
-"""``kettle task create|assign|show|approve|revoke|invoke|cancel|get|wait`` (frontend API).
+"""``kettle task create|assign|show|approve|revoke|refuse|invoke|cancel|get|wait|list`` (frontend API).
 
 ``task show`` prints exactly what an approval covers (the task's canonical
 description and its digest); ``task approve --expect-digest`` approves only that.
+
+``task list`` lists the tasks you participate in, newest first (your inbox of tasks
+waiting for your approval among them); ``task refuse`` declines one, visibly to the others.
 
 ``task wait`` waits on the frontend's WaitTask, which answers the moment the
 task ends, in short slices so the live display can show the task's status as it
@@ -32,7 +35,7 @@ from . import functions  # noqa: E402  (a module, not its names: it may still be
 from .main import err, one_line_errors, out  # noqa: E402
 
 if TYPE_CHECKING:
-    from ..sdk.frontend import TaskApproval, TaskInfo
+    from ..sdk.frontend import TaskApproval, TaskInfo, TaskRefusal
 
 STATUS_REFRESH_SECS = 2.0
 """Longest WaitTask slice of ``task wait``; only the display's status depends on it,
@@ -134,6 +137,8 @@ def _task_table(info: TaskInfo) -> Table:
     table.add_row("approved by", escape(", ".join(info.approved_users)) or "-")
     for approval in info.approvals:
         table.add_row(f"approval of {escape(approval.user_id)}", escape(_approval_text(approval)))
+    for refusal in info.refusals:
+        table.add_row(f"refused by {escape(refusal.user_id)}", escape(_refusal_text(refusal)))
     if info.task_digest:
         table.add_row("function digest", info.function_digest or "-")
         table.add_row("task digest", info.task_digest)
@@ -165,6 +170,22 @@ def _approval_text(approval: TaskApproval) -> str:
     return f"{_time_text(approval.approved_at)}, {expiry}, digest {approval.task_digest}"
 
 
+def _refusal_text(refusal: TaskRefusal) -> str:
+    why = f", reason: {refusal.reason}" if refusal.reason else ""
+    return f"{_time_text(refusal.refused_at)}, digest {refusal.task_digest}{why}"
+
+
+def task_list_lines(infos: list[TaskInfo]) -> list[str]:
+    """``task list``: one line per task, newest first: id, status, function, and who refused it
+    (whole ids, never cut to the terminal's width, so the lines can be read by scripts)."""
+    lines = []
+    for info in infos:
+        refused = ", ".join(r.user_id for r in info.refusals)
+        lines.append(f"{info.task_id}  {_status_text(info):<12}  {info.function_id}"
+                     + (f"  refused by {refused}" if refused else ""))
+    return lines
+
+
 def consent_text(info: TaskInfo) -> str:
     """What ``task show`` prints: the description an approval covers, its digest, the approvals."""
     if not info.task_manifest:
@@ -180,6 +201,7 @@ def consent_text(info: TaskInfo) -> str:
         f"task digest:     {info.task_digest}",
     ]
     lines += [f"approval of {a.user_id}: {_approval_text(a)}" for a in info.approvals]
+    lines += [f"refused by {r.user_id}: {_refusal_text(r)}" for r in info.refusals]
     lines += ["", f"approve exactly this: kettle task approve {info.task_id} --expect-digest {info.task_digest}"]
     return "\n".join(lines)
 
@@ -281,6 +303,32 @@ def revoke(task_id: str) -> None:
     """Withdraw your approval of a task that is not invoked yet."""
     functions.frontend_client().revoke_approval(task_id)
     out.print(f"revoked your approval of {task_id}", highlight=False)
+
+
+@app.command("refuse")
+@one_line_errors
+def refuse(
+    task_id: str,
+    reason: str = typer.Option("", "--reason", help="why, for the other participants (at most 256 characters)"),
+) -> None:
+    """Decline to approve a task (withdraws your approval); it cannot be invoked until you approve it."""
+    functions.frontend_client().refuse_task(task_id, reason)
+    out.print(f"refused {task_id}", highlight=False)
+
+
+@app.command("list")
+@one_line_errors
+def list_tasks(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """List the tasks you participate in, newest first: id, status, function."""
+    client = functions.frontend_client()
+    infos = [client.get_task(task_id) for task_id in client.list_my_tasks()]
+    if as_json:
+        out.print_json(data={"tasks": [{"task_id": i.task_id, "status": _status_text(i), "function_id": i.function_id,
+                                        "creator": i.creator, "approved_users": list(i.approved_users),
+                                        "refused_by": [r.user_id for r in i.refusals]} for i in infos]})
+    else:
+        for line in task_list_lines(infos):
+            out.print(line, highlight=False, markup=False)
 
 
 @app.command("invoke")

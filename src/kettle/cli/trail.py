@@ -33,7 +33,10 @@ def _what(entry: dict[str, Any]) -> str:
         if entry["receipt"]:
             parts.append("receipt attached")
         return "; ".join(parts)
-    return f"digest {entry['task_digest']}" if entry["task_digest"] else ""
+    digest = f"digest {entry['task_digest']}" if entry["task_digest"] else ""
+    if entry["kind"] == "refusal" and entry["outcome"]:
+        return f"{digest}; reason: {entry['outcome']}" if digest else f"reason: {entry['outcome']}"
+    return digest
 
 
 @audit_app.command("mine")

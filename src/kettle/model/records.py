@@ -10,7 +10,8 @@ Storage keys (platform partition, ``spec/platform.md`` §8): ``function-<uuid>``
 ``output-<uuid>``, ``cancel-request-<uuid>``; the queue ``staged-task``. Kettle
 adds ``payload-<uuid>``: a function's payload, as raw bytes (see
 :class:`FunctionRecord`), and ``pinned-task-<function uuid>-<task uuid>``: the tasks
-pinned to a function (see :func:`pinned_task_key`).
+pinned to a function (see :func:`pinned_task_key`). The per-party listings
+``party-task-…`` and ``party-file-…`` are described in :mod:`kettle.model.listings`.
 """
 
 from __future__ import annotations
@@ -431,6 +432,35 @@ class Approval:
         return cls(user_id, digest, at, expires)
 
 
+MAX_REFUSAL_REASON_CHARS = 256
+"""A refusal's reason is at most this many characters (printable ones only)."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A participant declined to approve a task (Kettle, RefuseTask): visible to every
+    participant in GetTask, and InvokeTask is refused while it stands. ``refused_at`` is
+    Unix seconds; ``task_digest`` is the digest of the task as it was refused."""
+
+    user_id: str
+    refused_at: int
+    task_digest: str
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "refused_at": self.refused_at, "task_digest": self.task_digest,
+                "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Refusal:
+        if not isinstance(doc, dict) or set(doc) != {"user_id", "refused_at", "task_digest", "reason"}:
+            raise ValueError("malformed refusal")
+        user_id, at, digest, reason = doc["user_id"], doc["refused_at"], doc["task_digest"], doc["reason"]
+        if not (isinstance(user_id, str) and _is_int(at) and isinstance(digest, str) and isinstance(reason, str)):
+            raise ValueError("malformed refusal")
+        return cls(user_id, at, digest, reason)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -465,6 +495,10 @@ class TaskRecord:
     lapsed: dict[str, str] = field(default_factory=dict)
     """User ID → why that participant's approval lapsed (revoked, or voided by a change): kept until
     the participant approves again, so a refused InvokeTask can say whose consent is missing and why."""
+    refusals: tuple[Refusal, ...] = ()
+    """Kettle: the participants who refused the task (RefuseTask), one each, sorted by user; a
+    participant's approval removes its refusal. Encoded only when there are some, so a task
+    nobody refused is stored byte for byte as before refusals existed."""
 
     @property
     def approved_users(self) -> tuple[str, ...]:
@@ -474,8 +508,11 @@ class TaskRecord:
     def approval_of(self, user_id: str) -> Approval | None:
         return next((a for a in self.approvals if a.user_id == user_id), None)
 
+    def refusal_of(self, user_id: str) -> Refusal | None:
+        return next((r for r in self.refusals if r.user_id == user_id), None)
+
     def to_bytes(self) -> bytes:
-        return _dump({
+        doc: dict[str, Any] = {
             "uuid": self.uuid,
             "creator": self.creator,
             "function_id": self.function_id,
@@ -493,7 +530,10 @@ class TaskRecord:
             "status": int(self.status),
             "result": self.result.to_json(),
             "attempts": self.attempts,
-        })
+        }
+        if self.refusals:
+            doc["refusals"] = [r.to_json() for r in sorted(self.refusals, key=lambda r: r.user_id)]
+        return _dump(doc)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TaskRecord:
@@ -517,6 +557,7 @@ class TaskRecord:
                 attempts=int(doc["attempts"]),
                 function_digest=str(doc["function_digest"]),
                 lapsed={str(k): str(v) for k, v in doc["lapsed"].items()},
+                refusals=tuple(Refusal.from_json(r) for r in doc.get("refusals", ())),
             )
         except (TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"malformed task record: {exc}") from None
@@ -534,8 +575,9 @@ def _task_doc(data: bytes) -> dict[str, Any]:
     except ValueError as exc:
         raise ValueError(f"TaskRecord record is not JSON: {exc}") from None
     current = {f.name for f in fields(TaskRecord)}
-    legacy = current - {"approvals", "function_digest", "lapsed"} | {"approved_users"}
-    if not isinstance(doc, dict) or set(doc) not in (current, legacy):
+    unrefused = current - {"refusals"}  # "refusals" is stored only when there are some
+    legacy = unrefused - {"approvals", "function_digest", "lapsed"} | {"approved_users"}
+    if not isinstance(doc, dict) or set(doc) not in (current, unrefused, legacy):
         raise ValueError("TaskRecord record has the wrong fields")
     if "approved_users" in doc:
         users = doc.pop("approved_users")

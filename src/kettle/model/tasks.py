@@ -48,9 +48,11 @@ from .functions import (
 from .ids import Kind, parse_external_id
 from .records import (
     MAX_APPROVAL_SECS,
+    MAX_REFUSAL_REASON_CHARS,
     Approval,
     FileRecord,
     FunctionRecord,
+    Refusal,
     StagedTask,
     TaskRecord,
     TaskResult,
@@ -79,6 +81,7 @@ __all__ = [
     "check_may_read_task",
     "check_participant",
     "check_pinned",
+    "check_refusal_reason",
     "create_task",
     "data_complete",
     "files_to_read",
@@ -90,6 +93,8 @@ __all__ = [
     "parse_arguments",
     "parse_task_id",
     "participants_of",
+    "refusal_problems",
+    "refuse_task",
     "revoke_approval",
     "stage_task",
     "validate_executor",
@@ -529,8 +534,53 @@ def approve_task(
         others = [a for a in task.approvals if a.user_id != caller.user_id]
         lapsed = {user: why for user, why in task.lapsed.items() if user != caller.user_id}
         task = replace(task, approvals=tuple(sorted([*others, approval], key=lambda a: a.user_id)), lapsed=lapsed)
+    # Approving is how a participant takes its refusal back.
+    refusals = tuple(r for r in task.refusals if r.user_id != caller.user_id)
     status = TaskStatus.APPROVED if approvals_complete(task) else TaskStatus.DATA_ASSIGNED
-    return replace(task, status=status)
+    return replace(task, status=status, refusals=refusals)
+
+
+def check_refusal_reason(reason: str) -> str:
+    """A refusal's reason: at most :data:`MAX_REFUSAL_REASON_CHARS` printable characters (it is
+    shown to the other participants and in InvokeTask's refusal, so no line breaks or controls)."""
+    if len(reason) > MAX_REFUSAL_REASON_CHARS:
+        raise InvalidArgument(f"the reason is {len(reason)} characters long; at most {MAX_REFUSAL_REASON_CHARS}")
+    if not reason.isprintable():
+        raise InvalidArgument("the reason may hold only printable characters (no line breaks or control characters)")
+    return reason
+
+
+def refuse_task(task: TaskRecord, caller: Caller, now: int, reason: str = "") -> TaskRecord:
+    """Kettle: a participant declines to approve a task not yet invoked, visibly to the others.
+
+    In order: the reason (:func:`check_refusal_reason`, INVALID_ARGUMENT); the caller must be a
+    participant, as to approve (PERMISSION_DENIED, before anything about the task is told);
+    the task must not be invoked yet, as to revoke an approval (FAILED_PRECONDITION). The
+    caller's approval, if any, is withdrawn (an Approved task goes back to DataAssigned); its
+    refusal, bound to the current task digest at ``now`` (Unix seconds), replaces an earlier
+    one. It stands until the caller approves (:func:`approve_task`); InvokeTask is refused
+    meanwhile, naming who refused (:func:`stage_task`)."""
+    check_refusal_reason(reason)
+    check_participant(task, caller)
+    if task.status not in _PRE_STAGED:
+        raise ConsentError(
+            f"the task is {task.status.name.lower()}: a task can be refused only before it is invoked"
+        )
+    refusal = Refusal(caller.user_id, now, task_digest(task), reason)
+    others = [r for r in task.refusals if r.user_id != caller.user_id]
+    approvals = tuple(a for a in task.approvals if a.user_id != caller.user_id)
+    status = TaskStatus.DATA_ASSIGNED if task.status == TaskStatus.APPROVED else task.status
+    return replace(task, approvals=approvals, status=status,
+                   refusals=tuple(sorted([*others, refusal], key=lambda r: r.user_id)))
+
+
+def refusal_problems(task: TaskRecord) -> list[str]:
+    """One sentence per standing refusal, naming who refused, when, and why."""
+    problems = []
+    for refusal in task.refusals:
+        why = f" ({refusal.reason})" if refusal.reason else ""
+        problems.append(f"{refusal.user_id} refused it at {iso_time(refusal.refused_at)}{why}")
+    return problems
 
 
 def revoke_approval(task: TaskRecord, caller: Caller, now: int) -> TaskRecord:
@@ -568,7 +618,13 @@ def stage_task(task: TaskRecord, now: float) -> TaskRecord:
     Kettle: with more than one participant, every approval must be in force at ``now``
     (not expired, covering the current task digest); an approval that lapsed (revoked,
     expired, voided by a change) is refused with FAILED_PRECONDITION naming whose and
-    why. Approvals that were simply never given keep the reference's refusal."""
+    why. Approvals that were simply never given keep the reference's refusal.
+
+    Kettle: a standing refusal (:func:`refuse_task`) is refused first, FAILED_PRECONDITION
+    naming who refused: a task a participant declined never runs, whatever else holds."""
+    refused = refusal_problems(task)
+    if refused:
+        raise ConsentError(f"the task cannot run: {'; '.join(refused)}; it runs only once each of them approves it")
     data_ready = task.status == TaskStatus.APPROVED or (
         task.status in (TaskStatus.CREATED, TaskStatus.DATA_ASSIGNED) and data_complete(task)
     )

@@ -58,6 +58,9 @@ class TrailError(ValueError):
 class EventKind(str, Enum):
     APPROVAL = "approval"
     REVOCATION = "revocation"
+    REFUSAL = "refusal"
+    """The party declined to approve the task (RefuseTask): ``task_digest`` is the digest it
+    refused, ``outcome`` its reason (may be empty)."""
     TASK_ENDED = "task-ended"
     RECEIPT = "receipt"
     """A canceled run's receipt: the node reports it after the task ended Canceled."""
@@ -375,9 +378,10 @@ def _ending_events(task: TaskRecord, time_ms: int, kind: EventKind) -> list[Trai
 
 
 def approval_event(task: TaskRecord, party: str, kind: EventKind, time_ms: int, nonce: str,
-                   task_digest: str = "") -> TrailEvent:
-    """A party approved (or withdrew its approval of) a task; ``nonce`` makes the event id
-    unique, since a party may approve the same task again after its approval was voided."""
+                   task_digest: str = "", outcome: str = "") -> TrailEvent:
+    """A party approved (or withdrew its approval of, or refused) a task; ``nonce`` makes the
+    event id unique, since a party may approve the same task again after its approval was
+    voided. ``outcome``: a refusal's reason."""
     return TrailEvent(
         event_id=f"{kind.value}-{task.uuid}-{nonce}",
         kind=kind,
@@ -385,6 +389,7 @@ def approval_event(task: TaskRecord, party: str, kind: EventKind, time_ms: int, 
         task_id=external_id(Kind.TASK, task.uuid),
         time_ms=time_ms,
         task_digest=task_digest,
+        outcome=outcome,
     )
 
 

@@ -50,7 +50,7 @@ RETRY_SAFE_METHODS: dict[str, tuple[str, ...]] = {
     "kettle_storage_proto.KettleStorage": ("Get", "GetKeysByPrefix", "Ack", "Watch"),
     "kettle_management_proto.KettleManagement": (
         "GetOutputFile", "GetInputFile", "GetFunction", "GetFunctionUsageStats", "ListFunctions", "GetTask",
-        "QueryAuditLogs", "WaitTask", "ListMyTrail",
+        "QueryAuditLogs", "WaitTask", "ListMyTrail", "ListMyTasks", "ListMyFiles",
     ),
     "kettle_access_control_proto.KettleAccessControl": ("AuthorizeApi",),
     "teaclave_authentication_service_proto.TeaclaveAuthenticationInternal": ("UserAuthenticate",),

@@ -310,12 +310,28 @@ class TaskApproval:
 
 
 @dataclass(frozen=True)
+class TaskRefusal:
+    """A participant declined to approve a task (Kettle, ``refuse_task``): when (Unix seconds),
+    the task digest it refused, and its reason (may be empty). It stands until that
+    participant approves the task; the task cannot be invoked meanwhile."""
+
+    user_id: str
+    refused_at: int
+    task_digest: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "refused_at": self.refused_at, "task_digest": self.task_digest,
+                "reason": self.reason}
+
+
+@dataclass(frozen=True)
 class TaskInfo:
     """A task as GetTask/WaitTask show it; ``result`` is None until the task ends.
 
     Kettle adds what an approval covers: ``task_manifest`` (the canonical description
-    whose SHA-256 is ``task_digest``), the pinned ``function_digest``, and each recorded
-    approval. Against a plain Teaclave frontend they stay empty."""
+    whose SHA-256 is ``task_digest``), the pinned ``function_digest``, each recorded
+    approval, and each standing refusal. Against a plain Teaclave frontend they stay empty."""
 
     task_id: str
     creator: str
@@ -334,6 +350,7 @@ class TaskInfo:
     task_digest: str = ""
     task_manifest: str = ""
     approvals: tuple[TaskApproval, ...] = ()
+    refusals: tuple[TaskRefusal, ...] = ()
 
     @property
     def terminal(self) -> bool:
@@ -402,6 +419,7 @@ class TaskInfo:
             "task_digest": self.task_digest,
             "task_manifest": json.loads(self.task_manifest) if self.task_manifest else None,
             "approvals": [a.to_json() for a in self.approvals],
+            "refusals": [r.to_json() for r in self.refusals],
         }
 
 
@@ -535,6 +553,10 @@ def parse_task(r: pb.GetTaskResponse) -> TaskInfo:
         approvals=tuple(
             TaskApproval(a.user_id, a.task_digest, a.approved_at, a.expires_at or None)
             for a in sorted(r.approvals, key=lambda a: a.user_id)
+        ),
+        refusals=tuple(
+            TaskRefusal(f.user_id, f.refused_at, f.task_digest, f.reason)
+            for f in sorted(r.refusals, key=lambda f: f.user_id)
         ),
     )
 
@@ -794,6 +816,11 @@ class _FrontendCore:
         return _Call("RevokeApproval", kettle_pb.RevokeApprovalRequest(task_id=task_id), _none, service="kettle")
 
     @staticmethod
+    def refuse_task(task_id: str, reason: str) -> _Call[None]:
+        request = kettle_pb.RefuseTaskRequest(task_id=task_id, reason=reason)
+        return _Call("RefuseTask", request, _none, service="kettle")
+
+    @staticmethod
     def invoke_task(task_id: str) -> _Call[None]:
         return _Call("InvokeTask", pb.InvokeTaskRequest(task_id=task_id), _none)
 
@@ -821,7 +848,38 @@ class _FrontendCore:
         request = kettle_pb.ListMyTrailRequest(after_sequence=after_sequence)
         return _Call("ListMyTrail", request, lambda r: r, service="kettle")
 
+    @staticmethod
+    def my_tasks_page(after: str) -> _Call[kettle_pb.ListMyTasksResponse]:
+        return _Call("ListMyTasks", kettle_pb.ListMyTasksRequest(after=after), lambda r: r, service="kettle")
+
+    @staticmethod
+    def my_files_page(after: str) -> _Call[kettle_pb.ListMyFilesResponse]:
+        return _Call("ListMyFiles", kettle_pb.ListMyFilesRequest(after=after), lambda r: r, service="kettle")
+
     # plans: calls of several round trips
+
+    def list_my_tasks(self) -> Plan[list[str]]:
+        """Every page of the caller's task ids, newest first."""
+        ids: list[str] = []
+        after = ""
+        while True:
+            page: kettle_pb.ListMyTasksResponse = yield self.my_tasks_page(after)
+            ids.extend(page.task_ids)
+            # A page that does not move the cursor on ends the walk (never a loop on a bad server).
+            if not page.more or not page.next or page.next == after:
+                return list(dict.fromkeys(ids))
+            after = page.next
+
+    def list_my_files(self) -> Plan[list[str]]:
+        """Every page of the caller's data ids, in registration order."""
+        ids: list[str] = []
+        after = ""
+        while True:
+            page: kettle_pb.ListMyFilesResponse = yield self.my_files_page(after)
+            ids.extend(page.data_ids)
+            if not page.more or not page.next or page.next == after:
+                return list(dict.fromkeys(ids))
+            after = page.next
 
     def my_trail(self) -> Plan[Trail]:
         """Every page of the caller's trail; the head of the last page (it bounds that page)."""
@@ -1073,6 +1131,20 @@ class FrontendClient:
         """Withdraw the caller's approval of a task not yet invoked (Kettle)."""
         self._invoke(self._core.revoke_approval(task_id))
 
+    def refuse_task(self, task_id: str, reason: str = "") -> None:
+        """Decline to approve a task not yet invoked, visibly to the other participants (Kettle):
+        withdraws your approval if any; the task cannot be invoked until you approve it.
+        ``reason``: at most 256 printable characters."""
+        self._invoke(self._core.refuse_task(task_id, reason))
+
+    def list_my_tasks(self) -> list[str]:
+        """The ids of the tasks you participate in, newest first (Kettle)."""
+        return self._run(self._core.list_my_tasks())
+
+    def list_my_files(self) -> list[str]:
+        """The ids of the files you own, alone or jointly, in registration order (Kettle)."""
+        return self._run(self._core.list_my_files())
+
     def invoke_task(self, task_id: str) -> None:
         self._invoke(self._core.invoke_task(task_id))
 
@@ -1296,6 +1368,18 @@ class AsyncFrontendClient:
     async def revoke_approval(self, task_id: str) -> None:
         """As :meth:`FrontendClient.revoke_approval`."""
         await self._invoke(self._core.revoke_approval(task_id))
+
+    async def refuse_task(self, task_id: str, reason: str = "") -> None:
+        """As :meth:`FrontendClient.refuse_task`."""
+        await self._invoke(self._core.refuse_task(task_id, reason))
+
+    async def list_my_tasks(self) -> list[str]:
+        """As :meth:`FrontendClient.list_my_tasks`."""
+        return await self._run(self._core.list_my_tasks())
+
+    async def list_my_files(self) -> list[str]:
+        """As :meth:`FrontendClient.list_my_files`."""
+        return await self._run(self._core.list_my_files())
 
     async def invoke_task(self, task_id: str) -> None:
         await self._invoke(self._core.invoke_task(task_id))

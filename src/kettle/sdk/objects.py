@@ -121,6 +121,9 @@ class Task:
     def revoke(self) -> None:
         self.client.revoke_approval(self.id)
 
+    def refuse(self, reason: str = "") -> None:
+        self.client.refuse_task(self.id, reason)
+
     def invoke(self) -> None:
         self.client.invoke_task(self.id)
 
@@ -214,6 +217,9 @@ class AsyncTask:
 
     async def revoke(self) -> None:
         await self.client.revoke_approval(self.id)
+
+    async def refuse(self, reason: str = "") -> None:
+        await self.client.refuse_task(self.id, reason)
 
     async def invoke(self) -> None:
         await self.client.invoke_task(self.id)

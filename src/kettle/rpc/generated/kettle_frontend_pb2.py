@@ -27,7 +27,7 @@ from . import teaclave_frontend_service_pb2 as teaclave__frontend__service__pb2
 from . import kettle_management_pb2 as kettle__management__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15kettle_frontend.proto\x12\x15kettle_frontend_proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fteaclave_frontend_service.proto\x1a\x17kettle_management.proto2\xbc\x02\n\x0eKettleFrontend\x12\x66\n\x08WaitTask\x12(.kettle_management_proto.WaitTaskRequest\x1a\x30.teaclave_frontend_service_proto.GetTaskResponse\x12X\n\x0eRevokeApproval\x12..kettle_management_proto.RevokeApprovalRequest\x1a\x16.google.protobuf.Empty\x12h\n\x0bListMyTrail\x12+.kettle_management_proto.ListMyTrailRequest\x1a,.kettle_management_proto.ListMyTrailResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15kettle_frontend.proto\x12\x15kettle_frontend_proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fteaclave_frontend_service.proto\x1a\x17kettle_management.proto2\xe2\x04\n\x0eKettleFrontend\x12\x66\n\x08WaitTask\x12(.kettle_management_proto.WaitTaskRequest\x1a\x30.teaclave_frontend_service_proto.GetTaskResponse\x12X\n\x0eRevokeApproval\x12..kettle_management_proto.RevokeApprovalRequest\x1a\x16.google.protobuf.Empty\x12h\n\x0bListMyTrail\x12+.kettle_management_proto.ListMyTrailRequest\x1a,.kettle_management_proto.ListMyTrailResponse\x12h\n\x0bListMyTasks\x12+.kettle_management_proto.ListMyTasksRequest\x1a,.kettle_management_proto.ListMyTasksResponse\x12h\n\x0bListMyFiles\x12+.kettle_management_proto.ListMyFilesRequest\x1a,.kettle_management_proto.ListMyFilesResponse\x12P\n\nRefuseTask\x12*.kettle_management_proto.RefuseTaskRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,5 +35,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kettle_frontend_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_KETTLEFRONTEND']._serialized_start=136
-  _globals['_KETTLEFRONTEND']._serialized_end=452
+  _globals['_KETTLEFRONTEND']._serialized_end=746
 # @@protoc_insertion_point(module_scope)

@@ -51,6 +51,21 @@ class KettleFrontendStub:
                 request_serializer=kettle__management__pb2.ListMyTrailRequest.SerializeToString,
                 response_deserializer=kettle__management__pb2.ListMyTrailResponse.FromString,
                 _registered_method=True)
+        self.ListMyTasks = channel.unary_unary(
+                '/kettle_frontend_proto.KettleFrontend/ListMyTasks',
+                request_serializer=kettle__management__pb2.ListMyTasksRequest.SerializeToString,
+                response_deserializer=kettle__management__pb2.ListMyTasksResponse.FromString,
+                _registered_method=True)
+        self.ListMyFiles = channel.unary_unary(
+                '/kettle_frontend_proto.KettleFrontend/ListMyFiles',
+                request_serializer=kettle__management__pb2.ListMyFilesRequest.SerializeToString,
+                response_deserializer=kettle__management__pb2.ListMyFilesResponse.FromString,
+                _registered_method=True)
+        self.RefuseTask = channel.unary_unary(
+                '/kettle_frontend_proto.KettleFrontend/RefuseTask',
+                request_serializer=kettle__management__pb2.RefuseTaskRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class KettleFrontendServicer:
@@ -81,6 +96,30 @@ class KettleFrontendServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMyTasks(self, request, context):
+        """The ids of the tasks the caller participates in, newest first (docs/tasks.md
+        "Listing your tasks and files"); gated like GetTask.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMyFiles(self, request, context):
+        """The ids of the files the caller owns, alone or jointly, in registration order;
+        gated like GetInputFile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefuseTask(self, request, context):
+        """A participant declines to approve a task, visibly to the others, until the task is
+        invoked; gated like ApproveTask (docs/tasks.md "Consent").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KettleFrontendServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +137,21 @@ def add_KettleFrontendServicer_to_server(servicer, server):
                     servicer.ListMyTrail,
                     request_deserializer=kettle__management__pb2.ListMyTrailRequest.FromString,
                     response_serializer=kettle__management__pb2.ListMyTrailResponse.SerializeToString,
+            ),
+            'ListMyTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMyTasks,
+                    request_deserializer=kettle__management__pb2.ListMyTasksRequest.FromString,
+                    response_serializer=kettle__management__pb2.ListMyTasksResponse.SerializeToString,
+            ),
+            'ListMyFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMyFiles,
+                    request_deserializer=kettle__management__pb2.ListMyFilesRequest.FromString,
+                    response_serializer=kettle__management__pb2.ListMyFilesResponse.SerializeToString,
+            ),
+            'RefuseTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefuseTask,
+                    request_deserializer=kettle__management__pb2.RefuseTaskRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +235,87 @@ class KettleFrontend:
             '/kettle_frontend_proto.KettleFrontend/ListMyTrail',
             kettle__management__pb2.ListMyTrailRequest.SerializeToString,
             kettle__management__pb2.ListMyTrailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMyTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kettle_frontend_proto.KettleFrontend/ListMyTasks',
+            kettle__management__pb2.ListMyTasksRequest.SerializeToString,
+            kettle__management__pb2.ListMyTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMyFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kettle_frontend_proto.KettleFrontend/ListMyFiles',
+            kettle__management__pb2.ListMyFilesRequest.SerializeToString,
+            kettle__management__pb2.ListMyFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefuseTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kettle_frontend_proto.KettleFrontend/RefuseTask',
+            kettle__management__pb2.RefuseTaskRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

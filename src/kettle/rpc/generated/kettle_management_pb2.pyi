@@ -48,3 +48,47 @@ class ListMyTrailResponse(_message.Message):
     last_sequence: int
     more: bool
     def __init__(self, entries: _Optional[_Iterable[bytes]] = ..., signed_head: _Optional[bytes] = ..., last_sequence: _Optional[int] = ..., more: _Optional[bool] = ...) -> None: ...
+
+class ListMyTasksRequest(_message.Message):
+    __slots__ = ("after", "limit")
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    after: str
+    limit: int
+    def __init__(self, after: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListMyTasksResponse(_message.Message):
+    __slots__ = ("task_ids", "next", "more")
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    task_ids: _containers.RepeatedScalarFieldContainer[str]
+    next: str
+    more: bool
+    def __init__(self, task_ids: _Optional[_Iterable[str]] = ..., next: _Optional[str] = ..., more: _Optional[bool] = ...) -> None: ...
+
+class ListMyFilesRequest(_message.Message):
+    __slots__ = ("after", "limit")
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    after: str
+    limit: int
+    def __init__(self, after: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListMyFilesResponse(_message.Message):
+    __slots__ = ("data_ids", "next", "more")
+    DATA_IDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    data_ids: _containers.RepeatedScalarFieldContainer[str]
+    next: str
+    more: bool
+    def __init__(self, data_ids: _Optional[_Iterable[str]] = ..., next: _Optional[str] = ..., more: _Optional[bool] = ...) -> None: ...
+
+class RefuseTaskRequest(_message.Message):
+    __slots__ = ("task_id", "reason")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    reason: str
+    def __init__(self, task_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -166,6 +166,21 @@ class KettleManagementStub:
                 request_serializer=kettle__management__pb2.ListMyTrailRequest.SerializeToString,
                 response_deserializer=kettle__management__pb2.ListMyTrailResponse.FromString,
                 _registered_method=True)
+        self.ListMyTasks = channel.unary_unary(
+                '/kettle_management_proto.KettleManagement/ListMyTasks',
+                request_serializer=kettle__management__pb2.ListMyTasksRequest.SerializeToString,
+                response_deserializer=kettle__management__pb2.ListMyTasksResponse.FromString,
+                _registered_method=True)
+        self.ListMyFiles = channel.unary_unary(
+                '/kettle_management_proto.KettleManagement/ListMyFiles',
+                request_serializer=kettle__management__pb2.ListMyFilesRequest.SerializeToString,
+                response_deserializer=kettle__management__pb2.ListMyFilesResponse.FromString,
+                _registered_method=True)
+        self.RefuseTask = channel.unary_unary(
+                '/kettle_management_proto.KettleManagement/RefuseTask',
+                request_serializer=kettle__management__pb2.RefuseTaskRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class KettleManagementServicer:
@@ -327,6 +342,24 @@ class KettleManagementServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMyTasks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMyFiles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefuseTask(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KettleManagementServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -459,6 +492,21 @@ def add_KettleManagementServicer_to_server(servicer, server):
                     servicer.ListMyTrail,
                     request_deserializer=kettle__management__pb2.ListMyTrailRequest.FromString,
                     response_serializer=kettle__management__pb2.ListMyTrailResponse.SerializeToString,
+            ),
+            'ListMyTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMyTasks,
+                    request_deserializer=kettle__management__pb2.ListMyTasksRequest.FromString,
+                    response_serializer=kettle__management__pb2.ListMyTasksResponse.SerializeToString,
+            ),
+            'ListMyFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMyFiles,
+                    request_deserializer=kettle__management__pb2.ListMyFilesRequest.FromString,
+                    response_serializer=kettle__management__pb2.ListMyFilesResponse.SerializeToString,
+            ),
+            'RefuseTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefuseTask,
+                    request_deserializer=kettle__management__pb2.RefuseTaskRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1163,6 +1211,87 @@ class KettleManagement:
             '/kettle_management_proto.KettleManagement/ListMyTrail',
             kettle__management__pb2.ListMyTrailRequest.SerializeToString,
             kettle__management__pb2.ListMyTrailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMyTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kettle_management_proto.KettleManagement/ListMyTasks',
+            kettle__management__pb2.ListMyTasksRequest.SerializeToString,
+            kettle__management__pb2.ListMyTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMyFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kettle_management_proto.KettleManagement/ListMyFiles',
+            kettle__management__pb2.ListMyFilesRequest.SerializeToString,
+            kettle__management__pb2.ListMyFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefuseTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kettle_management_proto.KettleManagement/RefuseTask',
+            kettle__management__pb2.RefuseTaskRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -345,7 +345,7 @@ class GetTaskRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
 class GetTaskResponse(_message.Message):
-    __slots__ = ("task_id", "creator", "function_id", "function_owner", "function_arguments", "inputs_ownership", "outputs_ownership", "participants", "approved_users", "assigned_inputs", "assigned_outputs", "status", "result", "function_digest", "task_digest", "task_manifest", "approvals")
+    __slots__ = ("task_id", "creator", "function_id", "function_owner", "function_arguments", "inputs_ownership", "outputs_ownership", "participants", "approved_users", "assigned_inputs", "assigned_outputs", "status", "result", "function_digest", "task_digest", "task_manifest", "approvals", "refusals")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     CREATOR_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -363,6 +363,7 @@ class GetTaskResponse(_message.Message):
     TASK_DIGEST_FIELD_NUMBER: _ClassVar[int]
     TASK_MANIFEST_FIELD_NUMBER: _ClassVar[int]
     APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    REFUSALS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     creator: str
     function_id: str
@@ -380,7 +381,8 @@ class GetTaskResponse(_message.Message):
     task_digest: str
     task_manifest: str
     approvals: _containers.RepeatedCompositeFieldContainer[TaskApproval]
-    def __init__(self, task_id: _Optional[str] = ..., creator: _Optional[str] = ..., function_id: _Optional[str] = ..., function_owner: _Optional[str] = ..., function_arguments: _Optional[str] = ..., inputs_ownership: _Optional[_Iterable[_Union[OwnerList, _Mapping]]] = ..., outputs_ownership: _Optional[_Iterable[_Union[OwnerList, _Mapping]]] = ..., participants: _Optional[_Iterable[str]] = ..., approved_users: _Optional[_Iterable[str]] = ..., assigned_inputs: _Optional[_Iterable[_Union[DataMap, _Mapping]]] = ..., assigned_outputs: _Optional[_Iterable[_Union[DataMap, _Mapping]]] = ..., status: _Optional[_Union[_teaclave_common_pb2.TaskStatus, str]] = ..., result: _Optional[_Union[_teaclave_common_pb2.TaskResult, _Mapping]] = ..., function_digest: _Optional[str] = ..., task_digest: _Optional[str] = ..., task_manifest: _Optional[str] = ..., approvals: _Optional[_Iterable[_Union[TaskApproval, _Mapping]]] = ...) -> None: ...
+    refusals: _containers.RepeatedCompositeFieldContainer[TaskRefusal]
+    def __init__(self, task_id: _Optional[str] = ..., creator: _Optional[str] = ..., function_id: _Optional[str] = ..., function_owner: _Optional[str] = ..., function_arguments: _Optional[str] = ..., inputs_ownership: _Optional[_Iterable[_Union[OwnerList, _Mapping]]] = ..., outputs_ownership: _Optional[_Iterable[_Union[OwnerList, _Mapping]]] = ..., participants: _Optional[_Iterable[str]] = ..., approved_users: _Optional[_Iterable[str]] = ..., assigned_inputs: _Optional[_Iterable[_Union[DataMap, _Mapping]]] = ..., assigned_outputs: _Optional[_Iterable[_Union[DataMap, _Mapping]]] = ..., status: _Optional[_Union[_teaclave_common_pb2.TaskStatus, str]] = ..., result: _Optional[_Union[_teaclave_common_pb2.TaskResult, _Mapping]] = ..., function_digest: _Optional[str] = ..., task_digest: _Optional[str] = ..., task_manifest: _Optional[str] = ..., approvals: _Optional[_Iterable[_Union[TaskApproval, _Mapping]]] = ..., refusals: _Optional[_Iterable[_Union[TaskRefusal, _Mapping]]] = ...) -> None: ...
 
 class TaskApproval(_message.Message):
     __slots__ = ("user_id", "task_digest", "approved_at", "expires_at")
@@ -393,6 +395,18 @@ class TaskApproval(_message.Message):
     approved_at: int
     expires_at: int
     def __init__(self, user_id: _Optional[str] = ..., task_digest: _Optional[str] = ..., approved_at: _Optional[int] = ..., expires_at: _Optional[int] = ...) -> None: ...
+
+class TaskRefusal(_message.Message):
+    __slots__ = ("user_id", "refused_at", "task_digest", "reason")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_AT_FIELD_NUMBER: _ClassVar[int]
+    TASK_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    refused_at: int
+    task_digest: str
+    reason: str
+    def __init__(self, user_id: _Optional[str] = ..., refused_at: _Optional[int] = ..., task_digest: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class AssignDataRequest(_message.Message):
     __slots__ = ("task_id", "inputs", "outputs")

@@ -6,9 +6,9 @@ token's role category is checked against the call's policy name by the access
 control service, and the unchanged request is forwarded to the management
 service with ``id``, ``token`` and ``role`` metadata. Management's answer, or its
 error status, goes back unchanged. Every call leaves an audit entry (§9).
-Kettle's own ``KettleFrontend.WaitTask`` and ``ListMyTrail`` are gated the same way as
-GetTask (ListMyTrail audited under its own name), and ``KettleFrontend.RevokeApproval``
-as ApproveTask (audited under its own name).
+Kettle's own ``KettleFrontend.WaitTask``, ``ListMyTrail`` and ``ListMyTasks`` are gated
+the same way as GetTask, ``ListMyFiles`` as GetInputFile, and ``RevokeApproval`` and
+``RefuseTask`` as ApproveTask (each but WaitTask audited under its own name).
 
 A dependency that is down is answered UNAVAILABLE with a sentence naming it
 ("the access control service is unavailable; try again later") within the peer
@@ -62,7 +62,14 @@ REVOKE_APPROVAL_POLICY = "approve_task"
 """Whoever may approve a task may withdraw its approval: the same access-control action."""
 LIST_MY_TRAIL_POLICY = "get_task"
 """Whoever may read tasks may read its own trail (the roles that own data and approve)."""
-AUDIT_NAMES = {"RevokeApproval": "revoke_approval", "ListMyTrail": "list_my_trail"}
+LIST_MY_TASKS_POLICY = "get_task"
+"""Whoever may read tasks may list the tasks it participates in."""
+LIST_MY_FILES_POLICY = "get_input_file"
+"""Whoever may read its files' descriptions may list the files it owns."""
+REFUSE_TASK_POLICY = "approve_task"
+"""Whoever may approve a task may decline to."""
+AUDIT_NAMES = {"RevokeApproval": "revoke_approval", "ListMyTrail": "list_my_trail", "ListMyTasks": "list_my_tasks",
+               "ListMyFiles": "list_my_files", "RefuseTask": "refuse_task"}
 """Kettle RPCs gated by another RPC's policy but audited under their own name."""
 
 
@@ -190,7 +197,8 @@ FRONTEND_RPCS = {
 FrontendServicer = _servicer(frontend_grpc.TeaclaveFrontendServicer, FRONTEND_RPCS)
 KettleFrontendServicer = _servicer(
     kettle_frontend_grpc.KettleFrontendServicer,
-    {"WaitTask": WAIT_TASK_POLICY, "RevokeApproval": REVOKE_APPROVAL_POLICY, "ListMyTrail": LIST_MY_TRAIL_POLICY},
+    {"WaitTask": WAIT_TASK_POLICY, "RevokeApproval": REVOKE_APPROVAL_POLICY, "ListMyTrail": LIST_MY_TRAIL_POLICY,
+     "ListMyTasks": LIST_MY_TASKS_POLICY, "ListMyFiles": LIST_MY_FILES_POLICY, "RefuseTask": REFUSE_TASK_POLICY},
 )
 
 

@@ -16,6 +16,11 @@ Invoked tasks become self-contained staged tasks on the storage queue
 Each party's trail (``docs/trail.md``): an approval writes its pending trail
 event in the same compare-and-put as the task record; :mod:`.trail` appends it
 to the party's signed chain, and ``ListMyTrail`` lists the caller's own.
+
+Each party's listings (:mod:`kettle.model.listings`): a task's index entries (one per
+participant) are written in the same transaction as the task record, a file's (one per
+owner) with the file record; ``ListMyTasks`` and ``ListMyFiles`` read them by prefix.
+Records stored before the indexes existed are indexed once at start (:meth:`backfill_indexes`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -43,7 +48,7 @@ from ...errors import (
     StorageError,
     StorageUnavailable,
 )
-from ...model import consent
+from ...model import consent, listings
 from ...model import files as file_rules
 from ...model import functions as fn_rules
 from ...model import tasks as task_rules
@@ -77,7 +82,12 @@ from ...rpc.generated import kettle_management_pb2_grpc as pb_grpc
 from ...rpc.generated import teaclave_common_pb2 as common_pb
 from ...rpc.generated import teaclave_frontend_service_pb2 as fpb
 from ...rpc.status import INTERNAL_ERROR_TEXT, rpc_method
-from ..platform_store import MAX_UPDATE_ATTEMPTS, NoChange, PlatformStore
+from ..platform_store import (
+    MAX_UPDATE_ATTEMPTS,
+    NoChange,
+    PlatformStore,
+    when_storage_answers,
+)
 from ..runtime import ServiceRuntime
 from ..storage.backend import RecordWrite
 from .quotas import UserQuotas, warn_if_off
@@ -256,6 +266,10 @@ def task_response(task: TaskRecord) -> fpb.GetTaskResponse:
                              expires_at=a.expires_at or 0)
             for a in task.approvals
         ],
+        refusals=[
+            fpb.TaskRefusal(user_id=r.user_id, refused_at=r.refused_at, task_digest=r.task_digest, reason=r.reason)
+            for r in task.refusals
+        ],
     )
     response.result.CopyFrom(result_message(task.result))
     response.result.SetInParent()
@@ -284,11 +298,17 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         self._quotas = UserQuotas(store, limits)
         self._trail = trail
 
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
     # --- record helpers (compare-and-put loops) ---
 
-    async def _update(self, key: bytes, cls: Any, change: Callable[[Any], Any]) -> tuple[Any, Any]:
+    async def _update(
+        self, key: bytes, cls: Any, change: Callable[[Any], Any], also: Sequence[RecordWrite] = ()
+    ) -> tuple[Any, Any]:
         """Apply ``change(current or None)`` atomically; it returns the new record, or None
-        to write nothing. Returns (record it applied to, new record)."""
+        to write nothing. ``also`` are written in the same transaction as a new record.
+        Returns (record it applied to, new record)."""
         decoded: dict[bytes | None, Any] = {}
 
         def change_raw(raw: bytes | None) -> bytes | None:
@@ -300,7 +320,7 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
             decoded[data] = updated
             return data
 
-        before, after = await self._store.update(key, change_raw)
+        before, after = await self._store.update(key, change_raw, lambda _: also)
         return decoded[before], decoded[after]
 
     async def _change_index(
@@ -424,19 +444,30 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
             if await self._store.get(task_key(bare)) is None:  # its CreateTask failed after the entry
                 await self._store.delete(key)
                 continue
-            done = False
-
-            def follow(task: TaskRecord) -> TaskRecord:
-                nonlocal done
-                done = task_rules.invoked(task)
-                return _unless_same(task, task_rules.follow_function(task, function))
-
             try:
-                await self._store.update_task(task_key(bare), follow)
-                if done:  # invoked or over: it never follows again
+                if await self._follow_task(bare, function):  # invoked or over: it never follows again
                     await self._store.delete(key)
             except KettleError as exc:
                 log.error("task %s did not follow the update of function %s: %s", bare, function.uuid, exc)
+
+    async def _follow_task(self, bare: str, function: FunctionRecord) -> bool:
+        """One task follows the update of its function; whether it is invoked (or over)."""
+        done = False
+        before: tuple[str, ...] = ()
+
+        def follow(task: TaskRecord) -> TaskRecord:
+            nonlocal done, before
+            done, before = task_rules.invoked(task), task.participants
+            return _unless_same(task, task_rules.follow_function(task, function))
+
+        def newcomers(task: TaskRecord) -> list[RecordWrite]:
+            # A function that turned private makes its owner a participant: the task joins its
+            # listing, in the same write (dated now: the index keeps no creation time to copy).
+            added = set(task.participants) - set(before)
+            return list(listings.task_index_writes(added, self._now_ms(), task.uuid))
+
+        await self._store.update_task(task_key(bare), follow, also=newcomers)
+        return done
 
     @management_rpc
     async def DeleteFunction(
@@ -504,10 +535,12 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         task = task_rules.create_task(function, caller, task_definition(request), new_uuid())
         await self._quotas.admit_task(caller.user_id, task.uuid)
         pinned = pinned_task_key(task.function_id, task.uuid)
+        listed = listings.task_index_writes(task.participants, self._now_ms(), task.uuid)
         try:
-            # The index entry is written with the task, so an update of the function finds
-            # every task pinned to it.
-            applied, _ = await self._store.compare_and_put(task_key(task.uuid), None, task.to_bytes(), [(pinned, b"")])
+            # The index entries are written with the task, so an update of the function finds
+            # every task pinned to it, and each participant's listing holds exactly its tasks.
+            applied, _ = await self._store.compare_and_put(
+                task_key(task.uuid), None, task.to_bytes(), [(pinned, b""), *listed])
             if not applied:  # a UUID v4 collision: never overwrite someone's task
                 raise InternalError(INTERNAL_ERROR_TEXT)
         except BaseException:
@@ -618,11 +651,11 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
     # --- the parties' trails ---
 
     def _trail_event(
-        self, task: TaskRecord, caller: Caller, kind: trail_rules.EventKind, digest: str
+        self, task: TaskRecord, caller: Caller, kind: trail_rules.EventKind, digest: str, outcome: str = ""
     ) -> list[RecordWrite]:
-        """The pending trail event of an approval (or its withdrawal) of the task digest
-        ``digest``, written in the same transaction as the task record."""
-        event = trail_rules.approval_event(task, caller.user_id, kind, int(self._clock() * 1000), new_uuid(), digest)
+        """The pending trail event of an approval (or its withdrawal, or a refusal) of the task
+        digest ``digest``, written in the same transaction as the task record."""
+        event = trail_rules.approval_event(task, caller.user_id, kind, self._now_ms(), new_uuid(), digest, outcome)
         return trail_rules.pending_writes([event], os.urandom(STAGED_SIGNAL_BYTES))
 
     async def _append_trail(self, party: str) -> None:
@@ -648,6 +681,85 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         listing = await self._trail.listing(caller.user_id, request.after_sequence, limit)
         return pb.ListMyTrailResponse(entries=listing.entries, signed_head=listing.signed_head,
                                       last_sequence=listing.last_sequence, more=listing.more)
+
+    # --- the parties' listings ---
+
+    @management_rpc
+    async def ListMyTasks(
+        self, request: pb.ListMyTasksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListMyTasksResponse:
+        caller = caller_of(context)
+        listings.check_cursor(request.after, files=False)
+        keys = await self._store.keys_with_prefix(listings.party_tasks_prefix(caller.user_id))
+        page = listings.tasks_page(caller.user_id, keys, request.after, request.limit)
+        return pb.ListMyTasksResponse(task_ids=page.ids, next=page.next, more=page.more)
+
+    @management_rpc
+    async def ListMyFiles(
+        self, request: pb.ListMyFilesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListMyFilesResponse:
+        caller = caller_of(context)
+        listings.check_cursor(request.after, files=True)
+        keys = await self._store.keys_with_prefix(listings.party_files_prefix(caller.user_id))
+        page = listings.files_page(caller.user_id, keys, request.after, request.limit)
+        return pb.ListMyFilesResponse(data_ids=page.ids, next=page.next, more=page.more)
+
+    async def backfill_indexes(self) -> int:
+        """Index, once, the tasks and files stored before the listings existed (dated 0:
+        they list as the oldest); returns how many entries it wrote.
+
+        The records are scanned before the index, so a record created meanwhile (its entries
+        written with it) is never indexed twice; running it twice (two replicas starting)
+        writes the same keys again, which changes nothing."""
+        if await self._store.get(listings.BACKFILL_DONE_KEY) is not None:
+            return 0
+        task_keys = await self._store.keys_with_prefix(b"task-")
+        file_keys = [*await self._store.keys_with_prefix(b"input-"), *await self._store.keys_with_prefix(b"output-")]
+        indexed = {listings.indexed_id(k) for prefix in (listings.TASK_PREFIX, listings.FILE_PREFIX)
+                   for k in await self._store.keys_with_prefix(prefix.encode())}
+        written = 0
+        for key in task_keys:
+            task = await self._store.get_task(key)
+            if task is None:
+                continue
+            missing = [p for p in task.participants if (trail_rules.party_tag(p), task.uuid) not in indexed]
+            for entry, value in listings.task_index_writes(missing, 0, task.uuid):
+                await self._store.put(entry, value)
+                written += 1
+        for key in file_keys:
+            record = await self._store.get_file(key)
+            data_id = key.decode()
+            if record is None:
+                continue
+            missing = [o for o in record.owner if (trail_rules.party_tag(o), data_id) not in indexed]
+            for entry, value in listings.file_index_writes(missing, 0, data_id):
+                await self._store.put(entry, value)
+                written += 1
+        await self._store.put(listings.BACKFILL_DONE_KEY, b"")
+        return written
+
+    # --- refusals ---
+
+    @management_rpc
+    async def RefuseTask(self, request: pb.RefuseTaskRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        caller = caller_of(context)
+        task_rules.check_refusal_reason(request.reason)
+        bare = task_rules.parse_task_id(request.task_id)
+        await self._get_task(bare)
+        now = int(self._clock())
+
+        def refuse(task: TaskRecord) -> TaskRecord:
+            return task_rules.refuse_task(task, caller, now, request.reason)
+
+        def refused(task: TaskRecord) -> list[RecordWrite]:
+            refusal = task.refusal_of(caller.user_id)
+            assert refusal is not None  # refuse_task recorded it (or refused)
+            return self._trail_event(task, caller, trail_rules.EventKind.REFUSAL, refusal.task_digest,
+                                     refusal.reason)
+
+        await self._store.update_task(task_key(bare), refuse, also=refused)
+        await self._append_trail(caller.user_id)
+        return empty_pb2.Empty()
 
     @management_rpc
     async def InvokeTask(self, request: fpb.InvokeTaskRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
@@ -731,11 +843,14 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
 
     async def _create_file(self, key: bytes, record: FileRecord, caller: Caller) -> None:
         """Create-only: a UUID v4 collision must never overwrite someone's file. The
-        record's bytes count on the quota of the caller who registers it."""
+        record's bytes count on the quota of the caller who registers it. Each owner's
+        listing entry is written with the record."""
         size = len(record.to_bytes())
+        data_id = key.decode()  # input-<uuid> / output-<uuid>: the data id itself
+        listed = listings.file_index_writes(record.owner, self._now_ms(), data_id)
         await self._quotas.reserve_bytes(caller.user_id, size)
         try:
-            applied, _ = await self._store.compare_and_put(key, None, record.to_bytes())
+            applied, _ = await self._store.compare_and_put(key, None, record.to_bytes(), listed)
             if not applied:
                 raise InternalError(INTERNAL_ERROR_TEXT)
         except BaseException:
@@ -825,7 +940,8 @@ class KettleManagementServicer(pb_grpc.KettleManagementServicer):
         size = len(derived.to_bytes())
         await self._quotas.reserve_bytes(caller.user_id, size)
         try:
-            before, _ = await self._update(input_key(derived.uuid), FileRecord, write)
+            listed = listings.file_index_writes(derived.owner, self._now_ms(), external_id(Kind.INPUT, derived.uuid))
+            before, _ = await self._update(input_key(derived.uuid), FileRecord, write, listed)
         except BaseException:
             await self._quotas.settle_bytes(caller.user_id, -size)
             raise
@@ -895,8 +1011,22 @@ async def main(config: Config) -> None:
     runtime.internal_server(lambda server: pb_grpc.add_KettleManagementServicer_to_server(servicer, server))
     # Events recorded while management was down (task endings) are appended at start.
     appender = asyncio.create_task(trail.run_forever())
+    backfill = asyncio.create_task(_backfill(servicer))
     try:
         await runtime.serve()
     finally:
         appender.cancel()
-        await asyncio.gather(appender, return_exceptions=True)
+        backfill.cancel()
+        await asyncio.gather(appender, backfill, return_exceptions=True)
+
+
+async def _backfill(servicer: KettleManagementServicer) -> None:
+    """Index the records stored before the listings existed, beside serving: until it is
+    done, a listing may miss such old records (never a new one)."""
+    try:
+        written = await when_storage_answers(servicer.backfill_indexes, "index the records stored before listings")
+    except KettleError as exc:
+        log.error("the records stored before listings are not indexed yet (next start retries): %s", exc.message)
+        return
+    if written:
+        log.info("indexed %d listing entries of records stored before listings existed", written)
