@@ -46,9 +46,13 @@ class ConsoleProcess:
         self.url, self.port, self.secret = self._announced()
 
     def _drain(self, stream: IO[str] | None) -> None:
+        """Keep what the console writes on stderr, also in ``console.log`` of its home (for a failed test)."""
         assert stream is not None
-        for line in stream:
-            self.stderr.append(line)
+        with (self.home / "console.log").open("a") as log:
+            for line in stream:
+                self.stderr.append(line)
+                log.write(line)
+                log.flush()
 
     def _announced(self) -> tuple[str, int, str]:
         assert self.process.stdout is not None

@@ -32,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..config import Config
 from ..crypto.recipes import FileKey
-from ..errors import AttestationError, AuthenticationError, KettleError
+from ..errors import AttestationError, AuthenticationError, KettleError, PermissionDenied
 from ..model.records import TaskStatus
 from ..sdk import builtin_function, builtin_functions
 from ..sdk.files import decrypt_file
@@ -118,6 +118,9 @@ def create_app(config: Config, secret: RunSecret, port: int) -> Guard:
             except AttestationError:
                 await run_in_threadpool(console.session.status, fresh=True)
                 return console.render(request, "status.html", 503)
+            except KettleError as exc:  # e.g. a role that may not list tasks: say so, on the page
+                return console.render(request, "message.html", 403 if isinstance(exc, PermissionDenied) else 400,
+                                      title="The platform refused this", error=exc.message)
 
         return guarded
 
@@ -266,9 +269,7 @@ async def tasks_page(console: Console, request: Request) -> Response:
             return RedirectResponse(f"/tasks/{task_id}?done=created", 303)
     tasks, functions = await asyncio.gather(run_in_threadpool(_my_tasks, console),
                                             run_in_threadpool(_my_functions, console))
-    user = console.session.user_id()
-    mine = [f for f in functions if f.owner == user or f.public]
-    return console.render(request, "tasks.html", status_code, tasks=tasks, functions=mine, error=error)
+    return console.render(request, "tasks.html", status_code, tasks=tasks, functions=functions, error=error)
 
 
 def _owners(text: str, what: str) -> dict[str, list[str]]:
@@ -335,7 +336,7 @@ async def task_page(console: Console, request: Request, *, error: str = "", stat
         view = await run_in_threadpool(_task_view, console, task_id)
     except KettleError as exc:
         return console.render(request, "message.html", 404, title="No such task", error=exc.message)
-    return console.render(request, "task.html", status_code, error=error, user=console.session.user_id(), **view)
+    return console.render(request, "task.html", status_code, error=error, **view)
 
 
 TASK_ACTIONS = ("assign", "approve", "refuse", "revoke", "invoke", "cancel")
@@ -499,7 +500,8 @@ def _decrypted(console: Console, data_id: str) -> tuple[bytes, str]:
             raise ValueError(f"the console downloads file://, http:// and https:// URLs, not {parsed.scheme}://")
         plain = Path(scratch) / "plain"
         # The platform's cmac is the authority: a file changed since the task wrote it does not decrypt.
-        decrypt_file(encrypted, plain, known.key, cmac=info.cmac, name=name)
+        decrypt_file(encrypted, plain, known.key, cmac=info.cmac,
+                     name=name if known.key.schema == "teaclave-file-128" else None)
         return plain.read_bytes(), name
 
 
