@@ -11,6 +11,7 @@ with the explanation instead of approving the new code.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,14 @@ from kettle.sdk import FileKey, FrontendClient, encrypt_file
 
 PASSWORD = "console-secret"
 TIMEOUT_MS = 30_000
+SCREENSHOTS = os.environ.get("KETTLE_CONSOLE_SCREENSHOTS")
+"""A directory: the PSI test also saves the screenshots of docs/console (``docs/console.md``)."""
+
+
+def _snap(page: Page, name: str) -> None:
+    if SCREENSHOTS:
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"), full_page=True)
 
 
 @dataclass
@@ -130,6 +139,9 @@ def _review_and_assign(console: UserConsole, task_id: str, slot_input: str, slot
     page.get_by_label(f"output {slot_output}").select_option(label=_option(page, f"output {slot_output}", f"{name} result"))
     page.get_by_role("button", name="Assign").click()
     expect(page.locator(".notice")).to_contain_text("assigned")
+    # The console checks what the digest binds of the owner's files against what the owner registered.
+    mine = page.locator("#data-slots tr", has_text=slot_input).locator(".binding-check")
+    expect(mine).to_have_text("exactly the file you registered here (URL, key, cmac)")
 
 
 def _option(page: Page, label: str, text: str) -> str:
@@ -153,6 +165,8 @@ def test_three_parties_run_a_private_set_intersection_entirely_through_the_conso
     world: World, consoles: dict[str, UserConsole]
 ) -> None:
     fo, alice, bob = consoles["fo"], consoles["alice"], consoles["bob"]
+    alice.page.goto(alice.at("/status"))
+    _snap(alice.page, "platform-status")
 
     # The function owner registers the built-in.
     page = fo.page
@@ -184,8 +198,10 @@ def test_three_parties_run_a_private_set_intersection_entirely_through_the_conso
     # The task waits in each data owner's inbox; each reviews it and gives their data.
     bob.page.goto(bob.at("/inbox"))
     expect(bob.page.locator("#inbox")).to_contain_text(task_id)
+    _snap(bob.page, "inbox")
     _review_and_assign(alice, task_id, "input_data1", "output_result1", "alice")
     _review_and_assign(bob, task_id, "input_data2", "output_result2", "bob")
+    _snap(bob.page, "task-review")
 
     # Both approve exactly the digest shown (a public function's owner is no party); then it leaves their inbox.
     digests = {_approve(c, task_id) for c in (alice, bob)}
@@ -203,6 +219,7 @@ def test_three_parties_run_a_private_set_intersection_entirely_through_the_conso
     assert page.evaluate("window.stillTheSamePage") is True
     expect(page.locator("#receipt-verdict")).to_contain_text("verified")
     expect(page.locator("#output-tags")).to_contain_text("output_result1")
+    _snap(page, "task-result")
 
     # Each data owner decrypts their own result, and finds the task in their verified trail.
     for console, expected in ((alice, "0110"), (bob, "110")):
@@ -211,11 +228,15 @@ def test_three_parties_run_a_private_set_intersection_entirely_through_the_conso
         with p.expect_download() as download_info:
             p.locator("#files tr", has_text="result").get_by_role("link", name="Download and decrypt").click()
         assert Path(download_info.value.path()).read_text() == expected
+        if console is alice:
+            _snap(p, "my-data")
         p.goto(console.at("/trail"))
         expect(p.locator("#trail-verdict")).to_contain_text("Verified")
         expect(p.locator("#trail")).to_contain_text(task_id)
         ended = p.locator("#trail tr", has_text=task_id).filter(has_text="task-ended")
         expect(ended.locator(".receipt-check")).to_have_text("verified")
+        if console is alice:
+            _snap(p, "my-trail")
         p.goto(console.at(f"/tasks/{task_id}"))
         expect(p.locator("#receipt-verdict")).to_contain_text("verified")
 
@@ -267,3 +288,15 @@ def test_a_digest_change_after_the_page_loaded_makes_approve_fail_with_the_reaso
     with FrontendClient(world.platform.frontend_address, world.platform.trust(), "bob", bob_token) as client:
         after = client.get_task(task_id)
     assert all(a.user_id != "alice" for a in after.approvals)
+
+    # Alice refuses the new code, with her reason; the creator sees it, and her inbox is clear of it.
+    page.get_by_label("Reason").fill("the code changed after my review")
+    page.locator("#refuse").click()
+    expect(page.locator(".notice")).to_contain_text("Refused")
+    expect(page.locator("#parties")).to_contain_text("refused")
+    expect(page.locator("#parties")).to_contain_text("the code changed after my review")
+    with FrontendClient(world.platform.frontend_address, world.platform.trust(), "bob", bob_token) as client:
+        refused = client.get_task(task_id)
+    assert [(r.user_id, r.reason) for r in refused.refusals] == [("alice", "the code changed after my review")]
+    page.goto(alice.at("/inbox"))
+    expect(page.locator("main")).not_to_contain_text(task_id)

@@ -317,8 +317,12 @@ def _task_view(console: Console, task_id: str) -> dict[str, Any]:
     receipt = None
     if task.receipt:
         receipt = examine_receipt(task.receipt, client.trust, task=task)
-    return {"review": review.review_task(task), "function": function_review, "function_problem": function_problem,
-            "my_files": my_files, "receipt": receipt, "result_text": _result_text(task)}
+    task_review = review.review_task(task)
+    known = console.keys.all()
+    bindings = {(s.direction, s.name): review.registration_problems(s, known[s.assigned])
+                for s in task_review.slots if s.assigned in known}
+    return {"review": task_review, "function": function_review, "function_problem": function_problem,
+            "my_files": my_files, "receipt": receipt, "result_text": _result_text(task), "bindings": bindings}
 
 
 def _result_text(task: TaskInfo) -> str:
@@ -457,7 +461,7 @@ async def register_input(console: Console, request: Request) -> Response:
         data_id = await run_in_threadpool(client.register_input_file, url, key.schema, key.key, key.iv, cmac)
     except (KettleError, ValueError) as exc:
         return await data_page(console, request, error=f"Input not registered: {_message(exc)}", status_code=400)
-    console.keys.add(KnownFile(data_id, url, key, _text(form, "label")))
+    console.keys.add(KnownFile(data_id, url, key, _text(form, "label"), cmac.hex()))
     return RedirectResponse("/data?done=registered", 303)
 
 

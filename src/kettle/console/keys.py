@@ -27,6 +27,8 @@ class KnownFile:
     url: str
     key: FileKey
     label: str
+    cmac: str = ""
+    """An input's cmac (hex) as registered; empty for an output."""
 
 
 class KeyStore:
@@ -44,7 +46,7 @@ class KeyStore:
         with self._lock:
             files = self._read()
             files[known.data_id] = known
-            doc = {f.data_id: {"url": f.url, "key": json.loads(f.key.to_json()), "label": f.label}
+            doc = {f.data_id: {"url": f.url, "key": json.loads(f.key.to_json()), "label": f.label, "cmac": f.cmac}
                    for f in files.values()}
             temporary = self.path.with_suffix(".tmp")
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -64,5 +66,5 @@ class KeyStore:
         files = {}
         for data_id, entry in doc.items():
             files[data_id] = KnownFile(data_id, entry["url"], FileKey.from_json(json.dumps(entry["key"])),
-                                       entry.get("label", ""))
+                                       entry.get("label", ""), entry.get("cmac", ""))
         return files

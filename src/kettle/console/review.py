@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..model import functions as function_rules
-from ..model.records import FunctionArgument, FunctionFile, FunctionRecord, TaskStatus
+from ..model.consent import crypto_info_digest
+from ..model.records import CryptoInfo, FunctionArgument, FunctionFile, FunctionRecord, TaskStatus
 from ..sdk.frontend import FunctionInfo, TaskApproval, TaskInfo
+from .keys import KnownFile
 
 EXECUTOR_KINDS = {"python": "Python", "wamr": "WebAssembly", "builtin": "built-in"}
 MAX_SOURCE_CHARS = 200_000
@@ -160,7 +162,8 @@ class TaskReview:
         return tuple(s for s in self.slots if s.owned_by(user))
 
     def waiting_for(self, user: str) -> bool:
-        """The task asks ``user`` for an approval of its current digest (it is not running or over)."""
+        """The task asks ``user`` for an approval of its current digest (it is not running or over, and
+        ``user`` has not refused it)."""
         return needs_approval(self.task, user)
 
 
@@ -168,6 +171,8 @@ def needs_approval(task: TaskInfo, user: str) -> bool:
     if user not in task.participants or task.status not in (TaskStatus.CREATED, TaskStatus.DATA_ASSIGNED,
                                                              TaskStatus.APPROVED):
         return False
+    if any(r.user_id == user for r in task.refusals):
+        return False  # decided: the refusal stands until the user approves (from the task's page)
     mine = next((a for a in task.approvals if a.user_id == user), None)
     return mine is None or mine.task_digest != task.task_digest
 
@@ -197,3 +202,19 @@ def review_task(task: TaskInfo) -> TaskReview:
     pretty = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) if manifest else ""
     recomputed = hashlib.sha256(task.task_manifest.encode()).hexdigest() if task.task_manifest else ""
     return TaskReview(task, pretty, recomputed, tuple(slots), tuple(parties))
+
+
+def registration_problems(slot: DataSlot, known: KnownFile) -> list[str]:
+    """How the file the digest binds for ``slot`` differs from what this user registered
+    (``known``, from the console's key store); empty when it is exactly that file."""
+    bound = slot.manifest_file or {}
+    expected = {
+        "data_id": known.data_id,
+        "url_sha256": hashlib.sha256(known.url.encode()).hexdigest(),
+        "crypto_info_sha256": crypto_info_digest(CryptoInfo(known.key.schema, known.key.key, known.key.iv)),
+    }
+    if slot.direction == "input" and known.cmac:
+        expected["cmac"] = known.cmac
+    names = {"data_id": "data id", "url_sha256": "URL", "crypto_info_sha256": "key", "cmac": "cmac"}
+    return [f"the {names[field]} is not the one you registered" for field, value in expected.items()
+            if bound.get(field) != value]
