@@ -31,7 +31,7 @@ def test_it_prints_one_line_with_its_url_and_listens_on_127_0_0_1_only(platform:
         assert second.secret != console.secret  # a new secret each run
 
 
-def test_open_hands_the_url_to_the_users_browser(platform: Platform, tmp_path: Path) -> None:
+def test_open_hands_the_url_to_the_users_browser_through_a_file_only_they_can_read(platform: Platform, tmp_path: Path) -> None:
     opened = tmp_path / "opened.txt"
     browser = tmp_path / "browser.sh"
     browser.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {opened}\n')
@@ -48,7 +48,13 @@ def test_open_hands_the_url_to_the_users_browser(platform: Platform, tmp_path: P
             if opened.exists() and opened.read_text():
                 break
             time.sleep(0.1)
-        assert opened.read_text() == url
+        # The browser is given a file only this user may read, which sends it to the URL: the
+        # URL itself (with the secret) never appears on a command line other local users can see.
+        given = opened.read_text()
+        assert url not in given and given.startswith("file://")
+        redirect = Path(given.removeprefix("file://"))
+        assert stat.S_IMODE(redirect.stat().st_mode) == 0o600
+        assert f'content="0;url={url}"' in redirect.read_text()
     finally:
         process.terminate()
         process.wait(10)

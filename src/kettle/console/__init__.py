@@ -10,13 +10,18 @@ user's tasks, data, trail and functions (:mod:`.app`, :mod:`.review`).
 
 from __future__ import annotations
 
+import html
+import os
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 from ..config import Config
 from .guard import SECRET_PARAMETER, RunSecret
 
 __all__ = ["serve"]
+
+OPEN_FILE = "console-open.html"
 
 
 def serve(config: Config, port: int = 0, announce: Callable[[str], None] = print,
@@ -39,8 +44,23 @@ def serve(config: Config, port: int = 0, announce: Callable[[str], None] = print
     if open_browser:
         import webbrowser
 
-        webbrowser.open(url)
+        # Not the URL itself: a browser's command line is visible to every local user (ps), and
+        # the URL carries the secret. The browser opens a file only this user can read, which
+        # sends it on (as Jupyter does).
+        webbrowser.open(_redirect_file(config.home, url).as_uri())
     try:
         server.run(sockets=[listener])
     finally:
         app.console.session.close()
+
+
+def _redirect_file(home: Path, url: str) -> Path:
+    """``$KETTLE_HOME/console-open.html`` (mode 0600): a page that sends the browser to ``url``."""
+    path = home / OPEN_FILE
+    path.unlink(missing_ok=True)  # created anew, so its mode is ours whatever an old one had
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    target = html.escape(url, quote=True)
+    with os.fdopen(fd, "w") as f:
+        f.write(f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={target}">'
+                f'<title>Kettle console</title><a href="{target}">Open the Kettle console</a>\n')
+    return path

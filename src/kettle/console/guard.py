@@ -34,7 +34,9 @@ from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-COOKIE = "kettle_console"
+COOKIE_PREFIX = "kettle_console_"
+"""The session cookie is named for the console's port: browsers keep cookies per host, not per port,
+so two consoles (two homes) on one machine would otherwise overwrite each other's session."""
 CSRF_FIELD = "csrf_token"
 SECRET_PARAMETER = "secret"
 
@@ -122,6 +124,7 @@ class Guard:
         self.secret = secret
         self.port = port
         self.hosts = allowed_hosts(port)
+        self.cookie = f"{COOKIE_PREFIX}{port}"
         self.console: Any = None
         """What the application behind shares (set by :func:`kettle.console.app.create_app`)."""
 
@@ -146,7 +149,7 @@ class Guard:
                 await _refuse(secured, 403, REFUSED_SECRET)
                 return
             # Exchange the secret for the cookie and take it out of the address bar and history.
-            cookie = (f"{COOKIE}={self.secret.session}; HttpOnly; SameSite=Strict; Path=/").encode()
+            cookie = (f"{self.cookie}={self.secret.session}; HttpOnly; SameSite=Strict; Path=/").encode()
             await secured({"type": "http.response.start", "status": 303,
                            "headers": [(b"location", scope["path"].encode() or b"/"), (b"set-cookie", cookie),
                                        (b"content-length", b"0")]})
@@ -157,7 +160,7 @@ class Guard:
             jar.load(headers.get("cookie", ""))
         except Exception:  # a malformed Cookie header is no session
             jar = SimpleCookie()
-        morsel = jar.get(COOKIE)
+        morsel = jar.get(self.cookie)
         if morsel is None or not self.secret.matches_session(morsel.value):
             await _refuse(secured, 403, REFUSED_SECRET)
             return
