@@ -72,6 +72,17 @@ class ConsoleProcess:
     def origin(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def base(self) -> str:
+        """The path prefix every page lives under, as the console derives it from the secret."""
+        from kettle.console.guard import RunSecret
+
+        return RunSecret(self.secret).base
+
+    def at(self, path: str) -> str:
+        """The URL of a console page, e.g. ``at("/inbox")``."""
+        return self.origin + self.base + path
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()

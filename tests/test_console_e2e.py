@@ -77,7 +77,7 @@ class UserConsole:
         expect(self.page.locator("#current-user")).to_have_text(user_id)
 
     def at(self, path: str) -> str:
-        return self.process.origin + path
+        return self.process.at(path)
 
     def close(self) -> None:
         self.context.close()

@@ -86,9 +86,10 @@ class Console:
     def render(self, request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         platform = self.session.status()
         notice = NOTICES.get(request.query_params.get("done", ""), "")
+        base = request.scope.get("root_path", "")
         html = self.templates.get_template(template).render(
             csrf=self.secret.csrf, csrf_field=CSRF_FIELD, platform=platform, user=self.session.user_id(),
-            path=request.url.path, notice=notice, **{"error": "", **context},
+            base=base, path=request.url.path.removeprefix(base), notice=notice, **{"error": "", **context},
         )
         return HTMLResponse(html, status_code=status_code)
 
@@ -110,11 +111,11 @@ def create_app(config: Config, secret: RunSecret, port: int) -> Guard:
             if not platform.ok:
                 return console.render(request, "status.html", 503)
             if login and console.session.user_id() is None:
-                return RedirectResponse("/login", 303)
+                return _go(request, "/login")
             try:
                 return await handler(console, request)
             except AuthenticationError:
-                return RedirectResponse("/login?expired=1", 303)
+                return _go(request, "/login?expired=1")
             except AttestationError:
                 await run_in_threadpool(console.session.status, fresh=True)
                 return console.render(request, "status.html", 503)
@@ -148,6 +149,11 @@ def create_app(config: Config, secret: RunSecret, port: int) -> Guard:
     guard = Guard(app, secret, port)
     guard.console = console
     return guard
+
+
+def _go(request: Request, path: str) -> RedirectResponse:
+    """A 303 to one of the console's pages (below the run's path prefix)."""
+    return RedirectResponse(request.scope.get("root_path", "") + path, 303)
 
 
 def _console(request: Request) -> Console:
@@ -202,7 +208,7 @@ async def recheck(request: Request) -> Response:
     except CsrfRefused:
         return _csrf_refused()
     await run_in_threadpool(console.session.status, fresh=True)
-    return RedirectResponse("/status", 303)
+    return _go(request, "/status")
 
 
 async def login_page(console: Console, request: Request) -> Response:
@@ -220,7 +226,7 @@ async def login_page(console: Console, request: Request) -> Response:
         await run_in_threadpool(console.session.login, user_id, password)
     except KettleError as exc:
         return console.render(request, "login.html", 401, error=f"Not logged in: {exc.message}")
-    return RedirectResponse("/inbox?done=logged-in", 303)
+    return _go(request, "/inbox?done=logged-in")
 
 
 async def logout(console: Console, request: Request) -> Response:
@@ -229,7 +235,7 @@ async def logout(console: Console, request: Request) -> Response:
     except CsrfRefused:
         return _csrf_refused()
     await run_in_threadpool(console.session.logout)
-    return RedirectResponse("/login", 303)
+    return _go(request, "/login")
 
 
 # --- tasks -----------------------------------------------------------------------------------
@@ -266,7 +272,7 @@ async def tasks_page(console: Console, request: Request) -> Response:
         except (KettleError, ValueError) as exc:
             error, status_code = f"Not created: {_message(exc)}", 400
         else:
-            return RedirectResponse(f"/tasks/{task_id}?done=created", 303)
+            return _go(request, f"/tasks/{task_id}?done=created")
     tasks, functions = await asyncio.gather(run_in_threadpool(_my_tasks, console),
                                             run_in_threadpool(_my_functions, console))
     return console.render(request, "tasks.html", status_code, tasks=tasks, functions=functions, error=error)
@@ -386,7 +392,7 @@ async def task_action(console: Console, request: Request) -> Response:
         return await task_page(console, request, error=text, status_code=409)
     done = {"assign": "assigned", "approve": "approved", "refuse": "refused", "revoke": "revoked",
             "invoke": "invoked", "cancel": "canceled"}[action]
-    return RedirectResponse(f"/tasks/{task_id}?done={done}", 303)
+    return _go(request, f"/tasks/{task_id}?done={done}")
 
 
 async def task_events(console: Console, request: Request) -> Response:
@@ -462,7 +468,7 @@ async def register_input(console: Console, request: Request) -> Response:
     except (KettleError, ValueError) as exc:
         return await data_page(console, request, error=f"Input not registered: {_message(exc)}", status_code=400)
     console.keys.add(KnownFile(data_id, url, key, _text(form, "label"), cmac.hex()))
-    return RedirectResponse("/data?done=registered", 303)
+    return _go(request, "/data?done=registered")
 
 
 async def register_output(console: Console, request: Request) -> Response:
@@ -478,7 +484,7 @@ async def register_output(console: Console, request: Request) -> Response:
     except (KettleError, ValueError) as exc:
         return await data_page(console, request, error=f"Output not registered: {_message(exc)}", status_code=400)
     console.keys.add(KnownFile(data_id, url, key, _text(form, "label")))
-    return RedirectResponse("/data?done=registered", 303)
+    return _go(request, "/data?done=registered")
 
 
 def _decrypted(console: Console, data_id: str) -> tuple[bytes, str]:
@@ -558,7 +564,7 @@ async def functions_page(console: Console, request: Request) -> Response:
         except (KettleError, ValueError) as exc:
             error, status_code = f"Not registered: {_message(exc)}", 400
         else:
-            return RedirectResponse("/functions?done=registered", 303)
+            return _go(request, "/functions?done=registered")
     functions = await run_in_threadpool(_my_functions, console)
     return console.render(request, "functions.html", status_code, functions=functions, builtins=builtin_functions(),
                           error=error)

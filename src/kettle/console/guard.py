@@ -6,9 +6,13 @@ holds the user's credentials, so every request must prove it comes from the page
 ``kettle console`` printed, and nothing from another origin may act through it:
 
 - **The run secret.** A random token made per run, printed only in the URL. The
-  first visit with ``?secret=…`` exchanges it for a cookie (HttpOnly,
-  SameSite=Strict); every other request needs that cookie. Another local user
-  who did not see the URL gets 403.
+  first visit with ``?secret=…`` exchanges it for two things derived from it: a
+  cookie (HttpOnly, SameSite=Strict) and a path prefix every page lives under
+  (``/<prefix>/status``). Every other request needs both. Another local user who
+  did not see the URL gets 403. Both, because browsers send a cookie to every port
+  of a host: a local web server of someone else's that the browser visits would
+  receive the cookie, but never the prefix (the referrer policy keeps paths
+  within the console).
 - **The Host header.** Only ``127.0.0.1:PORT`` and ``localhost:PORT``, so a page
   of a name that was made to resolve to 127.0.0.1 (DNS rebinding) is refused.
 - **Changes need more than the cookie.** Every POST carries a CSRF token derived
@@ -84,6 +88,11 @@ class RunSecret:
     def csrf(self) -> str:
         return self._derive(b"csrf")
 
+    @property
+    def base(self) -> str:
+        """The path prefix of every page (128 bits from the secret)."""
+        return "/" + self._derive(b"path")[:32]
+
     def _derive(self, purpose: bytes) -> str:
         return hmac.new(self.token.encode(), b"kettle-console/" + purpose, hashlib.sha256).hexdigest()
 
@@ -148,10 +157,10 @@ class Guard:
             if not self.secret.matches_token(given):
                 await _refuse(secured, 403, REFUSED_SECRET)
                 return
-            # Exchange the secret for the cookie and take it out of the address bar and history.
+            # Exchange the secret for the cookie and the prefix, and take it out of the address bar.
             cookie = (f"{self.cookie}={self.secret.session}; HttpOnly; SameSite=Strict; Path=/").encode()
             await secured({"type": "http.response.start", "status": 303,
-                           "headers": [(b"location", scope["path"].encode() or b"/"), (b"set-cookie", cookie),
+                           "headers": [(b"location", f"{self.secret.base}/status".encode()), (b"set-cookie", cookie),
                                        (b"content-length", b"0")]})
             await secured({"type": "http.response.body", "body": b""})
             return
@@ -164,6 +173,12 @@ class Guard:
         if morsel is None or not self.secret.matches_session(morsel.value):
             await _refuse(secured, 403, REFUSED_SECRET)
             return
+        path, base = scope["path"], self.secret.base
+        if not hmac.compare_digest(path[:len(base) + 1].encode("utf-8", "replace"), (base + "/").encode()):
+            await _refuse(secured, 403, REFUSED_SECRET)
+            return
+        # The application sees its routes below the prefix (Starlette strips ``root_path``).
+        scope = {**scope, "root_path": base}
         problem = origin_problem(scope["method"], headers.get("origin"), headers.get("sec-fetch-site"), self.port)
         if problem is not None:
             await _refuse(secured, 403, problem)
