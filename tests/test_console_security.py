@@ -200,10 +200,13 @@ class AttackerSite:
     def __init__(self) -> None:
         self.pages: dict[str, str] = {}
         self.reports: list[str] = []
+        self.cookies: list[str] = []
+        """Every Cookie header the browser sent this other server."""
         site = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                site.cookies.append(self.headers.get("cookie", ""))
                 body = site.pages.get(self.path, "not found").encode()
                 self.send_response(200 if self.path in site.pages else 404)
                 self.send_header("content-type", "text/html; charset=utf-8")
@@ -400,9 +403,10 @@ def test_every_page_loads_only_from_the_console_and_needs_no_inline_script_or_st
             if "Content Security Policy" in message.text or "Refused to" in message.text else None)
     try:
         page.goto(alice.console.url)
-        for path in (*PAGES, f"/tasks/{alice.task_id}"):
+        missing = "/tasks/task-00000000-0000-4000-8000-000000000000"  # the message page
+        for path in (*PAGES, f"/tasks/{alice.task_id}", missing):
             response = page.goto(alice.at(path))
-            assert response is not None and response.status == 200, path
+            assert response is not None and response.status == (404 if path == missing else 200), path
             assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
             assert response.headers["x-frame-options"] == "DENY"
             assert response.headers["x-content-type-options"] == "nosniff"
@@ -527,3 +531,27 @@ def test_every_page_of_a_verified_simulation_platform_shows_the_banner(alice: Al
     finally:
         context.close()
 
+
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: cookies are not bound to a port, so the browser hands the console's "
+                   "session cookie to every server on 127.0.0.1; see the test's docstring")
+def test_another_local_server_the_browser_visits_never_receives_the_consoles_cookie(
+        alice: Alice, browser: Browser, attacker: AttackerSite) -> None:
+    """Another local user's web server on 127.0.0.1 (another port), visited once by the console's browser.
+
+    Cookies are scoped to a host, not to a port (RFC 6265 §8.5), and another port is the same site,
+    so SameSite=Strict does not stop it: the browser sends the console's cookie to that server. With
+    it, a program (no Origin, no Sec-Fetch-Site) reads every page, the CSRF token in each form
+    included, and can act as the user. Until the session is bound to something only the console's
+    origin receives (e.g. a secret path prefix carried by the cookie's Path), this fails."""
+    attacker.pages["/"] = '<!doctype html><html><body><img src="/pixel" alt=""></body></html>'
+    attacker.pages["/pixel"] = ""
+    context, page = _opened(browser, alice)
+    try:
+        page.goto(attacker.origin + "/")
+        page.wait_for_load_state("networkidle")
+    finally:
+        context.close()
+    assert attacker.cookies, "the other server was not visited"
+    assert not any(alice.cookie[COOKIE] in cookie for cookie in attacker.cookies)

@@ -3,17 +3,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import json
 import uuid
 
+import httpx
 import pytest
 import wasmtime
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.testclient import TestClient
 
 from kettle.console import guard
 from kettle.console.guard import (
@@ -143,16 +145,39 @@ async def _post(request: Request) -> Response:
     return PlainTextResponse("acted")
 
 
+class InProcess:
+    """Requests to a guarded app in this process (httpx over ASGI, no socket), as a local program sends them."""
+
+    def __init__(self, app: Guard) -> None:
+        self.app = app
+        self.cookie = ""
+        """The Cookie header sent with every request (none when empty)."""
+
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        async def send() -> httpx.Response:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app),
+                                         base_url=f"http://127.0.0.1:{PORT}") as client:
+                return await client.request(method, path, headers={**({"cookie": self.cookie} if self.cookie else {}),
+                                                                   **(headers or {})})
+
+        return asyncio.run(send())
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        return self.request("GET", path, headers)
+
+    def post(self, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        return self.request("POST", path, headers)
+
+
 @pytest.fixture
-def guarded() -> tuple[TestClient, RunSecret]:
+def guarded() -> tuple[InProcess, RunSecret]:
     secret = RunSecret()
     app = Starlette(routes=[Route("/", _hello), Route("/page", _hello), Route("/act", _post, methods=["POST"])])
-    client = TestClient(Guard(app, secret, PORT), base_url=f"http://127.0.0.1:{PORT}", follow_redirects=False)
-    return client, secret
+    return InProcess(Guard(app, secret, PORT)), secret
 
 
-def _assert_secured(response: Response | object) -> None:
-    headers = response.headers  # type: ignore[attr-defined]
+def _assert_secured(response: httpx.Response) -> None:
+    headers = response.headers
     assert headers["content-security-policy"] == CONTENT_SECURITY_POLICY
     for name, value in SECURITY_HEADERS:
         assert headers.get_list(name.decode()) == [value.decode()], name
@@ -168,10 +193,10 @@ def test_the_policy_allows_only_the_console_itself() -> None:
 
 @pytest.mark.parametrize("host", ["evil.example", f"evil.example:{PORT}", "127.0.0.1", f"127.0.0.1:{PORT + 1}",
                                   f"localhost:{PORT + 1}", f"[::1]:{PORT}", f"127.0.0.1:{PORT}.evil.example", ""])
-def test_another_host_header_is_421_before_anything_else(guarded: tuple[TestClient, RunSecret], host: str) -> None:
+def test_another_host_header_is_421_before_anything_else(guarded: tuple[InProcess, RunSecret], host: str) -> None:
     client, secret = guarded
     # Even with the right cookie and the right secret: a rebound name never reaches the application.
-    client.cookies.set(COOKIE, secret.session)
+    client.cookie = f"{COOKIE}={secret.session}"
     for response in (client.get("/page", headers={"host": host}),
                      client.get(f"/?secret={secret.token}", headers={"host": host})):
         assert (response.status_code, response.text) == (421, REFUSED_HOST)
@@ -179,7 +204,7 @@ def test_another_host_header_is_421_before_anything_else(guarded: tuple[TestClie
         _assert_secured(response)
 
 
-def test_without_the_cookie_every_request_is_403(guarded: tuple[TestClient, RunSecret]) -> None:
+def test_without_the_cookie_every_request_is_403(guarded: tuple[InProcess, RunSecret]) -> None:
     client, _ = guarded
     for response in (client.get("/"), client.get("/page"), client.post("/act"),
                      client.get("/nowhere"), client.get("/page", headers={"cookie": f"{COOKIE}=\"unterminated"})):
@@ -187,7 +212,7 @@ def test_without_the_cookie_every_request_is_403(guarded: tuple[TestClient, RunS
         _assert_secured(response)
 
 
-def test_a_wrong_cookie_or_secret_is_403(guarded: tuple[TestClient, RunSecret]) -> None:
+def test_a_wrong_cookie_or_secret_is_403(guarded: tuple[InProcess, RunSecret]) -> None:
     client, secret = guarded
     for wrong in (secret.token, secret.csrf, RunSecret().session, ""):
         response = client.get("/page", headers={"cookie": f"{COOKIE}={wrong}"})
@@ -199,7 +224,7 @@ def test_a_wrong_cookie_or_secret_is_403(guarded: tuple[TestClient, RunSecret]) 
         _assert_secured(response)
 
 
-def test_the_right_secret_is_exchanged_for_a_strict_httponly_cookie(guarded: tuple[TestClient, RunSecret]) -> None:
+def test_the_right_secret_is_exchanged_for_a_strict_httponly_cookie(guarded: tuple[InProcess, RunSecret]) -> None:
     client, secret = guarded
     response = client.get(f"/page?secret={secret.token}")
     assert response.status_code == 303
@@ -211,15 +236,16 @@ def test_the_right_secret_is_exchanged_for_a_strict_httponly_cookie(guarded: tup
     assert parts[0] == f"{COOKIE}={secret.session}"  # a derivation, never the token itself
     assert secret.token not in cookie
     assert {"HttpOnly", "SameSite=Strict", "Path=/"} <= set(parts)
-    # With the cookie the application answers, with the headers.
+    # With the cookie (as a browser sends it back) the application answers, with the headers.
+    client.cookie = parts[0]
     inside = client.get("/page")
     assert (inside.status_code, inside.text) == (200, "inside")
     _assert_secured(inside)
 
 
-def test_with_the_cookie_a_post_needs_the_consoles_own_origin(guarded: tuple[TestClient, RunSecret]) -> None:
+def test_with_the_cookie_a_post_needs_the_consoles_own_origin(guarded: tuple[InProcess, RunSecret]) -> None:
     client, secret = guarded
-    client.cookies.set(COOKIE, secret.session)
+    client.cookie = f"{COOKIE}={secret.session}"
     assert client.post("/act", headers={"origin": f"http://127.0.0.1:{PORT}"}).text == "acted"
     assert client.post("/act", headers={"sec-fetch-site": "same-origin"}).text == "acted"
     for headers in ({"origin": "http://evil.example"}, {"origin": "null"}, {"sec-fetch-site": "cross-site"},
@@ -236,8 +262,7 @@ def test_with_the_cookie_a_post_needs_the_consoles_own_origin(guarded: tuple[Tes
 FUNCTION_UUID = str(uuid.uuid4())
 
 
-def _task(*, approvals: tuple[TaskApproval, ...] = (), status: TaskStatus = TaskStatus.DATA_ASSIGNED,
-          tamper_digest: bool = False) -> TaskInfo:
+def _task(*, status: TaskStatus = TaskStatus.DATA_ASSIGNED, tamper_digest: bool = False) -> TaskInfo:
     """A task as GetTask shows it, its manifest made by the platform's own rule."""
     file = FileRecord(str(uuid.uuid4()), "file:///data/a.enc", CryptoInfo("aes-gcm-128", b"k" * 16, b"i" * 12),
                       ("alice",), b"c" * 16)
@@ -254,16 +279,19 @@ def _task(*, approvals: tuple[TaskApproval, ...] = (), status: TaskStatus = Task
         task_id=f"task-{record.uuid}", creator="carol", function_id=f"function-{FUNCTION_UUID}", function_owner="fo",
         function_arguments={"threshold": 3}, inputs_ownership={"a": ("alice",), "b": ("bob",)},
         outputs_ownership={"result": ("alice", "bob")}, participants=record.participants,
-        approved_users=tuple(a.user_id for a in approvals), assigned_inputs={"a": f"input-{file.uuid}"},
+        approved_users=(), assigned_inputs={"a": f"input-{file.uuid}"},
         assigned_outputs={}, status=status, result=None, function_digest="f" * 64,
-        task_digest="0" * 64 if tamper_digest else digest, task_manifest=manifest, approvals=approvals,
+        task_digest="0" * 64 if tamper_digest else digest, task_manifest=manifest,
     )
 
 
+def _approved(task: TaskInfo, *approvals: TaskApproval) -> TaskInfo:
+    return dataclasses.replace(task, approvals=approvals, approved_users=tuple(a.user_id for a in approvals))
+
+
 def test_review_task_shows_every_slot_party_and_the_recomputed_digest() -> None:
-    task = _task(approvals=(TaskApproval("alice", "stale", 1, None),))
-    task = TaskInfo(**{**task.__dict__, "approvals": (TaskApproval("alice", "stale", 1, None),
-                                                      TaskApproval("bob", task.task_digest, 2, 99))})
+    task = _task()
+    task = _approved(task, TaskApproval("alice", "0" * 64, 1, None), TaskApproval("bob", task.task_digest, 2, 99))
     review = review_task(task)
     assert review.digest_matches
     assert review.digest_recomputed == hashlib.sha256(task.task_manifest.encode()).hexdigest() == task.task_digest
@@ -289,7 +317,7 @@ def test_review_task_shows_every_slot_party_and_the_recomputed_digest() -> None:
 
 def test_review_task_says_when_the_digest_does_not_match_the_manifest() -> None:
     assert not review_task(_task(tamper_digest=True)).digest_matches
-    empty = TaskInfo(**{**_task().__dict__, "task_manifest": "", "task_digest": ""})
+    empty = dataclasses.replace(_task(), task_manifest="", task_digest="")
     review = review_task(empty)
     assert not review.digest_matches and review.manifest_text == "" and review.digest_recomputed == ""
     # The inputs and outputs still come from the task's ownership.
@@ -300,15 +328,14 @@ def test_needs_approval_only_of_a_participant_without_a_current_approval_on_an_o
     task = _task()
     assert needs_approval(task, "alice")
     assert not needs_approval(task, "mallory")  # not a participant
-    current = _task(approvals=(TaskApproval("alice", "x", 1, None),))
-    current = TaskInfo(**{**current.__dict__, "approvals": (TaskApproval("alice", current.task_digest, 1, None),)})
+    current = _approved(task, TaskApproval("alice", task.task_digest, 1, None))
     assert not needs_approval(current, "alice") and needs_approval(current, "bob")
-    stale = TaskInfo(**{**current.__dict__, "approvals": (TaskApproval("alice", "0" * 64, 1, None),)})
+    stale = _approved(task, TaskApproval("alice", "0" * 64, 1, None))
     assert needs_approval(stale, "alice")  # the task changed since alice approved
     for status in (TaskStatus.CREATED, TaskStatus.APPROVED):
-        assert needs_approval(TaskInfo(**{**task.__dict__, "status": status}), "alice")
+        assert needs_approval(dataclasses.replace(task, status=status), "alice")
     for status in (TaskStatus.STAGED, TaskStatus.RUNNING, TaskStatus.FINISHED, TaskStatus.CANCELED, TaskStatus.FAILED):
-        assert not needs_approval(TaskInfo(**{**task.__dict__, "status": status}), "alice")
+        assert not needs_approval(dataclasses.replace(task, status=status), "alice")
 
 
 # --- review: the function ---------------------------------------------------------------------------
