@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -160,7 +161,9 @@ class InProcess:
                 return await client.request(method, path, headers={**({"cookie": self.cookie} if self.cookie else {}),
                                                                    **(headers or {})})
 
-        return asyncio.run(send())
+        # A thread of its own: the session's browser (Playwright) may hold this thread's event loop.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, send()).result()
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
         return self.request("GET", path, headers)
