@@ -30,7 +30,7 @@ from kettle.attestation.enclave_info import SIGNATURE_SUFFIX, EnclaveInfo, Measu
 from kettle.cli import api_target
 from kettle.config import load_config
 from kettle.console.guard import (
-    COOKIE,
+    COOKIE_PREFIX,
     CONTENT_SECURITY_POLICY,
     REFUSED_CSRF,
     REFUSED_HOST,
@@ -64,8 +64,13 @@ class Alice:
         return self.console.origin + path
 
     @property
-    def cookie(self) -> dict[str, str]:
-        return {COOKIE: RunSecret(self.console.secret).session}
+    def cookie_name(self) -> str:
+        return f"{COOKIE_PREFIX}{self.console.port}"
+
+    @property
+    def session(self) -> str:
+        """The cookie's value: what only the browser that opened the printed URL holds."""
+        return RunSecret(self.console.secret).session
 
     @property
     def csrf(self) -> str:
@@ -140,7 +145,8 @@ def test_without_the_run_secret_every_page_and_file_is_403_and_shows_nothing(ali
              *STATIC, "/no-such-page")
     with httpx.Client(base_url=alice.console.origin, timeout=30, follow_redirects=False) as local_user:
         for path in paths:
-            for cookie in ("", f"{COOKIE}={alice.console.secret}", f"{COOKIE}={RunSecret().session}"):
+            for cookie in ("", f"{alice.cookie_name}={alice.console.secret}", f"{alice.cookie_name}={RunSecret().session}",
+                           f"{COOKIE_PREFIX}{alice.console.port + 1}={alice.session}"):
                 response = local_user.get(path, headers={"cookie": cookie})
                 assert (response.status_code, response.text) == (403, REFUSED_SECRET), (path, cookie)
                 assert "set-cookie" not in response.headers
@@ -179,12 +185,12 @@ def test_the_printed_url_lets_the_browser_in_and_leaves_only_a_strict_httponly_c
         expect(page.locator("#platform-verdict")).to_contain_text("Verified")
         expect(page.locator("#current-user")).to_have_text(alice.user_id)
         (cookie,) = context.cookies()
-        assert (cookie["name"], cookie["value"]) == (COOKIE, RunSecret(alice.console.secret).session)
+        assert (cookie["name"], cookie["value"]) == (alice.cookie_name, alice.session)
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
         assert cookie["domain"] == "127.0.0.1" and cookie["expires"] == -1  # a session cookie: gone with the browser
         assert alice.console.secret not in cookie["value"]
         # Script on the console's own page cannot read it either.
-        assert COOKIE not in page.evaluate("document.cookie")
+        assert COOKIE_PREFIX not in page.evaluate("document.cookie")
         page.goto(alice.at("/inbox"))
         expect(page.locator("#inbox")).to_contain_text(alice.task_id)
         assert alice.console.secret not in page.content()
@@ -329,7 +335,7 @@ def test_a_post_needs_the_cookie_the_consoles_origin_and_the_csrf_token(alice: A
     digest = alice.client.get_task(alice.task_id).task_digest
     own = {"origin": alice.console.origin}
     approve = f"/tasks/{alice.task_id}/approve"
-    with httpx.Client(base_url=alice.console.origin, cookies=alice.cookie, timeout=30,
+    with httpx.Client(base_url=alice.console.origin, cookies={alice.cookie_name: alice.session}, timeout=30,
                       follow_redirects=False) as client:
         for headers in ({"origin": "http://evil.example"}, {"origin": "null"},
                         {"origin": f"http://localhost:{alice.console.port + 1}"},
@@ -348,7 +354,7 @@ def test_a_post_needs_the_cookie_the_consoles_origin_and_the_csrf_token(alice: A
                 assert (refused.status_code, refused.text) == (403, REFUSED_CSRF), (path, fields)
         # A token passed in the query or a cookie is not the form's.
         refused = client.post(f"/logout?csrf_token={alice.csrf}", data={},
-                              headers={**own, "cookie": f"{COOKIE}={alice.cookie[COOKIE]}; csrf_token={alice.csrf}"})
+                              headers={**own, "cookie": f"{alice.cookie_name}={alice.session}; csrf_token={alice.csrf}"})
         assert (refused.status_code, refused.text) == (403, REFUSED_CSRF)
         assert not alice.approved(alice.task_id)
         assert client.get("/inbox").status_code == 200  # still logged in
@@ -504,8 +510,9 @@ def test_an_unverified_platform_shows_only_the_failed_verdict(
         finally:
             context.close()
         # Nor does a posted login or action reach the platform: refused with the verdict, the saved login untouched.
-        with httpx.Client(base_url=console.origin, cookies={COOKIE: RunSecret(console.secret).session},
-                          headers={"origin": console.origin}, timeout=30, follow_redirects=False) as client:
+        session = {f"{COOKIE_PREFIX}{console.port}": RunSecret(console.secret).session}
+        with httpx.Client(base_url=console.origin, cookies=session, headers={"origin": console.origin}, timeout=30,
+                          follow_redirects=False) as client:
             csrf = RunSecret(console.secret).csrf
             for path, fields in (("/login", {"user_id": alice.user_id, "password": PASSWORD}),
                                  (f"/tasks/{alice.task_id}/approve", {"digest": "x"}), ("/logout", {}),
@@ -558,4 +565,4 @@ def test_another_local_server_the_browser_visits_never_receives_the_consoles_coo
     finally:
         context.close()
     assert attacker.cookies, "the other server was not visited"
-    assert not any(alice.cookie[COOKIE] in cookie for cookie in attacker.cookies)
+    assert not any(alice.session in cookie for cookie in attacker.cookies)

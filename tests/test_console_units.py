@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from kettle.console import guard
 from kettle.console.guard import (
-    COOKIE,
+    COOKIE_PREFIX,
     CONTENT_SECURITY_POLICY,
     REFUSED_HOST,
     REFUSED_ORIGIN,
@@ -52,6 +52,8 @@ from kettle.sdk.frontend import (
 )
 
 PORT = 43_210
+COOKIE = f"{COOKIE_PREFIX}{PORT}"
+"""The session cookie of the guard on :data:`PORT`."""
 
 
 # --- the run secret -----------------------------------------------------------------------------
@@ -244,6 +246,15 @@ def test_the_right_secret_is_exchanged_for_a_strict_httponly_cookie(guarded: tup
     inside = client.get("/page")
     assert (inside.status_code, inside.text) == (200, "inside")
     _assert_secured(inside)
+
+
+def test_the_cookie_is_named_for_the_port_so_two_consoles_keep_their_own(guarded: tuple[InProcess, RunSecret]) -> None:
+    client, secret = guarded
+    other = Guard(Starlette(routes=[Route("/page", _hello)]), secret, PORT + 1)
+    assert other.cookie == f"{COOKIE_PREFIX}{PORT + 1}" != COOKIE
+    # Even the right session value under another console's name is no session here.
+    response = client.get("/page", headers={"cookie": f"{other.cookie}={secret.session}"})
+    assert (response.status_code, response.text) == (403, REFUSED_SECRET)
 
 
 def test_with_the_cookie_a_post_needs_the_consoles_own_origin(guarded: tuple[InProcess, RunSecret]) -> None:
