@@ -61,7 +61,7 @@ class Alice:
     """Approved through the console's own page (the control: the same action does work from the console)."""
 
     def at(self, path: str) -> str:
-        return self.console.origin + path
+        return self.console.at(path)
 
     @property
     def cookie_name(self) -> str:
@@ -103,7 +103,7 @@ def alice(full_platform: Platform, tmp_path_factory: pytest.TempPathFactory, bro
         page = context.new_page()
         page.goto(console.url)
         expect(page.locator("#platform-verdict")).to_contain_text("Verified")
-        page.goto(console.origin + "/login")
+        page.goto(console.at("/login"))
         page.get_by_label("User id").fill(user_id)
         page.get_by_label("Password").fill(PASSWORD)
         page.get_by_role("button", name="Log in").click()
@@ -143,7 +143,9 @@ def _platform_data(alice: Alice) -> tuple[str, ...]:
 def test_without_the_run_secret_every_page_and_file_is_403_and_shows_nothing(alice: Alice, browser: Browser) -> None:
     paths = (*PAGES, "/", f"/tasks/{alice.task_id}", f"/tasks/{alice.task_id}/events", "/data/input-x/download",
              *STATIC, "/no-such-page")
-    with httpx.Client(base_url=alice.console.origin, timeout=30, follow_redirects=False) as local_user:
+    # Even knowing the path prefix (which only the printed URL gives): without the cookie, nothing.
+    with httpx.Client(base_url=alice.console.origin + alice.console.base, timeout=30,
+                      follow_redirects=False) as local_user:
         for path in paths:
             for cookie in ("", f"{alice.cookie_name}={alice.console.secret}", f"{alice.cookie_name}={RunSecret().session}",
                            f"{COOKIE_PREFIX}{alice.console.port + 1}={alice.session}"):
@@ -181,12 +183,12 @@ def test_the_printed_url_lets_the_browser_in_and_leaves_only_a_strict_httponly_c
     context, page = _opened(browser, alice)
     try:
         # The secret is exchanged for the cookie and taken out of the address bar.
-        assert page.url == alice.at("/")
+        assert page.url == alice.at("/status")
         expect(page.locator("#platform-verdict")).to_contain_text("Verified")
         expect(page.locator("#current-user")).to_have_text(alice.user_id)
         (cookie,) = context.cookies()
         assert (cookie["name"], cookie["value"]) == (alice.cookie_name, alice.session)
-        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == alice.console.base + "/"
         assert cookie["domain"] == "127.0.0.1" and cookie["expires"] == -1  # a session cookie: gone with the browser
         assert alice.console.secret not in cookie["value"]
         # Script on the console's own page cannot read it either.
@@ -255,7 +257,7 @@ def _auto_post(action: str, fields: dict[str, str]) -> str:
 def test_a_page_of_another_origin_cannot_act_or_read_through_the_console(
         alice: Alice, browser: Browser, attacker: AttackerSite) -> None:
     digest = alice.client.get_task(alice.task_id).task_digest
-    console = alice.console.origin
+    console = alice.console.origin + alice.console.base
     # The attacker is given even the CSRF token (as if it leaked): the origin check must still hold.
     attacks = {
         "/logout": _auto_post(f"{console}/logout", {"csrf_token": alice.csrf}),
@@ -335,7 +337,8 @@ def test_a_post_needs_the_cookie_the_consoles_origin_and_the_csrf_token(alice: A
     digest = alice.client.get_task(alice.task_id).task_digest
     own = {"origin": alice.console.origin}
     approve = f"/tasks/{alice.task_id}/approve"
-    with httpx.Client(base_url=alice.console.origin, cookies={alice.cookie_name: alice.session}, timeout=30,
+    with httpx.Client(base_url=alice.console.origin + alice.console.base, cookies={alice.cookie_name: alice.session},
+                      timeout=30,
                       follow_redirects=False) as client:
         for headers in ({"origin": "http://evil.example"}, {"origin": "null"},
                         {"origin": f"http://localhost:{alice.console.port + 1}"},
@@ -372,7 +375,7 @@ def test_a_post_needs_the_cookie_the_consoles_origin_and_the_csrf_token(alice: A
                              (f"http://localhost:{alice.console.port}", f"localhost:{alice.console.port}")):
             done = client.post("/status/recheck", data={"csrf_token": alice.csrf},
                                headers={"origin": origin, "host": host})
-            assert (done.status_code, done.headers["location"]) == (303, "/status")
+            assert (done.status_code, done.headers["location"]) == (303, f"{alice.console.base}/status")
 
 
 # --- 3. the page loads only itself ------------------------------------------------------------------
@@ -425,7 +428,9 @@ def test_every_page_loads_only_from_the_console_and_needs_no_inline_script_or_st
             markup = _Markup()
             markup.feed(html)
             assert (markup.inline, markup.external) == ([], []), path
-            assert '<script src="/static/console.js"' in html and '<link rel="stylesheet" href="/static/console.css">' in html
+            base = alice.console.base
+            assert f'<script src="{base}/static/console.js"' in html
+            assert f'<link rel="stylesheet" href="{base}/static/console.css">' in html
             # The stylesheet applied (it was allowed and loaded): the banner is styled by it, not inline.
             expect(page.locator("#simulation-banner")).to_be_visible()
         for path in STATIC:
@@ -489,7 +494,7 @@ def test_an_unverified_platform_shows_only_the_failed_verdict(
         page = context.new_page()
         try:
             page.goto(console.url)
-            response = page.goto(console.origin + "/status")
+            response = page.goto(console.at("/status"))
             assert response is not None and response.status == 503
             expect(page.locator("#platform-verdict")).to_contain_text("NOT verified")
             expect(page.locator("#platform-verdict")).to_contain_text(expected_reason)
@@ -497,7 +502,7 @@ def test_an_unverified_platform_shows_only_the_failed_verdict(
             expect(page.locator("#simulation-banner")).to_have_count(0)
             for path in ("/inbox", "/tasks", f"/tasks/{alice.task_id}", f"/tasks/{alice.task_id}/events", "/data",
                          "/trail", "/functions", "/login", "/login?expired=1"):
-                response = page.goto(console.origin + path)
+                response = page.goto(console.at(path))
                 assert response is not None and response.status == 503, path
                 expect(page.locator("#attestation-failed")).to_be_visible()
                 expect(page.locator("#attestation-failed")).to_contain_text("The platform did not verify")
@@ -511,7 +516,8 @@ def test_an_unverified_platform_shows_only_the_failed_verdict(
             context.close()
         # Nor does a posted login or action reach the platform: refused with the verdict, the saved login untouched.
         session = {f"{COOKIE_PREFIX}{console.port}": RunSecret(console.secret).session}
-        with httpx.Client(base_url=console.origin, cookies=session, headers={"origin": console.origin}, timeout=30,
+        with httpx.Client(base_url=console.origin + console.base, cookies=session, headers={"origin": console.origin},
+                          timeout=30,
                           follow_redirects=False) as client:
             csrf = RunSecret(console.secret).csrf
             for path, fields in (("/login", {"user_id": alice.user_id, "password": PASSWORD}),
@@ -545,17 +551,15 @@ def test_every_page_of_a_verified_simulation_platform_shows_the_banner(alice: Al
 
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: cookies are not bound to a port, so the browser hands the console's "
-                   "session cookie to every server on 127.0.0.1; see the test's docstring")
 def test_another_local_server_the_browser_visits_never_receives_the_consoles_cookie(
         alice: Alice, browser: Browser, attacker: AttackerSite) -> None:
     """Another local user's web server on 127.0.0.1 (another port), visited once by the console's browser.
 
     Cookies are scoped to a host, not to a port (RFC 6265 §8.5), and another port is the same site,
-    so SameSite=Strict does not stop it: the browser sends the console's cookie to that server. With
-    it, a program (no Origin, no Sec-Fetch-Site) reads every page, the CSRF token in each form
-    included, and can act as the user. Until the session is bound to something only the console's
-    origin receives (e.g. a secret path prefix carried by the cookie's Path), this fails."""
+    so SameSite=Strict does not stop it: with ``Path=/`` the browser would send the console's cookie
+    to that server, and with it a program could read every page. The cookie's Path is the secret
+    prefix, so the browser sends it to no path of another server that it could know; and even a
+    cookie replayed without the prefix opens nothing (the guard's unit tests)."""
     attacker.pages["/"] = '<!doctype html><html><body><img src="/pixel" alt=""></body></html>'
     attacker.pages["/pixel"] = ""
     context, page = _opened(browser, alice)

@@ -233,18 +233,21 @@ def test_the_right_secret_is_exchanged_for_a_strict_httponly_cookie(guarded: tup
     client, secret = guarded
     response = client.get(f"/page?secret={secret.token}")
     assert response.status_code == 303
-    assert response.headers["location"] == "/page"  # the secret leaves the address bar
+    assert response.headers["location"] == f"{secret.base}/status"  # the secret leaves the address bar
     assert secret.token not in response.headers["location"]
     _assert_secured(response)
     cookie = response.headers["set-cookie"]
     parts = [p.strip() for p in cookie.split(";")]
     assert parts[0] == f"{COOKIE}={secret.session}"  # a derivation, never the token itself
     assert secret.token not in cookie
-    assert {"HttpOnly", "SameSite=Strict", "Path=/"} <= set(parts)
+    # The cookie's Path is the prefix: the browser sends it to no other server of this host at a path it knows.
+    assert {"HttpOnly", "SameSite=Strict", f"Path={secret.base}/"} <= set(parts)
     # With the cookie (as a browser sends it back) the application answers, with the headers.
     client.cookie = parts[0]
-    inside = client.get("/page")
+    inside = client.get(f"{secret.base}/page")
     assert (inside.status_code, inside.text) == (200, "inside")
+    # The cookie without the prefix opens nothing: a leaked cookie alone is no session.
+    assert client.get("/page").status_code == 403
     _assert_secured(inside)
 
 
@@ -260,15 +263,16 @@ def test_the_cookie_is_named_for_the_port_so_two_consoles_keep_their_own(guarded
 def test_with_the_cookie_a_post_needs_the_consoles_own_origin(guarded: tuple[InProcess, RunSecret]) -> None:
     client, secret = guarded
     client.cookie = f"{COOKIE}={secret.session}"
-    assert client.post("/act", headers={"origin": f"http://127.0.0.1:{PORT}"}).text == "acted"
-    assert client.post("/act", headers={"sec-fetch-site": "same-origin"}).text == "acted"
+    act, page = f"{secret.base}/act", f"{secret.base}/page"
+    assert client.post(act, headers={"origin": f"http://127.0.0.1:{PORT}"}).text == "acted"
+    assert client.post(act, headers={"sec-fetch-site": "same-origin"}).text == "acted"
     for headers in ({"origin": "http://evil.example"}, {"origin": "null"}, {"sec-fetch-site": "cross-site"},
                     {"origin": f"http://127.0.0.1:{PORT + 1}", "sec-fetch-site": "same-site"}):
-        refused = client.post("/act", headers=headers)
+        refused = client.post(act, headers=headers)
         assert (refused.status_code, refused.text) == (403, REFUSED_ORIGIN), headers
         _assert_secured(refused)
     # A read from another origin is answered (a browser does not let that origin read it).
-    assert client.get("/page", headers={"origin": "http://evil.example"}).text == "inside"
+    assert client.get(page, headers={"origin": "http://evil.example"}).text == "inside"
 
 
 # --- review: the task -------------------------------------------------------------------------------

@@ -9,10 +9,11 @@ holds the user's credentials, so every request must prove it comes from the page
   first visit with ``?secret=…`` exchanges it for two things derived from it: a
   cookie (HttpOnly, SameSite=Strict) and a path prefix every page lives under
   (``/<prefix>/status``). Every other request needs both. Another local user who
-  did not see the URL gets 403. Both, because browsers send a cookie to every port
-  of a host: a local web server of someone else's that the browser visits would
-  receive the cookie, but never the prefix (the referrer policy keeps paths
-  within the console).
+  did not see the URL gets 403. Both, because browsers keep cookies per host, not
+  per port: the cookie's Path is the prefix, so another local web server the
+  browser visits is not sent it at any path it could know, and even a cookie that
+  leaked opens nothing without the prefix (which the referrer policy keeps within
+  the console).
 - **The Host header.** Only ``127.0.0.1:PORT`` and ``localhost:PORT``, so a page
   of a name that was made to resolve to 127.0.0.1 (DNS rebinding) is refused.
 - **Changes need more than the cookie.** Every POST carries a CSRF token derived
@@ -138,6 +139,9 @@ class Guard:
         """What the application behind shares (set by :func:`kettle.console.app.create_app`)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # the console has none; nothing unchecked gets through
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -158,7 +162,10 @@ class Guard:
                 await _refuse(secured, 403, REFUSED_SECRET)
                 return
             # Exchange the secret for the cookie and the prefix, and take it out of the address bar.
-            cookie = (f"{self.cookie}={self.secret.session}; HttpOnly; SameSite=Strict; Path=/").encode()
+            # Path: the browser sends the cookie only below the prefix, so not to another server of
+            # this host (a browser keeps cookies per host, not per port) at any path it could know.
+            cookie = (f"{self.cookie}={self.secret.session}; HttpOnly; SameSite=Strict; "
+                      f"Path={self.secret.base}/").encode()
             await secured({"type": "http.response.start", "status": 303,
                            "headers": [(b"location", f"{self.secret.base}/status".encode()), (b"set-cookie", cookie),
                                        (b"content-length", b"0")]})
