@@ -30,7 +30,17 @@ from kettle.console.guard import (
     RunSecret,
     origin_problem,
 )
-from kettle.console.review import MAX_SOURCE_CHARS, WasmItem, needs_approval, review_function, review_task
+from kettle.console.keys import KnownFile
+from kettle.console.review import (
+    MAX_SOURCE_CHARS,
+    DataSlot,
+    WasmItem,
+    needs_approval,
+    registration_problems,
+    review_function,
+    review_task,
+)
+from kettle.crypto.recipes import FileKey
 from kettle.model import consent
 from kettle.model import functions as function_rules
 from kettle.model.records import (
@@ -441,3 +451,38 @@ def test_a_payload_that_is_not_wasm_gives_the_reason() -> None:
     assert review.wasm_problem.startswith("not a WebAssembly module wasmtime can read: ")
     assert review.digest_matches  # the digest still says which bytes the task pinned
 
+
+
+# --- review: an owner's own files against what the owner registered ----------------------------------
+
+
+def _registered(direction: str = "input") -> tuple[KnownFile, FileRecord]:
+    key = FileKey.generate("aes-gcm-128")
+    record = FileRecord(str(uuid.uuid4()), "https://files.example/alice.enc",
+                        CryptoInfo(key.schema, key.key, key.iv), ("alice",), b"\x07" * 16)
+    data_id = f"{direction}-{record.uuid}"
+    return KnownFile(data_id, record.url, key, "mine", (b"\x07" * 16).hex() if direction == "input" else ""), record
+
+
+def _slot(direction: str, record: FileRecord) -> DataSlot:
+    entry = consent.file_entry(("alice",), record, output=direction == "output")
+    return DataSlot(direction, "data", ("alice",), entry["file"]["data_id"], entry["file"])
+
+
+@pytest.mark.parametrize("direction", ["input", "output"])
+def test_an_owners_own_file_matches_what_the_owner_registered(direction: str) -> None:
+    known, record = _registered(direction)
+    assert registration_problems(_slot(direction, record), known) == []
+
+
+def test_a_file_bound_with_another_url_key_or_cmac_is_named_for_each_difference() -> None:
+    known, record = _registered()
+    moved = dataclasses.replace(record, url="https://elsewhere.example/alice.enc")
+    assert registration_problems(_slot("input", moved), known) == ["the URL is not the one you registered"]
+    other_key = dataclasses.replace(record, crypto_info=CryptoInfo("aes-gcm-128", b"\x01" * 16, known.key.iv))
+    assert registration_problems(_slot("input", other_key), known) == ["the key is not the one you registered"]
+    other_content = dataclasses.replace(record, cmac=b"\x08" * 16)
+    assert registration_problems(_slot("input", other_content), known) == ["the cmac is not the one you registered"]
+    # A slot whose manifest binds no file (not assigned) matches nothing.
+    empty = DataSlot("input", "data", ("alice",), known.data_id, None)
+    assert len(registration_problems(empty, known)) == 4  # data id, URL, key, cmac
