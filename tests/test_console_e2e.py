@@ -216,6 +216,7 @@ def test_three_parties_run_a_private_set_intersection_entirely_through_the_conso
     page.evaluate("window.stillTheSamePage = true")
     expect(page.locator("#task-status")).to_have_text("Finished", timeout=60_000)
     expect(page.locator("#result")).to_be_visible()
+    expect(page.locator("#cancel")).to_have_count(0)  # a task that is over offers no cancel
     assert page.evaluate("window.stillTheSamePage") is True
     expect(page.locator("#receipt-verdict")).to_contain_text("verified")
     expect(page.locator("#output-tags")).to_contain_text("output_result1")

@@ -12,15 +12,21 @@
     status.textContent = update.status;
     if (update.terminal) {
       source.close();
-      // Swap in the result section of the task as it is now, without reloading the page.
+      // Swap in the task's sections as they are now, without reloading the page.
       fetch(window.location.pathname, { credentials: "same-origin" })
         .then(function (response) { return response.text(); })
         .then(function (html) {
-          const fresh = new DOMParser().parseFromString(html, "text/html").getElementById("result-section");
-          const current = document.getElementById("result-section");
-          if (fresh && current) {
-            current.replaceWith(fresh);
-          }
+          const page = new DOMParser().parseFromString(html, "text/html");
+          // The result appears; the buttons of a task that is over (invoke, cancel) go.
+          ["result-section", "run-section"].forEach(function (id) {
+            const current = document.getElementById(id);
+            const fresh = page.getElementById(id);
+            if (current && fresh) {
+              current.replaceWith(fresh);
+            } else if (current) {
+              current.remove();
+            }
+          });
         });
     }
   });
