@@ -301,3 +301,24 @@ def test_a_digest_change_after_the_page_loaded_makes_approve_fail_with_the_reaso
     assert [(r.user_id, r.reason) for r in refused.refusals] == [("alice", "the code changed after my review")]
     page.goto(alice.at("/inbox"))
     expect(page.locator("main")).not_to_contain_text(task_id)
+
+
+def test_every_field_has_a_label_and_the_pages_work_from_the_keyboard(
+    world: World, consoles: dict[str, UserConsole]
+) -> None:
+    alice = consoles["alice"]
+    page = alice.page
+    unlabelled = """() => [...document.querySelectorAll("input, select, textarea")]
+        .filter(e => e.type !== "hidden" && e.labels.length === 0).map(e => e.name || e.id)"""
+    for path in ("/status", "/inbox", "/tasks", "/data", "/trail", "/functions"):
+        page.goto(alice.at(path))
+        assert page.evaluate(unlabelled) == [], path
+        assert page.locator("main h1").count() == 1, path
+    # From the keyboard alone: the skip link comes first, then a form is filled and sent with Enter.
+    page.goto(alice.at("/tasks"))
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    page.get_by_label("Function id").focus()
+    page.keyboard.type("function-00000000-0000-4000-8000-000000000000")
+    page.keyboard.press("Enter")
+    expect(page.locator("#error")).to_contain_text("Not created")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +48,8 @@ from .session import PlatformSession
 HERE = Path(__file__).parent
 EVENT_SLICE_SECS = 2.0
 """Longest WaitTask slice of the live progress stream; a change is sent the moment it happens."""
+LOOKUPS_AT_ONCE = 8
+"""Most platform reads of one page in flight at once (a task, file or function each)."""
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024
 """Largest key file or function payload taken from a form."""
 
@@ -243,7 +246,15 @@ async def logout(console: Console, request: Request) -> Response:
 
 def _my_tasks(console: Console) -> list[TaskInfo]:
     client = console.session.client()
-    return [client.get_task(task_id) for task_id in client.list_my_tasks()]
+    return _each(client.get_task, client.list_my_tasks())
+
+
+def _each(call: Callable[[str], Any], ids: list[str]) -> list[Any]:
+    """``call`` for every id, several at once (one gRPC channel serves many threads), in order."""
+    if len(ids) < 2:
+        return [call(i) for i in ids]
+    with ThreadPoolExecutor(min(LOOKUPS_AT_ONCE, len(ids))) as pool:
+        return list(pool.map(call, ids))
 
 
 async def inbox(console: Console, request: Request) -> Response:
@@ -256,7 +267,7 @@ async def inbox(console: Console, request: Request) -> Response:
 def _my_functions(console: Console) -> list[FunctionInfo]:
     client = console.session.client()
     listing = client.list_functions(console.session.user_id())
-    return [client.get_function(f) for f in (*listing.registered_functions, *listing.allowed_functions)]
+    return _each(client.get_function, [*listing.registered_functions, *listing.allowed_functions])
 
 
 async def tasks_page(console: Console, request: Request) -> Response:
@@ -428,8 +439,12 @@ def _my_files(console: Console) -> list[dict[str, Any]]:
     client = console.session.client()
     known = console.keys.all()
     files = []
-    for data_id in client.list_my_files():
-        info = client.get_input_file(data_id) if data_id.startswith("input-") else client.get_output_file(data_id)
+
+    def info_of(data_id: str) -> Any:
+        return client.get_input_file(data_id) if data_id.startswith("input-") else client.get_output_file(data_id)
+
+    for info in _each(info_of, client.list_my_files()):
+        data_id = info.data_id
         entry = known.get(data_id)
         files.append({"info": info, "direction": "input" if data_id.startswith("input-") else "output",
                       "label": entry.label if entry else "", "key_held": entry is not None})
