@@ -322,3 +322,25 @@ def test_every_field_has_a_label_and_the_pages_work_from_the_keyboard(
     page.keyboard.type("function-00000000-0000-4000-8000-000000000000")
     page.keyboard.press("Enter")
     expect(page.locator("#error")).to_contain_text("Not created")
+
+
+@pytest.mark.parametrize(("arguments", "inputs", "reason"), [
+    ("not json", "", "the arguments is not JSON"),
+    ("[1, 2]", "", "the arguments must be a JSON object"),
+    ("{}", "input_data1", "input owners must be NAME=UID[,UID...], not 'input_data1'"),
+    ("{}", "a=alice\na=bob", "input owners given twice for a"),
+])
+def test_a_bad_task_form_is_refused_with_its_reason_and_creates_nothing(
+    world: World, consoles: dict[str, UserConsole], arguments: str, inputs: str, reason: str
+) -> None:
+    alice = consoles["alice"]
+    page = alice.page
+    page.goto(alice.at("/tasks"))
+    before = page.locator("#tasks tr").count()
+    form = page.locator("#create-task")
+    form.get_by_label("Function id").fill("function-00000000-0000-4000-8000-000000000000")
+    form.get_by_label("Arguments").fill(arguments)
+    form.get_by_label("Input owners").fill(inputs)
+    form.get_by_role("button", name="Create task").click()
+    expect(page.locator("#error")).to_contain_text(f"Not created: {reason}")
+    assert page.locator("#tasks tr").count() == before

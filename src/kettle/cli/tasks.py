@@ -45,13 +45,13 @@ never how soon the result arrives."""
 # --- option parsing (pure) -------------------------------------------------------
 
 
-def parse_arguments(text: str) -> dict[str, Any]:
+def parse_arguments(text: str, what: str = "--args") -> dict[str, Any]:
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise ValueError(f"--args is not JSON: {exc}") from None
+        raise ValueError(f"{what} is not JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise ValueError('--args must be a JSON object, e.g. \'{"message": "hi"}\'')
+        raise ValueError(f'{what} must be a JSON object, e.g. \'{{"message": "hi"}}\'')
     return value
 
 
@@ -83,7 +83,7 @@ def parse_duration(text: str, option: str) -> int:
     return int(number) * DURATION_UNITS[unit]
 
 
-def _mapping(pairs: list[tuple[str, Any]], option: str) -> dict[str, Any]:
+def unique_mapping(pairs: list[tuple[str, Any]], option: str) -> dict[str, Any]:
     names = [name for name, _ in pairs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -246,8 +246,8 @@ def create(
 ) -> None:
     """Create a task of a function and print its id."""
     arguments = parse_arguments(args)
-    inputs = _mapping([parse_owners(s, "--input-owner") for s in input_owner], "--input-owner")
-    outputs = _mapping([parse_owners(s, "--output-owner") for s in output_owner], "--output-owner")
+    inputs = unique_mapping([parse_owners(s, "--input-owner") for s in input_owner], "--input-owner")
+    outputs = unique_mapping([parse_owners(s, "--output-owner") for s in output_owner], "--output-owner")
     task_id = functions.frontend_client().create_task(function_id, arguments, executor, inputs, outputs)
     if as_json:
         out.print_json(data={"task_id": task_id})
@@ -263,8 +263,8 @@ def assign(
     output: list[str] = typer.Option([], "--output", help="NAME=DATA_ID: one of your output files (repeatable)"),
 ) -> None:
     """Give a task your files under the names its function declares."""
-    inputs = _mapping([parse_assignment(s, "--input") for s in input_], "--input")
-    outputs = _mapping([parse_assignment(s, "--output") for s in output], "--output")
+    inputs = unique_mapping([parse_assignment(s, "--input") for s in input_], "--input")
+    outputs = unique_mapping([parse_assignment(s, "--output") for s in output], "--output")
     functions.frontend_client().assign_data(task_id, inputs, outputs)
     out.print(f"assigned {len(inputs) + len(outputs)} file(s) to {task_id}", highlight=False)
 

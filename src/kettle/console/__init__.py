@@ -35,6 +35,9 @@ def serve(config: Config, port: int = 0, announce: Callable[[str], None] = print
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", port))  # loopback only: never reachable from another machine
     port = listener.getsockname()[1]
+    # Listening before the URL is printed: a browser opened at once waits in the backlog
+    # while the server starts, instead of being refused.
+    listener.listen(128)
     secret = RunSecret()
     app = create_app(config, secret, port)
     url = f"http://127.0.0.1:{port}/?{SECRET_PARAMETER}={secret.token}"

@@ -31,10 +31,12 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..cli.tasks import parse_arguments, parse_owners, unique_mapping
 from ..config import Config
 from ..crypto.recipes import FileKey
 from ..errors import AttestationError, AuthenticationError, KettleError, PermissionDenied
 from ..model.records import TaskStatus
+from ..model.tasks import ENGINE_OF_TYPE
 from ..sdk import builtin_function, builtin_functions
 from ..sdk.files import decrypt_file
 from ..sdk.receipts import examine_receipt
@@ -64,8 +66,6 @@ NOTICES = {
     "registered": "Registered.",
     "logged-in": "Logged in.",
 }
-
-ENGINE_OF_TYPE = {"builtin": "builtin", "python": "mesapy", "wamr": "wamr"}
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -117,6 +117,8 @@ def create_app(config: Config, secret: RunSecret, port: int) -> Guard:
                 return _go(request, "/login")
             try:
                 return await handler(console, request)
+            except CsrfRefused:
+                return _csrf_refused()
             except AuthenticationError:
                 return _go(request, "/login?expired=1")
             except AttestationError:
@@ -208,7 +210,7 @@ async def recheck(request: Request) -> Response:
     console = _console(request)
     try:
         await _form(request)
-    except CsrfRefused:
+    except CsrfRefused:  # this page is not behind verified(), which answers it for the others
         return _csrf_refused()
     await run_in_threadpool(console.session.status, fresh=True)
     return _go(request, "/status")
@@ -218,10 +220,7 @@ async def login_page(console: Console, request: Request) -> Response:
     if request.method == "GET":
         expired = "Your login has expired or was ended; log in again." if request.query_params.get("expired") else ""
         return console.render(request, "login.html", error=expired)
-    try:
-        form = await _form(request)
-    except CsrfRefused:
-        return _csrf_refused()
+    form = await _form(request)
     user_id, password = _text(form, "user_id"), form.get("password", "")
     if not user_id or not isinstance(password, str) or not password:
         return console.render(request, "login.html", 400, error="Give your user id and password.")
@@ -233,10 +232,7 @@ async def login_page(console: Console, request: Request) -> Response:
 
 
 async def logout(console: Console, request: Request) -> Response:
-    try:
-        await _form(request)
-    except CsrfRefused:
-        return _csrf_refused()
+    await _form(request)
     await run_in_threadpool(console.session.logout)
     return _go(request, "/login")
 
@@ -274,10 +270,7 @@ async def tasks_page(console: Console, request: Request) -> Response:
     error = ""
     status_code = 200
     if request.method == "POST":
-        try:
-            form = await _form(request)
-        except CsrfRefused:
-            return _csrf_refused()
+        form = await _form(request)
         try:
             task_id = await run_in_threadpool(_create_task, console, form)
         except (KettleError, ValueError) as exc:
@@ -289,36 +282,20 @@ async def tasks_page(console: Console, request: Request) -> Response:
     return console.render(request, "tasks.html", status_code, tasks=tasks, functions=functions, error=error)
 
 
-def _owners(text: str, what: str) -> dict[str, list[str]]:
-    """``NAME=UID[,UID...]`` lines."""
-    owners: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        name, sep, uids = line.partition("=")
-        users = [u.strip() for u in uids.split(",") if u.strip()]
-        if not sep or not name.strip() or not users:
-            raise ValueError(f"{what}: each line is NAME=USER[,USER...], not {line.strip()!r}")
-        if name.strip() in owners:
-            raise ValueError(f"{what}: {name.strip()} is given twice")
-        owners[name.strip()] = users
-    return owners
+def _owners(text: str, what: str) -> dict[str, tuple[str, ...]]:
+    """One ``NAME=USER[,USER...]`` per line, as ``kettle task create --input-owner`` takes each."""
+    return unique_mapping([parse_owners(line.strip(), what) for line in text.splitlines() if line.strip()], what)
 
 
 def _create_task(console: Console, form: FormData) -> str:
+    # What the form says is checked before anything is asked of the platform.
+    arguments = parse_arguments(_text(form, "arguments") or "{}", "the arguments")
+    inputs = _owners(_text(form, "input_owners"), "input owners")
+    outputs = _owners(_text(form, "output_owners"), "output owners")
     client = console.session.client()
     function = client.get_function(_text(form, "function_id"))
-    text = _text(form, "arguments") or "{}"
-    try:
-        arguments = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"the arguments are not JSON: {exc}") from None
-    if not isinstance(arguments, dict):
-        raise ValueError('the arguments must be a JSON object, e.g. {"message": "hi"}')
-    return client.create_task(
-        function.function_id, arguments, ENGINE_OF_TYPE.get(function.executor_type, function.executor_type),
-        _owners(_text(form, "input_owners"), "input owners"), _owners(_text(form, "output_owners"), "output owners"),
-    )
+    engine = ENGINE_OF_TYPE.get(function.executor_type, function.executor_type)
+    return client.create_task(function.function_id, arguments, engine, inputs, outputs)
 
 
 def _task_view(console: Console, task_id: str) -> dict[str, Any]:
@@ -367,10 +344,7 @@ async def task_action(console: Console, request: Request) -> Response:
     task_id, action = request.path_params["task_id"], request.path_params["action"]
     if action not in TASK_ACTIONS:
         return console.render(request, "message.html", 404, title="No such action", error=f"no action {action!r}")
-    try:
-        form = await _form(request)
-    except CsrfRefused:
-        return _csrf_refused()
+    form = await _form(request)
     client = console.session.client()
     try:
         if action == "approve":
@@ -466,10 +440,7 @@ async def _key_from(form: FormData, generate: bool) -> FileKey:
 
 
 async def register_input(console: Console, request: Request) -> Response:
-    try:
-        form = await _form(request)
-    except CsrfRefused:
-        return _csrf_refused()
+    form = await _form(request)
     client = console.session.client()
     try:
         url = _text(form, "url")
@@ -487,10 +458,7 @@ async def register_input(console: Console, request: Request) -> Response:
 
 
 async def register_output(console: Console, request: Request) -> Response:
-    try:
-        form = await _form(request)
-    except CsrfRefused:
-        return _csrf_refused()
+    form = await _form(request)
     client = console.session.client()
     try:
         url = _text(form, "url")
@@ -570,10 +538,7 @@ async def trail_page(console: Console, request: Request) -> Response:
 async def functions_page(console: Console, request: Request) -> Response:
     error, status_code = "", 200
     if request.method == "POST":
-        try:
-            form = await _form(request)
-        except CsrfRefused:
-            return _csrf_refused()
+        form = await _form(request)
         try:
             await _register_function(console, form)
         except (KettleError, ValueError) as exc:
