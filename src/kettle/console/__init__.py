@@ -39,7 +39,7 @@ def serve(config: Config, port: int = 0, announce: Callable[[str], None] = print
     # while the server starts, instead of being refused.
     listener.listen(128)
     secret = RunSecret()
-    app = create_app(config, secret, port)
+    app, console = create_app(config, secret, port)
     url = f"http://127.0.0.1:{port}/?{SECRET_PARAMETER}={secret.token}"
     # No access log: the first request's line would hold the run secret.
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
@@ -54,7 +54,7 @@ def serve(config: Config, port: int = 0, announce: Callable[[str], None] = print
     try:
         server.run(sockets=[listener])
     finally:
-        app.console.session.close()
+        console.session.close()
 
 
 def _redirect_file(home: Path, url: str) -> Path:

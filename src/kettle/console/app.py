@@ -103,7 +103,8 @@ def _time(seconds: float | None) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def create_app(config: Config, secret: RunSecret, port: int) -> Guard:
+def create_app(config: Config, secret: RunSecret, port: int) -> tuple[Guard, Console]:
+    """The guarded application, and what its handlers share (to close when the server stops)."""
     console = Console(config, secret)
 
     def verified(handler: Callable[[Console, Request], Awaitable[Response]], *, login: bool = True) -> Handler:
@@ -151,9 +152,7 @@ def create_app(config: Config, secret: RunSecret, port: int) -> Guard:
     ]
     app = Starlette(routes=routes)
     app.state.console = console
-    guard = Guard(app, secret, port)
-    guard.console = console
-    return guard
+    return Guard(app, secret, port), console
 
 
 def _go(request: Request, path: str) -> RedirectResponse:

@@ -34,7 +34,6 @@ import hmac
 import secrets
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
-from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -135,8 +134,6 @@ class Guard:
         self.port = port
         self.hosts = allowed_hosts(port)
         self.cookie = f"{COOKIE_PREFIX}{port}"
-        self.console: Any = None
-        """What the application behind shares (set by :func:`kettle.console.app.create_app`)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":  # the console has none; nothing unchecked gets through
