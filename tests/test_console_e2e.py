@@ -52,7 +52,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, _auditor_cache: Path) -> Ite
     platform.start(ALL_SERVICES)
     try:
         admin = platform.admin()
-        for user_id, role in (("fo", "FunctionOwner"), ("alice", "DataOwner"), ("bob", "DataOwner")):
+        for user_id, role in (("fo", "FunctionOwner"), ("alice", "DataOwner"), ("bob", "DataOwner"),
+                              ("carol", "DataOwner")):
             admin.user_register(user_id, PASSWORD, role, "")
         yield World(platform, files, tmp)
     finally:
@@ -344,3 +345,18 @@ def test_a_bad_task_form_is_refused_with_its_reason_and_creates_nothing(
     form.get_by_role("button", name="Create task").click()
     expect(page.locator("#error")).to_contain_text(f"Not created: {reason}")
     assert page.locator("#tasks tr").count() == before
+
+
+def test_a_login_the_platform_ended_sends_the_user_to_log_in_again(world: World, browser: Browser) -> None:
+    carol = UserConsole(world, browser, "carol")
+    try:
+        page = carol.page
+        page.goto(carol.at("/inbox"))
+        expect(page.locator("#current-user")).to_have_text("carol")
+        # A password reset ends every token issued before it, the console's too.
+        world.platform.admin().reset_user_password("carol")
+        page.goto(carol.at("/inbox"))
+        expect(page.locator("#error")).to_contain_text("Your login has expired or was ended")
+        expect(page.get_by_label("Password")).to_be_visible()
+    finally:
+        carol.close()
