@@ -347,9 +347,12 @@ def patched_environment(**values: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():  # type: ignore[no-untyped-def]
-    """Headless Debian chromium driven by Playwright, for the console's tests (one per session and worker)."""
+    """Headless Debian chromium driven by Playwright, for the console's tests (one per test module).
+
+    Not one per session: Playwright's sync API keeps an event loop running in the thread while it
+    is open, and every later test of the worker that calls ``asyncio.run`` would fail."""
     from console_harness import chromium_path
     from playwright.sync_api import sync_playwright
 
