@@ -52,9 +52,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, _auditor_cache: Path) -> Ite
     platform.start(ALL_SERVICES)
     try:
         admin = platform.admin()
-        for user_id, role in (("fo", "FunctionOwner"), ("alice", "DataOwner"), ("bob", "DataOwner"),
-                              ("carol", "DataOwner")):
+        for user_id, role in (("fo", "FunctionOwner"), ("alice", "DataOwner"), ("bob", "DataOwner")):
             admin.user_register(user_id, PASSWORD, role, "")
+        admin.close()
         yield World(platform, files, tmp)
     finally:
         platform.stop()
@@ -347,16 +347,20 @@ def test_a_bad_task_form_is_refused_with_its_reason_and_creates_nothing(
     assert page.locator("#tasks tr").count() == before
 
 
-def test_a_login_the_platform_ended_sends_the_user_to_log_in_again(world: World, browser: Browser) -> None:
-    carol = UserConsole(world, browser, "carol")
+def test_a_login_the_platform_ended_sends_the_user_to_log_in_again(
+    world: World, consoles: dict[str, UserConsole]
+) -> None:
+    """The module's last test: it ends Bob's login."""
+    bob = consoles["bob"]
+    page = bob.page
+    page.goto(bob.at("/inbox"))
+    expect(page.locator("#current-user")).to_have_text("bob")
+    # A password reset ends every token issued before it, the console's too.
+    admin = world.platform.admin()
     try:
-        page = carol.page
-        page.goto(carol.at("/inbox"))
-        expect(page.locator("#current-user")).to_have_text("carol")
-        # A password reset ends every token issued before it, the console's too.
-        world.platform.admin().reset_user_password("carol")
-        page.goto(carol.at("/inbox"))
-        expect(page.locator("#error")).to_contain_text("Your login has expired or was ended")
-        expect(page.get_by_label("Password")).to_be_visible()
+        admin.reset_user_password("bob")
     finally:
-        carol.close()
+        admin.close()
+    page.goto(bob.at("/inbox"))
+    expect(page.locator("#error")).to_contain_text("Your login has expired or was ended")
+    expect(page.get_by_label("Password")).to_be_visible()
