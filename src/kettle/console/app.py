@@ -332,7 +332,7 @@ async def task_page(console: Console, request: Request, *, error: str = "", stat
     try:
         view = await run_in_threadpool(_task_view, console, task_id)
     except KettleError as exc:
-        return console.render(request, "message.html", 404, title="No such task", error=exc.message)
+        return console.render(request, "message.html", 404, title="The task cannot be shown", error=exc.message)
     return console.render(request, "task.html", status_code, error=error, **view)
 
 
