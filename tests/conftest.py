@@ -17,17 +17,19 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kettle.attestation.enclave_info import SIGNATURE_SUFFIX
 from kettle.config import Config, load_config
+from kettle.errors import KettleError
 from kettle.launcher import Child, spawn, start_platform, stop_all
 from kettle.model.ids import Kind, parse_external_id
 from kettle.model.records import (
@@ -53,6 +55,8 @@ class Clock:
     def __call__(self) -> float:
         return self.now
 
+
+T = TypeVar("T")
 
 @pytest.fixture
 def clock() -> Clock:
@@ -266,30 +270,48 @@ def reload(config: Config) -> Config:
     return load_config(config.home)
 
 
-def stored_tasks(platform: Platform, task_ids: list[str]) -> tuple[list[TaskRecord], bool, list[bytes]]:
-    """The task records, whether the staged-task queue is empty, and leftover lease keys,
-    read straight from storage as the scheduler would (with the scheduler's identity)."""
+def with_platform_store(config: Config, service: str, work: Callable[[PlatformStore], Awaitable[T]]) -> T:
+    """Run ``work`` against the storage service with ``service``'s attested identity, as that service would."""
 
-    async def read() -> tuple[list[TaskRecord], bool, list[bytes]]:
-        runtime = ServiceRuntime("scheduler", platform.config)
+    async def run() -> T:
+        runtime = ServiceRuntime(service, config)
         await runtime.attest()
         try:
-            store = PlatformStore(runtime.peers)
-            records = []
-            for task_id in task_ids:
-                bare = parse_external_id(task_id, Kind.TASK)
-                assert bare is not None
-                record = await store.get_task(task_key(bare))
-                assert record is not None
-                records.append(record)
-            queued = await store.dequeue(STAGED_TASK_QUEUE, 1)
-            leases = await store.keys_with_prefix(b"scheduler-lease-")
-            return records, queued is None, leases
+            return await work(PlatformStore(runtime.peers))
         finally:
             await runtime.identities.stop()
             await runtime.peers.close()
 
-    return asyncio.run(read())
+    return asyncio.run(run())
+
+
+def fails_with(action: Callable[[], Any], code: grpc.StatusCode, *phrases: str) -> str:
+    """``action`` raises a KettleError of ``code`` whose message holds every phrase; its message."""
+    with pytest.raises(KettleError) as info:
+        action()
+    assert info.value.code == code, info.value.message
+    for phrase in phrases:
+        assert phrase in info.value.message, info.value.message
+    return info.value.message
+
+
+def stored_tasks(platform: Platform, task_ids: list[str]) -> tuple[list[TaskRecord], bool, list[bytes]]:
+    """The task records, whether the staged-task queue is empty, and leftover lease keys,
+    read straight from storage as the scheduler would (with the scheduler's identity)."""
+
+    async def read(store: PlatformStore) -> tuple[list[TaskRecord], bool, list[bytes]]:
+        records = []
+        for task_id in task_ids:
+            bare = parse_external_id(task_id, Kind.TASK)
+            assert bare is not None
+            record = await store.get_task(task_key(bare))
+            assert record is not None
+            records.append(record)
+        queued = await store.dequeue(STAGED_TASK_QUEUE, 1)
+        leases = await store.keys_with_prefix(b"scheduler-lease-")
+        return records, queued is None, leases
+
+    return with_platform_store(platform.config, "scheduler", read)
 
 
 def staged(

@@ -17,8 +17,8 @@ from typing import Any
 
 import grpc
 import pytest
+from conftest import fails_with
 
-from kettle.errors import KettleError
 from kettle.model import consent as C
 from kettle.model import functions as F
 from kettle.model import tasks as T
@@ -79,15 +79,6 @@ def approved(task: TaskRecord, fn: FunctionRecord | None = None, **options: Any)
     for who in (ALICE, BOB):
         task = T.approve_task(task, who, fn or function(), now=NOW, **options)
     return task
-
-
-def refused(action: Callable[[], Any], code: grpc.StatusCode, *phrases: str) -> str:
-    with pytest.raises(KettleError) as info:
-        action()
-    assert info.value.code == code, info.value.message
-    for phrase in phrases:
-        assert phrase in info.value.message, info.value.message
-    return info.value.message
 
 
 # --- the digests, recomputed from their documented encodings ---------------------------------------
@@ -178,7 +169,7 @@ def test_an_update_after_an_approval_voids_every_approval() -> None:
     assert followed.function_digest == F.function_digest(new)
     assert followed.lapsed["alice"].startswith(LAPSED)
     followed = T.approve_task(followed, BOB, new, now=NOW)
-    refused(lambda: T.invoke_task(followed, ALICE, new, USAGE, NOW), FAILED_PRECONDITION,
+    fails_with(lambda: T.invoke_task(followed, ALICE, new, USAGE, NOW), FAILED_PRECONDITION,
             f"alice's approval {LAPSED}")
     again = T.approve_task(followed, ALICE, new, now=NOW)
     assert again.lapsed == {} and T.invoke_task(again, ALICE, new, USAGE, NOW).status == TaskStatus.STAGED
@@ -188,16 +179,16 @@ def test_the_swap_attack_is_refused_at_invoke_even_when_the_task_did_not_follow(
     """Both owners approved; the code changes; InvokeTask sees another digest than the pin."""
     task = approved(duo())
     new = function(payload=b"def entrypoint(argv):\n    return 'leak'\n")
-    refused(lambda: T.invoke_task(task, ALICE, new, USAGE, NOW), FAILED_PRECONDITION,
+    fails_with(lambda: T.invoke_task(task, ALICE, new, USAGE, NOW), FAILED_PRECONDITION,
             "the function changed since the task was created", F.function_digest(new))
-    refused(lambda: T.build_staged_task(task, new), FAILED_PRECONDITION, "the function changed")
+    fails_with(lambda: T.build_staged_task(task, new), FAILED_PRECONDITION, "the function changed")
 
 
 def test_a_task_that_no_longer_fits_the_function_keeps_its_pin() -> None:
     task = T.approve_task(duo(), ALICE, function(), now=NOW)
     misfit = function(inputs=(FunctionFile("a"),))  # input b is gone
     assert T.follow_function(task, misfit) == task
-    refused(lambda: T.approve_task(task, BOB, misfit, now=NOW), FAILED_PRECONDITION,
+    fails_with(lambda: T.approve_task(task, BOB, misfit, now=NOW), FAILED_PRECONDITION,
             "the function changed since the task was created", "no longer fits it", "create a new task")
 
 
@@ -228,7 +219,7 @@ def test_an_approval_records_who_when_which_digest_and_expiry() -> None:
 def test_approving_with_the_wrong_expected_digest_records_nothing() -> None:
     task = duo()
     digest = C.task_digest(task)
-    message = refused(lambda: T.approve_task(task, ALICE, function(), now=NOW, expect_digest="0" * 64),
+    message = fails_with(lambda: T.approve_task(task, ALICE, function(), now=NOW, expect_digest="0" * 64),
                       FAILED_PRECONDITION, f"the task's digest is now {digest}", "nothing was approved")
     assert "0" * 64 in message
     assert T.approve_task(task, ALICE, function(), now=NOW, expect_digest=digest).approved_users == ("alice",)
@@ -236,7 +227,7 @@ def test_approving_with_the_wrong_expected_digest_records_nothing() -> None:
 
 @pytest.mark.parametrize("seconds", [-1, 10 * 366 * 24 * 3600 + 1])
 def test_an_absurd_validity_is_refused(seconds: int) -> None:
-    refused(lambda: T.approve_task(duo(), ALICE, function(), now=NOW, valid_for_secs=seconds),
+    fails_with(lambda: T.approve_task(duo(), ALICE, function(), now=NOW, valid_for_secs=seconds),
             grpc.StatusCode.INVALID_ARGUMENT, "valid_for_secs")
 
 
@@ -244,7 +235,7 @@ def test_an_expired_approval_blocks_invoke_and_names_whose() -> None:
     task = T.approve_task(T.approve_task(duo(), ALICE, function(), now=NOW, valid_for_secs=60), BOB, function(),
                           now=NOW)
     assert T.invoke_task(task, ALICE, function(), USAGE, NOW + 59).status == TaskStatus.STAGED
-    refused(lambda: T.invoke_task(task, ALICE, function(), USAGE, NOW + 60), FAILED_PRECONDITION,
+    fails_with(lambda: T.invoke_task(task, ALICE, function(), USAGE, NOW + 60), FAILED_PRECONDITION,
             "alice's approval expired at 2027-01-15T08:01:00Z")
 
 
@@ -252,29 +243,29 @@ def test_a_revoked_approval_blocks_invoke_until_given_again() -> None:
     task = approved(duo())
     revoked = T.revoke_approval(task, BOB, NOW + 5)
     assert (revoked.approved_users, revoked.status) == (("alice",), TaskStatus.DATA_ASSIGNED)
-    refused(lambda: T.invoke_task(revoked, ALICE, function(), USAGE, NOW), FAILED_PRECONDITION,
+    fails_with(lambda: T.invoke_task(revoked, ALICE, function(), USAGE, NOW), FAILED_PRECONDITION,
             "bob's approval was revoked at 2027-01-15T08:00:05Z")
     again = T.approve_task(revoked, BOB, function(), now=NOW + 6)
     assert T.invoke_task(again, ALICE, function(), USAGE, NOW).status == TaskStatus.STAGED
 
 
 def test_revoking_needs_an_approval_and_a_task_not_yet_invoked() -> None:
-    refused(lambda: T.revoke_approval(duo(), BOB, NOW), FAILED_PRECONDITION, "bob has no approval")
-    refused(lambda: T.revoke_approval(approved(duo()), Caller("eve", Role.parse("DataOwner-x")), NOW),
+    fails_with(lambda: T.revoke_approval(duo(), BOB, NOW), FAILED_PRECONDITION, "bob has no approval")
+    fails_with(lambda: T.revoke_approval(approved(duo()), Caller("eve", Role.parse("DataOwner-x")), NOW),
             grpc.StatusCode.PERMISSION_DENIED)
     staged = T.invoke_task(approved(duo()), ALICE, function(), USAGE, NOW)
-    refused(lambda: T.revoke_approval(staged, BOB, NOW), FAILED_PRECONDITION, "the task is staged",
+    fails_with(lambda: T.revoke_approval(staged, BOB, NOW), FAILED_PRECONDITION, "the task is staged",
             "only before the task is invoked")
 
 
 def test_approvals_never_given_keep_the_reference_refusal() -> None:
-    refused(lambda: T.invoke_task(duo(), ALICE, function(), USAGE, NOW), grpc.StatusCode.UNKNOWN)
+    fails_with(lambda: T.invoke_task(duo(), ALICE, function(), USAGE, NOW), grpc.StatusCode.UNKNOWN)
 
 
 def test_an_approval_on_another_digest_does_not_count() -> None:
     task = approved(duo())
     stale = replace(task, approvals=(replace(task.approvals[0], task_digest="f" * 64), task.approvals[1]))
-    refused(lambda: T.invoke_task(stale, ALICE, function(), USAGE, NOW), FAILED_PRECONDITION,
+    fails_with(lambda: T.invoke_task(stale, ALICE, function(), USAGE, NOW), FAILED_PRECONDITION,
             f"alice's approval covers task digest {'f' * 64}")
 
 
@@ -293,12 +284,12 @@ def test_a_task_stored_before_digests_loads_with_its_old_approvals_lapsed() -> N
     doc["approved_users"] = ["alice", "bob"]
     legacy = TaskRecord.from_bytes(json.dumps(doc).encode())
     assert (legacy.approvals, legacy.function_digest, legacy.status) == ((), "", TaskStatus.DATA_ASSIGNED)
-    refused(lambda: T.invoke_task(legacy, ALICE, function(), USAGE, NOW), FAILED_PRECONDITION,
+    fails_with(lambda: T.invoke_task(legacy, ALICE, function(), USAGE, NOW), FAILED_PRECONDITION,
             "the task was created before Kettle pinned functions to tasks")
     # approving again pins the function; each party must approve on the digest
     repinned = T.approve_task(legacy, ALICE, function(), now=NOW)
     assert repinned.function_digest == F.function_digest(function())
-    refused(lambda: T.invoke_task(repinned, ALICE, function(), USAGE, NOW), FAILED_PRECONDITION,
+    fails_with(lambda: T.invoke_task(repinned, ALICE, function(), USAGE, NOW), FAILED_PRECONDITION,
             "bob's approval was given before approvals were bound to a task digest")
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import ALL_SERVICES, Platform, make_home
+from conftest import ALL_SERVICES, Platform, make_home, with_platform_store
 from google.protobuf.message import Message
 
 from kettle.model.listings import INVALID_CURSOR
@@ -36,7 +36,6 @@ from kettle.rpc.generated import teaclave_frontend_service_pb2 as fpb
 from kettle.rpc.generated import teaclave_frontend_service_pb2_grpc as frontend_grpc
 from kettle.sdk.attested import verify_endpoint
 from kettle.services.platform_store import PlatformStore
-from kettle.services.runtime import ServiceRuntime
 
 Code = grpc.StatusCode
 INVALID, DENIED, UNAUTH, UNKNOWN = Code.INVALID_ARGUMENT, Code.PERMISSION_DENIED, Code.UNAUTHENTICATED, Code.UNKNOWN
@@ -609,19 +608,12 @@ def build_cases(w: World) -> list[Case]:
 def platform_records(platform: Platform) -> dict[bytes, bytes]:
     """Every management record in storage, read with the scheduler's attested identity."""
 
-    async def read() -> dict[bytes, bytes]:
-        runtime = ServiceRuntime("scheduler", platform.config)
-        await runtime.attest()
-        try:
-            store = PlatformStore(runtime.peers)
-            keys = [k for prefix in STATE_PREFIXES for k in await store.keys_with_prefix(prefix)]
-            values = await asyncio.gather(*(store.get(k) for k in keys))
-            return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
-        finally:
-            await runtime.identities.stop()
-            await runtime.peers.close()
+    async def read(store: PlatformStore) -> dict[bytes, bytes]:
+        keys = [k for prefix in STATE_PREFIXES for k in await store.keys_with_prefix(prefix)]
+        values = await asyncio.gather(*(store.get(k) for k in keys))
+        return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
 
-    return asyncio.run(read())
+    return with_platform_store(platform.config, "scheduler", read)
 
 
 def users(api: Api, admin: str) -> list[str]:

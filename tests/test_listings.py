@@ -13,17 +13,16 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from conftest import Platform
+from conftest import Platform, fails_with, with_platform_store
 from test_consent import ALICE_ROWS, BOB_ROWS, COUNT_ROWS, Parties
 
-from kettle.errors import KettleError
 from kettle.model import listings
 from kettle.model.records import CryptoInfo, FileRecord, TaskRecord, TaskStatus
 from kettle.model.trail import TrailEntry
@@ -32,7 +31,6 @@ from kettle.sdk import AsyncFrontendClient, FrontendClient, FunctionInput, TaskR
 from kettle.sdk.frontend import _Call
 from kettle.services.management.service import KettleManagementServicer
 from kettle.services.platform_store import PlatformStore
-from kettle.services.runtime import ServiceRuntime
 
 Code = grpc.StatusCode
 
@@ -66,13 +64,6 @@ def world(full_platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> 
         client.close()
 
 
-def fails(action: Callable[[], Any], code: grpc.StatusCode, *phrases: str) -> str:
-    with pytest.raises(KettleError) as info:
-        action()
-    assert info.value.code == code, info.value.message
-    for phrase in phrases:
-        assert phrase in info.value.message, info.value.message
-    return info.value.message
 
 
 def two_input_task(p: Parties, function_id: str, creator: FrontendClient, a: str, b: str) -> str:
@@ -101,7 +92,7 @@ def test_a_data_owner_lists_exactly_the_tasks_naming_it_newest_first(world: Worl
     assert carol.list_my_tasks() == [third, second]
     assert world.user("dave").list_my_tasks() == []
     # The function is public: its owner is no participant (and a FunctionOwner may not read tasks).
-    fails(p.fo.list_my_tasks, Code.PERMISSION_DENIED, "permission denied")
+    fails_with(p.fo.list_my_tasks, Code.PERMISSION_DENIED, "permission denied")
 
 
 def test_a_private_functions_owner_is_a_participant_and_lists_the_task(world: World) -> None:
@@ -141,7 +132,7 @@ def test_task_pages_list_each_id_once_and_a_bad_cursor_is_refused(world: World) 
             break
         after = answer.next
     assert seen == list(reversed(created))
-    fails(lambda: page(p.bob, "ListMyTasks", "not-a-cursor", 2), Code.INVALID_ARGUMENT, "invalid cursor")
+    fails_with(lambda: page(p.bob, "ListMyTasks", "not-a-cursor", 2), Code.INVALID_ARGUMENT, "invalid cursor")
 
 
 # --- ListMyFiles ----------------------------------------------------------------------------------
@@ -159,7 +150,7 @@ def test_a_data_owner_lists_its_files_in_registration_order_and_no_one_elses(wor
     assert alice.list_my_files() == [mine, out, fused, moved, moved_out]
     assert bob.list_my_files() == [fused, theirs]  # a jointly owned output: every owner lists it
     assert world.user("carol").list_my_files() == []
-    fails(p.fo.list_my_files, Code.PERMISSION_DENIED, "permission denied")
+    fails_with(p.fo.list_my_files, Code.PERMISSION_DENIED, "permission denied")
 
 
 def test_file_pages_list_each_id_once(world: World) -> None:
@@ -174,7 +165,7 @@ def test_file_pages_list_each_id_once(world: World) -> None:
     seen.extend(answer.data_ids)
     assert not answer.more
     assert seen == registered
-    fails(lambda: page(owner, "ListMyFiles", f"{0:020d}-{uuid.uuid4()}", 3), Code.INVALID_ARGUMENT, "invalid cursor")
+    fails_with(lambda: page(owner, "ListMyFiles", f"{0:020d}-{uuid.uuid4()}", 3), Code.INVALID_ARGUMENT, "invalid cursor")
 
 
 # --- RefuseTask ----------------------------------------------------------------------------------
@@ -197,7 +188,7 @@ def test_a_refusal_shows_to_everyone_blocks_invoke_and_is_taken_back_by_approvin
             p.names["bob"], digest, "the bank has not signed off")
         assert info.approved_users == (p.names["alice"],) and info.status == TaskStatus.DATA_ASSIGNED
         assert info.to_json()["refusals"] == [refusal.to_json()]
-    fails(lambda: alice.invoke_task(task_id), Code.FAILED_PRECONDITION, f"{p.names['bob']} refused it at ",
+    fails_with(lambda: alice.invoke_task(task_id), Code.FAILED_PRECONDITION, f"{p.names['bob']} refused it at ",
           "the bank has not signed off")
     assert p.uses(function_id) == 0
     # A new refusal replaces the old one.
@@ -213,7 +204,7 @@ def test_a_refusal_shows_to_everyone_blocks_invoke_and_is_taken_back_by_approvin
     bob.approve_task(task_id)
     assert alice.get_task(task_id).refusals == ()
     alice.invoke_task(task_id)
-    fails(lambda: bob.refuse_task(task_id), Code.FAILED_PRECONDITION, "can be refused only before it is invoked")
+    fails_with(lambda: bob.refuse_task(task_id), Code.FAILED_PRECONDITION, "can be refused only before it is invoked")
     assert alice.get_task_result(task_id, timeout=120) == b"rows: 3"
 
 
@@ -221,12 +212,12 @@ def test_only_participants_refuse_and_bad_requests_change_nothing(world: World) 
     p = world.parties()
     task_id = p.task(p.function())
     outsider = world.user("mallory")
-    fails(lambda: outsider.refuse_task(task_id, "no"), Code.PERMISSION_DENIED, "permission denied")
-    fails(lambda: p.fo.refuse_task(task_id), Code.PERMISSION_DENIED, "permission denied")
+    fails_with(lambda: outsider.refuse_task(task_id, "no"), Code.PERMISSION_DENIED, "permission denied")
+    fails_with(lambda: p.fo.refuse_task(task_id), Code.PERMISSION_DENIED, "permission denied")
     for bad in ("task-not-a-uuid", f"function-{uuid.uuid4()}", "", f"task-{uuid.uuid4()}"):
-        fails(lambda bad=bad: p.bob.refuse_task(bad), Code.INVALID_ARGUMENT, "invalid task id")
-    fails(lambda: p.bob.refuse_task(task_id, "x" * 257), Code.INVALID_ARGUMENT, "at most 256")
-    fails(lambda: p.bob.refuse_task(task_id, "line\nbreak"), Code.INVALID_ARGUMENT, "printable")
+        fails_with(lambda bad=bad: p.bob.refuse_task(bad), Code.INVALID_ARGUMENT, "invalid task id")
+    fails_with(lambda: p.bob.refuse_task(task_id, "x" * 257), Code.INVALID_ARGUMENT, "at most 256")
+    fails_with(lambda: p.bob.refuse_task(task_id, "line\nbreak"), Code.INVALID_ARGUMENT, "printable")
     assert p.alice.get_task(task_id).refusals == ()
 
 
@@ -273,16 +264,7 @@ def test_records_stored_before_the_listings_are_indexed_once(world: World) -> No
         servicer = KettleManagementServicer(store)
         return await servicer.backfill_indexes(), await servicer.backfill_indexes()
 
-    async def as_management() -> tuple[int, int]:
-        runtime = ServiceRuntime("management", world.platform.config)
-        await runtime.attest()
-        try:
-            return await work(PlatformStore(runtime.peers))
-        finally:
-            await runtime.identities.stop()
-            await runtime.peers.close()
-
-    first, second = asyncio.run(as_management())
+    first, second = with_platform_store(world.platform.config, "management", work)
     assert first >= 3 and second == 0  # alice's and bob's task entries, bob's file entry (and others' old records)
     assert p.alice.list_my_tasks() == [indexed_task, f"task-{legacy_bare}"]  # dated 0: the oldest
     assert p.bob.list_my_tasks() == [indexed_task, f"task-{legacy_bare}"]

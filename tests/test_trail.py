@@ -14,7 +14,6 @@ service, with another platform service's attested identity (the scheduler's).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from conftest import ALL_SERVICES, Platform, make_home
+from conftest import ALL_SERVICES, Platform, make_home, with_platform_store
 
 from kettle.attestation.signed import sign as attested_sign
 from kettle.model import trail as rules
@@ -64,16 +63,7 @@ class World:
     def scheduler_storage(self, work: Callable[[PlatformStore], Awaitable[T]]) -> T:
         """Run ``work`` against the storage service with the scheduler's attested identity."""
 
-        async def run() -> T:
-            runtime = ServiceRuntime("scheduler", self.platform.config)
-            await runtime.attest()
-            try:
-                return await work(PlatformStore(runtime.peers))
-            finally:
-                await runtime.identities.stop()
-                await runtime.peers.close()
-
-        return asyncio.run(run())
+        return with_platform_store(self.platform.config, "scheduler", work)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ task's server-sent events.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -520,8 +521,6 @@ def _trail_view(console: Console) -> dict[str, Any]:
     for position, entry in enumerate(entries):
         receipt = entry.get("receipt") if isinstance(entry, dict) else None
         if receipt:
-            import base64
-
             receipts[position] = examine_receipt(base64.b64decode(receipt), client.trust)
     return {"trail": trail, "verdict": verdict, "entries": entries, "receipts": receipts}
 

@@ -860,23 +860,21 @@ class _FrontendCore:
 
     def list_my_tasks(self) -> Plan[list[str]]:
         """Every page of the caller's task ids, newest first."""
-        ids: list[str] = []
-        after = ""
-        while True:
-            page: kettle_pb.ListMyTasksResponse = yield self.my_tasks_page(after)
-            ids.extend(page.task_ids)
-            # A page that does not move the cursor on ends the walk (never a loop on a bad server).
-            if not page.more or not page.next or page.next == after:
-                return list(dict.fromkeys(ids))
-            after = page.next
+        return self._all_pages(self.my_tasks_page, lambda page: page.task_ids)
 
     def list_my_files(self) -> Plan[list[str]]:
         """Every page of the caller's data ids, in registration order."""
+        return self._all_pages(self.my_files_page, lambda page: page.data_ids)
+
+    @staticmethod
+    def _all_pages(page_call: Callable[[str], _Call[Any]], ids_of: Callable[[Any], Iterable[str]]) -> Plan[list[str]]:
+        """The ids of every page of a cursor listing (ListMyTasks, ListMyFiles), each once."""
         ids: list[str] = []
         after = ""
         while True:
-            page: kettle_pb.ListMyFilesResponse = yield self.my_files_page(after)
-            ids.extend(page.data_ids)
+            page = yield page_call(after)
+            ids.extend(ids_of(page))
+            # A page that does not move the cursor on ends the walk (never a loop on a bad server).
             if not page.more or not page.next or page.next == after:
                 return list(dict.fromkeys(ids))
             after = page.next
