@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import grpc
 import pytest
+from conftest import fails_with
 from test_consent_model import (
     ALICE,
     BOB,
@@ -19,7 +20,6 @@ from test_consent_model import (
     approved,
     duo,
     function,
-    refused,
 )
 
 from kettle.errors import KettleError
@@ -73,12 +73,12 @@ def test_approving_later_removes_the_callers_refusal() -> None:
 def test_a_standing_refusal_blocks_invoke_and_names_who_refused() -> None:
     task = T.refuse_task(approved(duo()), BOB, NOW, "the bank says no")
     task = T.approve_task(task, ALICE, function(), now=NOW)
-    message = refused(lambda: T.invoke_task(task, ALICE, function(), USAGE, NOW), FAILED_PRECONDITION,
+    message = fails_with(lambda: T.invoke_task(task, ALICE, function(), USAGE, NOW), FAILED_PRECONDITION,
                       "bob refused it at ", "(the bank says no)")
     assert "refused" in message
     # Even once every approval is back but the refusal stands (a forged record, say): still refused.
     forged = replace(approved(duo()), refusals=task.refusals)
-    refused(lambda: T.stage_task(forged, NOW), FAILED_PRECONDITION, "bob refused it")
+    fails_with(lambda: T.stage_task(forged, NOW), FAILED_PRECONDITION, "bob refused it")
     # Approving takes the refusal back: the task runs.
     again = T.approve_task(task, BOB, function(), now=NOW + 1)
     assert T.invoke_task(again, ALICE, function(), USAGE, NOW + 1).status == TaskStatus.STAGED
@@ -88,19 +88,19 @@ def test_a_single_participant_refusing_its_own_task_blocks_it_too() -> None:
     definition = T.TaskDefinition('{"limit": 3}', "mesapy", (("a", ("alice",)), ("b", ("alice",))), ())
     task = T.create_task(function(), ALICE, definition, TASK_UUID)
     task = T.refuse_task(task, ALICE, NOW)
-    refused(lambda: T.stage_task(task, NOW), FAILED_PRECONDITION, "alice refused it at ")
+    fails_with(lambda: T.stage_task(task, NOW), FAILED_PRECONDITION, "alice refused it at ")
 
 
 def test_only_a_participant_may_refuse() -> None:
-    refused(lambda: T.refuse_task(duo(), MALLORY, NOW), PERMISSION_DENIED, "permission denied")
+    fails_with(lambda: T.refuse_task(duo(), MALLORY, NOW), PERMISSION_DENIED, "permission denied")
     # A non-participant learns nothing about the task's state either.
-    refused(lambda: T.refuse_task(replace(duo(), status=TaskStatus.RUNNING), MALLORY, NOW), PERMISSION_DENIED)
+    fails_with(lambda: T.refuse_task(replace(duo(), status=TaskStatus.RUNNING), MALLORY, NOW), PERMISSION_DENIED)
 
 
 @pytest.mark.parametrize("status", [TaskStatus.STAGED, TaskStatus.RUNNING, TaskStatus.FINISHED,
                                     TaskStatus.CANCELED, TaskStatus.FAILED])
 def test_an_invoked_task_cannot_be_refused(status: TaskStatus) -> None:
-    refused(lambda: T.refuse_task(replace(duo(), status=status), BOB, NOW), FAILED_PRECONDITION,
+    fails_with(lambda: T.refuse_task(replace(duo(), status=status), BOB, NOW), FAILED_PRECONDITION,
             f"the task is {status.name.lower()}: a task can be refused only before it is invoked")
 
 
@@ -116,7 +116,7 @@ def test_a_created_task_can_be_refused_before_its_data_is_assigned() -> None:
     ("bell\x07", "only printable characters"),
 ])
 def test_a_bad_reason_is_refused_and_changes_nothing(reason: str, phrase: str) -> None:
-    refused(lambda: T.refuse_task(duo(), BOB, NOW, reason), INVALID_ARGUMENT, phrase)
+    fails_with(lambda: T.refuse_task(duo(), BOB, NOW, reason), INVALID_ARGUMENT, phrase)
 
 
 def test_a_reason_of_256_printable_characters_is_fine() -> None:
